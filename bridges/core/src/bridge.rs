@@ -1,0 +1,58 @@
+//! The two traits a network plugs in with: a [`Bridge`] makes sessions, a [`Session`] is
+//! one user's live connection to one network.
+
+use tokio::sync::mpsc;
+
+use crate::model::{Command, Credentials, Event, NetworkId, SessionKey};
+
+/// An event tagged with the session it came from; what flows back to the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// Which session spoke.
+    pub key: SessionKey,
+    /// What it said.
+    pub event: Event,
+}
+
+/// Where sessions send their events: one channel into the router for all sessions, so a
+/// single task turns them into stanzas for the single XMPP writer.
+pub type EventSink = mpsc::Sender<SessionEvent>;
+
+/// The session is gone; the command was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the session has ended")]
+pub struct SessionClosed;
+
+/// One network: IRC or email. The router holds one of each and asks the one that
+/// [`serves`](Bridge::serves) an address to start sessions on demand.
+pub trait Bridge: Send + Sync + 'static {
+    /// Whether this bridge talks to `network`.
+    fn serves(&self, network: &NetworkId) -> bool;
+
+    /// Starts the session of `key` (its own task), logging in with `credentials`; the
+    /// session reports through `events` until it ends.
+    fn start(&self, key: SessionKey, credentials: Credentials, events: EventSink) -> Box<dyn Session>;
+}
+
+/// A live (user, network) session, driven by commands.
+pub trait Session: Send + Sync {
+    /// Hands a command to the session without waiting for it to be carried out.
+    fn send(&self, command: Command) -> Result<(), SessionClosed>;
+
+    /// Whether the session's task has ended (it will take no more commands).
+    fn is_closed(&self) -> bool;
+}
+
+/// The usual [`Session`]: the sending end of the command queue of the session's task.
+#[derive(Debug, Clone)]
+pub struct CommandQueue(pub mpsc::UnboundedSender<Command>);
+
+impl Session for CommandQueue {
+    fn send(&self, command: Command) -> Result<(), SessionClosed> {
+        self.0.send(command).map_err(|_| SessionClosed)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}

@@ -1,0 +1,12 @@
+//! What every bridge shares: the neutral model of messages and presence, the
+//! [`Bridge`]/[`Session`] traits, and the [`Secret`] credential type.
+//!
+//! Nothing here knows XMPP or does I/O: `src/` converts stanzas to and from these types,
+//! and each bridge converts its own protocol to and from them.
+
+mod bridge;
+pub mod model;
+mod secret;
+
+pub use bridge::{Bridge, CommandQueue, EventSink, Session, SessionClosed, SessionEvent};
+pub use secret::Secret;

@@ -1,0 +1,184 @@
+//! The neutral model: what the gateway and a bridge tell each other, in words neither
+//! XMPP nor IRC nor SMTP.
+
+use crate::Secret;
+
+/// The user a session belongs to: their bare XMPP address as text. The core does not parse
+/// it; it is an opaque, stable key that `src/` guarantees to be a normalised bare JID.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(pub String);
+
+/// Which legacy network a session talks to. One session exists per (user, network).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NetworkId {
+    /// One IRC server, by the host name the user wrote in the address.
+    Irc {
+        /// Lower-cased host name or IPv4 address.
+        server: String,
+    },
+    /// The user's email account (one per user).
+    Email,
+}
+
+/// The key of a session: whose, and on which network.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    /// The user the session acts for, with their own credentials only.
+    pub user: UserId,
+    /// The network it is connected to.
+    pub network: NetworkId,
+}
+
+/// Somebody or something on a legacy network that messages come from or go to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// An IRC channel (`#rust`), seen as a group chat.
+    Channel(String),
+    /// An IRC user by nick.
+    Nick(String),
+    /// The network's server itself (IRC server notices).
+    Server,
+    /// An email address (`alice@example.org`).
+    EmailAddress(String),
+}
+
+/// How a message is meant, which decides how each side renders it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// One-to-one conversation.
+    Chat,
+    /// To or from a channel.
+    Group,
+    /// An IRC NOTICE or similar automated text.
+    Notice,
+    /// An action (`/me waves`); the body holds the action without `/me`.
+    Action,
+}
+
+/// One message, either direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The other party: the recipient going out, the sender coming in.
+    pub peer: Peer,
+    /// For channel messages coming in: the nick who spoke.
+    pub sender: Option<String>,
+    /// How to render it.
+    pub kind: MessageKind,
+    /// The text.
+    pub body: String,
+    /// A subject line (email subjects, IRC topics).
+    pub subject: Option<String>,
+    /// A conversation thread id (email Message-ID chains).
+    pub thread: Option<String>,
+}
+
+/// Availability of the XMPP user, which a bridge may reflect (IRC AWAY).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// Online and available.
+    Available,
+    /// Away for a short while.
+    Away,
+    /// Away for a long while.
+    ExtendedAway,
+    /// Busy.
+    DoNotDisturb,
+}
+
+/// The credentials a session logs in with, as the user registered them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// No registration: IRC works with the nick of the room join, as in biboumi.
+    Anonymous,
+    /// IRC account.
+    Irc {
+        /// The nick to use on every IRC server.
+        nick: String,
+        /// SASL PLAIN or NickServ password.
+        password: Option<Secret>,
+    },
+    /// Email account.
+    Email {
+        /// The user's address, the From of every mail.
+        address: String,
+        /// IMAP/SMTP password.
+        password: Secret,
+        /// Login name when it is not the address.
+        login: Option<String>,
+        /// `host:port` of the IMAP server when not from a provider preset.
+        imap_server: Option<String>,
+        /// `host:port` of the SMTP server when not from a provider preset.
+        smtp_server: Option<String>,
+    },
+}
+
+/// What the gateway asks a session to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Send a message to `message.peer`.
+    Send(Message),
+    /// Join a channel under a nick.
+    Join {
+        /// The channel.
+        channel: String,
+        /// The nick asked for (a registered nick wins).
+        nick: String,
+        /// A channel key, if the user gave one.
+        password: Option<Secret>,
+    },
+    /// Leave a channel.
+    Leave {
+        /// The channel.
+        channel: String,
+        /// Why, shown to the others.
+        reason: Option<String>,
+    },
+    /// The user's availability changed.
+    SetAvailability {
+        /// The new availability.
+        availability: Availability,
+        /// Their status text.
+        status: Option<String>,
+    },
+    /// End the session: the user went offline, unregistered, or the gateway stops.
+    Shutdown {
+        /// Why, for a QUIT message or a log line.
+        reason: String,
+    },
+}
+
+/// Why something a user asked for failed, in the terms the gateway maps to XMPP errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The network refused: bad credentials, banned, invite only.
+    Forbidden,
+    /// Not found: no such nick or channel.
+    NotFound,
+    /// The request made no sense to the network.
+    NotAcceptable,
+    /// The network is unreachable or the session is down.
+    Unavailable,
+    /// The user must register first.
+    RegistrationRequired,
+}
+
+/// What a session reports to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message arrived from the network.
+    Message(Message),
+    /// Something the user asked for failed.
+    Failure {
+        /// Whom the failed request was about, so the error goes back from that address.
+        peer: Option<Peer>,
+        /// The kind of failure.
+        kind: FailureKind,
+        /// The network's own words.
+        text: String,
+    },
+    /// The session ended on its own (connection lost for good, credentials refused).
+    Ended {
+        /// Why, for the user.
+        reason: String,
+    },
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# demo.sh - try the gateway locally: installs the dependencies, starts a private
+# Prosody on 127.0.0.1 (c2s 5222, component port 5347, component
+# gateway.localhost, secret "secret"), registers alice@localhost (password
+# "alice"), then runs the gateway in the foreground. Ctrl-C stops the gateway,
+# and Prosody is stopped on exit.
+#
+# Usage: scripts/demo.sh [EXTRA_GATEWAY_ARGS...]
+# State lives in /tmp/xmpp-gateway-demo (Prosody in prosody/, gateway store in data/).
+# Needs root the first time (apt-get), and ports 5222 and 5347 free.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DEMO_DIR=/tmp/xmpp-gateway-demo
+PROSODY_DIR=$DEMO_DIR/prosody
+C2S_PORT=5222
+COMPONENT_PORT=5347
+COMPONENT_JID=gateway.localhost
+SECRET=secret
+CONFIG=config/gateway.example.toml
+
+# shellcheck disable=SC2317 # used by cleanup, which runs from a trap
+log() { printf 'demo.sh: %s\n' "$*" >&2; }
+die() { printf 'demo.sh: error: %s\n' "$*" >&2; exit 1; }
+
+[ -f "$CONFIG" ] || die "$CONFIG not found (run from a full checkout of the repository)"
+if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+    PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain (https://rustup.rs)"
+
+if ! bash scripts/install-deps.sh; then
+    [ "$(id -u)" -eq 0 ] || die "Prosody is not installed; run 'sudo scripts/install-deps.sh' once (or run this script as root)"
+    die "scripts/install-deps.sh failed"
+fi
+
+# shellcheck disable=SC2317 # runs from the EXIT trap
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM HUP
+    log "stopping Prosody"
+    bash scripts/prosody.sh stop "$PROSODY_DIR" || true
+    exit "$status"
+}
+
+# A previous demo killed hard may have left its Prosody running.
+bash scripts/prosody.sh stop "$PROSODY_DIR"
+mkdir -p "$DEMO_DIR/data"
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+bash scripts/prosody.sh start "$PROSODY_DIR" "$C2S_PORT" "$COMPONENT_PORT" "$COMPONENT_JID" "$SECRET" >/dev/null
+# adduser sets the password when alice already exists, so re-runs are fine.
+bash scripts/prosody.sh adduser "$PROSODY_DIR" alice localhost alice
+
+cat >&2 <<EOF
+
+==================================================================
+ xmpp-gateway demo
+   XMPP server : Prosody on 127.0.0.1:$C2S_PORT (no TLS required)
+   Log in as   : alice@localhost   password: alice
+   Gateway     : $COMPONENT_JID (component on 127.0.0.1:$COMPONENT_PORT)
+   In your XMPP client, set the server/host to 127.0.0.1 port $C2S_PORT,
+   allow plain-text authentication, then discover or register with
+   $COMPONENT_JID (service discovery / "add transport").
+   Prosody logs: $PROSODY_DIR/prosody.log
+   Stop with Ctrl-C.
+==================================================================
+
+EOF
+
+status=0
+GATEWAY__STORAGE__PATH="$DEMO_DIR/data" \
+    cargo run --release -- --config "$CONFIG" "$@" || status=$?
+exit "$status"

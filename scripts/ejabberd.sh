@@ -1,0 +1,408 @@
+#!/usr/bin/env bash
+# ejabberd.sh - run a private ejabberd instance on 127.0.0.1 for tests.
+#
+# Usage (as root; ejabberd itself runs as the system user "ejabberd"):
+#   scripts/ejabberd.sh start DIR C2S_PORT COMPONENT_PORT COMPONENT_JID SECRET
+#       Creates DIR (config, certs, Mnesia spool, logs, HOME with the Erlang
+#       cookie, all inside it), starts ejabberd in the background, waits until
+#       both ports accept connections and `ejabberdctl status` answers (60 s at
+#       most) and prints the pid of its Erlang VM (beam.smp) on stdout. Works again
+#       on an existing DIR (config rewritten, users kept).
+#       Hosts: "localhost" and "other.localhost"; the component COMPONENT_JID
+#       authenticates with SECRET (XEP-0114, check_from on). c2s offers STARTTLS
+#       but does not require it; SASL PLAIN works without TLS.
+#   scripts/ejabberd.sh stop DIR
+#       `ejabberdctl stop`, then TERM/KILL whatever of this instance is left.
+#       Idempotent.
+#   scripts/ejabberd.sh adduser DIR USER HOST PASSWORD
+#       Registers USER@HOST (or resets the password if USER exists). Needs the
+#       instance to be running.
+#
+# Instances are independent: the Erlang node name is derived from DIR
+# (gw<hash>@localhost) and epmd is not used (ERL_DIST_PORT: a free port in
+# 20000-29999 derived from COMPONENT_PORT, saved in DIR/etc/ejabberdctl.cfg).
+# DIR and all its parents must be searchable by the "ejabberd" user.
+# Environment: EJABBERD_LOG_LEVEL (none|emergency|...|info|debug, default info).
+# HARNESS_OWNER_PID (optional) - a pid (e.g. the test process); when it exits
+# while the server runs, the server is stopped (see lib.sh).
+set -euo pipefail
+
+PROG=ejabberd.sh
+SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/$(basename "${BASH_SOURCE[0]}")
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+START_TIMEOUT=60 # seconds
+STOP_TIMEOUT=10  # seconds for a clean stop before TERM/KILL
+EJ_USER=ejabberd
+EJABBERDCTL=/usr/sbin/ejabberdctl
+
+usage() {
+    cat >&2 <<'EOF'
+usage: ejabberd.sh start DIR C2S_PORT COMPONENT_PORT COMPONENT_JID SECRET
+       ejabberd.sh stop DIR
+       ejabberd.sh adduser DIR USER HOST PASSWORD
+EOF
+    exit 2
+}
+
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "must run as root (ejabberd is started as user '$EJ_USER' with runuser)"
+    [ -x "$EJABBERDCTL" ] || die "$EJABBERDCTL not found; run scripts/install-deps.sh as root (package ejabberd)"
+    id "$EJ_USER" >/dev/null 2>&1 || die "system user '$EJ_USER' missing; is the ejabberd package installed?"
+}
+
+# node_name DIR - the Erlang node of DIR's instance (fixed per DIR: it is baked
+# into the Mnesia spool).
+node_name() {
+    printf 'gw%s@localhost\n' "$(printf '%s' "$1" | sha1sum | cut -c1-12)"
+}
+
+# ctl DIR ARGS... - run ejabberdctl for DIR's instance as the ejabberd user,
+# with a clean environment and the instance's HOME (Erlang cookie).
+ctl() {
+    local dir=$1
+    shift
+    runuser -u "$EJ_USER" -- env -i \
+        PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$dir/home" LANG=C.UTF-8 \
+        "$EJABBERDCTL" --config-dir "$dir/etc" --spool "$dir/spool" --logs "$dir/log" "$@"
+}
+
+# The pid of DIR's running Erlang VM, or nothing.
+running_pid() {
+    local dir=$1 pid
+    [ -s "$dir/run/ejabberd.pid" ] || return 0
+    pid=$(tr -dc '0-9' <"$dir/run/ejabberd.pid")
+    if pid_alive "$pid" && pid_cmdline_has "$pid" "$(node_name "$dir")"; then
+        printf '%s\n' "$pid"
+    fi
+}
+
+# True if a TCP socket is bound to PORT (any state, any address); used to pick
+# the Erlang distribution port.
+port_bound() {
+    local porthex
+    porthex=$(printf '%04X' "$1")
+    awk -v p=":$porthex" 'substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
+# pick_dist_port C2S_PORT COMPONENT_PORT - a free port in 20000-29999 (below
+# the usual ephemeral range 32768-60999, where tests pick their ports), derived
+# from the component port, moving up while taken or equal to one of our ports.
+pick_dist_port() {
+    local base=$((($2 + 1) % 10000)) i p
+    for ((i = 0; i < 10000; i++)); do
+        p=$((20000 + (base + i) % 10000))
+        [ "$p" != "$1" ] && [ "$p" != "$2" ] && ! port_bound "$p" && {
+            printf '%s\n' "$p"
+            return 0
+        }
+    done
+    die "no free port in 20000-29999 for the Erlang distribution"
+}
+
+make_certs() {
+    local dir=$1 pem=$1/etc/cert.pem tmp
+    [ -s "$pem" ] && return 0
+    need_cmd openssl
+    tmp=$(mktemp -d)
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 \
+        -subj "/CN=localhost" \
+        -addext "subjectAltName=DNS:localhost,DNS:other.localhost,DNS:*.localhost,IP:127.0.0.1" \
+        -keyout "$tmp/key.pem" -out "$tmp/crt.pem" >/dev/null 2>&1 \
+        || { rm -rf "$tmp"; die "openssl could not create a self-signed certificate"; }
+    cat "$tmp/crt.pem" "$tmp/key.pem" >"$pem"
+    rm -rf "$tmp"
+    chown "$EJ_USER:" "$pem"
+    chmod 600 "$pem"
+}
+
+write_config() {
+    local dir=$1 c2s=$2 comp=$3 jid=$4 secret=$5 dist_port=$6 node level=${EJABBERD_LOG_LEVEL:-info}
+    node=$(node_name "$dir")
+    case "$level" in
+        none | emergency | alert | critical | error | warning | notice | info | debug) ;;
+        *) die "EJABBERD_LOG_LEVEL must be one of none emergency alert critical error warning notice info debug, got '$level'" ;;
+    esac
+
+    cat >"$dir/etc/ejabberdctl.cfg" <<EOF
+# Written by scripts/ejabberd.sh (rewritten on start). Sourced by ejabberdctl.
+ERLANG_NODE=$node
+EJABBERD_CONFIG_PATH=$dir/etc/ejabberd.yml
+EJABBERD_PID_PATH=$dir/run/ejabberd.pid
+ERL_EPMD_ADDRESS=127.0.0.1
+# The node listens on this port and ejabberdctl connects to it directly: no epmd.
+ERL_DIST_PORT=$dist_port
+# Distribution on 127.0.0.1 only. Given here rather than as INET_DIST_INTERFACE,
+# which makes every ejabberdctl call run an extra erl (about 0.15 s) to parse it.
+ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 -kernel inet_dist_use_interface {127,0,0,1}"
+CONTRIB_MODULES_PATH=$dir/home/.ejabberd-modules
+CONTRIB_MODULES_CONF_DIR=$dir/etc/modules.d
+EJABBERD_BYPASS_WARNINGS=true
+EOF
+
+    cat >"$dir/etc/ejabberd.yml" <<EOF
+# Written by scripts/ejabberd.sh: a private test instance (rewritten on start).
+hosts:
+  - localhost
+  - other.localhost
+loglevel: $level
+hide_sensitive_log_data: true
+certfiles:
+  - "$dir/etc/cert.pem"
+acme:
+  auto: false
+
+listen:
+  -
+    port: $c2s
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    backlog: 1024
+    starttls: true
+    starttls_required: false
+    max_stanza_size: 1048576
+  -
+    port: $comp
+    ip: "127.0.0.1"
+    module: ejabberd_service
+    backlog: 1024
+    access: all
+    check_from: true
+    max_stanza_size: 1048576
+    hosts:
+      "$jid":
+        password: "$secret"
+
+auth_method: internal
+s2s_access: none
+
+api_permissions:
+  "console commands":
+    from:
+      - ejabberd_ctl
+    who: all
+    what: "*"
+
+modules:
+  mod_admin_extra: {} # ejabberdctl change_password (adduser of an existing user)
+  mod_disco: {}
+  mod_roster: {}
+  mod_ping: {}
+  mod_offline: {}
+EOF
+    cp -f /etc/ejabberd/inetrc "$dir/etc/inetrc" 2>/dev/null \
+        || printf '{lookup,["file","native"]}.\n{host,{127,0,0,1}, ["localhost"]}.\n' >"$dir/etc/inetrc"
+    chown -R "$EJ_USER:" "$dir/etc"
+    chmod 600 "$dir/etc/ejabberd.yml" # holds the component secret
+}
+
+# kill_session DIR - TERM, then KILL, what is left in the session of the
+# launcher we started (runuser, ejabberdctl, erl, beam and its helpers).
+kill_session() {
+    local dir=$1 sid pids i
+    [ -s "$dir/run/launcher.pid" ] || return 0
+    sid=$(tr -dc '0-9' <"$dir/run/launcher.pid")
+    [ -n "$sid" ] || return 0
+    pids=$(session_pids "$sid")
+    [ -n "$pids" ] || return 0
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        pids=$(session_pids "$sid")
+        [ -n "$pids" ] || return 0
+        sleep 0.1
+    done
+    log "processes ${pids//$'\n'/ } of session $sid ignored TERM; sending KILL"
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+    sleep 0.2
+    pids=$(session_pids "$sid")
+    [ -z "$pids" ] || log "warning: processes left in session $sid: ${pids//$'\n'/ }"
+}
+
+# ensure_reachable DIR - ejabberd runs as its own user, so DIR and every parent
+# must be searchable (x) by it. Test temp dirs are often 0700 (Rust's tempfile):
+# parents inside /tmp or $TMPDIR that we own get o+x (search only, no listing);
+# anything else is an error.
+ensure_reachable() {
+    local dir=$1 p='' part tmp=${TMPDIR:-/tmp}
+    local -a parts
+    IFS=/ read -r -a parts <<<"${dir#/}"
+    for part in "${parts[@]}"; do
+        [ -n "$part" ] || continue
+        p="$p/$part"
+        runuser -u "$EJ_USER" -- test -x "$p" && continue
+        case "$p" in
+            /tmp/* | "${tmp%/}"/*)
+                if [ -O "$p" ]; then
+                    log "granting search permission (o+x) on $p so that user '$EJ_USER' can reach $dir"
+                    chmod o+x "$p"
+                    runuser -u "$EJ_USER" -- test -x "$p" && continue
+                fi
+                ;;
+        esac
+        die "user '$EJ_USER' cannot enter $p (mode $(stat -c %a "$p")); ejabberd needs DIR and all its parents searchable: chmod o+x $p, or use another DIR"
+    done
+}
+
+fail_start() {
+    local dir=$1
+    shift
+    # ejabberd.out has the console output (log lines and early Erlang errors).
+    if [ -s "$dir/ejabberd.out" ]; then
+        show_logs "$dir/ejabberd.out"
+    else
+        show_logs "$dir/log/ejabberd.log"
+    fi
+    do_stop "$dir" >/dev/null 2>&1 || true
+    die "$*"
+}
+
+cmd_start() {
+    [ $# -eq 5 ] || usage
+    local dir c2s=$2 comp=$3 jid=$4 secret=$5 pid launcher dist_port t0 deadline port p
+    dir=$(abs_dir "$1")
+    check_port C2S_PORT "$c2s"
+    check_port COMPONENT_PORT "$comp"
+    [ "$c2s" != "$comp" ] || die "C2S_PORT and COMPONENT_PORT must differ"
+    check_word COMPONENT_JID "$jid"
+    check_word SECRET "$secret"
+    check_word DIR "$dir"
+    check_owner_pid
+    case "$jid" in localhost | other.localhost) die "COMPONENT_JID must not be one of the server's hosts ($jid)" ;; esac
+    need_root
+
+    mkdir -p "$dir"
+    chmod 0755 "$dir"
+    mkdir -p "$dir/etc" "$dir/spool" "$dir/log" "$dir/run" "$dir/home"
+    chown "$EJ_USER:" "$dir/spool" "$dir/log" "$dir/run" "$dir/home"
+    chmod 0700 "$dir/spool" "$dir/home"
+    ensure_reachable "$dir"
+
+    pid=$(running_pid "$dir")
+    [ -z "$pid" ] || die "ejabberd of $dir is already running (pid $pid); run: $0 stop $dir"
+    do_stop "$dir" >/dev/null 2>&1 || true # leftovers of a crashed run, if any
+    for port in "$c2s" "$comp"; do
+        ! port_open "$port" || die "port $port on 127.0.0.1 is already in use (another server or test?)"
+    done
+
+    if [ ! -s "$dir/home/.erlang.cookie" ]; then
+        # Each instance has its own secret cookie (ejabberdctl needs the same HOME).
+        head -c 32 /dev/urandom | sha256sum | cut -c1-40 | tr -d '\n' >"$dir/home/.erlang.cookie"
+    fi
+    chown "$EJ_USER:" "$dir/home/.erlang.cookie"
+    chmod 400 "$dir/home/.erlang.cookie"
+
+    dist_port=$(pick_dist_port "$c2s" "$comp")
+    make_certs "$dir"
+    write_config "$dir" "$c2s" "$comp" "$jid" "$secret" "$dist_port"
+    rm -f "$dir/run/ejabberd.pid"
+    # Fresh logs for this run, so a failure shows this run's errors.
+    rm -f "$dir/log/ejabberd.log" "$dir/log/error.log"
+
+    t0=$(now_ms)
+    # setsid: own session (Ctrl-C of the caller does not reach it; stop can find
+    # every process of it). All fds redirected so callers capturing our output
+    # are not kept waiting by the server.
+    setsid runuser -u "$EJ_USER" -- env -i \
+        PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$dir/home" LANG=C.UTF-8 \
+        "$EJABBERDCTL" --config-dir "$dir/etc" --spool "$dir/spool" --logs "$dir/log" foreground \
+        </dev/null >"$dir/ejabberd.out" 2>&1 &
+    launcher=$!
+    printf '%s\n' "$launcher" >"$dir/run/launcher.pid"
+    # Interrupted while waiting: don't leave a half-started server behind.
+    trap 'do_stop "$dir" >/dev/null 2>&1 || true; exit 130' INT TERM HUP
+
+    deadline=$((t0 + START_TIMEOUT * 1000))
+    pid=
+    while :; do
+        if ! pid_alive "$launcher"; then
+            wait "$launcher" 2>/dev/null || true
+            fail_start "$dir" "ejabberd exited during start-up (see $dir/log/ejabberd.log)"
+        fi
+        [ -n "$pid" ] || pid=$(running_pid "$dir")
+        if [ -n "$pid" ] && pid_listens "$pid" "$c2s" && pid_listens "$pid" "$comp" \
+            && port_open "$c2s" && port_open "$comp"; then
+            break
+        fi
+        if grep -q -E 'Failed to (open|bind)|eaddrinuse' "$dir/log/ejabberd.log" 2>/dev/null; then
+            fail_start "$dir" "ejabberd could not listen on port $c2s or $comp (in use by another program?)"
+        fi
+        [ "$(now_ms)" -lt "$deadline" ] \
+            || fail_start "$dir" "ejabberd did not accept connections on ports $c2s and $comp within ${START_TIMEOUT}s"
+        sleep 0.1
+    done
+    log "ejabberd listening after $(($(now_ms) - t0)) ms; waiting for 'ejabberdctl status'"
+    until ctl "$dir" status >/dev/null 2>&1; do
+        pid_alive "$pid" || fail_start "$dir" "ejabberd exited during start-up (see $dir/log/ejabberd.log)"
+        [ "$(now_ms)" -lt "$deadline" ] \
+            || fail_start "$dir" "'ejabberdctl status' did not answer within ${START_TIMEOUT}s"
+        sleep 0.2
+    done
+    trap - INT TERM HUP
+    start_watchdog "$dir" "$pid" bash "$SELF" stop "$dir"
+    log "ejabberd ready in $(($(now_ms) - t0)) ms: c2s 127.0.0.1:$c2s, component $jid on 127.0.0.1:$comp, node $(node_name "$dir") (dist port $dist_port), dir $dir"
+    printf '%s\n' "$pid"
+}
+
+# do_stop DIR - stop DIR's instance, whatever state it is in.
+do_stop() {
+    local dir=$1 pid i
+    stop_watchdog "$dir"
+    pid=$(running_pid "$dir")
+    if [ -n "$pid" ]; then
+        timeout 20 bash -c "$(declare -f ctl); EJ_USER=$EJ_USER EJABBERDCTL=$EJABBERDCTL ctl \"\$1\" stop" _ "$dir" \
+            >/dev/null 2>&1 || log "'ejabberdctl stop' failed; killing pid $pid"
+        for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+            pid_alive "$pid" || break
+            sleep 0.1
+        done
+        kill_wait "$pid" 5 || true
+    fi
+    kill_session "$dir"
+    rm -f "$dir/run/ejabberd.pid" "$dir/run/launcher.pid"
+    [ -z "$pid" ] || log "stopped ejabberd pid $pid ($dir)"
+}
+
+cmd_stop() {
+    [ $# -eq 1 ] || usage
+    local dir
+    dir=$(abs_dir "$1")
+    [ -d "$dir" ] || return 0
+    need_root
+    do_stop "$dir"
+}
+
+cmd_adduser() {
+    [ $# -eq 4 ] || usage
+    local dir user=$2 host=$3 password=$4 out
+    dir=$(abs_dir "$1")
+    check_word USER "$user"
+    check_word HOST "$host"
+    check_word PASSWORD "$password"
+    need_root
+    [ -n "$(running_pid "$dir")" ] || die "ejabberd of $dir is not running; run '$0 start $dir ...' first"
+    if out=$(ctl "$dir" register "$user" "$host" "$password" 2>&1); then
+        log "user $user@$host registered"
+    elif printf '%s' "$out" | grep -q -i 'already registered'; then
+        out=$(ctl "$dir" change_password "$user" "$host" "$password" 2>&1) \
+            || { printf '%s\n' "$out" >&2; die "could not set the password of $user@$host"; }
+        log "user $user@$host existed; password set"
+    else
+        printf '%s\n' "$out" >&2
+        die "could not register $user@$host"
+    fi
+}
+
+[ $# -ge 1 ] || usage
+cmd=$1
+shift
+case "$cmd" in
+    start) cmd_start "$@" ;;
+    stop) cmd_stop "$@" ;;
+    adduser) cmd_adduser "$@" ;;
+    -h | --help | help) usage ;;
+    *) log "unknown subcommand '$cmd'"; usage ;;
+esac

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# install-deps.sh - install the Debian packages the integration tests need
+# (XMPP servers Prosody and ejabberd, openssl, CA certificates).
+#
+# Usage: scripts/install-deps.sh
+#
+# Idempotent and non-interactive. Must run as root (it uses apt-get), unless
+# every package is already installed, in which case it does nothing and exits 0.
+# Before installing it creates /usr/sbin/policy-rc.d ("exit 101") if absent, so
+# that package postinst scripts do not start system-wide daemons.
+# To add servers for later tests, extend PACKAGES below.
+set -euo pipefail
+
+# All packages the tests need, in one place.
+PACKAGES="prosody lua-unbound lua-event lua-sec ejabberd openssl ca-certificates"
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Print the packages from PACKAGES that are not fully installed.
+missing_packages() {
+    local pkg status
+    for pkg in $PACKAGES; do
+        status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+        if [ "$status" != "install ok installed" ]; then
+            printf '%s\n' "$pkg"
+        fi
+    done
+}
+
+command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this script supports Debian/Ubuntu only"
+
+mapfile -t missing < <(missing_packages)
+if [ "${#missing[@]}" -eq 0 ]; then
+    log "all packages already installed ($PACKAGES)"
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    die "missing packages: ${missing[*]}. Run as root: sudo $0  (or: sudo apt-get install ${missing[*]})"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+# Keep package postinst scripts from starting system-wide daemons.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    log "creating /usr/sbin/policy-rc.d (exit 101: no daemons started by apt)"
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+fi
+
+log "installing: ${missing[*]}"
+apt-get update -q
+apt-get install -y -q --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${missing[@]}" </dev/null
+
+mapfile -t still_missing < <(missing_packages)
+if [ "${#still_missing[@]}" -ne 0 ]; then
+    die "still not installed after apt-get: ${still_missing[*]}"
+fi
+log "done"

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# lib.sh - helpers shared by the server scripts (prosody.sh, ejabberd.sh).
+#
+# Usage: source "$(dirname "$0")/lib.sh"   (not meant to be run directly)
+#
+# Expects the caller to set PROG (the name used in messages).
+# Everything is on 127.0.0.1; nothing here talks to another host.
+
+# Messages go to stderr so that stdout carries only results (e.g. a pid).
+log() { printf '%s: %s\n' "${PROG:-script}" "$*" >&2; }
+die() { printf '%s: error: %s\n' "${PROG:-script}" "$*" >&2; exit 1; }
+
+# need_cmd CMD [HINT] - fail clearly when a command is missing.
+need_cmd() {
+    command -v "$1" >/dev/null 2>&1 \
+        || die "'$1' not found${2:+ ($2)}; run scripts/install-deps.sh as root"
+}
+
+# check_port NAME VALUE - VALUE must be a TCP port number.
+check_port() {
+    case "$2" in
+        '' | *[!0-9]*) die "$1 must be a port number, got '$2'" ;;
+    esac
+    if [ "$2" -lt 1 ] || [ "$2" -gt 65535 ]; then
+        die "$1 must be between 1 and 65535, got '$2'"
+    fi
+}
+
+# check_word NAME VALUE - a JID part, host, secret or password that we embed in
+# configuration files: no quotes, backslashes, whitespace or control characters.
+check_word() {
+    case "$2" in
+        '') die "$1 must not be empty" ;;
+        *[[:space:][:cntrl:]\"\'\\]*) die "$1 must not contain quotes, backslashes or whitespace: '$2'" ;;
+    esac
+}
+
+# abs_dir DIR - print DIR as an absolute path (DIR need not exist yet).
+abs_dir() {
+    case "$1" in
+        /*) printf '%s\n' "${1%/}" ;;
+        *) printf '%s/%s\n' "$(pwd -P)" "${1%/}" ;;
+    esac
+}
+
+# port_open PORT - true if something accepts TCP connections on 127.0.0.1:PORT.
+port_open() {
+    # shellcheck disable=SC2016 # $1 is expanded by the inner bash
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null
+}
+
+# pid_listens PID PORT - true if process PID itself has a listening TCP socket
+# on PORT (so an open port really belongs to the server we started, not to some
+# other program). Reads /proc only: no ss/netstat needed on a minimal machine.
+pid_listens() {
+    local pid=$1 porthex inodes inode fd link
+    porthex=$(printf '%04X' "$2")
+    # /proc/net/tcp columns: sl local_address rem_address st ... inode (10th); 0A = LISTEN
+    inodes=$(awk -v p=":$porthex" '$4 == "0A" && substr($2, length($2) - 4) == p { print $10 }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null || true)
+    [ -n "$inodes" ] || return 1
+    for fd in /proc/"$pid"/fd/*; do
+        link=$(readlink "$fd" 2>/dev/null) || continue
+        for inode in $inodes; do
+            [ "$link" = "socket:[$inode]" ] && return 0
+        done
+    done
+    return 1
+}
+
+# now_ms - milliseconds since the epoch.
+now_ms() { date +%s%3N; }
+
+# pid_alive PID - true if PID is a live (non-zombie) process.
+pid_alive() {
+    [ -n "$1" ] && [ -d "/proc/$1" ] || return 1
+    local state
+    state=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null || true)
+    [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# pid_cmdline_has PID TEXT - true if PID's command line contains TEXT.
+# Used to make sure a pid from a pidfile still belongs to our instance.
+pid_cmdline_has() {
+    local cmd
+    cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true)
+    case "$cmd" in
+        *"$2"*) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# session_pids SID - pids of the live processes in session SID (a setsid we ran),
+# read from /proc (procps may be missing on a minimal machine).
+session_pids() {
+    local sid=$1 f stat rest
+    for f in /proc/[0-9]*/stat; do
+        stat=$(cat "$f" 2>/dev/null) || continue
+        rest=${stat##*) } # fields after "pid (comm) ": state ppid pgrp session ...
+        # shellcheck disable=SC2086 # split the fields on purpose
+        set -- $rest
+        if [ "${4:-}" = "$sid" ] && [ "$1" != Z ]; then
+            f=${f#/proc/}
+            printf '%s\n' "${f%/stat}"
+        fi
+    done
+}
+
+# kill_wait PID SECONDS - send TERM, wait up to SECONDS, then KILL.
+kill_wait() {
+    local pid=$1 secs=$2 i
+    pid_alive "$pid" || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < secs * 10; i++)); do
+        pid_alive "$pid" || return 0
+        sleep 0.1
+    done
+    log "pid $pid did not exit after TERM in ${secs}s; sending KILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        pid_alive "$pid" || return 0
+        sleep 0.1
+    done
+    log "pid $pid still alive after KILL"
+    return 1
+}
+
+# start_watchdog DIR SERVER_PID STOP_CMD... - if HARNESS_OWNER_PID is set (e.g.
+# by a test binary: its own pid), start a small detached watcher that runs
+# STOP_CMD when that process is gone while the server still runs, so a crashed
+# or killed test run does not leave servers behind. Its pid goes to
+# DIR/watchdog.pid; it exits by itself when the server stops.
+start_watchdog() {
+    local dir=$1 server=$2
+    shift 2
+    local owner=${HARNESS_OWNER_PID:-}
+    [ -n "$owner" ] || return 0
+    # (check_owner_pid ran before the server started; if the owner has died
+    # since, the watchdog stops the server at once.)
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    setsid bash -c ': harness-watchdog
+        alive() { [ -d "/proc/$1" ] && ! grep -q "^State:[[:space:]]*Z" "/proc/$1/status" 2>/dev/null; }
+        owner=$1 server=$2
+        shift 2
+        while alive "$owner" && alive "$server"; do sleep 1; done
+        if alive "$server"; then
+            echo "$(date +%T) owner $owner gone: stopping server $server"
+            exec "$@"
+        fi' _ "$owner" "$server" "$@" </dev/null >>"$dir/watchdog.log" 2>&1 &
+    printf '%s\n' "$!" >"$dir/watchdog.pid"
+}
+
+# check_owner_pid - validate HARNESS_OWNER_PID before starting a server.
+check_owner_pid() {
+    local owner=${HARNESS_OWNER_PID:-}
+    [ -n "$owner" ] || return 0
+    case "$owner" in *[!0-9]*) die "HARNESS_OWNER_PID must be a pid, got '$owner'" ;; esac
+    pid_alive "$owner" || die "HARNESS_OWNER_PID $owner is not a running process"
+}
+
+# stop_watchdog DIR - end DIR's watchdog (unless we are it).
+stop_watchdog() {
+    local pid
+    [ -s "$1/watchdog.pid" ] || return 0
+    pid=$(tr -dc '0-9' <"$1/watchdog.pid")
+    rm -f "$1/watchdog.pid"
+    [ -n "$pid" ] && [ "$pid" != "$$" ] || return 0
+    if pid_cmdline_has "$pid" harness-watchdog; then
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+}
+
+# show_logs FILE... - print the tail of each existing file to stderr.
+show_logs() {
+    local f
+    for f in "$@"; do
+        [ -s "$f" ] || continue
+        printf '%s: ---- last lines of %s ----\n' "${PROG:-script}" "$f" >&2
+        tail -n 40 "$f" >&2 || true
+    done
+}

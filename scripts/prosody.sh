@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# prosody.sh - run a private Prosody instance on 127.0.0.1 for tests and the demo.
+#
+# Usage:
+#   scripts/prosody.sh start DIR C2S_PORT COMPONENT_PORT COMPONENT_JID SECRET
+#       Creates DIR (config, self-signed certs, data, logs all inside it), starts
+#       Prosody in the background, waits until both ports accept connections
+#       (20 s at most) and prints its pid on stdout. Works again on an existing
+#       DIR (the config is rewritten, users and other data are kept).
+#       Hosts: "localhost" and "other.localhost"; the component COMPONENT_JID
+#       authenticates with SECRET (XEP-0114). c2s allows SASL PLAIN without TLS.
+#   scripts/prosody.sh stop DIR
+#       Stops the instance of DIR (TERM, KILL after 5 s). Idempotent.
+#   scripts/prosody.sh adduser DIR USER HOST PASSWORD
+#       Registers USER@HOST (or resets the password if USER exists); works while
+#       the server runs.
+#
+# Environment: PROSODY_LOG_LEVEL (debug|info|warn|error, default info) - level of
+# DIR/prosody.log. HARNESS_OWNER_PID (optional) - a pid (e.g. the test process);
+# when it exits while the server runs, the server is stopped (see lib.sh). Several instances may run at once with different DIRs and ports.
+# Needs root or a user that can bind the ports (run_as_root is set).
+set -euo pipefail
+
+PROG=prosody.sh
+SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/$(basename "${BASH_SOURCE[0]}")
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+START_TIMEOUT=20 # seconds
+STOP_TIMEOUT=5   # seconds
+
+usage() {
+    cat >&2 <<'EOF'
+usage: prosody.sh start DIR C2S_PORT COMPONENT_PORT COMPONENT_JID SECRET
+       prosody.sh stop DIR
+       prosody.sh adduser DIR USER HOST PASSWORD
+EOF
+    exit 2
+}
+
+# The pid of DIR's running Prosody, or nothing.
+running_pid() {
+    local dir=$1 pid
+    [ -s "$dir/prosody.pid" ] || return 0
+    pid=$(tr -dc '0-9' <"$dir/prosody.pid")
+    if pid_alive "$pid" && pid_cmdline_has "$pid" "$dir/prosody.cfg.lua"; then
+        printf '%s\n' "$pid"
+    fi
+}
+
+make_certs() {
+    local certs=$1/certs
+    [ -s "$certs/localhost.crt" ] && [ -s "$certs/other.localhost.crt" ] && return 0
+    need_cmd openssl
+    mkdir -p "$certs"
+    # One key and certificate for both hosts, copied under each host name
+    # (Prosody looks for HOST.crt/HOST.key).
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 \
+        -subj "/CN=localhost" \
+        -addext "subjectAltName=DNS:localhost,DNS:other.localhost,DNS:*.localhost,IP:127.0.0.1" \
+        -keyout "$certs/localhost.key" -out "$certs/localhost.crt" >/dev/null 2>&1 \
+        || die "openssl could not create a self-signed certificate in $certs"
+    cp "$certs/localhost.key" "$certs/other.localhost.key"
+    cp "$certs/localhost.crt" "$certs/other.localhost.crt"
+    chmod 600 "$certs"/*.key
+}
+
+write_config() {
+    local dir=$1 c2s=$2 comp=$3 jid=$4 secret=$5 level=${PROSODY_LOG_LEVEL:-info}
+    case "$level" in
+        debug | info | warn | error) ;;
+        *) die "PROSODY_LOG_LEVEL must be debug, info, warn or error, got '$level'" ;;
+    esac
+    cat >"$dir/prosody.cfg.lua.tmp" <<EOF
+-- Written by scripts/prosody.sh: a private test instance. Do not edit (rewritten on start).
+run_as_root = true
+daemonize = false
+pidfile = "$dir/prosody.pid"
+data_path = "$dir/data"
+certificates = "$dir/certs"
+log = {
+    $level = "$dir/prosody.log";
+    error = "$dir/prosody.err";
+}
+
+-- No "limits" (it would throttle clients to 10 kB/s), no in-band registration, no s2s.
+modules_enabled = {
+    "roster"; "saslauth"; "tls"; "disco"; "ping"; "posix";
+}
+modules_disabled = { "s2s" }
+
+c2s_ports = { $c2s }
+c2s_interfaces = { "127.0.0.1" }
+component_ports = { $comp }
+component_interfaces = { "127.0.0.1" }
+s2s_ports = { }
+legacy_ssl_ports = { }
+http_ports = { }
+https_ports = { }
+
+authentication = "internal_hashed"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+network_settings = { nagle = false; tcp_backlog = 1024 }
+
+VirtualHost "localhost"
+VirtualHost "other.localhost"
+
+Component "$jid"
+    component_secret = "$secret"
+EOF
+    mv -f "$dir/prosody.cfg.lua.tmp" "$dir/prosody.cfg.lua"
+}
+
+cmd_start() {
+    [ $# -eq 5 ] || usage
+    local dir c2s=$2 comp=$3 jid=$4 secret=$5 pid pidfile_pid t0 deadline port
+    dir=$(abs_dir "$1")
+    check_port C2S_PORT "$c2s"
+    check_port COMPONENT_PORT "$comp"
+    [ "$c2s" != "$comp" ] || die "C2S_PORT and COMPONENT_PORT must differ"
+    check_word COMPONENT_JID "$jid"
+    check_word SECRET "$secret"
+    check_word DIR "$dir"
+    check_owner_pid
+    need_cmd prosody "package prosody"
+
+    mkdir -p "$dir"
+    chmod 0755 "$dir"
+    mkdir -p "$dir/data"
+
+    pid=$(running_pid "$dir")
+    [ -z "$pid" ] || die "Prosody of $dir is already running (pid $pid); run: $0 stop $dir"
+    for port in "$c2s" "$comp"; do
+        ! port_open "$port" || die "port $port on 127.0.0.1 is already in use (another server or test?)"
+    done
+
+    make_certs "$dir"
+    write_config "$dir" "$c2s" "$comp" "$jid" "$secret"
+    rm -f "$dir/prosody.pid"
+    # Fresh logs for this run, so a failure shows this run's errors.
+    : >"$dir/prosody.log"
+    : >"$dir/prosody.err"
+
+    t0=$(now_ms)
+    # setsid: own session, so the caller's signals (Ctrl-C) and terminal don't reach it.
+    # All fds are redirected so a caller capturing our output does not wait on Prosody.
+    setsid prosody -F --config "$dir/prosody.cfg.lua" </dev/null >"$dir/prosody.out" 2>&1 &
+    pid=$!
+    # Interrupted while waiting: don't leave a half-started server behind.
+    trap 'kill_wait "$pid" 2 >/dev/null 2>&1 || true; exit 130' INT TERM HUP
+
+    deadline=$((t0 + START_TIMEOUT * 1000))
+    while :; do
+        if ! pid_alive "$pid"; then
+            wait "$pid" 2>/dev/null || true
+            show_logs "$dir/prosody.out" "$dir/prosody.err" "$dir/prosody.log"
+            die "Prosody exited during start-up (see $dir/prosody.log)"
+        fi
+        if [ -s "$dir/prosody.pid" ] && pid_listens "$pid" "$c2s" && pid_listens "$pid" "$comp" \
+            && port_open "$c2s" && port_open "$comp"; then
+            break
+        fi
+        if grep -q 'Failed to open server port' "$dir/prosody.err" 2>/dev/null; then
+            # Taken by someone else between our check and Prosody's bind.
+            show_logs "$dir/prosody.err"
+            kill_wait "$pid" "$STOP_TIMEOUT" || true
+            die "Prosody could not listen on port $c2s or $comp (in use by another program?)"
+        fi
+        if [ "$(now_ms)" -ge "$deadline" ]; then
+            show_logs "$dir/prosody.out" "$dir/prosody.err" "$dir/prosody.log"
+            kill_wait "$pid" "$STOP_TIMEOUT" || true
+            die "Prosody did not accept connections on ports $c2s and $comp within ${START_TIMEOUT}s"
+        fi
+        sleep 0.05
+    done
+
+    trap - INT TERM HUP
+    pidfile_pid=$(tr -dc '0-9' <"$dir/prosody.pid")
+    [ "$pidfile_pid" = "$pid" ] || log "warning: pidfile says $pidfile_pid, started $pid"
+    start_watchdog "$dir" "$pid" bash "$SELF" stop "$dir"
+    log "Prosody ready in $(($(now_ms) - t0)) ms: c2s 127.0.0.1:$c2s, component $jid on 127.0.0.1:$comp, dir $dir"
+    printf '%s\n' "$pid"
+}
+
+cmd_stop() {
+    [ $# -eq 1 ] || usage
+    local dir pid
+    dir=$(abs_dir "$1")
+    stop_watchdog "$dir"
+    pid=$(running_pid "$dir")
+    if [ -z "$pid" ]; then
+        rm -f "$dir/prosody.pid"
+        return 0
+    fi
+    kill_wait "$pid" "$STOP_TIMEOUT" || die "could not stop Prosody pid $pid"
+    rm -f "$dir/prosody.pid"
+    log "stopped Prosody pid $pid ($dir)"
+}
+
+cmd_adduser() {
+    [ $# -eq 4 ] || usage
+    local dir user=$2 host=$3 password=$4 out
+    dir=$(abs_dir "$1")
+    check_word USER "$user"
+    check_word HOST "$host"
+    check_word PASSWORD "$password"
+    [ -f "$dir/prosody.cfg.lua" ] || die "no $dir/prosody.cfg.lua: run '$0 start $dir ...' first"
+    need_cmd prosodyctl "package prosody"
+    # prosodyctl register creates the user or, if it exists, sets its password.
+    if ! out=$(prosodyctl --config "$dir/prosody.cfg.lua" register "$user" "$host" "$password" </dev/null 2>&1); then
+        printf '%s\n' "$out" >&2
+        die "could not register $user@$host"
+    fi
+    log "user $user@$host registered"
+}
+
+[ $# -ge 1 ] || usage
+cmd=$1
+shift
+case "$cmd" in
+    start) cmd_start "$@" ;;
+    stop) cmd_stop "$@" ;;
+    adduser) cmd_adduser "$@" ;;
+    -h | --help | help) usage ;;
+    *) log "unknown subcommand '$cmd'"; usage ;;
+esac

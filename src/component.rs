@@ -1,0 +1,137 @@
+//! The connection supervisor: connect, serve, reconnect with backoff, shut down cleanly.
+//!
+//! Sessions and the router live outside any one connection, so a lost connection costs
+//! nobody their IRC or email session: stanzas wait in the outbox and flow again once the
+//! server is back.
+
+use std::time::{Duration, Instant};
+
+use bridge_core::SessionEvent;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::connection::{self, ConnectError};
+use crate::router::Router;
+use crate::writer::Control;
+use crate::xml_stream::{StreamEvent, NS_STREAM};
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first reconnection delay.
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+
+/// Why the gateway stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalError {
+    /// The server will never accept us as configured.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Why one connection ended.
+enum Ended {
+    /// We were asked to stop.
+    Shutdown,
+    /// The connection broke; reconnect.
+    Lost(String),
+}
+
+/// Runs the gateway's connection until `shutdown` turns true or the server refuses us.
+pub async fn supervise(
+    config: &Config,
+    router: &mut Router,
+    control: mpsc::Sender<Control>,
+    mut events: mpsc::Receiver<SessionEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), FatalError> {
+    let mut backoff = Backoff::new(
+        FIRST_RETRY,
+        Duration::from_secs(config.component.reconnect_max_secs),
+    );
+    let server = &config.component.server;
+    let jid = &config.component.jid;
+    loop {
+        let started = Instant::now();
+        let attempt = tokio::select! {
+            attempt = connection::connect(server, jid, &config.component.secret, CONNECT_TIMEOUT) => attempt,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
+        let ended = match attempt {
+            Err(error) if !error.is_retryable() => return Err(error.into()),
+            Err(error) => Ended::Lost(error.to_string()),
+            Ok(conn) => {
+                info!(%server, %jid, elapsed_ms = started.elapsed().as_millis() as u64, "connected to the XMPP server");
+                backoff.reset();
+                if control.send(Control::Attach(conn.writer)).await.is_err() {
+                    return Ok(());
+                }
+                router.on_connected().await;
+                serve(config, router, conn.reader, &mut events, &mut shutdown).await
+            }
+        };
+        match ended {
+            Ended::Shutdown => {
+                router.on_shutdown().await;
+                let (done, closed) = oneshot::channel();
+                if control.send(Control::Close(done)).await.is_ok() {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
+                }
+                return Ok(());
+            }
+            Ended::Lost(reason) => {
+                let delay = backoff.next_delay();
+                warn!(%server, %reason, retry_in_ms = delay.as_millis() as u64, "XMPP server connection lost");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => {
+                        router.on_shutdown().await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads and routes until the connection ends or shutdown is asked.
+async fn serve(
+    config: &Config,
+    router: &mut Router,
+    mut reader: crate::xml_stream::StanzaReader<tokio::net::tcp::OwnedReadHalf>,
+    events: &mut mpsc::Receiver<SessionEvent>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let keepalive = config.keepalive();
+    let mut last_read = tokio::time::Instant::now();
+    // The id of our keepalive ping when one is unanswered.
+    let mut ping_pending = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return Ended::Shutdown,
+            read = reader.next() => {
+                last_read = tokio::time::Instant::now();
+                ping_pending = false;
+                match read {
+                    Ok(StreamEvent::Stanza(element)) if element.is("error", NS_STREAM) => {
+                        return Ended::Lost(format!("stream error: {}", connection::stream_error_condition(&element)));
+                    }
+                    Ok(StreamEvent::Stanza(element)) => router.handle_stanza(element).await,
+                    Ok(StreamEvent::Header(_)) => {}
+                    Ok(StreamEvent::End) => return Ended::Lost("the server closed the stream".into()),
+                    Err(error) => return Ended::Lost(error.to_string()),
+                }
+            }
+            Some(event) = events.recv() => router.handle_event(event).await,
+            () = tokio::time::sleep_until(last_read + keepalive) => {
+                if ping_pending {
+                    return Ended::Lost(format!("no answer from the server for {:?}", keepalive * 2));
+                }
+                ping_pending = true;
+                last_read = tokio::time::Instant::now();
+                router.send_keepalive_ping().await;
+            }
+        }
+    }
+}

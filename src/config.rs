@@ -1,0 +1,446 @@
+//! The gateway's configuration: a TOML file (`--config FILE`) with every key overridable by
+//! an environment variable `GATEWAY__SECTION__KEY`, read with the `config` crate.
+//!
+//! Keys are those of DESIGN.md. Only `component.jid`, `component.secret` and
+//! `storage.path` are required. An unknown key, a missing key or a bad value is a
+//! [`ConfigError`] whose one-line message names the key and the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bridge_core::Secret;
+use serde::{Deserialize, Deserializer};
+
+/// Prefix of the environment variables that override file keys.
+const ENV_PREFIX: &str = "GATEWAY";
+/// Separator between prefix, section and key in those variables.
+const ENV_SEPARATOR: &str = "__";
+/// Keys that hold lists; in the environment they are comma-separated.
+const LIST_KEYS: &[&str] = &["registration.allowed_domains", "registration.admins"];
+
+/// Everything the gateway is told by its administrator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How to reach the XMPP server and who we are on it.
+    pub component: ComponentConfig,
+    /// Where users and their credentials are kept.
+    pub storage: StorageConfig,
+    /// Who may use the gateway and who administers it.
+    #[serde(default)]
+    pub registration: RegistrationConfig,
+    /// Per-IRC-network settings.
+    #[serde(default)]
+    pub irc: IrcConfig,
+    /// Email provider presets.
+    #[serde(default)]
+    pub email: EmailConfig,
+}
+
+/// The XEP-0114 connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// The gateway's own domain, as declared in the server's `Component` block.
+    pub jid: String,
+    /// The shared secret of the XEP-0114 handshake; never logged.
+    #[serde(deserialize_with = "secret")]
+    pub secret: Secret,
+    /// The server's component port (`host:port`).
+    #[serde(default = "default_server")]
+    pub server: String,
+    /// Seconds of silence after which we check that the server is still there.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u64,
+    /// Upper bound of the reconnection backoff, in seconds.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_secs: u64,
+}
+
+/// The sled store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The sled directory.
+    pub path: PathBuf,
+    /// The credentials key; `<path>/secret.key` when absent, created 0600 on first start.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Access control.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// XMPP domains whose users may use the gateway; empty means any domain.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// Bare JIDs that may run admin commands.
+    #[serde(default)]
+    pub admins: Vec<String>,
+}
+
+/// IRC settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IrcConfig {
+    /// Settings per IRC server host name; servers not listed use TLS on 6697.
+    #[serde(default)]
+    pub networks: BTreeMap<String, IrcNetworkConfig>,
+}
+
+/// One IRC network.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IrcNetworkConfig {
+    /// The server's port.
+    #[serde(default = "default_irc_port")]
+    pub port: u16,
+    /// Whether to speak TLS (certificates are always verified).
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    /// An extra CA certificate (PEM) to trust for this network, e.g. a private CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Email settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// Presets per email domain, so users give only their address and password.
+    #[serde(default)]
+    pub providers: BTreeMap<String, EmailProviderConfig>,
+}
+
+/// One email provider preset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailProviderConfig {
+    /// IMAP server, `host:port`.
+    pub imap: String,
+    /// How to secure the IMAP connection.
+    #[serde(default)]
+    pub imap_security: Security,
+    /// SMTP submission server, `host:port`.
+    pub smtp: String,
+    /// How to secure the SMTP connection.
+    #[serde(default)]
+    pub smtp_security: Security,
+}
+
+/// Transport security of a mail connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// Implicit TLS from the first byte.
+    #[default]
+    Tls,
+    /// Plain connection upgraded with STARTTLS.
+    Starttls,
+    /// No encryption: only for a server on the same machine.
+    Plain,
+}
+
+fn default_server() -> String {
+    "127.0.0.1:5347".into()
+}
+fn default_keepalive() -> u64 {
+    60
+}
+fn default_reconnect_max() -> u64 {
+    30
+}
+fn default_irc_port() -> u16 {
+    6697
+}
+fn default_true() -> bool {
+    true
+}
+
+fn secret<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+    String::deserialize(deserializer).map(Secret::from)
+}
+
+/// Why the configuration was refused. Each message is one line naming the key and the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing, unreadable, not TOML, or a key is unknown, missing or mistyped.
+    #[error("{file}: {message}")]
+    Load {
+        /// The configuration file.
+        file: String,
+        /// What the config crate or serde said, which names the key.
+        message: String,
+    },
+    /// A key has a value of the right type that makes no sense.
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        /// The configuration file.
+        file: String,
+        /// The dotted key, e.g. `component.jid`.
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads `file` and the `GATEWAY__*` environment, then validates the result.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment, for tests.
+    pub fn load_with_env(
+        file: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let file_name = file.display().to_string();
+        let load_error = |error: config::ConfigError| ConfigError::Load {
+            file: file_name.clone(),
+            message: error.to_string().replace('\n', " "),
+        };
+        if !file.is_file() {
+            return Err(ConfigError::Load {
+                file: file_name,
+                message: "no such file".into(),
+            });
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+            .collect();
+        let mut environment = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator(ENV_SEPARATOR)
+            .separator(ENV_SEPARATOR)
+            .list_separator(",")
+            .try_parsing(true)
+            .source(Some(env));
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        let config: Config = config::Config::builder()
+            .add_source(config::File::from(file).format(config::FileFormat::Toml))
+            .add_source(environment)
+            .build()
+            .map_err(load_error)?
+            .try_deserialize()
+            .map_err(load_error)?;
+        config.validate(&file_name)?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        if !is_domain(&self.component.jid) {
+            return Err(invalid(
+                "component.jid",
+                format!(
+                    "{:?} is not a domain; expected the component's domain such as \"gateway.example.com\"",
+                    self.component.jid
+                ),
+            ));
+        }
+        if self.component.secret.expose().is_empty() {
+            return Err(invalid("component.secret", "must not be empty".into()));
+        }
+        if let Err(message) = check_host_port(&self.component.server) {
+            return Err(invalid("component.server", message));
+        }
+        if self.component.keepalive_secs == 0 {
+            return Err(invalid("component.keepalive_secs", "must be at least 1".into()));
+        }
+        if self.component.reconnect_max_secs == 0 {
+            return Err(invalid("component.reconnect_max_secs", "must be at least 1".into()));
+        }
+        for (i, domain) in self.registration.allowed_domains.iter().enumerate() {
+            if !is_domain(domain) {
+                return Err(invalid(
+                    &format!("registration.allowed_domains[{i}]"),
+                    format!("{domain:?} is not a domain"),
+                ));
+            }
+        }
+        for (i, admin) in self.registration.admins.iter().enumerate() {
+            if !admin.split_once('@').is_some_and(|(u, d)| !u.is_empty() && is_domain(d)) {
+                return Err(invalid(
+                    &format!("registration.admins[{i}]"),
+                    format!("{admin:?} is not a bare JID such as \"admin@example.com\""),
+                ));
+            }
+        }
+        for (name, network) in &self.irc.networks {
+            if network.port == 0 {
+                return Err(invalid(&format!("irc.networks.\"{name}\".port"), "must not be 0".into()));
+            }
+        }
+        for (domain, provider) in &self.email.providers {
+            for (field, value) in [("imap", &provider.imap), ("smtp", &provider.smtp)] {
+                if let Err(message) = check_host_port(value) {
+                    return Err(invalid(&format!("email.providers.\"{domain}\".{field}"), message));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The credentials key file: the configured one, or `secret.key` in the store.
+    pub fn key_file(&self) -> PathBuf {
+        self.storage
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.storage.path.join("secret.key"))
+    }
+
+    /// How long the connection may stay silent before we check on the server.
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.component.keepalive_secs)
+    }
+
+    /// Whether a user of `domain` may use the gateway.
+    pub fn domain_allowed(&self, domain: &str) -> bool {
+        let allowed = &self.registration.allowed_domains;
+        allowed.is_empty() || allowed.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// Whether `s` looks like a DNS name or an IPv4 address usable as a JID domain.
+fn is_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// Checks a `host:port` value (a domain or IP address, and a non-zero port).
+pub fn check_host_port(value: &str) -> Result<(), String> {
+    if value.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match value.rsplit_once(':') {
+        Some((host, port)) if is_domain(host) && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(format!("{value:?} is not host:port, such as \"127.0.0.1:5347\"")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(toml: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(toml.as_bytes()).unwrap();
+        file
+    }
+
+    const MINIMAL: &str = "[component]\njid = \"gw.localhost\"\nsecret = \"s3cret\"\n[storage]\npath = \"/tmp/x\"\n";
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let file = write(toml);
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load_with_env(file.path(), env)
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.component.server, "127.0.0.1:5347");
+        assert_eq!(c.key_file(), PathBuf::from("/tmp/x/secret.key"));
+        assert!(c.domain_allowed("anything.org"));
+        assert_eq!(c.component.keepalive_secs, 60);
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.example.toml");
+        let c = Config::load_with_env(&path, std::iter::empty()).unwrap();
+        assert_eq!(c.component.jid, "gateway.localhost");
+        assert!(c.irc.networks.contains_key("127.0.0.1"));
+        assert_eq!(c.email.providers["example.test"].smtp_security, Security::Plain);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("GATEWAY__COMPONENT__SECRET", "12345"),
+                ("GATEWAY__COMPONENT__SERVER", "127.0.0.1:6000"),
+                ("GATEWAY__STORAGE__KEY_FILE", "/k"),
+                ("GATEWAY__REGISTRATION__ALLOWED_DOMAINS", "a.org,b.org"),
+                ("OTHER__COMPONENT__JID", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.component.secret.expose(), "12345");
+        assert_eq!(c.component.server, "127.0.0.1:6000");
+        assert_eq!(c.key_file(), PathBuf::from("/k"));
+        assert!(c.domain_allowed("B.org") && !c.domain_allowed("c.org"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let file = write(&format!("{MINIMAL}[registration]\nallowed_domain = [\"x\"]\n"));
+        let err = Config::load_with_env(file.path(), std::iter::empty()).unwrap_err().to_string();
+        assert!(err.contains("allowed_domain"), "{err}");
+        assert!(err.contains(&file.path().display().to_string()), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let err = load("[component]\njid = \"gw\"\n[storage]\npath = \"/x\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            (format!("{MINIMAL}[irc.networks.\"h\"]\nport = \"x\"\n"), "port"),
+            (format!("{MINIMAL}[irc.networks.\"h\"]\nport = 70000\n"), "port"),
+            (MINIMAL.replace("gw.localhost", "user@gw"), "component.jid"),
+            (MINIMAL.replace("s3cret", ""), "component.secret"),
+            (format!("{MINIMAL}[registration]\nadmins = [\"nobody\"]\n"), "registration.admins[0]"),
+            (
+                format!("{MINIMAL}[email.providers.\"e.org\"]\nimap = \"e.org\"\nsmtp = \"e.org:25\"\n"),
+                "email.providers.\"e.org\".imap",
+            ),
+            (
+                format!("{MINIMAL}[email.providers.\"e.org\"]\nimap = \"e.org:1\"\nsmtp = \"e.org:25\"\nsmtp_security = \"none\"\n"),
+                "smtp_security",
+            ),
+        ];
+        for (toml, key) in cases {
+            let err = load(&toml, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = Config::load_with_env(Path::new("/nonexistent/gw.toml"), std::iter::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/gw.toml"), "{err}");
+    }
+
+    #[test]
+    fn secret_does_not_print() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,60 @@
+//! xmpp-gateway: an XEP-0114 component that bridges XMPP to IRC and email.
+//!
+//! See ARCHITECTURE.md for the bird's-eye view. `main.rs` parses the command line and
+//! calls [`run`]; each module below does one job.
+
+pub mod address;
+pub mod backoff;
+pub mod component;
+pub mod config;
+pub mod connection;
+pub mod disco;
+pub mod presence;
+pub mod registration;
+pub mod router;
+pub mod sessions;
+pub mod stanza;
+pub mod store;
+pub mod vault;
+pub mod writer;
+pub mod xml_stream;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::router::Router;
+use crate::sessions::Sessions;
+use crate::store::Store;
+
+/// How many session events may wait for the router.
+const EVENT_QUEUE: usize = 4096;
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The store could not be opened (wrong key, locked, unreadable).
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The server refused us for good (wrong secret).
+    #[error(transparent)]
+    Fatal(#[from] component::FatalError),
+}
+
+/// Runs the gateway until `shutdown` turns true (then shuts down cleanly) or a fatal
+/// error.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+    let store = Store::open(&config.storage.path, &config.key_file())?;
+    let config = Arc::new(config);
+    let (out, control, writer) = writer::spawn(config.keepalive());
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    // The IRC and email bridges plug in here as they are built (issues 3 and 4).
+    let sessions = Sessions::new(Vec::new(), events_tx);
+    let mut router = Router::new(config.clone(), store.clone(), out, sessions);
+    let result = component::supervise(&config, &mut router, control, events_rx, shutdown).await;
+    drop(router);
+    let _ = writer.await;
+    store.flush().await?;
+    Ok(result?)
+}

@@ -1,0 +1,181 @@
+//! The live (user, network) sessions, started on demand by the bridge that serves the
+//! network and ended when the user goes offline, unregisters, or the gateway stops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bridge_core::model::{Command, Credentials, NetworkId, SessionKey, UserId};
+use bridge_core::{Bridge, EventSink, Session};
+
+/// No bridge in this build serves the network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this gateway has no bridge for {0:?}")]
+pub struct NoBridge(pub NetworkId);
+
+/// Every live session, by key.
+pub struct Sessions {
+    /// The bridges, asked in order which one serves a network.
+    bridges: Vec<Arc<dyn Bridge>>,
+    /// Live sessions. A closed one is replaced on the next command.
+    live: HashMap<SessionKey, Box<dyn Session>>,
+    /// Handed to each new session for its events.
+    events: EventSink,
+}
+
+impl Sessions {
+    /// An empty registry over `bridges`.
+    pub fn new(bridges: Vec<Arc<dyn Bridge>>, events: EventSink) -> Self {
+        Sessions { bridges, live: HashMap::new(), events }
+    }
+
+    /// Whether some bridge serves `network`.
+    pub fn has_bridge(&self, network: &NetworkId) -> bool {
+        self.bridges.iter().any(|b| b.serves(network))
+    }
+
+    /// Hands `command` to the session of `key`, starting it with `credentials()` first if
+    /// it is not running.
+    pub fn dispatch(
+        &mut self,
+        key: SessionKey,
+        credentials: impl FnOnce() -> Credentials,
+        command: Command,
+    ) -> Result<(), NoBridge> {
+        if let Some(session) = self.live.get(&key) {
+            if session.send(command.clone()).is_ok() {
+                return Ok(());
+            }
+            self.live.remove(&key);
+        }
+        let bridge = self
+            .bridges
+            .iter()
+            .find(|b| b.serves(&key.network))
+            .ok_or_else(|| NoBridge(key.network.clone()))?;
+        tracing::info!(user = %key.user.0, network = ?key.network, "starting a session");
+        let session = bridge.start(key.clone(), credentials(), self.events.clone());
+        // A session that dies at once reports it through its events; nothing to do here.
+        let _ = session.send(command);
+        self.live.insert(key, session);
+        Ok(())
+    }
+
+    /// Ends every session of `user`.
+    pub fn end_user(&mut self, user: &UserId, reason: &str) {
+        self.live.retain(|key, session| {
+            if &key.user != user {
+                return true;
+            }
+            let _ = session.send(Command::Shutdown { reason: reason.to_owned() });
+            false
+        });
+    }
+
+    /// Ends every session.
+    pub fn end_all(&mut self, reason: &str) {
+        for (_, session) in self.live.drain() {
+            let _ = session.send(Command::Shutdown { reason: reason.to_owned() });
+        }
+    }
+
+    /// Drops a session that reported its own end.
+    pub fn forget(&mut self, key: &SessionKey) {
+        self.live.remove(key);
+    }
+
+    /// How many sessions are live.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bridge_core::CommandQueue;
+    use std::sync::Mutex;
+    use tokio::sync::mpsc;
+
+    /// A bridge for IRC servers whose sessions record the commands they get.
+    #[derive(Default)]
+    struct Recorder {
+        started: Mutex<Vec<(SessionKey, Credentials)>>,
+        receivers: Mutex<Vec<mpsc::UnboundedReceiver<Command>>>,
+    }
+
+    impl Bridge for Recorder {
+        fn serves(&self, network: &NetworkId) -> bool {
+            matches!(network, NetworkId::Irc { .. })
+        }
+        fn start(&self, key: SessionKey, credentials: Credentials, _: EventSink) -> Box<dyn Session> {
+            self.started.lock().unwrap().push((key, credentials));
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.receivers.lock().unwrap().push(rx);
+            Box::new(CommandQueue(tx))
+        }
+    }
+
+    fn key(user: &str, network: NetworkId) -> SessionKey {
+        SessionKey { user: UserId(user.into()), network }
+    }
+
+    fn irc(server: &str) -> NetworkId {
+        NetworkId::Irc { server: server.into() }
+    }
+
+    fn leave() -> Command {
+        Command::Leave { channel: "#c".into(), reason: None }
+    }
+
+    #[test]
+    fn starts_once_per_user_and_network_from_credentials() {
+        let bridge = Arc::new(Recorder::default());
+        let (events, _rx) = mpsc::channel(8);
+        let mut sessions = Sessions::new(vec![bridge.clone()], events);
+        sessions.dispatch(key("u@h", irc("a")), || Credentials::Anonymous, leave()).unwrap();
+        sessions.dispatch(key("u@h", irc("a")), || panic!("must not start twice"), leave()).unwrap();
+        sessions.dispatch(key("u@h", irc("b")), || Credentials::Anonymous, leave()).unwrap();
+        sessions.dispatch(key("v@h", irc("a")), || Credentials::Anonymous, leave()).unwrap();
+        assert_eq!(bridge.started.lock().unwrap().len(), 3);
+        assert_eq!(sessions.len(), 3);
+        let mut receivers = bridge.receivers.lock().unwrap();
+        assert_eq!(receivers[0].try_recv().unwrap(), leave());
+        assert_eq!(receivers[0].try_recv().unwrap(), leave());
+    }
+
+    #[test]
+    fn ending_a_user_leaves_others_alone_and_a_dead_session_is_restarted() {
+        let bridge = Arc::new(Recorder::default());
+        let (events, _rx) = mpsc::channel(8);
+        let mut sessions = Sessions::new(vec![bridge.clone()], events);
+        sessions.dispatch(key("u@h", irc("a")), || Credentials::Anonymous, leave()).unwrap();
+        sessions.dispatch(key("v@h", irc("a")), || Credentials::Anonymous, leave()).unwrap();
+        sessions.end_user(&UserId("u@h".into()), "offline");
+        assert_eq!(sessions.len(), 1);
+        {
+            let mut receivers = bridge.receivers.lock().unwrap();
+            receivers[0].try_recv().unwrap();
+            assert!(matches!(receivers[0].try_recv().unwrap(), Command::Shutdown { .. }));
+            // The session task of v@h dies on its own.
+            receivers.remove(1);
+        }
+        sessions.dispatch(key("v@h", irc("a")), || Credentials::Anonymous, leave()).unwrap();
+        assert_eq!(bridge.started.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn no_bridge_is_an_error() {
+        let (events, _rx) = mpsc::channel(8);
+        let mut sessions = Sessions::new(vec![Arc::new(Recorder::default())], events);
+        let err = sessions
+            .dispatch(key("u@h", NetworkId::Email), || Credentials::Anonymous, leave())
+            .unwrap_err();
+        assert_eq!(err, NoBridge(NetworkId::Email));
+        assert!(!sessions.has_bridge(&NetworkId::Email));
+    }
+}

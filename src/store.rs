@@ -1,0 +1,954 @@
+//! Everything the gateway persists, behind one type: [`Store`]. Only this module knows sled.
+//!
+//! # On-disk layout
+//!
+//! The store is a sled database in one directory, with two trees:
+//!
+//! * `users`: one entry per registered user, keyed by the bare JID (UTF-8 bytes, exactly as
+//!   passed in; normalising the JID is the caller's job), whose value is JSON:
+//!
+//!   ```json
+//!   {"version":1,
+//!    "irc":{"nick":"alice_","password_sealed":"<hex>"},
+//!    "email":{"address":"alice@example.org","password_sealed":"<hex>","login":null,
+//!             "imap_server":null,"smtp_server":null}}
+//!   ```
+//!
+//!   Passwords are never stored in plaintext: each is sealed by the [`Vault`] with the
+//!   associated data `"<field>\0<bare JID>"` (`irc.password` or `email.password`), so a
+//!   sealed value copied into another user's record, or into the other field, does not
+//!   decrypt and the record reads as [`StoreError::Corrupt`].
+//! * `meta`: `key_check`, a constant sealed when the store is first opened, and opened on
+//!   every later open, so that a wrong or replaced key file is caught at start-up
+//!   ([`StoreError::WrongKey`]) instead of as undecryptable records later.
+//!
+//! # Durability
+//!
+//! [`Store::put_user`] and [`Store::remove_user`] return only after sled has written and
+//! fsynced the change, so a record they reported as stored survives a crash or `kill -9`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bridge_core::Secret;
+use serde::{Deserialize, Serialize};
+
+use crate::vault::{Vault, VaultError};
+
+/// The version of the per-user JSON format written by this code. Records with a higher
+/// version were written by a newer gateway and are refused rather than misread.
+const FORMAT_VERSION: u32 = 1;
+
+const USERS_TREE: &str = "users";
+const META_TREE: &str = "meta";
+const KEY_CHECK_KEY: &[u8] = b"key_check";
+const KEY_CHECK_PLAINTEXT: &str = "xmpp-gateway store key check v1";
+/// Associated data of the key check value. JIDs cannot contain NUL, so this can never
+/// equal the associated data of a password (`"<field>\0<jid>"` has a field name first).
+const KEY_CHECK_AAD: &[u8] = b"store.key-check";
+
+const IRC_PASSWORD_FIELD: &str = "irc.password";
+const EMAIL_PASSWORD_FIELD: &str = "email.password";
+
+/// Everything the gateway knows about one registered user.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserRecord {
+    /// The user's IRC registration, used to connect to IRC on their behalf; `None` if they
+    /// have not registered with the IRC gateway.
+    pub irc: Option<IrcAccount>,
+    /// The user's mailbox, used to fetch and send mail on their behalf; `None` if they
+    /// have not registered with the email gateway.
+    pub email: Option<EmailAccount>,
+}
+
+/// How to appear on IRC for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IrcAccount {
+    /// The nickname to use on IRC, chosen at registration so that it is stable across
+    /// reconnects and does not have to be derived from the JID.
+    pub nick: String,
+    /// The password that identifies the nick to the network's services (SASL or
+    /// NickServ); `None` for an unregistered nick.
+    pub password: Option<Secret>,
+}
+
+/// How to reach one user's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailAccount {
+    /// The email address: the `From` of mail the user sends, and by default the login and
+    /// the domain from which the servers are found.
+    pub address: String,
+    /// The password for the IMAP and SMTP servers; mail access always needs one.
+    pub password: Secret,
+    /// The login name for IMAP and SMTP when it differs from `address`; `None` means log
+    /// in with the address.
+    pub login: Option<String>,
+    /// The IMAP server (`host` or `host:port`) when it cannot be derived from the
+    /// address's domain; `None` means derive it.
+    pub imap_server: Option<String>,
+    /// The SMTP submission server (`host` or `host:port`) when it cannot be derived from
+    /// the address's domain; `None` means derive it.
+    pub smtp_server: Option<String>,
+}
+
+/// Why the store could not be opened, read or written.
+///
+/// No message ever contains a password or key.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled's lock on the store is held, by another process or another open [`Store`].
+    #[error(
+        "the store at {} is locked: another gateway is probably running on this store \
+         (stop it, or give this one a different store directory)",
+        store.display()
+    )]
+    Locked {
+        /// The store directory.
+        store: PathBuf,
+    },
+    /// The key file does not decrypt the store's key check value.
+    #[error(
+        "the key file {} does not match the store at {}; restore the original key file",
+        key_file.display(),
+        store.display()
+    )]
+    WrongKey {
+        /// The key file given.
+        key_file: PathBuf,
+        /// The store directory.
+        store: PathBuf,
+    },
+    /// The store has sealed data but its key file does not exist.
+    #[error(
+        "the key file {} does not exist, but the store at {} was created with one; \
+         restore the original key file (a new key could not decrypt the stored passwords)",
+        key_file.display(),
+        store.display()
+    )]
+    KeyMissing {
+        /// The key file given.
+        key_file: PathBuf,
+        /// The store directory.
+        store: PathBuf,
+    },
+    /// The key file could not be read or created.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// A stored user record does not decode (bad JSON, unknown format version, a password
+    /// that does not decrypt for this user, ...).
+    #[error("the stored record for {jid} is corrupt: {reason}")]
+    Corrupt {
+        /// The bare JID the record is stored under.
+        jid: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// sled failed.
+    #[error("cannot {action} the store at {}: {source}", store.display())]
+    Db {
+        /// What was being attempted, e.g. "open" or "flush".
+        action: &'static str,
+        /// The store directory.
+        store: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: sled::Error,
+    },
+}
+
+/// The gateway's persistent state. Cheap to clone (all clones share one database), and
+/// `Send + Sync`.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    users: sled::Tree,
+    vault: Vault,
+    dir: PathBuf,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("key_file", &self.inner.vault.key_file())
+            .finish_non_exhaustive()
+    }
+}
+
+// The on-disk form of a record: the public records with each password replaced by its
+// sealed form.
+
+#[derive(Deserialize)]
+struct StoredVersion {
+    version: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredUser {
+    version: u32,
+    irc: Option<StoredIrc>,
+    email: Option<StoredEmail>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredIrc {
+    nick: String,
+    password_sealed: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEmail {
+    address: String,
+    password_sealed: String,
+    login: Option<String>,
+    imap_server: Option<String>,
+    smtp_server: Option<String>,
+}
+
+/// The associated data a password is sealed with: the field and the user's bare JID.
+fn aad(field: &str, bare_jid: &str) -> Vec<u8> {
+    format!("{field}\0{bare_jid}").into_bytes()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, with the credential key in
+    /// `key_file`.
+    ///
+    /// On a new store the key file is created if absent and a sealed check value is
+    /// recorded; on an existing one the key file must exist and decrypt that value, or the
+    /// open fails with [`StoreError::KeyMissing`] / [`StoreError::WrongKey`] (no key file
+    /// is created then). Fails with [`StoreError::Locked`] if another process has the
+    /// store open. Blocks on disk I/O; call it at start-up.
+    pub fn open(dir: &Path, key_file: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|source| {
+                if is_lock_error(&source) {
+                    StoreError::Locked {
+                        store: dir.to_owned(),
+                    }
+                } else {
+                    db_error("open", dir, source)
+                }
+            })?;
+        let meta = db
+            .open_tree(META_TREE)
+            .map_err(|e| db_error("open", dir, e))?;
+        let users = db
+            .open_tree(USERS_TREE)
+            .map_err(|e| db_error("open", dir, e))?;
+
+        let vault = match meta.get(KEY_CHECK_KEY).map_err(|e| db_error("read", dir, e))? {
+            Some(check) => {
+                let vault = match Vault::load(key_file) {
+                    Err(VaultError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        return Err(StoreError::KeyMissing {
+                            key_file: key_file.to_owned(),
+                            store: dir.to_owned(),
+                        })
+                    }
+                    other => other?,
+                };
+                let matches = std::str::from_utf8(&check)
+                    .ok()
+                    .and_then(|check| vault.open(check, KEY_CHECK_AAD).ok())
+                    .is_some_and(|plain| plain.expose() == KEY_CHECK_PLAINTEXT);
+                if !matches {
+                    return Err(StoreError::WrongKey {
+                        key_file: key_file.to_owned(),
+                        store: dir.to_owned(),
+                    });
+                }
+                vault
+            }
+            None => {
+                if !users.is_empty() {
+                    tracing::warn!(
+                        store = %dir.display(),
+                        "the store has users but no key check value; records sealed with \
+                         another key will read as corrupt"
+                    );
+                }
+                let vault = Vault::open_or_create(key_file)?;
+                let check = vault.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_AAD);
+                meta.insert(KEY_CHECK_KEY, check.as_bytes())
+                    .map_err(|e| db_error("write", dir, e))?;
+                db.flush().map_err(|e| db_error("flush", dir, e))?;
+                vault
+            }
+        };
+
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                users,
+                vault,
+                dir: dir.to_owned(),
+            }),
+        })
+    }
+
+    /// The record of `bare_jid`, or `None` if that user is not registered.
+    ///
+    /// A record that does not decode, including one whose password does not decrypt for
+    /// this JID, is [`StoreError::Corrupt`].
+    pub fn user(&self, bare_jid: &str) -> Result<Option<UserRecord>, StoreError> {
+        let Some(bytes) = self
+            .inner
+            .users
+            .get(bare_jid.as_bytes())
+            .map_err(|e| self.db_error("read", e))?
+        else {
+            return Ok(None);
+        };
+        self.decode(bare_jid, &bytes).map(Some)
+    }
+
+    /// Stores `record` as the record of `bare_jid`, replacing any previous one.
+    ///
+    /// Durable when it returns: the write has been flushed and fsynced.
+    pub async fn put_user(&self, bare_jid: &str, record: &UserRecord) -> Result<(), StoreError> {
+        let bytes = self.encode(bare_jid, record);
+        self.inner
+            .users
+            .insert(bare_jid.as_bytes(), bytes)
+            .map_err(|e| self.db_error("write", e))?;
+        self.flush().await?;
+        tracing::debug!(jid = bare_jid, "stored user record");
+        Ok(())
+    }
+
+    /// Deletes the record of `bare_jid`; `true` if there was one.
+    ///
+    /// Durable when it returns: the deletion has been flushed and fsynced.
+    pub async fn remove_user(&self, bare_jid: &str) -> Result<bool, StoreError> {
+        let existed = self
+            .inner
+            .users
+            .remove(bare_jid.as_bytes())
+            .map_err(|e| self.db_error("write", e))?
+            .is_some();
+        if existed {
+            self.flush().await?;
+            tracing::debug!(jid = bare_jid, "removed user record");
+        }
+        Ok(existed)
+    }
+
+    /// The bare JIDs of all registered users, in byte order.
+    pub fn user_jids(&self) -> Result<Vec<String>, StoreError> {
+        self.inner
+            .users
+            .iter()
+            .keys()
+            .map(|key| {
+                let key = key.map_err(|e| self.db_error("read", e))?;
+                String::from_utf8(key.to_vec()).map_err(|e| StoreError::Corrupt {
+                    jid: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                    reason: "the key is not UTF-8".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// Writes and fsyncs everything written so far.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner
+            .db
+            .flush_async()
+            .await
+            .map(drop)
+            .map_err(|e| self.db_error("flush", e))
+    }
+
+    fn encode(&self, bare_jid: &str, record: &UserRecord) -> Vec<u8> {
+        let vault = &self.inner.vault;
+        let stored = StoredUser {
+            version: FORMAT_VERSION,
+            irc: record.irc.as_ref().map(|irc| StoredIrc {
+                nick: irc.nick.clone(),
+                password_sealed: irc.password.as_ref().map(|password| {
+                    vault.seal(password.expose(), &aad(IRC_PASSWORD_FIELD, bare_jid))
+                }),
+            }),
+            email: record.email.as_ref().map(|email| StoredEmail {
+                address: email.address.clone(),
+                password_sealed: vault.seal(
+                    email.password.expose(),
+                    &aad(EMAIL_PASSWORD_FIELD, bare_jid),
+                ),
+                login: email.login.clone(),
+                imap_server: email.imap_server.clone(),
+                smtp_server: email.smtp_server.clone(),
+            }),
+        };
+        serde_json::to_vec(&stored).expect("a struct of strings always serialises to JSON")
+    }
+
+    fn decode(&self, bare_jid: &str, bytes: &[u8]) -> Result<UserRecord, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            jid: bare_jid.to_owned(),
+            reason,
+        };
+        let StoredVersion { version } = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("cannot read its format version: {e}")))?;
+        if version != FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "it has format version {version}, but this gateway only reads version \
+                 {FORMAT_VERSION}"
+            )));
+        }
+        let stored: StoredUser =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(format!("invalid JSON: {e}")))?;
+        let open = |sealed: &str, field: &str| {
+            self.inner
+                .vault
+                .open(sealed, &aad(field, bare_jid))
+                .map_err(|e| corrupt(format!("the {field} does not decrypt: {e}")))
+        };
+        Ok(UserRecord {
+            irc: stored
+                .irc
+                .map(|irc| -> Result<_, StoreError> {
+                    Ok(IrcAccount {
+                        nick: irc.nick,
+                        password: irc
+                            .password_sealed
+                            .map(|sealed| open(&sealed, IRC_PASSWORD_FIELD))
+                            .transpose()?,
+                    })
+                })
+                .transpose()?,
+            email: stored
+                .email
+                .map(|email| -> Result<_, StoreError> {
+                    Ok(EmailAccount {
+                        password: open(&email.password_sealed, EMAIL_PASSWORD_FIELD)?,
+                        address: email.address,
+                        login: email.login,
+                        imap_server: email.imap_server,
+                        smtp_server: email.smtp_server,
+                    })
+                })
+                .transpose()?,
+        })
+    }
+
+    fn db_error(&self, action: &'static str, source: sled::Error) -> StoreError {
+        db_error(action, &self.inner.dir, source)
+    }
+}
+
+fn db_error(action: &'static str, dir: &Path, source: sled::Error) -> StoreError {
+    StoreError::Db {
+        action,
+        store: dir.to_owned(),
+        source,
+    }
+}
+
+/// Whether sled failed to open because another handle holds its file lock. sled 0.34
+/// reports this only as an `Io` error of kind `Other` with this message.
+fn is_lock_error(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(e)
+        if e.kind() == std::io::ErrorKind::Other
+            && e.to_string().contains("could not acquire lock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    const JID: &str = "alice@example.org";
+    const IRC_PASSWORD: &str = "irc-pw-Zq7xK2mVb9";
+    const EMAIL_PASSWORD: &str = "mail-pw-Hw3nR8tLp4";
+
+    fn full_record() -> UserRecord {
+        UserRecord {
+            irc: Some(IrcAccount {
+                nick: "alice_irc_nick".into(),
+                password: Some(Secret::new(IRC_PASSWORD)),
+            }),
+            email: Some(EmailAccount {
+                address: "alice@mail.example".into(),
+                password: Secret::new(EMAIL_PASSWORD),
+                login: Some("alice.login".into()),
+                imap_server: Some("imap.mail.example:993".into()),
+                smtp_server: Some("smtp.mail.example:465".into()),
+            }),
+        }
+    }
+
+    /// A temporary directory holding a store directory and, beside it, a key file.
+    struct Fixture {
+        tmp: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                tmp: tempfile::tempdir().unwrap(),
+            }
+        }
+        fn db(&self) -> PathBuf {
+            self.tmp.path().join("db")
+        }
+        fn key(&self) -> PathBuf {
+            self.tmp.path().join("store.key")
+        }
+        fn open(&self) -> Store {
+            Store::open(&self.db(), &self.key()).unwrap()
+        }
+    }
+
+    fn raw_get(store: &Store, jid: &str) -> Vec<u8> {
+        store.inner.users.get(jid).unwrap().unwrap().to_vec()
+    }
+
+    fn raw_put(store: &Store, jid: &str, value: &[u8]) {
+        store.inner.users.insert(jid, value).unwrap();
+    }
+
+    fn raw_json(store: &Store, jid: &str) -> serde_json::Value {
+        serde_json::from_slice(&raw_get(store, jid)).unwrap()
+    }
+
+    fn assert_corrupt(result: Result<Option<UserRecord>, StoreError>, jid: &str) -> String {
+        match result {
+            Err(err @ StoreError::Corrupt { .. }) => {
+                let msg = err.to_string();
+                assert!(msg.contains(jid), "{msg}");
+                assert!(!msg.contains(IRC_PASSWORD) && !msg.contains(EMAIL_PASSWORD));
+                msg
+            }
+            other => panic!("expected Corrupt for {jid}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn store_is_clone_send_sync() {
+        fn check<T: Clone + Send + Sync + 'static>() {}
+        fn check_error<E: std::error::Error + Send + Sync + 'static>() {}
+        check::<Store>();
+        check_error::<StoreError>();
+        check_error::<VaultError>();
+    }
+
+    #[tokio::test]
+    async fn round_trips_a_full_record() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        assert_eq!(store.user(JID).unwrap(), None);
+        store.put_user(JID, &full_record()).await.unwrap();
+        assert_eq!(store.user(JID).unwrap(), Some(full_record()));
+        // A clone sees the same data.
+        assert_eq!(store.clone().user(JID).unwrap(), Some(full_record()));
+    }
+
+    #[tokio::test]
+    async fn round_trips_records_with_missing_parts() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        let irc_only = UserRecord {
+            email: None,
+            ..full_record()
+        };
+        let no_irc_password = UserRecord {
+            irc: Some(IrcAccount {
+                nick: "bob".into(),
+                password: None,
+            }),
+            email: None,
+        };
+        let email_minimal = UserRecord {
+            irc: None,
+            email: Some(EmailAccount {
+                address: "carol@mail.example".into(),
+                password: Secret::new(""),
+                login: None,
+                imap_server: None,
+                smtp_server: None,
+            }),
+        };
+        let cases = [
+            ("a@example.org", irc_only),
+            ("b@example.org", no_irc_password),
+            ("c@example.org", email_minimal),
+            ("d@example.org", UserRecord::default()),
+        ];
+        for (jid, record) in &cases {
+            store.put_user(jid, record).await.unwrap();
+        }
+        for (jid, record) in &cases {
+            assert_eq!(store.user(jid).unwrap().as_ref(), Some(record), "{jid}");
+        }
+        assert_eq!(raw_json(&store, "a@example.org")["email"], serde_json::Value::Null);
+        assert_eq!(
+            raw_json(&store, "b@example.org")["irc"]["password_sealed"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[tokio::test]
+    async fn stored_json_has_version_and_only_sealed_passwords() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        store.put_user(JID, &full_record()).await.unwrap();
+        let json = raw_json(&store, JID);
+        assert_eq!(json["version"], FORMAT_VERSION);
+        assert_eq!(json["irc"]["nick"], "alice_irc_nick");
+        assert_eq!(json["email"]["login"], "alice.login");
+        let text = json.to_string();
+        assert!(!text.contains(IRC_PASSWORD) && !text.contains(EMAIL_PASSWORD));
+        assert!(json["irc"].get("password").is_none());
+        assert!(json["irc"]["password_sealed"].is_string());
+        assert!(json["email"]["password_sealed"].is_string());
+    }
+
+    #[tokio::test]
+    async fn passwords_never_reach_the_disk_in_plaintext() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        store.put_user(JID, &full_record()).await.unwrap();
+        // Overwrite once, so older versions of the record are in the log too.
+        store.put_user(JID, &full_record()).await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+
+        let mut files = Vec::new();
+        let mut dirs = vec![fx.db()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        let contains = |haystack: &[u8], needle: &str| {
+            haystack
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
+        };
+        let mut nick_seen = false;
+        for file in &files {
+            let bytes = std::fs::read(file).unwrap();
+            for password in [IRC_PASSWORD, EMAIL_PASSWORD] {
+                assert!(
+                    !contains(&bytes, password),
+                    "{} contains a plaintext password",
+                    file.display()
+                );
+            }
+            nick_seen |= contains(&bytes, "alice_irc_nick");
+        }
+        // The scan does see record data, so the absence of passwords means something.
+        assert!(nick_seen, "the record was not found in {files:?}");
+    }
+
+    #[tokio::test]
+    async fn reopening_after_drop_keeps_data() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        store.put_user(JID, &full_record()).await.unwrap();
+        store
+            .put_user("bob@example.org", &UserRecord::default())
+            .await
+            .unwrap();
+        drop(store);
+        let store = fx.open();
+        assert_eq!(store.user(JID).unwrap(), Some(full_record()));
+        assert_eq!(
+            store.user_jids().unwrap(),
+            vec![JID.to_string(), "bob@example.org".to_string()]
+        );
+    }
+
+    #[tokio::test]
+    async fn remove_user_deletes_durably() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        store.put_user(JID, &full_record()).await.unwrap();
+        store
+            .put_user("bob@example.org", &full_record())
+            .await
+            .unwrap();
+        assert!(store.remove_user(JID).await.unwrap());
+        assert!(!store.remove_user(JID).await.unwrap());
+        assert!(!store.remove_user("nobody@example.org").await.unwrap());
+        assert_eq!(store.user(JID).unwrap(), None);
+        drop(store);
+        let store = fx.open();
+        assert_eq!(store.user(JID).unwrap(), None);
+        assert_eq!(store.user_jids().unwrap(), vec!["bob@example.org".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn user_jids_lists_every_user() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        assert!(store.user_jids().unwrap().is_empty());
+        for jid in ["c@x.org", "a@x.org", "b@x.org"] {
+            store.put_user(jid, &UserRecord::default()).await.unwrap();
+        }
+        assert_eq!(store.user_jids().unwrap(), ["a@x.org", "b@x.org", "c@x.org"]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_puts_from_clones() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .put_user(&format!("user{i:02}@x.org"), &full_record())
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(store.user_jids().unwrap().len(), 16);
+        assert_eq!(store.user("user07@x.org").unwrap(), Some(full_record()));
+    }
+
+    #[test]
+    fn creates_a_0600_key_file_on_first_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let fx = Fixture::new();
+        let _store = fx.open();
+        let mode = std::fs::metadata(fx.key()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn wrong_key_file_is_refused_on_open() {
+        let fx = Fixture::new();
+        drop(fx.open());
+        let other_key = fx.tmp.path().join("other.key");
+        Vault::open_or_create(&other_key).unwrap();
+        let err = Store::open(&fx.db(), &other_key).unwrap_err();
+        match &err {
+            StoreError::WrongKey { key_file, store } => {
+                assert_eq!(key_file, &other_key);
+                assert_eq!(store, &fx.db());
+            }
+            other => panic!("expected WrongKey, got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains(&other_key.display().to_string()), "{msg}");
+        assert!(msg.contains(&fx.db().display().to_string()), "{msg}");
+        assert!(msg.contains("restore the original key file"), "{msg}");
+        // The right key still works.
+        drop(fx.open());
+    }
+
+    #[test]
+    fn missing_key_file_is_refused_and_not_recreated() {
+        let fx = Fixture::new();
+        drop(fx.open());
+        std::fs::remove_file(fx.key()).unwrap();
+        let err = Store::open(&fx.db(), &fx.key()).unwrap_err();
+        assert!(matches!(err, StoreError::KeyMissing { .. }), "{err:?}");
+        assert!(err.to_string().contains("restore the original key file"));
+        assert!(!fx.key().exists(), "a new key file was created");
+    }
+
+    #[test]
+    fn bad_key_files_are_refused_on_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let fx = Fixture::new();
+        std::fs::write(fx.key(), "ab".repeat(32)).unwrap();
+        std::fs::set_permissions(fx.key(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Store::open(&fx.db(), &fx.key()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Vault(VaultError::Permissions { mode: 0o644, .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("0600"));
+
+        std::fs::write(fx.key(), "not a key").unwrap();
+        std::fs::set_permissions(fx.key(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = Store::open(&fx.db(), &fx.key()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Vault(VaultError::Malformed { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&fx.key().display().to_string()));
+    }
+
+    #[test]
+    fn a_second_open_reports_the_lock() {
+        let fx = Fixture::new();
+        let _first = fx.open();
+        let err = Store::open(&fx.db(), &fx.key()).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("another gateway is probably running"), "{msg}");
+        assert!(msg.contains(&fx.db().display().to_string()), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn tampered_password_reads_as_corrupt() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        store.put_user(JID, &full_record()).await.unwrap();
+        let mut json = raw_json(&store, JID);
+        let sealed = json["email"]["password_sealed"].as_str().unwrap().to_owned();
+        let last = if sealed.ends_with('0') { "1" } else { "0" };
+        json["email"]["password_sealed"] = format!("{}{last}", &sealed[..sealed.len() - 1]).into();
+        raw_put(&store, JID, json.to_string().as_bytes());
+        let msg = assert_corrupt(store.user(JID), JID);
+        assert!(msg.contains("email.password"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn ciphertext_moved_to_another_user_does_not_decrypt() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        let bob = "bob@example.org";
+        store.put_user(JID, &full_record()).await.unwrap();
+        store
+            .put_user(bob, &UserRecord::default())
+            .await
+            .unwrap();
+        // Alice's whole record copied under Bob's JID.
+        raw_put(&store, bob, &raw_get(&store, JID));
+        assert_corrupt(store.user(bob), bob);
+        // Only Alice's IRC password sealed value copied into Bob's otherwise valid record.
+        let bob_record = UserRecord {
+            irc: Some(IrcAccount {
+                nick: "bob".into(),
+                password: Some(Secret::new("bobs own")),
+            }),
+            email: None,
+        };
+        store.put_user(bob, &bob_record).await.unwrap();
+        assert_eq!(store.user(bob).unwrap(), Some(bob_record));
+        let mut json = raw_json(&store, bob);
+        json["irc"]["password_sealed"] = raw_json(&store, JID)["irc"]["password_sealed"].clone();
+        raw_put(&store, bob, json.to_string().as_bytes());
+        assert_corrupt(store.user(bob), bob);
+        // Alice is unaffected.
+        assert_eq!(store.user(JID).unwrap(), Some(full_record()));
+    }
+
+    #[tokio::test]
+    async fn ciphertext_moved_to_another_field_does_not_decrypt() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        store.put_user(JID, &full_record()).await.unwrap();
+        let mut json = raw_json(&store, JID);
+        json["irc"]["password_sealed"] = json["email"]["password_sealed"].clone();
+        raw_put(&store, JID, json.to_string().as_bytes());
+        let msg = assert_corrupt(store.user(JID), JID);
+        assert!(msg.contains("irc.password"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn undecodable_records_are_corrupt() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        store.put_user(JID, &full_record()).await.unwrap();
+        let mut future = raw_json(&store, JID);
+        future["version"] = 2.into();
+        let mut missing_nick = raw_json(&store, JID);
+        missing_nick["irc"].as_object_mut().unwrap().remove("nick");
+        let cases: [(&str, Vec<u8>); 4] = [
+            ("garbage@x.org", b"\xff not json".to_vec()),
+            ("noversion@x.org", br#"{"irc":null,"email":null}"#.to_vec()),
+            ("future@x.org", future.to_string().into_bytes()),
+            ("nonick@x.org", missing_nick.to_string().into_bytes()),
+        ];
+        for (jid, bytes) in &cases {
+            raw_put(&store, jid, bytes);
+            let msg = assert_corrupt(store.user(jid), jid);
+            if *jid == "future@x.org" {
+                assert!(msg.contains("format version 2"), "{msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let debug = format!("{:?}", full_record());
+        assert!(!debug.contains(IRC_PASSWORD), "{debug}");
+        assert!(!debug.contains(EMAIL_PASSWORD), "{debug}");
+        assert!(debug.contains("alice_irc_nick"), "{debug}");
+        let pretty = format!("{:#?}", full_record());
+        assert!(!pretty.contains(IRC_PASSWORD) && !pretty.contains(EMAIL_PASSWORD));
+        let fx = Fixture::new();
+        let store_debug = format!("{:?}", fx.open());
+        assert!(store_debug.contains("Store"), "{store_debug}");
+    }
+
+    const KILL_TEST_DIR_ENV: &str = "XMPP_GATEWAY_STORE_KILL_TEST_DIR";
+    const KILL_TEST_MARKER: &str = "PUT-USER-RETURNED";
+
+    /// Run in a child process by [`put_user_survives_kill_9`]: stores a record, says so,
+    /// and waits to be killed.
+    #[test]
+    #[ignore = "helper, run in a child process by put_user_survives_kill_9"]
+    fn kill_9_child() {
+        let Some(dir) = std::env::var_os(KILL_TEST_DIR_ENV) else {
+            return;
+        };
+        let fx_dir = PathBuf::from(dir);
+        let store = Store::open(&fx_dir.join("db"), &fx_dir.join("store.key")).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(store.put_user(JID, &full_record())).unwrap();
+        println!("{KILL_TEST_MARKER}");
+        std::thread::sleep(std::time::Duration::from_secs(120));
+    }
+
+    #[test]
+    fn put_user_survives_kill_9() {
+        let fx = Fixture::new();
+        // Create the store (and key) first, so the child only has to write the record.
+        drop(fx.open());
+        let module = module_path!();
+        let test_name = format!(
+            "{}::kill_9_child",
+            module.split_once("::").map_or(module, |(_, rest)| rest)
+        );
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([&test_name, "--exact", "--ignored", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env(KILL_TEST_DIR_ENV, fx.tmp.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut seen = false;
+        for line in stdout.lines() {
+            if line.unwrap().contains(KILL_TEST_MARKER) {
+                seen = true;
+                break;
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(seen, "the child never reported storing the record ({test_name})");
+        let store = fx.open();
+        assert_eq!(store.user(JID).unwrap(), Some(full_record()));
+    }
+}
