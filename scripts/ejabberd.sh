@@ -21,10 +21,16 @@
 # Instances are independent: the Erlang node name is derived from DIR
 # (gw<hash>@localhost) and epmd is not used (ERL_DIST_PORT: a free port in
 # 20000-29999 derived from COMPONENT_PORT, saved in DIR/etc/ejabberdctl.cfg).
-# DIR and all its parents must be searchable by the "ejabberd" user.
-# Environment: EJABBERD_LOG_LEVEL (none|emergency|...|info|debug, default info).
-# HARNESS_OWNER_PID (optional) - a pid (e.g. the test process); when it exits
-# while the server runs, the server is stopped (see lib.sh).
+# DIR and all its parents must be searchable by the "ejabberd" user (parents
+# under /tmp or $TMPDIR owned by the caller get o+x automatically).
+# Environment:
+#   EJABBERD_LOG_LEVEL  none|emergency|alert|critical|error|warning|notice|info|debug
+#                       (default info)
+#   HARNESS_OWNER_PID   optional pid (e.g. the test process): when that process
+#                       exits while the server runs, the server is stopped.
+# Files in DIR: etc/ (ejabberd.yml, ejabberdctl.cfg, cert.pem), spool/ (Mnesia),
+# log/ (ejabberd.log, error.log), run/ (ejabberd.pid), home/ (.erlang.cookie),
+# ejabberd.out (console).
 set -euo pipefail
 
 PROG=ejabberd.sh
@@ -58,12 +64,14 @@ node_name() {
     printf 'gw%s@localhost\n' "$(printf '%s' "$1" | sha1sum | cut -c1-12)"
 }
 
-# ctl DIR ARGS... - run ejabberdctl for DIR's instance as the ejabberd user,
-# with a clean environment and the instance's HOME (Erlang cookie).
+# ctl SECONDS DIR ARGS... - run ejabberdctl for DIR's instance as the ejabberd
+# user, with a clean environment and the instance's HOME (the Erlang cookie is
+# there: without the same HOME every call fails with "nodedown"), killed after
+# SECONDS.
 ctl() {
-    local dir=$1
-    shift
-    runuser -u "$EJ_USER" -- env -i \
+    local secs=$1 dir=$2
+    shift 2
+    timeout "$secs" runuser -u "$EJ_USER" -- env -i \
         PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$dir/home" LANG=C.UTF-8 \
         "$EJABBERDCTL" --config-dir "$dir/etc" --spool "$dir/spool" --logs "$dir/log" "$@"
 }
@@ -310,7 +318,7 @@ cmd_start() {
         PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$dir/home" LANG=C.UTF-8 \
         "$EJABBERDCTL" --config-dir "$dir/etc" --spool "$dir/spool" --logs "$dir/log" foreground \
         </dev/null >"$dir/ejabberd.out" 2>&1 &
-    launcher=$!
+    launcher=$! # setsid does not fork here (a job of a non-interactive shell), so this is the session id
     printf '%s\n' "$launcher" >"$dir/run/launcher.pid"
     # Interrupted while waiting: don't leave a half-started server behind.
     trap 'do_stop "$dir" >/dev/null 2>&1 || true; exit 130' INT TERM HUP
@@ -335,7 +343,7 @@ cmd_start() {
         sleep 0.1
     done
     log "ejabberd listening after $(($(now_ms) - t0)) ms; waiting for 'ejabberdctl status'"
-    until ctl "$dir" status >/dev/null 2>&1; do
+    until ctl 10 "$dir" status >/dev/null 2>&1; do
         pid_alive "$pid" || fail_start "$dir" "ejabberd exited during start-up (see $dir/log/ejabberd.log)"
         [ "$(now_ms)" -lt "$deadline" ] \
             || fail_start "$dir" "'ejabberdctl status' did not answer within ${START_TIMEOUT}s"
@@ -353,8 +361,7 @@ do_stop() {
     stop_watchdog "$dir"
     pid=$(running_pid "$dir")
     if [ -n "$pid" ]; then
-        timeout 20 bash -c "$(declare -f ctl); EJ_USER=$EJ_USER EJABBERDCTL=$EJABBERDCTL ctl \"\$1\" stop" _ "$dir" \
-            >/dev/null 2>&1 || log "'ejabberdctl stop' failed; killing pid $pid"
+        ctl 20 "$dir" stop >/dev/null 2>&1 || log "'ejabberdctl stop' failed; killing pid $pid"
         for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
             pid_alive "$pid" || break
             sleep 0.1
@@ -384,10 +391,10 @@ cmd_adduser() {
     check_word PASSWORD "$password"
     need_root
     [ -n "$(running_pid "$dir")" ] || die "ejabberd of $dir is not running; run '$0 start $dir ...' first"
-    if out=$(ctl "$dir" register "$user" "$host" "$password" 2>&1); then
+    if out=$(ctl 30 "$dir" register "$user" "$host" "$password" 2>&1); then
         log "user $user@$host registered"
     elif printf '%s' "$out" | grep -q -i 'already registered'; then
-        out=$(ctl "$dir" change_password "$user" "$host" "$password" 2>&1) \
+        out=$(ctl 30 "$dir" change_password "$user" "$host" "$password" 2>&1) \
             || { printf '%s\n' "$out" >&2; die "could not set the password of $user@$host"; }
         log "user $user@$host existed; password set"
     else

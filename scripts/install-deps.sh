@@ -49,9 +49,11 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
     chmod 755 /usr/sbin/policy-rc.d
 fi
 
+# Retry flaky downloads; wait for a dpkg lock held by another apt run.
+APT_OPTS=(-q -o Acquire::Retries=3 -o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0)
 log "installing: ${missing[*]}"
-apt-get update -q
-apt-get install -y -q --no-install-recommends \
+apt-get "${APT_OPTS[@]}" update </dev/null
+apt-get "${APT_OPTS[@]}" install -y --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     "${missing[@]}" </dev/null
 

@@ -19,7 +19,7 @@ need_cmd() {
 # check_port NAME VALUE - VALUE must be a TCP port number.
 check_port() {
     case "$2" in
-        '' | *[!0-9]*) die "$1 must be a port number, got '$2'" ;;
+        '' | *[!0-9]* | 0*) die "$1 must be a port number, got '$2'" ;;
     esac
     if [ "$2" -lt 1 ] || [ "$2" -gt 65535 ]; then
         die "$1 must be between 1 and 65535, got '$2'"
@@ -35,12 +35,11 @@ check_word() {
     esac
 }
 
-# abs_dir DIR - print DIR as an absolute path (DIR need not exist yet).
+# abs_dir DIR - print DIR as a canonical absolute path (DIR need not exist
+# yet), so that every spelling of one DIR names the same instance.
 abs_dir() {
-    case "$1" in
-        /*) printf '%s\n' "${1%/}" ;;
-        *) printf '%s/%s\n' "$(pwd -P)" "${1%/}" ;;
-    esac
+    [ -n "$1" ] || die "DIR must not be empty"
+    realpath -m -- "$1"
 }
 
 # port_open PORT - true if something accepts TCP connections on 127.0.0.1:PORT.

@@ -15,10 +15,14 @@
 #       Registers USER@HOST (or resets the password if USER exists); works while
 #       the server runs.
 #
-# Environment: PROSODY_LOG_LEVEL (debug|info|warn|error, default info) - level of
-# DIR/prosody.log. HARNESS_OWNER_PID (optional) - a pid (e.g. the test process);
-# when it exits while the server runs, the server is stopped (see lib.sh). Several instances may run at once with different DIRs and ports.
-# Needs root or a user that can bind the ports (run_as_root is set).
+# Several instances may run at once with different DIRs and ports. Runs as
+# root (run_as_root is set) or as any user that owns DIR.
+# Environment:
+#   PROSODY_LOG_LEVEL  debug|info|warn|error (default info): level of DIR/prosody.log
+#   HARNESS_OWNER_PID  optional pid (e.g. the test process): when that process
+#                      exits while the server runs, the server is stopped.
+# Files in DIR: prosody.cfg.lua, prosody.pid, prosody.log, prosody.err,
+# prosody.out (console), certs/, data/.
 set -euo pipefail
 
 PROG=prosody.sh
@@ -146,7 +150,7 @@ cmd_start() {
     # setsid: own session, so the caller's signals (Ctrl-C) and terminal don't reach it.
     # All fds are redirected so a caller capturing our output does not wait on Prosody.
     setsid prosody -F --config "$dir/prosody.cfg.lua" </dev/null >"$dir/prosody.out" 2>&1 &
-    pid=$!
+    pid=$! # setsid does not fork here (a job of a non-interactive shell): this is Prosody
     # Interrupted while waiting: don't leave a half-started server behind.
     trap 'kill_wait "$pid" 2 >/dev/null 2>&1 || true; exit 130' INT TERM HUP
 

@@ -288,3 +288,15 @@ fn check_config_validates_and_names_bad_keys() {
     assert!(err.contains("surprise") && err.contains("bad.toml"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_kept_alive_by_answered_pings() {
+    let server = prosody();
+    let gateway = Gateway::start(&server);
+    // keepalive_secs = 1: an unanswered ping would cost a reconnection within 2 s.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(gateway.connections(), 1, "{}", gateway.log_text());
+    let mut alice = server.client("alice", "localhost").await;
+    let pong = alice.iq("get", "<ping xmlns='urn:xmpp:ping'/>").await;
+    assert_eq!(pong.attr("type"), Some("result"));
+}

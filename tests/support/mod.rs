@@ -40,6 +40,8 @@ fn script(name: &str, args: &[&str]) -> String {
     let out = Command::new("bash")
         .arg(repo().join("scripts").join(name))
         .args(args)
+        // The scripts stop their server if this test process dies without cleaning up.
+        .env("HARNESS_OWNER_PID", std::process::id().to_string())
         .output()
         .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -154,7 +156,7 @@ impl Gateway {
             &config,
             format!(
                 "[component]\njid = \"{GW}\"\nsecret = \"{secret}\"\nserver = \"127.0.0.1:{}\"\n\
-                 keepalive_secs = 5\nreconnect_max_secs = 2\n\
+                 keepalive_secs = 1\nreconnect_max_secs = 2\n\
                  [storage]\npath = \"{}\"\n\
                  [registration]\nallowed_domains = [\"localhost\"]\n\
                  [irc.networks.\"127.0.0.1\"]\nport = 6667\ntls = false\n\
