@@ -12,7 +12,7 @@
 set -euo pipefail
 
 # All packages the tests need, in one place.
-PACKAGES="prosody lua-unbound lua-event lua-sec ejabberd openssl ca-certificates"
+PACKAGES="prosody lua-unbound lua-event lua-sec ejabberd ngircd openssl ca-certificates"
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -104,6 +104,12 @@ pub struct IrcNetworkConfig {
     /// An extra CA certificate (PEM) to trust for this network, e.g. a private CA.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Lines sent at once before the rate limit applies; 0 turns the limit off.
+    #[serde(default = "default_flood_burst")]
+    pub flood_burst: u32,
+    /// Milliseconds between lines once the burst is spent.
+    #[serde(default = "default_flood_interval")]
+    pub flood_interval_ms: u64,
 }
 
 /// Email settings.
@@ -155,6 +161,12 @@ fn default_reconnect_max() -> u64 {
 }
 fn default_irc_port() -> u16 {
     6697
+}
+fn default_flood_burst() -> u32 {
+    4
+}
+fn default_flood_interval() -> u64 {
+    500
 }
 fn default_true() -> bool {
     true

@@ -9,6 +9,7 @@ pub mod component;
 pub mod config;
 pub mod connection;
 pub mod disco;
+pub mod muc;
 pub mod presence;
 pub mod registration;
 pub mod router;
@@ -42,6 +43,26 @@ pub enum RunError {
     Fatal(#[from] component::FatalError),
 }
 
+/// The IRC bridge with the configured networks' settings.
+fn irc_bridge(config: &Config) -> bridge_irc::IrcBridge {
+    let networks = config
+        .irc
+        .networks
+        .iter()
+        .map(|(server, network)| {
+            let settings = bridge_irc::NetworkSettings {
+                port: network.port,
+                tls: network.tls,
+                ca_file: network.ca_file.clone(),
+                flood_burst: network.flood_burst,
+                flood_interval: std::time::Duration::from_millis(network.flood_interval_ms),
+            };
+            (server.clone(), settings)
+        })
+        .collect();
+    bridge_irc::IrcBridge::new(networks)
+}
+
 /// Runs the gateway until `shutdown` turns true (then shuts down cleanly) or a fatal
 /// error.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
@@ -49,8 +70,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let config = Arc::new(config);
     let (out, control, writer) = writer::spawn(config.keepalive());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    // The IRC and email bridges plug in here as they are built (issues 3 and 4).
-    let sessions = Sessions::new(Vec::new(), events_tx);
+    let sessions = Sessions::new(vec![Arc::new(irc_bridge(&config))], events_tx);
     let mut router = Router::new(config.clone(), store.clone(), out, sessions);
     let result = component::supervise(&config, &mut router, control, events_rx, shutdown).await;
     drop(router);

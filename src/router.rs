@@ -4,9 +4,10 @@
 //! Grouped as biboumi's Bridge is: "from XMPP" (stanzas in) and "from the networks"
 //! (session events in), then the gateway's own life cycle (connect, shutdown).
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use bridge_core::model::{Command, Credentials, Event, Message, MessageKind, NetworkId, Peer, SessionKey, UserId};
+use bridge_core::model::{Availability, Command, Credentials, Departure, Event, FailureKind, Message, MessageKind, NetworkId, Peer, SessionKey, UserId};
 use bridge_core::SessionEvent;
 use minidom::Element;
 use tracing::{debug, info, warn};
@@ -14,11 +15,13 @@ use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Lang, MessageType};
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
+use xmpp_parsers::muc::user::Status;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
 use crate::address::{self, Address};
 use crate::config::Config;
 use crate::disco;
+use crate::muc::{self, room_key, Room, Rooms};
 use crate::presence::{Change, OnlineUsers};
 use crate::registration::{self, Request, NS_REGISTER};
 use crate::sessions::Sessions;
@@ -49,6 +52,12 @@ pub struct Router {
     online: OnlineUsers,
     /// Live (user, network) sessions.
     sessions: Sessions,
+    /// IRC channels as rooms: which resources are in which room.
+    rooms: Rooms,
+    /// (user, contact bare JID) -> the user's full JIDs that wrote to that contact. A
+    /// presence from a contact outside the roster only reaches full JIDs, so a contact's
+    /// QUIT is shown to these.
+    conversations: HashMap<(String, String), BTreeSet<String>>,
     /// Counter for keepalive ping ids.
     pings_sent: u64,
 }
@@ -69,7 +78,7 @@ impl Router {
     /// A router for `config`, writing through `out`.
     pub fn new(config: Arc<Config>, store: Store, out: Outbox, sessions: Sessions) -> Self {
         let gateway = config.component.jid.to_ascii_lowercase();
-        Router { config, gateway, store, out, online: OnlineUsers::default(), sessions, pings_sent: 0 }
+        Router { config, gateway, store, out, online: OnlineUsers::default(), sessions, rooms: Rooms::default(), conversations: HashMap::new(), pings_sent: 0 }
     }
 
     // ---------------------------------------------------------------------------------
@@ -177,6 +186,7 @@ impl Router {
                     return Err((DefinedCondition::RegistrationRequired, "you are not registered".into()));
                 }
                 info!(%user, "unregistered");
+                self.rooms.remove_user(&UserId(user.to_owned()));
                 self.sessions.end_user(&UserId(user.to_owned()), "unregistered");
                 for type_ in [PresenceType::Unsubscribe, PresenceType::Unsubscribed, PresenceType::Unavailable] {
                     self.send_presence(Presence::new(type_), user).await;
@@ -226,15 +236,24 @@ impl Router {
                 if self.online.available(user, resource) == Change::CameOnline {
                     info!(%user, "user online");
                 }
+                if let Some((availability, status)) = availability_of(&stanza) {
+                    let command = Command::SetAvailability { availability, status };
+                    self.sessions.tell_irc_sessions(&UserId(user.to_owned()), &command);
+                }
                 if registered {
                     self.send_presence(Presence::available(), envelope.from.as_str()).await;
                 }
             }
             "unavailable" => {
                 let resource = envelope.from.resource().map(|r| r.as_str());
+                let user_id = UserId(user.to_owned());
                 if self.online.unavailable(user, resource) == Change::WentOffline {
                     info!(%user, "user offline; ending their sessions");
-                    self.sessions.end_user(&UserId(user.to_owned()), "user went offline");
+                    self.rooms.remove_user(&user_id);
+                    self.conversations.retain(|(u, _), _| u != user);
+                    self.sessions.end_user(&user_id, "user went offline");
+                } else {
+                    self.leave_rooms_of(&user_id, envelope.from.as_str());
                 }
             }
             _ => debug!(%user, kind, "presence to the gateway ignored"),
@@ -248,24 +267,84 @@ impl Router {
             }
             return;
         }
-        let command = match (&envelope.target, kind, envelope.resource.as_deref()) {
-            (Address::IrcChannel { channel, .. }, "available", Some(nick)) => Command::Join {
-                channel: channel.clone(),
-                nick: nick.to_owned(),
-                password: muc_password(stanza).map(bridge_core::Secret::new),
-            },
-            (Address::IrcChannel { channel, .. }, "unavailable", _) => Command::Leave {
-                channel: channel.clone(),
-                reason: stanza.get_child("status", crate::connection::NS_COMPONENT).map(Element::text),
-            },
-            (Address::IrcChannel { .. }, "available", None) => {
-                let text = "join a room with a nick: #chan%irc.example.org@gateway/nick";
-                return self.refuse(stanza, DefinedCondition::JidMalformed, text).await;
+        match envelope.target.clone() {
+            Address::IrcChannel { channel, server } => {
+                self.room_presence(stanza, &envelope, &channel, &server, kind).await
             }
-            _ => return debug!(kind, "presence to a network address ignored"),
-        };
-        if let Err(text) = self.to_session(&envelope, command) {
-            self.refuse(stanza, DefinedCondition::ServiceUnavailable, &text).await;
+            Address::IrcUser { .. } | Address::Email { .. } | Address::IrcServer { .. } if kind == "subscribe" => {
+                // Legacy contacts cannot answer subscription requests: the gateway does.
+                let mut reply = Presence::subscribed().with_to(envelope.from.to_bare());
+                reply.from = stanza_to(stanza).map(|j| j.to_bare().into());
+                self.out.send(reply.into()).await;
+            }
+            _ => debug!(kind, "presence to a network address ignored"),
+        }
+    }
+
+    /// Joining, leaving, changing nick in, or updating presence in a room.
+    async fn room_presence(&mut self, stanza: &Element, envelope: &Envelope, channel: &str, server: &str, kind: &str) {
+        let network = NetworkId::Irc { server: server.to_owned() };
+        let user = UserId(envelope.user.clone());
+        let key = room_key(&user, &network, channel);
+        let full = envelope.from.to_string();
+        match kind {
+            "available" => {
+                let Some(nick) = envelope.resource.as_deref() else {
+                    let text = "join a room with a nick: #chan%irc.example.org@gateway/nick";
+                    return self.refuse(stanza, DefinedCondition::JidMalformed, text).await;
+                };
+                if let Err(error) = address::parse_occupant_nick(nick) {
+                    return self.refuse(stanza, DefinedCondition::JidMalformed, &error.to_string()).await;
+                }
+                let availability = availability_of(stanza);
+                match self.rooms.get_mut(&key) {
+                    None => {
+                        let jid = format!("{}@{}", address::format_localpart(&envelope.target), self.gateway);
+                        self.rooms.insert(key.clone(), Room::new(jid, channel.to_owned(), full, nick.to_owned()));
+                        let join = Command::Join {
+                            channel: channel.to_owned(),
+                            nick: nick.to_owned(),
+                            password: muc_password(stanza).map(bridge_core::Secret::new),
+                        };
+                        if let Err(text) = self.to_session(envelope, join) {
+                            self.rooms.remove(&key);
+                            return self.refuse(stanza, DefinedCondition::ServiceUnavailable, &text).await;
+                        }
+                    }
+                    Some(room) if room.resources.contains(&full) => {
+                        if !room.is_me(nick) {
+                            let command = Command::ChangeNick { nick: nick.to_owned() };
+                            let _ = self.to_session(envelope, command);
+                        }
+                    }
+                    Some(room) => {
+                        room.resources.insert(full.clone());
+                        let stanzas = if room.joined { room.entry_stanzas(&full) } else { Vec::new() };
+                        for stanza in stanzas {
+                            self.out.send(stanza).await;
+                        }
+                    }
+                }
+                if let Some((availability, status)) = availability {
+                    self.sessions.tell_irc_sessions(&user, &Command::SetAvailability { availability, status });
+                }
+            }
+            "unavailable" => {
+                let Some(room) = self.rooms.get_mut(&key) else { return };
+                if !room.resources.remove(&full) {
+                    return;
+                }
+                let me = room.me();
+                let goodbye = muc::departure_presence(&room.occupant_jid(&room.nick), &full, &me, &[Status::SelfPresence], None, None);
+                let emptied = room.resources.is_empty();
+                self.out.send(goodbye).await;
+                if emptied {
+                    self.rooms.remove(&key);
+                    let reason = stanza.get_child("status", crate::connection::NS_COMPONENT).map(Element::text);
+                    let _ = self.to_session(envelope, Command::Leave { channel: channel.to_owned(), reason });
+                }
+            }
+            _ => {}
         }
     }
 
@@ -287,24 +366,36 @@ impl Router {
         if !self.domain_allowed(&envelope.from) {
             return self.refuse_forbidden(&stanza).await;
         }
+        let subject = stanza.get_child("subject", crate::connection::NS_COMPONENT).map(Element::text);
+        if let (Address::IrcChannel { channel, server }, "groupchat") = (&envelope.target, kind) {
+            return self.room_message(&stanza, &envelope, channel, server, body, subject).await;
+        }
         // Chat states and receipts without a body: nothing to carry yet.
         let Some(body) = body else { return };
         let peer = match (&envelope.target, envelope.resource.as_deref()) {
+            // A private message through the room goes to the nick itself.
             (Address::IrcChannel { .. }, Some(nick)) => Peer::Nick(nick.to_owned()),
-            (Address::IrcChannel { channel, .. }, None) => Peer::Channel(channel.clone()),
+            (Address::IrcChannel { .. }, None) => {
+                let text = "send group messages with type='groupchat' after joining the room";
+                return self.refuse(&stanza, DefinedCondition::NotAcceptable, text).await;
+            }
             (Address::IrcUser { nick, .. }, _) => Peer::Nick(nick.clone()),
             (Address::IrcServer { .. }, _) => Peer::Server,
             (Address::Email { address }, _) => Peer::EmailAddress(address.clone()),
             (Address::Gateway, _) => return,
         };
         let message = Message {
-            kind: if matches!(peer, Peer::Channel(_)) { MessageKind::Group } else { MessageKind::Chat },
+            kind: MessageKind::Chat,
             peer,
             sender: None,
             body,
-            subject: stanza.get_child("subject", crate::connection::NS_COMPONENT).map(Element::text),
+            subject,
             thread: stanza.get_child("thread", crate::connection::NS_COMPONENT).map(Element::text),
         };
+        if let Some(contact) = stanza_to(&stanza) {
+            let key = (envelope.user.clone(), contact.to_bare().to_string());
+            self.conversations.entry(key).or_default().insert(envelope.from.to_string());
+        }
         if let Err(text) = self.to_session(&envelope, Command::Send(message)) {
             let condition = if text.contains("register") {
                 DefinedCondition::RegistrationRequired
@@ -312,6 +403,56 @@ impl Router {
                 DefinedCondition::ServiceUnavailable
             };
             self.refuse(&stanza, condition, &text).await;
+        }
+    }
+
+    /// A group chat message or a subject change from one of the user's resources.
+    async fn room_message(
+        &mut self,
+        stanza: &Element,
+        envelope: &Envelope,
+        channel: &str,
+        server: &str,
+        body: Option<String>,
+        subject: Option<String>,
+    ) {
+        let network = NetworkId::Irc { server: server.to_owned() };
+        let key = room_key(&UserId(envelope.user.clone()), &network, channel);
+        let full = envelope.from.to_string();
+        let Some(room) = self.rooms.get(&key).filter(|r| r.joined && r.resources.contains(&full)) else {
+            let text = "you are not in this room: join it first";
+            return self.refuse(stanza, DefinedCondition::NotAcceptable, text).await;
+        };
+        let (from, resources) = (room.occupant_jid(&room.nick), room.resources.clone());
+        let command = match (body, subject) {
+            (None, Some(topic)) => Command::SetTopic { channel: room.channel.clone(), topic },
+            (Some(body), _) => {
+                // IRC does not echo: reflect the message to every resource in the room.
+                for to in &resources {
+                    self.out.send(muc::groupchat(&from, to, &body, stanza.attr("id"))).await;
+                }
+                Command::Send(Message {
+                    peer: Peer::Channel(room.channel.clone()),
+                    sender: None,
+                    kind: MessageKind::Group,
+                    body,
+                    subject: None,
+                    thread: None,
+                })
+            }
+            (None, None) => return,
+        };
+        if let Err(text) = self.to_session(envelope, command) {
+            self.refuse(stanza, DefinedCondition::ServiceUnavailable, &text).await;
+        }
+    }
+
+    /// A resource went offline: it leaves its rooms, and rooms nobody is left in are
+    /// left on IRC.
+    fn leave_rooms_of(&mut self, user: &UserId, full: &str) {
+        for ((_, network, _), room) in self.rooms.remove_resource(user, full) {
+            let key = SessionKey { user: user.clone(), network };
+            self.sessions.tell(&key, Command::Leave { channel: room.channel, reason: None });
         }
     }
 
@@ -352,51 +493,166 @@ impl Router {
             NetworkId::Email => None,
         };
         match event {
-            Event::Message(message) => {
-                let Some(from) = peer_jid(&message.peer, server.as_deref(), message.sender.as_deref(), &self.gateway) else {
-                    return warn!(user = %key.user.0, "a session reported a message from an address we cannot form");
-                };
-                let kind = match message.kind {
-                    MessageKind::Group => MessageType::Groupchat,
-                    _ => MessageType::Chat,
-                };
-                let Ok(to) = key.user.0.parse::<BareJid>() else { return };
-                let mut stanza = xmpp_parsers::message::Message::new_with_type(kind, Some(to.into()));
-                stanza.from = from.parse().ok();
-                let body = match message.kind {
-                    MessageKind::Action => format!("/me {}", message.body),
-                    _ => message.body,
-                };
-                stanza.bodies.insert(Lang::new(), body);
-                if let Some(subject) = message.subject {
-                    stanza.subjects.insert(Lang::new(), subject);
-                }
-                if let Some(thread) = message.thread {
-                    stanza.thread = Some(xmpp_parsers::message::Thread { parent: None, id: thread });
-                }
-                self.out.send(stanza.into()).await;
-            }
+            Event::Message(message) => self.network_message(&key, server.as_deref(), message).await,
             Event::Failure { peer, kind, text } => {
                 let from = peer
                     .and_then(|p| peer_jid(&p, server.as_deref(), None, &self.gateway))
                     .unwrap_or_else(|| self.gateway.clone());
-                let condition = match kind {
-                    bridge_core::model::FailureKind::Forbidden => DefinedCondition::Forbidden,
-                    bridge_core::model::FailureKind::NotFound => DefinedCondition::ItemNotFound,
-                    bridge_core::model::FailureKind::NotAcceptable => DefinedCondition::NotAcceptable,
-                    bridge_core::model::FailureKind::Unavailable => DefinedCondition::ServiceUnavailable,
-                    bridge_core::model::FailureKind::RegistrationRequired => DefinedCondition::RegistrationRequired,
-                };
                 let Ok(to) = key.user.0.parse::<Jid>() else { return };
                 let mut stanza = xmpp_parsers::message::Message::new_with_type(MessageType::Error, Some(to));
                 stanza.from = from.parse().ok();
-                stanza.payloads.push(stanza::stanza_error(condition, &text).into());
+                stanza.payloads.push(stanza::stanza_error(condition_of(kind), &text).into());
                 self.out.send(stanza.into()).await;
+            }
+            Event::Joined { channel, nick, occupants, topic } => {
+                let Some(room) = self.rooms.get_mut(&room_key(&key.user, &key.network, &channel)) else { return };
+                room.joined = true;
+                room.nick = nick;
+                room.topic = topic;
+                room.occupants = occupants.into_iter().map(|o| (o.nick.to_lowercase(), o)).collect();
+                let stanzas: Vec<Element> = room.resources.iter().flat_map(|to| room.entry_stanzas(to)).collect();
+                self.send_all(stanzas).await;
+            }
+            Event::JoinFailed { channel, kind, text } => {
+                let Some(room) = self.rooms.remove(&room_key(&key.user, &key.network, &channel)) else { return };
+                let from = room.occupant_jid(&room.requested_nick);
+                for to in &room.resources {
+                    let Ok(to) = to.parse::<Jid>() else { continue };
+                    let mut presence = Presence::new(PresenceType::Error).with_to(to);
+                    presence.from = from.parse().ok();
+                    presence.payloads.push(stanza::stanza_error(condition_of(kind), &text).into());
+                    self.out.send(presence.into()).await;
+                }
+            }
+            Event::Occupant { channel, occupant } => {
+                let Some(room) = self.rooms.get_mut(&room_key(&key.user, &key.network, &channel)) else { return };
+                room.occupants.insert(occupant.nick.to_lowercase(), occupant.clone());
+                let codes: &[Status] = if room.is_me(&occupant.nick) { &[Status::SelfPresence] } else { &[] };
+                let from = room.occupant_jid(&occupant.nick);
+                let stanzas = room.resources.iter().map(|to| muc::occupant_presence(&from, to, &occupant, codes, None)).collect();
+                self.send_all(stanzas).await;
+            }
+            Event::Left { channel, nick, departure, reason } => {
+                let room_key = room_key(&key.user, &key.network, &channel);
+                let Some(room) = self.rooms.get_mut(&room_key) else { return };
+                let me = room.is_me(&nick);
+                let occupant = room.occupants.remove(&nick.to_lowercase()).unwrap_or(bridge_core::model::Occupant {
+                    nick: nick.clone(),
+                    role: bridge_core::model::Role::Participant,
+                    affiliation: bridge_core::model::Affiliation::None,
+                });
+                let mut codes = Vec::new();
+                if me {
+                    codes.push(Status::SelfPresence);
+                }
+                if let Departure::Kicked { .. } = departure {
+                    codes.push(Status::Kicked);
+                }
+                let from = room.occupant_jid(&nick);
+                let stanzas = room
+                    .resources
+                    .iter()
+                    .map(|to| muc::departure_presence(&from, to, &occupant, &codes, None, reason.as_deref()))
+                    .collect();
+                if me {
+                    self.rooms.remove(&room_key);
+                }
+                self.send_all(stanzas).await;
+            }
+            Event::NickChanged { channel, old, new } => {
+                let Some(room) = self.rooms.get_mut(&room_key(&key.user, &key.network, &channel)) else { return };
+                let me = room.is_me(&old);
+                let Some(mut occupant) = room.occupants.remove(&old.to_lowercase()) else { return };
+                let codes: Vec<Status> = if me { vec![Status::NewNick, Status::SelfPresence] } else { vec![Status::NewNick] };
+                let gone = room.occupant_jid(&old);
+                let mut stanzas: Vec<Element> =
+                    room.resources.iter().map(|to| muc::departure_presence(&gone, to, &occupant, &codes, Some(&new), None)).collect();
+                occupant.nick = new.clone();
+                if me {
+                    room.nick = new.clone();
+                    room.requested_nick = new.clone();
+                }
+                let back = room.occupant_jid(&new);
+                let back_codes: &[Status] = if me { &[Status::SelfPresence] } else { &[] };
+                stanzas.extend(room.resources.iter().map(|to| muc::occupant_presence(&back, to, &occupant, back_codes, None)));
+                room.occupants.insert(new.to_lowercase(), occupant);
+                self.send_all(stanzas).await;
+            }
+            Event::Topic { channel, topic, by } => {
+                let Some(room) = self.rooms.get_mut(&room_key(&key.user, &key.network, &channel)) else { return };
+                room.topic = Some(topic.clone());
+                let from = by.map(|nick| room.occupant_jid(&nick)).unwrap_or_else(|| room.jid.clone());
+                let stanzas = room.resources.iter().map(|to| muc::subject_message(&from, to, &topic)).collect();
+                self.send_all(stanzas).await;
+            }
+            Event::Disconnected { channels, reason } => {
+                let mut stanzas = Vec::new();
+                for channel in channels {
+                    let Some(room) = self.rooms.get_mut(&room_key(&key.user, &key.network, &channel)) else { continue };
+                    room.joined = false;
+                    let me = room.me();
+                    room.occupants.clear();
+                    let from = room.occupant_jid(&room.nick);
+                    let codes = [Status::SelfPresence, Status::ServiceShutdown];
+                    stanzas.extend(room.resources.iter().map(|to| muc::departure_presence(&from, to, &me, &codes, None, Some(&reason))));
+                }
+                self.send_all(stanzas).await;
+            }
+            Event::PeerQuit { nick, reason } => {
+                let Some(from) = peer_jid(&Peer::Nick(nick), server.as_deref(), None, &self.gateway) else { return };
+                let resources = self.conversations.get(&(key.user.0.clone(), from.clone())).cloned().unwrap_or_default();
+                for to in std::iter::once(key.user.0.clone()).chain(resources) {
+                    let Ok(to) = to.parse::<Jid>() else { continue };
+                    let mut presence = Presence::unavailable().with_to(to);
+                    presence.from = from.parse().ok();
+                    if let Some(reason) = &reason {
+                        presence.set_status(Lang::new(), reason.clone());
+                    }
+                    self.out.send(presence.into()).await;
+                }
             }
             Event::Ended { reason } => {
                 info!(user = %key.user.0, network = ?key.network, %reason, "session ended");
                 self.sessions.forget(&key);
             }
+        }
+    }
+
+    /// A message from a network: group chat to every resource in the room, or a chat
+    /// message from the contact.
+    async fn network_message(&mut self, key: &SessionKey, server: Option<&str>, message: Message) {
+        let body = match message.kind {
+            MessageKind::Action => format!("/me {}", message.body),
+            _ => message.body,
+        };
+        if let Peer::Channel(channel) = &message.peer {
+            let Some(room) = self.rooms.get(&room_key(&key.user, &key.network, channel)) else { return };
+            let from = match &message.sender {
+                Some(nick) => room.occupant_jid(nick),
+                None => room.jid.clone(),
+            };
+            let stanzas = room.resources.iter().map(|to| muc::groupchat(&from, to, &body, None)).collect();
+            return self.send_all(stanzas).await;
+        }
+        let Some(from) = peer_jid(&message.peer, server, None, &self.gateway) else {
+            return warn!(user = %key.user.0, "a session reported a message from an address we cannot form");
+        };
+        let Ok(to) = key.user.0.parse::<BareJid>() else { return };
+        let mut stanza = xmpp_parsers::message::Message::new_with_type(MessageType::Chat, Some(to.into()));
+        stanza.from = from.parse().ok();
+        stanza.bodies.insert(Lang::new(), body);
+        if let Some(subject) = message.subject {
+            stanza.subjects.insert(Lang::new(), subject);
+        }
+        if let Some(thread) = message.thread {
+            stanza.thread = Some(xmpp_parsers::message::Thread { parent: None, id: thread });
+        }
+        self.out.send(stanza.into()).await;
+    }
+
+    async fn send_all(&self, stanzas: Vec<Element>) {
+        for stanza in stanzas {
+            self.out.send(stanza).await;
         }
     }
 
@@ -522,6 +778,32 @@ pub fn split_jid(jid: &str) -> (Option<&str>, &str, Option<&str>) {
 /// The `to` of a stanza as a JID, for the `from` of our reply.
 fn stanza_to(stanza: &Element) -> Option<Jid> {
     stanza.attr("to").and_then(|t| t.parse().ok())
+}
+
+/// The XMPP error condition of a network failure.
+fn condition_of(kind: FailureKind) -> DefinedCondition {
+    match kind {
+        FailureKind::Forbidden => DefinedCondition::Forbidden,
+        FailureKind::NotAuthorized => DefinedCondition::NotAuthorized,
+        FailureKind::NotFound => DefinedCondition::ItemNotFound,
+        FailureKind::NotAcceptable => DefinedCondition::NotAcceptable,
+        FailureKind::Unavailable => DefinedCondition::ServiceUnavailable,
+        FailureKind::RegistrationRequired => DefinedCondition::RegistrationRequired,
+    }
+}
+
+/// The availability a presence announces, when it says something IRC can show (AWAY).
+fn availability_of(stanza: &Element) -> Option<(Availability, Option<String>)> {
+    let ns = crate::connection::NS_COMPONENT;
+    let status = stanza.get_child("status", ns).map(Element::text).filter(|s| !s.is_empty());
+    let availability = match stanza.get_child("show", ns).map(Element::text).as_deref() {
+        None | Some("chat") => Availability::Available,
+        Some("away") => Availability::Away,
+        Some("xa") => Availability::ExtendedAway,
+        Some("dnd") => Availability::DoNotDisturb,
+        Some(_) => return None,
+    };
+    Some((availability, status))
 }
 
 /// The room password of a MUC join, if any.

@@ -60,6 +60,22 @@ impl Sessions {
         Ok(())
     }
 
+    /// Hands `command` to the session of `key` if it is live; starts none.
+    pub fn tell(&mut self, key: &SessionKey, command: Command) {
+        if let Some(session) = self.live.get(key) {
+            let _ = session.send(command);
+        }
+    }
+
+    /// Hands `command` to every live session of `user` on an IRC server, starting none.
+    pub fn tell_irc_sessions(&mut self, user: &UserId, command: &Command) {
+        for (key, session) in &self.live {
+            if &key.user == user && matches!(key.network, NetworkId::Irc { .. }) {
+                let _ = session.send(command.clone());
+            }
+        }
+    }
+
     /// Ends every session of `user`.
     pub fn end_user(&mut self, user: &UserId, reason: &str) {
         self.live.retain(|key, session| {

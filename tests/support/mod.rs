@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod irc;
+
 use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ pub const GW: &str = "gw.localhost";
 pub const SECRET: &str = "secret";
 /// The client namespace, in which the test client sees every stanza.
 pub const NS_CLIENT: &str = "jabber:client";
+/// The IRC network section of tests that run no IRC server.
+const IRC_DEFAULT: &str = "[irc.networks.\"127.0.0.1\"]\nport = 6667\ntls = false\n";
 /// How long a test waits for an expected stanza.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -132,24 +136,31 @@ pub struct Gateway {
 impl Gateway {
     /// Writes a config for `server` and starts the gateway; waits until it is connected.
     pub fn start(server: &XmppServer) -> Gateway {
-        Self::start_with(server, SECRET, "")
-    }
-
-    /// Same, with another secret, without waiting for a connection.
-    pub fn start_with_no_wait(server: &XmppServer, secret: &str) -> Gateway {
-        let mut gateway = Self::configure(server, secret, "");
-        gateway.spawn_no_wait();
-        gateway
-    }
-
-    /// Same, with another secret and extra TOML appended to the config.
-    pub fn start_with(server: &XmppServer, secret: &str, extra: &str) -> Gateway {
-        let mut gateway = Self::configure(server, secret, extra);
+        let mut gateway = Self::configure(server, SECRET, IRC_DEFAULT);
         gateway.spawn();
         gateway
     }
 
-    fn configure(server: &XmppServer, secret: &str, extra: &str) -> Gateway {
+    /// Attached to `server`, with `fast` as IRC network 127.0.0.1 (no rate limit) and, if
+    /// given, `throttled` as network `localhost` with the default rate limit.
+    pub fn start_irc(server: &XmppServer, fast: &irc::Ngircd, throttled: Option<&irc::Ngircd>) -> Gateway {
+        let mut networks = format!("[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n", fast.port);
+        if let Some(throttled) = throttled {
+            networks.push_str(&format!("[irc.networks.\"localhost\"]\nport = {}\ntls = false\n", throttled.port));
+        }
+        let mut gateway = Self::configure(server, SECRET, &networks);
+        gateway.spawn();
+        gateway
+    }
+
+    /// Same, with another secret, without waiting for a connection.
+    pub fn start_with_no_wait(server: &XmppServer, secret: &str) -> Gateway {
+        let mut gateway = Self::configure(server, secret, IRC_DEFAULT);
+        gateway.spawn_no_wait();
+        gateway
+    }
+
+    fn configure(server: &XmppServer, secret: &str, networks: &str) -> Gateway {
         let dir = tempfile::Builder::new().prefix("gw-data-").tempdir().unwrap();
         let config = dir.path().join("gateway.toml");
         std::fs::write(
@@ -158,10 +169,9 @@ impl Gateway {
                 "[component]\njid = \"{GW}\"\nsecret = \"{secret}\"\nserver = \"127.0.0.1:{}\"\n\
                  keepalive_secs = 1\nreconnect_max_secs = 2\n\
                  [storage]\npath = \"{}\"\n\
-                 [registration]\nallowed_domains = [\"localhost\"]\n\
-                 [irc.networks.\"127.0.0.1\"]\nport = 6667\ntls = false\n\
+                 [registration]\nallowed_domains = [\"localhost\"]\n{networks}\
                  [email.providers.\"example.test\"]\nimap = \"127.0.0.1:1143\"\nimap_security = \"plain\"\n\
-                 smtp = \"127.0.0.1:2525\"\nsmtp_security = \"plain\"\n{extra}",
+                 smtp = \"127.0.0.1:2525\"\nsmtp_security = \"plain\"\n",
                 server.component_port,
                 dir.path().join("db").display()
             ),
@@ -312,6 +322,9 @@ impl Client {
         client.jid = jid;
         // Legacy session establishment; harmless where not needed.
         let _ = client.iq_raw("set", None, "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'/>").await;
+        // Initial presence, as every real client sends: the server then delivers messages
+        // to the bare JID and subscription requests to this resource.
+        client.send_raw("<presence/>").await;
         client
     }
 

@@ -117,6 +117,18 @@ pub enum Credentials {
 pub enum Command {
     /// Send a message to `message.peer`.
     Send(Message),
+    /// Set a channel's topic.
+    SetTopic {
+        /// The channel.
+        channel: String,
+        /// The new topic.
+        topic: String,
+    },
+    /// Change the user's nick on this network.
+    ChangeNick {
+        /// The new nick.
+        nick: String,
+    },
     /// Join a channel under a nick.
     Join {
         /// The channel.
@@ -147,11 +159,62 @@ pub enum Command {
     },
 }
 
+/// A room occupant's role (XEP-0045 §5.1), from IRC channel prefixes and modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// No voice in a moderated channel.
+    Visitor,
+    /// An ordinary member (or voiced: `+v`).
+    Participant,
+    /// May kick and set the topic (`%`, `@`, `&`, `~`).
+    Moderator,
+}
+
+/// A room occupant's affiliation (XEP-0045 §5.2), from IRC channel prefixes and modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Affiliation {
+    /// No standing.
+    None,
+    /// Voiced or half-op.
+    Member,
+    /// Channel operator (`@`) or admin (`&`).
+    Admin,
+    /// Channel founder (`~`).
+    Owner,
+}
+
+/// Somebody in a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Occupant {
+    /// Their nick, which is their occupant resource.
+    pub nick: String,
+    /// What they may do.
+    pub role: Role,
+    /// Their standing.
+    pub affiliation: Affiliation,
+}
+
+/// Why an occupant left a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Departure {
+    /// PART.
+    Part,
+    /// QUIT: they left the whole network.
+    Quit,
+    /// KICK by this nick.
+    Kicked {
+        /// Who kicked them.
+        by: String,
+    },
+}
+
 /// Why something a user asked for failed, in the terms the gateway maps to XMPP errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
-    /// The network refused: bad credentials, banned, invite only.
+    /// The network refused: banned, or not allowed.
     Forbidden,
+    /// A password or key was wrong or missing.
+    NotAuthorized,
     /// Not found: no such nick or channel.
     NotFound,
     /// The request made no sense to the network.
@@ -175,6 +238,78 @@ pub enum Event {
         kind: FailureKind,
         /// The network's own words.
         text: String,
+    },
+    /// The user is in `channel`, under `nick` (which may differ from the nick asked for),
+    /// among `occupants` (the user included), with the current topic.
+    Joined {
+        /// The channel.
+        channel: String,
+        /// The nick the server gave the user.
+        nick: String,
+        /// Everybody present, the user included.
+        occupants: Vec<Occupant>,
+        /// The topic, if one is set.
+        topic: Option<String>,
+    },
+    /// The user could not join `channel`.
+    JoinFailed {
+        /// The channel.
+        channel: String,
+        /// Why, as a failure kind.
+        kind: FailureKind,
+        /// The server's words.
+        text: String,
+    },
+    /// Somebody else joined, or their role or affiliation changed.
+    Occupant {
+        /// The channel.
+        channel: String,
+        /// Who, with their current role.
+        occupant: Occupant,
+    },
+    /// Somebody (possibly the user, then `nick` is the user's nick) left a channel.
+    Left {
+        /// The channel.
+        channel: String,
+        /// Who left.
+        nick: String,
+        /// How.
+        departure: Departure,
+        /// Their reason.
+        reason: Option<String>,
+    },
+    /// Somebody (possibly the user) changed nick; reported once per channel they are in.
+    NickChanged {
+        /// The channel.
+        channel: String,
+        /// The old nick.
+        old: String,
+        /// The new nick.
+        new: String,
+    },
+    /// The topic of a channel changed (or was reported on join).
+    Topic {
+        /// The channel.
+        channel: String,
+        /// The topic text (empty when cleared).
+        topic: String,
+        /// Who set it, if known.
+        by: Option<String>,
+    },
+    /// The network connection dropped; the session is reconnecting. The user is out of
+    /// these channels until a `Joined` for each comes again.
+    Disconnected {
+        /// The channels the user was in.
+        channels: Vec<String>,
+        /// Why.
+        reason: String,
+    },
+    /// A private contact left the network (QUIT): show them offline.
+    PeerQuit {
+        /// Their nick.
+        nick: String,
+        /// Their quit message.
+        reason: Option<String>,
     },
     /// The session ended on its own (connection lost for good, credentials refused).
     Ended {

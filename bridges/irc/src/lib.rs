@@ -1,1 +1,63 @@
-//! placeholder
+//! The IRC bridge: one IRC connection per (user, IRC server), shared by all the user's
+//! resources; channels become rooms, nicks become contacts.
+//!
+//! - `session`: the per-(user, server) task: login, channels, reconnection, rate limit.
+//! - `transport`: TCP/TLS and line framing (UTF-8, else Latin-1).
+//! - `text`: pure text conversions (injection-proof lines, splitting, formatting codes).
+//! - `modes`: pure channel privileges to room roles and affiliations.
+
+pub mod modes;
+mod session;
+mod settings;
+pub mod text;
+mod transport;
+
+use std::collections::BTreeMap;
+
+use bridge_core::model::{Credentials, NetworkId, SessionKey};
+use bridge_core::{Bridge, CommandQueue, EventSink, Session};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+pub use session::next_nick_variant;
+pub use settings::NetworkSettings;
+
+/// Serves every IRC server: the configured ones with their settings, others with
+/// [`NetworkSettings::default`] (TLS on 6697).
+#[derive(Debug, Clone, Default)]
+pub struct IrcBridge {
+    /// Settings per server host name (lower-case).
+    networks: BTreeMap<String, NetworkSettings>,
+}
+
+impl IrcBridge {
+    /// A bridge with per-server settings.
+    pub fn new(networks: BTreeMap<String, NetworkSettings>) -> Self {
+        let networks = networks.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        IrcBridge { networks }
+    }
+
+    /// The settings used for `server`.
+    pub fn settings(&self, server: &str) -> NetworkSettings {
+        self.networks.get(&server.to_ascii_lowercase()).cloned().unwrap_or_default()
+    }
+}
+
+impl Bridge for IrcBridge {
+    fn serves(&self, network: &NetworkId) -> bool {
+        matches!(network, NetworkId::Irc { .. })
+    }
+
+    fn start(&self, key: SessionKey, credentials: Credentials, events: EventSink) -> Box<dyn Session> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let NetworkId::Irc { server } = &key.network else {
+            // Not ours: a closed queue, so the router sees the session as ended.
+            return Box::new(CommandQueue(tx));
+        };
+        let server = server.clone();
+        let span = tracing::info_span!("irc", user = %key.user.0, %server);
+        let session = session::IrcSession::new(key, server.clone(), self.settings(&server), credentials, events, rx);
+        tokio::spawn(session.run().instrument(span));
+        Box::new(CommandQueue(tx))
+    }
+}

@@ -1,0 +1,764 @@
+//! One user's connection to one IRC server: its own task, shared by all the user's
+//! resources. It logs in (SASL PLAIN where offered, else NickServ), joins what the user
+//! wants, turns IRC lines into [`Event`]s and [`Command`]s into rate-limited IRC lines,
+//! and reconnects (then rejoins) when the connection drops.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use bridge_core::model::{
+    Availability, Command, Credentials, Departure, Event, FailureKind, Message, MessageKind, Peer,
+    SessionKey,
+};
+use bridge_core::{EventSink, Secret, SessionEvent};
+use irc::proto::{Command as IrcCommand, Message as IrcMessage, Response};
+use tokio::io::{split, AsyncWriteExt, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::modes::{irc_lower, ChannelPrivileges, PrefixMap};
+use crate::settings::NetworkSettings;
+use crate::text;
+use crate::transport::{self, LineReader, Stream};
+
+/// How long registration (up to RPL_WELCOME) may take.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// First and last reconnection delays.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A channel the user wants to be in.
+#[derive(Debug, Clone)]
+struct Wanted {
+    /// The channel name as the user wrote it.
+    name: String,
+    /// Its key, if any.
+    key: Option<Secret>,
+}
+
+/// A channel joined on the current connection.
+#[derive(Debug)]
+struct Joined {
+    /// Name as the server spells it.
+    name: String,
+    /// Occupants and their privileges.
+    privileges: ChannelPrivileges,
+    /// Topic (RPL_TOPIC or TOPIC).
+    topic: Option<String>,
+    /// Whether `Event::Joined` was sent (after RPL_ENDOFNAMES).
+    reported: bool,
+}
+
+/// Why serving a connection stopped.
+enum Outcome {
+    /// The user or the gateway ended the session.
+    Finished,
+    /// The connection broke; reconnect.
+    Lost(String),
+}
+
+/// The state of one (user, server) session.
+pub struct IrcSession {
+    /// Whose session, on which server: the tag of every event.
+    key: SessionKey,
+    /// The server's host name.
+    server: String,
+    /// Port, TLS, rate limit.
+    settings: NetworkSettings,
+    /// Registered nick and password, or anonymous.
+    credentials: Credentials,
+    /// Events to the gateway.
+    events: EventSink,
+    /// Commands from the gateway.
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Channels the user wants, by lower-cased name; rejoined after a reconnection.
+    wanted: BTreeMap<String, Wanted>,
+    /// Channels joined on the current connection, by lower-cased name.
+    joined: BTreeMap<String, Joined>,
+    /// The nick to ask for at registration.
+    wanted_nick: String,
+    /// Our current nick on the server.
+    nick: String,
+    /// Length of `:nick!user@host ` as the server relays our lines.
+    prefix_len: usize,
+    /// PREFIX and CHANMODES of this server (ISUPPORT).
+    prefixes: PrefixMap,
+    /// CHANMODES from ISUPPORT, applied to each channel's privileges.
+    chanmodes: Option<String>,
+    /// Nicks the user talked with privately; their QUIT is shown as unavailable.
+    private_peers: BTreeSet<String>,
+    /// Lines waiting for the rate limit.
+    queue: VecDeque<String>,
+    /// When the next queued line may go; the token bucket's clock.
+    next_send: Instant,
+    /// Lines still allowed at once before the interval applies.
+    burst_left: u32,
+    /// Whether registration completed on the current connection.
+    registered: bool,
+    /// Whether any connection ever completed registration (else failures end the session).
+    ever_registered: bool,
+    /// Commands received while not registered, replayed after RPL_WELCOME.
+    pending: Vec<Command>,
+    /// Whether SASL logged us in on the current connection (then no NickServ).
+    sasl_succeeded: bool,
+}
+
+impl IrcSession {
+    /// A session for `key` on `server`; run it with [`IrcSession::run`].
+    pub fn new(
+        key: SessionKey,
+        server: String,
+        settings: NetworkSettings,
+        credentials: Credentials,
+        events: EventSink,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
+        let wanted_nick = match &credentials {
+            Credentials::Irc { nick, .. } => nick.clone(),
+            _ => String::new(),
+        };
+        let burst = settings.flood_burst;
+        IrcSession {
+            key,
+            server,
+            settings,
+            credentials,
+            events,
+            commands,
+            wanted: BTreeMap::new(),
+            joined: BTreeMap::new(),
+            nick: wanted_nick.clone(),
+            wanted_nick,
+            prefix_len: 0,
+            prefixes: PrefixMap::default(),
+            chanmodes: None,
+            private_peers: BTreeSet::new(),
+            queue: VecDeque::new(),
+            next_send: Instant::now(),
+            burst_left: burst,
+            registered: false,
+            ever_registered: false,
+            pending: Vec::new(),
+            sasl_succeeded: false,
+        }
+    }
+
+    /// Runs until the session ends, reconnecting as needed.
+    pub async fn run(mut self) {
+        let mut delay = RETRY_FIRST;
+        // Wait for the first command: it says which nick to use when anonymous.
+        let Some(first) = self.commands.recv().await else { return };
+        if !self.take_first(first) {
+            return;
+        }
+        loop {
+            let outcome = match transport::connect(&self.server, &self.settings).await {
+                Ok(stream) => self.serve(stream).await,
+                Err(error) => Outcome::Lost(error.to_string()),
+            };
+            match outcome {
+                Outcome::Finished => break,
+                Outcome::Lost(reason) if !self.ever_registered => {
+                    self.fail_everything(&reason).await;
+                    break;
+                }
+                Outcome::Lost(reason) => {
+                    warn!(server = %self.server, %reason, "IRC connection lost; reconnecting");
+                    let channels: Vec<String> = self.joined.values().map(|j| j.name.clone()).collect();
+                    self.joined.clear();
+                    self.registered = false;
+                    self.emit(Event::Disconnected { channels, reason: reason.clone() }).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        command = self.commands.recv() => match command {
+                            None | Some(Command::Shutdown { .. }) => break,
+                            Some(command) => self.pending.push(command),
+                        }
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        self.emit(Event::Ended { reason: "session closed".into() }).await;
+    }
+
+    /// Handles the command that opened the session; false if it ends it at once.
+    fn take_first(&mut self, command: Command) -> bool {
+        if self.wanted_nick.is_empty() {
+            self.wanted_nick = match &command {
+                Command::Join { nick, .. } => nick.clone(),
+                // A private message first: the user's XMPP localpart is a fair nick.
+                _ => self.key.user.0.split('@').next().unwrap_or("xmppuser").to_owned(),
+            };
+            self.nick = self.wanted_nick.clone();
+        }
+        match command {
+            Command::Shutdown { .. } => false,
+            command => {
+                self.pending.push(command);
+                true
+            }
+        }
+    }
+
+    /// The connection could never be made or used: tell the user why, once.
+    async fn fail_everything(&mut self, reason: &str) {
+        let text = format!("cannot use IRC server {}: {reason}", self.server);
+        for command in std::mem::take(&mut self.pending) {
+            let event = match command {
+                Command::Join { channel, .. } => {
+                    Event::JoinFailed { channel, kind: FailureKind::Unavailable, text: text.clone() }
+                }
+                Command::Send(message) => {
+                    Event::Failure { peer: Some(message.peer), kind: FailureKind::Unavailable, text: text.clone() }
+                }
+                _ => continue,
+            };
+            self.emit(event).await;
+        }
+        for (_, wanted) in std::mem::take(&mut self.wanted) {
+            self.emit(Event::JoinFailed { channel: wanted.name, kind: FailureKind::Unavailable, text: text.clone() }).await;
+        }
+    }
+
+    async fn emit(&self, event: Event) {
+        let _ = self.events.send(SessionEvent { key: self.key.clone(), event }).await;
+    }
+
+    /// Serves one connection.
+    async fn serve(&mut self, stream: Stream) -> Outcome {
+        let (read, mut write) = split(stream);
+        let mut reader = LineReader::new(read);
+        self.registered = false;
+        self.sasl_succeeded = false;
+        self.queue.clear();
+        self.burst_left = self.settings.flood_burst;
+        self.nick = self.wanted_nick.clone();
+
+        if let Err(error) = self.register(&mut write).await {
+            return Outcome::Lost(error.to_string());
+        }
+        let deadline = Instant::now() + REGISTRATION_TIMEOUT;
+        loop {
+            if let Err(error) = self.flush_queue(&mut write).await {
+                return Outcome::Lost(error.to_string());
+            }
+            let wait_send = (!self.queue.is_empty()).then_some(self.next_send);
+            tokio::select! {
+                line = reader.next_line() => match line {
+                    Ok(Some(line)) => {
+                        if let Some(outcome) = self.on_line(&line, &mut write).await {
+                            return outcome;
+                        }
+                    }
+                    Ok(None) => return Outcome::Lost("the server closed the connection".into()),
+                    Err(error) => return Outcome::Lost(error.to_string()),
+                },
+                command = self.commands.recv(), if self.registered => match command {
+                    None => return self.quit(&mut write, "gateway shutting down").await,
+                    Some(Command::Shutdown { reason }) => return self.quit(&mut write, &reason).await,
+                    Some(command) => {
+                        if self.on_command(command) {
+                            return self.quit(&mut write, "left every channel").await;
+                        }
+                    }
+                },
+                () = sleep_until_opt(wait_send) => {}
+                () = tokio::time::sleep_until(deadline), if !self.registered => {
+                    return Outcome::Lost("no welcome from the server in time".into());
+                }
+            }
+        }
+    }
+
+    /// CAP negotiation (for SASL), NICK and USER.
+    async fn register(&mut self, write: &mut WriteHalf<Stream>) -> std::io::Result<()> {
+        if self.password().is_some() {
+            transport::write_line(write, "CAP LS 302").await?;
+        }
+        transport::write_line(write, &format!("NICK {}", self.nick)).await?;
+        let user = text::sanitize_word(&self.wanted_nick);
+        transport::write_line(write, &format!("USER {user} 0 * :xmpp-gateway user")).await?;
+        write.flush().await
+    }
+
+    fn password(&self) -> Option<&Secret> {
+        match &self.credentials {
+            Credentials::Irc { password, .. } => password.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Sends QUIT and ends.
+    async fn quit(&mut self, write: &mut WriteHalf<Stream>, reason: &str) -> Outcome {
+        let reason = text::to_irc_lines(reason).into_iter().next().unwrap_or_default();
+        let _ = transport::write_line(write, &format!("QUIT :{reason}")).await;
+        let _ = write.shutdown().await;
+        Outcome::Finished
+    }
+
+    /// Writes queued lines as the rate limit allows.
+    async fn flush_queue(&mut self, write: &mut WriteHalf<Stream>) -> std::io::Result<()> {
+        let unlimited = self.settings.flood_burst == 0;
+        let mut wrote = false;
+        while let Some(line) = self.queue.front() {
+            let now = Instant::now();
+            if !unlimited {
+                if self.burst_left == 0 && now < self.next_send {
+                    break;
+                }
+                if now >= self.next_send {
+                    // Tokens come back at one per interval, up to the burst.
+                    let elapsed = now - self.next_send;
+                    let regained = 1 + (elapsed.as_millis() / self.settings.flood_interval.as_millis().max(1)) as u32;
+                    self.burst_left = (self.burst_left + regained).min(self.settings.flood_burst);
+                }
+                self.burst_left -= 1;
+                self.next_send = now + self.settings.flood_interval;
+            }
+            transport::write_line(write, line).await?;
+            self.queue.pop_front();
+            wrote = true;
+        }
+        if wrote {
+            write.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues a line (rate-limited).
+    fn send(&mut self, line: String) {
+        self.queue.push_back(line);
+    }
+
+    // ---------------------------------------------------------------------------------
+    // From the gateway to IRC
+    // ---------------------------------------------------------------------------------
+
+    /// Handles a command; true when the session should end (nothing left to do).
+    fn on_command(&mut self, command: Command) -> bool {
+        match command {
+            Command::Send(message) => self.send_message(message),
+            Command::Join { channel, nick: _, password } => {
+                let lower = irc_lower(&channel);
+                if !self.joined.contains_key(&lower) {
+                    let line = match &password {
+                        Some(key) => format!("JOIN {channel} {}", text::sanitize_word(key.expose())),
+                        None => format!("JOIN {channel}"),
+                    };
+                    self.send(line);
+                }
+                self.wanted.insert(lower, Wanted { name: channel, key: password });
+            }
+            Command::Leave { channel, reason } => {
+                let lower = irc_lower(&channel);
+                self.wanted.remove(&lower);
+                if self.joined.contains_key(&lower) {
+                    let reason = reason.and_then(|r| text::to_irc_lines(&r).into_iter().next());
+                    self.send(match reason {
+                        Some(reason) => format!("PART {channel} :{reason}"),
+                        None => format!("PART {channel}"),
+                    });
+                }
+                return self.wanted.is_empty() && self.private_peers.is_empty();
+            }
+            Command::SetTopic { channel, topic } => {
+                let topic = text::to_irc_lines(&topic).join(" ");
+                self.send(format!("TOPIC {channel} :{topic}"));
+            }
+            Command::ChangeNick { nick } => self.send(format!("NICK {}", text::sanitize_word(&nick))),
+            Command::SetAvailability { availability, status } => {
+                let line = match availability {
+                    Availability::Available => "AWAY".to_owned(),
+                    _ => {
+                        let status = status
+                            .and_then(|s| text::to_irc_lines(&s).into_iter().next())
+                            .unwrap_or_else(|| "away".into());
+                        format!("AWAY :{status}")
+                    }
+                };
+                self.send(line);
+            }
+            Command::Shutdown { .. } => return true,
+        }
+        false
+    }
+
+    fn send_message(&mut self, message: Message) {
+        let target = match &message.peer {
+            Peer::Channel(channel) => channel.clone(),
+            Peer::Nick(nick) => {
+                self.private_peers.insert(irc_lower(nick));
+                nick.clone()
+            }
+            Peer::Server => {
+                // Raw commands from the user, one per line, on their own connection.
+                for line in text::to_irc_lines(&message.body) {
+                    self.send(line);
+                }
+                return;
+            }
+            Peer::EmailAddress(_) => return,
+        };
+        let (body, action) = match (message.kind, text::me_command(&message.body)) {
+            (MessageKind::Action, _) => (message.body.as_str(), true),
+            (_, Some(rest)) => (rest, true),
+            _ => (message.body.as_str(), false),
+        };
+        let own_prefix = if self.prefix_len > 0 { self.prefix_len } else { text::estimated_prefix_len(&self.nick) };
+        let budget = text::privmsg_budget(&target, own_prefix, action);
+        for line in text::to_irc_lines(body) {
+            for chunk in text::split_to_fit(&line, budget) {
+                let payload = if action { text::encode_action(&chunk) } else { chunk };
+                self.send(format!("PRIVMSG {target} :{payload}"));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // From IRC to the gateway
+    // ---------------------------------------------------------------------------------
+
+    /// Handles one line; `Some` ends the connection.
+    async fn on_line(&mut self, line: &str, write: &mut WriteHalf<Stream>) -> Option<Outcome> {
+        let message: IrcMessage = match line.parse() {
+            Ok(message) => message,
+            Err(error) => {
+                debug!(server = %self.server, %error, "unparsable IRC line ignored");
+                return None;
+            }
+        };
+        let source = message.source_nickname().map(str::to_owned);
+        match message.command {
+            IrcCommand::PING(server, _) => {
+                // Answered at once: a late PONG gets us disconnected.
+                if transport::write_line(write, &format!("PONG :{server}")).await.is_err() {
+                    return Some(Outcome::Lost("write failed".into()));
+                }
+            }
+            IrcCommand::ERROR(reason) => return Some(Outcome::Lost(format!("server error: {reason}"))),
+            IrcCommand::CAP(_, sub, arg1, arg2) => self.on_cap(sub, arg1, arg2, write).await,
+            IrcCommand::AUTHENTICATE(ref challenge) if challenge == "+" => {
+                if let Some(password) = self.password() {
+                    let token = sasl_plain(&self.wanted_nick, password.expose());
+                    let _ = transport::write_line(write, &format!("AUTHENTICATE {token}")).await;
+                }
+            }
+            IrcCommand::Response(response, args) => return self.on_numeric(response, args, write).await,
+            IrcCommand::JOIN(channel, _, _) => self.on_join(source, &channel, message.prefix.as_ref()).await,
+            IrcCommand::PART(channel, reason) => {
+                if let Some(nick) = source {
+                    self.on_departure(&channel, &nick, Departure::Part, reason).await;
+                }
+            }
+            IrcCommand::KICK(channel, nick, reason) => {
+                let by = source.unwrap_or_default();
+                self.on_departure(&channel, &nick, Departure::Kicked { by }, reason).await;
+            }
+            IrcCommand::QUIT(reason) => {
+                if let Some(nick) = source {
+                    self.on_quit(&nick, reason).await;
+                }
+            }
+            IrcCommand::NICK(new) => {
+                if let Some(old) = source {
+                    self.on_nick(&old, &new).await;
+                }
+            }
+            IrcCommand::TOPIC(channel, Some(topic)) => {
+                if let Some(joined) = self.joined.get_mut(&irc_lower(&channel)) {
+                    joined.topic = Some(topic.clone());
+                    let channel = joined.name.clone();
+                    self.emit(Event::Topic { channel, topic, by: source }).await;
+                }
+            }
+            ref command @ IrcCommand::ChannelMODE(..) => {
+                let raw = String::from(command);
+                self.on_mode(&raw).await;
+            }
+            IrcCommand::PRIVMSG(target, body) => self.on_privmsg(source, &target, &body, false).await,
+            IrcCommand::NOTICE(target, body) => self.on_privmsg(source, &target, &body, true).await,
+            _ => {}
+        }
+        None
+    }
+
+    async fn on_cap(&mut self, sub: irc::proto::CapSubCommand, arg1: Option<String>, arg2: Option<String>, write: &mut WriteHalf<Stream>) {
+        use irc::proto::CapSubCommand as Cap;
+        let caps = arg2.or(arg1).unwrap_or_default();
+        let line = match sub {
+            Cap::LS if caps.split(' ').any(|c| c == "sasl" || c.starts_with("sasl=")) => "CAP REQ :sasl",
+            Cap::LS => "CAP END",
+            Cap::ACK if caps.split(' ').any(|c| c == "sasl") => "AUTHENTICATE PLAIN",
+            Cap::NAK | Cap::ACK => "CAP END",
+            _ => return,
+        };
+        let _ = transport::write_line(write, line).await;
+    }
+
+    async fn on_numeric(&mut self, response: Response, args: Vec<String>, write: &mut WriteHalf<Stream>) -> Option<Outcome> {
+        match response {
+            Response::RPL_WELCOME => {
+                self.registered = true;
+                self.ever_registered = true;
+                if let Some(nick) = args.first() {
+                    self.nick = nick.clone();
+                }
+                info!(server = %self.server, nick = %self.nick, "IRC registration complete");
+                if let (Some(password), false) = (self.password(), self.sasl_succeeded) {
+                    // No SASL on this server: NickServ, right after the welcome.
+                    let line = format!("PRIVMSG NickServ :IDENTIFY {}", text::sanitize_word(password.expose()));
+                    if transport::write_line(write, &line).await.is_err() {
+                        return Some(Outcome::Lost("write failed".into()));
+                    }
+                }
+                self.after_welcome();
+            }
+            Response::RPL_SASLSUCCESS => {
+                self.sasl_succeeded = true;
+                let _ = transport::write_line(write, "CAP END").await;
+            }
+            Response::ERR_SASLFAIL | Response::ERR_SASLTOOLONG | Response::ERR_SASLABORT => {
+                let _ = transport::write_line(write, "CAP END").await;
+                let text = args.last().cloned().unwrap_or_default();
+                self.emit(Event::Failure { peer: Some(Peer::Server), kind: FailureKind::NotAuthorized, text: format!("SASL login failed: {text}") }).await;
+            }
+            Response::RPL_ISUPPORT => {
+                for token in &args[1..] {
+                    if let Some(value) = token.strip_prefix("PREFIX=") {
+                        if let Some(map) = PrefixMap::from_isupport(value) {
+                            self.prefixes = map;
+                        }
+                    } else if let Some(value) = token.strip_prefix("CHANMODES=") {
+                        self.chanmodes = Some(value.to_owned());
+                    }
+                }
+            }
+            Response::ERR_NICKNAMEINUSE | Response::ERR_NICKCOLLISION if !self.registered => {
+                // Registration: try a variant (110 + 210 tell the user the nick given).
+                self.nick = next_nick_variant(&self.nick);
+                let _ = transport::write_line(write, &format!("NICK {}", self.nick)).await;
+            }
+            Response::ERR_ERRONEOUSNICKNAME if !self.registered => {
+                let reason = format!("the server refused the nick {}: {}", self.nick, args.last().cloned().unwrap_or_default());
+                self.fail_everything(&reason).await;
+                return Some(Outcome::Finished);
+            }
+            Response::RPL_TOPIC if args.len() >= 3 => {
+                if let Some(joined) = self.joined.get_mut(&irc_lower(&args[1])) {
+                    joined.topic = Some(args[2].clone());
+                }
+            }
+            Response::RPL_NAMREPLY if args.len() >= 4 => {
+                if let Some(joined) = self.joined.get_mut(&irc_lower(&args[2])) {
+                    for entry in args[3].split(' ').filter(|e| !e.is_empty()) {
+                        joined.privileges.set_from_names(entry);
+                    }
+                }
+            }
+            Response::RPL_ENDOFNAMES if args.len() >= 2 => {
+                let lower = irc_lower(&args[1]);
+                let nick = self.nick.clone();
+                if let Some(joined) = self.joined.get_mut(&lower) {
+                    if !joined.reported {
+                        joined.reported = true;
+                        let event = Event::Joined {
+                            channel: joined.name.clone(),
+                            nick,
+                            occupants: joined.privileges.occupants(),
+                            topic: joined.topic.clone(),
+                        };
+                        self.emit(event).await;
+                    }
+                }
+            }
+            Response::ERR_BANNEDFROMCHAN
+            | Response::ERR_INVITEONLYCHAN
+            | Response::ERR_BADCHANNELKEY
+            | Response::ERR_CHANNELISFULL
+            | Response::ERR_NOSUCHCHANNEL
+            | Response::ERR_TOOMANYCHANNELS
+            | Response::ERR_BADCHANMASK
+                if args.len() >= 2 =>
+            {
+                let lower = irc_lower(&args[1]);
+                if let Some(wanted) = self.wanted.remove(&lower) {
+                    let kind = match response {
+                        Response::ERR_BANNEDFROMCHAN => FailureKind::Forbidden,
+                        Response::ERR_INVITEONLYCHAN => FailureKind::RegistrationRequired,
+                        Response::ERR_BADCHANNELKEY => FailureKind::NotAuthorized,
+                        Response::ERR_NOSUCHCHANNEL | Response::ERR_BADCHANMASK => FailureKind::NotFound,
+                        _ => FailureKind::Unavailable,
+                    };
+                    let text = args.last().cloned().unwrap_or_default();
+                    self.emit(Event::JoinFailed { channel: wanted.name, kind, text }).await;
+                }
+            }
+            Response::ERR_NOSUCHNICK if args.len() >= 2 => {
+                let text = args.last().cloned().unwrap_or_default();
+                self.emit(Event::Failure { peer: Some(Peer::Nick(args[1].clone())), kind: FailureKind::NotFound, text }).await;
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+impl IrcSession {
+    /// Registration done: rejoin what the user wants, then replay waiting commands.
+    fn after_welcome(&mut self) {
+        let rejoin: Vec<Wanted> = self.wanted.values().cloned().collect();
+        for wanted in rejoin {
+            self.on_command(Command::Join { channel: wanted.name, nick: String::new(), password: wanted.key });
+        }
+        for command in std::mem::take(&mut self.pending) {
+            self.on_command(command);
+        }
+    }
+
+    fn is_me(&self, nick: &str) -> bool {
+        irc_lower(nick) == irc_lower(&self.nick)
+    }
+
+    async fn on_join(&mut self, source: Option<String>, channel: &str, prefix: Option<&irc::proto::Prefix>) {
+        let Some(nick) = source else { return };
+        let lower = irc_lower(channel);
+        if self.is_me(&nick) {
+            if let Some(irc::proto::Prefix::Nickname(n, u, h)) = prefix {
+                // `:nick!user@host ` exactly as the server relays our lines.
+                self.prefix_len = 1 + n.len() + 1 + u.len() + 1 + h.len() + 1;
+            }
+            let name = self.wanted.get(&lower).map(|w| w.name.clone()).unwrap_or_else(|| channel.to_owned());
+            let mut privileges = ChannelPrivileges::new();
+            if let Some(chanmodes) = &self.chanmodes {
+                privileges.set_chanmodes(chanmodes);
+            }
+            privileges.set_prefixes(self.prefixes.clone());
+            self.joined.insert(lower, Joined { name, privileges, topic: None, reported: false });
+            return;
+        }
+        if let Some(joined) = self.joined.get_mut(&lower) {
+            let occupant = joined.privileges.set_from_names(&nick);
+            if joined.reported {
+                let channel = joined.name.clone();
+                self.emit(Event::Occupant { channel, occupant }).await;
+            }
+        }
+    }
+
+    async fn on_departure(&mut self, channel: &str, nick: &str, departure: Departure, reason: Option<String>) {
+        let lower = irc_lower(channel);
+        let Some(joined) = self.joined.get_mut(&lower) else { return };
+        joined.privileges.remove(nick);
+        let name = joined.name.clone();
+        if self.is_me(nick) {
+            self.joined.remove(&lower);
+            self.wanted.remove(&lower);
+        }
+        let reason = reason.map(|r| text::strip_formatting(&r)).filter(|r| !r.is_empty());
+        self.emit(Event::Left { channel: name, nick: nick.to_owned(), departure, reason }).await;
+    }
+
+    async fn on_quit(&mut self, nick: &str, reason: Option<String>) {
+        let reason = reason.map(|r| text::strip_formatting(&r)).filter(|r| !r.is_empty());
+        let mut channels = Vec::new();
+        for joined in self.joined.values_mut() {
+            if joined.privileges.occupant(nick).is_some() {
+                joined.privileges.remove(nick);
+                channels.push(joined.name.clone());
+            }
+        }
+        for channel in channels {
+            self.emit(Event::Left { channel, nick: nick.to_owned(), departure: Departure::Quit, reason: reason.clone() }).await;
+        }
+        if self.private_peers.contains(&irc_lower(nick)) {
+            self.emit(Event::PeerQuit { nick: nick.to_owned(), reason }).await;
+        }
+    }
+
+    async fn on_nick(&mut self, old: &str, new: &str) {
+        if self.is_me(old) {
+            self.nick = new.to_owned();
+        }
+        let mut channels = Vec::new();
+        for joined in self.joined.values_mut() {
+            if joined.privileges.occupant(old).is_some() {
+                joined.privileges.rename(old, new);
+                channels.push(joined.name.clone());
+            }
+        }
+        for channel in channels {
+            self.emit(Event::NickChanged { channel, old: old.to_owned(), new: new.to_owned() }).await;
+        }
+    }
+
+    async fn on_mode(&mut self, raw: &str) {
+        // "MODE #chan +ov-v a b c"
+        let mut words = raw.split(' ').skip(1);
+        let (Some(channel), Some(modes)) = (words.next(), words.next()) else { return };
+        let args: Vec<&str> = words.collect();
+        let Some(joined) = self.joined.get_mut(&irc_lower(channel)) else { return };
+        let changed = joined.privileges.apply_mode(modes, &args);
+        let name = joined.name.clone();
+        for occupant in changed {
+            self.emit(Event::Occupant { channel: name.clone(), occupant }).await;
+        }
+    }
+
+    async fn on_privmsg(&mut self, source: Option<String>, target: &str, body: &str, notice: bool) {
+        let is_channel = target.starts_with(['#', '&', '+', '!']);
+        let (body, action) = match text::ctcp_action(body) {
+            Some(action) => (action, true),
+            None if text::is_ctcp(body) => return,
+            None => (body, false),
+        };
+        let body = text::strip_formatting(body);
+        let kind = match (action, notice, is_channel) {
+            (true, _, _) => MessageKind::Action,
+            (_, true, _) => MessageKind::Notice,
+            (_, _, true) => MessageKind::Group,
+            _ => MessageKind::Chat,
+        };
+        let message = match source {
+            // A server notice (no nick prefix, or before we know anyone).
+            None => Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None },
+            Some(nick) if is_channel => {
+                let Some(joined) = self.joined.get(&irc_lower(target)) else { return };
+                Message { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), kind, body, subject: None, thread: None }
+            }
+            Some(nick) if !self.registered || nick.contains('.') => {
+                Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None }
+            }
+            Some(nick) => {
+                self.private_peers.insert(irc_lower(&nick));
+                Message { peer: Peer::Nick(nick), sender: None, kind, body, subject: None, thread: None }
+            }
+        };
+        self.emit(Event::Message(message)).await;
+    }
+}
+
+/// A nick variant after a collision: `nick_`, then `nick1`, `nick2`...
+pub fn next_nick_variant(nick: &str) -> String {
+    let base = nick.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_');
+    let base = if base.is_empty() { "xmpp" } else { base };
+    if nick == base {
+        return format!("{base}_");
+    }
+    let number: u32 = nick[base.len()..].trim_start_matches('_').parse().unwrap_or(0);
+    format!("{base}{}", number + 1)
+}
+
+/// The SASL PLAIN token: base64 of `\0user\0password`.
+fn sasl_plain(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

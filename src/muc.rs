@@ -1,0 +1,286 @@
+//! IRC channels served as MUC rooms (XEP-0045): which of the user's resources are in which
+//! room under which nick, and the pure builders of room presences and messages.
+//!
+//! The IRC session knows the channel; this module knows the XMPP side of it: a second
+//! resource joining an already joined room gets the occupant list replayed here, without
+//! a second IRC JOIN.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bridge_core::model::{Affiliation, NetworkId, Occupant, Role, UserId};
+use minidom::Element;
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::message::{Lang, Message, MessageType};
+use xmpp_parsers::muc::user::{Affiliation as XAffiliation, Item, MucUser, Reason, Role as XRole, Status};
+use xmpp_parsers::presence::{Presence, Type as PresenceType};
+
+/// A room as one user sees it.
+#[derive(Debug, Clone)]
+pub struct Room {
+    /// The room's bare JID, `#chan%server@gw`.
+    pub jid: String,
+    /// The channel name as the IRC side spells it.
+    pub channel: String,
+    /// Full JIDs of the user's resources in the room.
+    pub resources: BTreeSet<String>,
+    /// The user's nick in the room: asked for until joined, then as the server gave it.
+    pub nick: String,
+    /// The nick the user asked for, to tell them (status 210) when the server changed it.
+    pub requested_nick: String,
+    /// Whether the IRC side confirmed the join (else resources wait for it).
+    pub joined: bool,
+    /// Everybody in the room (the user included), by lower-cased nick.
+    pub occupants: BTreeMap<String, Occupant>,
+    /// The current subject.
+    pub topic: Option<String>,
+}
+
+impl Room {
+    /// A room joined by `resource` under `nick`, not yet confirmed by IRC.
+    pub fn new(jid: String, channel: String, resource: String, nick: String) -> Self {
+        Room {
+            jid,
+            channel,
+            resources: BTreeSet::from([resource]),
+            requested_nick: nick.clone(),
+            nick,
+            joined: false,
+            occupants: BTreeMap::new(),
+            topic: None,
+        }
+    }
+
+    /// The occupant JID of `nick` in this room.
+    pub fn occupant_jid(&self, nick: &str) -> String {
+        format!("{}/{nick}", self.jid)
+    }
+
+    /// Whether `nick` is the user's.
+    pub fn is_me(&self, nick: &str) -> bool {
+        nick.eq_ignore_ascii_case(&self.nick)
+    }
+
+    /// The occupant entry of the user (participant until the IRC side says otherwise).
+    pub fn me(&self) -> Occupant {
+        self.occupants.get(&self.nick.to_lowercase()).cloned().unwrap_or(Occupant {
+            nick: self.nick.clone(),
+            role: Role::Participant,
+            affiliation: Affiliation::None,
+        })
+    }
+
+    /// Everything a resource needs on (re)entering: others' presences, then the user's
+    /// own with 110 (and 210 when the nick was changed), then the subject.
+    pub fn entry_stanzas(&self, to: &str) -> Vec<Element> {
+        let mut stanzas: Vec<Element> = self
+            .occupants
+            .values()
+            .filter(|o| !self.is_me(&o.nick))
+            .map(|o| occupant_presence(&self.occupant_jid(&o.nick), to, o, &[], None))
+            .collect();
+        let mut codes = vec![Status::SelfPresence];
+        if self.nick != self.requested_nick {
+            codes.push(Status::AssignedNick);
+        }
+        stanzas.push(occupant_presence(&self.occupant_jid(&self.nick), to, &self.me(), &codes, None));
+        stanzas.push(subject_message(&self.jid, to, self.topic.as_deref().unwrap_or("")));
+        stanzas
+    }
+}
+
+/// Key of a room among all users' rooms.
+pub type RoomKey = (UserId, NetworkId, String);
+
+/// The key of `channel` for `user` on `network` (IRC channel names are case-insensitive).
+pub fn room_key(user: &UserId, network: &NetworkId, channel: &str) -> RoomKey {
+    (user.clone(), network.clone(), channel.to_lowercase())
+}
+
+/// Every room of every user.
+#[derive(Debug, Default)]
+pub struct Rooms {
+    /// Rooms by (user, network, lower-cased channel).
+    rooms: HashMap<RoomKey, Room>,
+}
+
+impl Rooms {
+    /// The room, if the user is in it (or joining).
+    pub fn get(&self, key: &RoomKey) -> Option<&Room> {
+        self.rooms.get(key)
+    }
+
+    /// Mutable access.
+    pub fn get_mut(&mut self, key: &RoomKey) -> Option<&mut Room> {
+        self.rooms.get_mut(key)
+    }
+
+    /// Adds a room.
+    pub fn insert(&mut self, key: RoomKey, room: Room) {
+        self.rooms.insert(key, room);
+    }
+
+    /// Removes a room.
+    pub fn remove(&mut self, key: &RoomKey) -> Option<Room> {
+        self.rooms.remove(key)
+    }
+
+    /// Forgets every room of `user` (they went offline or unregistered).
+    pub fn remove_user(&mut self, user: &UserId) {
+        self.rooms.retain(|(u, _, _), _| u != user);
+    }
+
+    /// Removes `resource` (a full JID) of `user` from every room; returns the rooms left
+    /// empty, which the IRC side should leave.
+    pub fn remove_resource(&mut self, user: &UserId, resource: &str) -> Vec<(RoomKey, Room)> {
+        for ((u, _, _), room) in self.rooms.iter_mut() {
+            if u == user {
+                room.resources.remove(resource);
+            }
+        }
+        let empty: Vec<RoomKey> = self
+            .rooms
+            .iter()
+            .filter(|((u, _, _), room)| u == user && room.resources.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        empty.into_iter().filter_map(|k| self.rooms.remove(&k).map(|r| (k, r))).collect()
+    }
+}
+
+fn x_role(role: Role) -> XRole {
+    match role {
+        Role::Visitor => XRole::Visitor,
+        Role::Participant => XRole::Participant,
+        Role::Moderator => XRole::Moderator,
+    }
+}
+
+fn x_affiliation(affiliation: Affiliation) -> XAffiliation {
+    match affiliation {
+        Affiliation::None => XAffiliation::None,
+        Affiliation::Member => XAffiliation::Member,
+        Affiliation::Admin => XAffiliation::Admin,
+        Affiliation::Owner => XAffiliation::Owner,
+    }
+}
+
+/// An occupant's available presence, with status codes.
+pub fn occupant_presence(from: &str, to: &str, occupant: &Occupant, codes: &[Status], status: Option<&str>) -> Element {
+    let item = Item::new(x_affiliation(occupant.affiliation), x_role(occupant.role));
+    presence(PresenceType::None, from, to, item, codes, status)
+}
+
+/// An occupant leaving: unavailable, with role none, the codes (110 for the user, 303 with
+/// the new nick, 307 for a kick, 332 for a shutdown) and the reason.
+pub fn departure_presence(
+    from: &str,
+    to: &str,
+    occupant: &Occupant,
+    codes: &[Status],
+    new_nick: Option<&str>,
+    reason: Option<&str>,
+) -> Element {
+    let mut item = Item::new(x_affiliation(occupant.affiliation), XRole::None);
+    item.nick = new_nick.map(str::to_owned);
+    item.reason = reason.map(|r| Reason(r.to_owned()));
+    presence(PresenceType::Unavailable, from, to, item, codes, reason)
+}
+
+fn presence(type_: PresenceType, from: &str, to: &str, item: Item, codes: &[Status], status: Option<&str>) -> Element {
+    let mut presence = Presence::new(type_);
+    presence.from = from.parse::<Jid>().ok();
+    presence.to = to.parse::<Jid>().ok();
+    if let Some(status) = status {
+        presence.set_status(Lang::new(), status.to_owned());
+    }
+    presence.payloads.push(MucUser { status: codes.to_vec(), items: vec![item], invite: None, decline: None, affiliations: None }.into());
+    presence.into()
+}
+
+/// The room subject (sent on entry, even empty, since it ends the join sequence).
+pub fn subject_message(from: &str, to: &str, subject: &str) -> Element {
+    let mut message = Message::new_with_type(MessageType::Groupchat, to.parse::<Jid>().ok());
+    message.from = from.parse::<Jid>().ok();
+    message.subjects.insert(Lang::new(), subject.to_owned());
+    message.into()
+}
+
+/// A group chat message; `id` is kept when reflecting the user's own message, so their
+/// client can match the echo (XEP-0045 §7.4).
+pub fn groupchat(from: &str, to: &str, body: &str, id: Option<&str>) -> Element {
+    let mut message = Message::new_with_type(MessageType::Groupchat, to.parse::<Jid>().ok());
+    message.from = from.parse::<Jid>().ok();
+    message.id = id.map(|id| xmpp_parsers::message::Id(id.to_owned()));
+    message.bodies.insert(Lang::new(), body.to_owned());
+    message.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NS: &str = "jabber:component:accept";
+    const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+
+    fn codes(stanza: &Element) -> Vec<String> {
+        stanza
+            .get_child("x", MUC_USER)
+            .map(|x| x.children().filter(|c| c.name() == "status").filter_map(|c| c.attr("code")).map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    fn occupant(nick: &str, role: Role, affiliation: Affiliation) -> Occupant {
+        Occupant { nick: nick.into(), role, affiliation }
+    }
+
+    fn joined_room() -> Room {
+        let mut room = Room::new("#r%irc.x@gw".into(), "#r".into(), "u@h/a".into(), "alice".into());
+        room.nick = "alice_".into();
+        room.joined = true;
+        for o in [occupant("alice_", Role::Participant, Affiliation::None), occupant("bob", Role::Moderator, Affiliation::Admin)] {
+            room.occupants.insert(o.nick.to_lowercase(), o);
+        }
+        room.topic = Some("welcome".into());
+        room
+    }
+
+    #[test]
+    fn entry_replays_others_then_self_with_110_210_then_subject() {
+        let stanzas = joined_room().entry_stanzas("u@h/a");
+        assert_eq!(stanzas.len(), 3);
+        assert_eq!(stanzas[0].attr("from"), Some("#r%irc.x@gw/bob"));
+        let item = stanzas[0].get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
+        assert_eq!((item.attr("role"), item.attr("affiliation")), (Some("moderator"), Some("admin")));
+        assert_eq!(stanzas[1].attr("from"), Some("#r%irc.x@gw/alice_"));
+        assert_eq!(codes(&stanzas[1]), vec!["110", "210"]);
+        assert_eq!(stanzas[2].get_child("subject", NS).unwrap().text(), "welcome");
+    }
+
+    #[test]
+    fn departures_carry_codes_new_nick_and_reason() {
+        let o = occupant("bob", Role::Participant, Affiliation::None);
+        let p = departure_presence("#r%x@gw/bob", "u@h/a", &o, &[Status::NewNick], Some("bobby"), None);
+        assert_eq!(p.attr("type"), Some("unavailable"));
+        assert_eq!(codes(&p), vec!["303"]);
+        let item = p.get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
+        assert_eq!(item.attr("nick"), Some("bobby"));
+        let kicked = departure_presence("#r%x@gw/bob", "u@h/a", &o, &[Status::Kicked], None, Some("spam"));
+        assert_eq!(codes(&kicked), vec!["307"]);
+        assert_eq!(kicked.get_child("status", NS).unwrap().text(), "spam");
+    }
+
+    #[test]
+    fn a_resource_leaving_empties_only_its_rooms() {
+        let user = UserId("u@h".into());
+        let net = NetworkId::Irc { server: "irc.x".into() };
+        let mut rooms = Rooms::default();
+        let mut shared = joined_room();
+        shared.resources.insert("u@h/b".into());
+        rooms.insert(room_key(&user, &net, "#R"), shared);
+        rooms.insert(room_key(&user, &net, "#solo"), Room::new("#solo%irc.x@gw".into(), "#solo".into(), "u@h/a".into(), "alice".into()));
+        let emptied = rooms.remove_resource(&user, "u@h/a");
+        assert_eq!(emptied.len(), 1);
+        assert_eq!(emptied[0].1.channel, "#solo");
+        assert!(rooms.get(&room_key(&user, &net, "#r")).is_some());
+    }
+}

@@ -1,0 +1,306 @@
+//! IRC side of the test harness: a private ngIRCd started by `scripts/ngircd.sh`, and a
+//! raw-socket IRC client that keeps every line's bytes (for charset tests).
+//!
+//! A test whose server cannot start fails with the script's output: it never skips.
+
+use std::collections::VecDeque;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// How long the client waits for an expected line (and for registration).
+pub const IRC_WAIT: Duration = Duration::from_secs(10);
+
+/// One line received from the server, without its CR LF, and parsed.
+#[derive(Debug, Clone)]
+pub struct IrcLine {
+    /// The line decoded as UTF-8, invalid bytes replaced (U+FFFD).
+    pub raw: String,
+    /// The line's exact bytes (e.g. a Latin-1 `0xE9` stays `0xE9`).
+    pub bytes: Vec<u8>,
+    /// The nick of a `:nick!user@host` prefix; `None` for a server prefix or none.
+    pub prefix_nick: Option<String>,
+    /// The command or three-digit numeric, e.g. `PRIVMSG` or `001`.
+    pub command: String,
+    /// The parameters; a `:trailing` one is the last, without its colon.
+    pub params: Vec<String>,
+}
+
+impl IrcLine {
+    /// Parses `[@tags] [:prefix] COMMAND params... [:trailing]` (CR LF already removed).
+    pub fn parse(bytes: Vec<u8>) -> IrcLine {
+        let raw = String::from_utf8_lossy(&bytes).into_owned();
+        let mut rest = raw.as_str();
+        if rest.starts_with('@') {
+            rest = rest.split_once(' ').map_or("", |(_, r)| r);
+        }
+        let mut prefix_nick = None;
+        if let Some(prefixed) = rest.strip_prefix(':') {
+            let (prefix, r) = prefixed.split_once(' ').unwrap_or((prefixed, ""));
+            let nick = prefix.split(['!', '@']).next().unwrap_or_default();
+            // Server names contain a dot, nicks never do.
+            if !nick.is_empty() && !nick.contains('.') {
+                prefix_nick = Some(nick.to_string());
+            }
+            rest = r;
+        }
+        let (middle, trailing) = match rest.split_once(" :") {
+            Some((m, t)) => (m, Some(t)),
+            None => (rest, None),
+        };
+        let mut words = middle.split(' ').filter(|w| !w.is_empty());
+        let command = words.next().unwrap_or_default().to_ascii_uppercase();
+        let mut params: Vec<String> = words.map(str::to_string).collect();
+        params.extend(trailing.map(str::to_string));
+        IrcLine { raw, bytes, prefix_nick, command, params }
+    }
+
+    /// Whether this is a PRIVMSG to `target` (ASCII case-insensitive, as ngIRCd's CASEMAPPING).
+    pub fn is_privmsg_to(&self, target: &str) -> bool {
+        self.command == "PRIVMSG" && self.params.first().is_some_and(|t| t.eq_ignore_ascii_case(target))
+    }
+
+    /// The last parameter (a PRIVMSG's text), or "".
+    pub fn text(&self) -> &str {
+        self.params.last().map_or("", String::as_str)
+    }
+}
+
+/// A raw IRC client on 127.0.0.1 (TCP_NODELAY). Lines read while waiting for something
+/// else are kept in a backlog for later waits; PINGs are answered automatically.
+pub struct IrcClient {
+    /// The nick this client registered with.
+    pub nick: String,
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    /// Bytes of a line not complete yet (kept when a wait times out mid-line).
+    partial: Vec<u8>,
+    backlog: VecDeque<IrcLine>,
+}
+
+impl IrcClient {
+    /// Connects and registers as `nick` (NICK/USER); waits for 001 and panics with what
+    /// it got instead (e.g. 433 nick in use, 432 longer than ngIRCd's NICKLEN of 9).
+    pub async fn connect(port: u16, nick: &str) -> IrcClient {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to IRC on 127.0.0.1:{port}: {e}"));
+        stream.set_nodelay(true).unwrap();
+        let (read, writer) = stream.into_split();
+        let mut client = IrcClient {
+            nick: nick.to_string(),
+            reader: BufReader::new(read),
+            writer,
+            partial: Vec::new(),
+            backlog: VecDeque::new(),
+        };
+        client.send_line(&format!("NICK {nick}")).await;
+        client.send_line(&format!("USER {nick} 0 * :test client {nick}")).await;
+        let reply = client
+            .wait_for("registration (001)", |l| {
+                matches!(l.command.as_str(), "001" | "ERROR" | "431" | "432" | "433" | "436" | "437")
+            })
+            .await;
+        assert_eq!(reply.command, "001", "IRC registration of {nick} failed: {}", reply.raw);
+        client
+    }
+
+    /// Sends `line` plus CR LF.
+    pub async fn send_line(&mut self, line: &str) {
+        self.send_bytes(format!("{line}\r\n").as_bytes()).await;
+    }
+
+    /// Sends raw bytes as they are (the caller adds CR LF), e.g. a Latin-1 line.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("IRC write");
+    }
+
+    /// Joins `channel` (with a key after a space, e.g. `"#c key"`) and waits for the end
+    /// of its NAMES (366); panics if the join is refused (471, 473, 474, 475, ...).
+    pub async fn join(&mut self, channel: &str) {
+        self.send_line(&format!("JOIN {channel}")).await;
+        let name = channel.split(' ').next().unwrap_or_default().to_string();
+        let refused = ["403", "405", "471", "473", "474", "475", "476"];
+        let reply = self
+            .wait_for(&format!("the end of NAMES of {name}"), |l| {
+                let about_it = l.params.get(1).is_some_and(|c| c.eq_ignore_ascii_case(&name));
+                about_it && (l.command == "366" || refused.contains(&l.command.as_str()))
+            })
+            .await;
+        assert_eq!(reply.command, "366", "{} could not join {name}: {}", self.nick, reply.raw);
+    }
+
+    /// Sends `PRIVMSG target :text`.
+    pub async fn privmsg(&mut self, target: &str, text: &str) {
+        self.send_line(&format!("PRIVMSG {target} :{text}")).await;
+    }
+
+    /// The next line, or `None` when the server closed the connection. Answers PINGs.
+    async fn read_line(&mut self) -> Option<IrcLine> {
+        loop {
+            // read_until keeps what it has read in `partial` if this future is dropped.
+            let n = self.reader.read_until(b'\n', &mut self.partial).await.expect("IRC read");
+            if n == 0 || !self.partial.ends_with(b"\n") {
+                return None;
+            }
+            let mut bytes = std::mem::take(&mut self.partial);
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            let line = IrcLine::parse(bytes);
+            if line.command == "PING" {
+                self.send_line(&format!("PONG :{}", line.text())).await;
+                continue;
+            }
+            return Some(line);
+        }
+    }
+
+    /// Reads until a line matching `pred` arrives (or is already in the backlog) and
+    /// returns it; others are kept. Panics after 10 s, or on a closed connection, with
+    /// the lines seen meanwhile.
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&IrcLine) -> bool) -> IrcLine {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i).unwrap();
+        }
+        let deadline = Instant::now() + IRC_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.read_line()).await {
+                Ok(Some(line)) if pred(&line) => return line,
+                Ok(Some(line)) => self.backlog.push_back(line),
+                Ok(None) => {
+                    panic!("{}: connection closed while waiting for {what}; got:\n{}", self.nick, self.seen())
+                }
+                Err(_) => panic!("{}: no {what} within {IRC_WAIT:?}; got:\n{}", self.nick, self.seen()),
+            }
+        }
+    }
+
+    /// Whether a line matching `pred` is in the backlog or arrives within `within`
+    /// (the matching line is consumed; others are kept).
+    pub async fn receives_within(&mut self, within: Duration, pred: impl Fn(&IrcLine) -> bool) -> bool {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            self.backlog.remove(i);
+            return true;
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.read_line()).await {
+                Ok(Some(line)) if pred(&line) => return true,
+                Ok(Some(line)) => self.backlog.push_back(line),
+                Ok(None) | Err(_) => return false,
+            }
+        }
+    }
+
+    /// The texts of up to `count` PRIVMSGs to `target` (a channel, or our nick for
+    /// private messages), in order, backlog first; stops early after `within`, so the
+    /// caller checks the length. Other lines are kept.
+    pub async fn collect_privmsgs(&mut self, target: &str, count: usize, within: Duration) -> Vec<String> {
+        let mut texts = Vec::new();
+        let mut kept = VecDeque::new();
+        while let Some(line) = self.backlog.pop_front() {
+            if texts.len() < count && line.is_privmsg_to(target) {
+                texts.push(line.text().to_string());
+            } else {
+                kept.push_back(line);
+            }
+        }
+        self.backlog = kept;
+        let deadline = Instant::now() + within;
+        while texts.len() < count {
+            match tokio::time::timeout_at(deadline, self.read_line()).await {
+                Ok(Some(line)) if line.is_privmsg_to(target) => texts.push(line.text().to_string()),
+                Ok(Some(line)) => self.backlog.push_back(line),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        texts
+    }
+
+    /// The backlog's last lines, for panic messages.
+    fn seen(&self) -> String {
+        let skip = self.backlog.len().saturating_sub(40);
+        self.backlog.iter().skip(skip).map(|l| format!("  {}\n", l.raw)).collect()
+    }
+}
+
+/// A private ngIRCd (server name `irc.localhost`) on 127.0.0.1 with its own directory;
+/// stopped on drop. NICKLEN is 9, lines are at most 512 bytes with CR LF.
+pub struct Ngircd {
+    /// The instance's directory (config, `ngircd.out` console log).
+    pub dir: tempfile::TempDir,
+    /// The IRC port on 127.0.0.1.
+    pub port: u16,
+    flood_protection: bool,
+}
+
+impl Ngircd {
+    /// Starts a server on a free port; `flood_protection` keeps ngIRCd's default
+    /// throttling (3 lines/s per client), otherwise there is none.
+    pub fn start(flood_protection: bool) -> Ngircd {
+        let dir = tempfile::Builder::new().prefix("gw-ircd-").tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = Ngircd { dir, port, flood_protection };
+        server.start_again();
+        server
+    }
+
+    /// Starts the server (again) on the same directory and port.
+    pub fn start_again(&self) {
+        let port = self.port.to_string();
+        let mut args = vec!["start", self.path(), &port];
+        if self.flood_protection {
+            args.push("--flood-protection");
+        }
+        run_script(&args);
+    }
+
+    /// Stops the server (idempotent).
+    pub fn stop(&self) {
+        run_script(&["stop", self.path()]);
+    }
+
+    /// A client registered as `nick`.
+    pub async fn client(&self, nick: &str) -> IrcClient {
+        IrcClient::connect(self.port, nick).await
+    }
+
+    fn path(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+}
+
+impl Drop for Ngircd {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(script_path()).args(["stop", self.path()]).output();
+    }
+}
+
+fn script_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts").join("ngircd.sh")
+}
+
+/// Runs scripts/ngircd.sh; panics with its output if it fails.
+fn run_script(args: &[&str]) {
+    let out = Command::new("bash")
+        .arg(script_path())
+        .args(args)
+        // The script stops the server if this test process dies without cleaning up.
+        .env("HARNESS_OWNER_PID", std::process::id().to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/ngircd.sh: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/ngircd.sh {args:?} failed ({}):\n{}\n{}\n(install ngircd with scripts/install-deps.sh)",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
