@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# install-deps.sh - install the Debian packages the integration tests need
-# (XMPP servers Prosody and ejabberd, openssl, CA certificates).
+# install-deps.sh - install the Debian packages the integration tests need:
+# XMPP servers Prosody and ejabberd, the IRC server ngIRCd, the mail servers
+# Postfix (SMTP) and Dovecot (IMAP, LMTP) with swaks (an SMTP client, with the
+# Perl TLS modules it needs for STARTTLS), openssl, CA certificates.
 #
 # Usage: scripts/install-deps.sh
 #
 # Idempotent and non-interactive. Must run as root (it uses apt-get), unless
 # every package is already installed, in which case it does nothing and exits 0.
 # Before installing it creates /usr/sbin/policy-rc.d ("exit 101") if absent, so
-# that package postinst scripts do not start system-wide daemons.
+# that package postinst scripts do not start system-wide daemons, and it
+# preseeds debconf "postfix/main_mailer_type" = "No configuration" so that the
+# postfix package asks nothing and configures no system-wide mail server (the
+# tests run their own instances: scripts/mail.sh).
 # To add servers for later tests, extend PACKAGES below.
 set -euo pipefail
 
 # All packages the tests need, in one place.
-PACKAGES="prosody lua-unbound lua-event lua-sec ejabberd ngircd openssl ca-certificates"
+PACKAGES="prosody lua-unbound lua-event lua-sec ejabberd ngircd openssl ca-certificates \
+dovecot-core dovecot-imapd dovecot-lmtpd postfix swaks libnet-ssleay-perl libio-socket-ssl-perl"
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -47,6 +53,17 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
     log "creating /usr/sbin/policy-rc.d (exit 101: no daemons started by apt)"
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
     chmod 755 /usr/sbin/policy-rc.d
+fi
+
+# Postfix: no questions, no system-wide configuration (no /etc/postfix/main.cf
+# is written, nothing listens on port 25). debconf-set-selections comes with
+# debconf, which every Debian system has.
+if command -v debconf-set-selections >/dev/null 2>&1; then
+    printf '%s\n' \
+        'postfix postfix/main_mailer_type select No configuration' \
+        | debconf-set-selections
+else
+    log "warning: debconf-set-selections not found; the postfix install may ask questions"
 fi
 
 # Retry flaky downloads; wait for a dpkg lock held by another apt run.

@@ -129,6 +129,11 @@ impl Rooms {
         self.rooms.retain(|(u, _, _), _| u != user);
     }
 
+    /// Forgets the rooms of `user` on `network` (its session ended).
+    pub fn remove_network(&mut self, user: &UserId, network: &NetworkId) {
+        self.rooms.retain(|(u, n, _), _| u != user || n != network);
+    }
+
     /// Removes `resource` (a full JID) of `user` from every room; returns the rooms left
     /// empty, which the IRC side should leave.
     pub fn remove_resource(&mut self, user: &UserId, resource: &str) -> Vec<(RoomKey, Room)> {

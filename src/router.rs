@@ -341,7 +341,8 @@ impl Router {
                 if emptied {
                     self.rooms.remove(&key);
                     let reason = stanza.get_child("status", crate::connection::NS_COMPONENT).map(Element::text);
-                    let _ = self.to_session(envelope, Command::Leave { channel: channel.to_owned(), reason });
+                    let session = SessionKey { user, network };
+                    self.sessions.tell(&session, Command::Leave { channel: channel.to_owned(), reason });
                 }
             }
             _ => {}
@@ -614,6 +615,7 @@ impl Router {
             Event::Ended { reason } => {
                 info!(user = %key.user.0, network = ?key.network, %reason, "session ended");
                 self.sessions.forget(&key);
+                self.rooms.remove_network(&key.user, &key.network);
             }
         }
     }

@@ -901,14 +901,9 @@ mod tests {
     const KILL_TEST_DIR_ENV: &str = "XMPP_GATEWAY_STORE_KILL_TEST_DIR";
     const KILL_TEST_MARKER: &str = "PUT-USER-RETURNED";
 
-    /// Run in a child process by [`put_user_survives_kill_9`]: stores a record, says so,
-    /// and waits to be killed.
-    #[test]
-    #[ignore = "helper, run in a child process by put_user_survives_kill_9"]
-    fn kill_9_child() {
-        let Some(dir) = std::env::var_os(KILL_TEST_DIR_ENV) else {
-            return;
-        };
+    /// The child side of [`put_user_survives_kill_9`]: stores a record, says so, and waits
+    /// to be killed.
+    fn kill_9_child(dir: &std::ffi::OsStr) {
         let fx_dir = PathBuf::from(dir);
         let store = Store::open(&fx_dir.join("db"), &fx_dir.join("store.key")).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -919,18 +914,23 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_secs(120));
     }
 
+    /// The test binary runs itself as the child (with the directory in the environment),
+    /// which stores a record and is killed with SIGKILL right after `put_user` returns.
     #[test]
     fn put_user_survives_kill_9() {
+        if let Some(dir) = std::env::var_os(KILL_TEST_DIR_ENV) {
+            return kill_9_child(&dir);
+        }
         let fx = Fixture::new();
         // Create the store (and key) first, so the child only has to write the record.
         drop(fx.open());
         let module = module_path!();
         let test_name = format!(
-            "{}::kill_9_child",
+            "{}::put_user_survives_kill_9",
             module.split_once("::").map_or(module, |(_, rest)| rest)
         );
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([&test_name, "--exact", "--ignored", "--nocapture"])
+            .args([&test_name, "--exact", "--nocapture"])
             .args(["--test-threads", "1"])
             .env(KILL_TEST_DIR_ENV, fx.tmp.path())
             .stdout(Stdio::piped())

@@ -112,6 +112,25 @@ async fn join_talk_both_ways_with_roles_actions_and_notices() {
     alice.wait_for("bob's action", |e| body(e).as_deref() == Some("/me dances")).await;
     bob.send_line("NOTICE #talk :\u{2}bold\u{2} and \u{3}4red\u{3} notice").await;
     alice.wait_for("bob's notice, plain", |e| body(e).as_deref() == Some("bold and red notice")).await;
+
+    // A figure, not an assertion: XMPP client -> gateway -> IRC -> IRC client -> back.
+    let mut round_trips = Vec::new();
+    for i in 0..50 {
+        let started = Instant::now();
+        groupchat(&mut alice, &r, &format!("ping {i}")).await;
+        bob.wait_for("the ping", |l| l.is_privmsg_to("#talk") && l.text() == format!("ping {i}")).await;
+        bob.privmsg("#talk", &format!("pong {i}")).await;
+        alice.wait_for("the pong", |e| body(e) == Some(format!("pong {i}"))).await;
+        round_trips.push(started.elapsed());
+    }
+    round_trips.sort();
+    eprintln!("figures: round trip XMPP -> IRC -> XMPP through Prosody and ngIRCd: p50 {:?}, max {:?}", round_trips[25], round_trips[49]);
+
+    // A presence to another occupant nick is a nick change.
+    alice.send_raw(&format!("<presence to='{r}/alicia'/>")).await;
+    let renamed = alice.wait_for("the 303 for alice", |e| is_presence_from(e, &format!("{r}/alice")) && status_codes(e).contains(&"303".into())).await;
+    assert_eq!(item_attr(&renamed, "nick").as_deref(), Some("alicia"));
+    bob.wait_for("the NICK", |l| l.command == "NICK" && l.text() == "alicia").await;
 }
 
 #[tokio::test]
