@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # demo.sh - try the gateway locally: installs the dependencies, starts a private
 # Prosody on 127.0.0.1 (c2s 5222, component port 5347, component
-# gateway.localhost, secret "secret"), registers alice@localhost (password
-# "alice"), then runs the gateway in the foreground. Ctrl-C stops the gateway,
-# and Prosody is stopped on exit.
+# gateway.localhost, secret "secret"), an IRC server (ngIRCd on 6667) and a mail
+# server (Postfix + Dovecot: IMAP 1143, SMTP submission 1145, domain
+# example.test), registers alice@localhost (password "alice") and the mailboxes
+# alice@example.test / bob@example.test (passwords "alice" / "bob"), then runs the
+# gateway in the foreground with config/gateway.example.toml. Ctrl-C stops the
+# gateway, and the servers are stopped on exit.
 #
 # Usage: scripts/demo.sh [EXTRA_GATEWAY_ARGS...]
 # State lives in /tmp/xmpp-gateway-demo (Prosody in prosody/, gateway store in data/).
@@ -14,6 +17,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DEMO_DIR=/tmp/xmpp-gateway-demo
 PROSODY_DIR=$DEMO_DIR/prosody
+IRC_DIR=$DEMO_DIR/ngircd
+MAIL_DIR=$DEMO_DIR/mail
+IRC_PORT=6667
+MAIL_BASE_PORT=1143
 C2S_PORT=5222
 COMPONENT_PORT=5347
 COMPONENT_JID=gateway.localhost
@@ -39,13 +46,17 @@ fi
 cleanup() {
     local status=$?
     trap - EXIT INT TERM HUP
-    log "stopping Prosody"
+    log "stopping Prosody, ngIRCd, Postfix and Dovecot"
     bash scripts/prosody.sh stop "$PROSODY_DIR" || true
+    bash scripts/ngircd.sh stop "$IRC_DIR" || true
+    bash scripts/mail.sh stop "$MAIL_DIR" || true
     exit "$status"
 }
 
-# A previous demo killed hard may have left its Prosody running.
+# A previous demo killed hard may have left its servers running.
 bash scripts/prosody.sh stop "$PROSODY_DIR"
+bash scripts/ngircd.sh stop "$IRC_DIR"
+bash scripts/mail.sh stop "$MAIL_DIR"
 mkdir -p "$DEMO_DIR/data"
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -54,6 +65,10 @@ trap 'exit 129' HUP
 bash scripts/prosody.sh start "$PROSODY_DIR" "$C2S_PORT" "$COMPONENT_PORT" "$COMPONENT_JID" "$SECRET" >/dev/null
 # adduser sets the password when alice already exists, so re-runs are fine.
 bash scripts/prosody.sh adduser "$PROSODY_DIR" alice localhost alice
+bash scripts/ngircd.sh start "$IRC_DIR" "$IRC_PORT" >/dev/null
+bash scripts/mail.sh start "$MAIL_DIR" "$MAIL_BASE_PORT" >/dev/null
+bash scripts/mail.sh adduser "$MAIL_DIR" alice@example.test alice
+bash scripts/mail.sh adduser "$MAIL_DIR" bob@example.test bob
 
 cat >&2 <<EOF
 
@@ -65,6 +80,10 @@ cat >&2 <<EOF
    In your XMPP client, set the server/host to 127.0.0.1 port $C2S_PORT,
    allow plain-text authentication, then discover or register with
    $COMPONENT_JID (service discovery / "add transport").
+   IRC         : join #test%127.0.0.1@$COMPONENT_JID/yournick
+   Email       : register email_address alice@example.test, password alice;
+                 write to bob\40example.test@$COMPONENT_JID (bob's mailbox:
+                 IMAP 127.0.0.1:$MAIL_BASE_PORT, bob@example.test / bob)
    Prosody logs: $PROSODY_DIR/prosody.log
    Stop with Ctrl-C.
 ==================================================================

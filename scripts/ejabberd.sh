@@ -80,7 +80,7 @@ ctl() {
 running_pid() {
     local dir=$1 pid
     [ -s "$dir/run/ejabberd.pid" ] || return 0
-    pid=$(tr -dc '0-9' <"$dir/run/ejabberd.pid")
+    pid=$(tr -dc '0-9' <"$dir/run/ejabberd.pid" 2>/dev/null || true)
     if pid_alive "$pid" && pid_cmdline_has "$pid" "$(node_name "$dir")"; then
         printf '%s\n' "$pid"
     fi

@@ -161,7 +161,7 @@ check_owner_pid() {
 stop_watchdog() {
     local pid
     [ -s "$1/watchdog.pid" ] || return 0
-    pid=$(tr -dc '0-9' <"$1/watchdog.pid")
+    pid=$(tr -dc '0-9' <"$1/watchdog.pid" 2>/dev/null || true)
     rm -f "$1/watchdog.pid"
     [ -n "$pid" ] && [ "$pid" != "$$" ] || return 0
     if pid_cmdline_has "$pid" harness-watchdog; then

@@ -83,7 +83,7 @@ EOF
 running_pid() {
     local dir=$1 pid
     [ -s "$dir/run/ngircd.pid" ] || return 0
-    pid=$(tr -dc '0-9' <"$dir/run/ngircd.pid")
+    pid=$(tr -dc '0-9' <"$dir/run/ngircd.pid" 2>/dev/null || true)
     if pid_alive "$pid" && pid_cmdline_has "$pid" "$dir/ngircd.conf"; then
         printf '%s\n' "$pid"
     fi

@@ -46,7 +46,7 @@ EOF
 running_pid() {
     local dir=$1 pid
     [ -s "$dir/prosody.pid" ] || return 0
-    pid=$(tr -dc '0-9' <"$dir/prosody.pid")
+    pid=$(tr -dc '0-9' <"$dir/prosody.pid" 2>/dev/null || true)
     if pid_alive "$pid" && pid_cmdline_has "$pid" "$dir/prosody.cfg.lua"; then
         printf '%s\n' "$pid"
     fi
@@ -180,7 +180,7 @@ cmd_start() {
     done
 
     trap - INT TERM HUP
-    pidfile_pid=$(tr -dc '0-9' <"$dir/prosody.pid")
+    pidfile_pid=$(tr -dc '0-9' <"$dir/prosody.pid" 2>/dev/null || true)
     [ "$pidfile_pid" = "$pid" ] || log "warning: pidfile says $pidfile_pid, started $pid"
     start_watchdog "$dir" "$pid" bash "$SELF" stop "$dir"
     log "Prosody ready in $(($(now_ms) - t0)) ms: c2s 127.0.0.1:$c2s, component $jid on 127.0.0.1:$comp, dir $dir"

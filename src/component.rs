@@ -124,6 +124,7 @@ async fn serve(
                 }
             }
             Some(event) = events.recv() => router.handle_event(event).await,
+            task = router.next_task() => router.handle_task(task).await,
             () = tokio::time::sleep_until(last_read + keepalive) => {
                 if ping_pending {
                     return Ended::Lost(format!("no answer from the server for {:?}", keepalive * 2));

@@ -113,12 +113,24 @@ pub struct IrcNetworkConfig {
 }
 
 /// Email settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
     /// Presets per email domain, so users give only their address and password.
     #[serde(default)]
     pub providers: BTreeMap<String, EmailProviderConfig>,
+    /// Subject of mails written without one.
+    #[serde(default = "default_subject")]
+    pub default_subject: String,
+    /// An extra CA certificate (PEM) trusted for IMAP and SMTP, e.g. a private CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig { providers: BTreeMap::new(), default_subject: default_subject(), ca_file: None }
+    }
 }
 
 /// One email provider preset.
@@ -167,6 +179,9 @@ fn default_flood_burst() -> u32 {
 }
 fn default_flood_interval() -> u64 {
     500
+}
+fn default_subject() -> String {
+    "(no subject)".into()
 }
 fn default_true() -> bool {
     true

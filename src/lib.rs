@@ -63,6 +63,32 @@ fn irc_bridge(config: &Config) -> bridge_irc::IrcBridge {
     bridge_irc::IrcBridge::new(networks)
 }
 
+/// The email bridge with the configured presets; its durable state lives in `store`.
+fn email_bridge(config: &Config, store: Arc<dyn bridge_core::BridgeStore>) -> bridge_email::EmailBridge {
+    let security = |s: config::Security| match s {
+        config::Security::Tls => bridge_email::Security::Tls,
+        config::Security::Starttls => bridge_email::Security::Starttls,
+        config::Security::Plain => bridge_email::Security::Plain,
+    };
+    let providers = config
+        .email
+        .providers
+        .iter()
+        .filter_map(|(domain, p)| {
+            // Validated at load time: both are host:port.
+            let imap = bridge_email::Endpoint::parse(&p.imap, Some(security(p.imap_security)))?;
+            let smtp = bridge_email::Endpoint::parse(&p.smtp, Some(security(p.smtp_security)))?;
+            Some((domain.clone(), bridge_email::Provider { imap, smtp }))
+        })
+        .collect();
+    let settings = bridge_email::EmailSettings {
+        default_subject: config.email.default_subject.clone(),
+        ca_file: config.email.ca_file.clone(),
+        ..bridge_email::EmailSettings::default()
+    };
+    bridge_email::EmailBridge::new(providers, settings, store)
+}
+
 /// Runs the gateway until `shutdown` turns true (then shuts down cleanly) or a fatal
 /// error.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
@@ -70,8 +96,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let config = Arc::new(config);
     let (out, control, writer) = writer::spawn(config.keepalive());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let sessions = Sessions::new(vec![Arc::new(irc_bridge(&config))], events_tx);
-    let mut router = Router::new(config.clone(), store.clone(), out, sessions);
+    let email = Arc::new(email_bridge(&config, Arc::new(store.clone())));
+    let sessions = Sessions::new(vec![Arc::new(irc_bridge(&config)), email.clone()], events_tx);
+    let mut router = Router::new(config.clone(), store.clone(), out, sessions, email);
     let result = component::supervise(&config, &mut router, control, events_rx, shutdown).await;
     drop(router);
     let _ = writer.await;

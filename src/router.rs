@@ -8,7 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bridge_core::model::{Availability, Command, Credentials, Departure, Event, FailureKind, Message, MessageKind, NetworkId, Peer, SessionKey, UserId};
-use bridge_core::SessionEvent;
+use bridge_core::{Bridge, SessionEvent};
+use tokio::sync::mpsc;
 use minidom::Element;
 use tracing::{debug, info, warn};
 use xmpp_parsers::iq::Iq;
@@ -28,6 +29,9 @@ use crate::sessions::Sessions;
 use crate::stanza::{self, error_reply};
 use crate::store::{Store, UserRecord};
 use crate::writer::Outbox;
+
+/// How long a registration may wait for the mail servers to accept a login.
+const CREDENTIAL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Prefix of the ids of our own keepalive pings.
 const KEEPALIVE_ID: &str = "keepalive-";
@@ -60,6 +64,35 @@ pub struct Router {
     conversations: HashMap<(String, String), BTreeSet<String>>,
     /// Counter for keepalive ping ids.
     pings_sent: u64,
+    /// The email bridge, asked to check credentials before they are stored.
+    email: Arc<dyn Bridge>,
+    /// Whether each user's email account works (`Err` holds why not), as their email
+    /// session last reported.
+    email_status: HashMap<String, Result<(), String>>,
+    /// Email contacts whose presence each user's server asked for (probes): they are
+    /// told when the account's status changes.
+    email_contacts: HashMap<String, BTreeSet<String>>,
+    /// Work done in spawned tasks (credential checks), handed back to this task.
+    tasks_tx: mpsc::Sender<RouterTask>,
+    /// The other end of `tasks_tx`.
+    tasks_rx: mpsc::Receiver<RouterTask>,
+}
+
+/// Work finished outside the router's task.
+pub enum RouterTask {
+    /// A registration whose email credentials were checked with a real login.
+    Registration {
+        /// The `<iq type='set'/>` to answer.
+        stanza: Element,
+        /// The user's bare JID.
+        user: String,
+        /// The record to store if the check passed.
+        record: UserRecord,
+        /// Whether the user was registered before.
+        existed: bool,
+        /// The outcome of the login.
+        check: Result<(), String>,
+    },
 }
 
 /// A request's sender and target, once both are known to be sound.
@@ -76,9 +109,34 @@ struct Envelope {
 
 impl Router {
     /// A router for `config`, writing through `out`.
-    pub fn new(config: Arc<Config>, store: Store, out: Outbox, sessions: Sessions) -> Self {
+    pub fn new(config: Arc<Config>, store: Store, out: Outbox, sessions: Sessions, email: Arc<dyn Bridge>) -> Self {
         let gateway = config.component.jid.to_ascii_lowercase();
-        Router { config, gateway, store, out, online: OnlineUsers::default(), sessions, rooms: Rooms::default(), conversations: HashMap::new(), pings_sent: 0 }
+        let (tasks_tx, tasks_rx) = mpsc::channel(64);
+        Router {
+            config,
+            gateway,
+            store,
+            out,
+            online: OnlineUsers::default(),
+            sessions,
+            rooms: Rooms::default(),
+            conversations: HashMap::new(),
+            pings_sent: 0,
+            email,
+            email_status: HashMap::new(),
+            email_contacts: HashMap::new(),
+            tasks_tx,
+            tasks_rx,
+        }
+    }
+
+    /// The next piece of work finished by a spawned task.
+    pub async fn next_task(&mut self) -> RouterTask {
+        match self.tasks_rx.recv().await {
+            Some(task) => task,
+            // The router holds a sender itself: the channel never closes.
+            None => std::future::pending().await,
+        }
     }
 
     // ---------------------------------------------------------------------------------
@@ -88,6 +146,7 @@ impl Router {
     /// Handles one stanza from the server. Never fails: a bad stanza gets an error reply
     /// or a log line, and nothing else is affected.
     pub async fn handle_stanza(&mut self, stanza: Element) {
+        tracing::trace!(name = stanza.name(), from = stanza.attr("from"), to = stanza.attr("to"), kind = stanza.attr("type"), "stanza in");
         let envelope = match self.envelope(&stanza) {
             Ok(envelope) => envelope,
             Err(Some((condition, text))) => return self.refuse(&stanza, condition, &text).await,
@@ -156,7 +215,7 @@ impl Router {
             (true, disco::NS_PING) => Ok(None),
             (true, disco::NS_GATEWAY) if gateway => Ok(Some(disco::gateway_prompt())),
             (false, disco::NS_GATEWAY) if gateway => disco::gateway_translate(&payload, &self.gateway).map(Some),
-            (_, NS_REGISTER) if gateway => self.handle_register(is_get, &payload, &envelope).await,
+            (_, NS_REGISTER) if gateway => return self.handle_register(is_get, &payload, &envelope, &stanza).await,
             _ => Err((DefinedCondition::ServiceUnavailable, format!("{ns} is not served at this address"))),
         };
         match answer {
@@ -168,46 +227,114 @@ impl Router {
         }
     }
 
-    async fn handle_register(
+    /// XEP-0077: answers `stanza` itself, at once or after a credential check.
+    async fn handle_register(&mut self, is_get: bool, query: &Element, envelope: &Envelope, stanza: &Element) {
+        match self.register(is_get, query, envelope, stanza).await {
+            Ok(Some(payload)) => self.reply(stanza, payload).await,
+            Ok(None) => {}
+            Err((condition, text)) => self.refuse(stanza, condition, &text).await,
+        }
+    }
+
+    /// `Ok(Some(payload))`: answer now; `Ok(None)`: answered already or later.
+    async fn register(
         &mut self,
         is_get: bool,
         query: &Element,
         envelope: &Envelope,
-    ) -> Result<Option<Element>, disco::Refusal> {
+        stanza: &Element,
+    ) -> Result<Option<Option<Element>>, disco::Refusal> {
         let user = envelope.user.as_str();
         let existing = self.store.user(user).map_err(internal)?;
         if is_get {
-            return Ok(Some(registration::query_for(existing.as_ref())));
+            return Ok(Some(Some(registration::query_for(existing.as_ref()))));
         }
         let request = registration::parse_request(query).map_err(|e| (DefinedCondition::NotAcceptable, e.to_string()))?;
-        match request {
+        let values = match request {
             Request::Remove => {
                 if !self.store.remove_user(user).await.map_err(internal)? {
                     return Err((DefinedCondition::RegistrationRequired, "you are not registered".into()));
                 }
                 info!(%user, "unregistered");
-                self.rooms.remove_user(&UserId(user.to_owned()));
-                self.sessions.end_user(&UserId(user.to_owned()), "unregistered");
+                let user_id = UserId(user.to_owned());
+                self.rooms.remove_user(&user_id);
+                self.sessions.end_user(&user_id, "unregistered");
+                self.email_status.remove(user);
+                self.reply(stanza, None).await;
                 for type_ in [PresenceType::Unsubscribe, PresenceType::Unsubscribed, PresenceType::Unavailable] {
                     self.send_presence(Presence::new(type_), user).await;
                 }
-                Ok(None)
+                return Ok(None);
             }
-            Request::Submit(values) => {
-                let record = registration::apply(existing.as_ref(), &values, &self.config)
-                    .map_err(|e| (DefinedCondition::NotAcceptable, e.to_string()))?;
-                self.store.put_user(user, &record).await.map_err(internal)?;
-                // New credentials: sessions restart with them on next use.
-                self.sessions.end_user(&UserId(user.to_owned()), "registration changed");
-                if existing.is_none() {
-                    info!(%user, "registered");
-                    // XEP-0100 §4.1.1: the gateway asks for the user's presence.
-                    self.send_presence(Presence::subscribe(), user).await;
-                } else {
-                    info!(%user, "registration updated");
+            Request::Submit(values) => values,
+        };
+        let record = registration::apply(existing.as_ref(), &values, &self.config)
+            .map_err(|e| (DefinedCondition::NotAcceptable, e.to_string()))?;
+        let existed = existing.is_some();
+        let email_changed = record.email.is_some() && record.email != existing.and_then(|r| r.email);
+        if !email_changed {
+            self.store_registration(stanza, user, record, existed).await;
+            return Ok(None);
+        }
+        // A real IMAP and SMTP login first, without holding up everybody else's stanzas.
+        let credentials = credentials_for(Some(&record), &NetworkId::Email).map_err(|e| (DefinedCondition::NotAcceptable, e))?;
+        let check = self.email.check_credentials(&credentials);
+        let tasks = self.tasks_tx.clone();
+        let (stanza, user) = (stanza.clone(), user.to_owned());
+        tokio::spawn(async move {
+            let check = match tokio::time::timeout(CREDENTIAL_CHECK_TIMEOUT, check).await {
+                Ok(check) => check,
+                Err(_) => Err(format!("no answer from the mail servers within {CREDENTIAL_CHECK_TIMEOUT:?}")),
+            };
+            let _ = tasks.send(RouterTask::Registration { stanza, user, record, existed, check }).await;
+        });
+        Ok(None)
+    }
+
+    /// Finishes work handed back by a spawned task.
+    pub async fn handle_task(&mut self, task: RouterTask) {
+        match task {
+            RouterTask::Registration { stanza, user, record, existed, check } => match check {
+                Ok(()) => self.store_registration(&stanza, &user, record, existed).await,
+                Err(reason) => {
+                    info!(%user, "email credentials refused");
+                    let text = format!("field email_password: the mail server refused the login: {reason}");
+                    self.refuse(&stanza, DefinedCondition::NotAcceptable, &text).await;
                 }
-                Ok(None)
-            }
+            },
+        }
+    }
+
+    /// Stores a checked registration, answers, and restarts the user's sessions.
+    async fn store_registration(&mut self, stanza: &Element, user: &str, record: UserRecord, existed: bool) {
+        if let Err(error) = self.store.put_user(user, &record).await {
+            let (condition, text) = internal(error);
+            return self.refuse(stanza, condition, &text).await;
+        }
+        self.reply(stanza, None).await;
+        let user_id = UserId(user.to_owned());
+        // New credentials: sessions restart with them.
+        self.sessions.end_user(&user_id, "registration changed");
+        self.rooms.remove_user(&user_id);
+        if record.email.is_some() {
+            self.start_email(user, &record);
+        }
+        if existed {
+            info!(%user, "registration updated");
+        } else {
+            info!(%user, "registered");
+            // XEP-0100 §4.1.1: the gateway asks for the user's presence.
+            self.send_presence(Presence::subscribe(), user).await;
+        }
+    }
+
+    /// Starts the email session of a registered user (it runs while they are offline too,
+    /// so mail reaches their offline storage).
+    fn start_email(&mut self, user: &str, record: &UserRecord) {
+        let Ok(credentials) = credentials_for(Some(record), &NetworkId::Email) else { return };
+        let key = SessionKey { user: UserId(user.to_owned()), network: NetworkId::Email };
+        if let Err(error) = self.sessions.ensure(key, credentials) {
+            warn!(%user, %error, "cannot start the email session");
         }
     }
 
@@ -251,7 +378,7 @@ impl Router {
                     info!(%user, "user offline; ending their sessions");
                     self.rooms.remove_user(&user_id);
                     self.conversations.retain(|(u, _), _| u != user);
-                    self.sessions.end_user(&user_id, "user went offline");
+                    self.sessions.end_user_irc(&user_id, "user went offline");
                 } else {
                     self.leave_rooms_of(&user_id, envelope.from.as_str());
                 }
@@ -271,11 +398,23 @@ impl Router {
             Address::IrcChannel { channel, server } => {
                 self.room_presence(stanza, &envelope, &channel, &server, kind).await
             }
+            Address::Email { .. } if kind == "probe" => {
+                let contact = stanza_to(stanza).map(|j| j.to_bare().to_string()).unwrap_or_default();
+                self.email_contacts.entry(envelope.user.clone()).or_default().insert(contact.clone());
+                let presence = self.email_presence(&envelope.user);
+                self.send_presence_from(presence, &contact, envelope.from.as_str()).await;
+            }
             Address::IrcUser { .. } | Address::Email { .. } | Address::IrcServer { .. } if kind == "subscribe" => {
-                // Legacy contacts cannot answer subscription requests: the gateway does.
-                let mut reply = Presence::subscribed().with_to(envelope.from.to_bare());
-                reply.from = stanza_to(stanza).map(|j| j.to_bare().into());
-                self.out.send(reply.into()).await;
+                // Legacy contacts cannot answer subscription requests: the gateway does,
+                // then sends the contact's presence as a contact's server would.
+                let contact = stanza_to(stanza).map(|j| j.to_bare().to_string()).unwrap_or_default();
+                let user = envelope.from.to_bare().to_string();
+                self.send_presence_from(Presence::subscribed(), &contact, &user).await;
+                if let Address::Email { .. } = envelope.target {
+                    self.email_contacts.entry(envelope.user.clone()).or_default().insert(contact.clone());
+                    let presence = self.email_presence(&envelope.user);
+                    self.send_presence_from(presence, &contact, &user).await;
+                }
             }
             _ => debug!(kind, "presence to a network address ignored"),
         }
@@ -499,11 +638,16 @@ impl Router {
                 let from = peer
                     .and_then(|p| peer_jid(&p, server.as_deref(), None, &self.gateway))
                     .unwrap_or_else(|| self.gateway.clone());
-                let Ok(to) = key.user.0.parse::<Jid>() else { return };
-                let mut stanza = xmpp_parsers::message::Message::new_with_type(MessageType::Error, Some(to));
-                stanza.from = from.parse().ok();
-                stanza.payloads.push(stanza::stanza_error(condition_of(kind), &text).into());
-                self.out.send(stanza.into()).await;
+                // An error to a bare JID is dropped by the server (RFC 6121 §8.5.2.1.1):
+                // it goes to the resources that wrote to that contact.
+                let targets = self.conversation_resources(&key.user.0, &from);
+                for to in targets {
+                    let Ok(to) = to.parse::<Jid>() else { continue };
+                    let mut stanza = xmpp_parsers::message::Message::new_with_type(MessageType::Error, Some(to));
+                    stanza.from = from.parse().ok();
+                    stanza.payloads.push(stanza::stanza_error(condition_of(kind), &text).into());
+                    self.out.send(stanza.into()).await;
+                }
             }
             Event::Joined { channel, nick, occupants, topic } => {
                 let Some(room) = self.rooms.get_mut(&room_key(&key.user, &key.network, &channel)) else { return };
@@ -601,8 +745,9 @@ impl Router {
             }
             Event::PeerQuit { nick, reason } => {
                 let Some(from) = peer_jid(&Peer::Nick(nick), server.as_deref(), None, &self.gateway) else { return };
-                let resources = self.conversations.get(&(key.user.0.clone(), from.clone())).cloned().unwrap_or_default();
-                for to in std::iter::once(key.user.0.clone()).chain(resources) {
+                let mut targets = self.conversation_resources(&key.user.0, &from);
+                targets.insert(key.user.0.clone());
+                for to in targets {
                     let Ok(to) = to.parse::<Jid>() else { continue };
                     let mut presence = Presence::unavailable().with_to(to);
                     presence.from = from.parse().ok();
@@ -610,6 +755,17 @@ impl Router {
                         presence.set_status(Lang::new(), reason.clone());
                     }
                     self.out.send(presence.into()).await;
+                }
+            }
+            Event::NetworkStatus { online, reason } => {
+                let user = key.user.0.clone();
+                info!(%user, online, reason = reason.as_deref().unwrap_or(""), "network status");
+                let status = if online { Ok(()) } else { Err(reason.unwrap_or_else(|| "unavailable".into())) };
+                self.email_status.insert(user.clone(), status);
+                let contacts = self.email_contacts.get(&user).cloned().unwrap_or_default();
+                for contact in contacts {
+                    let presence = self.email_presence(&user);
+                    self.send_presence_from(presence, &contact, &user).await;
                 }
             }
             Event::Ended { reason } => {
@@ -652,6 +808,14 @@ impl Router {
         self.out.send(stanza.into()).await;
     }
 
+    /// The user's full JIDs that wrote to `contact`, else their bare JID.
+    fn conversation_resources(&self, user: &str, contact: &str) -> BTreeSet<String> {
+        match self.conversations.get(&(user.to_owned(), contact.to_owned())) {
+            Some(resources) if !resources.is_empty() => resources.clone(),
+            _ => BTreeSet::from([user.to_owned()]),
+        }
+    }
+
     async fn send_all(&self, stanzas: Vec<Element>) {
         for stanza in stanzas {
             self.out.send(stanza).await;
@@ -670,6 +834,9 @@ impl Router {
             Ok(users) => {
                 for user in users {
                     self.send_presence(Presence::probe(), &user).await;
+                    if let Ok(Some(record)) = self.store.user(&user) {
+                        self.start_email(&user, &record);
+                    }
                 }
             }
             Err(error) => warn!(%error, "cannot list registered users to probe"),
@@ -708,6 +875,15 @@ impl Router {
         self.config.domain_allowed(from.domain().as_str())
     }
 
+    /// The result of an iq, with an optional payload.
+    async fn reply(&self, stanza: &Element, payload: Option<Element>) {
+        let (Some(id), Some(to)) = (stanza.attr("id"), stanza.attr("from").and_then(|f| f.parse::<Jid>().ok())) else {
+            return;
+        };
+        let reply = Iq::Result { from: stanza_to(stanza), to: Some(to), id: id.to_owned(), payload };
+        self.out.send(reply.into()).await;
+    }
+
     async fn refuse(&self, stanza: &Element, condition: DefinedCondition, text: &str) {
         debug!(name = stanza.name(), ?condition, %text, "refusing a stanza");
         if let Some(reply) = error_reply(stanza, condition, text) {
@@ -718,6 +894,33 @@ impl Router {
     async fn refuse_forbidden(&self, stanza: &Element) {
         let text = "users of your server may not use this gateway (registration.allowed_domains)";
         self.refuse(stanza, DefinedCondition::Forbidden, text).await;
+    }
+
+    /// How a user's email contacts look: available while their mail account works.
+    fn email_presence(&self, user: &str) -> Presence {
+        match self.email_status.get(user) {
+            Some(Ok(())) => Presence::available(),
+            Some(Err(reason)) => {
+                let mut presence = Presence::unavailable();
+                presence.set_status(Lang::new(), reason.clone());
+                presence
+            }
+            None => {
+                let mut presence = Presence::unavailable();
+                let text = if self.store.user(user).ok().flatten().is_some_and(|r| r.email.is_some()) {
+                    "connecting to your mailbox"
+                } else {
+                    "register your email account with the gateway first"
+                };
+                presence.set_status(Lang::new(), text.to_owned());
+                presence
+            }
+        }
+    }
+
+    async fn send_presence_from(&self, presence: Presence, from: &str, to: &str) {
+        let (Ok(to), Ok(from)) = (to.parse::<Jid>(), from.parse::<Jid>()) else { return };
+        self.out.send(presence.with_to(to).with_from(from).into()).await;
     }
 
     async fn send_presence(&self, presence: Presence, to: &str) {

@@ -76,10 +76,36 @@ impl Sessions {
         }
     }
 
+    /// Starts the session of `key` if it is not running.
+    pub fn ensure(&mut self, key: SessionKey, credentials: Credentials) -> Result<(), NoBridge> {
+        if self.live.get(&key).is_some_and(|s| !s.is_closed()) {
+            return Ok(());
+        }
+        let bridge = self
+            .bridges
+            .iter()
+            .find(|b| b.serves(&key.network))
+            .ok_or_else(|| NoBridge(key.network.clone()))?;
+        tracing::info!(user = %key.user.0, network = ?key.network, "starting a session");
+        let session = bridge.start(key.clone(), credentials, self.events.clone());
+        self.live.insert(key, session);
+        Ok(())
+    }
+
+    /// Ends the IRC sessions of `user` (they went offline; email keeps watching, so mail
+    /// reaches their offline storage).
+    pub fn end_user_irc(&mut self, user: &UserId, reason: &str) {
+        self.end_where(|key| &key.user == user && matches!(key.network, NetworkId::Irc { .. }), reason);
+    }
+
     /// Ends every session of `user`.
     pub fn end_user(&mut self, user: &UserId, reason: &str) {
+        self.end_where(|key| &key.user == user, reason);
+    }
+
+    fn end_where(&mut self, mut matches: impl FnMut(&SessionKey) -> bool, reason: &str) {
         self.live.retain(|key, session| {
-            if &key.user != user {
+            if !matches(key) {
                 return true;
             }
             let _ = session.send(Command::Shutdown { reason: reason.to_owned() });

@@ -26,12 +26,16 @@
 //!
 //! [`Store::put_user`] and [`Store::remove_user`] return only after sled has written and
 //! fsynced the change, so a record they reported as stored survives a crash or `kill -9`.
+//! They (and [`Store::flush`]) run sled's blocking flush on Tokio's blocking thread pool,
+//! so they must be called within a Tokio runtime.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use bridge_core::Secret;
+use bridge_core::model::UserId;
+use bridge_core::{Secret, StoreFailure};
 use serde::{Deserialize, Serialize};
 
 use crate::vault::{Vault, VaultError};
@@ -41,6 +45,8 @@ use crate::vault::{Vault, VaultError};
 const FORMAT_VERSION: u32 = 1;
 
 const USERS_TREE: &str = "users";
+/// Tree of the bridges' durable state.
+const BRIDGE_TREE: &str = "bridge_state";
 const META_TREE: &str = "meta";
 const KEY_CHECK_KEY: &[u8] = b"key_check";
 const KEY_CHECK_PLAINTEXT: &str = "xmpp-gateway store key check v1";
@@ -144,6 +150,16 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A flush could not run because the Tokio runtime is shutting down.
+    #[error(
+        "the flush of the store at {} was aborted because the runtime is shutting down; \
+         the latest changes may not be durable",
+        store.display()
+    )]
+    FlushAborted {
+        /// The store directory.
+        store: PathBuf,
+    },
     /// sled failed.
     #[error("cannot {action} the store at {}: {source}", store.display())]
     Db {
@@ -167,6 +183,8 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     users: sled::Tree,
+    /// Bridges' durable state (`BridgeStore`), keyed `user \0 key`.
+    bridge_state: sled::Tree,
     vault: Vault,
     dir: PathBuf,
 }
@@ -222,26 +240,19 @@ impl Store {
     /// On a new store the key file is created if absent and a sealed check value is
     /// recorded; on an existing one the key file must exist and decrypt that value, or the
     /// open fails with [`StoreError::KeyMissing`] / [`StoreError::WrongKey`] (no key file
-    /// is created then). Fails with [`StoreError::Locked`] if another process has the
-    /// store open. Blocks on disk I/O; call it at start-up.
+    /// is created then). Fails with [`StoreError::Locked`] if another process (or another
+    /// open `Store`) holds the store, after retrying for two seconds. Blocks on disk I/O;
+    /// call it at start-up.
     pub fn open(dir: &Path, key_file: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|source| {
-                if is_lock_error(&source) {
-                    StoreError::Locked {
-                        store: dir.to_owned(),
-                    }
-                } else {
-                    db_error("open", dir, source)
-                }
-            })?;
+        let db = open_db(dir)?;
         let meta = db
             .open_tree(META_TREE)
             .map_err(|e| db_error("open", dir, e))?;
         let users = db
             .open_tree(USERS_TREE)
+            .map_err(|e| db_error("open", dir, e))?;
+        let bridge_state = db
+            .open_tree(BRIDGE_TREE)
             .map_err(|e| db_error("open", dir, e))?;
 
         let vault = match meta.get(KEY_CHECK_KEY).map_err(|e| db_error("read", dir, e))? {
@@ -290,6 +301,7 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 users,
+                bridge_state,
                 vault,
                 dir: dir.to_owned(),
             }),
@@ -336,6 +348,11 @@ impl Store {
             .remove(bare_jid.as_bytes())
             .map_err(|e| self.db_error("write", e))?
             .is_some();
+        let prefix = bridge_key(bare_jid, "");
+        for key in self.inner.bridge_state.scan_prefix(&prefix).keys() {
+            let key = key.map_err(|e| self.db_error("read", e))?;
+            self.inner.bridge_state.remove(key).map_err(|e| self.db_error("write", e))?;
+        }
         if existed {
             self.flush().await?;
             tracing::debug!(jid = bare_jid, "removed user record");
@@ -360,13 +377,24 @@ impl Store {
     }
 
     /// Writes and fsyncs everything written so far.
+    ///
+    /// Must be called from within a Tokio runtime (as every `async fn` here is).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner
-            .db
-            .flush_async()
-            .await
-            .map(drop)
-            .map_err(|e| self.db_error("flush", e))
+        // Not sled's `flush_async`: in sled 0.34.7 it runs the flush on sled's own IO
+        // thread pool, where concurrent flushes can occupy every thread while waiting for
+        // log writes queued on that same pool, deadlocking forever (spacejam/sled#1308,
+        // fixed only on sled's unreleased main branch). A blocking flush on Tokio's
+        // blocking pool leaves sled's pool free to do the writes.
+        let db = self.inner.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(result) => result.map(drop).map_err(|e| self.db_error("flush", e)),
+            Err(join_error) if join_error.is_panic() => {
+                std::panic::resume_unwind(join_error.into_panic())
+            }
+            Err(_) => Err(StoreError::FlushAborted {
+                store: self.inner.dir.clone(),
+            }),
+        }
     }
 
     fn encode(&self, bare_jid: &str, record: &UserRecord) -> Vec<u8> {
@@ -444,6 +472,74 @@ impl Store {
 
     fn db_error(&self, action: &'static str, source: sled::Error) -> StoreError {
         db_error(action, &self.inner.dir, source)
+    }
+}
+
+/// The key of a bridge value: the user's bare JID, NUL (which no JID holds), the key.
+fn bridge_key(user: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(user.len() + 1 + key.len());
+    out.extend_from_slice(user.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+impl bridge_core::BridgeStore for Store {
+    fn load(&self, user: &UserId, key: &str) -> Result<Option<Vec<u8>>, StoreFailure> {
+        let value = self.inner.bridge_state.get(bridge_key(&user.0, key));
+        value.map(|v| v.map(|v| v.to_vec())).map_err(|e| StoreFailure(self.db_error("read", e).to_string()))
+    }
+
+    fn save(&self, user: &UserId, key: &str, value: &[u8]) -> Result<(), StoreFailure> {
+        let fail = |e| StoreFailure(self.db_error("write", e).to_string());
+        self.inner.bridge_state.insert(bridge_key(&user.0, key), value).map_err(fail)?;
+        self.inner.db.flush().map(|_| ()).map_err(fail)
+    }
+
+    fn delete(&self, user: &UserId, key: &str) -> Result<(), StoreFailure> {
+        let fail = |e| StoreFailure(self.db_error("write", e).to_string());
+        self.inner.bridge_state.remove(bridge_key(&user.0, key)).map_err(fail)?;
+        self.inner.db.flush().map(|_| ()).map_err(fail)
+    }
+
+    fn list(&self, user: &UserId, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreFailure> {
+        let start = user.0.len() + 1;
+        self.inner
+            .bridge_state
+            .scan_prefix(bridge_key(&user.0, prefix))
+            .map(|item| {
+                let (k, v) = item.map_err(|e| StoreFailure(self.db_error("read", e).to_string()))?;
+                Ok((String::from_utf8_lossy(&k[start..]).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+}
+
+/// How long [`Store::open`] keeps retrying while the store is locked.
+const LOCK_RETRY_FOR: Duration = Duration::from_secs(2);
+const LOCK_RETRY_EVERY: Duration = Duration::from_millis(20);
+
+/// Opens the sled database, waiting up to [`LOCK_RETRY_FOR`] for its lock.
+///
+/// sled 0.34 releases its file lock only when the last of its internal handles is gone,
+/// and its IO threads may still hold some for a moment after the last `Db` was dropped;
+/// so a store closed and reopened in the same process can briefly look locked. Another
+/// process holding the lock still fails, only a little later.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + LOCK_RETRY_FOR;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_error(&e) => {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Locked {
+                        store: dir.to_owned(),
+                    });
+                }
+                std::thread::sleep(LOCK_RETRY_EVERY);
+            }
+            Err(e) => return Err(db_error("open", dir, e)),
+        }
     }
 }
 
@@ -737,6 +833,20 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    #[tokio::test]
+    async fn key_file_inside_the_store_directory() {
+        // The gateway's default: `<storage.path>/secret.key`, in a directory that does not
+        // exist yet on first start.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let key = dir.join("secret.key");
+        let store = Store::open(&dir, &key).unwrap();
+        store.put_user(JID, &full_record()).await.unwrap();
+        drop(store);
+        let store = Store::open(&dir, &key).unwrap();
+        assert_eq!(store.user(JID).unwrap(), Some(full_record()));
+    }
+
     #[test]
     fn wrong_key_file_is_refused_on_open() {
         let fx = Fixture::new();
@@ -883,6 +993,28 @@ mod tests {
                 assert!(msg.contains("format version 2"), "{msg}");
             }
         }
+    }
+
+    #[test]
+    fn bridge_state_round_trips_per_user_and_goes_with_the_user() {
+        use bridge_core::BridgeStore;
+        let fx = Fixture::new();
+        let store = fx.open();
+        let (a, b) = (UserId("a@x.org".into()), UserId("b@x.org".into()));
+        store.save(&a, "imap/uid", b"41").unwrap();
+        store.save(&a, "outbox/1", b"m1").unwrap();
+        store.save(&a, "outbox/2", b"m2").unwrap();
+        store.save(&b, "outbox/1", b"other").unwrap();
+        assert_eq!(store.load(&a, "imap/uid").unwrap().as_deref(), Some(&b"41"[..]));
+        let outbox = store.list(&a, "outbox/").unwrap();
+        assert_eq!(outbox, vec![("outbox/1".into(), b"m1".to_vec()), ("outbox/2".into(), b"m2".to_vec())]);
+        store.delete(&a, "outbox/1").unwrap();
+        assert_eq!(store.list(&a, "outbox/").unwrap().len(), 1);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(store.put_user("a@x.org", &full_record())).unwrap();
+        runtime.block_on(store.remove_user("a@x.org")).unwrap();
+        assert!(store.list(&a, "").unwrap().is_empty(), "unregistering forgets bridge state");
+        assert_eq!(store.list(&b, "").unwrap().len(), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod irc;
+pub mod mail;
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -153,6 +154,30 @@ impl Gateway {
         gateway
     }
 
+    /// Attached to `server`, with `mail` as the preset of example.test: plain IMAP and
+    /// SMTP submission, or STARTTLS on both with the server's self-signed certificate
+    /// trusted as a CA (verification on).
+    pub fn start_mail(server: &XmppServer, mail: &mail::MailServer, starttls: bool) -> Gateway {
+        let section = if starttls {
+            format!(
+                "[email]\nca_file = \"{}\"\n[email.providers.\"example.test\"]\nimap = \"localhost:{}\"\nimap_security = \"starttls\"\n\
+                 smtp = \"localhost:{}\"\nsmtp_security = \"starttls\"\n",
+                mail.cert_path().display(),
+                mail.imap_port,
+                mail.smtp_starttls_port
+            )
+        } else {
+            format!(
+                "[email.providers.\"example.test\"]\nimap = \"127.0.0.1:{}\"\nimap_security = \"plain\"\n\
+                 smtp = \"127.0.0.1:{}\"\nsmtp_security = \"plain\"\n",
+                mail.imap_port, mail.submission_port
+            )
+        };
+        let mut gateway = Self::configure(server, SECRET, &format!("{IRC_DEFAULT}{section}"));
+        gateway.spawn();
+        gateway
+    }
+
     /// Same, with another secret, without waiting for a connection.
     pub fn start_with_no_wait(server: &XmppServer, secret: &str) -> Gateway {
         let mut gateway = Self::configure(server, secret, IRC_DEFAULT);
@@ -169,9 +194,7 @@ impl Gateway {
                 "[component]\njid = \"{GW}\"\nsecret = \"{secret}\"\nserver = \"127.0.0.1:{}\"\n\
                  keepalive_secs = 1\nreconnect_max_secs = 2\n\
                  [storage]\npath = \"{}\"\n\
-                 [registration]\nallowed_domains = [\"localhost\"]\n{networks}\
-                 [email.providers.\"example.test\"]\nimap = \"127.0.0.1:1143\"\nimap_security = \"plain\"\n\
-                 smtp = \"127.0.0.1:2525\"\nsmtp_security = \"plain\"\n",
+                 [registration]\nallowed_domains = [\"localhost\"]\n{networks}",
                 server.component_port,
                 dir.path().join("db").display()
             ),
@@ -194,7 +217,7 @@ impl Gateway {
         let child = Command::new(env!("CARGO_BIN_EXE_xmpp-gateway"))
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", "xmpp_gateway=debug,info")
+            .env("RUST_LOG", std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "xmpp_gateway=debug,info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -275,6 +298,8 @@ pub struct Client {
     pub jid: String,
     /// Stanzas read while waiting for something else.
     backlog: VecDeque<Element>,
+    /// Every stanza received, in order, for tests that count deliveries.
+    pub seen: Vec<Element>,
     next_id: u64,
 }
 
@@ -289,6 +314,7 @@ impl Client {
             writer,
             jid: String::new(),
             backlog: VecDeque::new(),
+            seen: Vec::new(),
             next_id: 0,
         };
         client.open(host).await;
@@ -308,7 +334,7 @@ impl Client {
         // A new stream after SASL; its reader starts over.
         let (read, writer) = (client.reader, client.writer);
         let inner = read_half(read);
-        client = Client { reader: StanzaReader::new(inner), writer, jid: String::new(), backlog: VecDeque::new(), next_id: 0 };
+        client = Client { reader: StanzaReader::new(inner), writer, jid: String::new(), backlog: VecDeque::new(), seen: Vec::new(), next_id: 0 };
         client.open(host).await;
         let _features = client.next().await;
         let bound = client
@@ -322,8 +348,9 @@ impl Client {
         client.jid = jid;
         // Legacy session establishment; harmless where not needed.
         let _ = client.iq_raw("set", None, "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'/>").await;
-        // Initial presence, as every real client sends: the server then delivers messages
-        // to the bare JID and subscription requests to this resource.
+        // The roster, then initial presence, as every real client does: the server then
+        // delivers messages to the bare JID and subscription traffic to this resource.
+        let _ = client.iq_raw("get", None, "<query xmlns='jabber:iq:roster'/>").await;
         client.send_raw("<presence/>").await;
         client
     }
@@ -356,6 +383,27 @@ impl Client {
         }
     }
 
+    /// Reads the next stanza from the stream, recording it in `seen`.
+    async fn read(&mut self, deadline: tokio::time::Instant) -> Result<Option<Element>, String> {
+        match tokio::time::timeout_at(deadline, self.reader.next()).await {
+            Ok(Ok(StreamEvent::Stanza(e))) => {
+                self.seen.push(e.clone());
+                Ok(Some(e))
+            }
+            Ok(other) => Err(format!("{other:?}")),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The subjects of every message received so far, in order.
+    pub fn drain_subjects(&self) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|e| e.name() == "message")
+            .filter_map(|e| e.get_child("subject", NS_CLIENT).map(|s| s.text()))
+            .collect()
+    }
+
     /// Waits for a stanza matching `pred`; others are kept for later.
     pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Element) -> bool) -> Element {
         if let Some(i) = self.backlog.iter().position(&pred) {
@@ -363,11 +411,11 @@ impl Client {
         }
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match tokio::time::timeout_at(deadline, self.reader.next()).await {
-                Ok(Ok(StreamEvent::Stanza(e))) if pred(&e) => return e,
-                Ok(Ok(StreamEvent::Stanza(e))) => self.backlog.push_back(e),
-                Ok(other) => panic!("stream ended while waiting for {what}: {other:?}"),
-                Err(_) => panic!("no {what} within {WAIT:?}; got meanwhile: {:?}", self.backlog),
+            match self.read(deadline).await {
+                Ok(Some(e)) if pred(&e) => return e,
+                Ok(Some(e)) => self.backlog.push_back(e),
+                Err(other) => panic!("stream ended while waiting for {what}: {other}"),
+                Ok(None) => panic!("no {what} within {WAIT:?}; got meanwhile: {:?}", self.backlog),
             }
         }
     }
@@ -379,10 +427,10 @@ impl Client {
         }
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            match tokio::time::timeout_at(deadline, self.reader.next()).await {
-                Ok(Ok(StreamEvent::Stanza(e))) if pred(&e) => return true,
-                Ok(Ok(StreamEvent::Stanza(e))) => self.backlog.push_back(e),
-                Ok(_) | Err(_) => return false,
+            match self.read(deadline).await {
+                Ok(Some(e)) if pred(&e) => return true,
+                Ok(Some(e)) => self.backlog.push_back(e),
+                Err(_) | Ok(None) => return false,
             }
         }
     }

@@ -1,9 +1,15 @@
 //! The two traits a network plugs in with: a [`Bridge`] makes sessions, a [`Session`] is
 //! one user's live connection to one network.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use tokio::sync::mpsc;
 
-use crate::model::{Command, Credentials, Event, NetworkId, SessionKey};
+use crate::model::{Command, Credentials, Event, NetworkId, SessionKey, UserId};
+
+/// A boxed future, so that the traits stay object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// An event tagged with the session it came from; what flows back to the router.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +38,31 @@ pub trait Bridge: Send + Sync + 'static {
     /// Starts the session of `key` (its own task), logging in with `credentials`; the
     /// session reports through `events` until it ends.
     fn start(&self, key: SessionKey, credentials: Credentials, events: EventSink) -> Box<dyn Session>;
+
+    /// Checks credentials with a real login before the gateway stores them; `Err` holds
+    /// the remote server's reason. Bridges without a single server to ask accept as is.
+    fn check_credentials(&self, credentials: &Credentials) -> BoxFuture<'static, Result<(), String>> {
+        let _ = credentials;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The store could not do what a bridge asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreFailure(pub String);
+
+/// Durable per-user state of a bridge (an email session's last delivered UID, its outbox),
+/// kept by the gateway's store: bridges never see the database itself.
+pub trait BridgeStore: Send + Sync + 'static {
+    /// The value under `key` for `user`.
+    fn load(&self, user: &UserId, key: &str) -> Result<Option<Vec<u8>>, StoreFailure>;
+    /// Stores `value`; on disk when this returns (a `kill -9` right after loses nothing).
+    fn save(&self, user: &UserId, key: &str, value: &[u8]) -> Result<(), StoreFailure>;
+    /// Deletes `key`, durably.
+    fn delete(&self, user: &UserId, key: &str) -> Result<(), StoreFailure>;
+    /// Every (key, value) of `user` whose key starts with `prefix`, in key order.
+    fn list(&self, user: &UserId, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreFailure>;
 }
 
 /// A live (user, network) session, driven by commands.

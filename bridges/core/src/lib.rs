@@ -8,5 +8,7 @@ mod bridge;
 pub mod model;
 mod secret;
 
-pub use bridge::{Bridge, CommandQueue, EventSink, Session, SessionClosed, SessionEvent};
+pub use bridge::{
+    BoxFuture, Bridge, BridgeStore, CommandQueue, EventSink, Session, SessionClosed, SessionEvent, StoreFailure,
+};
 pub use secret::Secret;

@@ -311,6 +311,15 @@ pub enum Event {
         /// Their quit message.
         reason: Option<String>,
     },
+    /// The network account became usable or unusable (an email session's IMAP login
+    /// worked, or the password was refused, or the server is down): contacts of that
+    /// network show as available or unavailable with the reason.
+    NetworkStatus {
+        /// Whether the account works now.
+        online: bool,
+        /// Why not, for the user.
+        reason: Option<String>,
+    },
     /// The session ended on its own (connection lost for good, credentials refused).
     Ended {
         /// Why, for the user.

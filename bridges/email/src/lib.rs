@@ -1,1 +1,101 @@
-//! placeholder
+//! The email bridge: `alice\40example.org@gateway` is an email address. A message to it
+//! is a mail sent with the user's own SMTP account; a mail arriving in the user's IMAP
+//! INBOX is a message from it, pushed by IMAP IDLE.
+//!
+//! - `session`: one task per user: the durable outbox and SMTP sending.
+//! - `imap`: the INBOX watcher (IDLE, checkpoints: each mail delivered once).
+//! - `smtp`: lettre transport, verified TLS.
+//! - `incoming` / `outgoing`: pure MIME conversions (mail-parser, html2text, lettre).
+//! - `settings`: accounts, servers, presets.
+
+pub mod imap;
+pub mod incoming;
+pub mod outgoing;
+mod session;
+pub mod settings;
+pub mod smtp;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bridge_core::model::{Credentials, NetworkId, SessionKey};
+use bridge_core::{BoxFuture, Bridge, BridgeStore, CommandQueue, EventSink, Session};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+pub use settings::{Account, EmailSettings, Endpoint, Provider, Security};
+
+/// Serves every user's email account.
+pub struct EmailBridge {
+    /// Presets by email domain (lower-case).
+    providers: BTreeMap<String, Provider>,
+    /// Bridge-wide settings.
+    settings: Arc<EmailSettings>,
+    /// Durable state: outboxes and IMAP checkpoints.
+    store: Arc<dyn BridgeStore>,
+}
+
+impl EmailBridge {
+    /// A bridge with the administrator's presets and settings.
+    pub fn new(providers: BTreeMap<String, Provider>, settings: EmailSettings, store: Arc<dyn BridgeStore>) -> Self {
+        let providers = providers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        EmailBridge { providers, settings: Arc::new(settings), store }
+    }
+
+    /// The account of registered email credentials: servers the user gave (TLS or
+    /// STARTTLS, never plain), else the preset of their domain.
+    pub fn account(&self, credentials: &Credentials) -> Result<Account, String> {
+        let Credentials::Email { address, password, login, imap_server, smtp_server } = credentials else {
+            return Err("no email account registered".into());
+        };
+        let domain = address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+        let preset = self.providers.get(&domain);
+        let endpoint = |given: &Option<String>, preset: Option<&Endpoint>, what: &str| -> Result<Endpoint, String> {
+            match given {
+                Some(value) => Endpoint::parse(value, None).ok_or_else(|| format!("{what} {value:?} is not host:port")),
+                None => preset.cloned().ok_or_else(|| format!("no {what} given and no preset for {domain}")),
+            }
+        };
+        Ok(Account {
+            address: address.clone(),
+            login: login.clone().unwrap_or_else(|| address.clone()),
+            password: password.clone(),
+            imap: endpoint(imap_server, preset.map(|p| &p.imap), "IMAP server")?,
+            smtp: endpoint(smtp_server, preset.map(|p| &p.smtp), "SMTP server")?,
+        })
+    }
+}
+
+impl Bridge for EmailBridge {
+    fn serves(&self, network: &NetworkId) -> bool {
+        matches!(network, NetworkId::Email)
+    }
+
+    fn start(&self, key: SessionKey, credentials: Credentials, events: EventSink) -> Box<dyn Session> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let account = match self.account(&credentials) {
+            Ok(account) => account,
+            Err(error) => {
+                tracing::warn!(user = %key.user.0, %error, "cannot start an email session");
+                // rx dropped: the queue is closed and the router sees the session as ended.
+                return Box::new(CommandQueue(tx));
+            }
+        };
+        let span = tracing::info_span!("email", user = %key.user.0);
+        let session = session::EmailSession::new(key, account, self.settings.clone(), self.store.clone(), events, rx);
+        tokio::spawn(session.run().instrument(span));
+        Box::new(CommandQueue(tx))
+    }
+
+    fn check_credentials(&self, credentials: &Credentials) -> BoxFuture<'static, Result<(), String>> {
+        let account = self.account(credentials);
+        let settings = self.settings.clone();
+        Box::pin(async move {
+            let account = account?;
+            let session = imap::login(&account, &settings).await.map_err(|e| e.to_string())?;
+            let mut session = session;
+            let _ = session.logout().await;
+            smtp::check(&account, &settings).await
+        })
+    }
+}

@@ -1,0 +1,232 @@
+//! Mail in: one IMAP connection per user, IDLE on INBOX (polling where the server has no
+//! IDLE), each new mail delivered once, the last delivered UID kept durably.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge_core::model::{Event, Message, MessageKind, Peer, SessionKey};
+use bridge_core::{BridgeStore, EventSink, SessionEvent};
+use bridge_net::Stream;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::incoming;
+use crate::settings::{Account, EmailSettings, Security};
+
+/// The IMAP session type over our stream.
+type ImapSession = async_imap::Session<Stream>;
+
+/// Where the last delivered mail is recorded (per user).
+const STATE_KEY: &str = "imap/state";
+/// Mails larger than this are announced, not fetched.
+const MAX_FETCH_BYTES: u32 = 10 * 1024 * 1024;
+/// How long to wait before trying again after the server refused the password.
+const AUTH_RETRY: Duration = Duration::from_secs(300);
+
+/// Why IMAP failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    /// Could not connect (TCP or TLS).
+    #[error(transparent)]
+    Connect(#[from] bridge_net::ConnectError),
+    /// The server refused the login.
+    #[error("IMAP login refused: {0}")]
+    Login(String),
+    /// Any other protocol failure.
+    #[error("IMAP: {0}")]
+    Protocol(String),
+}
+
+impl From<async_imap::error::Error> for ImapError {
+    fn from(error: async_imap::error::Error) -> Self {
+        ImapError::Protocol(error.to_string())
+    }
+}
+
+/// What was delivered so far, for one mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The mailbox's UIDVALIDITY: UIDs only compare within one.
+    pub uid_validity: u32,
+    /// The highest UID delivered to the user.
+    pub last_uid: u32,
+}
+
+/// Connects and logs in: implicit TLS, STARTTLS (required) or plain, as configured.
+pub async fn login(account: &Account, settings: &EmailSettings) -> Result<ImapSession, ImapError> {
+    let endpoint = &account.imap;
+    let ca_file = settings.ca_file.as_deref();
+    let stream = match endpoint.security {
+        Security::Tls => bridge_net::connect_tls(&endpoint.host, endpoint.port, ca_file).await?,
+        Security::Starttls | Security::Plain => bridge_net::connect_tcp(&endpoint.host, endpoint.port).await?,
+    };
+    let mut client = async_imap::Client::new(stream);
+    // async-imap leaves the greeting to us.
+    client
+        .read_response()
+        .await
+        .map_err(|e| ImapError::Protocol(format!("no greeting: {e}")))?
+        .ok_or_else(|| ImapError::Protocol("the server closed the connection before its greeting".into()))?;
+    if endpoint.security == Security::Starttls {
+        client.run_command_and_check_ok("STARTTLS", None).await?;
+        let stream = client.into_inner().upgrade(&endpoint.host, endpoint.port, ca_file).await?;
+        client = async_imap::Client::new(stream);
+    }
+    client
+        .login(&account.login, account.password.expose())
+        .await
+        .map_err(|(error, _)| ImapError::Login(error.to_string()))
+}
+
+/// Watches one user's INBOX until told to stop.
+pub struct Watcher {
+    /// Whose mailbox: the tag of every event.
+    pub key: SessionKey,
+    /// The account.
+    pub account: Account,
+    /// Bridge settings (CA file, IDLE timeout).
+    pub settings: Arc<EmailSettings>,
+    /// Where the checkpoint lives.
+    pub store: Arc<dyn BridgeStore>,
+    /// Events to the gateway.
+    pub events: EventSink,
+}
+
+impl Watcher {
+    /// Runs until `stop` fires, reconnecting with backoff.
+    pub async fn run(self, mut stop: oneshot::Receiver<()>) {
+        let mut delay = Duration::from_secs(1);
+        let mut healthy: Option<bool> = None;
+        loop {
+            let result = tokio::select! {
+                result = self.watch(&mut healthy) => result,
+                _ = &mut stop => return,
+            };
+            let (reason, wait) = match result {
+                Ok(()) => return,
+                Err(ImapError::Login(reason)) => (format!("IMAP login refused: {reason}"), AUTH_RETRY),
+                Err(error) => (error.to_string(), delay),
+            };
+            warn!(user = %self.key.user.0, %reason, "IMAP session failed");
+            if healthy != Some(false) {
+                healthy = Some(false);
+                self.emit(Event::NetworkStatus { online: false, reason: Some(reason) }).await;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = &mut stop => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(120));
+        }
+    }
+
+    async fn emit(&self, event: Event) {
+        let _ = self.events.send(SessionEvent { key: self.key.clone(), event }).await;
+    }
+
+    /// One connection's life: log in, catch up, IDLE, repeat. Returns only on errors.
+    async fn watch(&self, healthy: &mut Option<bool>) -> Result<(), ImapError> {
+        let mut session = login(&self.account, &self.settings).await?;
+        let mailbox = session.select("INBOX").await?;
+        if *healthy != Some(true) {
+            *healthy = Some(true);
+            self.emit(Event::NetworkStatus { online: true, reason: None }).await;
+        }
+        let uid_validity = mailbox.uid_validity.unwrap_or(0);
+        let mut checkpoint = match self.load_checkpoint() {
+            Some(saved) if saved.uid_validity == uid_validity => saved,
+            saved => {
+                // First start, or the mailbox was rebuilt: start from now, not from the
+                // beginning of the user's history.
+                let last_uid = mailbox.uid_next.unwrap_or(1).saturating_sub(1);
+                if saved.is_some() {
+                    warn!(user = %self.key.user.0, "UIDVALIDITY changed; starting from the newest mail");
+                }
+                let fresh = Checkpoint { uid_validity, last_uid };
+                self.save_checkpoint(&fresh)?;
+                fresh
+            }
+        };
+        let has_idle = session.capabilities().await?.has_str("IDLE");
+        info!(user = %self.key.user.0, has_idle, last_uid = checkpoint.last_uid, "watching INBOX");
+        loop {
+            session = self.deliver_new(session, &mut checkpoint).await?;
+            if has_idle {
+                let mut idle = session.idle();
+                idle.init().await?;
+                let (wait, _interrupt) = idle.wait_with_timeout(self.settings.idle_timeout);
+                let response = wait.await?;
+                debug!(?response, "IDLE returned");
+                session = idle.done().await?;
+            } else {
+                tokio::time::sleep(self.settings.poll_interval).await;
+                session.noop().await?;
+            }
+        }
+    }
+
+    /// Fetches and delivers every mail above the checkpoint, oldest first, moving the
+    /// checkpoint after each delivery.
+    async fn deliver_new(&self, mut session: ImapSession, checkpoint: &mut Checkpoint) -> Result<ImapSession, ImapError> {
+        let range = format!("{}:*", checkpoint.last_uid + 1);
+        let mut sizes: Vec<(u32, u32)> = session
+            .uid_fetch(&range, "(UID RFC822.SIZE)")
+            .await?
+            .try_collect::<Vec<_>>()
+            .await?
+            .iter()
+            .filter_map(|f| Some((f.uid?, f.size.unwrap_or(0))))
+            // "n:*" also returns the newest mail when nothing is above n.
+            .filter(|(uid, _)| *uid > checkpoint.last_uid)
+            .collect();
+        sizes.sort_unstable();
+        for (uid, size) in sizes {
+            let query = if size > MAX_FETCH_BYTES { "(UID BODY.PEEK[HEADER])" } else { "(UID BODY.PEEK[])" };
+            let fetched = session.uid_fetch(uid.to_string(), query).await?.try_collect::<Vec<_>>().await?;
+            let raw = fetched
+                .iter()
+                .find(|f| f.uid == Some(uid))
+                .and_then(|f| f.body().or_else(|| f.header()))
+                .unwrap_or_default();
+            let message = match incoming::parse_mail(raw) {
+                Ok(mut mail) => {
+                    if size > MAX_FETCH_BYTES {
+                        mail.notes.push(format!("[this mail is {} MiB: too large to fetch; read it in your mail client]", size / (1024 * 1024)));
+                    }
+                    Some(Message {
+                        peer: Peer::EmailAddress(mail.from.clone()),
+                        sender: mail.from_name.clone(),
+                        kind: MessageKind::Chat,
+                        body: incoming::render_body(&mail),
+                        subject: mail.subject.clone(),
+                        thread: mail.thread.clone(),
+                    })
+                }
+                Err(error) => {
+                    warn!(user = %self.key.user.0, uid, %error, "undeliverable mail skipped");
+                    None
+                }
+            };
+            if let Some(message) = message {
+                self.emit(Event::Message(message)).await;
+            }
+            checkpoint.last_uid = uid;
+            self.save_checkpoint(checkpoint)?;
+        }
+        Ok(session)
+    }
+
+    fn load_checkpoint(&self) -> Option<Checkpoint> {
+        let bytes = self.store.load(&self.key.user, STATE_KEY).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ImapError> {
+        let bytes = serde_json::to_vec(checkpoint).map_err(|e| ImapError::Protocol(e.to_string()))?;
+        self.store
+            .save(&self.key.user, STATE_KEY, &bytes)
+            .map_err(|e| ImapError::Protocol(format!("cannot record delivery: {e}")))
+    }
+}

@@ -1,0 +1,1032 @@
+//! Mail coming in: a raw RFC 5322 message, as IMAP hands it over, becomes what the
+//! gateway shows the XMPP user. Pure functions, no I/O.
+//!
+//! [`parse_mail`] reads the sender, subject, thread and text of a mail, whatever its
+//! charset and transfer encoding, and lists its attachments; [`render_body`] turns that
+//! into the body of an XMPP message, and [`IncomingMail::to_message`] into the neutral
+//! [`Message`] of `bridge-core`.
+//!
+//! Mail is untrusted input: nothing here panics on any bytes (a panic inside the MIME
+//! parser is caught and the mail read again, headers only), every text handed on is
+//! valid in XML (no C0 controls but TAB and LF, no U+FFFE/U+FFFF), the body is cut at
+//! [`MAX_BODY_CHARS`] characters and at most [`MAX_ATTACHMENTS`] attachments are listed.
+
+use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bridge_core::model::{Message, MessageKind, Peer};
+use mail_parser::{Encoding, HeaderValue, MessageParser, MessagePart, MimeHeaders, PartType};
+
+/// The longest body, in characters, that [`parse_mail`] keeps; a longer one is cut on a
+/// character boundary and a note tells how long it was.
+pub const MAX_BODY_CHARS: usize = 20_000;
+
+/// The most attachments [`parse_mail`] lists; a note counts the others.
+pub const MAX_ATTACHMENTS: usize = 100;
+
+/// The longest one-line text kept (subject, display name, file name), in characters; a
+/// longer one is cut and ends with `…`.
+const MAX_LINE_CHARS: usize = 1_000;
+
+/// The width handed to html2text: large enough that it never re-wraps a line.
+const HTML_WRAP_WIDTH: usize = 10_000;
+
+/// The most bytes of HTML handed to html2text; more than that is cut before converting,
+/// since converting megabytes of markup costs time and memory for text that
+/// [`MAX_BODY_CHARS`] cuts anyway.
+const MAX_HTML_BYTES: usize = 1 << 20;
+
+/// The note added when the mail was not well-formed MIME.
+pub const MALFORMED_NOTE: &str =
+    "[this mail is malformed: some of it may be missing or shown as it was received]";
+
+/// A mail as the gateway shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingMail {
+    /// The sender's bare address (`alice@example.org`), with the domain lower-cased and
+    /// the local part as written.
+    pub from: String,
+    /// The sender's display name, if the From header gave a non-empty one.
+    pub from_name: Option<String>,
+    /// The subject, decoded (RFC 2047) and on one line; `None` when missing or blank.
+    pub subject: Option<String>,
+    /// The text: the text/plain part if there is one, else the text/html part made
+    /// readable; line ends are `\n`, trailing whitespace is trimmed, and it is at most
+    /// [`MAX_BODY_CHARS`] characters long.
+    pub body: String,
+    /// The conversation this mail belongs to, shared by all replies: the first
+    /// Message-ID in `References`, else `In-Reply-To`, else the mail's own Message-ID,
+    /// without angle brackets.
+    pub thread: Option<String>,
+    /// The mail's own Message-ID, without angle brackets.
+    pub message_id: Option<String>,
+    /// The attachments, in the order they appear in the mail.
+    pub attachments: Vec<Attachment>,
+    /// Remarks for the user about how the mail was read (truncated, malformed).
+    pub notes: Vec<String>,
+}
+
+/// A part of a mail that is not shown as text: a file, an inline image, a forwarded mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The file name (RFC 2231 and RFC 2047 decoded), or `unnamed`.
+    pub name: String,
+    /// The MIME type, lower-cased (`application/pdf`).
+    pub content_type: String,
+    /// The size in bytes of the decoded content (of its UTF-8 text for a text part).
+    pub size: usize,
+}
+
+/// Why a mail cannot be shown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IncomingError {
+    /// The mail has no From header, or none with an address of the form `local@domain`,
+    /// so there is nobody to show it from.
+    #[error("the mail has no usable From address")]
+    NoFromAddress,
+}
+
+impl IncomingMail {
+    /// The neutral message for the gateway: a chat message from
+    /// `Peer::EmailAddress(from)`, with [`render_body`] as its body, the subject and the
+    /// thread.
+    #[must_use]
+    pub fn to_message(&self) -> Message {
+        Message {
+            peer: Peer::EmailAddress(self.from.clone()),
+            sender: None,
+            kind: MessageKind::Chat,
+            body: render_body(self),
+            subject: self.subject.clone(),
+            thread: self.thread.clone(),
+        }
+    }
+}
+
+/// Reads a raw RFC 5322 mail.
+///
+/// Never panics, whatever the bytes. A mail the MIME parser cannot make sense of still
+/// gives whatever text is found, with [`MALFORMED_NOTE`] among the notes.
+///
+/// # Errors
+///
+/// [`IncomingError::NoFromAddress`] when there is no usable From address, the only
+/// reason a mail is refused (empty input and bytes that are no mail at all included).
+pub fn parse_mail(raw: &[u8]) -> Result<IncomingMail, IncomingError> {
+    let parser = MessageParser::default();
+    match catch_unwind(AssertUnwindSafe(|| parser.parse(raw))) {
+        Ok(Some(message)) => from_message(&message),
+        Ok(None) => Err(IncomingError::NoFromAddress),
+        // The MIME parser panicked on this body: read the headers alone and show the rest
+        // as text.
+        Err(_) => match catch_unwind(AssertUnwindSafe(|| parser.parse_headers(raw))) {
+            Ok(Some(headers)) => {
+                let mut mail = headers_of(&headers)?;
+                mail.body = clean_text(&String::from_utf8_lossy(raw_body(raw)));
+                mail.notes.push(MALFORMED_NOTE.to_owned());
+                truncate_body(&mut mail);
+                Ok(mail)
+            }
+            _ => Err(IncomingError::NoFromAddress),
+        },
+    }
+}
+
+/// The body of the XMPP message for a mail: its text, then a blank line and one line per
+/// attachment (`[attachment: report.pdf (application/pdf, 12.3 KiB)]`), then the notes,
+/// one a line. Parts that are empty are left out, with their blank line.
+#[must_use]
+pub fn render_body(mail: &IncomingMail) -> String {
+    let mut lines: Vec<String> = mail
+        .attachments
+        .iter()
+        .map(|a| format!("[attachment: {} ({}, {})]", a.name, a.content_type, human_size(a.size)))
+        .collect();
+    lines.extend(mail.notes.iter().cloned());
+    let extra = lines.join("\n");
+    match (mail.body.is_empty(), extra.is_empty()) {
+        (_, true) => mail.body.clone(),
+        (true, false) => extra,
+        (false, false) => format!("{}\n\n{extra}", mail.body),
+    }
+}
+
+/// The header fields of a mail, with an empty body and no attachments.
+fn headers_of(message: &mail_parser::Message<'_>) -> Result<IncomingMail, IncomingError> {
+    let (from, from_name) = sender(message)?;
+    let message_id = message.message_id().and_then(clean_id);
+    let thread = first_id(message.references())
+        .or_else(|| first_id(message.in_reply_to()))
+        .or_else(|| message_id.clone());
+    let subject = message.subject().map(clean_line).filter(|s| !s.is_empty());
+    Ok(IncomingMail {
+        from,
+        from_name,
+        subject,
+        body: String::new(),
+        thread,
+        message_id,
+        attachments: Vec::new(),
+        notes: Vec::new(),
+    })
+}
+
+/// Everything of a parsed mail.
+fn from_message(message: &mail_parser::Message<'_>) -> Result<IncomingMail, IncomingError> {
+    let mut mail = headers_of(message)?;
+
+    // The text: the parts the parser chose as the text body, which holds the text/plain
+    // alternative when there is one and the text/html one otherwise.
+    let mut body_parts = HashSet::new();
+    let mut texts = Vec::new();
+    for &id in &message.text_body {
+        let Some(part) = message.parts.get(id as usize) else { continue };
+        let text = match &part.body {
+            PartType::Text(text) => text.to_string(),
+            PartType::Html(html) => html_to_text(html),
+            _ => continue,
+        };
+        body_parts.insert(id);
+        let text = clean_text(&text);
+        if !text.trim().is_empty() {
+            texts.push(text.trim_end().to_owned());
+        }
+    }
+    // Text the parser kept as it was received: a part it could not decode, or a multipart
+    // whose boundary never comes.
+    let recovered = |part: &MessagePart<'_>| {
+        matches!(part.body, PartType::Text(_))
+            && (part.is_encoding_problem
+                || part.content_type().is_some_and(|ct| ct.ctype().eq_ignore_ascii_case("multipart")))
+    };
+    let malformed = message.parts.iter().any(|p| p.is_encoding_problem || recovered(p));
+    if texts.is_empty() && malformed {
+        for (id, part) in (0u32..).zip(&message.parts) {
+            if let (true, PartType::Text(text)) = (recovered(part), &part.body) {
+                body_parts.insert(id);
+                let text = clean_text(text);
+                if !text.trim().is_empty() {
+                    texts.push(text.trim_end().to_owned());
+                }
+            }
+        }
+    }
+    mail.body = texts.join("\n\n");
+
+    // Alternatives to the chosen text (the HTML of a multipart/alternative) are not
+    // attachments.
+    let alternatives: HashSet<u32> = message
+        .html_body
+        .iter()
+        .chain(&message.text_body)
+        .copied()
+        .filter(|&id| {
+            message
+                .parts
+                .get(id as usize)
+                .is_some_and(|p| matches!(p.body, PartType::Text(_) | PartType::Html(_)))
+        })
+        .collect();
+    let listed: HashSet<u32> = message.attachments.iter().copied().collect();
+    let mut unlisted = 0_usize;
+    for (id, part) in (0u32..).zip(&message.parts) {
+        if body_parts.contains(&id) || alternatives.contains(&id) {
+            continue;
+        }
+        if let Some(attachment) = attachment(part, listed.contains(&id)) {
+            if mail.attachments.len() < MAX_ATTACHMENTS {
+                mail.attachments.push(attachment);
+            } else {
+                unlisted += 1;
+            }
+        }
+    }
+    if unlisted > 0 {
+        mail.notes.push(format!("[and {unlisted} more attachments]"));
+    }
+
+    if malformed {
+        mail.notes.push(MALFORMED_NOTE.to_owned());
+    }
+    truncate_body(&mut mail);
+    Ok(mail)
+}
+
+/// The attachment a part is, if it is one: a part with `Content-Disposition: attachment`,
+/// any non-text part (files, inline images, forwarded mails), or a text part the parser
+/// did not take as body text (text/calendar, a text/plain with a file name): `listed`
+/// says whether the parser put it among the mail's attachments.
+fn attachment(part: &MessagePart<'_>, listed: bool) -> Option<Attachment> {
+    if matches!(part.body, PartType::Multipart(_)) {
+        return None;
+    }
+    let disposition_attachment = part.content_disposition().is_some_and(mail_parser::ContentType::is_attachment);
+    let is_text = matches!(part.body, PartType::Text(_) | PartType::Html(_));
+    if !(disposition_attachment || !is_text || listed) {
+        return None;
+    }
+    let content_type = match part.content_type() {
+        Some(ct) => match ct.subtype() {
+            Some(sub) => format!("{}/{}", ct.ctype(), sub),
+            None => ct.ctype().to_owned(),
+        },
+        None => match part.body {
+            PartType::Text(_) => "text/plain".to_owned(),
+            PartType::Html(_) => "text/html".to_owned(),
+            PartType::Message(_) => "message/rfc822".to_owned(),
+            _ => "application/octet-stream".to_owned(),
+        },
+    };
+    let content_type = clean_line(&content_type).to_ascii_lowercase();
+    let size = match &part.body {
+        // A nested mail's raw text is the outer mail's: measure the part itself.
+        PartType::Message(nested) if part.encoding == Encoding::None => {
+            (part.offset_end as usize).saturating_sub(part.offset_body as usize).min(nested.raw_message.len())
+        }
+        PartType::Message(nested) => nested.raw_message.len(),
+        _ => part.len(),
+    };
+    let name = part
+        .attachment_name()
+        .map(clean_line)
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            part.message()
+                .and_then(|m| m.subject())
+                .map(clean_line)
+                .filter(|s| !s.is_empty())
+                .map(|s| format!("{s}.eml"))
+        })
+        .unwrap_or_else(|| "unnamed".to_owned());
+    Some(Attachment { name, content_type, size })
+}
+
+/// The first usable From address and its display name.
+fn sender(message: &mail_parser::Message<'_>) -> Result<(String, Option<String>), IncomingError> {
+    let from = message.from().ok_or(IncomingError::NoFromAddress)?;
+    from.iter()
+        .find_map(|addr| {
+            let address = bare_address(addr.address()?)?;
+            let name = addr
+                .name()
+                .map(clean_line)
+                .filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(&address));
+            Some((address, name))
+        })
+        .ok_or(IncomingError::NoFromAddress)
+}
+
+/// `local@domain` with the domain lower-cased, if `text` is an address of that form
+/// with no whitespace, control characters or angle brackets.
+fn bare_address(text: &str) -> Option<String> {
+    let text = text.trim();
+    if text.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>')) {
+        return None;
+    }
+    let (local, domain) = text.rsplit_once('@')?;
+    if local.is_empty() || domain.is_empty() {
+        return None;
+    }
+    Some(format!("{local}@{}", domain.to_lowercase()))
+}
+
+/// The first message id in a `References` or `In-Reply-To` header.
+fn first_id(value: &HeaderValue<'_>) -> Option<String> {
+    match value {
+        HeaderValue::Text(id) => clean_id(id),
+        HeaderValue::TextList(ids) => ids.iter().find_map(|id| clean_id(id)),
+        _ => None,
+    }
+}
+
+/// A message id without angle brackets, whitespace or controls; `None` if that leaves
+/// nothing.
+fn clean_id(id: &str) -> Option<String> {
+    let id: String = id
+        .chars()
+        .filter(|&c| !c.is_whitespace() && !c.is_control() && !matches!(c, '<' | '>' | '\u{FFFE}' | '\u{FFFF}'))
+        .collect();
+    (!id.is_empty()).then_some(id)
+}
+
+/// Multi-line text made safe for XML: `\r\n` and `\r` become `\n`, TAB stays, every
+/// other C0 control, DEL and U+FFFE/U+FFFF go.
+fn clean_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                out.push('\n');
+            }
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() && c <= '\u{7f}' => {}
+            '\u{FFFE}' | '\u{FFFF}' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One-line text made safe for XML: every control becomes a space, runs of whitespace
+/// become one space, the ends are trimmed, and past [`MAX_LINE_CHARS`] it is cut with `…`.
+fn clean_line(text: &str) -> String {
+    let spaced: String = text
+        .chars()
+        .filter(|c| !matches!(c, '\u{FFFE}' | '\u{FFFF}'))
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut line = spaced.split_whitespace().collect::<Vec<_>>().join(" ");
+    if let Some((cut, _)) = line.char_indices().nth(MAX_LINE_CHARS) {
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
+/// HTML made readable with html2text: no re-wrapping, tables read cell after cell (mail
+/// uses them for layout), no markdown emphasis, links as numbered footnotes. If html2text
+/// fails or panics, the parser's own simpler conversion.
+fn html_to_text(html: &str) -> String {
+    let html = cut_bytes(html, MAX_HTML_BYTES);
+    let converted = catch_unwind(AssertUnwindSafe(|| {
+        html2text::config::plain_no_decorate()
+            .link_footnotes(true)
+            .raw_mode(true)
+            .allow_width_overflow()
+            .string_from_read(html.as_bytes(), HTML_WRAP_WIDTH)
+    }));
+    match converted {
+        Ok(Ok(text)) => text.lines().map(str::trim_end).collect::<Vec<_>>().join("\n"),
+        _ => mail_parser::decoders::html::html_to_text(html),
+    }
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary.
+fn cut_bytes(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Cuts the body at [`MAX_BODY_CHARS`] characters with a note, and trims trailing
+/// whitespace.
+fn truncate_body(mail: &mut IncomingMail) {
+    let trimmed_len = mail.body.trim_end().len();
+    mail.body.truncate(trimmed_len);
+    if let Some((cut, _)) = mail.body.char_indices().nth(MAX_BODY_CHARS) {
+        let total = mail.body.chars().count();
+        mail.body.truncate(cut);
+        let trimmed_len = mail.body.trim_end().len();
+        mail.body.truncate(trimmed_len);
+        mail.notes.push(format!("[message truncated: {total} characters in all]"));
+    }
+}
+
+/// What follows the header block of a raw mail: after the first empty line, or nothing.
+fn raw_body(raw: &[u8]) -> &[u8] {
+    let crlf = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    let lf = raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    let start = match (crlf, lf) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => raw.len(),
+    };
+    &raw[start..]
+}
+
+/// A size for people: `512 B`, `12.3 KiB`, `4.0 MiB`, `1.2 GiB`.
+fn human_size(size: usize) -> String {
+    const KIB: f64 = 1024.0;
+    #[allow(clippy::cast_precision_loss)] // one decimal is all that is shown
+    let bytes = size as f64;
+    if size < 1024 {
+        format!("{size} B")
+    } else if bytes < KIB * KIB {
+        format!("{:.1} KiB", bytes / KIB)
+    } else if bytes < KIB * KIB * KIB {
+        format!("{:.1} MiB", bytes / (KIB * KIB))
+    } else {
+        format!("{:.1} GiB", bytes / (KIB * KIB * KIB))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::fmt::Write as _;
+
+    /// A mail with LF line ends turned into CRLF, as IMAP delivers it.
+    fn crlf(text: &str) -> Vec<u8> {
+        text.replace('\n', "\r\n").into_bytes()
+    }
+
+    fn parse(text: &str) -> IncomingMail {
+        parse_mail(&crlf(text)).expect("a usable mail")
+    }
+
+    #[test]
+    fn plain_mail() {
+        let mail = parse(
+            "From: Alice Example <Alice@Example.ORG>\n\
+             To: bob@example.net\n\
+             Subject: Lunch?\n\
+             Message-ID: <abc123@example.org>\n\
+             Date: Mon, 1 Jan 2024 12:00:00 +0000\n\
+             \n\
+             Shall we have lunch?\n\
+             \n\
+             -- \n\
+             Alice\n\
+             \n\n",
+        );
+        assert_eq!(mail.from, "Alice@example.org");
+        assert_eq!(mail.from_name.as_deref(), Some("Alice Example"));
+        assert_eq!(mail.subject.as_deref(), Some("Lunch?"));
+        assert_eq!(mail.body, "Shall we have lunch?\n\n-- \nAlice");
+        assert_eq!(mail.message_id.as_deref(), Some("abc123@example.org"));
+        assert_eq!(mail.thread.as_deref(), Some("abc123@example.org"));
+        assert!(mail.attachments.is_empty());
+        assert!(mail.notes.is_empty());
+        assert_eq!(render_body(&mail), mail.body);
+    }
+
+    #[test]
+    fn to_message_is_a_chat_from_the_address() {
+        let mail = parse("From: carol@example.org\nSubject: Hi\nMessage-ID: <m1@x>\n\nHello\n");
+        let message = mail.to_message();
+        assert_eq!(message.peer, Peer::EmailAddress("carol@example.org".into()));
+        assert_eq!(message.kind, MessageKind::Chat);
+        assert_eq!(message.sender, None);
+        assert_eq!(message.body, "Hello");
+        assert_eq!(message.subject.as_deref(), Some("Hi"));
+        assert_eq!(message.thread.as_deref(), Some("m1@x"));
+        assert_eq!(mail.from_name, None);
+    }
+
+    #[test]
+    fn thread_is_the_first_reference() {
+        let mail = parse(
+            "From: bob@example.net\n\
+             Message-ID: <reply2@example.net>\n\
+             In-Reply-To: <reply1@example.org>\n\
+             References: <root@example.org>\n <reply1@example.org>\n\
+             Subject: Re: Re: Lunch?\n\
+             \n\
+             Yes.\n",
+        );
+        assert_eq!(mail.thread.as_deref(), Some("root@example.org"));
+        assert_eq!(mail.message_id.as_deref(), Some("reply2@example.net"));
+    }
+
+    #[test]
+    fn thread_falls_back_to_in_reply_to() {
+        let mail = parse(
+            "From: bob@example.net\nMessage-ID: <r@example.net>\nIn-Reply-To: <root@example.org>\n\nok\n",
+        );
+        assert_eq!(mail.thread.as_deref(), Some("root@example.org"));
+    }
+
+    #[test]
+    fn no_message_id_no_thread() {
+        let mail = parse("From: bob@example.net\n\nok\n");
+        assert_eq!(mail.thread, None);
+        assert_eq!(mail.message_id, None);
+        assert_eq!(mail.subject, None);
+    }
+
+    #[test]
+    fn iso_8859_1_body_and_encoded_subject() {
+        let mut raw = crlf(
+            "From: =?ISO-8859-1?Q?Andr=E9?= <andre@example.fr>\n\
+             Subject: =?ISO-8859-1?Q?Caf=E9_cr=E8me?=\n\
+             Content-Type: text/plain; charset=ISO-8859-1\n\
+             Content-Transfer-Encoding: 8bit\n\
+             \n",
+        );
+        raw.extend_from_slice(b"Un caf\xe9 cr\xe8me, s'il vous pla\xeet.\r\n");
+        let mail = parse_mail(&raw).unwrap();
+        assert_eq!(mail.from_name.as_deref(), Some("André"));
+        assert_eq!(mail.subject.as_deref(), Some("Café crème"));
+        assert_eq!(mail.body, "Un café crème, s'il vous plaît.");
+    }
+
+    #[test]
+    fn windows_1252_body() {
+        let mut raw = crlf(
+            "From: shop@example.com\n\
+             Content-Type: text/plain; charset=windows-1252\n\
+             \n",
+        );
+        raw.extend_from_slice(b"Price: \x8020 \x96 \x93quoted\x94\r\n");
+        let mail = parse_mail(&raw).unwrap();
+        assert_eq!(mail.body, "Price: €20 – “quoted”");
+    }
+
+    #[test]
+    fn quoted_printable_utf8_body() {
+        let mail = parse(
+            "From: yuki@example.jp\n\
+             Content-Type: text/plain; charset=utf-8\n\
+             Content-Transfer-Encoding: quoted-printable\n\
+             \n\
+             =E3=81=93=E3=82=93=E3=81=AB=E3=81=A1=E3=81=AF, caf=C3=A9 and a soft =\n\
+             break.\n",
+        );
+        assert_eq!(mail.body, "こんにちは, café and a soft break.");
+    }
+
+    #[test]
+    fn base64_body() {
+        // "Grüße aus Köln\n" in UTF-8.
+        let mail = parse(
+            "From: anna@example.de\n\
+             Content-Type: text/plain; charset=UTF-8\n\
+             Content-Transfer-Encoding: base64\n\
+             \n\
+             R3LDvMOfZSBhdXMgS8O2bG4K\n",
+        );
+        assert_eq!(mail.body, "Grüße aus Köln");
+    }
+
+    #[test]
+    fn shift_jis_body() {
+        let mut raw = crlf("From: a@example.jp\nContent-Type: text/plain; charset=Shift_JIS\n\n");
+        raw.extend_from_slice(b"\x83n\x83\x8D\x81[\r\n");
+        assert_eq!(parse_mail(&raw).unwrap().body, "ハロー");
+    }
+
+    #[test]
+    fn alternative_prefers_plain() {
+        let mail = parse(
+            "From: news@example.com\n\
+             Content-Type: multipart/alternative; boundary=\"b1\"\n\
+             \n\
+             --b1\n\
+             Content-Type: text/plain; charset=utf-8\n\
+             \n\
+             Plain version.\n\
+             --b1\n\
+             Content-Type: text/html; charset=utf-8\n\
+             \n\
+             <p>HTML <b>version</b>.</p>\n\
+             --b1--\n",
+        );
+        assert_eq!(mail.body, "Plain version.");
+        assert!(mail.attachments.is_empty(), "{:?}", mail.attachments);
+    }
+
+    #[test]
+    fn html_only_is_made_readable() {
+        let mail = parse(
+            "From: news@example.com\n\
+             Content-Type: text/html; charset=utf-8\n\
+             \n\
+             <html><head><style>p { color: red }</style></head><body>\
+             <h1>Weekly news</h1><p>First paragraph with a rather long line that must not be \
+             re-wrapped by the converter even though it goes on and on and on and on.</p>\
+             <ul><li>one</li><li>two</li></ul><p>Caf&eacute; &amp; more</p>\
+             <table><tr><td>cell A</td><td>cell B</td></tr></table></body></html>\n",
+        );
+        assert!(mail.body.contains("Weekly news"), "{}", mail.body);
+        assert!(
+            mail.body.contains(
+                "First paragraph with a rather long line that must not be re-wrapped by the \
+                 converter even though it goes on and on and on and on."
+            ),
+            "{}",
+            mail.body
+        );
+        assert!(mail.body.contains("one") && mail.body.contains("two"), "{}", mail.body);
+        assert!(mail.body.contains("Café & more"), "{}", mail.body);
+        assert!(mail.body.contains("cell A") && mail.body.contains("cell B"), "{}", mail.body);
+        assert!(!mail.body.contains('<'), "{}", mail.body);
+        assert!(!mail.body.contains("color"), "{}", mail.body);
+        assert_eq!(mail.body, mail.body.trim_end());
+    }
+
+    #[test]
+    fn alternative_with_html_only() {
+        let mail = parse(
+            "From: news@example.com\n\
+             Content-Type: multipart/alternative; boundary=b1\n\
+             \n\
+             --b1\n\
+             Content-Type: text/html; charset=iso-8859-1\n\
+             Content-Transfer-Encoding: quoted-printable\n\
+             \n\
+             <p>Gr=FC=DFe</p>\n\
+             --b1--\n",
+        );
+        assert_eq!(mail.body, "Grüße");
+    }
+
+    #[test]
+    fn attachments_are_listed_and_rendered() {
+        let mail = parse(
+            "From: Bob <bob@example.net>\n\
+             Subject: Report\n\
+             Content-Type: multipart/mixed; boundary=\"outer\"\n\
+             \n\
+             --outer\n\
+             Content-Type: multipart/related; boundary=\"rel\"\n\
+             \n\
+             --rel\n\
+             Content-Type: text/plain; charset=utf-8\n\
+             \n\
+             See attached.\n\
+             --rel\n\
+             Content-Type: image/png\n\
+             Content-ID: <logo@x>\n\
+             Content-Disposition: inline; filename=\"logo.png\"\n\
+             Content-Transfer-Encoding: base64\n\
+             \n\
+             iVBORw0KGgo=\n\
+             --rel--\n\
+             --outer\n\
+             Content-Type: application/pdf; name=\"=?UTF-8?B?UmFwcG9ydCDDqXTDqS5wZGY=?=\"\n\
+             Content-Disposition: attachment\n\
+             Content-Transfer-Encoding: base64\n\
+             \n\
+             JVBERi0xLjQK\n\
+             --outer\n\
+             Content-Type: application/octet-stream\n\
+             Content-Disposition: attachment; filename*=UTF-8''%E2%82%AC%20rates.bin\n\
+             \n\
+             0123456789\n\
+             --outer\n\
+             Content-Type: text/plain\n\
+             Content-Disposition: attachment; filename=notes.txt\n\
+             \n\
+             some notes\n\
+             --outer\n\
+             Content-Type: application/zip\n\
+             Content-Disposition: attachment\n\
+             \n\
+             PK\n\
+             --outer--\n",
+        );
+        assert_eq!(mail.body, "See attached.");
+        let expected = vec![
+            Attachment { name: "logo.png".into(), content_type: "image/png".into(), size: 8 },
+            Attachment { name: "Rapport été.pdf".into(), content_type: "application/pdf".into(), size: 9 },
+            Attachment { name: "€ rates.bin".into(), content_type: "application/octet-stream".into(), size: 10 },
+            Attachment { name: "notes.txt".into(), content_type: "text/plain".into(), size: 10 },
+            Attachment { name: "unnamed".into(), content_type: "application/zip".into(), size: 2 },
+        ];
+        assert_eq!(mail.attachments, expected);
+        assert_eq!(
+            render_body(&mail),
+            "See attached.\n\n\
+             [attachment: logo.png (image/png, 8 B)]\n\
+             [attachment: Rapport été.pdf (application/pdf, 9 B)]\n\
+             [attachment: € rates.bin (application/octet-stream, 10 B)]\n\
+             [attachment: notes.txt (text/plain, 10 B)]\n\
+             [attachment: unnamed (application/zip, 2 B)]"
+        );
+    }
+
+    #[test]
+    fn attachment_sizes_are_human() {
+        let mail = IncomingMail {
+            from: "a@b".into(),
+            from_name: None,
+            subject: None,
+            body: String::new(),
+            thread: None,
+            message_id: None,
+            attachments: vec![
+                Attachment { name: "a".into(), content_type: "image/jpeg".into(), size: 12_595 },
+                Attachment { name: "b".into(), content_type: "video/mp4".into(), size: 5 * 1024 * 1024 + 1 },
+            ],
+            notes: vec!["[note]".into()],
+        };
+        assert_eq!(
+            render_body(&mail),
+            "[attachment: a (image/jpeg, 12.3 KiB)]\n[attachment: b (video/mp4, 5.0 MiB)]\n[note]"
+        );
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1024), "1.0 KiB");
+        assert_eq!(human_size(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn forwarded_mail_is_an_attachment() {
+        let mail = parse(
+            "From: bob@example.net\n\
+             Content-Type: multipart/mixed; boundary=m\n\
+             \n\
+             --m\n\
+             Content-Type: text/plain\n\
+             \n\
+             Forwarding this.\n\
+             --m\n\
+             Content-Type: message/rfc822\n\
+             \n\
+             From: carol@example.org\n\
+             Subject: Old news\n\
+             \n\
+             Inner text.\n\
+             --m--\n",
+        );
+        assert_eq!(mail.body, "Forwarding this.");
+        assert_eq!(mail.attachments.len(), 1, "{:?}", mail.attachments);
+        assert_eq!(mail.attachments[0].name, "Old news.eml");
+        assert_eq!(mail.attachments[0].content_type, "message/rfc822");
+        let size = mail.attachments[0].size;
+        assert!((50..70).contains(&size), "{size}");
+    }
+
+    #[test]
+    fn no_from_is_an_error() {
+        let raw = crlf("To: bob@example.net\nSubject: hi\n\nbody\n");
+        assert_eq!(parse_mail(&raw), Err(IncomingError::NoFromAddress));
+        let raw = crlf("From: undisclosed-recipients:;\nSubject: hi\n\nbody\n");
+        assert_eq!(parse_mail(&raw), Err(IncomingError::NoFromAddress));
+        let raw = crlf("From: Just A Name\n\nbody\n");
+        assert_eq!(parse_mail(&raw), Err(IncomingError::NoFromAddress));
+        assert_eq!(
+            IncomingError::NoFromAddress.to_string(),
+            "the mail has no usable From address"
+        );
+    }
+
+    #[test]
+    fn empty_and_garbage_input() {
+        assert_eq!(parse_mail(b""), Err(IncomingError::NoFromAddress));
+        assert_eq!(parse_mail(b"\r\n\r\n"), Err(IncomingError::NoFromAddress));
+        let garbage: Vec<u8> = (0..4096u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1]).collect();
+        assert!(parse_mail(&garbage).is_err());
+        let mut with_from = b"From: x@example.org\r\n\r\n".to_vec();
+        with_from.extend_from_slice(&garbage);
+        let mail = parse_mail(&with_from).unwrap();
+        assert!(mail.body.chars().all(|c| !c.is_control() || c == '\n' || c == '\t'));
+    }
+
+    #[test]
+    fn a_one_megabyte_body_is_truncated() {
+        let line = "0123456789abcdefghijklmnopqrstuvwxyzé\n"; // 38 characters
+        let text = line.repeat(1_000_000 / line.len());
+        let total = text.trim_end().chars().count();
+        let raw = format!("From: big@example.org\nContent-Type: text/plain; charset=utf-8\n\n{text}");
+        let mail = parse(&raw);
+        assert!(mail.body.chars().count() <= MAX_BODY_CHARS);
+        assert!(mail.body.chars().count() > MAX_BODY_CHARS - 40);
+        assert!(text.starts_with(&mail.body));
+        assert_eq!(mail.notes, vec![format!("[message truncated: {total} characters in all]")]);
+        assert!(render_body(&mail).ends_with(&format!("[message truncated: {total} characters in all]")));
+    }
+
+    #[test]
+    fn truncation_cuts_on_a_char_boundary() {
+        let text = "€".repeat(MAX_BODY_CHARS + 5);
+        let mail = parse(&format!("From: a@example.org\nContent-Type: text/plain; charset=utf-8\n\n{text}\n"));
+        assert_eq!(mail.body.chars().count(), MAX_BODY_CHARS);
+        assert_eq!(mail.notes, vec![format!("[message truncated: {} characters in all]", MAX_BODY_CHARS + 5)]);
+        let exact = "x".repeat(MAX_BODY_CHARS);
+        let mail = parse(&format!("From: a@example.org\n\n{exact}\n"));
+        assert_eq!(mail.body, exact);
+        assert!(mail.notes.is_empty());
+    }
+
+    #[test]
+    fn a_large_html_body_is_converted_and_truncated() {
+        let html = "<p>Some <b>bold</b> words in a paragraph.</p>\n".repeat(25_000); // ~1.1 MB
+        let mail = parse(&format!("From: a@example.org\nContent-Type: text/html\n\n{html}"));
+        assert!(mail.body.starts_with("Some bold words in a paragraph."), "{}", &mail.body[..100]);
+        assert!(mail.body.chars().count() <= MAX_BODY_CHARS);
+        assert_eq!(mail.notes.len(), 1);
+        assert!(mail.notes[0].starts_with("[message truncated: "), "{:?}", mail.notes);
+    }
+
+    #[test]
+    fn deeply_nested_multiparts() {
+        let depth = 2_000;
+        let mut raw = String::from("From: deep@example.org\n");
+        for i in 0..depth {
+            write!(raw, "Content-Type: multipart/mixed; boundary=\"b{i}\"\n\n--b{i}\n").unwrap();
+        }
+        raw.push_str("Content-Type: text/plain\n\nAt the bottom.\n");
+        for i in (0..depth).rev() {
+            writeln!(raw, "--b{i}--").unwrap();
+        }
+        let mail = parse(&raw);
+        assert_eq!(mail.body, "At the bottom.");
+
+        // The same, never closed.
+        let mut raw = String::from("From: deep@example.org\n");
+        for i in 0..depth {
+            write!(raw, "Content-Type: multipart/mixed; boundary=\"b{i}\"\n\n--b{i}\n").unwrap();
+        }
+        raw.push_str("Content-Type: text/plain\n\nAt the bottom.\n");
+        assert_eq!(parse(&raw).body, "At the bottom.");
+    }
+
+    #[test]
+    fn deeply_nested_messages_and_html() {
+        let mut raw = String::from("From: deep@example.org\nContent-Type: multipart/mixed; boundary=top\n\n--top\nContent-Type: text/plain\n\ntop\n--top\n");
+        for _ in 0..200 {
+            raw.push_str("Content-Type: message/rfc822\n\nFrom: inner@example.org\n");
+        }
+        raw.push_str("\ninnermost\n--top--\n");
+        let mail = parse(&raw);
+        assert_eq!(mail.body, "top");
+        assert_eq!(mail.attachments.len(), 1);
+
+        let html = format!("{}deep{}", "<div><span>".repeat(5_000), "</span></div>".repeat(5_000));
+        let mail = parse(&format!("From: a@example.org\nContent-Type: text/html\n\n{html}\n"));
+        assert_eq!(mail.body.trim(), "deep");
+    }
+
+    #[test]
+    fn malformed_mime_keeps_the_text_with_a_note() {
+        // A multipart whose boundary never comes, and a base64 part that is not base64.
+        let mail = parse(
+            "From: broken@example.org\n\
+             Content-Type: multipart/mixed; boundary=\"nowhere\"\n\
+             \n\
+             Some text before any boundary.\n",
+        );
+        assert!(mail.body.contains("Some text before any boundary."), "{mail:?}");
+        let mail = parse(
+            "From: broken@example.org\n\
+             Content-Type: text/plain; charset=utf-8\n\
+             Content-Transfer-Encoding: base64\n\
+             \n\
+             This is !!! not base64 at all.\n",
+        );
+        assert!(mail.body.contains("not base64"), "{mail:?}");
+        assert_eq!(mail.notes, vec![MALFORMED_NOTE.to_owned()]);
+    }
+
+    #[test]
+    fn a_panic_in_the_mime_parser_is_caught() {
+        // mail-parser 0.11 trips a debug assertion on this (found by fuzzing): in debug
+        // builds the headers are read again and the rest shown as it came.
+        let raw = "From: A <a@Example.org>\r\n\
+                   Subject: digest\r\n\
+                   Content-Type: multipart/digest; boundary=c\r\n\
+                   Content-Transfer-Encoding: base64\r\n\
+                   Content-Transfer-Encoding: base64\r\n\
+                   \r\n\
+                   --c\r\n--b\r\n\r\n\
+                   Content-Type: message/rfc822\r\n\r\n\
+                   Content-Type: text/html; charset=iso-8859-1\r\n\r\n\
+                   --c--";
+        let mail = parse_mail(raw.as_bytes()).unwrap();
+        assert_eq!(mail.from, "a@example.org");
+        assert_eq!(mail.subject.as_deref(), Some("digest"));
+        if cfg!(debug_assertions) {
+            assert_eq!(mail.notes, vec![MALFORMED_NOTE.to_owned()]);
+            assert!(mail.body.starts_with("--c\n--b\n\nContent-Type: message/rfc822"), "{}", mail.body);
+            assert!(mail.body.ends_with("--c--"), "{}", mail.body);
+        }
+    }
+
+    #[test]
+    fn raw_body_starts_after_the_first_empty_line() {
+        assert_eq!(raw_body(b"A: b\r\n\r\nbody\r\n\r\nmore"), b"body\r\n\r\nmore");
+        assert_eq!(raw_body(b"A: b\n\nbody"), b"body");
+        assert_eq!(raw_body(b"A: b\r\n"), b"");
+    }
+
+    #[test]
+    fn controls_never_reach_xmpp() {
+        let mut raw = crlf("From: \"Ev\x01il\" <evil@example.org>\nSubject: =?utf-8?Q?a=0D=0Ab=00c?=\nContent-Type: text/plain; charset=utf-8\n\n");
+        raw.extend_from_slice(b"one\x00two\x1bthree\rfour\xef\xbf\xbefive\tsix\r\n");
+        let mail = parse_mail(&raw).unwrap();
+        assert_eq!(mail.subject.as_deref(), Some("a b c"));
+        assert_eq!(mail.from_name.as_deref(), Some("Ev il"));
+        assert_eq!(mail.body, "onetwothree\nfourfive\tsix");
+    }
+
+    #[test]
+    fn from_picks_the_first_usable_address() {
+        let mail = parse("From: \"x@y\" <Bob@MAIL.Example.NET>, carol@example.org\n\nhi\n");
+        assert_eq!(mail.from, "Bob@mail.example.net");
+        assert_eq!(mail.from_name.as_deref(), Some("x@y"));
+        let mail = parse("From: Friends: Dave <dave@EXAMPLE.org>;\n\nhi\n");
+        assert_eq!(mail.from, "dave@example.org");
+    }
+
+    #[test]
+    fn many_attachments_and_long_names_are_capped() {
+        let mut raw = String::from("From: spam@example.org\nContent-Type: multipart/mixed; boundary=z\n\n--z\n\nhi\n");
+        for i in 0..MAX_ATTACHMENTS + 7 {
+            write!(raw, "--z\nContent-Type: application/octet-stream; name=f{i}\n\nx\n").unwrap();
+        }
+        raw.push_str("--z--\n");
+        let mail = parse(&raw);
+        assert_eq!(mail.body, "hi");
+        assert_eq!(mail.attachments.len(), MAX_ATTACHMENTS);
+        assert_eq!(mail.attachments[0].name, "f0");
+        assert_eq!(mail.notes, vec!["[and 7 more attachments]".to_owned()]);
+
+        let long = "é".repeat(5_000);
+        let mail = parse(&format!("From: a@example.org\nSubject: {long}\n\nx\n"));
+        let subject = mail.subject.unwrap();
+        assert_eq!(subject.chars().count(), MAX_LINE_CHARS + 1);
+        assert!(subject.ends_with("é…"));
+    }
+
+    #[test]
+    fn attachment_only_mail() {
+        let mail = parse(
+            "From: scanner@example.org\n\
+             Content-Type: application/pdf; name=scan.pdf\n\
+             Content-Transfer-Encoding: base64\n\
+             \n\
+             JVBERi0xLjQK\n",
+        );
+        assert_eq!(mail.body, "");
+        assert_eq!(render_body(&mail), "[attachment: scan.pdf (application/pdf, 9 B)]");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = parse_mail(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_mime_soup(
+            pieces in proptest::collection::vec(prop_oneof![
+                Just("From: a@example.org\r\n".to_owned()),
+                Just("Content-Type: multipart/mixed; boundary=b\r\n".to_owned()),
+                Just("Content-Type: multipart/alternative; boundary=c\r\n".to_owned()),
+                Just("Content-Type: multipart/digest; boundary=c\r\n".to_owned()),
+                Just("Content-Type: message/rfc822\r\n".to_owned()),
+                Just("Content-Type: text/html; charset=iso-8859-1\r\n".to_owned()),
+                Just("Content-Transfer-Encoding: base64\r\n".to_owned()),
+                Just("Content-Transfer-Encoding: quoted-printable\r\n".to_owned()),
+                Just("Content-Disposition: attachment; filename*0*=utf-8''%E2; filename*1=x\r\n".to_owned()),
+                Just("\r\n".to_owned()),
+                Just("--b\r\n".to_owned()),
+                Just("--b--\r\n".to_owned()),
+                Just("--c\r\n".to_owned()),
+                Just("--c--".to_owned()),
+                Just("=E2=82\r\n".to_owned()),
+                Just("<p><table><tr><td>x".to_owned()),
+                "[ -~]{0,20}\r\n",
+            ], 0..40)
+        ) {
+            let raw = pieces.concat();
+            if let Ok(mail) = parse_mail(raw.as_bytes()) {
+                prop_assert!(mail.body.chars().count() <= MAX_BODY_CHARS);
+                let shown = render_body(&mail);
+                prop_assert!(shown.chars().all(|c| c == '\n' || c == '\t' || (c >= ' ' && c != '\x7f')));
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! One user's email session: the IMAP watcher runs as its own task, and this task sends
+//! the user's messages as mails through a durable outbox, retrying temporary failures.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bridge_core::model::{Command, Event, FailureKind, Message, Peer, SessionKey};
+use bridge_core::{BridgeStore, EventSink, SessionEvent};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{info, warn, Instrument};
+
+use crate::imap::Watcher;
+use crate::outgoing::{self, OutgoingMail};
+use crate::settings::{Account, EmailSettings};
+use crate::smtp::{self, Transport};
+
+/// Prefix of outbox keys in the bridge store.
+const OUTBOX: &str = "outbox/";
+/// First and last retry delays of the outbox.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(600);
+
+/// A mail accepted from the user and not yet accepted by their SMTP server. Stored
+/// formatted, so a retry after a restart sends the very same bytes (same Message-ID).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OutboxEntry {
+    /// Envelope sender.
+    from: String,
+    /// Envelope recipient.
+    to: String,
+    /// The formatted message.
+    raw: Vec<u8>,
+}
+
+/// The session of one user's mail account.
+pub struct EmailSession {
+    /// Whose session: the tag of every event.
+    key: SessionKey,
+    /// The account, with its servers resolved.
+    account: Account,
+    /// Bridge-wide settings.
+    settings: Arc<EmailSettings>,
+    /// Durable outbox and IMAP checkpoint.
+    store: Arc<dyn BridgeStore>,
+    /// Events to the gateway.
+    events: EventSink,
+    /// Commands from the gateway.
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl EmailSession {
+    /// A session; run it with [`EmailSession::run`].
+    pub fn new(
+        key: SessionKey,
+        account: Account,
+        settings: Arc<EmailSettings>,
+        store: Arc<dyn BridgeStore>,
+        events: EventSink,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
+        EmailSession { key, account, settings, store, events, commands }
+    }
+
+    /// Runs until shut down.
+    pub async fn run(mut self) {
+        let (stop, stopped) = oneshot::channel();
+        let watcher = Watcher {
+            key: self.key.clone(),
+            account: self.account.clone(),
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            events: self.events.clone(),
+        };
+        let watching = tokio::spawn(watcher.run(stopped).in_current_span());
+        let transport = match smtp::transport(&self.account, &self.settings) {
+            Ok(transport) => Some(transport),
+            Err(error) => {
+                warn!(%error, "no SMTP transport");
+                None
+            }
+        };
+        let mut retry_delay = RETRY_FIRST;
+        // Mail left in the outbox by an earlier run goes first.
+        let mut retry_at = Some(Instant::now());
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    None | Some(Command::Shutdown { .. }) => break,
+                    Some(Command::Send(message)) => {
+                        if self.enqueue(message).await {
+                            retry_at = Some(Instant::now());
+                        }
+                    }
+                    Some(_) => {}
+                },
+                () = sleep_until_opt(retry_at) => {
+                    retry_at = match &transport {
+                        Some(transport) if !self.flush_outbox(transport).await => {
+                            let at = Instant::now() + retry_delay;
+                            retry_delay = (retry_delay * 2).min(RETRY_MAX);
+                            Some(at)
+                        }
+                        _ => {
+                            retry_delay = RETRY_FIRST;
+                            None
+                        }
+                    };
+                }
+            }
+        }
+        let _ = stop.send(());
+        let _ = watching.await;
+        let _ = self.events.send(SessionEvent { key: self.key.clone(), event: Event::Ended { reason: "session closed".into() } }).await;
+    }
+
+    async fn fail(&self, peer: Peer, kind: FailureKind, text: String) {
+        let event = Event::Failure { peer: Some(peer), kind, text };
+        let _ = self.events.send(SessionEvent { key: self.key.clone(), event }).await;
+    }
+
+    /// Turns a message into a mail in the outbox; false if it was refused at once.
+    async fn enqueue(&self, message: Message) -> bool {
+        let Peer::EmailAddress(to) = &message.peer else { return false };
+        let domain = self.account.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost");
+        let mail = OutgoingMail {
+            from: self.account.address.clone(),
+            to: to.clone(),
+            subject: message.subject.clone().unwrap_or_else(|| self.settings.default_subject.clone()),
+            body: message.body.clone(),
+            in_reply_to: message.thread.as_deref().and_then(as_message_id),
+            references: message.thread.as_deref().and_then(as_message_id).into_iter().collect(),
+            message_id: outgoing::new_message_id(domain),
+        };
+        let built = match outgoing::build(&mail, SystemTime::now()) {
+            Ok(built) => built,
+            Err(error) => {
+                self.fail(message.peer.clone(), FailureKind::NotAcceptable, error.to_string()).await;
+                return false;
+            }
+        };
+        let entry = OutboxEntry { from: mail.from.clone(), to: mail.to.clone(), raw: built.formatted() };
+        let key = format!(
+            "{OUTBOX}{:020}-{:08x}",
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+            fastrand::u32(..)
+        );
+        let saved = serde_json::to_vec(&entry)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| self.store.save(&self.key.user, &key, &bytes).map_err(|e| e.to_string()));
+        if let Err(error) = saved {
+            let text = format!("the gateway could not queue the mail: {error}");
+            self.fail(message.peer.clone(), FailureKind::Unavailable, text).await;
+            return false;
+        }
+        true
+    }
+
+    /// Sends every queued mail in order; true when the outbox is empty afterwards (or
+    /// only held mail the server refused for good, which is reported and dropped).
+    async fn flush_outbox(&self, transport: &Transport) -> bool {
+        let entries = match self.store.list(&self.key.user, OUTBOX) {
+            Ok(entries) => entries,
+            Err(error) => {
+                warn!(%error, "cannot read the outbox");
+                return false;
+            }
+        };
+        for (key, bytes) in entries {
+            let Ok(entry) = serde_json::from_slice::<OutboxEntry>(&bytes) else {
+                warn!(%key, "dropping an unreadable outbox entry");
+                let _ = self.store.delete(&self.key.user, &key);
+                continue;
+            };
+            let envelope = match (entry.from.parse(), entry.to.parse()) {
+                (Ok(from), Ok(to)) => lettre::address::Envelope::new(Some(from), vec![to]),
+                _ => Err(lettre::error::Error::MissingTo),
+            };
+            let result = match envelope {
+                Ok(envelope) => smtp::send(transport, &envelope, &entry.raw).await,
+                Err(error) => Err(smtp::SendError { permanent: true, text: error.to_string() }),
+            };
+            match result {
+                Ok(()) => {
+                    info!(to = %entry.to, "mail sent");
+                    let _ = self.store.delete(&self.key.user, &key);
+                }
+                Err(error) if error.permanent => {
+                    warn!(to = %entry.to, %error, "mail refused");
+                    let _ = self.store.delete(&self.key.user, &key);
+                    let text = format!("your mail server refused the mail: {}", error.text);
+                    self.fail(Peer::EmailAddress(entry.to.clone()), FailureKind::NotAcceptable, text).await;
+                }
+                Err(error) => {
+                    warn!(to = %entry.to, %error, "mail not sent yet; will retry");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// A thread id usable as a Message-ID reference: ids that came from mail look like
+/// `local@domain`; a client's own random thread id is no mail's id and starts a new thread.
+fn as_message_id(thread: &str) -> Option<String> {
+    let valid = thread.contains('@')
+        && thread.len() <= 250
+        && thread.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'"' | b'\\' | b','));
+    valid.then(|| thread.to_owned())
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_mail_ids_become_references() {
+        assert_eq!(as_message_id("abc.123@example.org").as_deref(), Some("abc.123@example.org"));
+        for thread in ["e4c1-77ab", "a b@c", "<x@y>", "x@y\r\nBcc: z", "", "é@x"] {
+            assert_eq!(as_message_id(thread), None, "{thread:?}");
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Where a user's mail lives and how to reach it: the account, its servers, and the
+//! bridge-wide settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bridge_core::Secret;
+
+/// Transport security of a mail connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Implicit TLS from the first byte.
+    Tls,
+    /// Plain connection upgraded with STARTTLS (required, never optional).
+    Starttls,
+    /// No encryption: only where the administrator's configuration says so.
+    Plain,
+}
+
+/// A server: host, port, security.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or IP address (also the name the certificate must carry).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// How the connection is secured.
+    pub security: Security,
+}
+
+impl Endpoint {
+    /// Reads `host:port`, with the security the port conventionally implies (993 and 465
+    /// implicit TLS, otherwise STARTTLS) unless given.
+    pub fn parse(value: &str, security: Option<Security>) -> Option<Endpoint> {
+        let (host, port) = value.rsplit_once(':')?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+        if host.is_empty() {
+            return None;
+        }
+        let security = security.unwrap_or(if port == 993 || port == 465 { Security::Tls } else { Security::Starttls });
+        Some(Endpoint { host: host.to_owned(), port, security })
+    }
+}
+
+/// Servers preset for an email domain by the administrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    /// IMAP server.
+    pub imap: Endpoint,
+    /// SMTP submission server.
+    pub smtp: Endpoint,
+}
+
+/// One user's mail account, resolved from their registration and the presets.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The address: the From of every mail sent.
+    pub address: String,
+    /// IMAP/SMTP login (the address unless the user gave another).
+    pub login: String,
+    /// IMAP/SMTP password.
+    pub password: Secret,
+    /// Where mail is read.
+    pub imap: Endpoint,
+    /// Where mail is sent.
+    pub smtp: Endpoint,
+}
+
+/// Settings of the whole email bridge.
+#[derive(Debug, Clone)]
+pub struct EmailSettings {
+    /// Subject of mails written without one.
+    pub default_subject: String,
+    /// Extra CA certificate to trust (besides webpki roots) for IMAP and SMTP.
+    pub ca_file: Option<PathBuf>,
+    /// How often to poll when the server has no IDLE.
+    pub poll_interval: Duration,
+    /// How long one IDLE may last before it is re-issued (RFC 2177: under 29 minutes).
+    pub idle_timeout: Duration,
+}
+
+impl Default for EmailSettings {
+    fn default() -> Self {
+        EmailSettings {
+            default_subject: "(no subject)".into(),
+            ca_file: None,
+            poll_interval: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(25 * 60),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_imply_security_from_the_port() {
+        assert_eq!(Endpoint::parse("imap.x.org:993", None).unwrap().security, Security::Tls);
+        assert_eq!(Endpoint::parse("smtp.x.org:587", None).unwrap().security, Security::Starttls);
+        assert_eq!(Endpoint::parse("127.0.0.1:1143", Some(Security::Plain)).unwrap().security, Security::Plain);
+        assert!(Endpoint::parse("nope", None).is_none());
+        assert!(Endpoint::parse(":25", None).is_none());
+        assert!(Endpoint::parse("x:0", None).is_none());
+    }
+}

@@ -1,0 +1,140 @@
+//! TCP and TLS connections for the bridges: TCP_NODELAY always, TLS always verified
+//! (webpki roots plus an optional extra CA file), and a [`Stream`] that is either, so that
+//! a plain connection can be upgraded in place (STARTTLS).
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP failed.
+    #[error("cannot connect to {host}:{port}: {source}")]
+    Tcp {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Cause.
+        source: io::Error,
+    },
+    /// TLS set-up or handshake failed (an unverifiable certificate included).
+    #[error("TLS with {host}:{port} failed: {source}")]
+    Tls {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+/// A plain or TLS stream.
+pub enum Stream {
+    /// Plain TCP, where the configuration says so (or before STARTTLS).
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Plain(_) => "Stream::Plain",
+            Stream::Tls(_) => "Stream::Tls",
+        })
+    }
+}
+
+/// Opens TCP to `host:port`, with TCP_NODELAY (small chat lines must not wait for Nagle).
+pub async fn connect_tcp(host: &str, port: u16) -> Result<Stream, ConnectError> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|source| ConnectError::Tcp { host: host.to_owned(), port, source })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(Stream::Plain(tcp))
+}
+
+/// Opens TCP then TLS to `host:port`, verifying the certificate for `host`.
+pub async fn connect_tls(host: &str, port: u16, ca_file: Option<&Path>) -> Result<Stream, ConnectError> {
+    connect_tcp(host, port).await?.upgrade(host, port, ca_file).await
+}
+
+impl Stream {
+    /// Starts TLS on a plain stream (implicit TLS right after connecting, or after a
+    /// STARTTLS exchange); a TLS stream is returned as it is.
+    pub async fn upgrade(self, host: &str, port: u16, ca_file: Option<&Path>) -> Result<Stream, ConnectError> {
+        let tcp = match self {
+            Stream::Plain(tcp) => tcp,
+            tls => return Ok(tls),
+        };
+        let tls_error = |source| ConnectError::Tls { host: host.to_owned(), port, source };
+        let config = client_config(ca_file).map_err(tls_error)?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| tls_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(tls_error)?;
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+}
+
+/// The TLS client configuration: webpki roots plus the certificates of `ca_file`.
+/// Verification is never turned off.
+pub fn client_config(ca_file: Option<&Path>) -> io::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("reading CA file {}: {e}", path.display())))?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots
+                .add(cert?)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("CA file {}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

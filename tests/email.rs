@@ -1,0 +1,280 @@
+//! The email bridge against real Postfix + Dovecot and a real Prosody: registration with
+//! a real login, mail out with the right headers, mail in pushed by IDLE, threads,
+//! refusals, restarts, header injection, STARTTLS with verification.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use minidom::Element;
+use support::mail::MailServer;
+use support::*;
+
+const ALICE: &str = "alice@example.test";
+const BOB: &str = "bob@example.test";
+
+/// `bob\40example.test@gw.localhost`
+fn email_jid(address: &str) -> String {
+    format!("{}@{GW}", address.replace('@', "\\40"))
+}
+
+fn body(stanza: &Element) -> Option<String> {
+    stanza.get_child("body", NS_CLIENT).map(|b| b.text())
+}
+
+fn child_text(stanza: &Element, name: &str) -> Option<String> {
+    stanza.get_child(name, NS_CLIENT).map(|b| b.text())
+}
+
+struct Setup {
+    server: XmppServer,
+    mail: MailServer,
+    gateway: Gateway,
+}
+
+fn setup(starttls: bool) -> Setup {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let mail = MailServer::start();
+    mail.add_user(ALICE, "alice-mail-pw");
+    mail.add_user(BOB, "bob-mail-pw");
+    let gateway = Gateway::start_mail(&server, &mail, starttls);
+    Setup { server, mail, gateway }
+}
+
+/// Logs alice in and registers her mail account.
+async fn alice_registered(s: &Setup) -> Client {
+    let mut alice = s.server.client("alice", "localhost").await;
+    let set = alice.iq("set", &register_form(&[("email_address", ALICE), ("email_password", "alice-mail-pw")])).await;
+    assert_eq!(set.attr("type"), Some("result"), "{set:?}\n{}", s.gateway.log_text());
+    alice
+}
+
+/// Header `name` of a raw mail (first occurrence, unfolded).
+fn header(raw: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().replace("\r\n ", " ").replace("\r\n\t", " ");
+    head.lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
+}
+
+fn headers_named(raw: &[u8], name: &str) -> usize {
+    let text = String::from_utf8_lossy(raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    head.lines().filter(|l| l.split_once(':').is_some_and(|(k, _)| k.eq_ignore_ascii_case(name))).count()
+}
+
+/// A plain mail from bob to alice.
+fn mail_from_bob(subject: &str, extra_headers: &str, content_type: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Bob <{BOB}>\r\nTo: {ALICE}\r\nSubject: {subject}\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <{}@example.test>\r\nMIME-Version: 1.0\r\n{extra_headers}Content-Type: {content_type}\r\n\r\n{body}\r\n",
+        fastrand_id()
+    )
+    .into_bytes()
+}
+
+/// A Message-ID local part unique within the test run.
+fn fastrand_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("t{nanos:x}.{}.{n}", std::process::id())
+}
+
+#[tokio::test]
+async fn registration_checks_the_credentials_with_a_real_login() {
+    let s = setup(false);
+    let mut alice = s.server.client("alice", "localhost").await;
+    let wrong = alice.iq("set", &register_form(&[("email_address", ALICE), ("email_password", "wrong")])).await;
+    assert_eq!(error_condition(&wrong).as_deref(), Some("not-acceptable"), "{wrong:?}");
+    assert!(error_text(&wrong).contains("email_password"), "{}", error_text(&wrong));
+    let back = alice.iq("get", "<query xmlns='jabber:iq:register'/>").await;
+    assert!(!back.get_child("query", "jabber:iq:register").unwrap().has_child("registered", "jabber:iq:register"));
+
+    let right = alice.iq("set", &register_form(&[("email_address", ALICE), ("email_password", "alice-mail-pw")])).await;
+    assert_eq!(right.attr("type"), Some("result"), "{right:?}");
+    let back = alice.iq("get", "<query xmlns='jabber:iq:register'/>").await;
+    assert_eq!(form_value(back.get_child("query", "jabber:iq:register").unwrap(), "email_address").as_deref(), Some(ALICE));
+    assert!(!s.gateway.log_text().contains("alice-mail-pw"), "the password leaked into the log");
+}
+
+#[tokio::test]
+async fn a_message_out_arrives_as_a_mail_with_the_right_headers() {
+    let s = setup(false);
+    let mut alice = alice_registered(&s).await;
+    alice
+        .send_raw(&format!(
+            "<message to='{}' type='chat'><subject>Lunch?</subject><body>Shall we meet at 12:30?\nÀ bientôt</body></message>",
+            email_jid(BOB)
+        ))
+        .await;
+    let mails = s.mail.wait_inbox(BOB, "bob-mail-pw", 1, Duration::from_secs(20));
+    let raw = &mails[0];
+    assert!(header(raw, "From").unwrap().contains(ALICE), "{}", String::from_utf8_lossy(raw));
+    assert!(header(raw, "To").unwrap().contains(BOB));
+    assert_eq!(header(raw, "Subject").as_deref(), Some("Lunch?"));
+    assert!(header(raw, "Date").is_some() && header(raw, "Message-ID").is_some());
+    assert!(header(raw, "Content-Type").unwrap().to_ascii_lowercase().contains("text/plain"));
+    let text = String::from_utf8_lossy(raw);
+    assert!(text.contains("12:30"), "{text}");
+
+    // Without a subject: the configured default.
+    alice.send_raw(&format!("<message to='{}' type='chat'><body>no subject here</body></message>", email_jid(BOB))).await;
+    let mails = s.mail.wait_inbox(BOB, "bob-mail-pw", 2, Duration::from_secs(20));
+    assert_eq!(header(&mails[1], "Subject").as_deref(), Some("(no subject)"));
+}
+
+#[tokio::test]
+async fn mail_in_arrives_as_messages_plain_html_latin1_and_with_attachments() {
+    let s = setup(false);
+    let mut alice = alice_registered(&s).await;
+    // Let the IDLE session start before the first mail.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("Plain one", "", "text/plain; charset=utf-8", "Hello Alice, plain text."));
+    let m = alice.wait_for("the plain mail", |e| body(e).is_some_and(|b| b.contains("plain text."))).await;
+    let latency = started.elapsed();
+    assert_eq!(m.attr("from"), Some(email_jid(BOB).as_str()));
+    assert_eq!(child_text(&m, "subject").as_deref(), Some("Plain one"));
+    assert!(m.get_child("thread", NS_CLIENT).is_some(), "a thread id from Message-ID");
+    eprintln!("figures: SMTP submission to XMPP message {latency:?} (Dovecot adds about 0.5 s)");
+
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("Html", "", "text/html; charset=utf-8", "<html><body><p>Rich <b>text</b></p><ul><li>one</li></ul></body></html>"));
+    let m = alice.wait_for("the HTML mail", |e| child_text(e, "subject").as_deref() == Some("Html")).await;
+    let text = body(&m).unwrap();
+    assert!(text.contains("Rich") && text.contains("text") && text.contains("one") && !text.contains("<b>"), "{text}");
+
+    let mut latin1 = mail_from_bob("Latin", "Content-Transfer-Encoding: 8bit\r\n", "text/plain; charset=iso-8859-1", "");
+    latin1.truncate(latin1.len() - 2);
+    latin1.extend_from_slice(b"caf\xe9 cr\xe8me\r\n");
+    s.mail.send_raw(BOB, ALICE, &latin1);
+    let m = alice.wait_for("the Latin-1 mail", |e| child_text(e, "subject").as_deref() == Some("Latin")).await;
+    assert!(body(&m).unwrap().contains("café crème"), "{:?}", body(&m));
+
+    let attachment = "--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee the report.\r\n\
+        --b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"report.pdf\"\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcfsj6IKMSAwIG9iago8PC9UeXBlL0NhdGFsb2c+PgplbmRvYmoK\r\n--b1--";
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("Report", "", "multipart/mixed; boundary=\"b1\"", attachment));
+    let m = alice.wait_for("the mail with an attachment", |e| child_text(e, "subject").as_deref() == Some("Report")).await;
+    let text = body(&m).unwrap();
+    assert!(text.contains("See the report.") && text.contains("report.pdf"), "{text}");
+}
+
+#[tokio::test]
+async fn a_thread_round_trip_stays_in_one_email_thread() {
+    let s = setup(false);
+    let mut alice = alice_registered(&s).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("Plans", "", "text/plain", "What are the plans?"));
+    let m = alice.wait_for("bob's mail", |e| child_text(e, "subject").as_deref() == Some("Plans")).await;
+    let thread = child_text(&m, "thread").expect("a thread");
+    alice
+        .send_raw(&format!(
+            "<message to='{}' type='chat'><subject>Re: Plans</subject><thread>{thread}</thread><body>Dinner at 8.</body></message>",
+            email_jid(BOB)
+        ))
+        .await;
+    let mails = s.mail.wait_inbox(BOB, "bob-mail-pw", 1, Duration::from_secs(20));
+    let reply = &mails[0];
+    assert_eq!(header(reply, "In-Reply-To").as_deref(), Some(format!("<{thread}>").as_str()));
+    assert!(header(reply, "References").unwrap().contains(&thread));
+}
+
+#[tokio::test]
+async fn an_smtp_refusal_is_reported_to_the_sender() {
+    let s = setup(false);
+    let mut alice = alice_registered(&s).await;
+    // An unknown mailbox: Postfix refuses the recipient with a permanent 5xx.
+    alice.send_raw(&format!("<message to='{}' type='chat'><body>hello?</body></message>", email_jid("nobody@example.test"))).await;
+    let error = alice
+        .wait_for("the refusal", |e| e.attr("type") == Some("error") && e.attr("from") == Some(email_jid("nobody@example.test").as_str()))
+        .await;
+    let text = error_text(&error);
+    assert!(text.contains("refused") && text.contains("5"), "{text}");
+}
+
+#[tokio::test]
+async fn a_subject_with_crlf_adds_no_header() {
+    let s = setup(false);
+    let mut alice = alice_registered(&s).await;
+    alice
+        .send_raw(&format!(
+            "<message to='{}' type='chat'><subject>Hi&#13;&#10;Bcc: eve@example.test</subject><body>x</body></message>",
+            email_jid(BOB)
+        ))
+        .await;
+    let mails = s.mail.wait_inbox(BOB, "bob-mail-pw", 1, Duration::from_secs(20));
+    assert_eq!(headers_named(&mails[0], "Bcc"), 0, "{}", String::from_utf8_lossy(&mails[0]));
+    assert_eq!(headers_named(&mails[0], "Subject"), 1);
+    assert!(header(&mails[0], "Subject").unwrap().contains("Bcc: eve"), "the text stays in the subject");
+}
+
+#[tokio::test]
+async fn the_gateway_killed_while_mail_arrives_delivers_each_mail_exactly_once() {
+    let s = setup(false);
+    let mut gateway = s.gateway;
+    let mut alice = s.server.client("alice", "localhost").await;
+    let set = alice.iq("set", &register_form(&[("email_address", ALICE), ("email_password", "alice-mail-pw")])).await;
+    assert_eq!(set.attr("type"), Some("result"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        s.mail.send_raw(BOB, ALICE, &mail_from_bob(&format!("before {i}"), "", "text/plain", "x"));
+    }
+    alice.wait_for("the third mail", |e| child_text(e, "subject").as_deref() == Some("before 2")).await;
+    gateway.kill_9();
+    for i in 0..3 {
+        s.mail.send_raw(BOB, ALICE, &mail_from_bob(&format!("during {i}"), "", "text/plain", "x"));
+    }
+    gateway.spawn();
+    for i in 0..3 {
+        s.mail.send_raw(BOB, ALICE, &mail_from_bob(&format!("after {i}"), "", "text/plain", "x"));
+    }
+    alice.wait_for("the last mail", |e| child_text(e, "subject").as_deref() == Some("after 2")).await;
+    // Anything more would come within a few seconds.
+    let extra = alice.receives_within(Duration::from_secs(3), |e| child_text(e, "subject").is_some()).await;
+    let _ = extra;
+    let subjects = alice.drain_subjects();
+    let mut counts = std::collections::BTreeMap::new();
+    for subject in subjects {
+        *counts.entry(subject).or_insert(0) += 1;
+    }
+    for i in 0..3 {
+        for phase in ["before", "during", "after"] {
+            let n = counts.get(&format!("{phase} {i}")).copied().unwrap_or(0);
+            assert_eq!(n, 1, "{phase} {i} delivered {n} times (counts: {counts:?})");
+        }
+    }
+}
+
+#[tokio::test]
+async fn starttls_with_the_servers_certificate_trusted_as_a_ca() {
+    let s = setup(true);
+    let mut alice = alice_registered(&s).await;
+    alice.send_raw(&format!("<message to='{}' type='chat'><subject>Over TLS</subject><body>secure</body></message>", email_jid(BOB))).await;
+    let mails = s.mail.wait_inbox(BOB, "bob-mail-pw", 1, Duration::from_secs(20));
+    assert_eq!(header(&mails[0], "Subject").as_deref(), Some("Over TLS"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("Back over TLS", "", "text/plain", "also secure"));
+    alice.wait_for("the mail over IMAP STARTTLS", |e| child_text(e, "subject").as_deref() == Some("Back over TLS")).await;
+}
+
+#[tokio::test]
+async fn email_contacts_show_the_accounts_health() {
+    let s = setup(false);
+    let mut alice = alice_registered(&s).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    alice.send_raw(&format!("<presence type='subscribe' to='{}'/>", email_jid(BOB))).await;
+    alice
+        .wait_for("the subscription approval", |e| e.attr("type") == Some("subscribed") && e.attr("from") == Some(email_jid(BOB).as_str()))
+        .await;
+    let available = alice
+        .wait_for("bob available", |e| e.name() == "presence" && e.attr("from") == Some(email_jid(BOB).as_str()) && e.attr("type").is_none())
+        .await;
+    drop(available);
+    s.mail.stop();
+    let gone = alice
+        .wait_for("bob unavailable", |e| e.name() == "presence" && e.attr("from") == Some(email_jid(BOB).as_str()) && e.attr("type") == Some("unavailable"))
+        .await;
+    assert!(child_text(&gone, "status").is_some_and(|t| !t.is_empty()), "a reason: {gone:?}");
+}
