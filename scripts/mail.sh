@@ -32,7 +32,8 @@
 #       Postfix rewrites no headers and adds none except its Received: line (no
 #       Message-ID or Date is added when missing); Dovecot adds Return-Path:,
 #       Delivered-To: and Received: on delivery. Stored mail has LF line ends; IMAP
-#       FETCH returns CRLF.
+#       FETCH returns CRLF. Deliveries run one at a time, so mails submitted one
+#       after the other reach the INBOX (and get UIDs) in that order.
 #   scripts/mail.sh stop DIR
 #       Stops Postfix (TERM to its master, as "postfix -c DIR/postfix stop" does,
 #       KILL after 5 s, then TERM/KILL to anything left in its session) and Dovecot
@@ -47,7 +48,7 @@
 #       password change waits for the next second (up to 1 s) before returning,
 #       because Dovecot stat()s a known passwd-file at most once a second.
 #       Logins: IMAP LOGIN/AUTHENTICATE and SMTP AUTH take the full address and the
-#       password. A failed login is answered after 0.5 s (IMAP) or 1 s (SMTP AUTH);
+#       password. A failed login (IMAP or SMTP AUTH) is answered after about 0.5 s;
 #       Dovecot's growing per-IP auth penalty (up to 15 s) is turned off.
 #   scripts/mail.sh expunge DIR USER@example.test
 #       Deletes every message in the INBOX of that mailbox (doveadm expunge).
@@ -353,6 +354,9 @@ virtual_mailbox_domains = $DOMAIN
 virtual_mailbox_maps = texthash:$dir/vmailbox
 virtual_alias_maps =
 virtual_transport = lmtp:unix:$dir/run/dovecot-lmtp
+# One delivery at a time: mails submitted one after the other reach the INBOX in
+# that order (with the default 20 parallel LMTP deliveries they need not).
+lmtp_destination_concurrency_limit = 1
 
 # Keep what clients send: no header rewriting, no added Message-ID/Date/From.
 local_header_rewrite_clients =
@@ -548,7 +552,7 @@ cmd_start() {
     dpid=$! # -F: no fork, and setsid does not fork here (a job of a non-interactive shell)
     ppid=''
     # Interrupted while waiting: don't leave half-started servers behind.
-    trap 'bash "$SELF" stop "$dir" >/dev/null 2>&1 || true; exit 130' INT TERM HUP
+    trap 'kill_wait "$dpid" 2 >/dev/null 2>&1 || true; bash "$SELF" stop "$dir" >/dev/null 2>&1 || true; exit 130' INT TERM HUP
 
     if ! out=$(postfix -c "$dir/postfix" check </dev/null 2>&1); then
         printf '%s\n' "$out" >&2
@@ -560,8 +564,12 @@ cmd_start() {
     # fails if it cannot bind a port.
     if ! postfix -c "$dir/postfix" start </dev/null >"$dir/log/postfix.out" 2>&1; then
         show_logs "$dir/log/postfix.out" "$dir/log/postfix.log"
+        kill_wait "$dpid" "$STOP_TIMEOUT" >/dev/null 2>&1 || true
         bash "$SELF" stop "$dir" || true
-        die "Postfix did not start (ports $((base + 2))-$((base + 4)) in use? see $dir/log/postfix.log)"
+        if grep -q 'Address already in use' "$dir/log/postfix.log" 2>/dev/null; then
+            die "Postfix could not listen on ports $((base + 2))-$((base + 4)): a port is already in use by another program"
+        fi
+        die "Postfix did not start (see $dir/log/postfix.log)"
     fi
 
     deadline=$((t0 + START_TIMEOUT * 1000))
@@ -570,7 +578,10 @@ cmd_start() {
             wait "$dpid" 2>/dev/null || true
             show_logs "$dir/log/dovecot.out" "$dir/log/dovecot.log"
             bash "$SELF" stop "$dir" || true
-            die "Dovecot exited during start-up (ports $base-$((base + 1)) in use? see $dir/log/dovecot.log)"
+            if grep -q 'Address already in use' "$dir/log/dovecot.log" "$dir/log/dovecot.out" 2>/dev/null; then
+                die "Dovecot could not listen on ports $base-$((base + 1)): a port is already in use by another program"
+            fi
+            die "Dovecot exited during start-up (see $dir/log/dovecot.log)"
         fi
         [ -n "$ppid" ] || ppid=$(postfix_pid "$dir")
         if all_listening "$dpid" "$ppid" "$base"; then

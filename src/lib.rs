@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the bird's-eye view. `main.rs` parses the command line and
 //! calls [`run`]; each module below does one job.
 
+pub mod adhoc;
 pub mod address;
 pub mod backoff;
 pub mod component;

@@ -114,6 +114,16 @@ impl Rooms {
         self.rooms.get_mut(key)
     }
 
+    /// How many rooms are joined, over all users.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Whether no room is joined.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
     /// Adds a room.
     pub fn insert(&mut self, key: RoomKey, room: Room) {
         self.rooms.insert(key, room);

@@ -56,6 +56,11 @@ impl OnlineUsers {
         }
     }
 
+    /// How many users have a resource online.
+    pub fn users(&self) -> usize {
+        self.resources.len()
+    }
+
     /// Whether any resource of `bare` is online.
     pub fn is_online(&self, bare: &str) -> bool {
         self.resources.contains_key(bare)

@@ -28,6 +28,7 @@ const FIELDS: &[(&str, FieldType, &str)] = &[
     ("email_login", FieldType::TextSingle, "Email login, if not the address"),
     ("imap_server", FieldType::TextSingle, "IMAP server host:port, if not preset"),
     ("smtp_server", FieldType::TextSingle, "SMTP server host:port, if not preset"),
+    ("email_mark_seen", FieldType::Boolean, "Mark mail read in the mailbox once delivered here"),
 ];
 
 /// Instructions shown above the form.
@@ -70,6 +71,7 @@ pub fn query_for(record: Option<&UserRecord>) -> Element {
             "email_login" => email.and_then(|e| e.login.clone()),
             "imap_server" => email.and_then(|e| e.imap_server.clone()),
             "smtp_server" => email.and_then(|e| e.smtp_server.clone()),
+            "email_mark_seen" => email.map(|e| if e.mark_seen { "1" } else { "0" }.to_owned()),
             _ => None,
         }
     };
@@ -192,14 +194,20 @@ pub fn apply(
                 return Err(field_error("smtp_server", format!("required: there is no preset for {domain}")));
             }
         }
+        let mark_seen = match get("email_mark_seen") {
+            None | Some("0" | "false") => false,
+            Some("1" | "true") => true,
+            Some(other) => return Err(field_error("email_mark_seen", format!("{other:?} is not a boolean (0, 1, false, true)"))),
+        };
         record.email = Some(EmailAccount {
             address,
             password,
             login: get("email_login").map(str::to_owned),
             imap_server,
             smtp_server,
+            mark_seen,
         });
-    } else if let Some(var) = ["email_password", "email_login", "imap_server", "smtp_server"]
+    } else if let Some(var) = ["email_password", "email_login", "imap_server", "smtp_server", "email_mark_seen"]
         .into_iter()
         .find(|v| get(v).is_some())
     {
@@ -259,6 +267,7 @@ mod tests {
                 login: None,
                 imap_server: None,
                 smtp_server: None,
+                mark_seen: false,
             }),
         };
         let q = query_for(Some(&record));

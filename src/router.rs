@@ -21,6 +21,7 @@ use xmpp_parsers::stanza_error::DefinedCondition;
 
 use crate::address::{self, Address};
 use crate::config::Config;
+use crate::adhoc;
 use crate::disco;
 use crate::muc::{self, room_key, Room, Rooms};
 use crate::presence::{Change, OnlineUsers};
@@ -92,6 +93,8 @@ pub enum RouterTask {
         existed: bool,
         /// The outcome of the login.
         check: Result<(), String>,
+        /// The result payload (an ad-hoc command's completion), if any.
+        done: Option<Element>,
     },
 }
 
@@ -208,6 +211,12 @@ impl Router {
         let gateway = matches!(envelope.target, Address::Gateway);
         let answer: Result<Option<Element>, disco::Refusal> = match (is_get, ns.as_str()) {
             (true, disco::NS_DISCO_INFO) => disco::info(&envelope.target, node).map(|r| Some(r.into())),
+            (true, disco::NS_DISCO_ITEMS) if gateway && node == Some(disco::NS_COMMANDS) => {
+                let is_admin = self.is_admin(&envelope.user);
+                let items = adhoc::items(&self.gateway_jid(), is_admin);
+                Ok(Some(xmpp_parsers::disco::DiscoItemsResult { node: node.map(str::to_owned), items, rsm: None }.into()))
+            }
+            (false, disco::NS_COMMANDS) if gateway => return self.handle_command(&payload, &envelope, &stanza).await,
             (true, disco::NS_DISCO_ITEMS) => {
                 Ok(Some(disco::items(&envelope.target, node, &self.gateway, &self.config).into()))
             }
@@ -227,22 +236,85 @@ impl Router {
         }
     }
 
+    /// XEP-0050: the settings command and the administrators' status.
+    async fn handle_command(&mut self, command: &Element, envelope: &Envelope, stanza: &Element) {
+        let request = match adhoc::parse(command) {
+            Ok(request) => request,
+            Err((condition, text)) => return self.refuse(stanza, condition, &text).await,
+        };
+        let user = envelope.user.clone();
+        match request {
+            adhoc::Request::Cancel { node, session } => self.reply(stanza, Some(adhoc::canceled(&node, &session))).await,
+            adhoc::Request::Execute { node } if node == adhoc::NODE_CONFIGURE => {
+                let record = match self.store.user(&user) {
+                    Ok(record) => record,
+                    Err(error) => {
+                        let (condition, text) = internal(error);
+                        return self.refuse(stanza, condition, &text).await;
+                    }
+                };
+                let query = registration::query_for(record.as_ref());
+                let Some(form) = query.get_child("x", "jabber:x:data").cloned() else { return };
+                let session = format!("{:016x}", fastrand::u64(..));
+                self.reply(stanza, Some(adhoc::executing(&node, &session, form))).await;
+            }
+            adhoc::Request::Complete { node, session, form } if node == adhoc::NODE_CONFIGURE => {
+                let query = Element::builder("query", NS_REGISTER).append(form).build();
+                let done = adhoc::completed(&node, &session, "Settings saved.", None);
+                match self.register(false, &query, envelope, stanza, Some(done)).await {
+                    Ok(Some(payload)) => self.reply(stanza, payload).await,
+                    Ok(None) => {}
+                    Err((condition, text)) => self.refuse(stanza, condition, &text).await,
+                }
+            }
+            adhoc::Request::Execute { node } if node == adhoc::NODE_STATUS => {
+                if !self.is_admin(&user) {
+                    return self.refuse(stanza, DefinedCondition::Forbidden, "only the gateway's administrators may see its status").await;
+                }
+                let status = adhoc::Status {
+                    registered: self.store.user_jids().map(|u| u.len()).unwrap_or(0),
+                    online: self.online.users(),
+                    sessions: self.sessions.len(),
+                    rooms: self.rooms.len(),
+                };
+                let session = format!("{:016x}", fastrand::u64(..));
+                let done = adhoc::completed(&node, &session, "Gateway status", Some(adhoc::status_form(status)));
+                self.reply(stanza, Some(done)).await;
+            }
+            adhoc::Request::Execute { node } | adhoc::Request::Complete { node, .. } => {
+                self.refuse(stanza, DefinedCondition::ItemNotFound, &format!("no command {node:?}")).await;
+            }
+        }
+    }
+
+    /// Whether `user` (a bare JID) is one of the configured administrators.
+    fn is_admin(&self, user: &str) -> bool {
+        self.config.registration.admins.iter().any(|a| a.eq_ignore_ascii_case(user))
+    }
+
+    fn gateway_jid(&self) -> Jid {
+        self.gateway.parse().unwrap_or_else(|_| Jid::new("invalid").expect("a literal domain"))
+    }
+
     /// XEP-0077: answers `stanza` itself, at once or after a credential check.
     async fn handle_register(&mut self, is_get: bool, query: &Element, envelope: &Envelope, stanza: &Element) {
-        match self.register(is_get, query, envelope, stanza).await {
+        match self.register(is_get, query, envelope, stanza, None).await {
             Ok(Some(payload)) => self.reply(stanza, payload).await,
             Ok(None) => {}
             Err((condition, text)) => self.refuse(stanza, condition, &text).await,
         }
     }
 
-    /// `Ok(Some(payload))`: answer now; `Ok(None)`: answered already or later.
+    /// `Ok(Some(payload))`: answer now; `Ok(None)`: answered already or later. A stored
+    /// registration is answered with `done` as the result payload (the ad-hoc command's
+    /// completion), or an empty result.
     async fn register(
         &mut self,
         is_get: bool,
         query: &Element,
         envelope: &Envelope,
         stanza: &Element,
+        done: Option<Element>,
     ) -> Result<Option<Option<Element>>, disco::Refusal> {
         let user = envelope.user.as_str();
         let existing = self.store.user(user).map_err(internal)?;
@@ -273,7 +345,7 @@ impl Router {
         let existed = existing.is_some();
         let email_changed = record.email.is_some() && record.email != existing.and_then(|r| r.email);
         if !email_changed {
-            self.store_registration(stanza, user, record, existed).await;
+            self.store_registration(stanza, user, record, existed, done).await;
             return Ok(None);
         }
         // A real IMAP and SMTP login first, without holding up everybody else's stanzas.
@@ -286,7 +358,7 @@ impl Router {
                 Ok(check) => check,
                 Err(_) => Err(format!("no answer from the mail servers within {CREDENTIAL_CHECK_TIMEOUT:?}")),
             };
-            let _ = tasks.send(RouterTask::Registration { stanza, user, record, existed, check }).await;
+            let _ = tasks.send(RouterTask::Registration { stanza, user, record, existed, check, done }).await;
         });
         Ok(None)
     }
@@ -294,8 +366,8 @@ impl Router {
     /// Finishes work handed back by a spawned task.
     pub async fn handle_task(&mut self, task: RouterTask) {
         match task {
-            RouterTask::Registration { stanza, user, record, existed, check } => match check {
-                Ok(()) => self.store_registration(&stanza, &user, record, existed).await,
+            RouterTask::Registration { stanza, user, record, existed, check, done } => match check {
+                Ok(()) => self.store_registration(&stanza, &user, record, existed, done).await,
                 Err(reason) => {
                     info!(%user, "email credentials refused");
                     let text = format!("field email_password: the mail server refused the login: {reason}");
@@ -306,12 +378,12 @@ impl Router {
     }
 
     /// Stores a checked registration, answers, and restarts the user's sessions.
-    async fn store_registration(&mut self, stanza: &Element, user: &str, record: UserRecord, existed: bool) {
+    async fn store_registration(&mut self, stanza: &Element, user: &str, record: UserRecord, existed: bool, done: Option<Element>) {
         if let Err(error) = self.store.put_user(user, &record).await {
             let (condition, text) = internal(error);
             return self.refuse(stanza, condition, &text).await;
         }
-        self.reply(stanza, None).await;
+        self.reply(stanza, done).await;
         let user_id = UserId(user.to_owned());
         // New credentials: sessions restart with them.
         self.sessions.end_user(&user_id, "registration changed");
@@ -531,6 +603,7 @@ impl Router {
             body,
             subject,
             thread: stanza.get_child("thread", crate::connection::NS_COMPONENT).map(Element::text),
+            id: stanza.attr("id").map(str::to_owned),
         };
         if let Some(contact) = stanza_to(&stanza) {
             let key = (envelope.user.clone(), contact.to_bare().to_string());
@@ -578,6 +651,7 @@ impl Router {
                     body,
                     subject: None,
                     thread: None,
+                    id: stanza.attr("id").map(str::to_owned),
                 })
             }
             (None, None) => return,
@@ -634,7 +708,7 @@ impl Router {
         };
         match event {
             Event::Message(message) => self.network_message(&key, server.as_deref(), message).await,
-            Event::Failure { peer, kind, text } => {
+            Event::Failure { peer, id, kind, text } => {
                 let from = peer
                     .and_then(|p| peer_jid(&p, server.as_deref(), None, &self.gateway))
                     .unwrap_or_else(|| self.gateway.clone());
@@ -645,6 +719,7 @@ impl Router {
                     let Ok(to) = to.parse::<Jid>() else { continue };
                     let mut stanza = xmpp_parsers::message::Message::new_with_type(MessageType::Error, Some(to));
                     stanza.from = from.parse().ok();
+                    stanza.id = id.clone().map(xmpp_parsers::message::Id);
                     stanza.payloads.push(stanza::stanza_error(condition_of(kind), &text).into());
                     self.out.send(stanza.into()).await;
                 }
@@ -771,7 +846,9 @@ impl Router {
             Event::Ended { reason } => {
                 info!(user = %key.user.0, network = ?key.network, %reason, "session ended");
                 self.sessions.forget(&key);
-                self.rooms.remove_network(&key.user, &key.network);
+                if !self.sessions.is_live(&key) {
+                    self.rooms.remove_network(&key.user, &key.network);
+                }
             }
         }
     }
@@ -945,6 +1022,7 @@ fn credentials_for(record: Option<&UserRecord>, network: &NetworkId) -> Result<C
                 login: e.login.clone(),
                 imap_server: e.imap_server.clone(),
                 smtp_server: e.smtp_server.clone(),
+                mark_seen: e.mark_seen,
             })
             .ok_or_else(|| "register your email account with the gateway first".to_owned()),
     }

@@ -120,9 +120,17 @@ impl Sessions {
         }
     }
 
-    /// Drops a session that reported its own end.
+    /// Drops a session that reported its own end. A session started since under the
+    /// same key (after a registration change) is live and stays: only a closed one goes.
     pub fn forget(&mut self, key: &SessionKey) {
-        self.live.remove(key);
+        if self.live.get(key).is_some_and(|s| s.is_closed()) {
+            self.live.remove(key);
+        }
+    }
+
+    /// Whether the session of `key` is running.
+    pub fn is_live(&self, key: &SessionKey) -> bool {
+        self.live.get(key).is_some_and(|s| !s.is_closed())
     }
 
     /// How many sessions are live.
@@ -208,6 +216,25 @@ mod tests {
         }
         sessions.dispatch(key("v@h", irc("a")), || Credentials::Anonymous, leave()).unwrap();
         assert_eq!(bridge.started.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_late_end_of_an_old_session_does_not_drop_its_successor() {
+        let bridge = Arc::new(Recorder::default());
+        let (events, _rx) = mpsc::channel(8);
+        let mut sessions = Sessions::new(vec![bridge.clone()], events);
+        let k = key("u@h", irc("a"));
+        sessions.ensure(k.clone(), Credentials::Anonymous).unwrap();
+        sessions.end_user(&UserId("u@h".into()), "registration changed");
+        sessions.ensure(k.clone(), Credentials::Anonymous).unwrap();
+        // The first session's task ends and reports it.
+        bridge.receivers.lock().unwrap().remove(0);
+        sessions.forget(&k);
+        assert!(sessions.is_live(&k), "the new session must stay");
+        // When the live one itself has ended, it goes.
+        bridge.receivers.lock().unwrap().clear();
+        sessions.forget(&k);
+        assert!(!sessions.is_live(&k) && sessions.is_empty());
     }
 
     #[test]

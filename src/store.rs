@@ -96,6 +96,9 @@ pub struct EmailAccount {
     /// The SMTP submission server (`host` or `host:port`) when it cannot be derived from
     /// the address's domain; `None` means derive it.
     pub smtp_server: Option<String>,
+    /// Whether mail delivered to XMPP is marked read (`\Seen`) in the mailbox; off by
+    /// default, so the user's mailbox flags are left alone.
+    pub mark_seen: bool,
 }
 
 /// Why the store could not be opened, read or written.
@@ -226,6 +229,8 @@ struct StoredEmail {
     login: Option<String>,
     imap_server: Option<String>,
     smtp_server: Option<String>,
+    #[serde(default)]
+    mark_seen: bool,
 }
 
 /// The associated data a password is sealed with: the field and the user's bare JID.
@@ -416,6 +421,7 @@ impl Store {
                 login: email.login.clone(),
                 imap_server: email.imap_server.clone(),
                 smtp_server: email.smtp_server.clone(),
+                mark_seen: email.mark_seen,
             }),
         };
         serde_json::to_vec(&stored).expect("a struct of strings always serialises to JSON")
@@ -464,6 +470,7 @@ impl Store {
                         login: email.login,
                         imap_server: email.imap_server,
                         smtp_server: email.smtp_server,
+                        mark_seen: email.mark_seen,
                     })
                 })
                 .transpose()?,
@@ -581,6 +588,7 @@ mod tests {
                 login: Some("alice.login".into()),
                 imap_server: Some("imap.mail.example:993".into()),
                 smtp_server: Some("smtp.mail.example:465".into()),
+                mark_seen: false,
             }),
         }
     }
@@ -674,6 +682,7 @@ mod tests {
                 login: None,
                 imap_server: None,
                 smtp_server: None,
+                mark_seen: false,
             }),
         };
         let cases = [

@@ -294,3 +294,62 @@ async fn an_idle_connection_is_kept_alive_by_answered_pings() {
     let pong = alice.iq("get", "<ping xmlns='urn:xmpp:ping'/>").await;
     assert_eq!(pong.attr("type"), Some("result"));
 }
+
+#[tokio::test]
+async fn ad_hoc_commands_configure_settings_and_show_status_to_admins() {
+    let server = prosody();
+    let _gateway = Gateway::start(&server);
+    let mut alice = server.client("alice", "localhost").await;
+    const CMD: &str = "http://jabber.org/protocol/commands";
+    let items = alice.iq("get", &format!("<query xmlns='http://jabber.org/protocol/disco#items' node='{CMD}'/>")).await;
+    let nodes: Vec<String> = items
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .unwrap()
+        .children()
+        .filter_map(|i| i.attr("node").map(str::to_owned))
+        .collect();
+    assert_eq!(nodes, vec!["configure"], "alice is no admin");
+
+    let started = alice.iq("set", &format!("<command xmlns='{CMD}' node='configure' action='execute'/>")).await;
+    let command = started.get_child("command", CMD).expect("a command");
+    assert_eq!(command.attr("status"), Some("executing"));
+    let session = command.attr("sessionid").unwrap().to_owned();
+    assert!(command.get_child("x", "jabber:x:data").is_some());
+
+    let done = alice
+        .iq(
+            "set",
+            &format!(
+                "<command xmlns='{CMD}' node='configure' sessionid='{session}'><x xmlns='jabber:x:data' type='submit'>\
+                 <field var='irc_nick'><value>alice_cmd</value></field></x></command>"
+            ),
+        )
+        .await;
+    assert_eq!(done.get_child("command", CMD).and_then(|c| c.attr("status")), Some("completed"), "{done:?}");
+    let back = alice.iq("get", "<query xmlns='jabber:iq:register'/>").await;
+    assert_eq!(form_value(back.get_child("query", "jabber:iq:register").unwrap(), "irc_nick").as_deref(), Some("alice_cmd"));
+
+    let bad = alice
+        .iq(
+            "set",
+            &format!(
+                "<command xmlns='{CMD}' node='configure' sessionid='{session}'><x xmlns='jabber:x:data' type='submit'>\
+                 <field var='irc_nick'><value>bad nick</value></field></x></command>"
+            ),
+        )
+        .await;
+    assert_eq!(error_condition(&bad).as_deref(), Some("not-acceptable"));
+
+    let refused = alice.iq("set", &format!("<command xmlns='{CMD}' node='status' action='execute'/>")).await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("forbidden"));
+    let mut bob = server.client("bob", "localhost").await;
+    let status = bob.iq("set", &format!("<command xmlns='{CMD}' node='status' action='execute'/>")).await;
+    let command = status.get_child("command", CMD).expect("a status");
+    assert_eq!(command.attr("status"), Some("completed"));
+    let registered = command
+        .get_child("x", "jabber:x:data")
+        .and_then(|x| x.children().find(|f| f.attr("var") == Some("registered")))
+        .and_then(|f| f.get_child("value", "jabber:x:data"))
+        .map(|v| v.text());
+    assert_eq!(registered.as_deref(), Some("1"));
+}

@@ -186,10 +186,11 @@ async fn an_smtp_refusal_is_reported_to_the_sender() {
     let s = setup(false);
     let mut alice = alice_registered(&s).await;
     // An unknown mailbox: Postfix refuses the recipient with a permanent 5xx.
-    alice.send_raw(&format!("<message to='{}' type='chat'><body>hello?</body></message>", email_jid("nobody@example.test"))).await;
+    alice.send_raw(&format!("<message to='{}' type='chat' id='doomed'><body>hello?</body></message>", email_jid("nobody@example.test"))).await;
     let error = alice
         .wait_for("the refusal", |e| e.attr("type") == Some("error") && e.attr("from") == Some(email_jid("nobody@example.test").as_str()))
         .await;
+    assert_eq!(error.attr("id"), Some("doomed"), "the error points at the message");
     let text = error_text(&error);
     assert!(text.contains("refused") && text.contains("5"), "{text}");
 }
@@ -277,4 +278,38 @@ async fn email_contacts_show_the_accounts_health() {
         .wait_for("bob unavailable", |e| e.name() == "presence" && e.attr("from") == Some(email_jid(BOB).as_str()) && e.attr("type") == Some("unavailable"))
         .await;
     assert!(child_text(&gone, "status").is_some_and(|t| !t.is_empty()), "a reason: {gone:?}");
+}
+
+/// The IMAP flags of every mail in `address`'s INBOX, read with doveadm.
+fn inbox_flags(mail: &MailServer, address: &str) -> Vec<String> {
+    let out = std::process::Command::new("doveadm")
+        .arg("-c")
+        .arg(mail.dir.path().join("dovecot.conf"))
+        .args(["fetch", "-u", address, "flags", "mailbox", "INBOX", "all"])
+        .output()
+        .expect("doveadm");
+    assert!(out.status.success(), "doveadm: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_prefix("flags:")).map(|f| f.trim().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn mailbox_flags_are_left_alone_unless_the_user_asks() {
+    let s = setup(false);
+    let mut alice = alice_registered(&s).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("Unread", "", "text/plain", "x"));
+    alice.wait_for("the mail", |e| child_text(e, "subject").as_deref() == Some("Unread")).await;
+    assert_eq!(inbox_flags(&s.mail, ALICE), vec![String::new()], "delivery must not mark the mail read");
+
+    let set = alice
+        .iq("set", &register_form(&[("email_address", ALICE), ("email_mark_seen", "1")]))
+        .await;
+    assert_eq!(set.attr("type"), Some("result"), "{set:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("Read", "", "text/plain", "x"));
+    alice.wait_for("the second mail", |e| child_text(e, "subject").as_deref() == Some("Read")).await;
+    let flags = inbox_flags(&s.mail, ALICE);
+    assert_eq!(flags.len(), 2, "{flags:?}");
+    assert!(flags[1].contains("\\Seen"), "{flags:?}");
+    assert!(!flags[0].contains("\\Seen"), "older mail is not touched: {flags:?}");
 }

@@ -121,8 +121,8 @@ impl MailServer {
     /// Submits `raw_message` (a complete RFC 5322 message, CRLF line ends) from
     /// envelope sender `from` to the mailbox `to`, without AUTH, on the submission
     /// port; returns once Postfix has queued it (delivery follows within about
-    /// 20 ms: use [`MailServer::wait_inbox`]). Panics with the server's reply if the
-    /// mail is refused.
+    /// 20 ms: use [`MailServer::wait_inbox`]; mails sent one after the other arrive
+    /// in that order). Panics with the server's reply if the mail is refused.
     pub fn send_raw(&self, from: &str, to: &str, raw_message: &[u8]) {
         if let Err(e) = self.try_send_raw(from, &[to], raw_message) {
             panic!("sending mail from {from} to {to} failed: {e}\n{}", self.log_tail());

@@ -70,6 +70,8 @@ pub struct Message {
     pub subject: Option<String>,
     /// A conversation thread id (email Message-ID chains).
     pub thread: Option<String>,
+    /// The XMPP id of a message going out, so that a failure can point at it.
+    pub id: Option<String>,
 }
 
 /// Availability of the XMPP user, which a bridge may reflect (IRC AWAY).
@@ -109,6 +111,8 @@ pub enum Credentials {
         imap_server: Option<String>,
         /// `host:port` of the SMTP server when not from a provider preset.
         smtp_server: Option<String>,
+        /// Whether delivered mail is marked read in the mailbox.
+        mark_seen: bool,
     },
 }
 
@@ -234,6 +238,8 @@ pub enum Event {
     Failure {
         /// Whom the failed request was about, so the error goes back from that address.
         peer: Option<Peer>,
+        /// The XMPP id of the message that failed, when known.
+        id: Option<String>,
         /// The kind of failure.
         kind: FailureKind,
         /// The network's own words.

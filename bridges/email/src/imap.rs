@@ -202,6 +202,7 @@ impl Watcher {
                         body: incoming::render_body(&mail),
                         subject: mail.subject.clone(),
                         thread: mail.thread.clone(),
+                        id: None,
                     })
                 }
                 Err(error) => {
@@ -211,6 +212,9 @@ impl Watcher {
             };
             if let Some(message) = message {
                 self.emit(Event::Message(message)).await;
+            }
+            if self.account.mark_seen {
+                session.uid_store(uid.to_string(), "+FLAGS.SILENT (\\Seen)").await?.try_collect::<Vec<_>>().await?;
             }
             checkpoint.last_uid = uid;
             self.save_checkpoint(checkpoint)?;

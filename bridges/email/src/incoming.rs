@@ -99,6 +99,7 @@ impl IncomingMail {
             body: render_body(self),
             subject: self.subject.clone(),
             thread: self.thread.clone(),
+            id: None,
         }
     }
 }

@@ -45,7 +45,7 @@ impl EmailBridge {
     /// The account of registered email credentials: servers the user gave (TLS or
     /// STARTTLS, never plain), else the preset of their domain.
     pub fn account(&self, credentials: &Credentials) -> Result<Account, String> {
-        let Credentials::Email { address, password, login, imap_server, smtp_server } = credentials else {
+        let Credentials::Email { address, password, login, imap_server, smtp_server, mark_seen } = credentials else {
             return Err("no email account registered".into());
         };
         let domain = address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
@@ -62,6 +62,7 @@ impl EmailBridge {
             password: password.clone(),
             imap: endpoint(imap_server, preset.map(|p| &p.imap), "IMAP server")?,
             smtp: endpoint(smtp_server, preset.map(|p| &p.smtp), "SMTP server")?,
+            mark_seen: *mark_seen,
         })
     }
 }

@@ -32,6 +32,9 @@ struct OutboxEntry {
     to: String,
     /// The formatted message.
     raw: Vec<u8>,
+    /// The XMPP id of the message it came from, for an error that points at it.
+    #[serde(default)]
+    xmpp_id: Option<String>,
 }
 
 /// The session of one user's mail account.
@@ -115,8 +118,8 @@ impl EmailSession {
         let _ = self.events.send(SessionEvent { key: self.key.clone(), event: Event::Ended { reason: "session closed".into() } }).await;
     }
 
-    async fn fail(&self, peer: Peer, kind: FailureKind, text: String) {
-        let event = Event::Failure { peer: Some(peer), kind, text };
+    async fn fail(&self, peer: Peer, id: Option<String>, kind: FailureKind, text: String) {
+        let event = Event::Failure { peer: Some(peer), id, kind, text };
         let _ = self.events.send(SessionEvent { key: self.key.clone(), event }).await;
     }
 
@@ -136,11 +139,11 @@ impl EmailSession {
         let built = match outgoing::build(&mail, SystemTime::now()) {
             Ok(built) => built,
             Err(error) => {
-                self.fail(message.peer.clone(), FailureKind::NotAcceptable, error.to_string()).await;
+                self.fail(message.peer.clone(), message.id.clone(), FailureKind::NotAcceptable, error.to_string()).await;
                 return false;
             }
         };
-        let entry = OutboxEntry { from: mail.from.clone(), to: mail.to.clone(), raw: built.formatted() };
+        let entry = OutboxEntry { from: mail.from.clone(), to: mail.to.clone(), raw: built.formatted(), xmpp_id: message.id.clone() };
         let key = format!(
             "{OUTBOX}{:020}-{:08x}",
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
@@ -151,7 +154,7 @@ impl EmailSession {
             .and_then(|bytes| self.store.save(&self.key.user, &key, &bytes).map_err(|e| e.to_string()));
         if let Err(error) = saved {
             let text = format!("the gateway could not queue the mail: {error}");
-            self.fail(message.peer.clone(), FailureKind::Unavailable, text).await;
+            self.fail(message.peer.clone(), message.id.clone(), FailureKind::Unavailable, text).await;
             return false;
         }
         true
@@ -190,7 +193,7 @@ impl EmailSession {
                     warn!(to = %entry.to, %error, "mail refused");
                     let _ = self.store.delete(&self.key.user, &key);
                     let text = format!("your mail server refused the mail: {}", error.text);
-                    self.fail(Peer::EmailAddress(entry.to.clone()), FailureKind::NotAcceptable, text).await;
+                    self.fail(Peer::EmailAddress(entry.to.clone()), entry.xmpp_id.clone(), FailureKind::NotAcceptable, text).await;
                 }
                 Err(error) => {
                     warn!(to = %entry.to, %error, "mail not sent yet; will retry");

@@ -64,6 +64,9 @@ pub struct Account {
     pub imap: Endpoint,
     /// Where mail is sent.
     pub smtp: Endpoint,
+    /// Whether delivered mail is flagged `\Seen`; otherwise flags are left alone
+    /// (mail is fetched with BODY.PEEK).
+    pub mark_seen: bool,
 }
 
 /// Settings of the whole email bridge.

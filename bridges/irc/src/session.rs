@@ -211,7 +211,7 @@ impl IrcSession {
                     Event::JoinFailed { channel, kind: FailureKind::Unavailable, text: text.clone() }
                 }
                 Command::Send(message) => {
-                    Event::Failure { peer: Some(message.peer), kind: FailureKind::Unavailable, text: text.clone() }
+                    Event::Failure { peer: Some(message.peer), id: message.id, kind: FailureKind::Unavailable, text: text.clone() }
                 }
                 _ => continue,
             };
@@ -522,7 +522,7 @@ impl IrcSession {
             Response::ERR_SASLFAIL | Response::ERR_SASLTOOLONG | Response::ERR_SASLABORT => {
                 let _ = transport::write_line(write, "CAP END").await;
                 let text = args.last().cloned().unwrap_or_default();
-                self.emit(Event::Failure { peer: Some(Peer::Server), kind: FailureKind::NotAuthorized, text: format!("SASL login failed: {text}") }).await;
+                self.emit(Event::Failure { peer: Some(Peer::Server), id: None, kind: FailureKind::NotAuthorized, text: format!("SASL login failed: {text}") }).await;
             }
             Response::RPL_ISUPPORT => {
                 for token in &args[1..] {
@@ -597,7 +597,7 @@ impl IrcSession {
             }
             Response::ERR_NOSUCHNICK if args.len() >= 2 => {
                 let text = args.last().cloned().unwrap_or_default();
-                self.emit(Event::Failure { peer: Some(Peer::Nick(args[1].clone())), kind: FailureKind::NotFound, text }).await;
+                self.emit(Event::Failure { peer: Some(Peer::Nick(args[1].clone())), id: None, kind: FailureKind::NotFound, text }).await;
             }
             _ => {}
         }
@@ -722,17 +722,17 @@ impl IrcSession {
         };
         let message = match source {
             // A server notice (no nick prefix, or before we know anyone).
-            None => Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None },
+            None => Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None },
             Some(nick) if is_channel => {
                 let Some(joined) = self.joined.get(&irc_lower(target)) else { return };
-                Message { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), kind, body, subject: None, thread: None }
+                Message { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), kind, body, subject: None, thread: None, id: None }
             }
             Some(nick) if !self.registered || nick.contains('.') => {
-                Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None }
+                Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None }
             }
             Some(nick) => {
                 self.private_peers.insert(irc_lower(&nick));
-                Message { peer: Peer::Nick(nick), sender: None, kind, body, subject: None, thread: None }
+                Message { peer: Peer::Nick(nick), sender: None, kind, body, subject: None, thread: None, id: None }
             }
         };
         self.emit(Event::Message(message)).await;

@@ -1,0 +1,204 @@
+//! Ad-hoc commands (XEP-0050): the user's settings as a command (for clients that offer
+//! commands rather than registration), and a status command for administrators.
+//!
+//! Pure: the router supplies the data and does the storing.
+
+use minidom::Element;
+use xmpp_parsers::data_forms::{DataForm, DataFormType, Field, FieldType};
+use xmpp_parsers::disco::Item;
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::stanza_error::DefinedCondition;
+
+use crate::disco::{Refusal, NS_COMMANDS};
+
+/// The settings command: the registration form, filled in.
+pub const NODE_CONFIGURE: &str = "configure";
+/// The administrators' status command.
+pub const NODE_STATUS: &str = "status";
+/// Data forms.
+const NS_DATA: &str = "jabber:x:data";
+
+/// What a `<command/>` asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Start a command (`action='execute'` or none, without a form).
+    Execute {
+        /// The command node.
+        node: String,
+    },
+    /// Finish a command with a submitted form.
+    Complete {
+        /// The command node.
+        node: String,
+        /// The session id we gave.
+        session: String,
+        /// The submitted `<x type='submit'/>`.
+        form: Element,
+    },
+    /// The user gave up.
+    Cancel {
+        /// The command node.
+        node: String,
+        /// The session id we gave.
+        session: String,
+    },
+}
+
+/// Reads a `<command/>` element.
+pub fn parse(command: &Element) -> Result<Request, Refusal> {
+    let node = command
+        .attr("node")
+        .ok_or_else(|| (DefinedCondition::BadRequest, "the command has no node".to_owned()))?
+        .to_owned();
+    let session = command.attr("sessionid").unwrap_or_default().to_owned();
+    match (command.attr("action").unwrap_or("execute"), command.get_child("x", NS_DATA)) {
+        ("cancel", _) => Ok(Request::Cancel { node, session }),
+        ("execute" | "complete" | "next", Some(form)) if !session.is_empty() => {
+            Ok(Request::Complete { node, session, form: form.clone() })
+        }
+        ("execute", None) => Ok(Request::Execute { node }),
+        (action, _) => Err((DefinedCondition::BadRequest, format!("unexpected action {action:?} for {node}"))),
+    }
+}
+
+/// The commands `user` may run, for disco#items on the commands node.
+pub fn items(gateway: &Jid, is_admin: bool) -> Vec<Item> {
+    let mut items = vec![Item {
+        jid: gateway.clone(),
+        node: Some(NODE_CONFIGURE.to_owned()),
+        name: Some("Configure IRC and email accounts".to_owned()),
+    }];
+    if is_admin {
+        items.push(Item {
+            jid: gateway.clone(),
+            node: Some(NODE_STATUS.to_owned()),
+            name: Some("Gateway status".to_owned()),
+        });
+    }
+    items
+}
+
+/// A `<command/>` that asks the user to fill in `form`.
+pub fn executing(node: &str, session: &str, form: Element) -> Element {
+    Element::builder("command", NS_COMMANDS)
+        .attr(rxml::xml_ncname!("node").into(), node)
+        .attr(rxml::xml_ncname!("sessionid").into(), session)
+        .attr(rxml::xml_ncname!("status").into(), "executing")
+        .append(
+            Element::builder("actions", NS_COMMANDS)
+                .attr(rxml::xml_ncname!("execute").into(), "complete")
+                .append(Element::bare("complete", NS_COMMANDS)),
+        )
+        .append(form)
+        .build()
+}
+
+/// A finished `<command/>` with a note for the user and an optional result form.
+pub fn completed(node: &str, session: &str, note: &str, form: Option<Element>) -> Element {
+    let mut command = Element::builder("command", NS_COMMANDS)
+        .attr(rxml::xml_ncname!("node").into(), node)
+        .attr(rxml::xml_ncname!("sessionid").into(), session)
+        .attr(rxml::xml_ncname!("status").into(), "completed")
+        .append(
+            Element::builder("note", NS_COMMANDS)
+                .attr(rxml::xml_ncname!("type").into(), "info")
+                .append(note),
+        );
+    if let Some(form) = form {
+        command = command.append(form);
+    }
+    command.build()
+}
+
+/// A cancelled `<command/>`.
+pub fn canceled(node: &str, session: &str) -> Element {
+    Element::builder("command", NS_COMMANDS)
+        .attr(rxml::xml_ncname!("node").into(), node)
+        .attr(rxml::xml_ncname!("sessionid").into(), session)
+        .attr(rxml::xml_ncname!("status").into(), "canceled")
+        .build()
+}
+
+/// Figures for administrators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// Registered users.
+    pub registered: usize,
+    /// Users with at least one online resource.
+    pub online: usize,
+    /// Live (user, network) sessions.
+    pub sessions: usize,
+    /// Rooms joined through the gateway, over all users.
+    pub rooms: usize,
+}
+
+/// The status as a result form.
+pub fn status_form(status: Status) -> Element {
+    let field = |var: &str, label: &str, value: usize| {
+        let mut field = Field::new(var, FieldType::TextSingle).with_value(&value.to_string());
+        field.label = Some(label.to_owned());
+        field
+    };
+    let mut form = DataForm::new(
+        DataFormType::Result_,
+        "urn:xmpp-gateway:status",
+        vec![
+            field("registered", "Registered users", status.registered),
+            field("online", "Online users", status.online),
+            field("sessions", "Live network sessions", status.sessions),
+            field("rooms", "Joined rooms", status.rooms),
+        ],
+    );
+    form.title = Some("Gateway status".into());
+    form.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_xml(xml: &str) -> Element {
+        xml.parse().unwrap()
+    }
+
+    #[test]
+    fn reads_execute_complete_and_cancel() {
+        let c = parse_xml("<command xmlns='http://jabber.org/protocol/commands' node='configure' action='execute'/>");
+        assert_eq!(parse(&c).unwrap(), Request::Execute { node: "configure".into() });
+        let c = parse_xml("<command xmlns='http://jabber.org/protocol/commands' node='configure'/>");
+        assert_eq!(parse(&c).unwrap(), Request::Execute { node: "configure".into() });
+        let c = parse_xml(
+            "<command xmlns='http://jabber.org/protocol/commands' node='configure' sessionid='s1'>\
+             <x xmlns='jabber:x:data' type='submit'/></command>",
+        );
+        assert!(matches!(parse(&c).unwrap(), Request::Complete { session, .. } if session == "s1"));
+        let c = parse_xml("<command xmlns='http://jabber.org/protocol/commands' node='configure' sessionid='s1' action='cancel'/>");
+        assert_eq!(parse(&c).unwrap(), Request::Cancel { node: "configure".into(), session: "s1".into() });
+        let c = parse_xml("<command xmlns='http://jabber.org/protocol/commands'/>");
+        assert_eq!(parse(&c).unwrap_err().0, DefinedCondition::BadRequest);
+        let c = parse_xml("<command xmlns='http://jabber.org/protocol/commands' node='configure' action='prev'/>");
+        assert_eq!(parse(&c).unwrap_err().0, DefinedCondition::BadRequest);
+    }
+
+    #[test]
+    fn admins_see_the_status_command() {
+        let gw: Jid = "gw.localhost".parse().unwrap();
+        assert_eq!(items(&gw, false).len(), 1);
+        let nodes: Vec<_> = items(&gw, true).into_iter().filter_map(|i| i.node).collect();
+        assert_eq!(nodes, vec!["configure", "status"]);
+    }
+
+    #[test]
+    fn responses_carry_node_session_and_status() {
+        let form: Element = "<x xmlns='jabber:x:data' type='form'/>".parse().unwrap();
+        let e = executing("configure", "s1", form);
+        assert_eq!((e.attr("status"), e.attr("sessionid"), e.attr("node")), (Some("executing"), Some("s1"), Some("configure")));
+        assert!(e.has_child("x", NS_DATA) && e.has_child("actions", NS_COMMANDS));
+        let status = Status { registered: 3, online: 2, sessions: 4, rooms: 5 };
+        let done = completed("status", "s2", "ok", Some(status_form(status)));
+        assert_eq!(done.attr("status"), Some("completed"));
+        let form = DataForm::try_from(done.get_child("x", NS_DATA).unwrap().clone()).unwrap();
+        assert!(form.fields.iter().any(|f| f.var.as_deref() == Some("sessions") && f.values == ["4"]));
+        assert_eq!(canceled("configure", "s1").attr("status"), Some("canceled"));
+    }
+}
