@@ -3,7 +3,7 @@
 # for tests and benchmarks.
 #
 # Usage:
-#   scripts/ngircd.sh start DIR PORT [--flood-protection]
+#   scripts/ngircd.sh start DIR PORT [--flood-protection] [--tls]
 #       Creates DIR (config, pidfile, console log, all inside it), starts ngIRCd in
 #       the background, waits until PORT accepts connections and a raw IRC
 #       registration (NICK/USER) is answered with 001 (10 s at most) and prints its
@@ -12,6 +12,16 @@
 #       Flood throttling is OFF (MaxPenaltyTime=0) unless --flood-protection is
 #       given, which keeps ngIRCd's default penalties (3 lines/s per client:
 #       see the figures below).
+#       --tls: PORT speaks TLS only (ngIRCd's [SSL] Ports) and PORT+1 is a plain
+#       port of the same server (so raw test clients can meet TLS users); both
+#       must be free. The certificate is self-signed (EC P-256, CA:FALSE,
+#       serverAuth, SAN DNS:localhost and IP:127.0.0.1) in DIR/tls/cert.pem (key
+#       DIR/tls/key.pem), made once per DIR and kept across restarts: trust
+#       cert.pem as a root (rustls/webpki accepts it as it is not a CA
+#       certificate). DIR/tls/dh.pem holds the RFC 7919 ffdhe2048 group, so that
+#       ngIRCd (GnuTLS) does not generate DH parameters at start-up. Ready means:
+#       a registration on PORT+1 gets 001 and `openssl s_client` completes a
+#       handshake on PORT verifying cert.pem for "localhost".
 #   scripts/ngircd.sh stop DIR
 #       Stops the instance of DIR (TERM, KILL after 5 s). Idempotent.
 #
@@ -25,7 +35,8 @@
 #                      exits while the server runs, the server is stopped.
 # Files in DIR: ngircd.conf, run/ngircd.pid (written by ngIRCd after dropping
 # privileges, removed when it exits), conf.d/ (empty IncludeDir, so nothing from
-# /etc/ngircd/ngircd.conf.d is read), ngircd.out (console log).
+# /etc/ngircd/ngircd.conf.d is read), ngircd.out (console log), tls/ (--tls only:
+# cert.pem, key.pem, dh.pem).
 #
 # What ngIRCd 26.1 offers (checked with raw sockets against this configuration):
 #   - RPL_ISUPPORT (005), two lines:
@@ -53,6 +64,16 @@
 #     channel op: 475 (+k), 473 (+i), 474 (+b), 471 (+l) on refused joins.
 #     "MODE #t -k" is echoed as "MODE #t -k *". The 341 reply to INVITE carries
 #     the invited user's prefix (":carol!~carol@127.0.0.1 341 alice carol #t").
+#   - TLS (--tls): Debian's ngircd is built with GnuTLS ("ngircd -V" shows +SSL).
+#     A TLS 1.3 handshake (rustls, or openssl s_client) works at once; start-up
+#     with --tls takes about as long as without (0.2-0.3 s; DH group from dh.pem,
+#     no generation). A plain (non-TLS) client on the TLS port is not answered.
+#     An unusable certificate or key makes ngIRCd exit at start-up ("Error during
+#     SSL initialization!"), so start fails rather than running without TLS.
+#   - HELP without a topic is answered with server NOTICEs
+#     (":irc.localhost NOTICE nick :This is ngIRCd, a server software ..."),
+#     one of them empty; VERSION, TIME, MOTD are answered with numerics only
+#     (351, 391, 375/372/376).
 #   - 100 PRIVMSG lines written back-to-back by one client to a channel, time
 #     until all 100 reach another member (python sockets, TCP_NODELAY, loopback):
 #       without --flood-protection: about 1 ms (no throttling; 50,000 lines: 0.12 s);
@@ -73,7 +94,7 @@ SERVER_NAME=irc.localhost
 
 usage() {
     cat >&2 <<'EOF'
-usage: ngircd.sh start DIR PORT [--flood-protection]
+usage: ngircd.sh start DIR PORT [--flood-protection] [--tls]
        ngircd.sh stop DIR
 EOF
     exit 2
@@ -114,7 +135,7 @@ ensure_reachable() {
 }
 
 write_config() {
-    local dir=$1 port=$2 flood=$3 as_root=$4 identity='' penalty
+    local dir=$1 port=$2 flood=$3 as_root=$4 tls=$5 identity='' penalty ports=$2 ssl=''
     if [ "$as_root" = yes ]; then
         identity="ServerUID = $IRC_USER
 ServerGID = $IRC_USER"
@@ -123,6 +144,15 @@ ServerGID = $IRC_USER"
         penalty="; MaxPenaltyTime left at its default (-1): ngIRCd's flood protection is on."
     else
         penalty="MaxPenaltyTime = 0"
+    fi
+    if [ "$tls" = yes ]; then
+        ports=$((port + 1))
+        ssl="
+[SSL]
+CertFile = $dir/tls/cert.pem
+KeyFile = $dir/tls/key.pem
+DHFile = $dir/tls/dh.pem
+Ports = $port"
     fi
     cat >"$dir/ngircd.conf.tmp" <<EOF
 # Written by scripts/ngircd.sh: a private test instance. Do not edit (rewritten on start).
@@ -133,7 +163,7 @@ AdminInfo1 = xmpp-gateway tests
 AdminInfo2 = 127.0.0.1 only
 AdminEMail = nobody@localhost
 Listen = 127.0.0.1
-Ports = $port
+Ports = $ports
 MotdPhrase = Private ngIRCd for xmpp-gateway tests
 PidFile = $dir/run/ngircd.pid
 $identity
@@ -149,6 +179,7 @@ IncludeDir = $dir/conf.d
 PAM = no
 DNS = no
 Ident = no
+$ssl
 EOF
     chmod 0644 "$dir/ngircd.conf.tmp" # readable by the server user (REHASH)
     mv -f "$dir/ngircd.conf.tmp" "$dir/ngircd.conf"
@@ -172,15 +203,67 @@ irc_registers() {
         exit 1' _ "$1" "$2" 2>/dev/null
 }
 
-cmd_start() {
-    [ $# -eq 2 ] || [ $# -eq 3 ] || usage
-    local dir port=$2 flood=no as_root=no pid t0 deadline nick
-    if [ $# -eq 3 ]; then
-        [ "$3" = --flood-protection ] || usage
-        flood=yes
+# make_cert DIR AS_ROOT - the self-signed certificate, key and DH group of --tls
+# in DIR/tls, made once per DIR (a test keeps trusting the same cert.pem across
+# restarts). As root the key goes to the server user (ngIRCd reads it again on REHASH).
+make_cert() {
+    local tls=$1/tls as_root=$2
+    need_cmd openssl
+    mkdir -p "$tls"
+    chmod 0755 "$tls"
+    if ! [ -s "$tls/cert.pem" ] || ! [ -s "$tls/key.pem" ]; then
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+            -subj "/CN=localhost" \
+            -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+            -addext "basicConstraints=critical,CA:FALSE" \
+            -addext "keyUsage=critical,digitalSignature" \
+            -addext "extendedKeyUsage=serverAuth" \
+            -keyout "$tls/key.pem.tmp" -out "$tls/cert.pem.tmp" >/dev/null 2>&1 \
+            || die "openssl could not create a self-signed certificate in $tls"
+        chmod 0600 "$tls/key.pem.tmp"
+        chmod 0644 "$tls/cert.pem.tmp"
+        mv -f "$tls/key.pem.tmp" "$tls/key.pem"
+        mv -f "$tls/cert.pem.tmp" "$tls/cert.pem"
     fi
-    dir=$(abs_dir "$1")
+    if ! [ -s "$tls/dh.pem" ]; then
+        # A named group (RFC 7919): instant, where "openssl dhparam" takes seconds.
+        openssl genpkey -genparam -algorithm DH -pkeyopt group:ffdhe2048 -out "$tls/dh.pem.tmp" >/dev/null 2>&1 \
+            || die "openssl could not write DH parameters in $tls"
+        chmod 0644 "$tls/dh.pem.tmp"
+        mv -f "$tls/dh.pem.tmp" "$tls/dh.pem"
+    fi
+    if [ "$as_root" = yes ]; then
+        chown "$IRC_USER:$IRC_USER" "$tls/key.pem"
+    fi
+}
+
+# tls_handshakes PORT CERT - true if a TLS handshake on PORT verifies CERT for
+# "localhost" within 5 s.
+tls_handshakes() {
+    timeout 5 openssl s_client -connect "127.0.0.1:$1" -servername localhost \
+        -CAfile "$2" -verify_hostname localhost -verify_return_error -brief \
+        </dev/null >/dev/null 2>&1
+}
+
+cmd_start() {
+    if [ $# -lt 2 ] || [ $# -gt 4 ]; then usage; fi
+    local dir port=$2 flood=no tls=no as_root=no pid t0 deadline nick plain_port opt
+    dir=$1
+    shift 2
+    for opt in "$@"; do
+        case "$opt" in
+            --flood-protection) flood=yes ;;
+            --tls) tls=yes ;;
+            *) usage ;;
+        esac
+    done
+    dir=$(abs_dir "$dir")
     check_port PORT "$port"
+    plain_port=$port
+    if [ "$tls" = yes ]; then
+        [ "$port" -lt 65535 ] || die "with --tls, PORT+1 must be a port too (PORT < 65535)"
+        plain_port=$((port + 1))
+    fi
     check_word DIR "$dir"
     check_owner_pid
     need_cmd ngircd "package ngircd"
@@ -197,8 +280,10 @@ cmd_start() {
     pid=$(running_pid "$dir")
     [ -z "$pid" ] || die "ngIRCd of $dir is already running (pid $pid); run: $0 stop $dir"
     ! port_open "$port" || die "port $port on 127.0.0.1 is already in use (another server or test?)"
+    ! port_open "$plain_port" || die "port $plain_port (PORT+1, the plain port of --tls) on 127.0.0.1 is already in use"
 
-    write_config "$dir" "$port" "$flood" "$as_root"
+    [ "$tls" = no ] || make_cert "$dir" "$as_root"
+    write_config "$dir" "$port" "$flood" "$as_root" "$tls"
     rm -f "$dir/run/ngircd.pid"
 
     t0=$(now_ms)
@@ -217,19 +302,21 @@ cmd_start() {
             show_logs "$dir/ngircd.out"
             die "ngIRCd exited during start-up (see $dir/ngircd.out)"
         fi
-        if pid_listens "$pid" "$port" && port_open "$port" && irc_registers "$port" "$nick"; then
-            break
+        if pid_listens "$pid" "$plain_port" && port_open "$plain_port" && irc_registers "$plain_port" "$nick"; then
+            if [ "$tls" = no ] || { pid_listens "$pid" "$port" && tls_handshakes "$port" "$dir/tls/cert.pem"; }; then
+                break
+            fi
         fi
         if grep -q 'Can.t bind socket' "$dir/ngircd.out" 2>/dev/null; then
             # Taken by someone else between our check and ngIRCd's bind.
             show_logs "$dir/ngircd.out"
             kill_wait "$pid" "$STOP_TIMEOUT" || true
-            die "ngIRCd could not listen on port $port (in use by another program?)"
+            die "ngIRCd could not listen on port $port$([ "$tls" = no ] || echo " or $plain_port") (in use by another program?)"
         fi
         if [ "$(now_ms)" -ge "$deadline" ]; then
             show_logs "$dir/ngircd.out"
             kill_wait "$pid" "$STOP_TIMEOUT" || true
-            die "ngIRCd did not register an IRC client on port $port within ${START_TIMEOUT}s"
+            die "ngIRCd did not register an IRC client on port $plain_port$([ "$tls" = no ] || echo " or complete a TLS handshake on port $port") within ${START_TIMEOUT}s"
         fi
         sleep 0.05
     done
@@ -237,7 +324,11 @@ cmd_start() {
     trap - INT TERM HUP
     [ "$(running_pid "$dir")" = "$pid" ] || log "warning: $dir/run/ngircd.pid does not name pid $pid"
     start_watchdog "$dir" "$pid" bash "$SELF" stop "$dir"
-    log "ngIRCd ready in $(($(now_ms) - t0)) ms on 127.0.0.1:$port (flood protection $([ "$flood" = yes ] && echo on || echo off)), dir $dir"
+    if [ "$tls" = yes ]; then
+        log "ngIRCd ready in $(($(now_ms) - t0)) ms on 127.0.0.1:$port (TLS, certificate $dir/tls/cert.pem) and 127.0.0.1:$plain_port (plain) (flood protection $([ "$flood" = yes ] && echo on || echo off)), dir $dir"
+    else
+        log "ngIRCd ready in $(($(now_ms) - t0)) ms on 127.0.0.1:$port (flood protection $([ "$flood" = yes ] && echo on || echo off)), dir $dir"
+    fi
     printf '%s\n' "$pid"
 }
 

@@ -139,6 +139,11 @@ impl Rooms {
         self.rooms.retain(|(u, _, _), _| u != user);
     }
 
+    /// Whether `user` is in (or joining) any room on `network`.
+    pub fn any_on(&self, user: &UserId, network: &NetworkId) -> bool {
+        self.rooms.keys().any(|(u, n, _)| u == user && n == network)
+    }
+
     /// Forgets the rooms of `user` on `network` (its session ended).
     pub fn remove_network(&mut self, user: &UserId, network: &NetworkId) {
         self.rooms.retain(|(u, n, _), _| u != user || n != network);

@@ -416,3 +416,350 @@ async fn a_100_line_burst_reaches_a_flood_protected_server_completely() {
     eprintln!("figures: 100 lines through flood protection in {:?}", started.elapsed());
     assert_eq!(got, lines);
 }
+
+// ---------------------------------------------------------------------------------------
+// TLS, server notices, the connection's life cycle, isolation from a broken server
+// ---------------------------------------------------------------------------------------
+
+/// `#chan%localhost@gw.localhost`: network `localhost` (TLS, or the fake server).
+fn room_on_localhost(channel: &str) -> String {
+    format!("{channel}%localhost@{GW}")
+}
+
+/// How many IRC/email sessions the gateway has seen end so far (its log).
+fn sessions_ended(gateway: &Gateway) -> usize {
+    gateway.log_text().matches("session ended").count()
+}
+
+/// Waits until the gateway has handled the end of a session beyond the `before` ended
+/// ones, then a little more: the session's task drops its command queue just after
+/// reporting its end. A join sent to a session in that state is lost (see
+/// `leaving_the_last_channel_and_joining_again_at_once_gets_the_user_back_in`), so the
+/// tests that are about something else wait here before joining again.
+async fn wait_session_ended(gateway: &Gateway, before: usize) {
+    let deadline = Instant::now() + WAIT;
+    while sessions_ended(gateway) <= before {
+        assert!(Instant::now() < deadline, "the gateway did not report the end of the IRC session; log:\n{}", gateway.log_text());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// The network section for `ircd`'s TLS port as network `localhost`, with its certificate
+/// trusted as a root or not.
+fn tls_network(ircd: &Ngircd, trust_the_certificate: bool) -> String {
+    let mut section = format!("[irc.networks.\"localhost\"]\nport = {}\ntls = true\nflood_burst = 0\n", ircd.port);
+    if trust_the_certificate {
+        section.push_str(&format!("ca_file = \"{}\"\n", ircd.cert_path().display()));
+    }
+    section
+}
+
+#[tokio::test]
+async fn tls_with_the_certificate_trusted_joins_and_talks_both_ways() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start_tls();
+    let _gateway = Gateway::start_irc_networks(&server, &tls_network(&ircd, true));
+    // bob is a plain client on the same server (its plain port).
+    let mut bob = ircd.client("bob").await;
+    bob.join("#tls").await;
+    let mut alice = server.client("alice", "localhost").await;
+    let r = room_on_localhost("#tls");
+
+    let started = Instant::now();
+    let me = join(&mut alice, &r, "alice").await;
+    eprintln!("figures: joined a room over TLS (connect, handshake, registration, JOIN) in {:?}", started.elapsed());
+    assert_eq!(me.attr("from"), Some(format!("{r}/alice").as_str()));
+    bob.wait_for("alice's JOIN", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await;
+    assert_eq!(ircd.registered_over_tls("alice"), Some(true), "alice's IRC connection is not the TLS one");
+    assert_eq!(ircd.registered_over_tls("bob"), Some(false));
+
+    groupchat(&mut alice, &r, "over tls").await;
+    let line = bob.wait_for("alice's PRIVMSG", |l| l.is_privmsg_to("#tls")).await;
+    assert_eq!((line.prefix_nick.as_deref(), line.text()), (Some("alice"), "over tls"));
+    bob.privmsg("#tls", "and back").await;
+    let m = alice.wait_for("bob's message", |e| body(e).as_deref() == Some("and back")).await;
+    assert_eq!(m.attr("from"), Some(format!("{r}/bob").as_str()));
+}
+
+#[tokio::test]
+async fn tls_without_the_ca_file_refuses_the_unverifiable_certificate() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start_tls();
+    let gateway = Gateway::start_irc_networks(&server, &tls_network(&ircd, false));
+    let mut alice = server.client("alice", "localhost").await;
+    let r = room_on_localhost("#tls");
+    alice.send_raw(&format!("<presence to='{r}/alice'><x xmlns='{MUC}'/></presence>")).await;
+    let error = alice
+        .wait_for("the join error", |e| is_presence_from(e, &format!("{r}/alice")) && e.attr("type") == Some("error"))
+        .await;
+    assert_eq!(error_condition(&error).as_deref(), Some("service-unavailable"), "{error:?}");
+    let text = error_text(&error);
+    assert!(text.contains("TLS") && text.contains("certificate"), "the error does not say why: {text}");
+    eprintln!("the join error says: {text}");
+    // The handshake failed before anything IRC was said: no alice on the server.
+    assert_eq!(ircd.registered_over_tls("alice"), None, "alice registered although the certificate is unverifiable");
+    assert_eq!(gateway.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_server_notice_comes_from_the_server_jid() {
+    let s = setup();
+    let mut alice = s.server.client("alice", "localhost").await;
+    let server_jid = format!("127.0.0.1@{GW}");
+    // A message to the server's JID is a raw IRC command on alice's own connection;
+    // ngIRCd answers HELP (no topic) with NOTICEs from irc.localhost.
+    alice.send_raw(&format!("<message to='{server_jid}' type='chat'><body>HELP</body></message>")).await;
+    let notice = alice
+        .wait_for("ngIRCd's HELP notice", |e| {
+            e.name() == "message" && body(e).is_some_and(|b| b.starts_with("This is ngIRCd"))
+        })
+        .await;
+    assert_eq!(notice.attr("from"), Some(server_jid.as_str()), "{notice:?}");
+    assert_eq!(notice.attr("type"), Some("chat"));
+    // The rest of the help text follows, from the same JID.
+    let more = alice.wait_for("more of the help", |e| body(e).is_some_and(|b| b.contains("HELP COMMANDS"))).await;
+    assert_eq!(more.attr("from"), Some(server_jid.as_str()));
+    // A notice from a user, in private, comes from the user's JID, not the server's.
+    let mut bob = s.ircd.client("bob").await;
+    bob.send_line("NOTICE alice :from a person").await;
+    let from_bob = alice.wait_for("bob's notice", |e| body(e).as_deref() == Some("from a person")).await;
+    assert_eq!(from_bob.attr("from"), Some(format!("bob%127.0.0.1@{GW}").as_str()));
+}
+
+#[tokio::test]
+async fn leaving_the_last_channel_closes_the_irc_connection_unless_a_private_conversation_remains() {
+    let s = setup();
+    let mut bob = s.ircd.client("bob").await;
+    bob.join("#a").await;
+    let mut alice = s.server.client("alice", "localhost").await;
+    let r = room("#a");
+    join(&mut alice, &r, "alice").await;
+    bob.wait_for("alice's JOIN", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await;
+
+    let ended = sessions_ended(&s.gateway);
+    alice.send_raw(&format!("<presence to='{r}/alice' type='unavailable'/>")).await;
+    let gone = alice
+        .wait_for("alice's own unavailable presence", |e| is_presence_from(e, &format!("{r}/alice")) && e.attr("type") == Some("unavailable"))
+        .await;
+    assert!(status_codes(&gone).contains(&"110".into()), "{gone:?}");
+    // The PART (with its reason) goes out before the QUIT; after the PART, bob shares no
+    // channel with alice, so IRC does not show him the QUIT: he asks whether she is there.
+    bob.wait_for("alice's PART", |l| l.command == "PART" && l.prefix_nick.as_deref() == Some("alice")).await;
+    wait_session_ended(&s.gateway, ended).await;
+    bob.send_line("WHOIS alice").await;
+    bob.wait_for("no such nick alice", |l| l.command == "401").await;
+
+    // Back in (a new connection), then a private conversation with bob: leaving the
+    // channel now only PARTs, and the conversation goes on.
+    join(&mut alice, &r, "alice").await;
+    bob.wait_for("alice's new JOIN", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await;
+    alice.send_raw(&format!("<message to='bob%127.0.0.1@{GW}' type='chat'><body>just us</body></message>")).await;
+    bob.wait_for("the private message", |l| l.is_privmsg_to("bob") && l.text() == "just us").await;
+    alice.send_raw(&format!("<presence to='{r}/alice' type='unavailable'/>")).await;
+    bob.wait_for("alice's PART", |l| l.command == "PART" && l.prefix_nick.as_deref() == Some("alice")).await;
+    assert!(
+        !bob.receives_within(Duration::from_secs(1), |l| l.command == "QUIT" && l.prefix_nick.as_deref() == Some("alice")).await,
+        "alice quit although she has a private conversation"
+    );
+    bob.privmsg("alice", "still there?").await;
+    alice.wait_for("bob's private reply", |e| body(e).as_deref() == Some("still there?")).await;
+}
+
+#[tokio::test]
+async fn leaving_the_last_channel_and_joining_again_at_once_gets_the_user_back_in() {
+    // What a client does to "rejoin" a room: unavailable, then a new join, back to back.
+    // Whether the join reaches the session before it ends is a race: five rounds make a
+    // lost join show up almost surely, and a correct gateway passes all of them.
+    let s = setup();
+    let mut bob = s.ircd.client("bob").await;
+    bob.join("#again").await;
+    let mut alice = s.server.client("alice", "localhost").await;
+    let r = room("#again");
+    let me = format!("{r}/alice");
+    join(&mut alice, &r, "alice").await;
+    bob.wait_for("alice's JOIN", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await;
+    for round in 0..5 {
+        alice
+            .send_raw(&format!("<presence to='{me}' type='unavailable'/><presence to='{me}'><x xmlns='{MUC}'/></presence>"))
+            .await;
+        alice.wait_for("alice's own unavailable presence", |e| is_presence_from(e, &me) && e.attr("type") == Some("unavailable")).await;
+        let what = format!("round {round}: the self-presence of the join sent right after leaving (none and no error: the join was lost)");
+        alice.wait_for(&what, |e| is_presence_from(e, &me) && e.attr("type").is_none() && status_codes(e).contains(&"110".into())).await;
+        bob.wait_for("alice's new JOIN", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await;
+        groupchat(&mut alice, &r, &format!("back again {round}")).await;
+        bob.wait_for("a message after the rejoin", |l| l.is_privmsg_to("#again") && l.text() == format!("back again {round}")).await;
+    }
+}
+
+#[tokio::test]
+async fn the_last_resource_going_offline_ends_the_irc_session() {
+    let s = setup();
+    let mut bob = s.ircd.client("bob").await;
+    bob.join("#b").await;
+    let r = room("#b");
+    let left = |l: &support::irc::IrcLine| matches!(l.command.as_str(), "QUIT" | "PART") && l.prefix_nick.as_deref() == Some("alice");
+
+    // A broadcast unavailable presence: the server sends it to the room too (alice's
+    // directed presence), which is all the gateway learns of an unregistered user.
+    let mut alice = s.server.client("alice", "localhost").await;
+    join(&mut alice, &r, "alice").await;
+    bob.wait_for("alice's JOIN", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await;
+    let ended = sessions_ended(&s.gateway);
+    let started = Instant::now();
+    alice.send_raw("<presence type='unavailable'/>").await;
+    let line = bob.wait_for("alice leaving after her unavailable presence", left).await;
+    eprintln!("figures: alice left IRC ({}) {:?} after her unavailable presence", line.command, started.elapsed());
+    wait_session_ended(&s.gateway, ended).await;
+
+    // The client's connection simply drops: the same.
+    drop(alice);
+    let mut alice = s.server.client("alice", "localhost").await;
+    join(&mut alice, &r, "alice").await;
+    bob.wait_for("alice's JOIN again", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await;
+    let started = Instant::now();
+    drop(alice);
+    let line = bob.wait_for("alice leaving after her connection dropped", left).await;
+    eprintln!("figures: alice left IRC ({}) {:?} after her XMPP connection dropped", line.command, started.elapsed());
+}
+
+/// What the fake IRC server of [`a_misbehaving_irc_server_does_not_affect_other_users`]
+/// does and saw.
+#[derive(Default)]
+struct FakeIrc {
+    /// Bytes received from the gateway.
+    received: Vec<u8>,
+    /// Bytes of garbage written so far.
+    written: usize,
+    /// Whether all the garbage was written.
+    done: bool,
+}
+
+/// Accepts connections on `listener`; on each, drains what the gateway writes and sends
+/// garbage: a 20 KB line without a newline, invalid UTF-8, control characters, truncated
+/// commands, 2 MB of junk without a newline, then hangs until `close` fires, then closes.
+fn spawn_fake_irc_server(
+    listener: tokio::net::TcpListener,
+    state: std::sync::Arc<std::sync::Mutex<FakeIrc>>,
+    close: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { return };
+            let (mut read, mut write) = socket.into_split();
+            let drain_state = state.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    drain_state.lock().unwrap().received.extend_from_slice(&buf[..n]);
+                }
+            });
+            let state = state.clone();
+            let mut close = close.clone();
+            tokio::spawn(async move {
+                let mut chunks: Vec<Vec<u8>> = vec![
+                    vec![b'A'; 20 * 1024],
+                    b"\xff\xfe\xc3\x28\xa0\xa1 :\xf0\x28\x8c\x28 PRIVMSG \x80\x81\r\n".to_vec(),
+                    b"\x00\x01\x02\x1b[31m NOTICE\x00 * :\x07\x07\r\n".to_vec(),
+                    // Lines that parse as nothing useful (no welcome: that would be a
+                    // server, if a strange one).
+                    b":\r\n: : :\r\nPRIVMSG\r\n:irc.fake NOTICE\r\n:irc.fake 999\r\n".to_vec(),
+                ];
+                chunks.extend(std::iter::repeat_n(vec![b'z'; 64 * 1024], 32));
+                for chunk in chunks {
+                    if write.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    state.lock().unwrap().written += chunk.len();
+                }
+                state.lock().unwrap().done = true;
+                let _ = close.wait_for(|c| *c).await;
+                drop(write);
+            });
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_misbehaving_irc_server_does_not_affect_other_users() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start(false);
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake_port = fake.local_addr().unwrap().port();
+    let state = std::sync::Arc::new(std::sync::Mutex::new(FakeIrc::default()));
+    let (close, close_rx) = tokio::sync::watch::channel(false);
+    spawn_fake_irc_server(fake, state.clone(), close_rx);
+    let networks = format!(
+        "[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n\
+         [irc.networks.\"localhost\"]\nport = {fake_port}\ntls = false\n",
+        ircd.port
+    );
+    let gateway = Gateway::start_irc_networks(&server, &networks);
+
+    // alice on the real server, with carol on IRC.
+    let mut carol = ircd.client("carol").await;
+    carol.join("#steady").await;
+    let mut alice = server.client("alice", "localhost").await;
+    let r = room("#steady");
+    join(&mut alice, &r, "alice").await;
+    carol.wait_for("alice's JOIN", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await;
+
+    // bob joins a room on the broken server.
+    let mut bob = server.client("bob", "localhost").await;
+    let junk_room = room_on_localhost("#junk");
+    bob.send_raw(&format!("<presence to='{junk_room}/bob'><x xmlns='{MUC}'/></presence>")).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        {
+            let s = state.lock().unwrap();
+            if s.done && String::from_utf8_lossy(&s.received).contains("NICK bob") {
+                eprintln!("figures: the fake server sent {} bytes of garbage to bob's session", s.written);
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the gateway did not talk to the fake server, or it could not write its garbage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // While that connection hangs, alice's messages flow both ways.
+    async fn exchange(alice: &mut Client, carol: &mut support::irc::IrcClient, r: &str, tag: &str) -> Duration {
+        let mut worst = Duration::ZERO;
+        for i in 0..10 {
+            let started = Instant::now();
+            groupchat(alice, r, &format!("{tag} ping {i}")).await;
+            carol.wait_for("alice's ping", |l| l.is_privmsg_to("#steady") && l.text() == format!("{tag} ping {i}")).await;
+            carol.privmsg("#steady", &format!("{tag} pong {i}")).await;
+            alice.wait_for("carol's pong", |e| body(e) == Some(format!("{tag} pong {i}"))).await;
+            worst = worst.max(started.elapsed());
+        }
+        worst
+    }
+    let during = exchange(&mut alice, &mut carol, &r, "during").await;
+    assert!(
+        !bob.receives_within(Duration::from_millis(200), |e| e.attr("from").is_some_and(|f| f.starts_with(&junk_room)) && e.attr("type") != Some("error")).await,
+        "bob was shown in a room of a server that never welcomed him"
+    );
+
+    // The broken server closes: bob is told, nothing else changes.
+    close.send(true).unwrap();
+    let error = bob
+        .wait_for("bob's join error", |e| is_presence_from(e, &format!("{junk_room}/bob")) && e.attr("type") == Some("error"))
+        .await;
+    assert_eq!(error_condition(&error).as_deref(), Some("service-unavailable"), "{error:?}");
+    assert!(error_text(&error).contains("localhost"), "{}", error_text(&error));
+    eprintln!("bob's join error says: {}", error_text(&error));
+    let after = exchange(&mut alice, &mut carol, &r, "after").await;
+    eprintln!("figures: worst XMPP -> IRC -> XMPP round trip while the broken server hung: {during:?}, after: {after:?}");
+
+    // bob himself is fine too: he joins alice's room on the real server.
+    join(&mut bob, &r, "bob").await;
+    carol.wait_for("bob's JOIN", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("bob")).await;
+    groupchat(&mut bob, &r, "bob is fine").await;
+    carol.wait_for("bob's message", |l| l.is_privmsg_to("#steady") && l.text() == "bob is fine").await;
+    assert_eq!(gateway.connections(), 1, "the gateway reconnected to the XMPP server");
+    assert!(gateway.child.is_some());
+}

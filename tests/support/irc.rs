@@ -1,4 +1,5 @@
-//! IRC side of the test harness: a private ngIRCd started by `scripts/ngircd.sh`, and a
+//! IRC side of the test harness: a private ngIRCd started by `scripts/ngircd.sh` (plain,
+//! or TLS with a self-signed certificate plus a plain port for raw clients), and a
 //! raw-socket IRC client that keeps every line's bytes (for charset tests).
 //!
 //! A test whose server cannot start fails with the script's output: it never skips.
@@ -234,11 +235,12 @@ impl IrcClient {
 /// A private ngIRCd (server name `irc.localhost`) on 127.0.0.1 with its own directory;
 /// stopped on drop. NICKLEN is 9, lines are at most 512 bytes with CR LF.
 pub struct Ngircd {
-    /// The instance's directory (config, `ngircd.out` console log).
+    /// The instance's directory (config, `ngircd.out` console log, `tls/`).
     pub dir: tempfile::TempDir,
-    /// The IRC port on 127.0.0.1.
+    /// The IRC port on 127.0.0.1: TLS only for [`Ngircd::start_tls`], else plain.
     pub port: u16,
     flood_protection: bool,
+    tls: bool,
 }
 
 impl Ngircd {
@@ -247,19 +249,91 @@ impl Ngircd {
     pub fn start(flood_protection: bool) -> Ngircd {
         let dir = tempfile::Builder::new().prefix("gw-ircd-").tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let server = Ngircd { dir, port, flood_protection };
+        let server = Ngircd { dir, port, flood_protection, tls: false };
         server.start_again();
         server
     }
 
-    /// Starts the server (again) on the same directory and port.
+    /// Starts a server whose `port` speaks TLS only, with a self-signed certificate for
+    /// `localhost` and `127.0.0.1` ([`Ngircd::cert_path`]), and whose
+    /// [`Ngircd::plain_port`] (`port + 1`) is plain, for the raw test clients. No flood
+    /// protection.
+    /// Two consecutive ports are likelier to be taken meanwhile by a parallel test than
+    /// one: a start that fails for that alone is tried again on other ports.
+    pub fn start_tls() -> Ngircd {
+        let dir = tempfile::Builder::new().prefix("gw-ircd-tls-").tempdir().unwrap();
+        let mut server = Ngircd { dir, port: 0, flood_protection: false, tls: true };
+        for attempt in 1.. {
+            server.port = free_port_pair();
+            let port = server.port.to_string();
+            match try_run_script(&["start", server.path(), &port, "--tls"]) {
+                Ok(()) => break,
+                Err(output) if attempt < 5 && (output.contains("already in use") || output.contains("could not listen")) => {
+                    eprintln!("ngIRCd with TLS: port {port} or the next taken meanwhile, trying others");
+                }
+                Err(output) => panic!("{output}"),
+            }
+        }
+        server
+    }
+
+    /// Starts the server (again) on the same directory and port (and certificate).
     pub fn start_again(&self) {
         let port = self.port.to_string();
         let mut args = vec!["start", self.path(), &port];
         if self.flood_protection {
             args.push("--flood-protection");
         }
+        if self.tls {
+            args.push("--tls");
+        }
         run_script(&args);
+    }
+
+    /// The plain port: `port`, or `port + 1` for a TLS server.
+    pub fn plain_port(&self) -> u16 {
+        if self.tls {
+            self.port + 1
+        } else {
+            self.port
+        }
+    }
+
+    /// The self-signed certificate of a TLS server (PEM), to trust as a root.
+    pub fn cert_path(&self) -> PathBuf {
+        assert!(self.tls, "cert_path: this ngIRCd was started without TLS");
+        self.dir.path().join("tls").join("cert.pem")
+    }
+
+    /// Whether the connection on which `nick` registered (its latest registration, per
+    /// ngIRCd's console log) was TLS; `None` if the log shows no registration of `nick`.
+    pub fn registered_over_tls(&self, nick: &str) -> Option<bool> {
+        let log = std::fs::read_to_string(self.dir.path().join("ngircd.out")).unwrap_or_default();
+        // "Accepted connection 8 from ...", "Connection 8: initialized TLS1.3 using ...",
+        // "User \"alice!~alice@127.0.0.1\" registered (connection 8)."
+        let mut tls_by_connection = std::collections::HashMap::new();
+        let mut found = None;
+        let registered = format!("User \"{nick}!");
+        for line in log.lines() {
+            let number = |after: &str| -> Option<String> {
+                let rest = &line[line.find(after)? + after.len()..];
+                Some(rest.chars().take_while(char::is_ascii_digit).collect())
+            };
+            if line.contains("Accepted connection ") {
+                if let Some(n) = number("Accepted connection ") {
+                    tls_by_connection.insert(n, false);
+                }
+            } else if line.contains(": initialized TLS") {
+                if let Some(n) = number("] Connection ") {
+                    tls_by_connection.insert(n, true);
+                }
+            } else if line.contains(&registered) && line.contains("\" registered (connection ") {
+                if let Some(n) = number("registered (connection ") {
+                    found = Some(tls_by_connection.get(&n).copied().unwrap_or(false));
+                }
+            }
+        }
+        found
     }
 
     /// Stops the server (idempotent).
@@ -267,9 +341,9 @@ impl Ngircd {
         run_script(&["stop", self.path()]);
     }
 
-    /// A client registered as `nick`.
+    /// A client registered as `nick` (on the plain port).
     pub async fn client(&self, nick: &str) -> IrcClient {
-        IrcClient::connect(self.port, nick).await
+        IrcClient::connect(self.plain_port(), nick).await
     }
 
     fn path(&self) -> &str {
@@ -283,12 +357,31 @@ impl Drop for Ngircd {
     }
 }
 
+/// A port free right now on 127.0.0.1 whose successor is free too (TLS + plain).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two consecutive free ports on 127.0.0.1");
+}
+
 fn script_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts").join("ngircd.sh")
 }
 
 /// Runs scripts/ngircd.sh; panics with its output if it fails.
 fn run_script(args: &[&str]) {
+    if let Err(output) = try_run_script(args) {
+        panic!("{output}");
+    }
+}
+
+/// Runs scripts/ngircd.sh; `Err` holds what to show when it failed.
+fn try_run_script(args: &[&str]) -> Result<(), String> {
     let out = Command::new("bash")
         .arg(script_path())
         .args(args)
@@ -296,11 +389,13 @@ fn run_script(args: &[&str]) {
         .env("HARNESS_OWNER_PID", std::process::id().to_string())
         .output()
         .unwrap_or_else(|e| panic!("cannot run scripts/ngircd.sh: {e}"));
-    assert!(
-        out.status.success(),
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "scripts/ngircd.sh {args:?} failed ({}):\n{}\n{}\n(install ngircd with scripts/install-deps.sh)",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
 }

@@ -154,6 +154,14 @@ impl Gateway {
         gateway
     }
 
+    /// Attached to `server`, with `networks` as the whole `[irc.networks."..."]` part of
+    /// its configuration (TOML), e.g. a TLS network with a `ca_file`, or a fake server.
+    pub fn start_irc_networks(server: &XmppServer, networks: &str) -> Gateway {
+        let mut gateway = Self::configure(server, SECRET, networks);
+        gateway.spawn();
+        gateway
+    }
+
     /// Attached to `server`, with `mail` as the preset of example.test: plain IMAP and
     /// SMTP submission, or STARTTLS on both with the server's self-signed certificate
     /// trusted as a CA (verification on).
@@ -194,7 +202,7 @@ impl Gateway {
                 "[component]\njid = \"{GW}\"\nsecret = \"{secret}\"\nserver = \"127.0.0.1:{}\"\n\
                  keepalive_secs = 1\nreconnect_max_secs = 2\n\
                  [storage]\npath = \"{}\"\n\
-                 [registration]\nallowed_domains = [\"localhost\"]\n{networks}",
+                 [registration]\nallowed_domains = [\"localhost\"]\nadmins = [\"bob@localhost\"]\n{networks}",
                 server.component_port,
                 dir.path().join("db").display()
             ),

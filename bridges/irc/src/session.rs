@@ -24,6 +24,8 @@ use crate::transport::{self, LineReader, Stream};
 
 /// How long registration (up to RPL_WELCOME) may take.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Queued lines still sent at QUIT; beyond that the user is leaving anyway.
+const QUIT_FLUSH_LINES: usize = 20;
 /// First and last reconnection delays.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -165,7 +167,14 @@ impl IrcSession {
                 }
                 Outcome::Lost(reason) => {
                     warn!(server = %self.server, %reason, "IRC connection lost; reconnecting");
-                    let channels: Vec<String> = self.joined.values().map(|j| j.name.clone()).collect();
+                    // Joined channels, and those still being joined: the user hears about
+                    // both, and gets them back after the reconnection.
+                    let mut channels: Vec<String> = self.joined.values().map(|j| j.name.clone()).collect();
+                    for wanted in self.wanted.values() {
+                        if !self.joined.contains_key(&irc_lower(&wanted.name)) {
+                            channels.push(wanted.name.clone());
+                        }
+                    }
                     self.joined.clear();
                     self.registered = false;
                     self.emit(Event::Disconnected { channels, reason: reason.clone() }).await;
@@ -290,8 +299,13 @@ impl IrcSession {
         }
     }
 
-    /// Sends QUIT and ends.
+    /// Sends what is still queued (a PART with its reason, say), then QUIT, and ends.
     async fn quit(&mut self, write: &mut WriteHalf<Stream>, reason: &str) -> Outcome {
+        for line in self.queue.drain(..).take(QUIT_FLUSH_LINES) {
+            if transport::write_line(write, &line).await.is_err() {
+                break;
+            }
+        }
         let reason = text::to_irc_lines(reason).into_iter().next().unwrap_or_default();
         let _ = transport::write_line(write, &format!("QUIT :{reason}")).await;
         let _ = write.shutdown().await;
@@ -361,7 +375,8 @@ impl IrcSession {
                         None => format!("PART {channel}"),
                     });
                 }
-                return self.wanted.is_empty() && self.private_peers.is_empty();
+                // Whether the connection is still needed is the gateway's call (it sends
+                // Shutdown): deciding here would race with a join already on its way.
             }
             Command::SetTopic { channel, topic } => {
                 let topic = text::to_irc_lines(&topic).join(" ");
@@ -499,6 +514,8 @@ impl IrcSession {
 
     async fn on_numeric(&mut self, response: Response, args: Vec<String>, write: &mut WriteHalf<Stream>) -> Option<Outcome> {
         match response {
+            // A second welcome (a confused server) must not rejoin everything twice.
+            Response::RPL_WELCOME if self.registered => {}
             Response::RPL_WELCOME => {
                 self.registered = true;
                 self.ever_registered = true;
@@ -714,6 +731,9 @@ impl IrcSession {
             None => (body, false),
         };
         let body = text::strip_formatting(body);
+        if body.trim().is_empty() {
+            return;
+        }
         let kind = match (action, notice, is_channel) {
             (true, _, _) => MessageKind::Action,
             (_, true, _) => MessageKind::Notice,
