@@ -554,7 +554,6 @@ impl Router {
                     let reason = stanza.get_child("status", crate::connection::NS_COMPONENT).map(Element::text);
                     let session = SessionKey { user, network };
                     self.sessions.tell(&session, Command::Leave { channel: channel.to_owned(), reason });
-                    self.end_if_unused(&session);
                 }
             }
             _ => {}
@@ -668,18 +667,6 @@ impl Router {
         for ((_, network, _), room) in self.rooms.remove_resource(user, full) {
             let key = SessionKey { user: user.clone(), network };
             self.sessions.tell(&key, Command::Leave { channel: room.channel, reason: None });
-            self.end_if_unused(&key);
-        }
-    }
-
-    /// Ends an IRC session once the user is in none of its channels and has written to
-    /// none of its users: a join that follows finds the session gone and starts a new one.
-    fn end_if_unused(&mut self, key: &SessionKey) {
-        let NetworkId::Irc { server } = &key.network else { return };
-        let suffix = format!("%{server}@{}", self.gateway);
-        let talking = self.conversations.keys().any(|(u, contact)| u == &key.user.0 && contact.ends_with(&suffix));
-        if !self.rooms.any_on(&key.user, &key.network) && !talking {
-            self.sessions.end(key, "left every channel");
         }
     }
 
@@ -856,9 +843,15 @@ impl Router {
                     self.send_presence_from(presence, &contact, &user).await;
                 }
             }
-            Event::Ended { reason } => {
+            Event::Ended { reason, unhandled } => {
                 info!(user = %key.user.0, network = ?key.network, %reason, "session ended");
                 self.sessions.forget(&key);
+                // Commands that came too late for the ended session start a new one.
+                for command in unhandled {
+                    let record = self.store.user(&key.user.0).ok().flatten();
+                    let Ok(credentials) = credentials_for(record.as_ref(), &key.network) else { continue };
+                    let _ = self.sessions.dispatch(key.clone(), || credentials, command);
+                }
                 if !self.sessions.is_live(&key) {
                     self.rooms.remove_network(&key.user, &key.network);
                 }

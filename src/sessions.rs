@@ -92,13 +92,6 @@ impl Sessions {
         Ok(())
     }
 
-    /// Ends the session of `key`, if it runs.
-    pub fn end(&mut self, key: &SessionKey, reason: &str) {
-        if let Some(session) = self.live.remove(key) {
-            let _ = session.send(Command::Shutdown { reason: reason.to_owned() });
-        }
-    }
-
     /// Ends the IRC sessions of `user` (they went offline; email keeps watching, so mail
     /// reaches their offline storage).
     pub fn end_user_irc(&mut self, user: &UserId, reason: &str) {

@@ -1,11 +1,9 @@
 //! The component backbone against a real Prosody (and ejabberd): connect, discover,
 //! register, survive restarts and bad input.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use testkit::*;
 
 fn prosody() -> XmppServer {
     XmppServer::start(ServerKind::Prosody)

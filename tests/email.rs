@@ -2,13 +2,11 @@
 //! a real login, mail out with the right headers, mail in pushed by IDLE, threads,
 //! refusals, restarts, header injection, STARTTLS with verification.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use minidom::Element;
-use support::mail::MailServer;
-use support::*;
+use testkit::mail::MailServer;
+use testkit::*;
 
 const ALICE: &str = "alice@example.test";
 const BOB: &str = "bob@example.test";

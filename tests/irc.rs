@@ -1,13 +1,11 @@
 //! The IRC bridge against a real ngIRCd and a real Prosody: channels as MUC rooms, IRC
 //! users as JIDs, both ways. IRC-side peers are raw-socket clients in the test.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use minidom::Element;
-use support::irc::Ngircd;
-use support::*;
+use testkit::irc::Ngircd;
+use testkit::*;
 
 const MUC: &str = "http://jabber.org/protocol/muc";
 const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
@@ -598,7 +596,7 @@ async fn the_last_resource_going_offline_ends_the_irc_session() {
     let mut bob = s.ircd.client("bob").await;
     bob.join("#b").await;
     let r = room("#b");
-    let left = |l: &support::irc::IrcLine| matches!(l.command.as_str(), "QUIT" | "PART") && l.prefix_nick.as_deref() == Some("alice");
+    let left = |l: &testkit::irc::IrcLine| matches!(l.command.as_str(), "QUIT" | "PART") && l.prefix_nick.as_deref() == Some("alice");
 
     // A broadcast unavailable presence: the server sends it to the room too (alice's
     // directed presence), which is all the gateway learns of an unregistered user.
@@ -726,7 +724,7 @@ async fn a_misbehaving_irc_server_does_not_affect_other_users() {
     }
 
     // While that connection hangs, alice's messages flow both ways.
-    async fn exchange(alice: &mut Client, carol: &mut support::irc::IrcClient, r: &str, tag: &str) -> Duration {
+    async fn exchange(alice: &mut Client, carol: &mut testkit::irc::IrcClient, r: &str, tag: &str) -> Duration {
         let mut worst = Duration::ZERO;
         for i in 0..10 {
             let started = Instant::now();

@@ -330,5 +330,8 @@ pub enum Event {
     Ended {
         /// Why, for the user.
         reason: String,
+        /// Commands that reached the session after it decided to end: the gateway hands
+        /// them to a new session, so nothing the user asked for is lost.
+        unhandled: Vec<Command>,
     },
 }

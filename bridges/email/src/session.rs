@@ -115,7 +115,7 @@ impl EmailSession {
         }
         let _ = stop.send(());
         let _ = watching.await;
-        let _ = self.events.send(SessionEvent { key: self.key.clone(), event: Event::Ended { reason: "session closed".into() } }).await;
+        let _ = self.events.send(SessionEvent { key: self.key.clone(), event: Event::Ended { reason: "session closed".into(), unhandled: Vec::new() } }).await;
     }
 
     async fn fail(&self, peer: Peer, id: Option<String>, kind: FailureKind, text: String) {

@@ -24,6 +24,9 @@ use crate::transport::{self, LineReader, Stream};
 
 /// How long registration (up to RPL_WELCOME) may take.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an IRC connection with no channel and no private conversation stays open,
+/// so that leaving and rejoining a room does not cost a reconnection.
+const LINGER: Duration = Duration::from_secs(2);
 /// Queued lines still sent at QUIT; beyond that the user is leaving anyway.
 const QUIT_FLUSH_LINES: usize = 20;
 /// First and last reconnection delays.
@@ -104,6 +107,8 @@ pub struct IrcSession {
     pending: Vec<Command>,
     /// Whether SASL logged us in on the current connection (then no NickServ).
     sasl_succeeded: bool,
+    /// Since when the session has had no channel and no private conversation.
+    idle_since: Option<Instant>,
 }
 
 impl IrcSession {
@@ -143,6 +148,7 @@ impl IrcSession {
             ever_registered: false,
             pending: Vec::new(),
             sasl_succeeded: false,
+            idle_since: None,
         }
     }
 
@@ -189,7 +195,15 @@ impl IrcSession {
                 }
             }
         }
-        self.emit(Event::Ended { reason: "session closed".into() }).await;
+        // Nothing more is taken; what arrived meanwhile goes back to the gateway.
+        self.commands.close();
+        let mut unhandled = std::mem::take(&mut self.pending);
+        while let Ok(command) = self.commands.try_recv() {
+            if !matches!(command, Command::Shutdown { .. }) {
+                unhandled.push(command);
+            }
+        }
+        self.emit(Event::Ended { reason: "session closed".into(), unhandled }).await;
     }
 
     /// Handles the command that opened the session; false if it ends it at once.
@@ -254,6 +268,13 @@ impl IrcSession {
                 return Outcome::Lost(error.to_string());
             }
             let wait_send = (!self.queue.is_empty()).then_some(self.next_send);
+            // Nothing left to do here: linger a moment (a client "rejoin" is a leave and a
+            // join back to back), then quit.
+            let unused = self.registered && self.wanted.is_empty() && self.private_peers.is_empty();
+            let idle_until = if unused { *self.idle_since.get_or_insert_with(Instant::now) + LINGER } else {
+                self.idle_since = None;
+                deadline
+            };
             tokio::select! {
                 line = reader.next_line() => match line {
                     Ok(Some(line)) => {
@@ -269,10 +290,13 @@ impl IrcSession {
                     Some(Command::Shutdown { reason }) => return self.quit(&mut write, &reason).await,
                     Some(command) => {
                         if self.on_command(command) {
-                            return self.quit(&mut write, "left every channel").await;
+                            return self.quit(&mut write, "gateway shutting down").await;
                         }
                     }
                 },
+                () = tokio::time::sleep_until(idle_until), if unused => {
+                    return self.quit(&mut write, "left every channel").await;
+                }
                 () = sleep_until_opt(wait_send) => {}
                 () = tokio::time::sleep_until(deadline), if !self.registered => {
                     return Outcome::Lost("no welcome from the server in time".into());
@@ -368,7 +392,9 @@ impl IrcSession {
             Command::Leave { channel, reason } => {
                 let lower = irc_lower(&channel);
                 self.wanted.remove(&lower);
-                if self.joined.contains_key(&lower) {
+                // Forgotten at once, not when the server echoes the PART: a join that
+                // follows straight away must send a new JOIN.
+                if self.joined.remove(&lower).is_some() {
                     let reason = reason.and_then(|r| text::to_irc_lines(&r).into_iter().next());
                     self.send(match reason {
                         Some(reason) => format!("PART {channel} :{reason}"),

@@ -3,8 +3,7 @@
 //! own XML framing.
 //!
 //! A test whose server cannot start fails with the script's output: it never skips.
-
-#![allow(dead_code)]
+//! The benchmarks (issue 5) drive the same servers and clients.
 
 pub mod irc;
 pub mod mail;
@@ -37,8 +36,25 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The repository's root (this crate lives in `testkit/`).
+pub fn repo() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(Path::to_path_buf).unwrap_or(here)
+}
+
+/// The gateway binary: `XMPP_GATEWAY_BIN` if set, else the `xmpp-gateway` that cargo built
+/// beside the running test or benchmark (`target/<profile>/`).
+pub fn gateway_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("XMPP_GATEWAY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("the running executable");
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("xmpp-gateway"))
+        .find(|bin| bin.is_file())
+        .unwrap_or_else(|| panic!("no xmpp-gateway binary beside {}: build it (cargo build) or set XMPP_GATEWAY_BIN", exe.display()))
 }
 
 fn script(name: &str, args: &[&str]) -> String {
@@ -222,7 +238,7 @@ impl Gateway {
     /// Starts the binary without waiting.
     pub fn spawn_no_wait(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_xmpp-gateway"))
+        let child = Command::new(gateway_binary())
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "xmpp_gateway=debug,info".into()))

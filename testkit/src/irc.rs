@@ -370,7 +370,7 @@ fn free_port_pair() -> u16 {
 }
 
 fn script_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts").join("ngircd.sh")
+    crate::repo().join("scripts").join("ngircd.sh")
 }
 
 /// Runs scripts/ngircd.sh; panics with its output if it fails.

@@ -257,7 +257,7 @@ fn free_port_range(n: u16) -> u16 {
 }
 
 fn script_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts").join("mail.sh")
+    crate::repo().join("scripts").join("mail.sh")
 }
 
 /// Runs scripts/mail.sh; its stdout, or everything it printed if it failed.
