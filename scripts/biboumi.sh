@@ -26,8 +26,9 @@
 #   BIBOUMI_TCP_NODELAY=1  load DIR/nodelay.so (LD_PRELOAD, compiled with cc from a
 #                      few lines below): TCP_NODELAY on every TCP socket biboumi
 #                      connects (XMPP server, IRC servers). biboumi 9 never sets it,
-#                      which costs it a 40 ms delayed-ACK stall per relayed IRC
-#                      message (see LATENCY below). Default 0: biboumi as shipped.
+#                      which costs it a delayed-ACK stall of about 40 ms on an
+#                      IRC->XMPP message that closely follows another write to the
+#                      XMPP server (see LATENCY below). Default 0: as shipped.
 #   HARNESS_OWNER_PID  optional pid (e.g. the benchmark process): when that
 #                      process exits while biboumi runs, biboumi is stopped.
 #   All BIBOUMI_* variables are removed from biboumi's own environment: biboumi
@@ -162,7 +163,56 @@
 # client holding both an XMPP c2s and a raw IRC connection to #bench; one round
 # trip = groupchat message XMPP -> Prosody -> biboumi -> ngIRCd -> IRC client,
 # whose PRIVMSG reply goes IRC -> biboumi -> Prosody -> XMPP client; 200 in a row)
-FIGURES_PLACEHOLDER
+# on a 2-core machine that was busy compiling at the same time (the p99 figures
+# suffer from that, the medians hardly):
+#   as shipped, default per-user settings:  p50 1000 ms, p99 1020 ms (both
+#       with and without BIBOUMI_TCP_NODELAY): the IRC throttle, 1 line/s once
+#       10 lines are spent (a burst of 15 lines took 4.9 s); one run had a
+#       16 s outlier. 200 round trips take 200 s.
+#   as shipped, fair configuration:  p50 44.0 ms, p90 48.0, p99 49-52 ms (5 runs
+#       of 200; XMPP->IRC leg p50 0.5 ms, IRC->XMPP leg p50 43.5 ms).
+#   BIBOUMI_TCP_NODELAY=1, fair:  p50 0.22-0.36 ms, p99 1.6-6 ms (5 runs).
+#   BIBOUMI_TCP_NODELAY=1, fair but record_history true:  p50 10-39 ms (about
+#       20 ms per leg in most runs): one SQLite commit with fsync per message,
+#       in biboumi's only thread, so it depends on the disk and its other load.
+# The 40 ms delayed-ACK stall (see shared HARNESS "Latency pitfall") is there in
+# every run of biboumi as shipped, in the IRC->XMPP leg only, and is biboumi's
+# own: biboumi writes the reflection of the user's message to Prosody, then, a
+# fraction of a millisecond later, the IRC reply; Prosody sends nothing back on
+# the component connection, so the first write's ACK is delayed (about 40 ms;
+# the 44.0/48.0 ms steps are the kernel's 4 ms timer ticks) and Nagle holds the
+# second write until then. TCP_NODELAY on the test clients' own sockets changes
+# nothing (measured both ways: identical). Two ways to remove it: start biboumi
+# with BIBOUMI_TCP_NODELAY=1 (the stall disappears completely), or leave at
+# least about 50 ms of silence between the two legs and time each leg on its
+# own (with a 60 ms pause the IRC->XMPP leg of shipped biboumi is 0.7 ms).
+# A benchmark should say which biboumi it measured.
+#
+# PITFALLS
+#   - record_history is not in the IRC server's form: it is in the gateway's
+#     (COMPONENT_JID) form. The per-channel form (node configure on
+#     #chan%127.0.0.1@COMPONENT_JID) has a record_history 'unset' that follows it.
+#   - A submitted form replaces the whole setting: resubmit every field (1c, 2c).
+#     Both commands take effect at once, also on an IRC connection that is
+#     already open (checked: throttling stops, stanza-id disappears).
+#   - Default tls_ports 6697 and 6670 are tried first, with TLS: refused at once
+#     on 127.0.0.1, but if something listens there (scripts/ngircd.sh --tls on
+#     6697...), biboumi goes there. The fair settings name the one plain port.
+#   - biboumi exits at start-up when it cannot connect or authenticate (this
+#     script then fails with its log), but once connected it survives the XMPP
+#     server going away, keeps retrying and reconnects when it is back
+#     (checked): stopping Prosody first does not stop biboumi. TERM makes it send QUIT to the IRC servers
+#     and exit within about 2 s.
+#   - One component JID per biboumi; scripts/prosody.sh declares one component,
+#     so several biboumi instances need one Prosody each (or another XMPP server
+#     config). Idle RSS about 21 MiB.
+#   - The IRC nick is the resource of the join presence (ngIRCd: 9 characters
+#     at most); one IRC connection per XMPP bare JID and IRC server, so N
+#     benchmark users = N XMPP accounts = N IRC connections. Nicks are unique
+#     per IRC server, also across biboumi instances sharing one ngIRCd: a join
+#     with a nick already taken got no self-presence (timed out after 30 s).
+#   - biboumi reads BIBOUMI_* environment variables as config overrides; this
+#     script removes them from its environment.
 set -euo pipefail
 
 PROG=biboumi.sh
@@ -335,7 +385,8 @@ cmd_start() {
         sleep 0.05
     done
     if [ "$level" -gt 1 ]; then
-        # SIGUSR1: biboumi re-reads its config and reopens its log (nothing else).
+        # SIGUSR1: biboumi re-reads its config, reopens its log and its database;
+        # connections are kept.
         write_config "$dir" "$port" "$jid" "$secret" "$level"
         kill -USR1 "$pid"
     fi

@@ -230,30 +230,7 @@ kill_session() {
     [ -z "$pids" ] || log "warning: processes left in session $sid: ${pids//$'\n'/ }"
 }
 
-# ensure_reachable DIR - ejabberd runs as its own user, so DIR and every parent
-# must be searchable (x) by it. Test temp dirs are often 0700 (Rust's tempfile):
-# parents inside /tmp or $TMPDIR that we own get o+x (search only, no listing);
-# anything else is an error.
-ensure_reachable() {
-    local dir=$1 p='' part tmp=${TMPDIR:-/tmp}
-    local -a parts
-    IFS=/ read -r -a parts <<<"${dir#/}"
-    for part in "${parts[@]}"; do
-        [ -n "$part" ] || continue
-        p="$p/$part"
-        runuser -u "$EJ_USER" -- test -x "$p" && continue
-        case "$p" in
-            /tmp/* | "${tmp%/}"/*)
-                if [ -O "$p" ]; then
-                    log "granting search permission (o+x) on $p so that user '$EJ_USER' can reach $dir"
-                    chmod o+x "$p"
-                    runuser -u "$EJ_USER" -- test -x "$p" && continue
-                fi
-                ;;
-        esac
-        die "user '$EJ_USER' cannot enter $p (mode $(stat -c %a "$p")); ejabberd needs DIR and all its parents searchable: chmod o+x $p, or use another DIR"
-    done
-}
+
 
 fail_start() {
     local dir=$1
@@ -287,7 +264,7 @@ cmd_start() {
     mkdir -p "$dir/etc" "$dir/spool" "$dir/log" "$dir/run" "$dir/home"
     chown "$EJ_USER:" "$dir/spool" "$dir/log" "$dir/run" "$dir/home"
     chmod 0700 "$dir/spool" "$dir/home"
-    ensure_reachable "$dir"
+    ensure_reachable "$dir" "$EJ_USER" ejabberd
 
     pid=$(running_pid "$dir")
     [ -z "$pid" ] || die "ejabberd of $dir is already running (pid $pid); run: $0 stop $dir"

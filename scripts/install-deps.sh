@@ -18,7 +18,8 @@ set -euo pipefail
 
 # All packages the tests need, in one place.
 PACKAGES="prosody lua-unbound lua-event lua-sec ejabberd ngircd openssl ca-certificates \
-dovecot-core dovecot-imapd dovecot-lmtpd postfix swaks libnet-ssleay-perl libio-socket-ssl-perl"
+dovecot-core dovecot-imapd dovecot-lmtpd postfix swaks libnet-ssleay-perl libio-socket-ssl-perl \
+inspircd atheme-services biboumi"
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -178,3 +178,39 @@ show_logs() {
         tail -n 40 "$f" >&2 || true
     done
 }
+
+# ensure_reachable DIR USER NAME - USER (the account server NAME runs as) must be able
+# to search DIR and every parent. Parents inside /tmp or $TMPDIR that we own get o+x
+# (search only, no listing); anything else is an error.
+ensure_reachable() {
+    local dir=$1 user=$2 name=$3 p='' part tmp=${TMPDIR:-/tmp}
+    local -a parts
+    IFS=/ read -r -a parts <<<"${dir#/}"
+    for part in "${parts[@]}"; do
+        [ -n "$part" ] || continue
+        p="$p/$part"
+        runuser -u "$user" -- test -x "$p" && continue
+        case "$p" in
+            /tmp/* | "${tmp%/}"/*)
+                if [ -O "$p" ]; then
+                    log "granting search permission (o+x) on $p so that user '$user' can reach $dir"
+                    chmod o+x "$p"
+                    runuser -u "$user" -- test -x "$p" && continue
+                fi
+                ;;
+        esac
+        die "user '$user' cannot enter $p (mode $(stat -c %a "$p")); $name needs DIR and all its parents searchable: chmod o+x $p, or use another DIR"
+    done
+}
+
+# pidfile_pid FILE MARKER - the pid in FILE if that process is alive and its command
+# line mentions MARKER (so a recycled pid is never taken for ours), else nothing. The
+# file may vanish while we read it (the server exiting): that reads as nothing.
+pidfile_pid() {
+    local pid
+    [ -s "$1" ] || return 0
+    pid=$(tr -dc '0-9' <"$1" 2>/dev/null || true)
+    if pid_alive "$pid" && pid_cmdline_has "$pid" "$2"; then
+        printf '%s\n' "$pid"
+    fi
+}

@@ -119,12 +119,7 @@ instance_tag() { printf '%s' "$1" | cksum | awk '{ printf "%08x", $1 }'; }
 
 # The pid of DIR's running Dovecot master, or nothing.
 dovecot_pid() {
-    local dir=$1 pid
-    [ -s "$dir/run/dovecot/master.pid" ] || return 0
-    pid=$(tr -dc '0-9' <"$dir/run/dovecot/master.pid" 2>/dev/null || true)
-    if pid_alive "$pid" && pid_cmdline_has "$pid" "$dir/dovecot.conf"; then
-        printf '%s\n' "$pid"
-    fi
+    pidfile_pid "$1/run/dovecot/master.pid" "$1/dovecot.conf"
 }
 
 # The pid of DIR's running Postfix master, or nothing. (Its command line is just

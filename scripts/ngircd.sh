@@ -102,37 +102,10 @@ EOF
 
 # The pid of DIR's running ngIRCd, or nothing.
 running_pid() {
-    local dir=$1 pid
-    [ -s "$dir/run/ngircd.pid" ] || return 0
-    pid=$(tr -dc '0-9' <"$dir/run/ngircd.pid" 2>/dev/null || true)
-    if pid_alive "$pid" && pid_cmdline_has "$pid" "$dir/ngircd.conf"; then
-        printf '%s\n' "$pid"
-    fi
+    pidfile_pid "$1/run/ngircd.pid" "$1/ngircd.conf"
 }
 
-# ensure_reachable DIR USER - USER must be able to search DIR and every parent
-# (ngIRCd writes its pidfile as USER). Parents inside /tmp or $TMPDIR that we own
-# get o+x (search only, no listing); anything else is an error.
-ensure_reachable() {
-    local dir=$1 user=$2 p='' part tmp=${TMPDIR:-/tmp}
-    local -a parts
-    IFS=/ read -r -a parts <<<"${dir#/}"
-    for part in "${parts[@]}"; do
-        [ -n "$part" ] || continue
-        p="$p/$part"
-        runuser -u "$user" -- test -x "$p" && continue
-        case "$p" in
-            /tmp/* | "${tmp%/}"/*)
-                if [ -O "$p" ]; then
-                    log "granting search permission (o+x) on $p so that user '$user' can reach $dir"
-                    chmod o+x "$p"
-                    runuser -u "$user" -- test -x "$p" && continue
-                fi
-                ;;
-        esac
-        die "user '$user' cannot enter $p (mode $(stat -c %a "$p")); ngIRCd needs DIR and all its parents searchable: chmod o+x $p, or use another DIR"
-    done
-}
+
 
 write_config() {
     local dir=$1 port=$2 flood=$3 as_root=$4 tls=$5 identity='' penalty ports=$2 ssl=''
@@ -273,7 +246,7 @@ cmd_start() {
     chmod 0755 "$dir" "$dir/conf.d"
     if [ "$as_root" = yes ]; then
         id "$IRC_USER" >/dev/null 2>&1 || die "no system user '$IRC_USER' (it comes with package ngircd)"
-        ensure_reachable "$dir" "$IRC_USER"
+        ensure_reachable "$dir" "$IRC_USER" ngIRCd
         chown "$IRC_USER:$IRC_USER" "$dir/run"
     fi
 

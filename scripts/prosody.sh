@@ -44,12 +44,7 @@ EOF
 
 # The pid of DIR's running Prosody, or nothing.
 running_pid() {
-    local dir=$1 pid
-    [ -s "$dir/prosody.pid" ] || return 0
-    pid=$(tr -dc '0-9' <"$dir/prosody.pid" 2>/dev/null || true)
-    if pid_alive "$pid" && pid_cmdline_has "$pid" "$dir/prosody.cfg.lua"; then
-        printf '%s\n' "$pid"
-    fi
+    pidfile_pid "$1/prosody.pid" "$1/prosody.cfg.lua"
 }
 
 make_certs() {

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// How long the client waits for an expected line (and for registration).
-pub const IRC_WAIT: Duration = Duration::from_secs(10);
+pub const IRC_WAIT: Duration = Duration::from_secs(20);
 
 /// One line received from the server, without its CR LF, and parsed.
 #[derive(Debug, Clone)]

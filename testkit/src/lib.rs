@@ -29,7 +29,7 @@ pub const NS_CLIENT: &str = "jabber:client";
 /// The IRC network section of tests that run no IRC server.
 const IRC_DEFAULT: &str = "[irc.networks.\"127.0.0.1\"]\nport = 6667\ntls = false\n";
 /// How long a test waits for an expected stanza.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
