@@ -18,9 +18,11 @@
 #       Registers the services account ACCOUNT (a raw client connects with nick
 #       ACCOUNT and sends "NickServ REGISTER PASSWORD ACCOUNT@example.test"), so
 #       that SASL PLAIN with ACCOUNT/PASSWORD succeeds (900/903). ACCOUNT must be
-#       a valid IRC nick not in use at that moment; PASSWORD at least 5
-#       characters, not equal to ACCOUNT, no spaces. Fails (exit 1, Atheme's
-#       answer on stderr) if the account exists already.
+#       a valid IRC nick not in use at that moment; PASSWORD must differ from
+#       ACCOUNT and contain no spaces or quotes (Atheme 7.2 has no minimum length).
+#       Fails (exit 1, NickServ's answer on stderr, e.g. "alice is already
+#       registered.") if the account exists already. Takes about 1 s (InspIRCd's
+#       registration delay, below).
 #   scripts/inspircd.sh stop DIR
 #       Stops Atheme and InspIRCd of DIR (TERM, KILL after 5 s). Idempotent.
 #
@@ -36,6 +38,20 @@
 # services.db, the opensex flat-file database), atheme.log, atheme.out,
 # run/inspircd.pid and run/atheme.pid (written by this script), port (PORT,
 # for adduser), watchdog.pid/watchdog.log (HARNESS_OWNER_PID only).
+#
+# Measured (Debian 12, InspIRCd 3.15.0, Atheme 7.2.12):
+#   - start: 1.2-1.4 s until ready, most of it the 1 s registration delay below.
+#   - Every client registration (NICK/USER, with or without CAP/SASL) gets 001
+#     about 1.0 s after connecting: InspIRCd 3 completes registrations in its
+#     once-a-second background check (not DNS: the same without any module and
+#     with resolvehostnames=no). SASL itself (AUTHENTICATE PLAIN -> 900/903, or
+#     904 for a wrong password or unknown account) answers within a few ms.
+#   - InspIRCd sends "AUTHENTICATE :+" (with a colon), not "AUTHENTICATE +".
+#   - CAP LS 302 answer: "inspircd.org/poison inspircd.org/standard-replies sasl=PLAIN".
+#   - User names have no "~" (":bob!bob@127.0.0.1"); NICKLEN=30, USERLEN=10,
+#     CASEMAPPING=rfc1459. "services.test" counts as a second server and its
+#     clients as 2 operators in LUSERS.
+#   - Accounts survive stop/start of the same DIR (Atheme saves on TERM).
 #
 # Configuration notes:
 #   - InspIRCd modules: cap, sasl (<sasl target="services.test" requiressl="no">),
@@ -215,7 +231,7 @@ irc_sasl_ready() {
 
 cmd_start() {
     [ $# -eq 2 ] || usage
-    local dir port=$2 link_port pass t0 deadline ipid apid nick runasroot=() t_linked
+    local dir port=$2 link_port pass t0 deadline ipid apid nick runasroot=()
     dir=$(abs_dir "$1")
     check_port PORT "$port"
     [ "$port" -lt 65535 ] || die "PORT+1 must be a port too (PORT < 65535)"

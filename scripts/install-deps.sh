@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # install-deps.sh - install the Debian packages the integration tests need:
-# XMPP servers Prosody and ejabberd, the IRC server ngIRCd, the mail servers
-# Postfix (SMTP) and Dovecot (IMAP, LMTP) with swaks (an SMTP client, with the
-# Perl TLS modules it needs for STARTTLS), openssl, CA certificates.
+# XMPP servers Prosody and ejabberd, the IRC servers ngIRCd and InspIRCd (with
+# Atheme services, for SASL), the mail servers Postfix (SMTP) and Dovecot (IMAP,
+# LMTP) with swaks (an SMTP client, with the Perl TLS modules it needs for
+# STARTTLS), biboumi (the peer gateway of the benchmarks), openssl, CA certificates.
 #
 # Usage: scripts/install-deps.sh
 #

@@ -443,6 +443,12 @@ impl Router {
                     self.send_presence(Presence::available(), envelope.from.as_str()).await;
                 }
             }
+            // From the bare JID, unavailable is the server's answer to a probe or to a
+            // subscription it holds back, not a resource leaving: resources leave from
+            // their full JIDs.
+            "unavailable" if envelope.from.resource().is_none() => {
+                debug!(%user, "unavailable from the bare JID ignored");
+            }
             "unavailable" => {
                 let resource = envelope.from.resource().map(|r| r.as_str());
                 let user_id = UserId(user.to_owned());

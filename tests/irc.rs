@@ -523,6 +523,10 @@ async fn a_server_notice_comes_from_the_server_jid() {
     bob.send_line("NOTICE alice :from a person").await;
     let from_bob = alice.wait_for("bob's notice", |e| body(e).as_deref() == Some("from a person")).await;
     assert_eq!(from_bob.attr("from"), Some(format!("bob%127.0.0.1@{GW}").as_str()));
+    // A raw command answered with numerics only (351 RPL_VERSION): shown as the server's.
+    alice.send_raw(&format!("<message to='{server_jid}' type='chat'><body>VERSION</body></message>")).await;
+    let version = alice.wait_for("the VERSION reply", |e| body(e).is_some_and(|b| b.contains("ngircd"))).await;
+    assert_eq!(version.attr("from"), Some(server_jid.as_str()), "{version:?}");
 }
 
 #[tokio::test]
@@ -760,4 +764,37 @@ async fn a_misbehaving_irc_server_does_not_affect_other_users() {
     carol.wait_for("bob's message", |l| l.is_privmsg_to("#steady") && l.text() == "bob is fine").await;
     assert_eq!(gateway.connections(), 1, "the gateway reconnected to the XMPP server");
     assert!(gateway.child.is_some());
+}
+
+#[tokio::test]
+async fn a_registered_password_logs_in_by_sasl_where_the_server_offers_it() {
+    // InspIRCd + Atheme services: SASL PLAIN, from Debian's packages.
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start(false);
+    let sasl_ircd = testkit::irc::Inspircd::start();
+    sasl_ircd.add_account("alicesasl", "sasl-secret");
+    let network = format!("[irc.networks.\"localhost\"]\nport = {}\ntls = false\nflood_burst = 0\n", sasl_ircd.port);
+    let gateway = Gateway::start_irc_networks(&server, &format!(
+        "[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n{network}",
+        ircd.port
+    ));
+    let mut alice = server.client("alice", "localhost").await;
+    let set = alice.iq("set", &register_form(&[("irc_nick", "alicesasl"), ("irc_password", "sasl-secret")])).await;
+    assert_eq!(set.attr("type"), Some("result"), "{set:?}");
+    let r = format!("#sasl%localhost@{GW}");
+    join(&mut alice, &r, "whatever").await;
+    let mut bob = sasl_ircd.client("bob").await;
+    bob.send_line("WHOIS alicesasl").await;
+    // 330 RPL_WHOISACCOUNT: "alicesasl is logged in as alicesasl".
+    let account = bob.wait_for("alice's account in WHOIS", |l| l.command == "330").await;
+    assert_eq!(account.params.get(2).map(String::as_str), Some("alicesasl"), "{}", account.raw);
+    assert!(!gateway.log_text().contains("sasl-secret"), "the password leaked into the log");
+
+    // A wrong password: the connection goes on without an account, and the user is told.
+    let mut carol = server.client("bob", "localhost").await;
+    let set = carol.iq("set", &register_form(&[("irc_nick", "carolsasl"), ("irc_password", "wrong")])).await;
+    assert_eq!(set.attr("type"), Some("result"));
+    join(&mut carol, &format!("#sasl2%localhost@{GW}"), "carolsasl").await;
+    let told = carol.wait_for("the SASL failure notice", |e| body(e).is_some_and(|b| b.contains("SASL login as carolsasl failed"))).await;
+    assert_eq!(told.attr("from"), Some(format!("localhost@{GW}").as_str()));
 }

@@ -353,11 +353,61 @@ impl Ngircd {
 
 impl Drop for Ngircd {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(script_path()).args(["stop", self.path()]).output();
+        let _ = Command::new("bash").arg(script_path(NGIRCD)).args(["stop", self.path()]).output();
     }
 }
 
 /// A port free right now on 127.0.0.1 whose successor is free too (TLS + plain).
+/// The ngIRCd script.
+const NGIRCD: &str = "ngircd.sh";
+
+/// InspIRCd with Atheme services: an IRC server with SASL PLAIN (ngIRCd has none).
+/// Stopped on drop.
+pub struct Inspircd {
+    /// The instance's directory.
+    pub dir: tempfile::TempDir,
+    /// The plain IRC port on 127.0.0.1 (the services link uses `port + 1`).
+    pub port: u16,
+}
+
+impl Inspircd {
+    /// Starts InspIRCd and Atheme on free ports.
+    pub fn start() -> Inspircd {
+        let dir = tempfile::Builder::new().prefix("gw-insp-").tempdir().unwrap();
+        let mut server = Inspircd { dir, port: 0 };
+        for attempt in 1.. {
+            server.port = free_port_pair();
+            let port = server.port.to_string();
+            match try_run("inspircd.sh", &["start", server.path(), &port]) {
+                Ok(()) => break,
+                Err(output) if attempt < 5 && output.contains("in use") => {}
+                Err(output) => panic!("{output}"),
+            }
+        }
+        server
+    }
+
+    fn path(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    /// Registers a services account (SASL PLAIN works with it afterwards).
+    pub fn add_account(&self, account: &str, password: &str) {
+        run("inspircd.sh", &["adduser", self.path(), account, password]);
+    }
+
+    /// A raw client on the server.
+    pub async fn client(&self, nick: &str) -> IrcClient {
+        IrcClient::connect(self.port, nick).await
+    }
+}
+
+impl Drop for Inspircd {
+    fn drop(&mut self) {
+        let _ = try_run("inspircd.sh", &["stop", self.path()]);
+    }
+}
+
 fn free_port_pair() -> u16 {
     for _ in 0..100 {
         let first = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -369,31 +419,40 @@ fn free_port_pair() -> u16 {
     panic!("no two consecutive free ports on 127.0.0.1");
 }
 
-fn script_path() -> PathBuf {
-    crate::repo().join("scripts").join("ngircd.sh")
+fn script_path(script: &str) -> PathBuf {
+    crate::repo().join("scripts").join(script)
 }
 
 /// Runs scripts/ngircd.sh; panics with its output if it fails.
 fn run_script(args: &[&str]) {
-    if let Err(output) = try_run_script(args) {
+    run(NGIRCD, args)
+}
+
+/// Runs `scripts/<script>`; panics with its output if it fails.
+fn run(script: &str, args: &[&str]) {
+    if let Err(output) = try_run(script, args) {
         panic!("{output}");
     }
 }
 
 /// Runs scripts/ngircd.sh; `Err` holds what to show when it failed.
 fn try_run_script(args: &[&str]) -> Result<(), String> {
+    try_run(NGIRCD, args)
+}
+
+fn try_run(script: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new("bash")
-        .arg(script_path())
+        .arg(script_path(script))
         .args(args)
         // The script stops the server if this test process dies without cleaning up.
         .env("HARNESS_OWNER_PID", std::process::id().to_string())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/ngircd.sh: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
     if out.status.success() {
         return Ok(());
     }
     Err(format!(
-        "scripts/ngircd.sh {args:?} failed ({}):\n{}\n{}\n(install ngircd with scripts/install-deps.sh)",
+        "scripts/{script} {args:?} failed ({}):\n{}\n{}\n(install the servers with scripts/install-deps.sh)",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)

@@ -58,6 +58,11 @@ pub fn gateway_binary() -> PathBuf {
 }
 
 fn script(name: &str, args: &[&str]) -> String {
+    try_script(name, args).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// Runs `scripts/<name>`: its stdout, or everything it said if it failed.
+fn try_script(name: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new("bash")
         .arg(repo().join("scripts").join(name))
         .args(args)
@@ -66,13 +71,14 @@ fn script(name: &str, args: &[&str]) -> String {
         .output()
         .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
+    if out.status.success() {
+        return Ok(stdout);
+    }
+    Err(format!(
         "scripts/{name} {args:?} failed ({}):\n{stdout}\n{}\n(install the servers with scripts/install-deps.sh)",
         out.status,
         String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    ))
 }
 
 /// Which XMPP server a test runs against.
@@ -95,8 +101,16 @@ impl XmppServer {
     /// each with password `pw`.
     pub fn start(kind: ServerKind) -> XmppServer {
         let dir = tempfile::Builder::new().prefix("gw-test-").tempdir().unwrap();
-        let server = XmppServer { kind, dir, c2s_port: free_port(), component_port: free_port() };
-        server.start_again();
+        let mut server = XmppServer { kind, dir, c2s_port: 0, component_port: 0 };
+        // A port found free can be taken by a parallel test before the server binds it.
+        for attempt in 1.. {
+            (server.c2s_port, server.component_port) = (free_port(), free_port());
+            match server.try_start() {
+                Ok(_) => break,
+                Err(error) if attempt < 5 && error.contains("in use") => {}
+                Err(error) => panic!("{error}"),
+            }
+        }
         for (user, host) in [("alice", "localhost"), ("bob", "localhost"), ("eve", "other.localhost")] {
             script(server.script(), &["adduser", server.path(), user, host, "pw"]);
         }
@@ -116,8 +130,12 @@ impl XmppServer {
 
     /// Starts the server (again) on the same directory and ports.
     pub fn start_again(&self) {
+        self.try_start().unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    fn try_start(&self) -> Result<String, String> {
         let (c2s, component) = (self.c2s_port.to_string(), self.component_port.to_string());
-        script(self.script(), &["start", self.path(), &c2s, &component, GW, SECRET]);
+        try_script(self.script(), &["start", self.path(), &c2s, &component, GW, SECRET])
     }
 
     /// Stops the server.

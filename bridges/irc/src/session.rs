@@ -27,6 +27,8 @@ const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an IRC connection with no channel and no private conversation stays open,
 /// so that leaving and rejoining a room does not cost a reconnection.
 const LINGER: Duration = Duration::from_secs(2);
+/// How long after a raw command the server's numerics are shown to the user.
+const RAW_REPLY_WINDOW: Duration = Duration::from_secs(10);
 /// Queued lines still sent at QUIT; beyond that the user is leaving anyway.
 const QUIT_FLUSH_LINES: usize = 20;
 /// First and last reconnection delays.
@@ -109,6 +111,8 @@ pub struct IrcSession {
     sasl_succeeded: bool,
     /// Since when the session has had no channel and no private conversation.
     idle_since: Option<Instant>,
+    /// Until when numeric replies are answers to the user's raw commands (and shown).
+    raw_reply_until: Option<Instant>,
 }
 
 impl IrcSession {
@@ -149,6 +153,7 @@ impl IrcSession {
             pending: Vec::new(),
             sasl_succeeded: false,
             idle_since: None,
+            raw_reply_until: None,
         }
     }
 
@@ -434,10 +439,12 @@ impl IrcSession {
                 nick.clone()
             }
             Peer::Server => {
-                // Raw commands from the user, one per line, on their own connection.
+                // Raw commands from the user, one per line, on their own connection; the
+                // server's numeric answers are shown for a while.
                 for line in text::to_irc_lines(&message.body) {
                     self.send(line);
                 }
+                self.raw_reply_until = Some(Instant::now() + RAW_REPLY_WINDOW);
                 return;
             }
             Peer::EmailAddress(_) => return,
@@ -565,7 +572,11 @@ impl IrcSession {
             Response::ERR_SASLFAIL | Response::ERR_SASLTOOLONG | Response::ERR_SASLABORT => {
                 let _ = transport::write_line(write, "CAP END").await;
                 let text = args.last().cloned().unwrap_or_default();
-                self.emit(Event::Failure { peer: Some(Peer::Server), id: None, kind: FailureKind::NotAuthorized, text: format!("SASL login failed: {text}") }).await;
+                // Said as the server, since no request of the user's failed: the
+                // connection goes on without an account (and NickServ is not tried).
+                let body = format!("SASL login as {} failed: {text}", self.wanted_nick);
+                let message = Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None };
+                self.emit(Event::Message(message)).await;
             }
             Response::RPL_ISUPPORT => {
                 for token in &args[1..] {
@@ -641,6 +652,16 @@ impl IrcSession {
             Response::ERR_NOSUCHNICK if args.len() >= 2 => {
                 let text = args.last().cloned().unwrap_or_default();
                 self.emit(Event::Failure { peer: Some(Peer::Nick(args[1].clone())), id: None, kind: FailureKind::NotFound, text }).await;
+            }
+            // The answer to a raw command the user sent to the server JID (VERSION, MOTD,
+            // WHOIS...): shown as the server's words, without our own nick.
+            _ if self.raw_reply_until.is_some_and(|until| Instant::now() < until) => {
+                let body = args.iter().skip(1).map(String::as_str).collect::<Vec<_>>().join(" ");
+                let body = text::strip_formatting(&body);
+                if !body.trim().is_empty() {
+                    let message = Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None };
+                    self.emit(Event::Message(message)).await;
+                }
             }
             _ => {}
         }
