@@ -405,17 +405,9 @@ cmd_start() {
 
 cmd_stop() {
     [ $# -eq 1 ] || usage
-    local dir pid
+    local dir
     dir=$(abs_dir "$1")
-    stop_watchdog "$dir"
-    pid=$(running_pid "$dir")
-    if [ -z "$pid" ]; then
-        rm -f "$dir/biboumi.pid"
-        return 0
-    fi
-    kill_wait "$pid" "$STOP_TIMEOUT" || die "could not stop biboumi pid $pid"
-    rm -f "$dir/biboumi.pid"
-    log "stopped biboumi pid $pid ($dir)"
+    stop_server "$dir" "$(running_pid "$dir")" "$dir/biboumi.pid" biboumi
 }
 
 [ $# -ge 1 ] || usage

@@ -214,3 +214,15 @@ pidfile_pid() {
         printf '%s\n' "$pid"
     fi
 }
+
+# stop_server DIR PID PIDFILE NAME - the usual `stop`: end DIR's watchdog, stop PID (if
+# any: TERM, KILL after $STOP_TIMEOUT s), remove PIDFILE. Idempotent.
+stop_server() {
+    local dir=$1 pid=$2 pidfile=$3 name=$4
+    stop_watchdog "$dir"
+    if [ -n "$pid" ]; then
+        kill_wait "$pid" "$STOP_TIMEOUT" || die "could not stop $name pid $pid"
+        log "stopped $name pid $pid ($dir)"
+    fi
+    rm -f "$pidfile"
+}

@@ -307,17 +307,9 @@ cmd_start() {
 
 cmd_stop() {
     [ $# -eq 1 ] || usage
-    local dir pid
+    local dir
     dir=$(abs_dir "$1")
-    stop_watchdog "$dir"
-    pid=$(running_pid "$dir")
-    if [ -z "$pid" ]; then
-        rm -f "$dir/run/ngircd.pid"
-        return 0
-    fi
-    kill_wait "$pid" "$STOP_TIMEOUT" || die "could not stop ngIRCd pid $pid"
-    rm -f "$dir/run/ngircd.pid"
-    log "stopped ngIRCd pid $pid ($dir)"
+    stop_server "$dir" "$(running_pid "$dir")" "$dir/run/ngircd.pid" ngIRCd
 }
 
 [ $# -ge 1 ] || usage

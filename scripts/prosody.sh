@@ -184,17 +184,9 @@ cmd_start() {
 
 cmd_stop() {
     [ $# -eq 1 ] || usage
-    local dir pid
+    local dir
     dir=$(abs_dir "$1")
-    stop_watchdog "$dir"
-    pid=$(running_pid "$dir")
-    if [ -z "$pid" ]; then
-        rm -f "$dir/prosody.pid"
-        return 0
-    fi
-    kill_wait "$pid" "$STOP_TIMEOUT" || die "could not stop Prosody pid $pid"
-    rm -f "$dir/prosody.pid"
-    log "stopped Prosody pid $pid ($dir)"
+    stop_server "$dir" "$(running_pid "$dir")" "$dir/prosody.pid" Prosody
 }
 
 cmd_adduser() {
