@@ -89,7 +89,8 @@ pub fn items(address: &Address, node: Option<&str>, gateway: &str, config: &Conf
                 Some(Item { jid, node: None, name: Some(format!("IRC server {server}")) })
             })
             .collect(),
-        // No ad-hoc commands yet: an honest empty list.
+        // Other addresses and nodes have no items (the commands node is answered by the
+        // router, which knows who is an administrator: see adhoc.rs).
         _ => Vec::new(),
     };
     DiscoItemsResult { node: node.map(str::to_owned), items, rsm: None }

@@ -523,9 +523,9 @@ impl Router {
                             nick: nick.to_owned(),
                             password: muc_password(stanza).map(bridge_core::Secret::new),
                         };
-                        if let Err(text) = self.to_session(envelope, join) {
+                        if let Err((condition, text)) = self.to_session(envelope, join) {
                             self.rooms.remove(&key);
-                            return self.refuse(stanza, DefinedCondition::ServiceUnavailable, &text).await;
+                            return self.refuse(stanza, condition, &text).await;
                         }
                     }
                     Some(room) if room.resources.contains(&full) => {
@@ -615,12 +615,7 @@ impl Router {
             let key = (envelope.user.clone(), contact.to_bare().to_string());
             self.conversations.entry(key).or_default().insert(envelope.from.to_string());
         }
-        if let Err(text) = self.to_session(&envelope, Command::Send(message)) {
-            let condition = if text.contains("register") {
-                DefinedCondition::RegistrationRequired
-            } else {
-                DefinedCondition::ServiceUnavailable
-            };
+        if let Err((condition, text)) = self.to_session(&envelope, Command::Send(message)) {
             self.refuse(&stanza, condition, &text).await;
         }
     }
@@ -662,8 +657,8 @@ impl Router {
             }
             (None, None) => return,
         };
-        if let Err(text) = self.to_session(envelope, command) {
-            self.refuse(stanza, DefinedCondition::ServiceUnavailable, &text).await;
+        if let Err((condition, text)) = self.to_session(envelope, command) {
+            self.refuse(stanza, condition, &text).await;
         }
     }
 
@@ -678,27 +673,20 @@ impl Router {
 
     /// Hands a command to the user's session for the target's network, starting it with
     /// the user's own stored credentials. `Err` is a text for the user.
-    fn to_session(&mut self, envelope: &Envelope, command: Command) -> Result<(), String> {
+    fn to_session(&mut self, envelope: &Envelope, command: Command) -> Result<(), disco::Refusal> {
+        let unavailable = |text: String| (DefinedCondition::ServiceUnavailable, text);
         let network = match &envelope.target {
             Address::IrcChannel { server, .. } | Address::IrcUser { server, .. } | Address::IrcServer { server } => {
                 NetworkId::Irc { server: server.clone() }
             }
             Address::Email { .. } => NetworkId::Email,
-            Address::Gateway => return Err("the gateway itself is not a network".into()),
+            Address::Gateway => return Err(unavailable("the gateway itself is not a network".into())),
         };
-        if !self.sessions.has_bridge(&network) {
-            let name = if network == NetworkId::Email { "email" } else { "IRC" };
-            return Err(format!("this gateway build has no {name} bridge yet"));
-        }
-        let record = self.store.user(&envelope.user).map_err(|e| {
-            warn!(user = %envelope.user, error = %e, "cannot read the store");
-            "the gateway cannot read its store; try again later".to_owned()
-        })?;
-        let credentials = credentials_for(record.as_ref(), &network)?;
+        let record = self.store.user(&envelope.user).map_err(internal)?;
+        let credentials = credentials_for(record.as_ref(), &network)
+            .map_err(|text| (DefinedCondition::RegistrationRequired, text))?;
         let key = SessionKey { user: UserId(envelope.user.clone()), network };
-        self.sessions
-            .dispatch(key, || credentials, command)
-            .map_err(|e| e.to_string())
+        self.sessions.dispatch(key, || credentials, command).map_err(|e| unavailable(e.to_string()))
     }
 
     // ---------------------------------------------------------------------------------

@@ -28,11 +28,6 @@ impl Sessions {
         Sessions { bridges, live: HashMap::new(), events }
     }
 
-    /// Whether some bridge serves `network`.
-    pub fn has_bridge(&self, network: &NetworkId) -> bool {
-        self.bridges.iter().any(|b| b.serves(network))
-    }
-
     /// Hands `command` to the session of `key`, starting it with `credentials()` first if
     /// it is not running.
     pub fn dispatch(
@@ -245,6 +240,5 @@ mod tests {
             .dispatch(key("u@h", NetworkId::Email), || Credentials::Anonymous, leave())
             .unwrap_err();
         assert_eq!(err, NoBridge(NetworkId::Email));
-        assert!(!sessions.has_bridge(&NetworkId::Email));
     }
 }
