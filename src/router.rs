@@ -523,7 +523,7 @@ impl Router {
                             nick: nick.to_owned(),
                             password: muc_password(stanza).map(bridge_core::Secret::new),
                         };
-                        if let Err((condition, text)) = self.to_session(envelope, join) {
+                        if let Err((condition, text)) = self.hand_to_session(envelope, join) {
                             self.rooms.remove(&key);
                             return self.refuse(stanza, condition, &text).await;
                         }
@@ -531,7 +531,7 @@ impl Router {
                     Some(room) if room.resources.contains(&full) => {
                         if !room.is_me(nick) {
                             let command = Command::ChangeNick { nick: nick.to_owned() };
-                            let _ = self.to_session(envelope, command);
+                            let _ = self.hand_to_session(envelope, command);
                         }
                     }
                     Some(room) => {
@@ -615,7 +615,7 @@ impl Router {
             let key = (envelope.user.clone(), contact.to_bare().to_string());
             self.conversations.entry(key).or_default().insert(envelope.from.to_string());
         }
-        if let Err((condition, text)) = self.to_session(&envelope, Command::Send(message)) {
+        if let Err((condition, text)) = self.hand_to_session(&envelope, Command::Send(message)) {
             self.refuse(&stanza, condition, &text).await;
         }
     }
@@ -657,7 +657,7 @@ impl Router {
             }
             (None, None) => return,
         };
-        if let Err((condition, text)) = self.to_session(envelope, command) {
+        if let Err((condition, text)) = self.hand_to_session(envelope, command) {
             self.refuse(stanza, condition, &text).await;
         }
     }
@@ -673,7 +673,7 @@ impl Router {
 
     /// Hands a command to the user's session for the target's network, starting it with
     /// the user's own stored credentials. `Err` is a text for the user.
-    fn to_session(&mut self, envelope: &Envelope, command: Command) -> Result<(), disco::Refusal> {
+    fn hand_to_session(&mut self, envelope: &Envelope, command: Command) -> Result<(), disco::Refusal> {
         let unavailable = |text: String| (DefinedCondition::ServiceUnavailable, text);
         let network = match &envelope.target {
             Address::IrcChannel { server, .. } | Address::IrcUser { server, .. } | Address::IrcServer { server } => {
