@@ -226,3 +226,27 @@ stop_server() {
     fi
     rm -f "$pidfile"
 }
+
+# make_server_cert TLSDIR - a self-signed server certificate (SAN localhost and
+# 127.0.0.1, CA:FALSE, serverAuth: rustls refuses a CA certificate as a server's own)
+# in TLSDIR/cert.pem + key.pem, made once: tests keep trusting the same cert.pem
+# across restarts. Written under temporary names, so a crash leaves no half file.
+make_server_cert() {
+    local tls=$1
+    need_cmd openssl
+    mkdir -p "$tls"
+    chmod 0755 "$tls"
+    [ -s "$tls/cert.pem" ] && [ -s "$tls/key.pem" ] && return 0
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+        -subj "/CN=localhost" \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -addext "basicConstraints=critical,CA:FALSE" \
+        -addext "keyUsage=critical,digitalSignature" \
+        -addext "extendedKeyUsage=serverAuth" \
+        -keyout "$tls/key.pem.tmp" -out "$tls/cert.pem.tmp" >/dev/null 2>&1 \
+        || die "openssl could not create a self-signed certificate in $tls"
+    chmod 0600 "$tls/key.pem.tmp"
+    chmod 0644 "$tls/cert.pem.tmp"
+    mv -f "$tls/key.pem.tmp" "$tls/key.pem"
+    mv -f "$tls/cert.pem.tmp" "$tls/cert.pem"
+}

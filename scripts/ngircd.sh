@@ -181,23 +181,7 @@ irc_registers() {
 # restarts). As root the key goes to the server user (ngIRCd reads it again on REHASH).
 make_cert() {
     local tls=$1/tls as_root=$2
-    need_cmd openssl
-    mkdir -p "$tls"
-    chmod 0755 "$tls"
-    if ! [ -s "$tls/cert.pem" ] || ! [ -s "$tls/key.pem" ]; then
-        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-            -subj "/CN=localhost" \
-            -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-            -addext "basicConstraints=critical,CA:FALSE" \
-            -addext "keyUsage=critical,digitalSignature" \
-            -addext "extendedKeyUsage=serverAuth" \
-            -keyout "$tls/key.pem.tmp" -out "$tls/cert.pem.tmp" >/dev/null 2>&1 \
-            || die "openssl could not create a self-signed certificate in $tls"
-        chmod 0600 "$tls/key.pem.tmp"
-        chmod 0644 "$tls/cert.pem.tmp"
-        mv -f "$tls/key.pem.tmp" "$tls/key.pem"
-        mv -f "$tls/cert.pem.tmp" "$tls/cert.pem"
-    fi
+    make_server_cert "$tls"
     if ! [ -s "$tls/dh.pem" ]; then
         # A named group (RFC 7919): instant, where "openssl dhparam" takes seconds.
         openssl genpkey -genparam -algorithm DH -pkeyopt group:ffdhe2048 -out "$tls/dh.pem.tmp" >/dev/null 2>&1 \
