@@ -2,13 +2,15 @@
 # prosody.sh - run a private Prosody instance on 127.0.0.1 for tests and the demo.
 #
 # Usage:
-#   scripts/prosody.sh start DIR C2S_PORT COMPONENT_PORT COMPONENT_JID SECRET
+#   scripts/prosody.sh start DIR C2S_PORT COMPONENT_PORT COMPONENT_JID SECRET [JID SECRET]...
 #       Creates DIR (config, self-signed certs, data, logs all inside it), starts
 #       Prosody in the background, waits until both ports accept connections
 #       (20 s at most) and prints its pid on stdout. Works again on an existing
 #       DIR (the config is rewritten, users and other data are kept).
 #       Hosts: "localhost" and "other.localhost"; the component COMPONENT_JID
-#       authenticates with SECRET (XEP-0114). c2s allows SASL PLAIN without TLS.
+#       authenticates with SECRET (XEP-0114); each further JID SECRET pair declares
+#       one more component on the same port (e.g. biboumi beside the gateway, for
+#       the benchmarks). c2s allows SASL PLAIN without TLS.
 #   scripts/prosody.sh stop DIR
 #       Stops the instance of DIR (TERM, KILL after 5 s). Idempotent.
 #   scripts/prosody.sh adduser DIR USER HOST PASSWORD
@@ -19,6 +21,11 @@
 # root (run_as_root is set) or as any user that owns DIR.
 # Environment:
 #   PROSODY_LOG_LEVEL  debug|info|warn|error (default info): level of DIR/prosody.log
+#   PROSODY_HTTP_PORT  optional port: adds the XEP-0363 HTTP upload service
+#                      upload.localhost (mod_http_file_share, files in DIR/data),
+#                      served on http://127.0.0.1:PORT/ and open to the users of
+#                      localhost and to the components (the gateway uploads mail
+#                      attachments there). Listed in the disco#items of localhost.
 #   HARNESS_OWNER_PID  optional pid (e.g. the test process): when that process
 #                      exits while the server runs, the server is stopped.
 # Files in DIR: prosody.cfg.lua, prosody.pid, prosody.log, prosody.err,
@@ -35,7 +42,7 @@ STOP_TIMEOUT=5   # seconds
 
 usage() {
     cat >&2 <<'EOF'
-usage: prosody.sh start DIR C2S_PORT COMPONENT_PORT COMPONENT_JID SECRET
+usage: prosody.sh start DIR C2S_PORT COMPONENT_PORT COMPONENT_JID SECRET [JID SECRET]...
        prosody.sh stop DIR
        prosody.sh adduser DIR USER HOST PASSWORD
 EOF
@@ -65,7 +72,8 @@ make_certs() {
 }
 
 write_config() {
-    local dir=$1 c2s=$2 comp=$3 jid=$4 secret=$5 level=${PROSODY_LOG_LEVEL:-info}
+    local dir=$1 c2s=$2 comp=$3 level=${PROSODY_LOG_LEVEL:-info} http=${PROSODY_HTTP_PORT:-} access=""
+    shift 3 # the rest: JID SECRET pairs
     case "$level" in
         debug | info | warn | error) ;;
         *) die "PROSODY_LOG_LEVEL must be debug, info, warn or error, got '$level'" ;;
@@ -94,7 +102,8 @@ component_ports = { $comp }
 component_interfaces = { "127.0.0.1" }
 s2s_ports = { }
 legacy_ssl_ports = { }
-http_ports = { }
+http_ports = { $http }
+http_interfaces = { "127.0.0.1" }
 https_ports = { }
 
 authentication = "internal_hashed"
@@ -104,22 +113,54 @@ network_settings = { nagle = false; tcp_backlog = 1024 }
 
 VirtualHost "localhost"
 VirtualHost "other.localhost"
-
-Component "$jid"
-    component_secret = "$secret"
 EOF
+    while [ $# -ge 2 ]; do
+        printf '\nComponent "%s"\n    component_secret = "%s"\n' "$1" "$2" >>"$dir/prosody.cfg.lua.tmp"
+        access="$access \"$1\";"
+        shift 2
+    done
+    if [ -n "$http" ]; then
+        cat >>"$dir/prosody.cfg.lua.tmp" <<EOF
+
+-- XEP-0363: the upload service of localhost, on 127.0.0.1 only.
+Component "upload.localhost" "http_file_share"
+    http_host = "127.0.0.1"
+    http_external_url = "http://127.0.0.1:$http/"
+    http_file_share_size_limit = 16 * 1024 * 1024
+    http_file_share_access = { "localhost"; $access }
+EOF
+    fi
     mv -f "$dir/prosody.cfg.lua.tmp" "$dir/prosody.cfg.lua"
 }
 
+# Whether PID listens on every one of the PORTS and each accepts connections.
+all_listening() {
+    local pid=$1 port
+    shift
+    for port in "$@"; do
+        pid_listens "$pid" "$port" && port_open "$port" || return 1
+    done
+}
+
 cmd_start() {
-    [ $# -eq 5 ] || usage
-    local dir c2s=$2 comp=$3 jid=$4 secret=$5 pid pidfile_pid t0 deadline port
+    [ $# -ge 5 ] && [ $(($# % 2)) -eq 1 ] || usage
+    local dir c2s=$2 comp=$3 pid pidfile_pid t0 deadline port ports http=${PROSODY_HTTP_PORT:-} i
     dir=$(abs_dir "$1")
+    shift 3 # the rest: JID SECRET pairs
     check_port C2S_PORT "$c2s"
     check_port COMPONENT_PORT "$comp"
     [ "$c2s" != "$comp" ] || die "C2S_PORT and COMPONENT_PORT must differ"
-    check_word COMPONENT_JID "$jid"
-    check_word SECRET "$secret"
+    ports="$c2s $comp"
+    if [ -n "$http" ]; then
+        check_port PROSODY_HTTP_PORT "$http"
+        ports="$ports $http"
+    fi
+    for ((i = 1; i <= $#; i += 2)); do
+        check_word COMPONENT_JID "${!i}"
+        i=$((i + 1))
+        check_word SECRET "${!i}"
+        i=$((i - 1))
+    done
     check_word DIR "$dir"
     check_owner_pid
     need_cmd prosody "package prosody"
@@ -130,12 +171,12 @@ cmd_start() {
 
     pid=$(running_pid "$dir")
     [ -z "$pid" ] || die "Prosody of $dir is already running (pid $pid); run: $0 stop $dir"
-    for port in "$c2s" "$comp"; do
+    for port in $ports; do
         ! port_open "$port" || die "port $port on 127.0.0.1 is already in use (another server or test?)"
     done
 
     make_certs "$dir"
-    write_config "$dir" "$c2s" "$comp" "$jid" "$secret"
+    write_config "$dir" "$c2s" "$comp" "$@"
     rm -f "$dir/prosody.pid"
     # Fresh logs for this run, so a failure shows this run's errors.
     : >"$dir/prosody.log"
@@ -156,20 +197,19 @@ cmd_start() {
             show_logs "$dir/prosody.out" "$dir/prosody.err" "$dir/prosody.log"
             die "Prosody exited during start-up (see $dir/prosody.log)"
         fi
-        if [ -s "$dir/prosody.pid" ] && pid_listens "$pid" "$c2s" && pid_listens "$pid" "$comp" \
-            && port_open "$c2s" && port_open "$comp"; then
+        if [ -s "$dir/prosody.pid" ] && all_listening "$pid" $ports; then
             break
         fi
         if grep -q 'Failed to open server port' "$dir/prosody.err" 2>/dev/null; then
             # Taken by someone else between our check and Prosody's bind.
             show_logs "$dir/prosody.err"
             kill_wait "$pid" "$STOP_TIMEOUT" || true
-            die "Prosody could not listen on port $c2s or $comp (in use by another program?)"
+            die "Prosody could not listen on one of the ports $ports (in use by another program?)"
         fi
         if [ "$(now_ms)" -ge "$deadline" ]; then
             show_logs "$dir/prosody.out" "$dir/prosody.err" "$dir/prosody.log"
             kill_wait "$pid" "$STOP_TIMEOUT" || true
-            die "Prosody did not accept connections on ports $c2s and $comp within ${START_TIMEOUT}s"
+            die "Prosody did not accept connections on ports $ports within ${START_TIMEOUT}s"
         fi
         sleep 0.05
     done
@@ -178,7 +218,7 @@ cmd_start() {
     pidfile_pid=$(tr -dc '0-9' <"$dir/prosody.pid" 2>/dev/null || true)
     [ "$pidfile_pid" = "$pid" ] || log "warning: pidfile says $pidfile_pid, started $pid"
     start_watchdog "$dir" "$pid" bash "$SELF" stop "$dir"
-    log "Prosody ready in $(($(now_ms) - t0)) ms: c2s 127.0.0.1:$c2s, component $jid on 127.0.0.1:$comp, dir $dir"
+    log "Prosody ready in $(($(now_ms) - t0)) ms: c2s 127.0.0.1:$c2s, components on 127.0.0.1:$comp${http:+, HTTP upload on 127.0.0.1:$http}, dir $dir"
     printf '%s\n' "$pid"
 }
 

@@ -63,9 +63,15 @@ fn script(name: &str, args: &[&str]) -> String {
 
 /// Runs `scripts/<name>`: its stdout, or everything it said if it failed.
 fn try_script(name: &str, args: &[&str]) -> Result<String, String> {
+    try_script_env(name, args, &[])
+}
+
+/// Same, with `env` set for the script.
+fn try_script_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
     let out = Command::new("bash")
         .arg(repo().join("scripts").join(name))
         .args(args)
+        .envs(env.iter().copied())
         // The scripts stop their server if this test process dies without cleaning up.
         .env("HARNESS_OWNER_PID", std::process::id().to_string())
         .output()
@@ -88,23 +94,44 @@ pub enum ServerKind {
     Ejabberd,
 }
 
+/// What a test server offers beyond the gateway's component (Prosody only).
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// More XEP-0114 components as (JID, secret), e.g. biboumi beside the gateway.
+    pub extra_components: Vec<(String, String)>,
+    /// Whether to run the XEP-0363 upload service `upload.localhost` on an HTTP port.
+    pub http_upload: bool,
+}
+
 /// A private XMPP server with its own directory and ports; stopped on drop.
 pub struct XmppServer {
     pub kind: ServerKind,
     pub dir: tempfile::TempDir,
     pub c2s_port: u16,
     pub component_port: u16,
+    /// The HTTP port of the upload service, when there is one.
+    pub http_port: Option<u16>,
+    /// What was asked for besides the gateway's component.
+    options: ServerOptions,
 }
 
 impl XmppServer {
     /// Starts a server with users `alice`, `bob` (localhost) and `eve` (other.localhost),
     /// each with password `pw`.
     pub fn start(kind: ServerKind) -> XmppServer {
+        Self::start_with(kind, ServerOptions::default())
+    }
+
+    /// Same, with more components or an upload service (Prosody only).
+    pub fn start_with(kind: ServerKind, options: ServerOptions) -> XmppServer {
+        let plain = options.extra_components.is_empty() && !options.http_upload;
+        assert!(kind == ServerKind::Prosody || plain, "only the Prosody script takes server options");
         let dir = tempfile::Builder::new().prefix("gw-test-").tempdir().unwrap();
-        let mut server = XmppServer { kind, dir, c2s_port: 0, component_port: 0 };
+        let mut server = XmppServer { kind, dir, c2s_port: 0, component_port: 0, http_port: None, options };
         // A port found free can be taken by a parallel test before the server binds it.
         for attempt in 1.. {
             (server.c2s_port, server.component_port) = (free_port(), free_port());
+            server.http_port = server.options.http_upload.then(free_port);
             match server.try_start() {
                 Ok(_) => break,
                 Err(error) if attempt < 5 && error.contains("in use") => {}
@@ -135,7 +162,12 @@ impl XmppServer {
 
     fn try_start(&self) -> Result<String, String> {
         let (c2s, component) = (self.c2s_port.to_string(), self.component_port.to_string());
-        try_script(self.script(), &["start", self.path(), &c2s, &component, GW, SECRET])
+        let mut args = vec!["start", self.path(), &c2s, &component, GW, SECRET];
+        for (jid, secret) in &self.options.extra_components {
+            args.extend([jid.as_str(), secret.as_str()]);
+        }
+        let http = self.http_port.map(|port| port.to_string()).unwrap_or_default();
+        try_script_env(self.script(), &args, &[("PROSODY_HTTP_PORT", &http)])
     }
 
     /// Stops the server.
