@@ -3,3 +3,9 @@
 -- Prosody listens for components on 127.0.0.1:5347 (component_ports / component_interfaces).
 Component "gateway.example.com"
     component_secret = "change-me"
+
+-- Mail attachments: where the users' VirtualHost has an upload service (XEP-0363, e.g.
+-- Component "upload.example.com" "http_file_share"), the gateway finds it in the host's
+-- disco#items, uploads each attachment as gateway.example.com and sends the link. With
+-- http_file_share_access set, add "gateway.example.com" to it. All users' attachments
+-- count against the gateway's one daily quota: raise http_file_share_daily_quota to suit.

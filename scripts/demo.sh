@@ -23,6 +23,7 @@ IRC_PORT=6667
 MAIL_BASE_PORT=1143
 C2S_PORT=5222
 COMPONENT_PORT=5347
+HTTP_UPLOAD_PORT=5280
 COMPONENT_JID=gateway.localhost
 SECRET=secret
 CONFIG=config/gateway.example.toml
@@ -62,7 +63,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
-bash scripts/prosody.sh start "$PROSODY_DIR" "$C2S_PORT" "$COMPONENT_PORT" "$COMPONENT_JID" "$SECRET" >/dev/null
+PROSODY_HTTP_PORT=$HTTP_UPLOAD_PORT bash scripts/prosody.sh start "$PROSODY_DIR" "$C2S_PORT" "$COMPONENT_PORT" "$COMPONENT_JID" "$SECRET" >/dev/null
 # adduser sets the password when alice already exists, so re-runs are fine.
 bash scripts/prosody.sh adduser "$PROSODY_DIR" alice localhost alice
 bash scripts/ngircd.sh start "$IRC_DIR" "$IRC_PORT" >/dev/null
@@ -83,7 +84,8 @@ cat >&2 <<EOF
    IRC         : join #test%127.0.0.1@$COMPONENT_JID/yournick
    Email       : register email_address alice@example.test, password alice;
                  write to bob\40example.test@$COMPONENT_JID (bob's mailbox:
-                 IMAP 127.0.0.1:$MAIL_BASE_PORT, bob@example.test / bob)
+                 IMAP 127.0.0.1:$MAIL_BASE_PORT, bob@example.test / bob);
+                 attachments go to upload.localhost (http://127.0.0.1:$HTTP_UPLOAD_PORT/)
    Prosody logs: $PROSODY_DIR/prosody.log
    Stop with Ctrl-C.
 ==================================================================

@@ -26,9 +26,11 @@ use crate::disco;
 use crate::muc::{self, room_key, Room, Rooms};
 use crate::presence::{Change, OnlineUsers};
 use crate::registration::{self, Request, NS_REGISTER};
+use crate::requests::Requests;
 use crate::sessions::Sessions;
 use crate::stanza::{self, error_reply};
 use crate::store::{Store, UserRecord};
+use crate::upload::{self, UploadQueues, Uploader};
 use crate::writer::Outbox;
 
 /// How long a registration may wait for the mail servers to accept a login.
@@ -77,6 +79,11 @@ pub struct Router {
     tasks_tx: mpsc::Sender<RouterTask>,
     /// The other end of `tasks_tx`.
     tasks_rx: mpsc::Receiver<RouterTask>,
+    /// IQs the gateway asked (disco, upload slots), waiting for their answers.
+    requests: Requests,
+    /// Mail attachments on their way to the users' upload services; `None` when no HTTP
+    /// client could be built (then attachments are only listed).
+    uploads: Option<UploadQueues>,
 }
 
 /// Work finished outside the router's task.
@@ -115,6 +122,14 @@ impl Router {
     pub fn new(config: Arc<Config>, store: Store, out: Outbox, sessions: Sessions, email: Arc<dyn Bridge>) -> Self {
         let gateway = config.component.jid.to_ascii_lowercase();
         let (tasks_tx, tasks_rx) = mpsc::channel(64);
+        let requests = Requests::default();
+        let uploads = match Uploader::new(&gateway, out.clone(), requests.clone()) {
+            Ok(uploader) => Some(UploadQueues::new(Arc::new(uploader), out.clone())),
+            Err(error) => {
+                warn!(%error, "attachments will not be uploaded");
+                None
+            }
+        };
         Router {
             config,
             gateway,
@@ -130,6 +145,8 @@ impl Router {
             email_contacts: HashMap::new(),
             tasks_tx,
             tasks_rx,
+            requests,
+            uploads,
         }
     }
 
@@ -182,9 +199,12 @@ impl Router {
     }
 
     async fn handle_iq(&mut self, stanza: Element, envelope: Envelope) {
-        let kind = stanza.attr("type").unwrap_or_default();
+        let kind = stanza.attr("type").unwrap_or_default().to_owned();
         if kind == "result" || kind == "error" {
-            let id = stanza.attr("id").unwrap_or_default();
+            let id = stanza.attr("id").unwrap_or_default().to_owned();
+            if self.requests.resolve(stanza) {
+                return;
+            }
             if !id.starts_with(KEEPALIVE_ID) {
                 debug!(%id, kind, "unexpected iq response");
             }
@@ -702,6 +722,12 @@ impl Router {
         };
         match event {
             Event::Message(message) => self.network_message(&key, server.as_deref(), message).await,
+            Event::Attachment { peer, attachment } => {
+                let Some(from) = peer_jid(&peer, server.as_deref(), None, &self.gateway) else { return };
+                if let Some(uploads) = &mut self.uploads {
+                    uploads.push(upload::Job { from, to: key.user.0.clone(), file: attachment });
+                }
+            }
             Event::Failure { peer, id, kind, text } => {
                 let from = peer
                     .and_then(|p| peer_jid(&p, server.as_deref(), None, &self.gateway))

@@ -28,6 +28,13 @@ impl Outbox {
             tracing::debug!("the writer has stopped; dropping a stanza at shutdown");
         }
     }
+
+    /// An outbox whose stanzas the test reads from the receiver instead of a server.
+    #[cfg(test)]
+    pub fn for_tests() -> (Outbox, mpsc::Receiver<Element>) {
+        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        (Outbox(tx), rx)
+    }
 }
 
 /// Instructions from the connection supervisor.

@@ -31,7 +31,11 @@ struct Setup {
 }
 
 fn setup(starttls: bool) -> Setup {
-    let server = XmppServer::start(ServerKind::Prosody);
+    setup_with(starttls, ServerOptions::default())
+}
+
+fn setup_with(starttls: bool, options: ServerOptions) -> Setup {
+    let server = XmppServer::start_with(ServerKind::Prosody, options);
     let mail = MailServer::start();
     mail.add_user(ALICE, "alice-mail-pw");
     mail.add_user(BOB, "bob-mail-pw");
@@ -157,6 +161,66 @@ async fn mail_in_arrives_as_messages_plain_html_latin1_and_with_attachments() {
     let m = alice.wait_for("the mail with an attachment", |e| child_text(e, "subject").as_deref() == Some("Report")).await;
     let text = body(&m).unwrap();
     assert!(text.contains("See the report.") && text.contains("report.pdf"), "{text}");
+    // This server has no upload service: the listing is all, and no complaint follows.
+    let more = alice.receives_within(Duration::from_secs(2), |e| e.name() == "message" && body(e).is_some()).await;
+    assert!(!more, "nothing after the listing when the server offers no HTTP upload");
+}
+
+const NS_OOB: &str = "jabber:x:oob";
+
+/// The XEP-0066 URL and description of a message, if it has them.
+fn oob(stanza: &Element) -> Option<(String, Option<String>)> {
+    let x = stanza.get_child("x", NS_OOB)?;
+    let url = x.get_child("url", NS_OOB)?.text();
+    Some((url, x.get_child("desc", NS_OOB).map(Element::text)))
+}
+
+#[tokio::test]
+async fn attachments_are_uploaded_to_the_users_server_and_sent_as_links() {
+    let s = setup_with(false, ServerOptions { http_upload: true, ..ServerOptions::default() });
+    let http_port = s.server.http_port.unwrap();
+    let mut alice = alice_registered(&s).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A PDF and an image whose name tries to climb out of the upload directory.
+    let pdf: &[u8] = b"%PDF-1.4\n%\xc7\xec\x8f\xa2\n1 0 obj\n<</Type/Catalog>>\nendobj\n";
+    let png: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let b64 = |bytes: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let body_text = format!(
+        "--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nTwo files.\r\n\
+         --b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"report.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{}\r\n\
+         --b1\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=\"../../photo.png\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--",
+        b64(pdf),
+        b64(&png)
+    );
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("Files", "", "multipart/mixed; boundary=\"b1\"", &body_text));
+    let m = alice.wait_for("the mail listing its files", |e| child_text(e, "subject").as_deref() == Some("Files")).await;
+    assert!(body(&m).unwrap().contains("report.pdf"), "{:?}", body(&m));
+
+    // Then one link per file, in the mail's order, from the sender's address.
+    let mut links = Vec::new();
+    for expected_name in ["report.pdf", "../../photo.png"] {
+        let link = alice.wait_for("a link to an uploaded file", |e| oob(e).is_some()).await;
+        assert_eq!(link.attr("from"), Some(email_jid(BOB).as_str()));
+        let (url, desc) = oob(&link).unwrap();
+        assert_eq!(desc.as_deref(), Some(expected_name));
+        assert_eq!(body(&link).as_deref(), Some(url.as_str()), "the body is the URL alone, so clients show the file inline");
+        assert!(url.starts_with(&format!("http://127.0.0.1:{http_port}/")), "{url}");
+        links.push(url);
+    }
+    assert!(links[1].ends_with("/photo.png"), "the path is cut off the name: {}", links[1]);
+
+    // Whoever has the link downloads the very bytes that were attached.
+    for (url, content) in links.iter().zip([pdf.to_vec(), png]) {
+        let response = reqwest::get(url).await.unwrap();
+        assert!(response.status().is_success(), "{url}: {}", response.status());
+        assert_eq!(response.bytes().await.unwrap().as_ref(), content.as_slice(), "{url}");
+    }
 }
 
 #[tokio::test]

@@ -229,11 +229,42 @@ pub enum FailureKind {
     RegistrationRequired,
 }
 
+/// A file that came with a message (a mail's attachment).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The file name as the sender gave it (may be anything: the gateway sanitises it
+    /// before it becomes part of a URL).
+    pub name: String,
+    /// The MIME type, lower-cased (`application/pdf`).
+    pub content_type: String,
+    /// The decoded bytes.
+    pub content: Vec<u8>,
+}
+
+impl std::fmt::Debug for Attachment {
+    /// Name, type and size: the bytes would flood a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("name", &self.name)
+            .field("content_type", &self.content_type)
+            .field("size", &self.content.len())
+            .finish()
+    }
+}
+
 /// What a session reports to the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A message arrived from the network.
     Message(Message),
+    /// A file came with the last message from `peer` (already listed in its body): the
+    /// gateway shares it by HTTP upload (XEP-0363) where the user's server offers that.
+    Attachment {
+        /// Who sent it.
+        peer: Peer,
+        /// The file.
+        attachment: Attachment,
+    },
     /// Something the user asked for failed.
     Failure {
         /// Whom the failed request was about, so the error goes back from that address.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridge_core::model::{Event, Message, MessageKind, Peer, SessionKey};
+use bridge_core::model::{Attachment, Event, Message, MessageKind, Peer, SessionKey};
 use bridge_core::{BridgeStore, EventSink, SessionEvent};
 use bridge_net::Stream;
 use futures::TryStreamExt;
@@ -190,28 +190,28 @@ impl Watcher {
                 .find(|f| f.uid == Some(uid))
                 .and_then(|f| f.body().or_else(|| f.header()))
                 .unwrap_or_default();
-            let message = match incoming::parse_mail(raw) {
+            match incoming::parse_mail(raw) {
                 Ok(mut mail) => {
                     if size > MAX_FETCH_BYTES {
                         mail.notes.push(format!("[this mail is {} MiB: too large to fetch; read it in your mail client]", size / (1024 * 1024)));
                     }
-                    Some(Message {
-                        peer: Peer::EmailAddress(mail.from.clone()),
+                    let peer = Peer::EmailAddress(mail.from.clone());
+                    let message = Message {
+                        peer: peer.clone(),
                         sender: mail.from_name.clone(),
                         kind: MessageKind::Chat,
                         body: incoming::render_body(&mail),
                         subject: mail.subject.clone(),
                         thread: mail.thread.clone(),
                         id: None,
-                    })
+                    };
+                    self.emit(Event::Message(message)).await;
+                    for file in mail.attachments {
+                        let attachment = Attachment { name: file.name, content_type: file.content_type, content: file.content };
+                        self.emit(Event::Attachment { peer: peer.clone(), attachment }).await;
+                    }
                 }
-                Err(error) => {
-                    warn!(user = %self.key.user.0, uid, %error, "undeliverable mail skipped");
-                    None
-                }
-            };
-            if let Some(message) = message {
-                self.emit(Event::Message(message)).await;
+                Err(error) => warn!(user = %self.key.user.0, uid, %error, "undeliverable mail skipped"),
             }
             if self.account.mark_seen {
                 session.uid_store(uid.to_string(), "+FLAGS.SILENT (\\Seen)").await?.try_collect::<Vec<_>>().await?;

@@ -75,6 +75,8 @@ pub struct Attachment {
     pub content_type: String,
     /// The size in bytes of the decoded content (of its UTF-8 text for a text part).
     pub size: usize,
+    /// The decoded content, shared by HTTP upload where the user's server offers it.
+    pub content: Vec<u8>,
 }
 
 /// Why a mail cannot be shown.
@@ -279,14 +281,16 @@ fn attachment(part: &MessagePart<'_>, listed: bool) -> Option<Attachment> {
         },
     };
     let content_type = clean_line(&content_type).to_ascii_lowercase();
-    let size = match &part.body {
-        // A nested mail's raw text is the outer mail's: measure the part itself.
+    let content = match &part.body {
+        // A nested mail's raw text is the outer mail's: take the part itself.
         PartType::Message(nested) if part.encoding == Encoding::None => {
-            (part.offset_end as usize).saturating_sub(part.offset_body as usize).min(nested.raw_message.len())
+            let raw: &[u8] = &nested.raw_message;
+            let end = (part.offset_end as usize).min(raw.len());
+            raw.get(part.offset_body as usize..end).unwrap_or_default().to_vec()
         }
-        PartType::Message(nested) => nested.raw_message.len(),
-        _ => part.len(),
+        _ => part.contents().to_vec(),
     };
+    let size = content.len();
     let name = part
         .attachment_name()
         .map(clean_line)
@@ -299,7 +303,7 @@ fn attachment(part: &MessagePart<'_>, listed: bool) -> Option<Attachment> {
                 .map(|s| format!("{s}.eml"))
         })
         .unwrap_or_else(|| "unnamed".to_owned());
-    Some(Attachment { name, content_type, size })
+    Some(Attachment { name, content_type, size, content })
 }
 
 /// The first usable From address and its display name.
@@ -671,6 +675,10 @@ mod tests {
         assert_eq!(mail.body, "Grüße");
     }
 
+    fn file(name: &str, content_type: &str, content: &[u8]) -> Attachment {
+        Attachment { name: name.into(), content_type: content_type.into(), size: content.len(), content: content.to_vec() }
+    }
+
     #[test]
     fn attachments_are_listed_and_rendered() {
         let mail = parse(
@@ -718,11 +726,11 @@ mod tests {
         );
         assert_eq!(mail.body, "See attached.");
         let expected = vec![
-            Attachment { name: "logo.png".into(), content_type: "image/png".into(), size: 8 },
-            Attachment { name: "Rapport été.pdf".into(), content_type: "application/pdf".into(), size: 9 },
-            Attachment { name: "€ rates.bin".into(), content_type: "application/octet-stream".into(), size: 10 },
-            Attachment { name: "notes.txt".into(), content_type: "text/plain".into(), size: 10 },
-            Attachment { name: "unnamed".into(), content_type: "application/zip".into(), size: 2 },
+            file("logo.png", "image/png", b"\x89PNG\r\n\x1a\n"),
+            file("Rapport été.pdf", "application/pdf", b"%PDF-1.4\n"),
+            file("€ rates.bin", "application/octet-stream", b"0123456789"),
+            file("notes.txt", "text/plain", b"some notes"),
+            file("unnamed", "application/zip", b"PK"),
         ];
         assert_eq!(mail.attachments, expected);
         assert_eq!(
@@ -746,8 +754,8 @@ mod tests {
             thread: None,
             message_id: None,
             attachments: vec![
-                Attachment { name: "a".into(), content_type: "image/jpeg".into(), size: 12_595 },
-                Attachment { name: "b".into(), content_type: "video/mp4".into(), size: 5 * 1024 * 1024 + 1 },
+                Attachment { name: "a".into(), content_type: "image/jpeg".into(), size: 12_595, content: Vec::new() },
+                Attachment { name: "b".into(), content_type: "video/mp4".into(), size: 5 * 1024 * 1024 + 1, content: Vec::new() },
             ],
             notes: vec!["[note]".into()],
         };
