@@ -107,6 +107,9 @@ async fn serve(
     let mut last_read = tokio::time::Instant::now();
     // The id of our keepalive ping when one is unanswered.
     let mut ping_pending = false;
+    // Silence is checked on a ticker, not with a timer re-armed after every stanza.
+    let mut ticker = tokio::time::interval(keepalive / 4);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return Ended::Shutdown,
@@ -125,7 +128,10 @@ async fn serve(
             }
             Some(event) = events.recv() => router.handle_event(event).await,
             task = router.next_task() => router.handle_task(task).await,
-            () = tokio::time::sleep_until(last_read + keepalive) => {
+            _ = ticker.tick() => {
+                if last_read.elapsed() < keepalive {
+                    continue;
+                }
                 if ping_pending {
                     return Ended::Lost(format!("no answer from the server for {:?}", keepalive * 2));
                 }

@@ -17,6 +17,11 @@ use crate::xml_stream;
 /// How many stanzas may wait for the writer before senders wait in turn.
 const OUTBOX_CAPACITY: usize = 4096;
 
+/// Stanzas already waiting are written together, up to about this many bytes: one
+/// system call for a burst (a channel line fanned out to every occupant) instead of one
+/// per stanza.
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// Where handlers and sessions put stanzas for the server. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox(mpsc::Sender<Element>);
@@ -59,8 +64,14 @@ async fn run(
     keepalive: Duration,
 ) {
     let mut socket: Option<OwnedWriteHalf> = None;
-    // The stanza whose write failed; it goes out first on the next connection.
+    // The stanzas whose write failed; they go out first on the next connection.
     let mut unsent: Option<Vec<u8>> = None;
+    // Whitespace keepalive when nothing was written for a whole period: checked on a
+    // ticker rather than with a timer re-armed after every write.
+    let mut ticker = tokio::time::interval(keepalive);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_write = tokio::time::Instant::now();
+    let mut batch = Vec::with_capacity(BATCH_BYTES);
     loop {
         let Some(writer) = socket.as_mut() else {
             match control.recv().await {
@@ -99,17 +110,26 @@ async fn run(
             },
             stanza = stanzas.recv() => {
                 let Some(stanza) = stanza else { return };
-                let bytes = xml_stream::to_bytes(&stanza);
-                if let Err(error) = writer.write_all(&bytes).await {
-                    tracing::warn!(%error, "writing to the server failed; keeping the stanza for the next connection");
-                    unsent = Some(bytes);
+                batch.clear();
+                xml_stream::append_bytes(&stanza, &mut batch);
+                while batch.len() < BATCH_BYTES {
+                    let Ok(stanza) = stanzas.try_recv() else { break };
+                    xml_stream::append_bytes(&stanza, &mut batch);
+                }
+                last_write = tokio::time::Instant::now();
+                if let Err(error) = writer.write_all(&batch).await {
+                    tracing::warn!(%error, "writing to the server failed; keeping the stanzas for the next connection");
+                    unsent = Some(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BYTES)));
                     socket = None;
                 }
             }
             // Whitespace keepalive, so that idle connections survive NATs and firewalls.
-            () = tokio::time::sleep(keepalive) => {
-                if writer.write_all(b" ").await.is_err() {
-                    socket = None;
+            _ = ticker.tick() => {
+                if last_write.elapsed() >= keepalive {
+                    last_write = tokio::time::Instant::now();
+                    if writer.write_all(b" ").await.is_err() {
+                        socket = None;
+                    }
                 }
             }
         }

@@ -113,13 +113,20 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
 /// Serialises one element for the wire.
 pub fn to_bytes(element: &Element) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
+    append_bytes(element, &mut out);
+    out
+}
+
+/// Serialises one element for the wire at the end of `out` (nothing is added if it
+/// cannot be serialised).
+pub fn append_bytes(element: &Element, out: &mut Vec<u8>) {
+    let start = out.len();
     // Writing into a Vec cannot fail for I/O reasons; minidom only fails on names it
     // could not have parsed or built in the first place.
-    if let Err(error) = element.write_to(&mut out) {
+    if let Err(error) = element.write_to(out) {
         tracing::error!(%error, name = element.name(), "could not serialise an element");
-        out.clear();
+        out.truncate(start);
     }
-    out
 }
 
 /// The opening tag of a stream to `to` in the namespace `ns` (`jabber:component:accept` or
