@@ -136,14 +136,34 @@ async fn run(args: &Args) -> Result<Report> {
 
     let ircd = Ngircd::start(false);
     eprintln!("bench: ngIRCd on 127.0.0.1:{}", ircd.port);
+    let outcome = scenarios(args, &ircd, &peers, &mut report).await;
+    if outcome.is_err() {
+        let log = std::fs::read_to_string(ircd.dir.path().join("ngircd.out")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        eprintln!("bench: ngIRCd's last log lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    outcome?;
+    Ok(report)
+}
+
+/// Runs the scenarios asked for, adding their results to `report`.
+async fn scenarios(args: &Args, ircd: &Ngircd, peers: &[Peer], report: &mut Report) -> Result<()> {
+    let round_trips = args.size(args.round_trips, 1000, 50);
+    let users = args.size(args.users, 50, 5);
+    let messages = args.size(args.messages, 10_000, 200);
+    let scale_users = args.size(args.scale_users, 1000, 20);
+    let email_users = args.size(args.email_users, 100, 5);
+    let email_rounds = args.size(args.email_rounds, 3, 1);
+    let peers = peers.to_vec();
+    let ircd = ircd;
     if args.wants(Scenario::Latency) || args.wants(Scenario::Throughput) {
-        let side = XmppSide::start(&ircd, &peers)?;
+        let side = XmppSide::start(ircd, &peers)?;
         eprintln!("bench: Prosody c2s on 127.0.0.1:{} with {}", side.server.c2s_port, peers.iter().map(|p| p.name()).collect::<Vec<_>>().join(" and "));
         if args.wants(Scenario::Latency) {
             let mut results = Vec::new();
             for &peer in &peers {
                 eprintln!("bench: latency against {}", peer.name());
-                results.push((peer, latency::run(&side, &ircd, peer, round_trips).await.with_context(|| format!("latency against {}", peer.name()))?));
+                results.push((peer, latency::run(&side, ircd, peer, round_trips).await.with_context(|| format!("latency against {}", peer.name()))?));
             }
             report.scenarios.push(("latency".into(), latency::specs(), results));
         }
@@ -151,7 +171,7 @@ async fn run(args: &Args) -> Result<Report> {
             let mut results = Vec::new();
             for &peer in &peers {
                 eprintln!("bench: throughput against {}", peer.name());
-                results.push((peer, throughput::run(&side, &ircd, peer, users, messages).await.with_context(|| format!("throughput against {}", peer.name()))?));
+                results.push((peer, throughput::run(&side, ircd, peer, users, messages).await.with_context(|| format!("throughput against {}", peer.name()))?));
             }
             report.scenarios.push(("throughput".into(), throughput::specs(), results));
         }
@@ -160,7 +180,7 @@ async fn run(args: &Args) -> Result<Report> {
         let mut results = Vec::new();
         for &peer in &peers {
             eprintln!("bench: scale against {} ({scale_users} users)", peer.name());
-            results.push((peer, scale::run(&ircd, peer, scale_users).await.with_context(|| format!("scale against {}", peer.name()))?));
+            results.push((peer, scale::run(ircd, peer, scale_users).await.with_context(|| format!("scale against {}", peer.name()))?));
         }
         report.scenarios.push(("scale".into(), scale::specs(), results));
     }
@@ -169,7 +189,7 @@ async fn run(args: &Args) -> Result<Report> {
         let measured = email::run(email_users, email_rounds).await.context("email")?;
         report.scenarios.push(("email".into(), email::specs(), vec![(Peer::Ours, measured)]));
     }
-    Ok(report)
+    Ok(())
 }
 
 /// The machine and the servers' versions, for the report's header.

@@ -118,7 +118,7 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
     let slots: Vec<_> = conns.into_iter().map(|c| Arc::new(tokio::sync::Mutex::new(Some(c)))).collect();
     let slots_for_join = slots.clone();
     let names_for_join = user_names.clone();
-    run_limited(users, SETUP_CONCURRENCY, move |i| {
+    let retries = run_limited(users, SETUP_CONCURRENCY, move |i| {
         let slot = slots_for_join[i].clone();
         let room = room_for_join.clone();
         let nick = names_for_join[i].clone();
@@ -126,11 +126,27 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
             let mut guard = slot.lock().await;
             let conn = guard.as_mut().ok_or_else(|| anyhow!("no connection"))?;
             peer.prepare_user(conn, port).await?;
-            conn.writer.send(&peer.join_xml(&room, &nick)).await?;
-            wait_joined(&mut conn.reader, &room, Duration::from_secs(60)).await.with_context(|| format!("{nick} joining"))
+            // One retry: on this shared machine a gateway's IRC connect was once reset.
+            let mut retried = 0;
+            loop {
+                conn.writer.send(&peer.join_xml(&room, &nick)).await?;
+                match wait_joined(&mut conn.reader, &room, Duration::from_secs(60)).await {
+                    Ok(()) => return Ok(retried),
+                    Err(error) if retried == 0 => {
+                        eprintln!("bench: {nick} joining {room}: {error:#}; trying once more");
+                        retried += 1;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(error) => return Err(error).with_context(|| format!("{nick} joining")),
+                }
+            }
         }
     })
     .await?;
+    let retries: usize = retries.iter().sum();
+    if retries > 0 {
+        m.notes.push(format!("{retries} join(s) failed once and were retried (see stderr)"));
+    }
     settle().await;
 
     // Readers count; senders keep their writers.
@@ -224,6 +240,9 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
     }
     irc.flush().await?;
     let sent_in = started.elapsed();
+    // The sender must still be connected, or a loss would be the bench's own.
+    irc.send("PING :bench-alive\r\n").await?;
+    irc.wait_for("the PONG after sending", Duration::from_secs(120), |l| l.command == "PONG").await.context("the IRC sender after sending")?;
     let delivered = wait_count(goal, Duration::from_secs(1800), || counters.from_irc.load(Ordering::Relaxed)).await;
     let after = procstat::snapshot(&procs);
     let usage = procstat::usage(&procs, &before, &after);
@@ -241,8 +260,19 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
     ));
     m.usage.push((format!("IRC->XMPP {messages} msgs x {users}"), usage));
 
+    let mut ended = Vec::new();
     for reader in readers {
-        reader.abort();
+        if reader.is_finished() {
+            ended.push(match reader.await {
+                Ok(Err(error)) => format!("{error:#}"),
+                other => format!("{other:?}"),
+            });
+        } else {
+            reader.abort();
+        }
+    }
+    if !ended.is_empty() {
+        m.notes.push(format!("{} occupant stream(s) ended during the run: {}", ended.len(), ended[0]));
     }
     drop(writers);
     drop(irc);
