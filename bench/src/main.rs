@@ -42,6 +42,36 @@ enum Which {
     Biboumi,
 }
 
+/// The sizes of a run: flags, else the defaults of issue 5 (or of --smoke).
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    /// Latency: measured round trips.
+    round_trips: usize,
+    /// Throughput: users in the channel.
+    users: usize,
+    /// Throughput: messages each way.
+    messages: usize,
+    /// Scale: users joining.
+    scale_users: usize,
+    /// Email: users with an IDLE session.
+    email_users: usize,
+    /// Email: timed mails per user.
+    email_rounds: usize,
+}
+
+impl Sizes {
+    fn of(args: &Args) -> Sizes {
+        Sizes {
+            round_trips: args.size(args.round_trips, 1000, 50),
+            users: args.size(args.users, 50, 5),
+            messages: args.size(args.messages, 10_000, 200),
+            scale_users: args.size(args.scale_users, 1000, 20),
+            email_users: args.size(args.email_users, 100, 5),
+            email_rounds: args.size(args.email_rounds, 3, 1),
+        }
+    }
+}
+
 /// Command line.
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks xmpp-gateway side by side with biboumi on real servers on 127.0.0.1")]
@@ -105,6 +135,12 @@ fn main() -> Result<()> {
         // Quiet like biboumi (warning level); the harness waits for the connect line.
         std::env::set_var("GATEWAY_TEST_LOG", "warn,xmpp_gateway::component=info");
     }
+    if std::env::var_os("GATEWAY__COMPONENT__KEEPALIVE_SECS").is_none() {
+        // testkit's configuration pings every second and drops the connection after 2 s
+        // without an answer (quick tests); under a throughput run Prosody can be busier
+        // than that. The gateway's default is 60 s.
+        std::env::set_var("GATEWAY__COMPONENT__KEEPALIVE_SECS", "60");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let timeout = Duration::from_secs(args.timeout);
     let report = runtime.block_on(async { tokio::time::timeout(timeout, run(&args)).await.with_context(|| format!("the benchmark did not finish within {timeout:?} (--timeout)"))? })?;
@@ -119,12 +155,7 @@ fn main() -> Result<()> {
 async fn run(args: &Args) -> Result<Report> {
     let peers = args.peers();
     let mut report = Report { header: machine(), ..Report::default() };
-    let round_trips = args.size(args.round_trips, 1000, 50);
-    let users = args.size(args.users, 50, 5);
-    let messages = args.size(args.messages, 10_000, 200);
-    let scale_users = args.size(args.scale_users, 1000, 20);
-    let email_users = args.size(args.email_users, 100, 5);
-    let email_rounds = args.size(args.email_rounds, 3, 1);
+    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds } = Sizes::of(args);
     if users < 2 {
         bail!("--users must be at least 2 (the fan-out needs another occupant)");
     }
@@ -148,12 +179,7 @@ async fn run(args: &Args) -> Result<Report> {
 
 /// Runs the scenarios asked for, adding their results to `report`.
 async fn scenarios(args: &Args, ircd: &Ngircd, peers: &[Peer], report: &mut Report) -> Result<()> {
-    let round_trips = args.size(args.round_trips, 1000, 50);
-    let users = args.size(args.users, 50, 5);
-    let messages = args.size(args.messages, 10_000, 200);
-    let scale_users = args.size(args.scale_users, 1000, 20);
-    let email_users = args.size(args.email_users, 100, 5);
-    let email_rounds = args.size(args.email_rounds, 3, 1);
+    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds } = Sizes::of(args);
     let peers = peers.to_vec();
     let ircd = ircd;
     if args.wants(Scenario::Latency) || args.wants(Scenario::Throughput) {
