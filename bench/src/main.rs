@@ -143,18 +143,24 @@ fn main() -> Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let timeout = Duration::from_secs(args.timeout);
-    let report = runtime.block_on(async { tokio::time::timeout(timeout, run(&args)).await.with_context(|| format!("the benchmark did not finish within {timeout:?} (--timeout)"))? })?;
+    let mut report = Report { header: machine(), ..Report::default() };
+    let outcome = runtime.block_on(async {
+        tokio::time::timeout(timeout, run(&args, &mut report)).await.with_context(|| format!("the benchmark did not finish within {timeout:?} (--timeout)"))?
+    });
+    // What was measured is shown even when a later scenario failed.
+    if outcome.is_err() {
+        report.header.push("INCOMPLETE: a scenario failed (see the error on stderr)".into());
+    }
     let text = report.markdown();
     println!("{text}");
     if let Some(path) = &args.output {
         std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(())
+    outcome
 }
 
-async fn run(args: &Args) -> Result<Report> {
+async fn run(args: &Args, report: &mut Report) -> Result<()> {
     let peers = args.peers();
-    let mut report = Report { header: machine(), ..Report::default() };
     let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds } = Sizes::of(args);
     if users < 2 {
         bail!("--users must be at least 2 (the fan-out needs another occupant)");
@@ -167,14 +173,13 @@ async fn run(args: &Args) -> Result<Report> {
 
     let ircd = Ngircd::start(false);
     eprintln!("bench: ngIRCd on 127.0.0.1:{}", ircd.port);
-    let outcome = scenarios(args, &ircd, &peers, &mut report).await;
+    let outcome = scenarios(args, &ircd, &peers, report).await;
     if outcome.is_err() {
         let log = std::fs::read_to_string(ircd.dir.path().join("ngircd.out")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         eprintln!("bench: ngIRCd's last log lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
     }
-    outcome?;
-    Ok(report)
+    outcome
 }
 
 /// Runs the scenarios asked for, adding their results to `report`.

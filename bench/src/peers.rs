@@ -135,7 +135,11 @@ pub async fn wait_joined(reader: &mut XmppReader, room: &str, within: Duration) 
         })
         .await?;
     if presence.attr("type") == Some("error") {
-        bail!("joining {room} failed: {presence:?}");
+        bail!(
+            "joining {room} failed: {} ({})",
+            testkit::error_condition(&presence).unwrap_or_default(),
+            testkit::error_text(&presence)
+        );
     }
     Ok(())
 }
