@@ -5,6 +5,7 @@
 //! A test whose server cannot start fails with the script's output: it never skips.
 //! The benchmarks (issue 5) drive the same servers and clients.
 
+pub mod biboumi;
 pub mod irc;
 pub mod mail;
 

@@ -1,0 +1,129 @@
+//! Latency: one user in a channel, ping-pong round trips XMPP client -> Prosody ->
+//! gateway -> ngIRCd -> IRC client, whose reply goes back the same way. The floor is the
+//! same path without a gateway, measured right before: an XMPP client <-> XMPP client
+//! round trip through Prosody plus an IRC client <-> IRC client round trip through
+//! ngIRCd. Figures are the quantiles minus the floor's same quantiles.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use testkit::irc::Ngircd;
+
+use crate::irc::Irc;
+use crate::peers::{wait_joined, Peer};
+use crate::procstat;
+use crate::report::{quantile, Measured, Spec};
+use crate::rig::XmppSide;
+use crate::xmpp::body;
+
+/// How long one leg may take before the run fails.
+const LEG_WAIT: Duration = Duration::from_secs(10);
+/// Round trips before the measured ones (connections warm, caches filled).
+const WARMUP: usize = 20;
+
+/// The figures of this scenario.
+pub fn specs() -> Vec<Spec> {
+    vec![
+        Spec { key: "added_p50", label: "gateway-added latency p50", unit: "ms", decimals: 3, target: "biboumi 0.01 ms" },
+        Spec { key: "added_p99", label: "gateway-added latency p99", unit: "ms", decimals: 3, target: "<= 0.3 ms (biboumi 0.27 ms)" },
+        Spec { key: "rtt_p50", label: "round trip p50 (with gateway)", unit: "ms", decimals: 3, target: "" },
+        Spec { key: "rtt_p99", label: "round trip p99 (with gateway)", unit: "ms", decimals: 3, target: "" },
+        Spec { key: "floor_p50", label: "floor p50 (XMPP<->XMPP + IRC<->IRC, no gateway)", unit: "ms", decimals: 3, target: "" },
+        Spec { key: "floor_p99", label: "floor p99", unit: "ms", decimals: 3, target: "" },
+        Spec { key: "leg_p50", label: "XMPP->IRC leg p50 (with gateway)", unit: "ms", decimals: 3, target: "" },
+    ]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The floor: `n` round trips XMPP<->XMPP plus IRC<->IRC, in milliseconds, sorted.
+async fn floor(side: &XmppSide, ircd: &Ngircd, peer: Peer, n: usize) -> Result<Vec<f64>> {
+    let t = peer.tag();
+    let names = vec![format!("{t}fa"), format!("{t}fb")];
+    side.add_accounts(&names)?;
+    let mut conns = side.connect_all(&names).await?;
+    let mut b = conns.pop().expect("two");
+    let mut a = conns.pop().expect("two");
+    let channel = format!("#{t}floor");
+    let mut c = Irc::connect(ircd.port, &format!("{t}fc")).await?;
+    let mut d = Irc::connect(ircd.port, &format!("{t}fd")).await?;
+    c.join(&channel).await?;
+    d.join(&channel).await?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + WARMUP {
+        let started = Instant::now();
+        a.writer.send(&format!("<message to='{}' type='chat'><body>f{i}</body></message>", b.jid)).await?;
+        let want = format!("f{i}");
+        b.reader.wait_for("the floor ping", LEG_WAIT, |e| body(e).as_deref() == Some(want.as_str())).await?;
+        b.writer.send(&format!("<message to='{}' type='chat'><body>r{i}</body></message>", a.jid)).await?;
+        let want = format!("r{i}");
+        a.reader.wait_for("the floor pong", LEG_WAIT, |e| body(e).as_deref() == Some(want.as_str())).await?;
+        c.send(&format!("PRIVMSG {channel} :f{i}\r\n")).await?;
+        let want = format!("f{i}");
+        d.wait_for("the floor ping", LEG_WAIT, |l| l.is_privmsg_to(&channel) && l.text() == want).await?;
+        d.send(&format!("PRIVMSG {channel} :r{i}\r\n")).await?;
+        let want = format!("r{i}");
+        c.wait_for("the floor pong", LEG_WAIT, |l| l.is_privmsg_to(&channel) && l.text() == want).await?;
+        if i >= WARMUP {
+            samples.push(ms(started.elapsed()));
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+/// Runs the scenario against `peer`: `n` measured round trips.
+pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, n: usize) -> Result<Measured> {
+    let floor = floor(side, ircd, peer, n).await.context("measuring the floor")?;
+    let t = peer.tag();
+    let nick = format!("{t}l0");
+    side.add_accounts(&[nick.clone()])?;
+    let mut xmpp = side.connect_all(&[nick.clone()]).await?.pop().expect("one");
+    peer.prepare_user(&mut xmpp, ircd.port).await?;
+    let channel = format!("#{t}lat");
+    let mut echo = Irc::connect(ircd.port, &format!("{t}echo")).await?;
+    echo.join(&channel).await?;
+    let room = peer.room(&channel);
+    xmpp.writer.send(&peer.join_xml(&room, &nick)).await?;
+    wait_joined(&mut xmpp.reader, &room, Duration::from_secs(30)).await?;
+    let from_echo = format!("{room}/{t}echo");
+
+    let procs = side.procs(peer, ircd)?;
+    let before = procstat::snapshot(&procs);
+    let mut rtts = Vec::with_capacity(n);
+    let mut legs = Vec::with_capacity(n);
+    for i in 0..n + WARMUP {
+        let started = Instant::now();
+        xmpp.writer.send(&format!("<message to='{room}' type='groupchat'><body>p{i}</body></message>")).await?;
+        let want = format!("p{i}");
+        echo.wait_for("the ping through the gateway", LEG_WAIT, |l| l.is_privmsg_to(&channel) && l.text() == want).await?;
+        let leg = started.elapsed();
+        echo.send(&format!("PRIVMSG {channel} :q{i}\r\n")).await?;
+        let want = format!("q{i}");
+        xmpp.reader
+            .wait_for("the pong through the gateway", LEG_WAIT, |e| e.attr("from") == Some(from_echo.as_str()) && body(e).as_deref() == Some(want.as_str()))
+            .await?;
+        if i >= WARMUP {
+            rtts.push(ms(started.elapsed()));
+            legs.push(ms(leg));
+        }
+    }
+    let after = procstat::snapshot(&procs);
+    rtts.sort_by(f64::total_cmp);
+    legs.sort_by(f64::total_cmp);
+
+    let mut m = Measured::default();
+    let (p50, p99) = (quantile(&rtts, 0.5), quantile(&rtts, 0.99));
+    let (f50, f99) = (quantile(&floor, 0.5), quantile(&floor, 0.99));
+    m.set("rtt_p50", p50);
+    m.set("rtt_p99", p99);
+    m.set("floor_p50", f50);
+    m.set("floor_p99", f99);
+    m.set("added_p50", p50 - f50);
+    m.set("added_p99", p99 - f99);
+    m.set("leg_p50", quantile(&legs, 0.5));
+    m.usage.push((format!("{n} round trips"), procstat::usage(&procs, &before, &after)));
+    Ok(m)
+}

@@ -1,0 +1,150 @@
+//! "A gateway under test": ours or biboumi. How to address a channel, and the per-user
+//! setup each needs before joining (none for ours; biboumi's two ad-hoc `configure`
+//! commands for a fair comparison, see the header of scripts/biboumi.sh).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use minidom::Element;
+
+use crate::xmpp::{has_status, XmppConn, XmppReader, NS_MUC};
+
+/// The component JID biboumi gets on the benchmark's Prosody.
+pub const BIBOUMI_JID: &str = "biboumi.localhost";
+/// The IRC server as both gateways name it.
+pub const IRC_SERVER: &str = "127.0.0.1";
+
+const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
+const NS_DATA: &str = "jabber:x:data";
+/// How long an ad-hoc command may take.
+const COMMAND_WAIT: Duration = Duration::from_secs(30);
+
+/// Which gateway a scenario runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// xmpp-gateway, this project (component `gw.localhost`).
+    Ours,
+    /// biboumi 9 (component `biboumi.localhost`), configured fairly per user.
+    Biboumi,
+}
+
+impl Peer {
+    /// Both, in the order a run measures them.
+    pub const ALL: [Peer; 2] = [Peer::Ours, Peer::Biboumi];
+
+    /// The name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Ours => "xmpp-gateway",
+            Peer::Biboumi => "biboumi",
+        }
+    }
+
+    /// One letter that keeps user names, nicks and channels of the two runs apart
+    /// (nicks are unique per IRC server, and both gateways share one ngIRCd).
+    pub fn tag(self) -> char {
+        match self {
+            Peer::Ours => 'g',
+            Peer::Biboumi => 'b',
+        }
+    }
+
+    /// The component JID.
+    pub fn component(self) -> &'static str {
+        match self {
+            Peer::Ours => testkit::GW,
+            Peer::Biboumi => BIBOUMI_JID,
+        }
+    }
+
+    /// The room JID of an IRC channel on the benchmark's ngIRCd, e.g.
+    /// `#chan%127.0.0.1@gw.localhost`.
+    pub fn room(self, channel: &str) -> String {
+        format!("{channel}%{IRC_SERVER}@{}", self.component())
+    }
+
+    /// The join presence for `room` as `nick` (no history).
+    pub fn join_xml(self, room: &str, nick: &str) -> String {
+        format!("<presence to='{room}/{nick}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>")
+    }
+
+    /// What a user must do once before their first join: nothing for ours; for biboumi
+    /// the fair configuration (ports = `ircd_port`, no TLS ports, throttle_limit -1 on
+    /// the IRC server; record_history false globally).
+    pub async fn prepare_user(self, conn: &mut XmppConn, ircd_port: u16) -> Result<()> {
+        if self == Peer::Ours {
+            return Ok(());
+        }
+        let port = ircd_port.to_string();
+        let server_jid = format!("{IRC_SERVER}@{BIBOUMI_JID}");
+        configure(conn, &server_jid, &[("ports", &[port.as_str()]), ("tls_ports", &[]), ("throttle_limit", &["-1"])]).await?;
+        configure(conn, BIBOUMI_JID, &[("record_history", &["false"])]).await?;
+        Ok(())
+    }
+}
+
+/// Runs the ad-hoc command `configure` on `to`: executes it, then submits every field
+/// of the returned form with its current values except those in `set` (a submitted
+/// form replaces the stored settings as a whole).
+async fn configure(conn: &mut XmppConn, to: &str, set: &[(&str, &[&str])]) -> Result<()> {
+    let executing = conn.iq("set", Some(to), &format!("<command xmlns='{NS_COMMANDS}' node='configure' action='execute'/>"), COMMAND_WAIT).await?;
+    let command = executing.get_child("command", NS_COMMANDS).ok_or_else(|| anyhow!("no command in {executing:?}"))?;
+    let session = command.attr("sessionid").ok_or_else(|| anyhow!("no sessionid from {to}"))?.to_owned();
+    let form = command.get_child("x", NS_DATA).ok_or_else(|| anyhow!("no form from {to}"))?;
+    let mut fields = String::new();
+    let mut applied = 0;
+    for field in form.children().filter(|c| c.name() == "field") {
+        let Some(var) = field.attr("var") else { continue };
+        let values: Vec<String> = match set.iter().find(|(v, _)| *v == var) {
+            Some((_, values)) => {
+                applied += 1;
+                values.iter().map(|v| v.to_string()).collect()
+            }
+            None => field.children().filter(|c| c.name() == "value").map(Element::text).collect(),
+        };
+        fields.push_str(&format!("<field var='{var}'>"));
+        for value in values {
+            fields.push_str(&format!("<value>{}</value>", escape(&value)));
+        }
+        fields.push_str("</field>");
+    }
+    if applied != set.len() {
+        bail!("the configure form of {to} lacks some of {:?}", set.iter().map(|(v, _)| *v).collect::<Vec<_>>());
+    }
+    let done = conn
+        .iq(
+            "set",
+            Some(to),
+            &format!("<command xmlns='{NS_COMMANDS}' node='configure' sessionid='{session}'><x xmlns='{NS_DATA}' type='submit'>{fields}</x></command>"),
+            COMMAND_WAIT,
+        )
+        .await?;
+    let status = done.get_child("command", NS_COMMANDS).and_then(|c| c.attr("status"));
+    if status != Some("completed") {
+        bail!("configure on {to} did not complete: {done:?}");
+    }
+    Ok(())
+}
+
+/// Waits for the self-presence (status 110) of a join of `room`.
+pub async fn wait_joined(reader: &mut XmppReader, room: &str, within: Duration) -> Result<()> {
+    let prefix = format!("{room}/");
+    let presence = reader
+        .wait_for(&format!("the self-presence in {room}"), within, |e| {
+            e.name() == "presence" && e.attr("from").is_some_and(|f| f.starts_with(&prefix)) && (has_status(e, "110") || e.attr("type") == Some("error"))
+        })
+        .await?;
+    if presence.attr("type") == Some("error") {
+        bail!(
+            "joining {room} failed: {} ({})",
+            testkit::error_condition(&presence).unwrap_or_default(),
+            testkit::error_text(&presence)
+        );
+    }
+    Ok(())
+}
+
+/// Escapes text for XML.
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\'', "&apos;")
+}

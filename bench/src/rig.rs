@@ -1,0 +1,148 @@
+//! The servers under and around the test: one ngIRCd (no flood protection) shared by
+//! everything, and an XMPP side (a private Prosody with our gateway and/or biboumi
+//! attached as components), plus bulk accounts and bulk logins.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use testkit::biboumi::Biboumi;
+use testkit::irc::Ngircd;
+use testkit::{Gateway, ServerKind, ServerOptions, XmppServer, SECRET};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::peers::{Peer, BIBOUMI_JID};
+use crate::procstat::Proc;
+use crate::xmpp::XmppConn;
+
+/// Every benchmark account's password (the one testkit gives alice).
+pub const PASSWORD: &str = "pw";
+/// How many logins (or joins, configure commands) run at once during set-up.
+pub const SETUP_CONCURRENCY: usize = 64;
+
+/// A private Prosody with the gateways of `peers` attached.
+pub struct XmppSide {
+    /// The Prosody instance (components gw.localhost and, with biboumi, biboumi.localhost).
+    pub server: XmppServer,
+    /// Our gateway process, when it is one of the peers.
+    pub gateway: Option<Gateway>,
+    /// biboumi, when it is one of the peers (TCP_NODELAY shim loaded).
+    pub biboumi: Option<Biboumi>,
+}
+
+impl XmppSide {
+    /// Starts Prosody, then our gateway (IRC network 127.0.0.1 = `ircd`, no rate limit)
+    /// and/or biboumi, as `peers` asks.
+    pub fn start(ircd: &Ngircd, peers: &[Peer]) -> Result<XmppSide> {
+        let with_biboumi = peers.contains(&Peer::Biboumi);
+        let options = ServerOptions { extra_components: if with_biboumi { vec![(BIBOUMI_JID.into(), SECRET.into())] } else { vec![] }, http_upload: false };
+        let server = XmppServer::start_with(ServerKind::Prosody, options);
+        let gateway = peers.contains(&Peer::Ours).then(|| Gateway::start_irc(&server, ircd, None));
+        let biboumi = if with_biboumi { Some(Biboumi::start(&server, BIBOUMI_JID, SECRET, true).map_err(|e| anyhow!(e))?) } else { None };
+        Ok(XmppSide { server, gateway, biboumi })
+    }
+
+    /// An XMPP side with only Prosody (for the email scenario, which starts its own gateway).
+    pub fn prosody_only() -> XmppSide {
+        XmppSide { server: XmppServer::start(ServerKind::Prosody), gateway: None, biboumi: None }
+    }
+
+    /// The process of `peer`'s gateway.
+    pub fn peer_proc(&self, peer: Peer) -> Result<Proc> {
+        match peer {
+            Peer::Ours => {
+                let child = self.gateway.as_ref().and_then(|g| g.child.as_ref()).ok_or_else(|| anyhow!("our gateway is not running"))?;
+                Ok(Proc::new(peer.name(), child.id()))
+            }
+            Peer::Biboumi => Ok(Proc::new(peer.name(), self.biboumi.as_ref().ok_or_else(|| anyhow!("biboumi is not running"))?.pid)),
+        }
+    }
+
+    /// Prosody's process.
+    pub fn prosody_proc(&self) -> Result<Proc> {
+        Ok(Proc::new("Prosody", pidfile(&self.server.dir.path().join("prosody.pid"))?))
+    }
+
+    /// The processes to report for a scenario against `peer`: the gateway, Prosody,
+    /// ngIRCd and the bench itself.
+    pub fn procs(&self, peer: Peer, ircd: &Ngircd) -> Result<Vec<Proc>> {
+        Ok(vec![self.peer_proc(peer)?, self.prosody_proc()?, ngircd_proc(ircd)?, Proc::bench()])
+    }
+
+    /// Creates the accounts `names`@localhost (password [`PASSWORD`]) at once: Prosody
+    /// keeps one file per account whose SCRAM keys depend only on the password, so
+    /// alice's (created by testkit with the same password) is copied. prosodyctl would
+    /// take about 0.3 s per account.
+    pub fn add_accounts(&self, names: &[String]) -> Result<()> {
+        let dir = self.server.dir.path().join("data").join("localhost").join("accounts");
+        let template = std::fs::read(dir.join("alice.dat")).with_context(|| format!("reading alice's account in {}", dir.display()))?;
+        for name in names {
+            anyhow::ensure!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "account names must be [a-z0-9]: {name}");
+            std::fs::write(dir.join(format!("{name}.dat")), &template)?;
+        }
+        Ok(())
+    }
+
+    /// Logs in every account of `names` ([`SETUP_CONCURRENCY`] at a time), in order.
+    pub async fn connect_all(&self, names: &[String]) -> Result<Vec<XmppConn>> {
+        let port = self.server.c2s_port;
+        let names: Arc<Vec<String>> = Arc::new(names.to_vec());
+        let list = names.clone();
+        run_limited(names.len(), SETUP_CONCURRENCY, move |i| {
+            let list = list.clone();
+            async move { XmppConn::connect(port, &list[i], "localhost", PASSWORD).await.with_context(|| format!("logging in {}", list[i])) }
+        })
+        .await
+    }
+}
+
+/// ngIRCd's process.
+pub fn ngircd_proc(ircd: &Ngircd) -> Result<Proc> {
+    Ok(Proc::new("ngIRCd", pidfile(&ircd.dir.path().join("run").join("ngircd.pid"))?))
+}
+
+/// The pid in a pidfile.
+pub fn pidfile(path: &Path) -> Result<u32> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.trim().parse().with_context(|| format!("no pid in {}", path.display()))
+}
+
+/// Runs `f(0..n)` with at most `limit` at once, each as its own task; the results in
+/// order, or the first error.
+pub async fn run_limited<T, F, Fut>(n: usize, limit: usize, f: F) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limit.max(1)));
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let permit = permits.clone().acquire_owned().await?;
+        let fut = f(i);
+        set.spawn(async move {
+            let out = fut.await;
+            drop(permit);
+            (i, out)
+        });
+    }
+    let mut results: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        let (i, out) = joined.context("a set-up task panicked")?;
+        results[i] = Some(out?);
+    }
+    Ok(results.into_iter().map(|r| r.expect("every task reported")).collect())
+}
+
+/// `prefix` + index names, e.g. `gt0`, `gt1`, ...
+pub fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Sleeps briefly so stragglers of a set-up phase settle before a measurement.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# bench.sh - the benchmarks of issue 5: installs the servers (scripts/install-deps.sh,
+# root needed the first time), builds the release gateway and the bench runner, and
+# runs xmpp-gateway-bench: Prosody, ngIRCd (no flood protection), biboumi and
+# xmpp-gateway on 127.0.0.1, the same scenarios against each gateway in turn
+# (latency, throughput, scale, email), then a Markdown table of figures with the
+# ratio gateway/biboumi and the CPU/RSS of every process involved (on stdout;
+# progress on stderr).
+#
+# Usage: scripts/bench.sh [--smoke] [BENCH_ARGS...]
+#   --smoke          small sizes (CI: a few seconds per scenario, nothing asserted)
+#   BENCH_ARGS       go to the runner, e.g. --scenario latency --scenario scale,
+#                    --scale-users 5000, --peers ours, --output BENCHMARKS-run.md;
+#                    see: target/release/xmpp-gateway-bench --help
+#   Examples: scripts/bench.sh
+#             scripts/bench.sh --smoke
+#             scripts/bench.sh --scenario scale --scale-users 5000
+# Exits with the runner's status: non-zero if any scenario failed (a server did not
+# start, a timeout, a lost connection); figures are never asserted.
+# A full run takes about 10 minutes on 2 cores (most of it throughput and scale).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf 'bench.sh: %s\n' "$*" >&2; }
+die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
+
+if ! bash scripts/install-deps.sh; then
+    if [ "$(id -u)" -ne 0 ]; then
+        die "the benchmarks need the packages named above; run 'sudo scripts/install-deps.sh' once (or run this script as root)"
+    fi
+    die "scripts/install-deps.sh failed"
+fi
+# scripts/biboumi.sh compiles its TCP_NODELAY shim with cc (the Rust toolchain's linker).
+command -v cc >/dev/null 2>&1 || die "cc not found (package gcc): biboumi's TCP_NODELAY shim is compiled with it"
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+    PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain (https://rustup.rs)"
+
+log "building the release gateway and the bench runner"
+cargo build --release --bin xmpp-gateway
+cargo build --release -p xmpp-gateway-bench
+
+target_dir=${CARGO_TARGET_DIR:-target}
+export XMPP_GATEWAY_BIN="$PWD/$target_dir/release/xmpp-gateway"
+case "$target_dir" in /*) XMPP_GATEWAY_BIN="$target_dir/release/xmpp-gateway" ;; esac
+log "running the benchmarks ($*)"
+exec "${XMPP_GATEWAY_BIN%/xmpp-gateway}/xmpp-gateway-bench" "$@"
