@@ -68,7 +68,12 @@ pub async fn supervise(
                     return Ok(());
                 }
                 router.on_connected().await;
-                serve(config, router, conn.reader, &mut events, &mut shutdown).await
+                let mut reader = conn.reader;
+                let ended = serve(config, router, &mut reader, &mut events, &mut shutdown).await;
+                if matches!(ended, Ended::Lost(_)) {
+                    close(&reader.into_inner());
+                }
+                ended
             }
         };
         match ended {
@@ -95,11 +100,23 @@ pub async fn supervise(
     }
 }
 
+/// Closes a connection given up on, both ways, at once. Dropping our halves is not
+/// enough: the writer still holds the write half (it may even be stuck writing to a
+/// server that stopped reading), and while the socket stays open the server keeps the
+/// old session and refuses the next one as "already connected". The writer's next write
+/// then fails, and what it was writing waits for the next connection.
+fn close(read: &tokio::net::tcp::OwnedReadHalf) {
+    let stream: &tokio::net::TcpStream = read.as_ref();
+    if let Err(error) = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both) {
+        tracing::debug!(%error, "closing the lost connection");
+    }
+}
+
 /// Reads and routes until the connection ends or shutdown is asked.
 async fn serve(
     config: &Config,
     router: &mut Router,
-    mut reader: crate::xml_stream::StanzaReader<tokio::net::tcp::OwnedReadHalf>,
+    reader: &mut crate::xml_stream::StanzaReader<tokio::net::tcp::OwnedReadHalf>,
     events: &mut mpsc::Receiver<SessionEvent>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {

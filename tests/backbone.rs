@@ -213,6 +213,25 @@ async fn server_restart_gateway_is_back_within_5s_with_data_intact() {
 }
 
 #[tokio::test]
+async fn a_server_that_stops_answering_is_left_and_rejoined() {
+    let server = prosody();
+    let gateway = Gateway::start(&server);
+    let pid = std::fs::read_to_string(server.dir.path().join("prosody.pid")).unwrap().trim().to_owned();
+    let signal = |name: &str| assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success());
+    // Frozen for longer than the gateway waits for an answer to its ping (2 x 1 s), then
+    // back: the gateway must have closed the old connection, or the server keeps that
+    // session and refuses the new one as "already connected", for ever.
+    signal("-STOP");
+    std::thread::sleep(Duration::from_millis(3500));
+    signal("-CONT");
+    let waited = gateway.wait_connected(2, Duration::from_secs(10));
+    eprintln!("figures: back {waited:?} after the server thawed");
+    let mut alice = server.client("alice", "localhost").await;
+    let form = alice.iq("get", "<query xmlns='jabber:iq:register'/>").await;
+    assert_eq!(form.attr("type"), Some("result"), "{form:?}\n{}", gateway.log_text());
+}
+
+#[tokio::test]
 async fn kill_9_and_restart_keeps_every_acknowledged_registration() {
     let server = prosody();
     let mut gateway = Gateway::start(&server);
