@@ -61,3 +61,4 @@ impl Bridge for IrcBridge {
         Box::new(CommandQueue(tx))
     }
 }
+

@@ -34,6 +34,12 @@ const QUIT_FLUSH_LINES: usize = 20;
 /// First and last reconnection delays.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Quick retries of a first connection the network dropped (refused, reset, closed
+/// before the welcome) before the user is told it failed: a server busy accepting
+/// many connections at once resets some (ngIRCd's accept queue holds 10).
+const FIRST_CONNECTION_RETRIES: u32 = 4;
+/// The delay before the first of those, doubled each time and jittered.
+const FIRST_CONNECTION_RETRY: Duration = Duration::from_millis(100);
 
 /// A channel the user wants to be in.
 #[derive(Debug, Clone)]
@@ -63,6 +69,9 @@ enum Outcome {
     Finished,
     /// The connection broke; reconnect.
     Lost(String),
+    /// The network dropped the connection (refused, reset, closed, unwritable): the same
+    /// as `Lost`, except that a first connection is tried again at once, a few times.
+    Dropped(String),
 }
 
 /// The state of one (user, server) session.
@@ -160,6 +169,7 @@ impl IrcSession {
     /// Runs until the session ends, reconnecting as needed.
     pub async fn run(mut self) {
         let mut delay = RETRY_FIRST;
+        let mut first_retries = 0;
         // Wait for the first command: it says which nick to use when anonymous.
         let Some(first) = self.commands.recv().await else { return };
         if !self.take_first(first) {
@@ -168,15 +178,22 @@ impl IrcSession {
         loop {
             let outcome = match transport::connect(&self.server, &self.settings).await {
                 Ok(stream) => self.serve(stream).await,
+                Err(error @ transport::ConnectError::Tcp { .. }) => Outcome::Dropped(error.to_string()),
                 Err(error) => Outcome::Lost(error.to_string()),
             };
             match outcome {
                 Outcome::Finished => break,
-                Outcome::Lost(reason) if !self.ever_registered => {
+                Outcome::Dropped(reason) if !self.ever_registered && first_retries < FIRST_CONNECTION_RETRIES => {
+                    let pause = FIRST_CONNECTION_RETRY * 2u32.pow(first_retries);
+                    first_retries += 1;
+                    debug!(server = %self.server, %reason, attempt = first_retries, "first IRC connection dropped; trying again");
+                    tokio::time::sleep(jittered(pause)).await;
+                }
+                Outcome::Lost(reason) | Outcome::Dropped(reason) if !self.ever_registered => {
                     self.fail_everything(&reason).await;
                     break;
                 }
-                Outcome::Lost(reason) => {
+                Outcome::Lost(reason) | Outcome::Dropped(reason) => {
                     warn!(server = %self.server, %reason, "IRC connection lost; reconnecting");
                     // Joined channels, and those still being joined: the user hears about
                     // both, and gets them back after the reconnection.
@@ -265,7 +282,7 @@ impl IrcSession {
         self.nick = self.wanted_nick.clone();
 
         if let Err(error) = self.register(&mut write).await {
-            return Outcome::Lost(error.to_string());
+            return Outcome::Dropped(error.to_string());
         }
         let deadline = Instant::now() + REGISTRATION_TIMEOUT;
         loop {
@@ -287,8 +304,8 @@ impl IrcSession {
                             return outcome;
                         }
                     }
-                    Ok(None) => return Outcome::Lost("the server closed the connection".into()),
-                    Err(error) => return Outcome::Lost(error.to_string()),
+                    Ok(None) => return Outcome::Dropped("the server closed the connection".into()),
+                    Err(error) => return Outcome::Dropped(error.to_string()),
                 },
                 command = self.commands.recv(), if self.registered => match command {
                     None => return self.quit(&mut write, "gateway shutting down").await,
@@ -482,7 +499,7 @@ impl IrcSession {
             IrcCommand::PING(server, _) => {
                 // Answered at once: a late PONG gets us disconnected.
                 if transport::write_line(write, &format!("PONG :{server}")).await.is_err() {
-                    return Some(Outcome::Lost("write failed".into()));
+                    return Some(Outcome::Dropped("write failed".into()));
                 }
             }
             IrcCommand::ERROR(reason) => return Some(Outcome::Lost(format!("server error: {reason}"))),
@@ -560,7 +577,7 @@ impl IrcSession {
                     // No SASL on this server: NickServ, right after the welcome.
                     let line = format!("PRIVMSG NickServ :IDENTIFY {}", text::sanitize_word(password.expose()));
                     if transport::write_line(write, &line).await.is_err() {
-                        return Some(Outcome::Lost("write failed".into()));
+                        return Some(Outcome::Dropped("write failed".into()));
                     }
                 }
                 self.after_welcome();
@@ -821,6 +838,11 @@ pub fn next_nick_variant(nick: &str) -> String {
 fn sasl_plain(user: &str, password: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+/// `pause` give or take half, so that sessions dropped together do not retry together.
+fn jittered(pause: Duration) -> Duration {
+    pause.mul_f64(0.5 + fastrand::f64())
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

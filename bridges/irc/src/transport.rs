@@ -3,13 +3,16 @@
 
 use std::io;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::settings::NetworkSettings;
 use crate::text;
 
 /// Longest line we accept from a server; longer ones are cut (IRCv3 tags can exceed 512).
 const MAX_INCOMING: usize = 16 * 1024;
+/// Bytes read at most per system call, and what the buffer holds at rest: a connection
+/// costs this much, not a BufReader's 8 KiB (thousands of connections are idle).
+const READ_CHUNK: usize = 1024;
 
 pub use bridge_net::{ConnectError, Stream};
 
@@ -24,47 +27,68 @@ pub async fn connect(server: &str, settings: &NetworkSettings) -> Result<Stream,
 
 /// Reads lines from the server.
 pub struct LineReader<R> {
-    /// Buffered socket.
-    inner: BufReader<R>,
-    /// Bytes of the line being read.
+    /// The socket's read half.
+    inner: R,
+    /// Bytes read and not yet returned as lines: `start..` of it.
     buf: Vec<u8>,
+    /// Where the unreturned bytes begin in `buf`.
+    start: usize,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
     /// Wraps the read half.
     pub fn new(read: R) -> Self {
-        LineReader { inner: BufReader::new(read), buf: Vec::with_capacity(512) }
+        LineReader { inner: read, buf: Vec::new(), start: 0 }
     }
 
     /// The next line without its CR LF, decoded; `None` at end of stream. Cancel-safe
-    /// enough for `select!`: a partial line stays in `buf`.
+    /// for `select!`: bytes read stay in `buf` until their line is complete.
     pub async fn next_line(&mut self) -> io::Result<Option<String>> {
         loop {
-            let available = self.inner.fill_buf().await?;
-            if available.is_empty() {
-                return Ok(None);
-            }
-            let (used, done) = match available.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (available.len(), false),
-            };
-            if self.buf.len() < MAX_INCOMING {
-                let room = MAX_INCOMING - self.buf.len();
-                self.buf.extend_from_slice(&available[..used.min(room)]);
-            }
-            self.inner.consume(used);
-            if done {
-                while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
-                    self.buf.pop();
-                }
-                let line = text::decode_line(&self.buf);
-                self.buf.clear();
+            if let Some(line) = self.take_line() {
                 if line.is_empty() {
                     continue;
                 }
                 return Ok(Some(line));
             }
+            // Room for one more chunk after the partial line, which moves to the front.
+            self.buf.drain(..self.start);
+            self.start = 0;
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let mut chunk = (&mut self.inner).take(READ_CHUNK as u64);
+            if chunk.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
         }
+    }
+
+    /// The first complete line in the buffer, if there is one.
+    fn take_line(&mut self) -> Option<String> {
+        let pending = &self.buf[self.start..];
+        let Some(newline) = pending.iter().position(|&b| b == b'\n') else {
+            if pending.len() > MAX_INCOMING {
+                // Keep the first MAX_INCOMING bytes of an endless line; drop the rest.
+                self.buf.truncate(self.start + MAX_INCOMING);
+            }
+            return None;
+        };
+        let mut line = &pending[..newline.min(MAX_INCOMING)];
+        while let [rest @ .., b'\r' | b'\n'] = line {
+            line = rest;
+        }
+        let text = text::decode_line(line);
+        self.start += newline + 1;
+        if self.start == self.buf.len() {
+            // Everything consumed: start over, and give back what a burst made us take.
+            self.buf.clear();
+            self.start = 0;
+            if self.buf.capacity() > 4 * READ_CHUNK {
+                self.buf = Vec::new();
+            }
+        }
+        Some(text)
     }
 }
 
@@ -75,4 +99,57 @@ pub async fn write_line<W: AsyncWrite + Unpin>(writer: &mut W, line: &str) -> io
     bytes.extend_from_slice(line.as_bytes());
     bytes.extend_from_slice(b"\r\n");
     writer.write_all(&bytes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8]) -> Vec<String> {
+        let mut reader = LineReader::new(input);
+        let mut lines = Vec::new();
+        while let Some(line) = reader.next_line().await.unwrap() {
+            lines.push(line);
+        }
+        lines
+    }
+
+    #[tokio::test]
+    async fn lines_end_with_crlf_or_lf_and_empty_ones_are_skipped() {
+        let got = lines(b":s 001 me :Welcome\r\nPING :x\n\r\n\nlast without end").await;
+        assert_eq!(got, [":s 001 me :Welcome", "PING :x"]);
+    }
+
+    #[tokio::test]
+    async fn a_line_longer_than_a_read_comes_whole_and_latin1_is_decoded() {
+        let long = format!(":s PRIVMSG #c :{}", "é".repeat(1500));
+        let mut input = long.clone().into_bytes();
+        input.extend_from_slice(b"\r\n:s PRIVMSG #c :caf\xe9\r\n");
+        assert_eq!(lines(&input).await, [long, ":s PRIVMSG #c :café".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_is_cut_and_the_next_one_is_intact() {
+        let mut input = vec![b'a'; 3 * MAX_INCOMING];
+        input.extend_from_slice(b"\r\nPING :ok\r\n");
+        let got = lines(&input).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].len(), MAX_INCOMING);
+        assert_eq!(got[1], "PING :ok");
+    }
+
+    #[tokio::test]
+    async fn the_buffer_is_small_at_rest() {
+        let mut input = Vec::new();
+        for i in 0..2000 {
+            input.extend_from_slice(format!(":s PRIVMSG #c :line {i}\r\n").as_bytes());
+        }
+        let mut reader = LineReader::new(&input[..]);
+        let mut count = 0;
+        while reader.next_line().await.unwrap().is_some() {
+            count += 1;
+        }
+        assert_eq!(count, 2000);
+        assert!(reader.buf.capacity() <= 4 * READ_CHUNK, "{}", reader.buf.capacity());
+    }
 }
