@@ -62,7 +62,12 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // One thread for everything (see ARCHITECTURE.md): the XMPP server is the bottleneck,
+    // and a multi-thread runtime spends a third more CPU per message on wake-ups.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let (stop, shutdown) = watch::channel(false);
         tokio::spawn(async move {
