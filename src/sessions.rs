@@ -142,7 +142,7 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bridge_core::CommandQueue;
+    use bridge_core::Commands;
     use std::sync::Mutex;
     use tokio::sync::mpsc;
 
@@ -150,7 +150,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         started: Mutex<Vec<(SessionKey, Credentials)>>,
-        receivers: Mutex<Vec<mpsc::UnboundedReceiver<Command>>>,
+        receivers: Mutex<Vec<Commands>>,
     }
 
     impl Bridge for Recorder {
@@ -159,9 +159,9 @@ mod tests {
         }
         fn start(&self, key: SessionKey, credentials: Credentials, _: EventSink) -> Box<dyn Session> {
             self.started.lock().unwrap().push((key, credentials));
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = bridge_core::command_queue();
             self.receivers.lock().unwrap().push(rx);
-            Box::new(CommandQueue(tx))
+            Box::new(tx)
         }
     }
 

@@ -75,15 +75,47 @@ pub trait Session: Send + Sync {
 }
 
 /// The usual [`Session`]: the sending end of the command queue of the session's task.
+///
+/// Commands travel boxed: tokio's channel allocates room for 32 values up front, and
+/// thousands of mostly idle sessions each holding 32 unboxed commands (5 KiB) would
+/// cost more than all the rest of an IRC connection.
 #[derive(Debug, Clone)]
-pub struct CommandQueue(pub mpsc::UnboundedSender<Command>);
+pub struct CommandQueue(mpsc::UnboundedSender<Box<Command>>);
+
+/// The session's end of its command queue.
+#[derive(Debug)]
+pub struct Commands(mpsc::UnboundedReceiver<Box<Command>>);
+
+/// A new command queue: the gateway's end and the session's.
+#[must_use]
+pub fn command_queue() -> (CommandQueue, Commands) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (CommandQueue(tx), Commands(rx))
+}
 
 impl Session for CommandQueue {
     fn send(&self, command: Command) -> Result<(), SessionClosed> {
-        self.0.send(command).map_err(|_| SessionClosed)
+        self.0.send(Box::new(command)).map_err(|_| SessionClosed)
     }
 
     fn is_closed(&self) -> bool {
         self.0.is_closed()
+    }
+}
+
+impl Commands {
+    /// The next command; `None` once the gateway dropped its end and none is left.
+    pub async fn recv(&mut self) -> Option<Command> {
+        self.0.recv().await.map(|command| *command)
+    }
+
+    /// The next command if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Command> {
+        self.0.try_recv().ok().map(|command| *command)
+    }
+
+    /// Takes no more commands; those already queued can still be read.
+    pub fn close(&mut self) {
+        self.0.close();
     }
 }

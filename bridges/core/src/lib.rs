@@ -9,6 +9,6 @@ pub mod model;
 mod secret;
 
 pub use bridge::{
-    BoxFuture, Bridge, BridgeStore, CommandQueue, EventSink, Session, SessionClosed, SessionEvent, StoreFailure,
+    command_queue, BoxFuture, Bridge, BridgeStore, CommandQueue, Commands, EventSink, Session, SessionClosed, SessionEvent, StoreFailure,
 };
 pub use secret::Secret;

@@ -19,8 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bridge_core::model::{Credentials, NetworkId, SessionKey};
-use bridge_core::{BoxFuture, Bridge, BridgeStore, CommandQueue, EventSink, Session};
-use tokio::sync::mpsc;
+use bridge_core::{BoxFuture, Bridge, BridgeStore, EventSink, Session};
 use tracing::Instrument;
 
 pub use settings::{Account, EmailSettings, Endpoint, Provider, Security};
@@ -73,19 +72,19 @@ impl Bridge for EmailBridge {
     }
 
     fn start(&self, key: SessionKey, credentials: Credentials, events: EventSink) -> Box<dyn Session> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = bridge_core::command_queue();
         let account = match self.account(&credentials) {
             Ok(account) => account,
             Err(error) => {
                 tracing::warn!(user = %key.user.0, %error, "cannot start an email session");
                 // rx dropped: the queue is closed and the router sees the session as ended.
-                return Box::new(CommandQueue(tx));
+                return Box::new(tx);
             }
         };
         let span = tracing::info_span!("email", user = %key.user.0);
         let session = session::EmailSession::new(key, account, self.settings.clone(), self.store.clone(), events, rx);
         tokio::spawn(session.run().instrument(span));
-        Box::new(CommandQueue(tx))
+        Box::new(tx)
     }
 
     fn check_credentials(&self, credentials: &Credentials) -> BoxFuture<'static, Result<(), String>> {

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bridge_core::model::{Command, Event, FailureKind, Message, Peer, SessionKey};
-use bridge_core::{BridgeStore, EventSink, SessionEvent};
+use bridge_core::{BridgeStore, Commands, EventSink, SessionEvent};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 
@@ -50,7 +50,7 @@ pub struct EmailSession {
     /// Events to the gateway.
     events: EventSink,
     /// Commands from the gateway.
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: Commands,
 }
 
 impl EmailSession {
@@ -61,7 +61,7 @@ impl EmailSession {
         settings: Arc<EmailSettings>,
         store: Arc<dyn BridgeStore>,
         events: EventSink,
-        commands: mpsc::UnboundedReceiver<Command>,
+        commands: Commands,
     ) -> Self {
         EmailSession { key, account, settings, store, events, commands }
     }

@@ -15,8 +15,7 @@ mod transport;
 use std::collections::BTreeMap;
 
 use bridge_core::model::{Credentials, NetworkId, SessionKey};
-use bridge_core::{Bridge, CommandQueue, EventSink, Session};
-use tokio::sync::mpsc;
+use bridge_core::{Bridge, EventSink, Session};
 use tracing::Instrument;
 
 pub use session::next_nick_variant;
@@ -49,16 +48,35 @@ impl Bridge for IrcBridge {
     }
 
     fn start(&self, key: SessionKey, credentials: Credentials, events: EventSink) -> Box<dyn Session> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = bridge_core::command_queue();
         let NetworkId::Irc { server } = &key.network else {
             // Not ours: a closed queue, so the router sees the session as ended.
-            return Box::new(CommandQueue(tx));
+            return Box::new(tx);
         };
         let server = server.clone();
         let span = tracing::info_span!("irc", user = %key.user.0, %server);
         let session = session::IrcSession::new(key, server.clone(), self.settings(&server), credentials, events, rx);
         tokio::spawn(session.run().instrument(span));
-        Box::new(CommandQueue(tx))
+        Box::new(tx)
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use bridge_core::model::{Credentials, NetworkId, SessionKey, UserId};
+
+    /// Thousands of IRC connections are mostly idle sessions: what each one's task holds
+    /// is its memory cost (bench/ measures the total per connection).
+    #[test]
+    fn a_session_task_stays_small() {
+        let (_queue, commands) = bridge_core::command_queue();
+        let (events, _) = tokio::sync::mpsc::channel(1);
+        let key = SessionKey { user: UserId("a@b".into()), network: NetworkId::Irc { server: "s".into() } };
+        let session =
+            crate::session::IrcSession::new(key, "s".into(), Default::default(), Credentials::Anonymous, events, commands);
+        let task = session.run();
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 3 * 1024, "an IRC session's task takes {size} bytes");
+    }
+}

@@ -3,17 +3,16 @@
 //! wants, turns IRC lines into [`Event`]s and [`Command`]s into rate-limited IRC lines,
 //! and reconnects (then rejoins) when the connection drops.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use bridge_core::model::{
     Availability, Command, Credentials, Departure, Event, FailureKind, Message, MessageKind, Peer,
     SessionKey,
 };
-use bridge_core::{EventSink, Secret, SessionEvent};
+use bridge_core::{Commands, EventSink, Secret, SessionEvent};
 use irc::proto::{Command as IrcCommand, Message as IrcMessage, Response};
 use tokio::io::{split, AsyncWriteExt, WriteHalf};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -87,11 +86,11 @@ pub struct IrcSession {
     /// Events to the gateway.
     events: EventSink,
     /// Commands from the gateway.
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: Commands,
     /// Channels the user wants, by lower-cased name; rejoined after a reconnection.
-    wanted: BTreeMap<String, Wanted>,
+    wanted: HashMap<String, Wanted>,
     /// Channels joined on the current connection, by lower-cased name.
-    joined: BTreeMap<String, Joined>,
+    joined: HashMap<String, Joined>,
     /// The nick to ask for at registration.
     wanted_nick: String,
     /// Our current nick on the server.
@@ -132,7 +131,7 @@ impl IrcSession {
         settings: NetworkSettings,
         credentials: Credentials,
         events: EventSink,
-        commands: mpsc::UnboundedReceiver<Command>,
+        commands: Commands,
     ) -> Self {
         let wanted_nick = match &credentials {
             Credentials::Irc { nick, .. } => nick.clone(),
@@ -146,8 +145,8 @@ impl IrcSession {
             credentials,
             events,
             commands,
-            wanted: BTreeMap::new(),
-            joined: BTreeMap::new(),
+            wanted: HashMap::new(),
+            joined: HashMap::new(),
             nick: wanted_nick.clone(),
             wanted_nick,
             prefix_len: 0,
@@ -176,7 +175,8 @@ impl IrcSession {
             return;
         }
         loop {
-            let outcome = match transport::connect(&self.server, &self.settings).await {
+            // Boxed: a TLS handshake's state is large and only lives while connecting.
+            let outcome = match Box::pin(transport::connect(&self.server, &self.settings)).await {
                 Ok(stream) => self.serve(stream).await,
                 Err(error @ transport::ConnectError::Tcp { .. }) => Outcome::Dropped(error.to_string()),
                 Err(error) => Outcome::Lost(error.to_string()),
@@ -220,7 +220,7 @@ impl IrcSession {
         // Nothing more is taken; what arrived meanwhile goes back to the gateway.
         self.commands.close();
         let mut unhandled = std::mem::take(&mut self.pending);
-        while let Ok(command) = self.commands.try_recv() {
+        while let Some(command) = self.commands.try_recv() {
             if !matches!(command, Command::Shutdown { .. }) {
                 unhandled.push(command);
             }
@@ -300,7 +300,7 @@ impl IrcSession {
             tokio::select! {
                 line = reader.next_line() => match line {
                     Ok(Some(line)) => {
-                        if let Some(outcome) = self.on_line(&line, &mut write).await {
+                        if let Some(outcome) = Box::pin(self.on_line(&line, &mut write)).await {
                             return outcome;
                         }
                     }

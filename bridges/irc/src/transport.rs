@@ -10,8 +10,9 @@ use crate::text;
 
 /// Longest line we accept from a server; longer ones are cut (IRCv3 tags can exceed 512).
 const MAX_INCOMING: usize = 16 * 1024;
-/// Bytes read at most per system call, and what the buffer holds at rest: a connection
-/// costs this much, not a BufReader's 8 KiB (thousands of connections are idle).
+/// Bytes read at most per system call. The buffer is given back whenever every byte
+/// read was a whole line, so an idle connection holds none (a BufReader would hold 8 KiB
+/// for each of thousands of mostly idle connections).
 const READ_CHUNK: usize = 1024;
 
 pub use bridge_net::{ConnectError, Stream};
@@ -81,12 +82,9 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         let text = text::decode_line(line);
         self.start += newline + 1;
         if self.start == self.buf.len() {
-            // Everything consumed: start over, and give back what a burst made us take.
-            self.buf.clear();
+            // Everything consumed: nothing held until the next read.
+            self.buf = Vec::new();
             self.start = 0;
-            if self.buf.capacity() > 4 * READ_CHUNK {
-                self.buf = Vec::new();
-            }
         }
         Some(text)
     }
@@ -139,17 +137,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_buffer_is_small_at_rest() {
+    async fn no_buffer_is_held_at_rest() {
         let mut input = Vec::new();
         for i in 0..2000 {
             input.extend_from_slice(format!(":s PRIVMSG #c :line {i}\r\n").as_bytes());
         }
         let mut reader = LineReader::new(&input[..]);
-        let mut count = 0;
-        while reader.next_line().await.unwrap().is_some() {
-            count += 1;
+        for i in 0..2000 {
+            assert_eq!(reader.next_line().await.unwrap(), Some(format!(":s PRIVMSG #c :line {i}")));
         }
-        assert_eq!(count, 2000);
-        assert!(reader.buf.capacity() <= 4 * READ_CHUNK, "{}", reader.buf.capacity());
+        assert_eq!(reader.buf.capacity(), 0, "every byte read was returned: nothing is kept");
+        assert_eq!(reader.next_line().await.unwrap(), None);
     }
 }
