@@ -1,8 +1,9 @@
 //! Latency: one user in a channel, ping-pong round trips XMPP client -> Prosody ->
 //! gateway -> ngIRCd -> IRC client, whose reply goes back the same way. The floor is the
-//! same path without a gateway, measured right before: an XMPP client <-> XMPP client
-//! round trip through Prosody plus an IRC client <-> IRC client round trip through
-//! ngIRCd. Figures are the quantiles minus the floor's same quantiles.
+//! same path without a gateway: an XMPP client <-> XMPP client round trip through Prosody
+//! plus an IRC client <-> IRC client round trip through ngIRCd. Floor and gateway round
+//! trips alternate, one of each per step, so both see the same machine (it is shared and
+//! noisy); figures are the quantiles minus the floor's same quantiles.
 
 use std::time::{Duration, Instant};
 
@@ -38,21 +39,39 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The floor: `n` round trips XMPP<->XMPP plus IRC<->IRC, in milliseconds, sorted.
-async fn floor(side: &XmppSide, ircd: &Ngircd, peer: Peer, n: usize) -> Result<Vec<f64>> {
-    let t = peer.tag();
-    let names = vec![format!("{t}fa"), format!("{t}fb")];
-    side.add_accounts(&names)?;
-    let mut conns = side.connect_all(&names).await?;
-    let mut b = conns.pop().expect("two");
-    let mut a = conns.pop().expect("two");
-    let channel = format!("#{t}floor");
-    let mut c = Irc::connect(ircd.port, &format!("{t}fc")).await?;
-    let mut d = Irc::connect(ircd.port, &format!("{t}fd")).await?;
-    c.join(&channel).await?;
-    d.join(&channel).await?;
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n + WARMUP {
+/// The path without a gateway: two XMPP clients and two IRC clients.
+struct Floor {
+    /// XMPP client that pings.
+    a: crate::xmpp::XmppConn,
+    /// XMPP client that answers.
+    b: crate::xmpp::XmppConn,
+    /// IRC client that pings.
+    c: Irc,
+    /// IRC client that answers.
+    d: Irc,
+    /// The IRC clients' channel.
+    channel: String,
+}
+
+impl Floor {
+    async fn connect(side: &XmppSide, ircd: &Ngircd, peer: Peer) -> Result<Floor> {
+        let t = peer.tag();
+        let names = vec![format!("{t}fa"), format!("{t}fb")];
+        side.add_accounts(&names)?;
+        let mut conns = side.connect_all(&names).await?;
+        let b = conns.pop().expect("two");
+        let a = conns.pop().expect("two");
+        let channel = format!("#{t}floor");
+        let mut c = Irc::connect(ircd.port, &format!("{t}fc")).await?;
+        let mut d = Irc::connect(ircd.port, &format!("{t}fd")).await?;
+        c.join(&channel).await?;
+        d.join(&channel).await?;
+        Ok(Floor { a, b, c, d, channel })
+    }
+
+    /// One round trip XMPP<->XMPP plus one IRC<->IRC.
+    async fn round_trip(&mut self, i: usize) -> Result<Duration> {
+        let Floor { a, b, c, d, channel } = self;
         let started = Instant::now();
         a.writer.send(&format!("<message to='{}' type='chat'><body>f{i}</body></message>", b.jid)).await?;
         let want = format!("f{i}");
@@ -62,21 +81,18 @@ async fn floor(side: &XmppSide, ircd: &Ngircd, peer: Peer, n: usize) -> Result<V
         a.reader.wait_for("the floor pong", LEG_WAIT, |e| body(e).as_deref() == Some(want.as_str())).await?;
         c.send(&format!("PRIVMSG {channel} :f{i}\r\n")).await?;
         let want = format!("f{i}");
-        d.wait_for("the floor ping", LEG_WAIT, |l| l.is_privmsg_to(&channel) && l.text() == want).await?;
+        d.wait_for("the floor ping", LEG_WAIT, |l| l.is_privmsg_to(channel) && l.text() == want).await?;
         d.send(&format!("PRIVMSG {channel} :r{i}\r\n")).await?;
         let want = format!("r{i}");
-        c.wait_for("the floor pong", LEG_WAIT, |l| l.is_privmsg_to(&channel) && l.text() == want).await?;
-        if i >= WARMUP {
-            samples.push(ms(started.elapsed()));
-        }
+        c.wait_for("the floor pong", LEG_WAIT, |l| l.is_privmsg_to(channel) && l.text() == want).await?;
+        Ok(started.elapsed())
     }
-    samples.sort_by(f64::total_cmp);
-    Ok(samples)
 }
 
-/// Runs the scenario against `peer`: `n` measured round trips.
+/// Runs the scenario against `peer`: `n` measured round trips, each beside a floor one.
 pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, n: usize) -> Result<Measured> {
-    let floor = floor(side, ircd, peer, n).await.context("measuring the floor")?;
+    let mut floor_path = Floor::connect(side, ircd, peer).await.context("connecting the floor's clients")?;
+    let mut floor = Vec::with_capacity(n);
     let t = peer.tag();
     let nick = format!("{t}l0");
     side.add_accounts(&[nick.clone()])?;
@@ -95,6 +111,7 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, n: usize) -> Result
     let mut rtts = Vec::with_capacity(n);
     let mut legs = Vec::with_capacity(n);
     for i in 0..n + WARMUP {
+        let floor_trip = floor_path.round_trip(i).await.context("a floor round trip")?;
         let started = Instant::now();
         xmpp.writer.send(&format!("<message to='{room}' type='groupchat'><body>p{i}</body></message>")).await?;
         let want = format!("p{i}");
@@ -108,11 +125,13 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, n: usize) -> Result
         if i >= WARMUP {
             rtts.push(ms(started.elapsed()));
             legs.push(ms(leg));
+            floor.push(ms(floor_trip));
         }
     }
     let after = procstat::snapshot(&procs);
     rtts.sort_by(f64::total_cmp);
     legs.sort_by(f64::total_cmp);
+    floor.sort_by(f64::total_cmp);
 
     let mut m = Measured::default();
     let (p50, p99) = (quantile(&rtts, 0.5), quantile(&rtts, 0.99));
