@@ -249,7 +249,20 @@ impl UploadQueues {
 
 /// Shares a user's files one after the other; ends when none came for a while.
 async fn drain(uploader: Arc<Uploader>, out: Outbox, mut queue: mpsc::UnboundedReceiver<Job>) {
-    while let Ok(Some(job)) = tokio::time::timeout(QUEUE_IDLE, queue.recv()).await {
+    loop {
+        let job = match tokio::time::timeout(QUEUE_IDLE, queue.recv()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            // Idle: take no more (the next push starts a new queue), but finish what
+            // slipped in meanwhile.
+            Err(_) => {
+                queue.close();
+                match queue.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            }
+        };
         let domain = job.to.rsplit('@').next().unwrap_or_default().to_owned();
         let text = match uploader.upload(&domain, &job.file).await {
             Ok(url) => {
