@@ -40,8 +40,8 @@ fi
 command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain (https://rustup.rs)"
 
 log "building the release gateway and the bench runner"
-cargo build --release --bin xmpp-gateway
-cargo build --release -p xmpp-gateway-bench
+# One invocation for both, so that they share one build (features unified once).
+cargo build --release -p xmpp-gateway -p xmpp-gateway-bench --bin xmpp-gateway --bin xmpp-gateway-bench
 
 target_dir=${CARGO_TARGET_DIR:-target}
 export XMPP_GATEWAY_BIN="$PWD/$target_dir/release/xmpp-gateway"
