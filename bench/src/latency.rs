@@ -95,8 +95,8 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, n: usize) -> Result
     let mut floor = Vec::with_capacity(n);
     let t = peer.tag();
     let nick = format!("{t}l0");
-    side.add_accounts(&[nick.clone()])?;
-    let mut xmpp = side.connect_all(&[nick.clone()]).await?.pop().expect("one");
+    side.add_accounts(std::slice::from_ref(&nick))?;
+    let mut xmpp = side.connect_all(std::slice::from_ref(&nick)).await?.pop().expect("one");
     peer.prepare_user(&mut xmpp, ircd.port).await?;
     let channel = format!("#{t}lat");
     let mut echo = Irc::connect(ircd.port, &format!("{t}echo")).await?;

@@ -186,7 +186,6 @@ async fn run(args: &Args, report: &mut Report) -> Result<()> {
 async fn scenarios(args: &Args, ircd: &Ngircd, peers: &[Peer], report: &mut Report) -> Result<()> {
     let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds } = Sizes::of(args);
     let peers = peers.to_vec();
-    let ircd = ircd;
     if args.wants(Scenario::Latency) || args.wants(Scenario::Throughput) {
         let side = XmppSide::start(ircd, &peers)?;
         eprintln!("bench: Prosody c2s on 127.0.0.1:{} with {}", side.server.c2s_port, peers.iter().map(|p| p.name()).collect::<Vec<_>>().join(" and "));

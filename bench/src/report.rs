@@ -41,11 +41,14 @@ pub struct Spec {
     pub target: &'static str,
 }
 
+/// One scenario's name, its figures' specs, and what each gateway measured.
+pub type ScenarioResults = (String, Vec<Spec>, Vec<(Peer, Measured)>);
+
 /// A whole run.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// (scenario, its specs, results per peer).
-    pub scenarios: Vec<(String, Vec<Spec>, Vec<(Peer, Measured)>)>,
+    /// Every scenario run, in order.
+    pub scenarios: Vec<ScenarioResults>,
     /// How the run was made (sizes, versions, flags).
     pub header: Vec<String>,
 }

@@ -496,6 +496,7 @@ impl IrcSession {
         };
         let source = message.source_nickname().map(str::to_owned);
         match message.command {
+            #[allow(clippy::collapsible_match, reason = "the write is the action, not a guard")]
             IrcCommand::PING(server, _) => {
                 // Answered at once: a late PONG gets us disconnected.
                 if transport::write_line(write, &format!("PONG :{server}")).await.is_err() {
