@@ -12,10 +12,12 @@ mod settings;
 pub mod text;
 mod transport;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use bridge_core::model::{Credentials, NetworkId, SessionKey};
 use bridge_core::{Bridge, EventSink, Session};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 pub use session::next_nick_variant;
@@ -27,13 +29,28 @@ pub use settings::NetworkSettings;
 pub struct IrcBridge {
     /// Settings per server host name (lower-case).
     networks: BTreeMap<String, NetworkSettings>,
+    /// Per server (lower-case), the connections it may be setting up at once (see
+    /// [`CONNECTING_AT_ONCE`]), shared by every session to that server.
+    connecting: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
+
+/// How many new connections to one IRC server may be waiting for its first word at
+/// once. A server accepts connections at its own pace and resets (or throttles) those
+/// beyond its accept queue (ngIRCd's holds 10); when the gateway (re)connects a thousand
+/// users at once, they queue here instead.
+pub const CONNECTING_AT_ONCE: usize = 8;
 
 impl IrcBridge {
     /// A bridge with per-server settings.
     pub fn new(networks: BTreeMap<String, NetworkSettings>) -> Self {
         let networks = networks.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
-        IrcBridge { networks }
+        IrcBridge { networks, connecting: Arc::default() }
+    }
+
+    /// The gate of `server`'s new connections.
+    fn connecting(&self, server: &str) -> Arc<Semaphore> {
+        let mut gates = self.connecting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        gates.entry(server.to_ascii_lowercase()).or_insert_with(|| Arc::new(Semaphore::new(CONNECTING_AT_ONCE))).clone()
     }
 
     /// The settings used for `server`.
@@ -55,7 +72,9 @@ impl Bridge for IrcBridge {
         };
         let server = server.clone();
         let span = tracing::info_span!("irc", user = %key.user.0, %server);
-        let session = session::IrcSession::new(key, server.clone(), self.settings(&server), credentials, events, rx);
+        let settings = self.settings(&server);
+        let gate = self.connecting(&server);
+        let session = session::IrcSession::new(key, server.clone(), settings, gate, credentials, events, rx);
         tokio::spawn(session.run().instrument(span));
         Box::new(tx)
     }
@@ -73,8 +92,9 @@ mod tests {
         let (_queue, commands) = bridge_core::command_queue();
         let (events, _) = tokio::sync::mpsc::channel(1);
         let key = SessionKey { user: UserId("a@b".into()), network: NetworkId::Irc { server: "s".into() } };
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
         let session =
-            crate::session::IrcSession::new(key, "s".into(), Default::default(), Credentials::Anonymous, events, commands);
+            crate::session::IrcSession::new(key, "s".into(), Default::default(), gate, Credentials::Anonymous, events, commands);
         let task = session.run();
         let size = std::mem::size_of_val(&task);
         assert!(size <= 3 * 1024, "an IRC session's task takes {size} bytes");

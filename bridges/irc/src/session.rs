@@ -4,6 +4,7 @@
 //! and reconnects (then rejoins) when the connection drops.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_core::model::{
@@ -13,6 +14,7 @@ use bridge_core::model::{
 use bridge_core::{Commands, EventSink, Secret, SessionEvent};
 use irc::proto::{Command as IrcCommand, Message as IrcMessage, Response};
 use tokio::io::{split, AsyncWriteExt, WriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -81,6 +83,9 @@ pub struct IrcSession {
     server: String,
     /// Port, TLS, rate limit.
     settings: NetworkSettings,
+    /// Shared by the sessions to this server: a permit is held from connecting until the
+    /// server's first line, so that only so many connections wait to be accepted.
+    connecting: Arc<Semaphore>,
     /// Registered nick and password, or anonymous.
     credentials: Credentials,
     /// Events to the gateway.
@@ -129,6 +134,7 @@ impl IrcSession {
         key: SessionKey,
         server: String,
         settings: NetworkSettings,
+        connecting: Arc<Semaphore>,
         credentials: Credentials,
         events: EventSink,
         commands: Commands,
@@ -142,6 +148,7 @@ impl IrcSession {
             key,
             server,
             settings,
+            connecting,
             credentials,
             events,
             commands,
@@ -176,8 +183,10 @@ impl IrcSession {
         }
         loop {
             // Boxed: a TLS handshake's state is large and only lives while connecting.
+            // The semaphore is never closed: a permit always comes.
+            let permit = self.connecting.clone().acquire_owned().await.ok();
             let outcome = match Box::pin(transport::connect(&self.server, &self.settings)).await {
-                Ok(stream) => self.serve(stream).await,
+                Ok(stream) => self.serve(stream, permit).await,
                 Err(error @ transport::ConnectError::Tcp { .. }) => Outcome::Dropped(error.to_string()),
                 Err(error) => Outcome::Lost(error.to_string()),
             };
@@ -272,7 +281,7 @@ impl IrcSession {
     }
 
     /// Serves one connection.
-    async fn serve(&mut self, stream: Stream) -> Outcome {
+    async fn serve(&mut self, stream: Stream, mut connecting: Option<OwnedSemaphorePermit>) -> Outcome {
         let (read, mut write) = split(stream);
         let mut reader = LineReader::new(read);
         self.registered = false;
@@ -300,6 +309,8 @@ impl IrcSession {
             tokio::select! {
                 line = reader.next_line() => match line {
                     Ok(Some(line)) => {
+                        // Accepted: the next connection to this server may start.
+                        drop(connecting.take());
                         if let Some(outcome) = Box::pin(self.on_line(&line, &mut write)).await {
                             return outcome;
                         }
