@@ -182,13 +182,16 @@ impl IrcSession {
             return;
         }
         loop {
-            // Boxed: a TLS handshake's state is large and only lives while connecting.
-            // The semaphore is never closed: a permit always comes.
-            let permit = self.connecting.clone().acquire_owned().await.ok();
-            let outcome = match Box::pin(transport::connect(&self.server, &self.settings)).await {
-                Ok(stream) => self.serve(stream, permit).await,
-                Err(error @ transport::ConnectError::Tcp { .. }) => Outcome::Dropped(error.to_string()),
-                Err(error) => Outcome::Lost(error.to_string()),
+            let outcome = {
+                // Held until the server's first line, or given back here if the connection
+                // fails (never through the pauses below). The semaphore is never closed.
+                let permit = self.connecting.clone().acquire_owned().await.ok();
+                // Boxed: a TLS handshake's state is large and only lives while connecting.
+                match Box::pin(transport::connect(&self.server, &self.settings)).await {
+                    Ok(stream) => self.serve(stream, permit).await,
+                    Err(error @ transport::ConnectError::Tcp { .. }) => Outcome::Dropped(error.to_string()),
+                    Err(error) => Outcome::Lost(error.to_string()),
+                }
             };
             match outcome {
                 Outcome::Finished => break,
