@@ -5,7 +5,7 @@
 //! resource joining an already joined room gets the occupant list replayed here, without
 //! a second IRC JOIN.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use bridge_core::model::{Affiliation, NetworkId, Occupant, Role, UserId};
 use minidom::Element;
@@ -22,7 +22,7 @@ pub struct Room {
     /// The channel name as the IRC side spells it.
     pub channel: String,
     /// Full JIDs of the user's resources in the room.
-    pub resources: BTreeSet<String>,
+    pub resources: HashSet<String>,
     /// The user's nick in the room: asked for until joined, then as the server gave it.
     pub nick: String,
     /// The nick the user asked for, to tell them (status 210) when the server changed it.
@@ -30,7 +30,7 @@ pub struct Room {
     /// Whether the IRC side confirmed the join (else resources wait for it).
     pub joined: bool,
     /// Everybody in the room (the user included), by lower-cased nick.
-    pub occupants: BTreeMap<String, Occupant>,
+    pub occupants: HashMap<String, Occupant>,
     /// The current subject.
     pub topic: Option<String>,
 }
@@ -41,11 +41,11 @@ impl Room {
         Room {
             jid,
             channel,
-            resources: BTreeSet::from([resource]),
+            resources: HashSet::from([resource]),
             requested_nick: nick.clone(),
             nick,
             joined: false,
-            occupants: BTreeMap::new(),
+            occupants: HashMap::new(),
             topic: None,
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! Pure state: the router feeds it presences and acts on what it returns.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 
 /// What a presence update changed for its user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub enum Change {
 #[derive(Debug, Default)]
 pub struct OnlineUsers {
     /// Bare JID -> its online resources. A user with no resource has no entry.
-    resources: HashMap<String, BTreeSet<String>>,
+    resources: HashMap<String, HashSet<String>>,
 }
 
 impl OnlineUsers {

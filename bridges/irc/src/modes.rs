@@ -18,7 +18,7 @@
 //! A nick holding several modes gets the highest. Nicks are compared with the rfc1459
 //! case mapping ([`irc_lower`]).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use bridge_core::model::{Affiliation, Occupant, Role};
 
@@ -220,8 +220,9 @@ struct Member {
 /// the highest prefix, so a lower mode held under it is not known until a MODE shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelPrivileges {
-    /// By [`irc_lower`] of the nick.
-    members: BTreeMap<String, Member>,
+    /// By [`irc_lower`] of the nick. A hash map: a B-tree allocates room for eleven
+    /// members even in the one-person channels most sessions hold.
+    members: HashMap<String, Member>,
     /// The server's status modes.
     prefixes: PrefixMap,
     /// Which other channel modes take an argument.
@@ -240,7 +241,7 @@ impl ChannelPrivileges {
     #[must_use]
     pub fn new() -> Self {
         ChannelPrivileges {
-            members: BTreeMap::new(),
+            members: HashMap::new(),
             prefixes: PrefixMap::default(),
             chanmodes: ChanModes::parse(DEFAULT_CHANMODES),
         }
@@ -361,7 +362,9 @@ impl ChannelPrivileges {
     /// Everybody here, ordered by [`irc_lower`] of their nick.
     #[must_use]
     pub fn occupants(&self) -> Vec<Occupant> {
-        self.members.values().map(|m| self.occupant_of(m)).collect()
+        let mut members: Vec<(&String, &Member)> = self.members.iter().collect();
+        members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        members.into_iter().map(|(_, m)| self.occupant_of(m)).collect()
     }
 
     /// The status mode letters `nick` holds, highest first; `None` if not here.
