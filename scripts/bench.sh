@@ -22,22 +22,15 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-log() { printf 'bench.sh: %s\n' "$*" >&2; }
-die() { printf 'bench.sh: error: %s\n' "$*" >&2; exit 1; }
+PROG=bench.sh
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
-if ! bash scripts/install-deps.sh; then
-    if [ "$(id -u)" -ne 0 ]; then
-        die "the benchmarks need the packages named above; run 'sudo scripts/install-deps.sh' once (or run this script as root)"
-    fi
-    die "scripts/install-deps.sh failed"
-fi
+ensure_deps "the benchmarks"
 # scripts/biboumi.sh compiles its TCP_NODELAY shim with cc (the Rust toolchain's linker).
 command -v cc >/dev/null 2>&1 || die "cc not found (package gcc): biboumi's TCP_NODELAY shim is compiled with it"
 
-if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
-    PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-fi
-command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain (https://rustup.rs)"
+ensure_cargo
 
 log "building the release gateway and the bench runner"
 # One invocation for both, so that they share one build (features unified once).

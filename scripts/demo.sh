@@ -28,20 +28,14 @@ COMPONENT_JID=gateway.localhost
 SECRET=secret
 CONFIG=config/gateway.example.toml
 
-# shellcheck disable=SC2317 # used by cleanup, which runs from a trap
-log() { printf 'demo.sh: %s\n' "$*" >&2; }
-die() { printf 'demo.sh: error: %s\n' "$*" >&2; exit 1; }
+PROG=demo.sh
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 [ -f "$CONFIG" ] || die "$CONFIG not found (run from a full checkout of the repository)"
-if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
-    PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-fi
-command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain (https://rustup.rs)"
+ensure_cargo
 
-if ! bash scripts/install-deps.sh; then
-    [ "$(id -u)" -eq 0 ] || die "Prosody is not installed; run 'sudo scripts/install-deps.sh' once (or run this script as root)"
-    die "scripts/install-deps.sh failed"
-fi
+ensure_deps "the demo's servers"
 
 # shellcheck disable=SC2317 # runs from the EXIT trap
 cleanup() {

@@ -250,3 +250,20 @@ make_server_cert() {
     mv -f "$tls/key.pem.tmp" "$tls/key.pem"
     mv -f "$tls/cert.pem.tmp" "$tls/cert.pem"
 }
+
+# Installs the servers (scripts/install-deps.sh) or dies saying what needs them:
+# ensure_deps "the benchmarks". Run from the repository's root.
+ensure_deps() {
+    if ! bash scripts/install-deps.sh; then
+        [ "$(id -u)" -eq 0 ] || die "$1 need the packages named above; run 'sudo scripts/install-deps.sh' once (or run this script as root)"
+        die "scripts/install-deps.sh failed"
+    fi
+}
+
+# Puts rustup's cargo on PATH when it is installed but not there; dies without cargo.
+ensure_cargo() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+        PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain (https://rustup.rs)"
+}

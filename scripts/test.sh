@@ -14,23 +14,16 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-log() { printf 'test.sh: %s\n' "$*" >&2; }
-die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
+PROG=test.sh
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
-if ! bash scripts/install-deps.sh; then
-    if [ "$(id -u)" -ne 0 ]; then
-        die "the integration tests need the packages named above; run 'sudo scripts/install-deps.sh' once (or run this script as root)"
-    fi
-    die "scripts/install-deps.sh failed"
-fi
+ensure_deps "the integration tests"
 if [ "$(id -u)" -ne 0 ]; then
     log "warning: not root; tests that start ejabberd (run as user 'ejabberd' via runuser) will fail"
 fi
 
-if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
-    PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-fi
-command -v cargo >/dev/null 2>&1 || die "cargo not found; install the Rust toolchain (https://rustup.rs)"
+ensure_cargo
 
 # Split our arguments at the first "--": cargo's, then the test binaries'.
 cargo_args=()
