@@ -15,6 +15,7 @@ pub mod presence;
 pub mod registration;
 pub mod requests;
 pub mod router;
+pub mod sanitize;
 pub mod sessions;
 pub mod stanza;
 pub mod store;
@@ -44,6 +45,11 @@ pub enum RunError {
     /// The server refused us for good (wrong secret).
     #[error(transparent)]
     Fatal(#[from] component::FatalError),
+    /// The one task that writes to the server stopped (it never should: a stanza it cannot
+    /// write is dropped, not fatal). The process exits non-zero so that systemd restarts
+    /// it, rather than living on with nobody writing.
+    #[error("the XMPP writer task stopped: {0}")]
+    WriterDied(String),
 }
 
 /// The IRC bridge with the configured networks' settings.
@@ -102,9 +108,30 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let email = Arc::new(email_bridge(&config, Arc::new(store.clone())));
     let sessions = Sessions::new(vec![Arc::new(irc_bridge(&config)), email.clone()], events_tx);
     let mut router = Router::new(config.clone(), store.clone(), out, sessions, email);
-    let result = component::supervise(&config, &mut router, control, events_rx, shutdown).await;
+    let mut writer = writer;
+    let result = tokio::select! {
+        result = component::supervise(&config, &mut router, control, events_rx, shutdown) => result,
+        ended = &mut writer => {
+            let why = match ended {
+                Ok(()) => "it returned".to_owned(),
+                Err(error) if error.is_panic() => format!("it panicked: {}", panic_text(error.into_panic())),
+                Err(error) => error.to_string(),
+            };
+            tracing::error!(%why, "the XMPP writer task stopped; exiting");
+            let _ = store.flush().await;
+            return Err(RunError::WriterDied(why));
+        }
+    };
     drop(router);
     let _ = writer.await;
     store.flush().await?;
     Ok(result?)
+}
+
+/// The message of a panic payload (`panic!("...")` gives a `&str` or a `String`).
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => payload.downcast_ref::<&str>().map_or_else(|| "(no message)".to_owned(), |t| (*t).to_owned()),
+    }
 }

@@ -27,6 +27,9 @@ enum Command {
 
 /// Exit code for errors that a restart will not fix (configuration, secret, key).
 const EXIT_CONFIG: u8 = 2;
+/// Exit code for failures a restart may cure (the writer task died): systemd restarts
+/// the gateway on it (`Restart=on-failure`).
+const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,7 +59,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(EXIT_CONFIG)
+            let restart_helps = matches!(error.downcast_ref(), Some(xmpp_gateway::RunError::WriterDied(_)));
+            ExitCode::from(if restart_helps { EXIT_FAILURE } else { EXIT_CONFIG })
         }
     }
 }

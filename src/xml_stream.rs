@@ -117,15 +117,32 @@ pub fn to_bytes(element: &Element) -> Vec<u8> {
     out
 }
 
-/// Serialises one element for the wire at the end of `out` (nothing is added if it
-/// cannot be serialised).
-pub fn append_bytes(element: &Element, out: &mut Vec<u8>) {
+/// Serialises one element for the wire at the end of `out`, cleaned of what XML 1.0
+/// forbids ([`crate::sanitize`]). Returns false, with nothing added, if it still cannot
+/// be serialised: one bad stanza is logged and dropped, and costs nobody else anything.
+pub fn append_bytes(element: &Element, out: &mut Vec<u8>) -> bool {
     let start = out.len();
-    // Writing into a Vec cannot fail for I/O reasons; minidom only fails on names it
-    // could not have parsed or built in the first place.
-    if let Err(error) = element.write_to(out) {
-        tracing::error!(%error, name = element.name(), "could not serialise an element");
-        out.truncate(start);
+    let element = crate::sanitize::clean_element(element);
+    if let std::borrow::Cow::Owned(_) = element {
+        tracing::debug!(name = element.name(), "characters XML forbids removed from an outgoing stanza");
+    }
+    // Writing into a Vec cannot fail for I/O reasons, and the text is clean, so minidom
+    // has nothing left to refuse; but it panics ("encoder driven incorrectly") instead of
+    // returning an error when rxml refuses something, and the writer task must not die of
+    // a case we did not foresee.
+    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| element.write_to(out)));
+    match written {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::error!(%error, name = element.name(), "could not serialise a stanza; dropped");
+            out.truncate(start);
+            false
+        }
+        Err(_) => {
+            tracing::error!(name = element.name(), "serialising a stanza panicked; dropped");
+            out.truncate(start);
+            false
+        }
     }
 }
 
@@ -255,5 +272,24 @@ mod tests {
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.contains("presence"), "{text}");
         assert!(text.contains("u@localhost"), "{text}");
+    }
+
+    #[test]
+    fn characters_xml_forbids_never_reach_the_wire() {
+        // minidom panics ("encoder driven incorrectly") on these without the sanitiser.
+        let topic = Element::builder("subject", "jabber:component:accept").append("\x0304red\x03 \u{FFFF}").build();
+        let message = Element::builder("message", "jabber:component:accept")
+            .attr(rxml::xml_ncname!("from").into(), "#c%irc@gw/bad\x07nick")
+            .append(topic)
+            .build();
+        let mut out = b"<previous/>".to_vec();
+        assert!(append_bytes(&message, &mut out));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("<previous/><message"), "{text}");
+        assert!(text.contains("04red \u{FFFD}</subject>"), "{text}");
+        assert!(text.contains("gw/badnick"), "{text}");
+        // What was written parses back: the stream stays well-formed.
+        let back: Element = text["<previous/>".len()..].parse().unwrap();
+        assert_eq!(back.attr("from"), Some("#c%irc@gw/badnick"));
     }
 }

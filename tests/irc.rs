@@ -201,6 +201,47 @@ async fn topic_from_both_sides() {
     assert_eq!(line.text(), "from xmpp");
 }
 
+/// Issue 9: one mIRC colour code in a topic used to kill the writer task (minidom panics
+/// on characters XML forbids) and with it the component for every user.
+#[tokio::test]
+async fn formatting_and_characters_xml_forbids_arrive_cleaned_and_the_stream_stays_up() {
+    let s = setup();
+    let mut bob = s.ircd.client("bob").await;
+    bob.join("#dirty").await;
+    bob.send_line("TOPIC #dirty :\u{3}04red\u{3} topic \u{2}bold\u{2}\u{7}").await;
+    bob.wait_for("the topic set", |l| l.command == "TOPIC").await;
+    let mut dave = s.ircd.client("dave").await;
+    dave.join("#dirty").await;
+    let mut erin = s.ircd.client("erin").await;
+    erin.join("#dirty").await;
+    let mut alice = s.server.client("alice", "localhost").await;
+    let r = room("#dirty");
+    join(&mut alice, &r, "alice").await;
+    let subject = wait_subject(&mut alice, &r).await;
+    assert_eq!(subject.get_child("subject", NS_CLIENT).unwrap().text(), "red topic bold");
+
+    bob.privmsg("#dirty", "odd \u{FFFF} char \u{FFFE}").await;
+    let odd = alice.wait_for("the message with U+FFFF", |e| body(e).is_some_and(|b| b.starts_with("odd"))).await;
+    assert_eq!(body(&odd).as_deref(), Some("odd \u{FFFD} char \u{FFFD}"));
+    bob.privmsg("#dirty", "after ffff").await;
+    alice.wait_for("the next message", |e| body(e).as_deref() == Some("after ffff")).await;
+
+    erin.send_line("PART #dirty :bye\u{7} \u{1f}now\u{1}").await;
+    let parted = alice.wait_for("erin's part", |e| is_presence_from(e, &format!("{r}/erin")) && e.attr("type") == Some("unavailable")).await;
+    assert_eq!(parted.get_child("status", NS_CLIENT).map(|s| s.text()).as_deref(), Some("bye now"));
+    bob.privmsg("#dirty", "after part").await;
+    alice.wait_for("the message after the part", |e| body(e).as_deref() == Some("after part")).await;
+
+    bob.send_line("KICK #dirty dave :go\u{3}4,5 away\u{16}\u{0f}").await;
+    let kicked = alice.wait_for("dave's kick", |e| is_presence_from(e, &format!("{r}/dave")) && e.attr("type") == Some("unavailable")).await;
+    assert!(status_codes(&kicked).contains(&"307".into()), "{kicked:?}");
+    assert_eq!(kicked.get_child("status", NS_CLIENT).map(|s| s.text()).as_deref(), Some("go away"));
+    bob.privmsg("#dirty", "after kick").await;
+    alice.wait_for("the message after the kick", |e| body(e).as_deref() == Some("after kick")).await;
+    assert_eq!(s.gateway.connections(), 1, "the component connection never dropped; log:\n{}", s.gateway.log_text());
+    assert!(!s.gateway.log_text().contains("panicked"), "{}", s.gateway.log_text());
+}
+
 #[tokio::test]
 async fn private_conversation_both_ways_and_quit_shows_offline() {
     let s = setup();

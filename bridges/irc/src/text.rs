@@ -137,11 +137,21 @@ pub fn estimated_prefix_len(nick: &str) -> usize {
 /// Decodes one received IRC line (or part of one): as UTF-8 when the bytes are valid
 /// UTF-8, otherwise as Latin-1 (ISO-8859-1: each byte becomes the character U+00XX),
 /// which is what most non-UTF-8 IRC clients send. Never fails.
+///
+/// Formatting codes and every other C0 control but TAB and CTCP's `\x01` are removed
+/// here, once for the whole line ([`strip_formatting`]): topics, reasons, server errors
+/// and nicks are IRC text as much as messages are, and none of them may carry a
+/// character XML forbids towards the user.
 #[must_use]
 pub fn decode_line(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
+    let text = match std::str::from_utf8(bytes) {
         Ok(text) => text.to_owned(),
         Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
+    };
+    if text.bytes().any(|b| is_c0(char::from(b)) && b != b'\t' && b != b'\x01') {
+        strip_codes(&text, true)
+    } else {
+        text
     }
 }
 
@@ -157,6 +167,11 @@ pub fn decode_line(bytes: &[u8]) -> String {
 /// after it).
 #[must_use]
 pub fn strip_formatting(text: &str) -> String {
+    strip_codes(text, false)
+}
+
+/// [`strip_formatting`], keeping CTCP's `\x01` delimiters when `keep_ctcp`.
+fn strip_codes(text: &str, keep_ctcp: bool) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
@@ -165,6 +180,7 @@ pub fn strip_formatting(text: &str) -> String {
             '\x03' => rest = skip_colour(rest, u8::is_ascii_digit, 1, 2),
             '\x04' => rest = skip_colour(rest, u8::is_ascii_hexdigit, 6, 6),
             '\t' => out.push('\t'),
+            '\x01' if keep_ctcp => out.push(c),
             c if is_c0(c) => {}
             c => out.push(c),
         }
@@ -556,11 +572,21 @@ mod tests {
         #[test]
         fn prop_decode_never_fails(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let text = decode_line(&bytes);
-            if let Ok(utf8) = std::str::from_utf8(&bytes) {
-                prop_assert_eq!(text, utf8);
-            } else {
-                prop_assert_eq!(text.chars().count(), bytes.len());
+            prop_assert!(!text.chars().any(|c| c < ' ' && c != '\t' && c != '\x01'));
+            let plain = !bytes.iter().any(|&b| b < b' ' && b != b'\t' && b != 1);
+            match std::str::from_utf8(&bytes) {
+                Ok(utf8) if plain => prop_assert_eq!(text, utf8),
+                Err(_) if plain => prop_assert_eq!(text.chars().count(), bytes.len()),
+                _ => {}
             }
         }
+    }
+
+    #[test]
+    fn received_lines_lose_formatting_but_keep_ctcp() {
+        assert_eq!(decode_line(b":srv 332 me #c :\x0304red\x03 and \x02bold\x02"), ":srv 332 me #c :red and bold");
+        assert_eq!(decode_line(b":a!b@c KICK #c d :go\x07 away\x1f"), ":a!b@c KICK #c d :go away");
+        assert_eq!(decode_line(b":a!b@c PRIVMSG #c :\x01ACTION \x0312waves\x01"), ":a!b@c PRIVMSG #c :\x01ACTION waves\x01");
+        assert_eq!(decode_line(b"plain\ttext"), "plain\ttext");
     }
 }
