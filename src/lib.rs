@@ -10,6 +10,8 @@ pub mod component;
 pub mod config;
 pub mod connection;
 pub mod disco;
+pub mod email_side;
+pub mod irc_side;
 pub mod muc;
 pub mod presence;
 pub mod registration;
@@ -17,6 +19,7 @@ pub mod requests;
 pub mod router;
 pub mod sanitize;
 pub mod sessions;
+pub mod side;
 pub mod stanza;
 pub mod store;
 pub mod upload;
@@ -29,9 +32,14 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::email_side::EmailSide;
+use crate::irc_side::IrcSide;
+use crate::requests::Requests;
 use crate::router::Router;
 use crate::sessions::Sessions;
+use crate::side::NetworkSide;
 use crate::store::Store;
+use crate::upload::{UploadQueues, Uploader};
 
 /// How many session events may wait for the router.
 const EVENT_QUEUE: usize = 4096;
@@ -106,24 +114,45 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let (out, control, writer) = writer::spawn(config.keepalive());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let email = Arc::new(email_bridge(&config, Arc::new(store.clone())));
-    let sessions = Sessions::new(vec![Arc::new(irc_bridge(&config)), email.clone()], events_tx);
-    let mut router = Router::new(config.clone(), store.clone(), out, sessions, email);
+    let requests = Requests::default();
+    let gateway = config.component.jid.to_ascii_lowercase();
+    let uploads = match Uploader::new(&gateway, out.clone(), requests.clone()) {
+        Ok(uploader) => Some(UploadQueues::new(Arc::new(uploader), out.clone())),
+        Err(error) => {
+            tracing::warn!(%error, "attachments will not be uploaded");
+            None
+        }
+    };
+    // One XMPP side per kind of network, each with the sessions of its bridge: a new
+    // network is one more line here.
+    let sides: Vec<Box<dyn NetworkSide>> = vec![
+        Box::new(IrcSide::new(&gateway, out.clone(), store.clone(), Sessions::new(vec![Arc::new(irc_bridge(&config))], events_tx.clone()))),
+        Box::new(EmailSide::new(&gateway, out.clone(), store.clone(), Sessions::new(vec![email.clone()], events_tx), uploads)),
+    ];
+    let mut router = Router::new(config.clone(), store.clone(), out, sides, email, requests);
+    // The writer returns on its own only when asked to close at shutdown; if it dies, the
+    // process exits non-zero rather than live on with nobody writing.
     let mut writer = writer;
-    let result = tokio::select! {
-        result = component::supervise(&config, &mut router, control, events_rx, shutdown) => result,
-        ended = &mut writer => {
-            let why = match ended {
-                Ok(()) => "it returned".to_owned(),
-                Err(error) if error.is_panic() => format!("it panicked: {}", panic_text(error.into_panic())),
-                Err(error) => error.to_string(),
-            };
-            tracing::error!(%why, "the XMPP writer task stopped; exiting");
-            let _ = store.flush().await;
-            return Err(RunError::WriterDied(why));
+    let (result, writer_done) = {
+        let supervise = component::supervise(&config, &mut router, control, events_rx, shutdown);
+        tokio::pin!(supervise);
+        tokio::select! {
+            result = &mut supervise => (result, false),
+            ended = &mut writer => match ended {
+                Ok(()) => (supervise.await, true),
+                Err(error) => {
+                    let why = if error.is_panic() { format!("it panicked: {}", panic_text(error.into_panic())) } else { error.to_string() };
+                    tracing::error!(%why, "the XMPP writer task stopped; exiting");
+                    let _ = store.flush().await;
+                    return Err(RunError::WriterDied(why));
+                }
+            },
         }
     };
     drop(router);
-    let _ = writer.await;
+    if !writer_done {
+        let _ = writer.await;
+    }
     store.flush().await?;
     Ok(result?)
 }

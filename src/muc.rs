@@ -1,38 +1,45 @@
 //! IRC channels served as MUC rooms (XEP-0045): which of the user's resources are in which
 //! room under which nick, and the pure builders of room presences and messages.
 //!
-//! The IRC session knows the channel; this module knows the XMPP side of it: a second
-//! resource joining an already joined room gets the occupant list replayed here, without
-//! a second IRC JOIN.
+//! The IRC session knows the channel and holds its one roster; this module knows the XMPP
+//! side of it. Only `irc_side.rs` changes room state.
 
 use std::collections::{HashMap, HashSet};
 
-use bridge_core::model::{Affiliation, NetworkId, Occupant, Role, UserId};
+use bridge_core::model::{Affiliation, CaseMapping, NetworkId, Occupant, Role, UserId};
 use minidom::Element;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::message::{Lang, Message, MessageType};
 use xmpp_parsers::muc::user::{Affiliation as XAffiliation, Item, MucUser, Reason, Role as XRole, Status};
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 
-/// A room as one user sees it.
+/// A room as one user sees it. Its occupants are not kept here: the IRC session holds the
+/// one roster of the channel and reports it in `Event::Joined` (again when another
+/// resource of the user enters), so the two sides cannot disagree.
 #[derive(Debug, Clone)]
 pub struct Room {
     /// The room's bare JID, `#chan%server@gw`.
     pub jid: String,
     /// The channel name as the IRC side spells it.
     pub channel: String,
-    /// Full JIDs of the user's resources in the room.
+    /// Full JIDs of the user's resources in the room (or joining it).
     pub resources: HashSet<String>,
+    /// The resources that were sent the room's entry (occupants, self-presence,
+    /// subject) since the IRC side last confirmed the join: occupant changes go to these
+    /// only, and the others get the entry with the next `Joined`.
+    pub entered: HashSet<String>,
     /// The user's nick in the room: asked for until joined, then as the server gave it.
     pub nick: String,
     /// The nick the user asked for, to tell them (status 210) when the server changed it.
     pub requested_nick: String,
     /// Whether the IRC side confirmed the join (else resources wait for it).
     pub joined: bool,
-    /// Everybody in the room (the user included), by lower-cased nick.
-    pub occupants: HashMap<String, Occupant>,
+    /// The user's own role and affiliation, for the presences about themselves.
+    pub me: Occupant,
     /// The current subject.
     pub topic: Option<String>,
+    /// How the network compares nicks (and channel names).
+    pub mapping: CaseMapping,
 }
 
 impl Room {
@@ -42,11 +49,13 @@ impl Room {
             jid,
             channel,
             resources: HashSet::from([resource]),
+            entered: HashSet::new(),
             requested_nick: nick.clone(),
+            me: Occupant { nick: nick.clone(), role: Role::Participant, affiliation: Affiliation::None },
             nick,
             joined: false,
-            occupants: HashMap::new(),
             topic: None,
+            mapping: CaseMapping::default(),
         }
     }
 
@@ -55,26 +64,16 @@ impl Room {
         format!("{}/{nick}", self.jid)
     }
 
-    /// Whether `nick` is the user's.
+    /// Whether `nick` is the user's, compared as the network compares nicks.
     pub fn is_me(&self, nick: &str) -> bool {
-        nick.eq_ignore_ascii_case(&self.nick)
-    }
-
-    /// The occupant entry of the user (participant until the IRC side says otherwise).
-    pub fn me(&self) -> Occupant {
-        self.occupants.get(&self.nick.to_lowercase()).cloned().unwrap_or(Occupant {
-            nick: self.nick.clone(),
-            role: Role::Participant,
-            affiliation: Affiliation::None,
-        })
+        self.mapping.fold(nick) == self.mapping.fold(&self.nick)
     }
 
     /// Everything a resource needs on (re)entering: others' presences, then the user's
     /// own with 110 (and 210 when the nick was changed), then the subject.
-    pub fn entry_stanzas(&self, to: &str) -> Vec<Element> {
-        let mut stanzas: Vec<Element> = self
-            .occupants
-            .values()
+    pub fn entry_stanzas(&self, to: &str, occupants: &[Occupant]) -> Vec<Element> {
+        let mut stanzas: Vec<Element> = occupants
+            .iter()
             .filter(|o| !self.is_me(&o.nick))
             .map(|o| occupant_presence(&self.occupant_jid(&o.nick), to, o, &[], None))
             .collect();
@@ -82,24 +81,34 @@ impl Room {
         if self.nick != self.requested_nick {
             codes.push(Status::AssignedNick);
         }
-        stanzas.push(occupant_presence(&self.occupant_jid(&self.nick), to, &self.me(), &codes, None));
+        stanzas.push(occupant_presence(&self.occupant_jid(&self.nick), to, &self.me, &codes, None));
         stanzas.push(subject_message(&self.jid, to, self.topic.as_deref().unwrap_or("")));
         stanzas
     }
+
+    /// The user's own departure, as each entered resource is told it: 110, the `codes`,
+    /// and the reason.
+    pub fn self_departures(&self, codes: &[Status], reason: Option<&str>) -> Vec<Element> {
+        let from = self.occupant_jid(&self.nick);
+        let mut all = vec![Status::SelfPresence];
+        all.extend_from_slice(codes);
+        self.entered.iter().map(|to| departure_presence(&from, to, &self.me, &all, None, reason)).collect()
+    }
 }
 
-/// Key of a room among all users' rooms.
+/// Key of a room among all users' rooms: the channel name folded with the network's
+/// case mapping.
 pub type RoomKey = (UserId, NetworkId, String);
 
-/// The key of `channel` for `user` on `network` (IRC channel names are case-insensitive).
-pub fn room_key(user: &UserId, network: &NetworkId, channel: &str) -> RoomKey {
-    (user.clone(), network.clone(), channel.to_lowercase())
+/// The key of `channel` for `user` on `network`, whose names fold with `mapping`.
+pub fn room_key(user: &UserId, network: &NetworkId, channel: &str, mapping: CaseMapping) -> RoomKey {
+    (user.clone(), network.clone(), mapping.fold(channel))
 }
 
 /// Every room of every user.
 #[derive(Debug, Default)]
 pub struct Rooms {
-    /// Rooms by (user, network, lower-cased channel).
+    /// Rooms by (user, network, folded channel).
     rooms: HashMap<RoomKey, Room>,
 }
 
@@ -134,19 +143,36 @@ impl Rooms {
         self.rooms.remove(key)
     }
 
-    /// Forgets every room of `user` (they went offline or unregistered).
-    pub fn remove_user(&mut self, user: &UserId) {
-        self.rooms.retain(|(u, _, _), _| u != user);
+    /// Removes and returns the rooms of `user` on `network` (every network if `None`).
+    pub fn take(&mut self, user: &UserId, network: Option<&NetworkId>) -> Vec<Room> {
+        let keys: Vec<RoomKey> = self
+            .rooms
+            .keys()
+            .filter(|(u, n, _)| u == user && network.is_none_or(|network| n == network))
+            .cloned()
+            .collect();
+        keys.iter().filter_map(|k| self.rooms.remove(k)).collect()
     }
 
-    /// Whether `user` is in (or joining) any room on `network`.
-    pub fn any_on(&self, user: &UserId, network: &NetworkId) -> bool {
-        self.rooms.keys().any(|(u, n, _)| u == user && n == network)
+    /// The rooms of `user`, with their network.
+    pub fn of_mut<'a>(&'a mut self, user: &'a UserId) -> impl Iterator<Item = (&'a NetworkId, &'a mut Room)> + 'a {
+        self.rooms.iter_mut().filter(move |((u, _, _), _)| u == user).map(|((_, network, _), room)| (network, room))
     }
 
-    /// Forgets the rooms of `user` on `network` (its session ended).
-    pub fn remove_network(&mut self, user: &UserId, network: &NetworkId) {
-        self.rooms.retain(|(u, n, _), _| u != user || n != network);
+    /// Keys the rooms of `user` on `network` again with `mapping` (the network told how it
+    /// compares names). Rooms that turn out to be one channel become one room with the
+    /// resources of both.
+    pub fn rekey(&mut self, user: &UserId, network: &NetworkId, mapping: CaseMapping) {
+        for mut room in self.take(user, Some(network)) {
+            room.mapping = mapping;
+            let key = room_key(user, network, &room.channel, mapping);
+            match self.rooms.get_mut(&key) {
+                Some(existing) => existing.resources.extend(room.resources),
+                None => {
+                    self.rooms.insert(key, room);
+                }
+            }
+        }
     }
 
     /// Removes `resource` (a full JID) of `user` from every room; returns the rooms left
@@ -155,6 +181,7 @@ impl Rooms {
         for ((u, _, _), room) in self.rooms.iter_mut() {
             if u == user {
                 room.resources.remove(resource);
+                room.entered.remove(resource);
             }
         }
         let empty: Vec<RoomKey> = self
@@ -277,20 +304,19 @@ mod tests {
         Occupant { nick: nick.into(), role, affiliation }
     }
 
-    fn joined_room() -> Room {
+    fn joined_room() -> (Room, Vec<Occupant>) {
         let mut room = Room::new("#r%irc.x@gw".into(), "#r".into(), "u@h/a".into(), "alice".into());
         room.nick = "alice_".into();
         room.joined = true;
-        for o in [occupant("alice_", Role::Participant, Affiliation::None), occupant("bob", Role::Moderator, Affiliation::Admin)] {
-            room.occupants.insert(o.nick.to_lowercase(), o);
-        }
         room.topic = Some("welcome".into());
-        room
+        let occupants = vec![occupant("alice_", Role::Participant, Affiliation::None), occupant("bob", Role::Moderator, Affiliation::Admin)];
+        (room, occupants)
     }
 
     #[test]
     fn entry_replays_others_then_self_with_110_210_then_subject() {
-        let stanzas = joined_room().entry_stanzas("u@h/a");
+        let (room, occupants) = joined_room();
+        let stanzas = room.entry_stanzas("u@h/a", &occupants);
         assert_eq!(stanzas.len(), 3);
         assert_eq!(stanzas[0].attr("from"), Some("#r%irc.x@gw/bob"));
         let item = stanzas[0].get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
@@ -318,13 +344,33 @@ mod tests {
         let user = UserId("u@h".into());
         let net = NetworkId::Irc { server: "irc.x".into() };
         let mut rooms = Rooms::default();
-        let mut shared = joined_room();
+        let (mut shared, _) = joined_room();
         shared.resources.insert("u@h/b".into());
-        rooms.insert(room_key(&user, &net, "#R"), shared);
-        rooms.insert(room_key(&user, &net, "#solo"), Room::new("#solo%irc.x@gw".into(), "#solo".into(), "u@h/a".into(), "alice".into()));
+        let rfc = CaseMapping::Rfc1459;
+        rooms.insert(room_key(&user, &net, "#R", rfc), shared);
+        rooms.insert(room_key(&user, &net, "#solo", rfc), Room::new("#solo%irc.x@gw".into(), "#solo".into(), "u@h/a".into(), "alice".into()));
         let emptied = rooms.remove_resource(&user, "u@h/a");
         assert_eq!(emptied.len(), 1);
         assert_eq!(emptied[0].1.channel, "#solo");
-        assert!(rooms.get(&room_key(&user, &net, "#r")).is_some());
+        assert!(rooms.get(&room_key(&user, &net, "#r", rfc)).is_some());
+    }
+
+    #[test]
+    fn rooms_are_keyed_by_the_networks_case_mapping() {
+        let user = UserId("u@h".into());
+        let net = NetworkId::Irc { server: "irc.x".into() };
+        let new_room = |channel: &str, resource: &str| Room::new(format!("{channel}%irc.x@gw"), channel.into(), resource.into(), "alice".into());
+        let mut rooms = Rooms::default();
+        // Before the network says otherwise, rfc1459: `#Foo[` and `#foo{` are one room.
+        assert_eq!(room_key(&user, &net, "#Foo[", CaseMapping::Rfc1459), room_key(&user, &net, "#foo{", CaseMapping::Rfc1459));
+        // Keyed under ascii, they are two rooms; the network then says rfc1459: one room
+        // with both resources.
+        rooms.insert(room_key(&user, &net, "#Foo[", CaseMapping::Ascii), new_room("#Foo[", "u@h/a"));
+        rooms.insert(room_key(&user, &net, "#foo{", CaseMapping::Ascii), new_room("#foo{", "u@h/b"));
+        assert_eq!(rooms.len(), 2);
+        rooms.rekey(&user, &net, CaseMapping::Rfc1459);
+        assert_eq!(rooms.len(), 1);
+        let room = rooms.get(&room_key(&user, &net, "#FOO[", CaseMapping::Rfc1459)).unwrap();
+        assert_eq!(room.resources.len(), 2);
     }
 }

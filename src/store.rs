@@ -331,22 +331,40 @@ impl Store {
 
     /// Stores `record` as the record of `bare_jid`, replacing any previous one.
     ///
-    /// Durable when it returns: the write has been flushed and fsynced.
-    pub async fn put_user(&self, bare_jid: &str, record: &UserRecord) -> Result<(), StoreError> {
+    /// The write is made (and visible to readers) at once, in call order; the returned
+    /// future, which borrows nothing and may run in another task, resolves once it is
+    /// durable (flushed and fsynced).
+    pub fn put_user(&self, bare_jid: &str, record: &UserRecord) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
         let bytes = self.encode(bare_jid, record);
-        self.inner
-            .users
-            .insert(bare_jid.as_bytes(), bytes)
-            .map_err(|e| self.db_error("write", e))?;
-        self.flush().await?;
-        tracing::debug!(jid = bare_jid, "stored user record");
-        Ok(())
+        let written = self.inner.users.insert(bare_jid.as_bytes(), bytes).map(drop).map_err(|e| self.db_error("write", e));
+        let (store, jid) = (self.clone(), bare_jid.to_owned());
+        async move {
+            written?;
+            store.flush().await?;
+            tracing::debug!(%jid, "stored user record");
+            Ok(())
+        }
     }
 
-    /// Deletes the record of `bare_jid`; `true` if there was one.
+    /// Deletes the record of `bare_jid` and the bridges' state of that user; `true` if
+    /// there was a record.
     ///
-    /// Durable when it returns: the deletion has been flushed and fsynced.
-    pub async fn remove_user(&self, bare_jid: &str) -> Result<bool, StoreError> {
+    /// Made at once, in call order, like [`Store::put_user`]; the future resolves once the
+    /// deletion is durable.
+    pub fn remove_user(&self, bare_jid: &str) -> impl std::future::Future<Output = Result<bool, StoreError>> + 'static {
+        let removed = self.remove_user_now(bare_jid);
+        let (store, jid) = (self.clone(), bare_jid.to_owned());
+        async move {
+            let existed = removed?;
+            if existed {
+                store.flush().await?;
+                tracing::debug!(%jid, "removed user record");
+            }
+            Ok(existed)
+        }
+    }
+
+    fn remove_user_now(&self, bare_jid: &str) -> Result<bool, StoreError> {
         let existed = self
             .inner
             .users
@@ -357,10 +375,6 @@ impl Store {
         for key in self.inner.bridge_state.scan_prefix(&prefix).keys() {
             let key = key.map_err(|e| self.db_error("read", e))?;
             self.inner.bridge_state.remove(key).map_err(|e| self.db_error("write", e))?;
-        }
-        if existed {
-            self.flush().await?;
-            tracing::debug!(jid = bare_jid, "removed user record");
         }
         Ok(existed)
     }

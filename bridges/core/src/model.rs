@@ -198,6 +198,48 @@ pub struct Occupant {
     pub affiliation: Affiliation,
 }
 
+/// How a network folds names before comparing them (IRC's `CASEMAPPING`): `#Foo[` and
+/// `#foo{` are one channel under `rfc1459`, two under `ascii`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CaseMapping {
+    /// Only `A-Z` fold to `a-z`.
+    Ascii,
+    /// `ascii`, plus `[]\~` fold to `{}|^` (the IRC default).
+    #[default]
+    Rfc1459,
+    /// `ascii`, plus `[]\` fold to `{}|` (not `~`).
+    StrictRfc1459,
+}
+
+impl CaseMapping {
+    /// The mapping an `RPL_ISUPPORT` `CASEMAPPING=` value names, if we know it.
+    #[must_use]
+    pub fn from_isupport(value: &str) -> Option<CaseMapping> {
+        match value.to_ascii_lowercase().as_str() {
+            "ascii" => Some(CaseMapping::Ascii),
+            "rfc1459" => Some(CaseMapping::Rfc1459),
+            "strict-rfc1459" => Some(CaseMapping::StrictRfc1459),
+            _ => None,
+        }
+    }
+
+    /// `name` folded: equal results mean the same channel or nick. Non-ASCII characters
+    /// are left alone, as every mapping above does.
+    #[must_use]
+    pub fn fold(self, name: &str) -> String {
+        name.chars()
+            .map(|c| match (self, c) {
+                (_, 'A'..='Z') => c.to_ascii_lowercase(),
+                (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, '[') => '{',
+                (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, ']') => '}',
+                (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, '\\') => '|',
+                (CaseMapping::Rfc1459, '~') => '^',
+                _ => c,
+            })
+            .collect()
+    }
+}
+
 /// Why an occupant left a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Departure {
@@ -304,12 +346,12 @@ pub enum Event {
         /// Who, with their current role.
         occupant: Occupant,
     },
-    /// Somebody (possibly the user, then `nick` is the user's nick) left a channel.
+    /// Somebody (possibly the user) left a channel.
     Left {
         /// The channel.
         channel: String,
-        /// Who left.
-        nick: String,
+        /// Who left, with the role and affiliation they had.
+        occupant: Occupant,
         /// How.
         departure: Departure,
         /// Their reason.
@@ -321,9 +363,12 @@ pub enum Event {
         channel: String,
         /// The old nick.
         old: String,
-        /// The new nick.
-        new: String,
+        /// Who they are now: the new nick, with their role and affiliation.
+        occupant: Occupant,
     },
+    /// How this network compares channel names and nicks; reported once per connection
+    /// before any `Joined`, so that the gateway keys rooms the way the network does.
+    CaseMapping(CaseMapping),
     /// The topic of a channel changed (or was reported on join).
     Topic {
         /// The channel.
@@ -365,4 +410,28 @@ pub enum Event {
         /// them to a new session, so nothing the user asked for is lost.
         unhandled: Vec<Command>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_mappings_fold_as_their_names_say() {
+        let name = "#Foo[]\\~Ü";
+        assert_eq!(CaseMapping::Ascii.fold(name), "#foo[]\\~Ü");
+        assert_eq!(CaseMapping::Rfc1459.fold(name), "#foo{}|^Ü");
+        assert_eq!(CaseMapping::StrictRfc1459.fold(name), "#foo{}|~Ü");
+        assert_eq!(CaseMapping::Rfc1459.fold("#Foo["), CaseMapping::Rfc1459.fold("#foo{"));
+        assert_ne!(CaseMapping::Ascii.fold("#Foo["), CaseMapping::Ascii.fold("#foo{"));
+    }
+
+    #[test]
+    fn case_mappings_are_read_from_isupport() {
+        assert_eq!(CaseMapping::from_isupport("ascii"), Some(CaseMapping::Ascii));
+        assert_eq!(CaseMapping::from_isupport("rfc1459"), Some(CaseMapping::Rfc1459));
+        assert_eq!(CaseMapping::from_isupport("strict-rfc1459"), Some(CaseMapping::StrictRfc1459));
+        assert_eq!(CaseMapping::from_isupport("rfc7613"), None);
+        assert_eq!(CaseMapping::default(), CaseMapping::Rfc1459);
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_core::model::{
-    Availability, Command, Credentials, Departure, Event, FailureKind, Message, MessageKind, Peer,
+    Affiliation, Availability, Command, Credentials, Departure, Event, FailureKind, Message, MessageKind, Occupant, Peer, Role,
     SessionKey,
 };
 use bridge_core::{Commands, EventSink, Secret, SessionEvent};
@@ -108,6 +108,10 @@ pub struct IrcSession {
     chanmodes: Option<String>,
     /// Nicks the user talked with privately; their QUIT is shown as unavailable.
     private_peers: BTreeSet<String>,
+    /// Joined channels whose `Event::Joined` a repeated `Command::Join` asked for again
+    /// (another XMPP resource of the user entering the room): the gateway keeps no
+    /// occupant list of its own, so the session reports the current one.
+    replays: Vec<String>,
     /// Lines waiting for the rate limit.
     queue: VecDeque<String>,
     /// When the next queued line may go; the token bucket's clock.
@@ -160,6 +164,7 @@ impl IrcSession {
             prefixes: PrefixMap::default(),
             chanmodes: None,
             private_peers: BTreeSet::new(),
+            replays: Vec::new(),
             queue: VecDeque::new(),
             next_send: Instant::now(),
             burst_left: burst,
@@ -328,6 +333,7 @@ impl IrcSession {
                         if self.on_command(command) {
                             return self.quit(&mut write, "gateway shutting down").await;
                         }
+                        self.report_replays().await;
                     }
                 },
                 () = tokio::time::sleep_until(idle_until), if unused => {
@@ -416,7 +422,9 @@ impl IrcSession {
             Command::Send(message) => self.send_message(message),
             Command::Join { channel, nick: _, password } => {
                 let lower = irc_lower(&channel);
-                if !self.joined.contains_key(&lower) {
+                if self.joined.get(&lower).is_some_and(|j| j.reported) {
+                    self.replays.push(lower.clone());
+                } else if !self.joined.contains_key(&lower) {
                     let line = match &password {
                         Some(key) => format!("JOIN {channel} {}", text::sanitize_word(key.expose())),
                         None => format!("JOIN {channel}"),
@@ -702,6 +710,21 @@ impl IrcSession {
 }
 
 impl IrcSession {
+    /// Reports `Joined` again for the channels a repeated join asked for.
+    async fn report_replays(&mut self) {
+        for lower in std::mem::take(&mut self.replays) {
+            if let Some(joined) = self.joined.get(&lower) {
+                let event = Event::Joined {
+                    channel: joined.name.clone(),
+                    nick: self.nick.clone(),
+                    occupants: joined.privileges.occupants(),
+                    topic: joined.topic.clone(),
+                };
+                self.emit(event).await;
+            }
+        }
+    }
+
     /// Registration done: rejoin what the user wants, then replay waiting commands.
     fn after_welcome(&mut self) {
         let rejoin: Vec<Wanted> = self.wanted.values().cloned().collect();
@@ -746,27 +769,26 @@ impl IrcSession {
     async fn on_departure(&mut self, channel: &str, nick: &str, departure: Departure, reason: Option<String>) {
         let lower = irc_lower(channel);
         let Some(joined) = self.joined.get_mut(&lower) else { return };
-        joined.privileges.remove(nick);
+        let occupant = joined.privileges.remove(nick).unwrap_or_else(|| ordinary(nick));
         let name = joined.name.clone();
         if self.is_me(nick) {
             self.joined.remove(&lower);
             self.wanted.remove(&lower);
         }
         let reason = reason.map(|r| text::strip_formatting(&r)).filter(|r| !r.is_empty());
-        self.emit(Event::Left { channel: name, nick: nick.to_owned(), departure, reason }).await;
+        self.emit(Event::Left { channel: name, occupant, departure, reason }).await;
     }
 
     async fn on_quit(&mut self, nick: &str, reason: Option<String>) {
         let reason = reason.map(|r| text::strip_formatting(&r)).filter(|r| !r.is_empty());
-        let mut channels = Vec::new();
+        let mut departures = Vec::new();
         for joined in self.joined.values_mut() {
-            if joined.privileges.occupant(nick).is_some() {
-                joined.privileges.remove(nick);
-                channels.push(joined.name.clone());
+            if let Some(occupant) = joined.privileges.remove(nick) {
+                departures.push((joined.name.clone(), occupant));
             }
         }
-        for channel in channels {
-            self.emit(Event::Left { channel, nick: nick.to_owned(), departure: Departure::Quit, reason: reason.clone() }).await;
+        for (channel, occupant) in departures {
+            self.emit(Event::Left { channel, occupant, departure: Departure::Quit, reason: reason.clone() }).await;
         }
         if self.private_peers.contains(&irc_lower(nick)) {
             self.emit(Event::PeerQuit { nick: nick.to_owned(), reason }).await;
@@ -777,15 +799,16 @@ impl IrcSession {
         if self.is_me(old) {
             self.nick = new.to_owned();
         }
-        let mut channels = Vec::new();
+        let mut changes = Vec::new();
         for joined in self.joined.values_mut() {
-            if joined.privileges.occupant(old).is_some() {
-                joined.privileges.rename(old, new);
-                channels.push(joined.name.clone());
+            if joined.privileges.rename(old, new) {
+                if let Some(occupant) = joined.privileges.occupant(new) {
+                    changes.push((joined.name.clone(), occupant));
+                }
             }
         }
-        for channel in channels {
-            self.emit(Event::NickChanged { channel, old: old.to_owned(), new: new.to_owned() }).await;
+        for (channel, occupant) in changes {
+            self.emit(Event::NickChanged { channel, old: old.to_owned(), occupant }).await;
         }
     }
 
@@ -836,6 +859,11 @@ impl IrcSession {
         };
         self.emit(Event::Message(message)).await;
     }
+}
+
+/// An occupant we know nothing more about than the nick.
+fn ordinary(nick: &str) -> Occupant {
+    Occupant { nick: nick.to_owned(), role: Role::Participant, affiliation: Affiliation::None }
 }
 
 /// A nick variant after a collision: `nick_`, then `nick1`, `nick2`...

@@ -1,0 +1,758 @@
+//! The XMPP side of IRC: channels as MUC rooms, IRC users as contacts.
+//!
+//! Owns the rooms (`muc::Rooms`: which of a user's resources are in which room under
+//! which nick) and is the only code that changes them; owns the IRC sessions; builds the
+//! room stanzas. Grouped as biboumi's Bridge: "from XMPP to IRC" (stanzas from the
+//! router), then "from IRC to XMPP" (session events).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use bridge_core::model::{Availability, CaseMapping, Command, Departure, Event, Message, MessageKind, NetworkId, Occupant, Peer, SessionKey, UserId};
+use minidom::Element;
+use tracing::{debug, info, warn};
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::message::Lang;
+use xmpp_parsers::muc::user::Status;
+use xmpp_parsers::presence::{Presence, Type as PresenceType};
+use xmpp_parsers::stanza_error::DefinedCondition;
+
+use crate::address::{self, Address};
+use crate::connection::NS_COMPONENT;
+use crate::disco::{self, Refusal};
+use crate::muc::{self, room_key, Room, RoomKey, Rooms};
+use crate::sessions::Sessions;
+use crate::side::{self, peer_jid, refuse, stanza_to, Conversations, Envelope, NetworkSide};
+use crate::stanza;
+use crate::store::{Store, UserRecord};
+use crate::writer::Outbox;
+
+/// The XMPP side of every IRC network.
+pub struct IrcSide {
+    /// Our domain, the domain of every room and contact JID.
+    gateway: String,
+    /// Stanzas to the server, through the single writer.
+    out: Outbox,
+    /// Where a new session's credentials come from.
+    store: Store,
+    /// The live IRC sessions, one per (user, server).
+    sessions: Sessions,
+    /// IRC channels as rooms: which resources are in which room. Changed here only.
+    rooms: Rooms,
+    /// Which resources wrote to which IRC user: their errors and QUITs go there.
+    conversations: Conversations,
+    /// How each session's network compares names (default rfc1459 until it says).
+    mappings: HashMap<SessionKey, CaseMapping>,
+}
+
+impl IrcSide {
+    /// The IRC side, its sessions started by the IRC bridge in `sessions`.
+    pub fn new(gateway: &str, out: Outbox, store: Store, sessions: Sessions) -> Self {
+        IrcSide {
+            gateway: gateway.to_owned(),
+            out,
+            store,
+            sessions,
+            rooms: Rooms::default(),
+            conversations: Conversations::default(),
+            mappings: HashMap::new(),
+        }
+    }
+
+    /// How `network` compares names, as the user's session there last said.
+    fn mapping(&self, user: &UserId, network: &NetworkId) -> CaseMapping {
+        let session = SessionKey { user: user.clone(), network: network.clone() };
+        self.mappings.get(&session).copied().unwrap_or_default()
+    }
+
+    /// The key of `channel` for `user` on `network`, folded as that network folds names.
+    fn key(&self, user: &UserId, network: &NetworkId, channel: &str) -> RoomKey {
+        room_key(user, network, channel, self.mapping(user, network))
+    }
+
+    async fn send_all(&self, stanzas: Vec<Element>) {
+        for stanza in stanzas {
+            self.out.send(stanza).await;
+        }
+    }
+
+    /// Hands a command to the user's session on `network` (see `side::hand_to_session`).
+    fn hand_to_session(&mut self, user: &UserId, network: NetworkId, command: Command) -> Result<(), Refusal> {
+        side::hand_to_session(&mut self.sessions, &self.store, user, network, command)
+    }
+
+    // ---------------------------------------------------------------------------------
+    // From XMPP to IRC
+    // ---------------------------------------------------------------------------------
+
+    /// Joining, leaving, changing nick in, or updating presence in a room.
+    async fn room_presence(&mut self, stanza: &Element, envelope: &Envelope, channel: &str, server: &str, kind: &str) {
+        let network = NetworkId::Irc { server: server.to_owned() };
+        let user = envelope.user_id();
+        let mapping = self.mapping(&user, &network);
+        let key = room_key(&user, &network, channel, mapping);
+        let full = envelope.from.to_string();
+        match kind {
+            "available" => {
+                let Some(nick) = envelope.resource.as_deref() else {
+                    let text = "join a room with a nick: #chan%irc.example.org@gateway/nick";
+                    return refuse(&self.out, stanza, DefinedCondition::JidMalformed, text).await;
+                };
+                if let Err(error) = address::parse_occupant_nick(nick) {
+                    return refuse(&self.out, stanza, DefinedCondition::JidMalformed, &error.to_string()).await;
+                }
+                let join = Command::Join {
+                    channel: channel.to_owned(),
+                    nick: nick.to_owned(),
+                    password: muc_password(stanza).map(bridge_core::Secret::new),
+                };
+                let command = match self.rooms.get_mut(&key) {
+                    None => {
+                        let jid = format!("{}@{}", address::format_localpart(&envelope.target), self.gateway);
+                        let mut room = Room::new(jid, channel.to_owned(), full, nick.to_owned());
+                        room.mapping = mapping;
+                        self.rooms.insert(key.clone(), room);
+                        Some(join)
+                    }
+                    Some(room) if room.resources.contains(&full) => {
+                        (!room.is_me(nick)).then(|| Command::ChangeNick { nick: nick.to_owned() })
+                    }
+                    // Another resource enters: the session reports the room again (its
+                    // roster is the only one), and this resource gets the entry then.
+                    Some(room) => {
+                        room.resources.insert(full);
+                        room.joined.then_some(join)
+                    }
+                };
+                if let Some(command) = command {
+                    let first = matches!(command, Command::Join { .. }) && self.rooms.get(&key).is_some_and(|r| r.resources.len() == 1);
+                    if let Err((condition, text)) = self.hand_to_session(&user, network, command) {
+                        if first {
+                            self.rooms.remove(&key);
+                        }
+                        return refuse(&self.out, stanza, condition, &text).await;
+                    }
+                }
+                if let Some((availability, status)) = availability_of(stanza) {
+                    self.sessions.tell_irc_sessions(&user, &Command::SetAvailability { availability, status });
+                }
+            }
+            "unavailable" => {
+                let Some(room) = self.rooms.get_mut(&key) else { return };
+                if !room.resources.remove(&full) {
+                    return;
+                }
+                let goodbye = muc::departure_presence(&room.occupant_jid(&room.nick), &full, &room.me, &[Status::SelfPresence], None, None);
+                room.entered.remove(&full);
+                let emptied = room.resources.is_empty();
+                self.out.send(goodbye).await;
+                if emptied {
+                    self.rooms.remove(&key);
+                    let reason = stanza.get_child("status", NS_COMPONENT).map(Element::text);
+                    let session = SessionKey { user, network };
+                    self.sessions.tell(&session, Command::Leave { channel: channel.to_owned(), reason });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A group chat message or a subject change from one of the user's resources.
+    async fn room_message(&mut self, stanza: &Element, envelope: &Envelope, channel: &str, server: &str) {
+        let network = NetworkId::Irc { server: server.to_owned() };
+        let user = envelope.user_id();
+        let key = self.key(&user, &network, channel);
+        let full = envelope.from.to_string();
+        let Some(room) = self.rooms.get(&key).filter(|r| r.joined && r.resources.contains(&full)) else {
+            let text = "you are not in this room: join it first";
+            return refuse(&self.out, stanza, DefinedCondition::NotAcceptable, text).await;
+        };
+        let body = stanza.get_child("body", NS_COMPONENT).map(Element::text);
+        let subject = stanza.get_child("subject", NS_COMPONENT).map(Element::text);
+        let command = match (body, subject) {
+            (None, Some(topic)) => Command::SetTopic { channel: room.channel.clone(), topic },
+            (Some(body), _) => {
+                // IRC does not echo: reflect the message to every resource in the room.
+                let from = room.occupant_jid(&room.nick);
+                let echoes = room.resources.iter().map(|to| muc::groupchat(&from, to, &body, stanza.attr("id"))).collect();
+                let channel = room.channel.clone();
+                self.send_all(echoes).await;
+                Command::Send(Message {
+                    peer: Peer::Channel(channel),
+                    sender: None,
+                    kind: MessageKind::Group,
+                    body,
+                    subject: None,
+                    thread: None,
+                    id: stanza.attr("id").map(str::to_owned),
+                })
+            }
+            (None, None) => return,
+        };
+        if let Err((condition, text)) = self.hand_to_session(&user, network, command) {
+            refuse(&self.out, stanza, condition, &text).await;
+        }
+    }
+
+    /// Rooms whose session is gone: each resource that was in is told it is out (110 +
+    /// 332, with why), each still joining gets the join's error.
+    async fn close_rooms(&self, rooms: Vec<Room>, reason: &str) {
+        for room in rooms {
+            if room.joined {
+                self.send_all(room.self_departures(&[Status::ServiceShutdown], Some(reason))).await;
+            } else {
+                self.send_all(join_errors(&room, DefinedCondition::ServiceUnavailable, reason)).await;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // From IRC to XMPP
+    // ---------------------------------------------------------------------------------
+
+    /// A channel line to every entered resource, or a private message from a nick or the
+    /// server to the user.
+    async fn network_message(&mut self, key: &SessionKey, server: &str, message: Message) {
+        if let Peer::Channel(channel) = &message.peer {
+            let Some(room) = self.rooms.get(&self.key(&key.user, &key.network, channel)) else { return };
+            let from = match &message.sender {
+                Some(nick) => room.occupant_jid(nick),
+                None => room.jid.clone(),
+            };
+            let body = match message.kind {
+                MessageKind::Action => format!("/me {}", message.body),
+                _ => message.body,
+            };
+            let stanzas = room.entered.iter().map(|to| muc::groupchat(&from, to, &body, None)).collect();
+            return self.send_all(stanzas).await;
+        }
+        let Some(from) = peer_jid(&message.peer, Some(server), None, &self.gateway) else {
+            return warn!(user = %key.user.0, "a session reported a message from an address we cannot form");
+        };
+        if let Some(stanza) = side::chat_from(&from, &key.user.0, message) {
+            self.out.send(stanza).await;
+        }
+    }
+
+    /// The session confirmed a join (or reported the room again for another resource):
+    /// the resources that have not entered yet get the room's entry.
+    async fn joined(&mut self, key: &SessionKey, channel: &str, nick: String, occupants: Vec<Occupant>, topic: Option<String>) {
+        let Some(room) = self.rooms.get_mut(&self.key(&key.user, &key.network, channel)) else { return };
+        room.joined = true;
+        room.nick = nick;
+        room.topic = topic;
+        if let Some(me) = occupants.iter().find(|o| room.is_me(&o.nick)) {
+            room.me = me.clone();
+        }
+        room.me.nick.clone_from(&room.nick);
+        let newcomers: Vec<String> = room.resources.difference(&room.entered).cloned().collect();
+        let stanzas: Vec<Element> = newcomers.iter().flat_map(|to| room.entry_stanzas(to, &occupants)).collect();
+        room.entered.extend(newcomers);
+        self.send_all(stanzas).await;
+    }
+
+    async fn occupant_changed(&mut self, key: &SessionKey, channel: &str, occupant: Occupant) {
+        let Some(room) = self.rooms.get_mut(&self.key(&key.user, &key.network, channel)) else { return };
+        let me = room.is_me(&occupant.nick);
+        if me {
+            room.me = occupant.clone();
+        }
+        let codes: &[Status] = if me { &[Status::SelfPresence] } else { &[] };
+        let from = room.occupant_jid(&occupant.nick);
+        let stanzas = room.entered.iter().map(|to| muc::occupant_presence(&from, to, &occupant, codes, None)).collect();
+        self.send_all(stanzas).await;
+    }
+
+    async fn left(&mut self, key: &SessionKey, channel: &str, occupant: Occupant, departure: Departure, reason: Option<String>) {
+        let room_key = self.key(&key.user, &key.network, channel);
+        let Some(room) = self.rooms.get(&room_key) else { return };
+        let me = room.is_me(&occupant.nick);
+        let mut codes = Vec::new();
+        if me {
+            codes.push(Status::SelfPresence);
+        }
+        if let Departure::Kicked { .. } = departure {
+            codes.push(Status::Kicked);
+        }
+        let from = room.occupant_jid(&occupant.nick);
+        let stanzas = room
+            .entered
+            .iter()
+            .map(|to| muc::departure_presence(&from, to, &occupant, &codes, None, reason.as_deref()))
+            .collect();
+        if me {
+            self.rooms.remove(&room_key);
+        }
+        self.send_all(stanzas).await;
+    }
+
+    async fn nick_changed(&mut self, key: &SessionKey, channel: &str, old: &str, occupant: Occupant) {
+        let Some(room) = self.rooms.get_mut(&self.key(&key.user, &key.network, channel)) else { return };
+        let me = room.is_me(old);
+        let codes: &[Status] = if me { &[Status::NewNick, Status::SelfPresence] } else { &[Status::NewNick] };
+        let gone = room.occupant_jid(old);
+        let before = Occupant { nick: old.to_owned(), ..occupant.clone() };
+        let mut stanzas: Vec<Element> =
+            room.entered.iter().map(|to| muc::departure_presence(&gone, to, &before, codes, Some(&occupant.nick), None)).collect();
+        if me {
+            room.nick.clone_from(&occupant.nick);
+            room.requested_nick.clone_from(&occupant.nick);
+            room.me = occupant.clone();
+        }
+        let back = room.occupant_jid(&occupant.nick);
+        let back_codes: &[Status] = if me { &[Status::SelfPresence] } else { &[] };
+        stanzas.extend(room.entered.iter().map(|to| muc::occupant_presence(&back, to, &occupant, back_codes, None)));
+        self.send_all(stanzas).await;
+    }
+
+    async fn topic(&mut self, key: &SessionKey, channel: &str, topic: String, by: Option<String>) {
+        let Some(room) = self.rooms.get_mut(&self.key(&key.user, &key.network, channel)) else { return };
+        room.topic = Some(topic.clone());
+        let from = by.map(|nick| room.occupant_jid(&nick)).unwrap_or_else(|| room.jid.clone());
+        let stanzas = room.entered.iter().map(|to| muc::subject_message(&from, to, &topic)).collect();
+        self.send_all(stanzas).await;
+    }
+
+    /// The connection dropped; the session reconnects and rejoins. Each entered resource
+    /// is out until the next `Joined`.
+    async fn disconnected(&mut self, key: &SessionKey, channels: Vec<String>, reason: &str) {
+        let mut stanzas = Vec::new();
+        for channel in channels {
+            let room_key = self.key(&key.user, &key.network, &channel);
+            let Some(room) = self.rooms.get_mut(&room_key) else { continue };
+            stanzas.extend(room.self_departures(&[Status::ServiceShutdown], Some(reason)));
+            room.joined = false;
+            room.entered.clear();
+        }
+        self.send_all(stanzas).await;
+    }
+
+    async fn peer_quit(&mut self, key: &SessionKey, server: &str, nick: String, reason: Option<String>) {
+        let Some(from) = peer_jid(&Peer::Nick(nick), Some(server), None, &self.gateway) else { return };
+        let mut targets = self.conversations.resources(&key.user.0, &from);
+        targets.insert(key.user.0.clone());
+        for to in targets {
+            let Ok(to) = to.parse::<Jid>() else { continue };
+            let mut presence = Presence::unavailable().with_to(to);
+            presence.from = from.parse().ok();
+            if let Some(reason) = &reason {
+                presence.set_status(Lang::new(), reason.clone());
+            }
+            self.out.send(presence.into()).await;
+        }
+    }
+
+    /// The network told how it compares names: rooms are keyed that way from now on.
+    fn case_mapping(&mut self, key: SessionKey, mapping: CaseMapping) {
+        if self.mappings.get(&key).copied().unwrap_or_default() != mapping {
+            self.rooms.rekey(&key.user, &key.network, mapping);
+        }
+        self.mappings.insert(key, mapping);
+    }
+
+    /// The session ended on its own: commands it did not take start a new one; if none
+    /// runs, the user's rooms on that network are closed and they are told why.
+    async fn ended(&mut self, key: SessionKey, reason: String, unhandled: Vec<Command>) {
+        info!(user = %key.user.0, network = ?key.network, %reason, "session ended");
+        self.sessions.forget(&key);
+        for command in unhandled {
+            if let Err((_, text)) = self.hand_to_session(&key.user, key.network.clone(), command) {
+                warn!(user = %key.user.0, %text, "a command the ended session did not take is lost");
+            }
+        }
+        if !self.sessions.is_live(&key) {
+            self.mappings.remove(&key);
+            let rooms = self.rooms.take(&key.user, Some(&key.network));
+            self.close_rooms(rooms, &reason).await;
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl NetworkSide for IrcSide {
+    fn serves(&self, network: &NetworkId) -> bool {
+        matches!(network, NetworkId::Irc { .. })
+    }
+
+    async fn presence(&mut self, stanza: &Element, envelope: &Envelope, kind: &str) {
+        match (&envelope.target, kind) {
+            (Address::IrcChannel { channel, server }, _) => {
+                let (channel, server) = (channel.clone(), server.clone());
+                self.room_presence(stanza, envelope, &channel, &server, kind).await;
+            }
+            (Address::IrcUser { .. } | Address::IrcServer { .. }, "subscribe") => {
+                // IRC users cannot answer subscription requests: the gateway does.
+                let contact = stanza_to(stanza).map(|j| j.to_bare().to_string()).unwrap_or_default();
+                let (Ok(to), Ok(from)) = (envelope.user.parse::<Jid>(), contact.parse::<Jid>()) else { return };
+                self.out.send(Presence::subscribed().with_to(to).with_from(from).into()).await;
+            }
+            _ => debug!(kind, "presence to an IRC address ignored"),
+        }
+    }
+
+    async fn message(&mut self, stanza: &Element, envelope: &Envelope, kind: &str) {
+        if let (Address::IrcChannel { channel, server }, "groupchat") = (&envelope.target, kind) {
+            let (channel, server) = (channel.clone(), server.clone());
+            return self.room_message(stanza, envelope, &channel, &server).await;
+        }
+        // Chat states and receipts without a body: nothing to carry.
+        let Some(body) = stanza.get_child("body", NS_COMPONENT).map(Element::text) else { return };
+        let (peer, server) = match (&envelope.target, envelope.resource.as_deref()) {
+            // A private message through the room goes to the nick itself.
+            (Address::IrcChannel { server, .. }, Some(nick)) => (Peer::Nick(nick.to_owned()), server),
+            (Address::IrcChannel { .. }, None) => {
+                let text = "send group messages with type='groupchat' after joining the room";
+                return refuse(&self.out, stanza, DefinedCondition::NotAcceptable, text).await;
+            }
+            (Address::IrcUser { nick, server }, _) => (Peer::Nick(nick.clone()), server),
+            (Address::IrcServer { server }, _) => (Peer::Server, server),
+            _ => return,
+        };
+        let network = NetworkId::Irc { server: server.clone() };
+        let message = side::chat_to(stanza, peer, body);
+        self.conversations.note(stanza, envelope);
+        if let Err((condition, text)) = self.hand_to_session(&envelope.user_id(), network, Command::Send(message)) {
+            refuse(&self.out, stanza, condition, &text).await;
+        }
+    }
+
+    async fn event(&mut self, key: SessionKey, event: Event) {
+        let NetworkId::Irc { server } = key.network.clone() else { return };
+        match event {
+            Event::Message(message) => self.network_message(&key, &server, message).await,
+            Event::Failure { peer, id, kind, text } => {
+                let from = peer.and_then(|p| peer_jid(&p, Some(&server), None, &self.gateway)).unwrap_or_else(|| self.gateway.clone());
+                self.conversations.send_failure(&self.out, &key.user.0, &from, id, kind, &text).await;
+            }
+            Event::Joined { channel, nick, occupants, topic } => self.joined(&key, &channel, nick, occupants, topic).await,
+            Event::JoinFailed { channel, kind, text } => {
+                let Some(room) = self.rooms.remove(&self.key(&key.user, &key.network, &channel)) else { return };
+                self.send_all(join_errors(&room, side::condition_of(kind), &text)).await;
+            }
+            Event::Occupant { channel, occupant } => self.occupant_changed(&key, &channel, occupant).await,
+            Event::Left { channel, occupant, departure, reason } => self.left(&key, &channel, occupant, departure, reason).await,
+            Event::NickChanged { channel, old, occupant } => self.nick_changed(&key, &channel, &old, occupant).await,
+            Event::Topic { channel, topic, by } => self.topic(&key, &channel, topic, by).await,
+            Event::Disconnected { channels, reason } => self.disconnected(&key, channels, &reason).await,
+            Event::PeerQuit { nick, reason } => self.peer_quit(&key, &server, nick, reason).await,
+            Event::CaseMapping(mapping) => self.case_mapping(key, mapping),
+            Event::Ended { reason, unhandled } => self.ended(key, reason, unhandled).await,
+            Event::Attachment { .. } | Event::NetworkStatus { .. } => debug!("an IRC session reported an email event"),
+        }
+    }
+
+    async fn resource_offline(&mut self, user: &UserId, full: &str, last: bool) {
+        if last {
+            self.rooms.take(user, None);
+            self.conversations.forget_user(&user.0);
+            self.sessions.end_user(user, "user went offline");
+            return;
+        }
+        for ((_, network, _), room) in self.rooms.remove_resource(user, full) {
+            let key = SessionKey { user: user.clone(), network };
+            self.sessions.tell(&key, Command::Leave { channel: room.channel, reason: None });
+        }
+    }
+
+    fn availability(&mut self, user: &UserId, availability: Availability, status: Option<String>) {
+        self.sessions.tell_irc_sessions(user, &Command::SetAvailability { availability, status });
+    }
+
+    async fn registration_changed(&mut self, user: &UserId, record: Option<&UserRecord>) {
+        let reason = if record.is_some() { "registration changed" } else { "unregistered" };
+        self.sessions.end_user(user, reason);
+        if record.is_none() {
+            self.conversations.forget_user(&user.0);
+            let rooms = self.rooms.take(user, None);
+            return self.close_rooms(rooms, "you unregistered from the gateway").await;
+        }
+        // The rooms stay: each is joined again by a session with the new credentials,
+        // and the resources in it see a reconnection (out with 332, back in on Joined).
+        let mut stanzas = Vec::new();
+        let mut joins = Vec::new();
+        for (network, room) in self.rooms.of_mut(user) {
+            stanzas.extend(room.self_departures(&[Status::ServiceShutdown], Some("your registration changed; joining again")));
+            room.joined = false;
+            room.entered.clear();
+            joins.push((network.clone(), room.channel.clone(), room.requested_nick.clone()));
+        }
+        self.send_all(stanzas).await;
+        for (network, channel, nick) in joins {
+            let join = Command::Join { channel: channel.clone(), nick, password: None };
+            if let Err((_, text)) = self.hand_to_session(user, network.clone(), join) {
+                if let Some(room) = self.rooms.remove(&self.key(user, &network, &channel)) {
+                    self.close_rooms(vec![room], &text).await;
+                }
+            }
+        }
+    }
+
+    fn shutdown(&mut self, reason: &str) {
+        self.sessions.end_all(reason);
+    }
+
+    fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+}
+
+/// The error presences of a join that failed, from the nick the user asked for.
+fn join_errors(room: &Room, condition: DefinedCondition, text: &str) -> Vec<Element> {
+    let from = room.occupant_jid(&room.requested_nick);
+    room.resources
+        .iter()
+        .filter_map(|to| {
+            let mut presence = Presence::new(PresenceType::Error).with_to(to.parse::<Jid>().ok()?);
+            presence.from = from.parse().ok();
+            presence.payloads.push(stanza::stanza_error(condition.clone(), text).into());
+            Some(presence.into())
+        })
+        .collect()
+}
+
+/// The availability a presence announces, when it says something IRC can show (AWAY).
+pub fn availability_of(stanza: &Element) -> Option<(Availability, Option<String>)> {
+    let status = stanza.get_child("status", NS_COMPONENT).map(Element::text).filter(|s| !s.is_empty());
+    let availability = match stanza.get_child("show", NS_COMPONENT).map(Element::text).as_deref() {
+        None | Some("chat") => Availability::Available,
+        Some("away") => Availability::Away,
+        Some("xa") => Availability::ExtendedAway,
+        Some("dnd") => Availability::DoNotDisturb,
+        Some(_) => return None,
+    };
+    Some((availability, status))
+}
+
+/// The room password of a MUC join, if any.
+fn muc_password(stanza: &Element) -> Option<String> {
+    stanza
+        .get_child("x", disco::NS_MUC)
+        .and_then(|x| x.get_child("password", disco::NS_MUC))
+        .map(Element::text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bridge_core::model::{Affiliation, Role};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::side::testing::{codes, drain, sessions, stanza, store, Recorder};
+
+    const ROOM: &str = "#c%irc.x@gw";
+
+    /// The IRC side with a recording bridge; its outbox; the temporary store's guard.
+    struct Fixture {
+        side: IrcSide,
+        out: mpsc::Receiver<Element>,
+        bridge: Arc<Recorder>,
+        _tmp: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let (outbox, out) = Outbox::for_tests();
+        let (store, tmp) = store();
+        let bridge = Arc::new(Recorder::default());
+        let side = IrcSide::new("gw", outbox, store, sessions(&bridge));
+        Fixture { side, out, bridge, _tmp: tmp }
+    }
+
+    fn envelope(stanza: &Element) -> Envelope {
+        let from: Jid = stanza.attr("from").unwrap().parse().unwrap();
+        let (local, _, resource) = crate::router::split_jid(stanza.attr("to").unwrap());
+        let target = address::parse_localpart(local.unwrap()).unwrap();
+        Envelope { user: from.to_bare().to_string(), from, target, resource: resource.map(str::to_owned) }
+    }
+
+    fn occupant(nick: &str, role: Role, affiliation: Affiliation) -> Occupant {
+        Occupant { nick: nick.into(), role, affiliation }
+    }
+
+    fn key() -> SessionKey {
+        SessionKey { user: UserId("u@h".into()), network: NetworkId::Irc { server: "irc.x".into() } }
+    }
+
+    fn joined(nick: &str) -> Event {
+        Event::Joined {
+            channel: "#c".into(),
+            nick: nick.into(),
+            occupants: vec![occupant(nick, Role::Participant, Affiliation::None), occupant("bob", Role::Moderator, Affiliation::Admin)],
+            topic: Some("welcome".into()),
+        }
+    }
+
+    impl Fixture {
+        async fn join(&mut self, resource: &str, nick: &str) {
+            let join = stanza(&format!("<presence from='u@h/{resource}' to='{ROOM}/{nick}'/>"));
+            self.side.presence(&join, &envelope(&join), "available").await;
+        }
+
+        async fn leave(&mut self, resource: &str, nick: &str) {
+            let leave = stanza(&format!("<presence from='u@h/{resource}' to='{ROOM}/{nick}' type='unavailable'/>"));
+            self.side.presence(&leave, &envelope(&leave), "unavailable").await;
+        }
+
+        async fn say(&mut self, resource: &str, body: &str) {
+            let message = stanza(&format!("<message from='u@h/{resource}' to='{ROOM}' type='groupchat' id='m'><body>{body}</body></message>"));
+            self.side.message(&message, &envelope(&message), "groupchat").await;
+        }
+
+        /// `u@h/a` in `#c` as `alice`, with bob: the entry already drained.
+        async fn in_room() -> Fixture {
+            let mut f = fixture();
+            f.join("a", "alice").await;
+            f.side.event(key(), joined("alice")).await;
+            drain(&mut f.out);
+            f.bridge.commands(0);
+            f
+        }
+    }
+
+    fn to(stanzas: &[Element]) -> Vec<&str> {
+        stanzas.iter().filter_map(|s| s.attr("to")).collect()
+    }
+
+    #[tokio::test]
+    async fn a_join_starts_a_session_and_the_entry_follows_the_servers_confirmation() {
+        let mut f = fixture();
+        f.join("a", "alice").await;
+        assert_eq!(f.bridge.started(), 1);
+        assert!(matches!(f.bridge.commands(0).first(), Some(Command::Join { channel, nick, .. }) if channel == "#c" && nick == "alice"));
+        assert!(drain(&mut f.out).is_empty(), "nothing before IRC confirms");
+        f.side.event(key(), joined("alice")).await;
+        let entry = drain(&mut f.out);
+        assert_eq!(entry.len(), 3, "bob, self, subject");
+        assert_eq!(entry[0].attr("from"), Some("#c%irc.x@gw/bob"));
+        assert_eq!(codes(&entry[1]), ["110"]);
+        assert_eq!(entry[2].get_child("subject", NS_COMPONENT).map(Element::text).as_deref(), Some("welcome"));
+        assert_eq!(f.side.rooms(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_resource_gets_the_room_from_the_sessions_roster_and_only_it() {
+        let mut f = Fixture::in_room().await;
+        f.join("b", "alice").await;
+        assert_eq!(f.bridge.started(), 1, "the same session");
+        assert!(matches!(f.bridge.commands(0).first(), Some(Command::Join { .. })), "the session is asked to report the room again");
+        assert!(drain(&mut f.out).is_empty());
+        f.side.event(key(), joined("alice")).await;
+        let entry = drain(&mut f.out);
+        assert_eq!(to(&entry), ["u@h/b"; 3], "the first resource is not sent the entry twice");
+        // From now on both get the channel.
+        let line = Message { peer: Peer::Channel("#c".into()), sender: Some("bob".into()), kind: MessageKind::Group, body: "hi".into(), subject: None, thread: None, id: None };
+        f.side.event(key(), Event::Message(line)).await;
+        let mut got = to(&drain(&mut f.out)).into_iter().map(str::to_owned).collect::<Vec<_>>();
+        got.sort();
+        assert_eq!(got, ["u@h/a", "u@h/b"]);
+    }
+
+    #[tokio::test]
+    async fn nick_changes_of_others_and_of_the_user() {
+        let mut f = Fixture::in_room().await;
+        let bobby = occupant("bobby", Role::Moderator, Affiliation::Admin);
+        f.side.event(key(), Event::NickChanged { channel: "#c".into(), old: "bob".into(), occupant: bobby }).await;
+        let stanzas = drain(&mut f.out);
+        assert_eq!(stanzas.len(), 2);
+        assert_eq!((stanzas[0].attr("from"), stanzas[0].attr("type")), (Some("#c%irc.x@gw/bob"), Some("unavailable")));
+        assert_eq!(codes(&stanzas[0]), ["303"]);
+        assert_eq!(stanzas[1].attr("from"), Some("#c%irc.x@gw/bobby"));
+
+        let alicia = occupant("alicia", Role::Participant, Affiliation::None);
+        f.side.event(key(), Event::NickChanged { channel: "#c".into(), old: "ALICE".into(), occupant: alicia }).await;
+        let stanzas = drain(&mut f.out);
+        assert_eq!(codes(&stanzas[0]), ["303", "110"]);
+        assert_eq!(codes(&stanzas[1]), ["110"]);
+        // The echo of the user's next message comes from the new nick.
+        f.say("a", "hello").await;
+        assert_eq!(drain(&mut f.out)[0].attr("from"), Some("#c%irc.x@gw/alicia"));
+    }
+
+    #[tokio::test]
+    async fn a_kick_takes_the_user_out_and_messages_are_refused_after() {
+        let mut f = Fixture::in_room().await;
+        let me = occupant("alice", Role::Participant, Affiliation::None);
+        let kick = Event::Left { channel: "#c".into(), occupant: me, departure: Departure::Kicked { by: "bob".into() }, reason: Some("behave".into()) };
+        f.side.event(key(), kick).await;
+        let stanzas = drain(&mut f.out);
+        assert_eq!(codes(&stanzas[0]), ["110", "307"]);
+        assert_eq!(f.side.rooms(), 0);
+        f.say("a", "still here?").await;
+        let refusal = drain(&mut f.out);
+        assert_eq!(refusal[0].attr("type"), Some("error"));
+        assert!(f.bridge.commands(0).is_empty(), "nothing reaches IRC");
+    }
+
+    #[tokio::test]
+    async fn a_session_end_hands_unhandled_commands_to_a_new_session_else_closes_the_rooms() {
+        let mut f = Fixture::in_room().await;
+        f.bridge.end(0);
+        let late = Command::Send(Message { peer: Peer::Channel("#c".into()), sender: None, kind: MessageKind::Group, body: "late".into(), subject: None, thread: None, id: None });
+        f.side.event(key(), Event::Ended { reason: "lingered".into(), unhandled: vec![late.clone()] }).await;
+        assert_eq!(f.bridge.started(), 2, "a new session takes the command");
+        assert_eq!(f.bridge.commands(1), [late]);
+        assert_eq!(f.side.rooms(), 1, "a session runs: the room stays");
+
+        f.bridge.end(1);
+        f.side.event(key(), Event::Ended { reason: "the server went away".into(), unhandled: Vec::new() }).await;
+        assert_eq!(f.side.rooms(), 0);
+        let told = drain(&mut f.out);
+        assert_eq!(codes(&told[0]), ["110", "332"], "the user is told they are out");
+        assert_eq!(told[0].get_child("status", NS_COMPONENT).map(Element::text).as_deref(), Some("the server went away"));
+    }
+
+    #[tokio::test]
+    async fn leaving_and_joining_again_within_the_linger_reuses_the_session() {
+        let mut f = Fixture::in_room().await;
+        f.leave("a", "alice").await;
+        assert!(matches!(&f.bridge.commands(0)[..], [Command::Leave { channel, .. }] if channel == "#c"));
+        assert_eq!(codes(&drain(&mut f.out)[0]), ["110"]);
+        f.join("a", "alice").await;
+        assert_eq!(f.bridge.started(), 1, "the lingering session is reused");
+        assert!(matches!(f.bridge.commands(0).first(), Some(Command::Join { .. })));
+        f.side.event(key(), joined("alice")).await;
+        assert_eq!(drain(&mut f.out).len(), 3, "the entry again");
+    }
+
+    #[tokio::test]
+    async fn a_registration_change_rejoins_with_the_new_credentials_and_tells_the_client() {
+        let mut f = Fixture::in_room().await;
+        let record = UserRecord { irc: Some(crate::store::IrcAccount { nick: "alicia".into(), password: None }), email: None };
+        f.side.store.put_user("u@h", &record).await.unwrap();
+        f.side.registration_changed(&UserId("u@h".into()), Some(&record)).await;
+        assert!(matches!(&f.bridge.commands(0)[..], [Command::Shutdown { .. }]), "the old session ends");
+        let told = drain(&mut f.out);
+        assert_eq!(codes(&told[0]), ["110", "332"]);
+        assert_eq!(f.bridge.started(), 2);
+        assert!(matches!(&f.bridge.started.lock().unwrap()[1].1, bridge_core::model::Credentials::Irc { nick, .. } if nick == "alicia"));
+        assert!(matches!(&f.bridge.commands(1)[..], [Command::Join { channel, .. }] if channel == "#c"));
+        f.side.event(key(), joined("alicia")).await;
+        let entry = drain(&mut f.out);
+        assert_eq!(entry.len(), 3);
+        assert_eq!(codes(&entry[1]), ["110", "210"], "the server's nick differs from the one asked");
+    }
+
+    #[tokio::test]
+    async fn rooms_follow_the_networks_case_mapping() {
+        let mut f = fixture();
+        f.side.event(key(), Event::CaseMapping(CaseMapping::Ascii)).await;
+        let first = stanza("<presence from='u@h/a' to='#Foo[%irc.x@gw/alice'/>");
+        f.side.presence(&first, &envelope(&first), "available").await;
+        let second = stanza("<presence from='u@h/b' to='#foo{%irc.x@gw/alice'/>");
+        f.side.presence(&second, &envelope(&second), "available").await;
+        assert_eq!(f.side.rooms(), 2, "two channels under ascii");
+        f.side.event(key(), Event::CaseMapping(CaseMapping::Rfc1459)).await;
+        assert_eq!(f.side.rooms(), 1, "one channel under rfc1459");
+        let confirmed = Event::Joined { channel: "#FOO[".into(), nick: "alice".into(), occupants: Vec::new(), topic: None };
+        f.side.event(key(), confirmed).await;
+        let mut got = to(&drain(&mut f.out)).into_iter().map(str::to_owned).collect::<Vec<_>>();
+        got.sort();
+        got.dedup();
+        assert_eq!(got, ["u@h/a", "u@h/b"], "both resources entered");
+    }
+}
