@@ -1,7 +1,7 @@
 //! The gateway's configuration: a TOML file (`--config FILE`) with every key overridable by
 //! an environment variable `GATEWAY__SECTION__KEY`, read with the `config` crate.
 //!
-//! Keys are those of DESIGN.md. Only `component.jid`, `component.secret` and
+//! Keys are those of `config/gateway.example.toml`, which documents each. Only `component.jid`, `component.secret` and
 //! `storage.path` are required. An unknown key, a missing key or a bad value is a
 //! [`ConfigError`] whose one-line message names the key and the file.
 

@@ -120,6 +120,10 @@ impl IrcSide {
                     // Another resource enters: the session reports the room again (its
                     // roster is the only one), and this resource gets the entry then.
                     Some(room) => {
+                        let jid = format!("{}@{}", address::format_localpart(&envelope.target), self.gateway);
+                        if jid != room.jid {
+                            room.aliases.insert(full.clone(), jid);
+                        }
                         room.resources.insert(full);
                         room.joined.then_some(join)
                     }
@@ -142,8 +146,9 @@ impl IrcSide {
                 if !room.resources.remove(&full) {
                     return;
                 }
-                let goodbye = muc::departure_presence(&room.occupant_jid(&room.nick), &full, &room.me, &[Status::SelfPresence], None, None);
+                let goodbye = muc::departure_presence(&room.occupant_jid(&full, &room.nick), &full, &room.me, &[Status::SelfPresence], None, None);
                 room.entered.remove(&full);
+                room.aliases.remove(&full);
                 let emptied = room.resources.is_empty();
                 self.out.send(goodbye).await;
                 if emptied {
@@ -173,8 +178,7 @@ impl IrcSide {
             (None, Some(topic)) => Command::SetTopic { channel: room.channel.clone(), topic },
             (Some(body), _) => {
                 // IRC does not echo: reflect the message to every resource in the room.
-                let from = room.occupant_jid(&room.nick);
-                let echoes = room.resources.iter().map(|to| muc::groupchat(&from, to, &body, stanza.attr("id"))).collect();
+                let echoes = room.resources.iter().map(|to| muc::groupchat(&room.occupant_jid(to, &room.nick), to, &body, stanza.attr("id"))).collect();
                 let channel = room.channel.clone();
                 self.send_all(echoes).await;
                 Command::Send(Message {
@@ -215,15 +219,15 @@ impl IrcSide {
     async fn network_message(&mut self, key: &SessionKey, server: &str, message: Message) {
         if let Peer::Channel(channel) = &message.peer {
             let Some(room) = self.rooms.get(&self.key(&key.user, &key.network, channel)) else { return };
-            let from = match &message.sender {
-                Some(nick) => room.occupant_jid(nick),
-                None => room.jid.clone(),
-            };
             let body = match message.kind {
                 MessageKind::Action => format!("/me {}", message.body),
                 _ => message.body,
             };
-            let stanzas = room.entered.iter().map(|to| muc::groupchat(&from, to, &body, None)).collect();
+            let from = |to: &str| match &message.sender {
+                Some(nick) => room.occupant_jid(to, nick),
+                None => room.jid_for(to).to_owned(),
+            };
+            let stanzas = room.entered.iter().map(|to| muc::groupchat(&from(to), to, &body, None)).collect();
             return self.send_all(stanzas).await;
         }
         let Some(from) = peer_jid(&message.peer, Some(server), None, &self.gateway) else {
@@ -258,8 +262,7 @@ impl IrcSide {
             room.me = occupant.clone();
         }
         let codes: &[Status] = if me { &[Status::SelfPresence] } else { &[] };
-        let from = room.occupant_jid(&occupant.nick);
-        let stanzas = room.entered.iter().map(|to| muc::occupant_presence(&from, to, &occupant, codes, None)).collect();
+        let stanzas = room.entered.iter().map(|to| muc::occupant_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, codes, None)).collect();
         self.send_all(stanzas).await;
     }
 
@@ -274,11 +277,10 @@ impl IrcSide {
         if let Departure::Kicked { .. } = departure {
             codes.push(Status::Kicked);
         }
-        let from = room.occupant_jid(&occupant.nick);
         let stanzas = room
             .entered
             .iter()
-            .map(|to| muc::departure_presence(&from, to, &occupant, &codes, None, reason.as_deref()))
+            .map(|to| muc::departure_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, &codes, None, reason.as_deref()))
             .collect();
         if me {
             self.rooms.remove(&room_key);
@@ -290,26 +292,27 @@ impl IrcSide {
         let Some(room) = self.rooms.get_mut(&self.key(&key.user, &key.network, channel)) else { return };
         let me = room.is_me(old);
         let codes: &[Status] = if me { &[Status::NewNick, Status::SelfPresence] } else { &[Status::NewNick] };
-        let gone = room.occupant_jid(old);
         let before = Occupant { nick: old.to_owned(), ..occupant.clone() };
-        let mut stanzas: Vec<Element> =
-            room.entered.iter().map(|to| muc::departure_presence(&gone, to, &before, codes, Some(&occupant.nick), None)).collect();
+        let mut stanzas: Vec<Element> = room
+            .entered
+            .iter()
+            .map(|to| muc::departure_presence(&room.occupant_jid(to, old), to, &before, codes, Some(&occupant.nick), None))
+            .collect();
         if me {
             room.nick.clone_from(&occupant.nick);
             room.requested_nick.clone_from(&occupant.nick);
             room.me = occupant.clone();
         }
-        let back = room.occupant_jid(&occupant.nick);
         let back_codes: &[Status] = if me { &[Status::SelfPresence] } else { &[] };
-        stanzas.extend(room.entered.iter().map(|to| muc::occupant_presence(&back, to, &occupant, back_codes, None)));
+        stanzas.extend(room.entered.iter().map(|to| muc::occupant_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, back_codes, None)));
         self.send_all(stanzas).await;
     }
 
     async fn topic(&mut self, key: &SessionKey, channel: &str, topic: String, by: Option<String>) {
         let Some(room) = self.rooms.get_mut(&self.key(&key.user, &key.network, channel)) else { return };
         room.topic = Some(topic.clone());
-        let from = by.map(|nick| room.occupant_jid(&nick)).unwrap_or_else(|| room.jid.clone());
-        let stanzas = room.entered.iter().map(|to| muc::subject_message(&from, to, &topic)).collect();
+        let from = |to: &str| by.as_ref().map_or_else(|| room.jid_for(to).to_owned(), |nick| room.occupant_jid(to, nick));
+        let stanzas = room.entered.iter().map(|to| muc::subject_message(&from(to), to, &topic)).collect();
         self.send_all(stanzas).await;
     }
 
@@ -502,12 +505,11 @@ impl NetworkSide for IrcSide {
 
 /// The error presences of a join that failed, from the nick the user asked for.
 fn join_errors(room: &Room, condition: DefinedCondition, text: &str) -> Vec<Element> {
-    let from = room.occupant_jid(&room.requested_nick);
     room.resources
         .iter()
         .filter_map(|to| {
             let mut presence = Presence::new(PresenceType::Error).with_to(to.parse::<Jid>().ok()?);
-            presence.from = from.parse().ok();
+            presence.from = room.occupant_jid(to, &room.requested_nick).parse().ok();
             presence.payloads.push(stanza::stanza_error(condition.clone(), text).into());
             Some(presence.into())
         })
@@ -750,9 +752,15 @@ mod tests {
         assert_eq!(f.side.rooms(), 1, "one channel under rfc1459");
         let confirmed = Event::Joined { channel: "#FOO[".into(), nick: "alice".into(), occupants: Vec::new(), topic: None };
         f.side.event(key(), confirmed).await;
-        let mut got = to(&drain(&mut f.out)).into_iter().map(str::to_owned).collect::<Vec<_>>();
+        let entry = drain(&mut f.out);
+        let mut got = to(&entry).into_iter().map(str::to_owned).collect::<Vec<_>>();
         got.sort();
         got.dedup();
         assert_eq!(got, ["u@h/a", "u@h/b"], "both resources entered");
+        for stanza in &entry {
+            // Localparts are case-folded (as the XMPP server folds them too).
+            let expected = if stanza.attr("to") == Some("u@h/a") { "#foo[%irc.x@gw" } else { "#foo{%irc.x@gw" };
+            assert!(stanza.attr("from").unwrap().starts_with(expected), "each resource hears the room at the address it joined: {stanza:?}");
+        }
     }
 }

@@ -40,6 +40,10 @@ pub struct Room {
     pub topic: Option<String>,
     /// How the network compares nicks (and channel names).
     pub mapping: CaseMapping,
+    /// Resources that joined under another spelling of the channel (`#foo{` for `#Foo[`
+    /// where the network folds them together): the room JID each used, which is where it
+    /// hears the room from. Empty in practice.
+    pub aliases: HashMap<String, String>,
 }
 
 impl Room {
@@ -56,12 +60,18 @@ impl Room {
             joined: false,
             topic: None,
             mapping: CaseMapping::default(),
+            aliases: HashMap::new(),
         }
     }
 
-    /// The occupant JID of `nick` in this room.
-    pub fn occupant_jid(&self, nick: &str) -> String {
-        format!("{}/{nick}", self.jid)
+    /// The room's JID as the resource `to` joined it.
+    pub fn jid_for(&self, to: &str) -> &str {
+        self.aliases.get(to).map_or(&self.jid, String::as_str)
+    }
+
+    /// The occupant JID of `nick` in this room, as the resource `to` knows the room.
+    pub fn occupant_jid(&self, to: &str, nick: &str) -> String {
+        format!("{}/{nick}", self.jid_for(to))
     }
 
     /// Whether `nick` is the user's, compared as the network compares nicks.
@@ -75,24 +85,23 @@ impl Room {
         let mut stanzas: Vec<Element> = occupants
             .iter()
             .filter(|o| !self.is_me(&o.nick))
-            .map(|o| occupant_presence(&self.occupant_jid(&o.nick), to, o, &[], None))
+            .map(|o| occupant_presence(&self.occupant_jid(to, &o.nick), to, o, &[], None))
             .collect();
         let mut codes = vec![Status::SelfPresence];
         if self.nick != self.requested_nick {
             codes.push(Status::AssignedNick);
         }
-        stanzas.push(occupant_presence(&self.occupant_jid(&self.nick), to, &self.me, &codes, None));
-        stanzas.push(subject_message(&self.jid, to, self.topic.as_deref().unwrap_or("")));
+        stanzas.push(occupant_presence(&self.occupant_jid(to, &self.nick), to, &self.me, &codes, None));
+        stanzas.push(subject_message(self.jid_for(to), to, self.topic.as_deref().unwrap_or("")));
         stanzas
     }
 
     /// The user's own departure, as each entered resource is told it: 110, the `codes`,
     /// and the reason.
     pub fn self_departures(&self, codes: &[Status], reason: Option<&str>) -> Vec<Element> {
-        let from = self.occupant_jid(&self.nick);
         let mut all = vec![Status::SelfPresence];
         all.extend_from_slice(codes);
-        self.entered.iter().map(|to| departure_presence(&from, to, &self.me, &all, None, reason)).collect()
+        self.entered.iter().map(|to| departure_presence(&self.occupant_jid(to, &self.nick), to, &self.me, &all, None, reason)).collect()
     }
 }
 
@@ -167,7 +176,12 @@ impl Rooms {
             room.mapping = mapping;
             let key = room_key(user, network, &room.channel, mapping);
             match self.rooms.get_mut(&key) {
-                Some(existing) => existing.resources.extend(room.resources),
+                Some(existing) => {
+                    let jid = room.jid.clone();
+                    existing.aliases.extend(room.resources.iter().filter(|_| jid != existing.jid).map(|r| (r.clone(), jid.clone())));
+                    existing.aliases.extend(room.aliases);
+                    existing.resources.extend(room.resources);
+                }
                 None => {
                     self.rooms.insert(key, room);
                 }
@@ -182,6 +196,7 @@ impl Rooms {
             if u == user {
                 room.resources.remove(resource);
                 room.entered.remove(resource);
+                room.aliases.remove(resource);
             }
         }
         let empty: Vec<RoomKey> = self

@@ -1,4 +1,5 @@
-//! In-band registration (XEP-0077) with an XEP-0004 form, per DESIGN.md.
+//! In-band registration (XEP-0077) with an XEP-0004 form: the IRC nick and password, the
+//! email address, password, login and servers, and whether delivered mail is marked read.
 //!
 //! The form and the legacy fields (`username` = IRC nick, `password` = IRC password) are
 //! offered together. Building the form, reading a submission and merging it into the

@@ -3,7 +3,7 @@
 //!
 //! This is our own reader on rxml + minidom rather than tokio-xmpp's `Component`, because
 //! that one ends the whole stream when a single stanza fails to parse into an
-//! xmpp-parsers type (see ANCHORS.md). Here the stream only ends when the XML itself is
+//! xmpp-parsers type (tokio-xmpp 6: `Component` yields a parse error, then nothing). Here the stream only ends when the XML itself is
 //! broken (which a server never sends) or the socket closes; what a stanza *means* is
 //! decided later, stanza by stanza, so one bad stanza costs nobody their session.
 //!

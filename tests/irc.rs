@@ -839,3 +839,53 @@ async fn a_registered_password_logs_in_by_sasl_where_the_server_offers_it() {
     let told = carol.wait_for("the SASL failure notice", |e| body(e).is_some_and(|b| b.contains("SASL login as carolsasl failed"))).await;
     assert_eq!(told.attr("from"), Some(format!("localhost@{GW}").as_str()));
 }
+
+/// Issue 9: a channel's names are compared as the IRC server compares them (its
+/// CASEMAPPING), on one roster. `#foo[` and `#foo{` are one channel where the server folds
+/// them (rfc1459) and two where it does not (ascii); either way each of the user's
+/// resources gets its join confirmed at the address it joined and hears its channel.
+async fn two_spellings_of_a_channel(server: &XmppServer, mut bob: testkit::irc::IrcClient, host: &str, one_channel: bool) {
+    bob.join("#foo[").await;
+    if !one_channel {
+        bob.join("#foo{").await;
+    }
+    let mut a = server.client_as("alice", "localhost", "a").await;
+    let mut b = server.client_as("alice", "localhost", "b").await;
+    let (bracket, brace) = (format!("#foo[%{host}@{GW}"), format!("#foo{{%{host}@{GW}"));
+    join(&mut a, &bracket, "alice").await;
+    join(&mut b, &brace, "alice").await;
+    wait_subject(&mut b, &brace).await;
+
+    bob.privmsg("#foo{", "to the brace").await;
+    bob.privmsg("#foo[", "to the bracket").await;
+    let heard = b.wait_for("the brace line", |e| body(e).as_deref() == Some("to the brace")).await;
+    assert_eq!(heard.attr("from"), Some(format!("{brace}/bob").as_str()));
+    let heard = a.wait_for("the bracket line", |e| body(e).as_deref() == Some("to the bracket")).await;
+    assert_eq!(heard.attr("from"), Some(format!("{bracket}/bob").as_str()));
+    let a_heard_brace = a.seen.iter().any(|e| body(e).as_deref() == Some("to the brace"));
+    assert_eq!(a_heard_brace, one_channel, "the bracket resource hears the brace channel only if it is the same channel");
+    if one_channel {
+        let echo = b.wait_for("the bracket line at the brace address", |e| body(e).as_deref() == Some("to the bracket")).await;
+        assert_eq!(echo.attr("from"), Some(format!("{brace}/bob").as_str()));
+    } else {
+        bob.privmsg("#foo{", "marker").await;
+        b.wait_for("the marker", |e| body(e).as_deref() == Some("marker")).await;
+        assert!(!b.seen.iter().any(|e| body(e).as_deref() == Some("to the bracket")), "ascii: two channels");
+    }
+}
+
+#[tokio::test]
+async fn ngircd_ascii_casemapping_keeps_foo_bracket_and_foo_brace_apart() {
+    let s = setup();
+    let bob = s.ircd.client("bob").await;
+    two_spellings_of_a_channel(&s.server, bob, "127.0.0.1", false).await;
+}
+
+#[tokio::test]
+async fn inspircd_rfc1459_casemapping_makes_foo_bracket_and_foo_brace_one_room() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = testkit::irc::Inspircd::start();
+    let _gateway = Gateway::start_irc_networks(&server, &format!("[irc.networks.\"localhost\"]\nport = {}\ntls = false\nflood_burst = 0\n", ircd.port));
+    let bob = ircd.client("bob").await;
+    two_spellings_of_a_channel(&server, bob, "localhost", true).await;
+}

@@ -176,9 +176,14 @@ impl XmppServer {
         script(self.script(), &["stop", self.path()]);
     }
 
-    /// A logged-in client for `user@host` (password `pw`).
+    /// A logged-in client for `user@host` (password `pw`), resource `test`.
     pub async fn client(&self, user: &str, host: &str) -> Client {
-        Client::connect(self.c2s_port, user, host, "pw").await
+        self.client_as(user, host, "test").await
+    }
+
+    /// A logged-in client for `user@host/resource`: several resources of one user.
+    pub async fn client_as(&self, user: &str, host: &str, resource: &str) -> Client {
+        Client::connect(self.c2s_port, user, host, "pw", resource).await
     }
 }
 
@@ -379,8 +384,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects and logs in as `user@host` with SASL PLAIN, binds a resource.
-    pub async fn connect(port: u16, user: &str, host: &str, password: &str) -> Client {
+    /// Connects and logs in as `user@host` with SASL PLAIN, binds `resource`.
+    pub async fn connect(port: u16, user: &str, host: &str, password: &str, resource: &str) -> Client {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("c2s connect");
         stream.set_nodelay(true).unwrap();
         let (read, writer) = stream.into_split();
@@ -413,7 +418,7 @@ impl Client {
         client.open(host).await;
         let _features = client.next().await;
         let bound = client
-            .iq_raw("set", None, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>test</resource></bind>")
+            .iq_raw("set", None, &format!("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind>"))
             .await;
         let jid = bound
             .get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind")

@@ -16,33 +16,17 @@
 //! | none | | None | Participant |
 //!
 //! A nick holding several modes gets the highest. Nicks are compared with the rfc1459
-//! case mapping ([`irc_lower`]).
+//! case mapping (`bridge_core::model::CaseMapping`, as the server announced it).
 
 use std::collections::HashMap;
 
-use bridge_core::model::{Affiliation, Occupant, Role};
+use bridge_core::model::{Affiliation, CaseMapping, Occupant, Role};
 
 /// The `PREFIX` ngircd and most ircds advertise, used by [`PrefixMap::default`].
 pub const DEFAULT_PREFIX: &str = "(qaohv)~&@%+";
 
 /// The `CHANMODES` ngircd advertises, the default of [`ChannelPrivileges`].
 pub const DEFAULT_CHANMODES: &str = "beI,k,l,imMnOPQRstVz";
-
-/// Lower-cases a nick (or channel name) with the rfc1459 case mapping, for comparing:
-/// ASCII `A`-`Z` become `a`-`z`, and `[`, `]`, `\`, `~` become `{`, `}`, `|`, `^`. Other
-/// characters are unchanged. `irc_lower("[Alice]") == irc_lower("{alice}")`.
-#[must_use]
-pub fn irc_lower(nick: &str) -> String {
-    nick.chars()
-        .map(|c| match c {
-            '[' => '{',
-            ']' => '}',
-            '\\' => '|',
-            '~' => '^',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
-}
 
 /// The channel status modes a server supports, highest first, each with its NAMES prefix
 /// character, from ISUPPORT `PREFIX=(qaohv)~&@%+`.
@@ -220,9 +204,11 @@ struct Member {
 /// the highest prefix, so a lower mode held under it is not known until a MODE shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelPrivileges {
-    /// By [`irc_lower`] of the nick. A hash map: a B-tree allocates room for eleven
+    /// By the nick folded with `mapping`. A hash map: a B-tree allocates room for eleven
     /// members even in the one-person channels most sessions hold.
     members: HashMap<String, Member>,
+    /// How the server compares nicks (ISUPPORT `CASEMAPPING`).
+    mapping: CaseMapping,
     /// The server's status modes.
     prefixes: PrefixMap,
     /// Which other channel modes take an argument.
@@ -242,9 +228,17 @@ impl ChannelPrivileges {
     pub fn new() -> Self {
         ChannelPrivileges {
             members: HashMap::new(),
+            mapping: CaseMapping::default(),
             prefixes: PrefixMap::default(),
             chanmodes: ChanModes::parse(DEFAULT_CHANMODES),
         }
+    }
+
+    /// Compares nicks as the server does (ISUPPORT `CASEMAPPING`); members already known
+    /// are keyed again.
+    pub fn set_mapping(&mut self, mapping: CaseMapping) {
+        self.mapping = mapping;
+        self.members = std::mem::take(&mut self.members).into_values().map(|m| (mapping.fold(&m.nick), m)).collect();
     }
 
     /// Uses the server's status modes (from ISUPPORT `PREFIX`). Modes already recorded
@@ -277,7 +271,7 @@ impl ChannelPrivileges {
             modes,
         };
         let occupant = self.occupant_of(&member);
-        self.members.insert(irc_lower(nick), member);
+        self.members.insert(self.mapping.fold(nick), member);
         occupant
     }
 
@@ -300,7 +294,7 @@ impl ChannelPrivileges {
                 '-' => adding = false,
                 mode if self.prefixes.is_prefix_mode(mode) => {
                     let Some(nick) = args.next() else { continue };
-                    let key = irc_lower(nick);
+                    let key = self.mapping.fold(nick);
                     let Some(member) = self.members.get(&key) else {
                         continue;
                     };
@@ -337,29 +331,29 @@ impl ChannelPrivileges {
     /// Records a NICK change, keeping the nick's modes; returns whether `old` was here.
     /// When `new` was already listed (a stale entry), it is replaced.
     pub fn rename(&mut self, old: &str, new: &str) -> bool {
-        let Some(mut member) = self.members.remove(&irc_lower(old)) else {
+        let Some(mut member) = self.members.remove(&self.mapping.fold(old)) else {
             return false;
         };
         new.clone_into(&mut member.nick);
-        self.members.insert(irc_lower(new), member);
+        self.members.insert(self.mapping.fold(new), member);
         true
     }
 
     /// Forgets a nick that left (PART, KICK, QUIT); returns its last state if it was here.
     pub fn remove(&mut self, nick: &str) -> Option<Occupant> {
-        let member = self.members.remove(&irc_lower(nick))?;
+        let member = self.members.remove(&self.mapping.fold(nick))?;
         Some(self.occupant_of(&member))
     }
 
-    /// The occupant with this nick (compared with [`irc_lower`]), if here.
+    /// The occupant with this nick (compared as the server compares nicks), if here.
     #[must_use]
     pub fn occupant(&self, nick: &str) -> Option<Occupant> {
         self.members
-            .get(&irc_lower(nick))
+            .get(&self.mapping.fold(nick))
             .map(|m| self.occupant_of(m))
     }
 
-    /// Everybody here, ordered by [`irc_lower`] of their nick.
+    /// Everybody here, ordered by their folded nick.
     #[must_use]
     pub fn occupants(&self) -> Vec<Occupant> {
         let mut members: Vec<(&String, &Member)> = self.members.iter().collect();
@@ -370,7 +364,7 @@ impl ChannelPrivileges {
     /// The status mode letters `nick` holds, highest first; `None` if not here.
     #[must_use]
     pub fn modes_of(&self, nick: &str) -> Option<Vec<char>> {
-        let member = self.members.get(&irc_lower(nick))?;
+        let member = self.members.get(&self.mapping.fold(nick))?;
         Some(
             self.prefixes
                 .modes()
@@ -421,11 +415,15 @@ mod tests {
     }
 
     #[test]
-    fn lower() {
-        assert_eq!(irc_lower("Alice"), "alice");
-        assert_eq!(irc_lower("[X]\\~"), "{x}|^");
-        assert_eq!(irc_lower("{x}|^"), "{x}|^");
-        assert_eq!(irc_lower("Ünï"), "Ünï");
+    fn nicks_are_compared_with_the_servers_case_mapping() {
+        let mut rfc = ChannelPrivileges::new();
+        rfc.set_from_names("[Alice]");
+        assert!(rfc.occupant("{alice}").is_some(), "rfc1459 folds [] to {{}}");
+        let mut ascii = ChannelPrivileges::new();
+        ascii.set_mapping(CaseMapping::Ascii);
+        ascii.set_from_names("[Alice]");
+        assert!(ascii.occupant("[ALICE]").is_some());
+        assert!(ascii.occupant("{alice}").is_none(), "ascii does not");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_core::model::{
-    Affiliation, Availability, Command, Credentials, Departure, Event, FailureKind, Message, MessageKind, Occupant, Peer, Role,
+    Affiliation, Availability, CaseMapping, Command, Credentials, Departure, Event, FailureKind, Message, MessageKind, Occupant, Peer, Role,
     SessionKey,
 };
 use bridge_core::{Commands, EventSink, Secret, SessionEvent};
@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::modes::{irc_lower, ChannelPrivileges, PrefixMap};
+use crate::modes::{ChannelPrivileges, PrefixMap};
 use crate::settings::NetworkSettings;
 use crate::text;
 use crate::transport::{self, LineReader, Stream};
@@ -104,6 +104,9 @@ pub struct IrcSession {
     prefix_len: usize,
     /// PREFIX and CHANMODES of this server (ISUPPORT).
     prefixes: PrefixMap,
+    /// How this server compares channel names and nicks (ISUPPORT `CASEMAPPING`; rfc1459
+    /// until it says): the keys of `wanted`, `joined`, `private_peers` and every roster.
+    casemapping: CaseMapping,
     /// CHANMODES from ISUPPORT, applied to each channel's privileges.
     chanmodes: Option<String>,
     /// Nicks the user talked with privately; their QUIT is shown as unavailable.
@@ -165,6 +168,7 @@ impl IrcSession {
             chanmodes: None,
             private_peers: BTreeSet::new(),
             replays: Vec::new(),
+            casemapping: CaseMapping::default(),
             queue: VecDeque::new(),
             next_send: Instant::now(),
             burst_left: burst,
@@ -216,7 +220,7 @@ impl IrcSession {
                     // both, and gets them back after the reconnection.
                     let mut channels: Vec<String> = self.joined.values().map(|j| j.name.clone()).collect();
                     for wanted in self.wanted.values() {
-                        if !self.joined.contains_key(&irc_lower(&wanted.name)) {
+                        if !self.joined.contains_key(&self.casemapping.fold(&wanted.name)) {
                             channels.push(wanted.name.clone());
                         }
                     }
@@ -421,7 +425,7 @@ impl IrcSession {
         match command {
             Command::Send(message) => self.send_message(message),
             Command::Join { channel, nick: _, password } => {
-                let lower = irc_lower(&channel);
+                let lower = self.casemapping.fold(&channel);
                 if self.joined.get(&lower).is_some_and(|j| j.reported) {
                     self.replays.push(lower.clone());
                 } else if !self.joined.contains_key(&lower) {
@@ -434,7 +438,7 @@ impl IrcSession {
                 self.wanted.insert(lower, Wanted { name: channel, key: password });
             }
             Command::Leave { channel, reason } => {
-                let lower = irc_lower(&channel);
+                let lower = self.casemapping.fold(&channel);
                 self.wanted.remove(&lower);
                 // Forgotten at once, not when the server echoes the PART: a join that
                 // follows straight away must send a new JOIN.
@@ -474,7 +478,7 @@ impl IrcSession {
         let target = match &message.peer {
             Peer::Channel(channel) => channel.clone(),
             Peer::Nick(nick) => {
-                self.private_peers.insert(irc_lower(nick));
+                self.private_peers.insert(self.casemapping.fold(nick));
                 nick.clone()
             }
             Peer::Server => {
@@ -555,7 +559,7 @@ impl IrcSession {
                 }
             }
             IrcCommand::TOPIC(channel, Some(topic)) => {
-                if let Some(joined) = self.joined.get_mut(&irc_lower(&channel)) {
+                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(&channel)) {
                     joined.topic = Some(topic.clone());
                     let channel = joined.name.clone();
                     self.emit(Event::Topic { channel, topic, by: source }).await;
@@ -619,8 +623,12 @@ impl IrcSession {
                 self.emit(Event::Message(message)).await;
             }
             Response::RPL_ISUPPORT => {
-                for token in &args[1..] {
-                    if let Some(value) = token.strip_prefix("PREFIX=") {
+                // The first argument is our nick; a server may send none at all.
+                for token in args.iter().skip(1) {
+                    if let Some(mapping) = token.strip_prefix("CASEMAPPING=").and_then(CaseMapping::from_isupport) {
+                        self.set_casemapping(mapping);
+                        self.emit(Event::CaseMapping(mapping)).await;
+                    } else if let Some(value) = token.strip_prefix("PREFIX=") {
                         if let Some(map) = PrefixMap::from_isupport(value) {
                             self.prefixes = map;
                         }
@@ -640,19 +648,19 @@ impl IrcSession {
                 return Some(Outcome::Finished);
             }
             Response::RPL_TOPIC if args.len() >= 3 => {
-                if let Some(joined) = self.joined.get_mut(&irc_lower(&args[1])) {
+                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(&args[1])) {
                     joined.topic = Some(args[2].clone());
                 }
             }
             Response::RPL_NAMREPLY if args.len() >= 4 => {
-                if let Some(joined) = self.joined.get_mut(&irc_lower(&args[2])) {
+                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(&args[2])) {
                     for entry in args[3].split(' ').filter(|e| !e.is_empty()) {
                         joined.privileges.set_from_names(entry);
                     }
                 }
             }
             Response::RPL_ENDOFNAMES if args.len() >= 2 => {
-                let lower = irc_lower(&args[1]);
+                let lower = self.casemapping.fold(&args[1]);
                 let nick = self.nick.clone();
                 if let Some(joined) = self.joined.get_mut(&lower) {
                     if !joined.reported {
@@ -676,7 +684,7 @@ impl IrcSession {
             | Response::ERR_BADCHANMASK
                 if args.len() >= 2 =>
             {
-                let lower = irc_lower(&args[1]);
+                let lower = self.casemapping.fold(&args[1]);
                 if let Some(wanted) = self.wanted.remove(&lower) {
                     let kind = match response {
                         Response::ERR_BANNEDFROMCHAN => FailureKind::Forbidden,
@@ -710,6 +718,23 @@ impl IrcSession {
 }
 
 impl IrcSession {
+    /// Compares names as `mapping` says from now on; what is kept by name is keyed again.
+    fn set_casemapping(&mut self, mapping: CaseMapping) {
+        if mapping == self.casemapping {
+            return;
+        }
+        self.casemapping = mapping;
+        self.wanted = std::mem::take(&mut self.wanted).into_values().map(|w| (mapping.fold(&w.name), w)).collect();
+        self.joined = std::mem::take(&mut self.joined)
+            .into_values()
+            .map(|mut j| {
+                j.privileges.set_mapping(mapping);
+                (mapping.fold(&j.name), j)
+            })
+            .collect();
+        self.private_peers = std::mem::take(&mut self.private_peers).iter().map(|p| mapping.fold(p)).collect();
+    }
+
     /// Reports `Joined` again for the channels a repeated join asked for.
     async fn report_replays(&mut self) {
         for lower in std::mem::take(&mut self.replays) {
@@ -737,12 +762,12 @@ impl IrcSession {
     }
 
     fn is_me(&self, nick: &str) -> bool {
-        irc_lower(nick) == irc_lower(&self.nick)
+        self.casemapping.fold(nick) == self.casemapping.fold(&self.nick)
     }
 
     async fn on_join(&mut self, source: Option<String>, channel: &str, prefix: Option<&irc::proto::Prefix>) {
         let Some(nick) = source else { return };
-        let lower = irc_lower(channel);
+        let lower = self.casemapping.fold(channel);
         if self.is_me(&nick) {
             if let Some(irc::proto::Prefix::Nickname(n, u, h)) = prefix {
                 // `:nick!user@host ` exactly as the server relays our lines.
@@ -754,6 +779,7 @@ impl IrcSession {
                 privileges.set_chanmodes(chanmodes);
             }
             privileges.set_prefixes(self.prefixes.clone());
+            privileges.set_mapping(self.casemapping);
             self.joined.insert(lower, Joined { name, privileges, topic: None, reported: false });
             return;
         }
@@ -767,7 +793,7 @@ impl IrcSession {
     }
 
     async fn on_departure(&mut self, channel: &str, nick: &str, departure: Departure, reason: Option<String>) {
-        let lower = irc_lower(channel);
+        let lower = self.casemapping.fold(channel);
         let Some(joined) = self.joined.get_mut(&lower) else { return };
         let occupant = joined.privileges.remove(nick).unwrap_or_else(|| ordinary(nick));
         let name = joined.name.clone();
@@ -790,7 +816,7 @@ impl IrcSession {
         for (channel, occupant) in departures {
             self.emit(Event::Left { channel, occupant, departure: Departure::Quit, reason: reason.clone() }).await;
         }
-        if self.private_peers.contains(&irc_lower(nick)) {
+        if self.private_peers.contains(&self.casemapping.fold(nick)) {
             self.emit(Event::PeerQuit { nick: nick.to_owned(), reason }).await;
         }
     }
@@ -817,7 +843,7 @@ impl IrcSession {
         let mut words = raw.split(' ').skip(1);
         let (Some(channel), Some(modes)) = (words.next(), words.next()) else { return };
         let args: Vec<&str> = words.collect();
-        let Some(joined) = self.joined.get_mut(&irc_lower(channel)) else { return };
+        let Some(joined) = self.joined.get_mut(&self.casemapping.fold(channel)) else { return };
         let changed = joined.privileges.apply_mode(modes, &args);
         let name = joined.name.clone();
         for occupant in changed {
@@ -846,14 +872,14 @@ impl IrcSession {
             // A server notice (no nick prefix, or before we know anyone).
             None => Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None },
             Some(nick) if is_channel => {
-                let Some(joined) = self.joined.get(&irc_lower(target)) else { return };
+                let Some(joined) = self.joined.get(&self.casemapping.fold(target)) else { return };
                 Message { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), kind, body, subject: None, thread: None, id: None }
             }
             Some(nick) if !self.registered || nick.contains('.') => {
                 Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None }
             }
             Some(nick) => {
-                self.private_peers.insert(irc_lower(&nick));
+                self.private_peers.insert(self.casemapping.fold(&nick));
                 Message { peer: Peer::Nick(nick), sender: None, kind, body, subject: None, thread: None, id: None }
             }
         };
@@ -868,13 +894,15 @@ fn ordinary(nick: &str) -> Occupant {
 
 /// A nick variant after a collision: `nick_`, then `nick1`, `nick2`...
 pub fn next_nick_variant(nick: &str) -> String {
-    let base = nick.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_');
-    let base = if base.is_empty() { "xmpp" } else { base };
-    if nick == base {
+    let stem = nick.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_');
+    // What was trimmed: `_`s and digits (ASCII, so `stem.len()` is a char boundary).
+    let suffix = nick.get(stem.len()..).unwrap_or_default();
+    let base = if stem.is_empty() { "xmpp" } else { stem };
+    if suffix.is_empty() {
         return format!("{base}_");
     }
-    let number: u32 = nick[base.len()..].trim_start_matches('_').parse().unwrap_or(0);
-    format!("{base}{}", number + 1)
+    let number: u32 = suffix.trim_start_matches('_').parse().unwrap_or(0);
+    format!("{base}{}", number.saturating_add(1))
 }
 
 /// The SASL PLAIN token: base64 of `\0user\0password`.
@@ -892,5 +920,28 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nick_variants_after_collisions() {
+        assert_eq!(next_nick_variant("alice"), "alice_");
+        assert_eq!(next_nick_variant("alice_"), "alice1");
+        assert_eq!(next_nick_variant("alice1"), "alice2");
+        assert_eq!(next_nick_variant("alice_9"), "alice10");
+    }
+
+    #[test]
+    fn nick_variants_of_nicks_made_only_of_underscores_and_digits_do_not_panic() {
+        // Issue 9: these panicked (slicing past the end of the nick).
+        assert_eq!(next_nick_variant("_"), "xmpp1");
+        assert_eq!(next_nick_variant("__"), "xmpp1");
+        assert_eq!(next_nick_variant("_1"), "xmpp2");
+        assert_eq!(next_nick_variant(""), "xmpp_");
+        assert_eq!(next_nick_variant("a99999999999999999999"), "a1", "a number too large starts again");
     }
 }
