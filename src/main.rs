@@ -40,6 +40,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A panic anywhere (a session task, which is then ended; a stanza's serialisation,
+    // which is then dropped) is logged with where it came from, whatever RUST_BACKTRACE says.
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(panic = %info, %backtrace, "panicked");
+    }));
     let Some(path) = cli.config else {
         eprintln!("error: --config FILE is required (see config/gateway.example.toml)");
         return ExitCode::from(EXIT_CONFIG);

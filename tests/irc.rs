@@ -889,3 +889,60 @@ async fn inspircd_rfc1459_casemapping_makes_foo_bracket_and_foo_brace_one_room()
     let bob = ircd.client("bob").await;
     two_spellings_of_a_channel(&server, bob, "localhost", true).await;
 }
+
+/// Issue 9: input a remote server controls must not panic a session. A scripted server
+/// refuses the nick `_` (its variants used to slice past the end of the nick), then
+/// sends numerics without the arguments they should carry (an argument-less ISUPPORT
+/// used to index out of bounds), then behaves: the user still gets the room and its lines.
+#[tokio::test]
+async fn a_server_sending_truncated_numerics_and_refusing_the_nick_underscore_does_not_panic_the_session() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let server = XmppServer::start(ServerKind::Prosody);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let Ok((socket, _)) = listener.accept().await else { return };
+        let (read, mut write) = socket.into_split();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        let mut refused = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let reply: String = if let Some(nick) = line.strip_prefix("NICK ") {
+                if !refused {
+                    refused = true;
+                    format!(":irc.fake 433 * {nick} :Nickname is already in use\r\n")
+                } else {
+                    [
+                        format!(":irc.fake 001 {nick} :Welcome"),
+                        ":irc.fake 005".into(),
+                        format!(":irc.fake 005 {nick}"),
+                        ":irc.fake 332".into(),
+                        format!(":irc.fake 353 {nick}"),
+                        ":irc.fake 366".into(),
+                        ":irc.fake 474".into(),
+                        ":irc.fake 401".into(),
+                        format!(":irc.fake 005 {nick} CASEMAPPING= PREFIX= CHANMODES= :are supported"),
+                        String::new(),
+                    ]
+                    .join("\r\n")
+                }
+            } else if let Some(channel) = line.strip_prefix("JOIN ") {
+                let me = "xmpp1";
+                format!(
+                    ":{me}!u@h JOIN {channel}\r\n:irc.fake 353 {me} = {channel} :{me} @bob\r\n:irc.fake 366 {me} {channel} :End\r\n:bob!b@h PRIVMSG {channel} :still alive\r\n"
+                )
+            } else {
+                continue;
+            };
+            if write.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let gateway = Gateway::start_irc_networks(&server, &format!("[irc.networks.\"localhost\"]\nport = {port}\ntls = false\nflood_burst = 0\n"));
+    let mut alice = server.client("alice", "localhost").await;
+    let r = format!("#room%localhost@{GW}");
+    let me = join(&mut alice, &r, "_").await;
+    assert_eq!(me.attr("from"), Some(format!("{r}/xmpp1").as_str()), "the variant of `_` the server accepted");
+    alice.wait_for("the line after the truncated numerics", |e| body(e).as_deref() == Some("still alive")).await;
+    assert!(!gateway.log_text().contains("panicked"), "{}", gateway.log_text());
+}

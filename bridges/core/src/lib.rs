@@ -4,11 +4,16 @@
 //! Nothing here knows XMPP or does I/O: `src/` converts stanzas to and from these types,
 //! and each bridge converts its own protocol to and from them.
 
+// Protocol code reads what remote servers send: no indexing that can panic on it.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
 mod bridge;
 pub mod model;
 mod secret;
+mod supervise;
 
 pub use bridge::{
     command_queue, BoxFuture, Bridge, BridgeStore, CommandQueue, Commands, EventSink, Session, SessionClosed, SessionEvent, StoreFailure,
 };
 pub use secret::Secret;
+pub use supervise::spawn_session;

@@ -419,7 +419,7 @@ fn cut_bytes(text: &str, max: usize) -> &str {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &text[..end]
+    text.get(..end).unwrap_or_default()
 }
 
 /// Cuts the body at [`MAX_BODY_CHARS`] characters with a note, and trims trailing
@@ -445,7 +445,7 @@ fn raw_body(raw: &[u8]) -> &[u8] {
         (Some(a), None) | (None, Some(a)) => a,
         (None, None) => raw.len(),
     };
-    &raw[start..]
+    raw.get(start..).unwrap_or_default()
 }
 
 /// A size for people: `512 B`, `12.3 KiB`, `4.0 MiB`, `1.2 GiB`.

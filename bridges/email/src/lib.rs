@@ -8,6 +8,9 @@
 //! - `incoming` / `outgoing`: pure MIME conversions (mail-parser, html2text, lettre).
 //! - `settings`: accounts, servers, presets.
 
+// Protocol code reads what remote servers send: no indexing that can panic on it.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
 pub mod imap;
 pub mod incoming;
 pub mod outgoing;
@@ -82,8 +85,8 @@ impl Bridge for EmailBridge {
             }
         };
         let span = tracing::info_span!("email", user = %key.user.0);
-        let session = session::EmailSession::new(key, account, self.settings.clone(), self.store.clone(), events, rx);
-        tokio::spawn(session.run().instrument(span));
+        let session = session::EmailSession::new(key.clone(), account, self.settings.clone(), self.store.clone(), events.clone(), rx);
+        bridge_core::spawn_session(key, events, session.run().instrument(span));
         Box::new(tx)
     }
 

@@ -6,6 +6,9 @@
 //! - `text`: pure text conversions (injection-proof lines, splitting, formatting codes).
 //! - `modes`: pure channel privileges to room roles and affiliations.
 
+// Protocol code reads what remote servers send: no indexing that can panic on it.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
 pub mod modes;
 mod session;
 mod settings;
@@ -74,8 +77,8 @@ impl Bridge for IrcBridge {
         let span = tracing::info_span!("irc", user = %key.user.0, %server);
         let settings = self.settings(&server);
         let gate = self.connecting(&server);
-        let session = session::IrcSession::new(key, server.clone(), settings, gate, credentials, events, rx);
-        tokio::spawn(session.run().instrument(span));
+        let session = session::IrcSession::new(key.clone(), server.clone(), settings, gate, credentials, events.clone(), rx);
+        bridge_core::spawn_session(key, events, session.run().instrument(span));
         Box::new(tx)
     }
 }

@@ -134,7 +134,7 @@ impl PrefixMap {
                     if !modes.contains(&mode) {
                         modes.push(mode);
                     }
-                    nick = &nick[c.len_utf8()..];
+                    nick = nick.get(c.len_utf8()..).unwrap_or_default();
                 }
                 None => break,
             }

@@ -647,20 +647,23 @@ impl IrcSession {
                 self.fail_everything(&reason).await;
                 return Some(Outcome::Finished);
             }
-            Response::RPL_TOPIC if args.len() >= 3 => {
-                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(&args[1])) {
-                    joined.topic = Some(args[2].clone());
+            Response::RPL_TOPIC => {
+                let [_, channel, topic, ..] = args.as_slice() else { return None };
+                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(channel)) {
+                    joined.topic = Some(topic.clone());
                 }
             }
-            Response::RPL_NAMREPLY if args.len() >= 4 => {
-                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(&args[2])) {
-                    for entry in args[3].split(' ').filter(|e| !e.is_empty()) {
+            Response::RPL_NAMREPLY => {
+                let [_, _, channel, names, ..] = args.as_slice() else { return None };
+                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(channel)) {
+                    for entry in names.split(' ').filter(|e| !e.is_empty()) {
                         joined.privileges.set_from_names(entry);
                     }
                 }
             }
-            Response::RPL_ENDOFNAMES if args.len() >= 2 => {
-                let lower = self.casemapping.fold(&args[1]);
+            Response::RPL_ENDOFNAMES => {
+                let [_, channel, ..] = args.as_slice() else { return None };
+                let lower = self.casemapping.fold(channel);
                 let nick = self.nick.clone();
                 if let Some(joined) = self.joined.get_mut(&lower) {
                     if !joined.reported {
@@ -681,10 +684,9 @@ impl IrcSession {
             | Response::ERR_CHANNELISFULL
             | Response::ERR_NOSUCHCHANNEL
             | Response::ERR_TOOMANYCHANNELS
-            | Response::ERR_BADCHANMASK
-                if args.len() >= 2 =>
-            {
-                let lower = self.casemapping.fold(&args[1]);
+            | Response::ERR_BADCHANMASK => {
+                let [_, channel, ..] = args.as_slice() else { return None };
+                let lower = self.casemapping.fold(channel);
                 if let Some(wanted) = self.wanted.remove(&lower) {
                     let kind = match response {
                         Response::ERR_BANNEDFROMCHAN => FailureKind::Forbidden,
@@ -697,9 +699,10 @@ impl IrcSession {
                     self.emit(Event::JoinFailed { channel: wanted.name, kind, text }).await;
                 }
             }
-            Response::ERR_NOSUCHNICK if args.len() >= 2 => {
+            Response::ERR_NOSUCHNICK => {
+                let [_, nick, ..] = args.as_slice() else { return None };
                 let text = args.last().cloned().unwrap_or_default();
-                self.emit(Event::Failure { peer: Some(Peer::Nick(args[1].clone())), id: None, kind: FailureKind::NotFound, text }).await;
+                self.emit(Event::Failure { peer: Some(Peer::Nick(nick.clone())), id: None, kind: FailureKind::NotFound, text }).await;
             }
             // The answer to a raw command the user sent to the server JID (VERSION, MOTD,
             // WHOIS...): shown as the server's words, without our own nick.

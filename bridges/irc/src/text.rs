@@ -94,7 +94,7 @@ pub fn split_to_fit(line: &str, max_bytes: usize) -> Vec<String> {
         }
         // Prefer to cut before a space in the last quarter of the chunk.
         let window_start = (hard - hard / 4).max(1);
-        let cut = rest.as_bytes()[..hard]
+        let cut = rest.as_bytes().get(..hard).unwrap_or_default()
             .iter()
             .rposition(|&b| b == b' ')
             .filter(|&space| space >= window_start)
@@ -175,7 +175,7 @@ fn strip_codes(text: &str, keep_ctcp: bool) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
-        rest = &rest[c.len_utf8()..];
+        rest = rest.get(c.len_utf8()..).unwrap_or_default();
         match c {
             '\x03' => rest = skip_colour(rest, u8::is_ascii_digit, 1, 2),
             '\x04' => rest = skip_colour(rest, u8::is_ascii_hexdigit, 6, 6),
@@ -209,11 +209,11 @@ fn skip_colour(rest: &str, digit: fn(&u8) -> bool, min: usize, max: usize) -> &s
     if fg == 0 {
         return rest;
     }
-    let rest = &rest[fg..];
+    let rest = rest.get(fg..).unwrap_or_default();
     if let Some(after_comma) = rest.strip_prefix(',') {
         let bg = colour_len(after_comma);
         if bg > 0 {
-            return &after_comma[bg..];
+            return after_comma.get(bg..).unwrap_or_default();
         }
     }
     rest

@@ -67,7 +67,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 
     /// The first complete line in the buffer, if there is one.
     fn take_line(&mut self) -> Option<String> {
-        let pending = &self.buf[self.start..];
+        let pending = self.buf.get(self.start..).unwrap_or_default();
         let Some(newline) = pending.iter().position(|&b| b == b'\n') else {
             if pending.len() > MAX_INCOMING {
                 // Keep the first MAX_INCOMING bytes of an endless line; drop the rest.
@@ -75,7 +75,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             }
             return None;
         };
-        let mut line = &pending[..newline.min(MAX_INCOMING)];
+        let mut line = pending.get(..newline.min(MAX_INCOMING)).unwrap_or_default();
         while let [rest @ .., b'\r' | b'\n'] = line {
             line = rest;
         }

@@ -2,6 +2,9 @@
 //! (webpki roots plus an optional extra CA file), and a [`Stream`] that is either, so that
 //! a plain connection can be upgraded in place (STARTTLS).
 
+// Protocol code reads what remote servers send: no indexing that can panic on it.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
