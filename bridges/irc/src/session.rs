@@ -64,6 +64,36 @@ struct Joined {
     reported: bool,
 }
 
+/// A line waiting to be written.
+#[derive(Debug)]
+struct Queued {
+    /// The line, without CR LF.
+    line: String,
+    /// For a line of one of the user's messages: the message, so that it is sent after
+    /// a reconnection or reported as not sent, never dropped silently.
+    origin: Option<Box<Origin>>,
+}
+
+/// The message a queued line belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    /// Whom it was for.
+    peer: Peer,
+    /// Its XMPP id, for the error the user's client matches to it.
+    id: Option<String>,
+}
+
+/// The user's messages among queued lines, each once (a long message is several lines).
+fn unsent_messages(queue: VecDeque<Queued>) -> Vec<Origin> {
+    let mut messages: Vec<Origin> = Vec::new();
+    for origin in queue.into_iter().filter_map(|queued| queued.origin) {
+        if messages.last() != Some(&*origin) {
+            messages.push(*origin);
+        }
+    }
+    messages
+}
+
 /// Why serving a connection stopped.
 enum Outcome {
     /// The user or the gateway ended the session.
@@ -115,8 +145,9 @@ pub struct IrcSession {
     /// (another XMPP resource of the user entering the room): the gateway keeps no
     /// occupant list of its own, so the session reports the current one.
     replays: Vec<String>,
-    /// Lines waiting for the rate limit.
-    queue: VecDeque<String>,
+    /// Lines waiting for the rate limit (and for registration). The user's own messages
+    /// stay queued across a reconnection; at the end they are sent or reported failed.
+    queue: VecDeque<Queued>,
     /// When the next queued line may go; the token bucket's clock.
     next_send: Instant,
     /// Lines still allowed at once before the interval applies.
@@ -238,6 +269,7 @@ impl IrcSession {
                 }
             }
         }
+        self.report_unsent("not sent to IRC: the session ended").await;
         // Nothing more is taken; what arrived meanwhile goes back to the gateway.
         self.commands.close();
         let mut unhandled = std::mem::take(&mut self.pending);
@@ -298,7 +330,9 @@ impl IrcSession {
         let mut reader = LineReader::new(read);
         self.registered = false;
         self.sasl_succeeded = false;
-        self.queue.clear();
+        // Protocol lines are recomputed after the welcome (rejoins); the user's
+        // messages wait for it and go out then.
+        self.queue.retain(|queued| queued.origin.is_some());
         self.burst_left = self.settings.flood_burst;
         self.nick = self.wanted_nick.clone();
 
@@ -310,7 +344,7 @@ impl IrcSession {
             if let Err(error) = self.flush_queue(&mut write).await {
                 return Outcome::Lost(error.to_string());
             }
-            let wait_send = (!self.queue.is_empty()).then_some(self.next_send);
+            let wait_send = (self.registered && !self.queue.is_empty()).then_some(self.next_send);
             // Nothing left to do here: linger a moment (a client "rejoin" is a leave and a
             // join back to back), then quit.
             let unused = self.registered && self.wanted.is_empty() && self.private_peers.is_empty();
@@ -371,11 +405,16 @@ impl IrcSession {
 
     /// Sends what is still queued (a PART with its reason, say), then QUIT, and ends.
     async fn quit(&mut self, write: &mut WriteHalf<Stream>, reason: &str) -> Outcome {
-        for line in self.queue.drain(..).take(QUIT_FLUSH_LINES) {
-            if transport::write_line(write, &line).await.is_err() {
+        let mut written = 0;
+        while written < QUIT_FLUSH_LINES {
+            let Some(queued) = self.queue.front() else { break };
+            if transport::write_line(write, &queued.line).await.is_err() {
                 break;
             }
+            self.queue.pop_front();
+            written += 1;
         }
+        self.report_unsent(&format!("not sent to IRC: the session ended ({reason})")).await;
         let reason = text::to_irc_lines(reason).into_iter().next().unwrap_or_default();
         let _ = transport::write_line(write, &format!("QUIT :{reason}")).await;
         let _ = write.shutdown().await;
@@ -384,9 +423,12 @@ impl IrcSession {
 
     /// Writes queued lines as the rate limit allows.
     async fn flush_queue(&mut self, write: &mut WriteHalf<Stream>) -> std::io::Result<()> {
+        if !self.registered {
+            return Ok(());
+        }
         let unlimited = self.settings.flood_burst == 0;
         let mut wrote = false;
-        while let Some(line) = self.queue.front() {
+        while let Some(Queued { line, .. }) = self.queue.front() {
             let now = Instant::now();
             if !unlimited {
                 if self.burst_left == 0 && now < self.next_send {
@@ -411,9 +453,18 @@ impl IrcSession {
         Ok(())
     }
 
-    /// Queues a line (rate-limited).
+    /// Queues a protocol line (rate-limited).
     fn send(&mut self, line: String) {
-        self.queue.push_back(line);
+        self.queue.push_back(Queued { line, origin: None });
+    }
+
+    /// Tells the user about each of their messages still queued, which will not be sent.
+    async fn report_unsent(&mut self, text: &str) {
+        let queue = std::mem::take(&mut self.queue);
+        for origin in unsent_messages(queue) {
+            let Origin { peer, id } = origin;
+            self.emit(Event::Failure { peer: Some(peer), id, kind: FailureKind::Unavailable, text: text.to_owned() }).await;
+        }
     }
 
     // ---------------------------------------------------------------------------------
@@ -499,10 +550,12 @@ impl IrcSession {
         };
         let own_prefix = if self.prefix_len > 0 { self.prefix_len } else { text::estimated_prefix_len(&self.nick) };
         let budget = text::privmsg_budget(&target, own_prefix, action);
+        let origin = Origin { peer: message.peer.clone(), id: message.id.clone() };
         for line in text::to_irc_lines(body) {
             for chunk in text::split_to_fit(&line, budget) {
                 let payload = if action { text::encode_action(&chunk) } else { chunk };
-                self.send(format!("PRIVMSG {target} :{payload}"));
+                let line = format!("PRIVMSG {target} :{payload}");
+                self.queue.push_back(Queued { line, origin: Some(Box::new(origin.clone())) });
             }
         }
     }
@@ -755,10 +808,14 @@ impl IrcSession {
 
     /// Registration done: rejoin what the user wants, then replay waiting commands.
     fn after_welcome(&mut self) {
+        // Messages kept from the last connection go after the rejoins, or a channel
+        // would refuse them.
+        let kept = std::mem::take(&mut self.queue);
         let rejoin: Vec<Wanted> = self.wanted.values().cloned().collect();
         for wanted in rejoin {
             self.on_command(Command::Join { channel: wanted.name, nick: String::new(), password: wanted.key });
         }
+        self.queue.extend(kept);
         for command in std::mem::take(&mut self.pending) {
             self.on_command(command);
         }
@@ -946,5 +1003,18 @@ mod tests {
         assert_eq!(next_nick_variant("_1"), "xmpp2");
         assert_eq!(next_nick_variant(""), "xmpp_");
         assert_eq!(next_nick_variant("a99999999999999999999"), "a1", "a number too large starts again");
+    }
+
+    #[test]
+    fn unsent_messages_are_each_reported_once_and_protocol_lines_not_at_all() {
+        let origin = |id: &str| Some(Box::new(Origin { peer: Peer::Channel("#c".into()), id: Some(id.into()) }));
+        let queue = VecDeque::from([
+            Queued { line: "JOIN #c".into(), origin: None },
+            Queued { line: "PRIVMSG #c :long 1".into(), origin: origin("m1") },
+            Queued { line: "PRIVMSG #c :long 2".into(), origin: origin("m1") },
+            Queued { line: "PRIVMSG #c :short".into(), origin: origin("m2") },
+        ]);
+        let ids: Vec<Option<String>> = unsent_messages(queue).into_iter().map(|o| o.id).collect();
+        assert_eq!(ids, [Some("m1".to_owned()), Some("m2".to_owned())]);
     }
 }
