@@ -190,6 +190,13 @@ struct Inner {
     bridge_state: sled::Tree,
     vault: Vault,
     dir: PathBuf,
+    /// Group commit: one flush at a time, and each covers every write made before it
+    /// started, so writers waiting together share one fsync.
+    flushing: tokio::sync::Mutex<()>,
+    /// Flush tickets handed out: each writer takes one after its write.
+    flush_tickets: std::sync::atomic::AtomicU64,
+    /// The highest ticket a finished flush covered.
+    flushed_ticket: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Store {
@@ -309,6 +316,9 @@ impl Store {
                 bridge_state,
                 vault,
                 dir: dir.to_owned(),
+                flushing: tokio::sync::Mutex::new(()),
+                flush_tickets: std::sync::atomic::AtomicU64::new(0),
+                flushed_ticket: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -399,6 +409,22 @@ impl Store {
     ///
     /// Must be called from within a Tokio runtime (as every `async fn` here is).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Our writes happened before this ticket was taken; a flush that starts after
+        // it was taken covers them.
+        let ticket = self.inner.flush_tickets.fetch_add(1, SeqCst) + 1;
+        let _one_at_a_time = self.inner.flushing.lock().await;
+        if self.inner.flushed_ticket.load(SeqCst) >= ticket {
+            return Ok(());
+        }
+        let covers = self.inner.flush_tickets.load(SeqCst);
+        self.flush_now().await?;
+        self.inner.flushed_ticket.fetch_max(covers, SeqCst);
+        Ok(())
+    }
+
+    /// One flush of sled, off the runtime's thread.
+    async fn flush_now(&self) -> Result<(), StoreError> {
         // Not sled's `flush_async`: in sled 0.34.7 it runs the flush on sled's own IO
         // thread pool, where concurrent flushes can occupy every thread while waiting for
         // log writes queued on that same pool, deadlocking forever (spacejam/sled#1308,
@@ -494,6 +520,16 @@ impl Store {
     fn db_error(&self, action: &'static str, source: sled::Error) -> StoreError {
         db_error(action, &self.inner.dir, source)
     }
+
+    /// A bridge's write made just now (`written`), durable once the future resolves.
+    fn durably(&self, written: Result<(), sled::Error>) -> bridge_core::BoxFuture<'static, Result<(), StoreFailure>> {
+        let written = written.map_err(|e| StoreFailure(self.db_error("write", e).to_string()));
+        let store = self.clone();
+        Box::pin(async move {
+            written?;
+            store.flush().await.map_err(|e| StoreFailure(e.to_string()))
+        })
+    }
 }
 
 /// The key of a bridge value: the user's bare JID, NUL (which no JID holds), the key.
@@ -511,16 +547,14 @@ impl bridge_core::BridgeStore for Store {
         value.map(|v| v.map(|v| v.to_vec())).map_err(|e| StoreFailure(self.db_error("read", e).to_string()))
     }
 
-    fn save(&self, user: &UserId, key: &str, value: &[u8]) -> Result<(), StoreFailure> {
-        let fail = |e| StoreFailure(self.db_error("write", e).to_string());
-        self.inner.bridge_state.insert(bridge_key(&user.0, key), value).map_err(fail)?;
-        self.inner.db.flush().map(|_| ()).map_err(fail)
+    fn save(&self, user: &UserId, key: &str, value: &[u8]) -> bridge_core::BoxFuture<'static, Result<(), StoreFailure>> {
+        let written = self.inner.bridge_state.insert(bridge_key(&user.0, key), value).map(drop);
+        self.durably(written)
     }
 
-    fn delete(&self, user: &UserId, key: &str) -> Result<(), StoreFailure> {
-        let fail = |e| StoreFailure(self.db_error("write", e).to_string());
-        self.inner.bridge_state.remove(bridge_key(&user.0, key)).map_err(fail)?;
-        self.inner.db.flush().map(|_| ()).map_err(fail)
+    fn delete(&self, user: &UserId, key: &str) -> bridge_core::BoxFuture<'static, Result<(), StoreFailure>> {
+        let written = self.inner.bridge_state.remove(bridge_key(&user.0, key)).map(drop);
+        self.durably(written)
     }
 
     fn list(&self, user: &UserId, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreFailure> {
@@ -1018,24 +1052,80 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_bridge_write_is_durable_once_awaited() {
+        use bridge_core::BridgeStore;
+        let fx = Fixture::new();
+        let a = UserId("a@x.org".into());
+        {
+            let store = fx.open();
+            store.save(&a, "imap/state", b"7").await.unwrap();
+        }
+        let reopened = fx.open();
+        assert_eq!(reopened.load(&a, "imap/state").unwrap().as_deref(), Some(&b"7"[..]));
+    }
+
+    /// Issue 9: flushes ran on the runtime's one thread, and every session and the writer
+    /// stalled during each fsync. Now the thread runs other tasks while a flush is on.
     #[test]
-    fn bridge_state_round_trips_per_user_and_goes_with_the_user() {
+    fn other_tasks_run_while_bridge_writes_are_flushed() {
+        use bridge_core::BridgeStore;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let fx = Fixture::new();
+        let store = fx.open();
+        let a = UserId("a@x.org".into());
+        let ran = runtime.block_on(async {
+            let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counter = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            });
+            tokio::task::yield_now().await;
+            let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+            for i in 0..20 {
+                store.save(&a, &format!("outbox/{i}"), b"mail").await.unwrap();
+            }
+            ticker.abort();
+            ticks.load(std::sync::atomic::Ordering::Relaxed) - before
+        });
+        assert!(ran >= 20, "the other task ran only {ran} times during 20 flushed writes");
+    }
+
+    #[tokio::test]
+    async fn writers_waiting_together_share_flushes() {
+        use bridge_core::BridgeStore;
+        let fx = Fixture::new();
+        let store = fx.open();
+        let a = UserId("a@x.org".into());
+        let writes: Vec<_> = (0..50).map(|i| store.save(&a, &format!("outbox/{i}"), b"mail")).collect();
+        for write in futures::future::join_all(writes).await {
+            write.unwrap();
+        }
+        let tickets = store.inner.flush_tickets.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(store.inner.flushed_ticket.load(std::sync::atomic::Ordering::SeqCst), tickets, "every write is covered");
+        assert_eq!(store.list(&a, "outbox/").unwrap().len(), 50);
+    }
+
+    #[tokio::test]
+    async fn bridge_state_round_trips_per_user_and_goes_with_the_user() {
         use bridge_core::BridgeStore;
         let fx = Fixture::new();
         let store = fx.open();
         let (a, b) = (UserId("a@x.org".into()), UserId("b@x.org".into()));
-        store.save(&a, "imap/uid", b"41").unwrap();
-        store.save(&a, "outbox/1", b"m1").unwrap();
-        store.save(&a, "outbox/2", b"m2").unwrap();
-        store.save(&b, "outbox/1", b"other").unwrap();
+        store.save(&a, "imap/uid", b"41").await.unwrap();
+        store.save(&a, "outbox/1", b"m1").await.unwrap();
+        store.save(&a, "outbox/2", b"m2").await.unwrap();
+        store.save(&b, "outbox/1", b"other").await.unwrap();
         assert_eq!(store.load(&a, "imap/uid").unwrap().as_deref(), Some(&b"41"[..]));
         let outbox = store.list(&a, "outbox/").unwrap();
         assert_eq!(outbox, vec![("outbox/1".into(), b"m1".to_vec()), ("outbox/2".into(), b"m2".to_vec())]);
-        store.delete(&a, "outbox/1").unwrap();
+        store.delete(&a, "outbox/1").await.unwrap();
         assert_eq!(store.list(&a, "outbox/").unwrap().len(), 1);
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        runtime.block_on(store.put_user("a@x.org", &full_record())).unwrap();
-        runtime.block_on(store.remove_user("a@x.org")).unwrap();
+        store.put_user("a@x.org", &full_record()).await.unwrap();
+        store.remove_user("a@x.org").await.unwrap();
         assert!(store.list(&a, "").unwrap().is_empty(), "unregistering forgets bridge state");
         assert_eq!(store.list(&b, "").unwrap().len(), 1);
     }

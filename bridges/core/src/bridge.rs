@@ -57,10 +57,12 @@ pub struct StoreFailure(pub String);
 pub trait BridgeStore: Send + Sync + 'static {
     /// The value under `key` for `user`.
     fn load(&self, user: &UserId, key: &str) -> Result<Option<Vec<u8>>, StoreFailure>;
-    /// Stores `value`; on disk when this returns (a `kill -9` right after loses nothing).
-    fn save(&self, user: &UserId, key: &str, value: &[u8]) -> Result<(), StoreFailure>;
-    /// Deletes `key`, durably.
-    fn delete(&self, user: &UserId, key: &str) -> Result<(), StoreFailure>;
+    /// Stores `value`. The write is made at once (a `load` sees it); the future resolves
+    /// once it is on disk (a `kill -9` after that loses nothing), and never blocks the
+    /// caller's thread while the disk syncs.
+    fn save(&self, user: &UserId, key: &str, value: &[u8]) -> BoxFuture<'static, Result<(), StoreFailure>>;
+    /// Deletes `key` at once; the future resolves once the deletion is on disk.
+    fn delete(&self, user: &UserId, key: &str) -> BoxFuture<'static, Result<(), StoreFailure>>;
     /// Every (key, value) of `user` whose key starts with `prefix`, in key order.
     fn list(&self, user: &UserId, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreFailure>;
 }

@@ -145,7 +145,7 @@ impl Watcher {
                     warn!(user = %self.key.user.0, "UIDVALIDITY changed; starting from the newest mail");
                 }
                 let fresh = Checkpoint { uid_validity, last_uid };
-                self.save_checkpoint(&fresh)?;
+                self.save_checkpoint(&fresh).await?;
                 fresh
             }
         };
@@ -217,7 +217,7 @@ impl Watcher {
                 session.uid_store(uid.to_string(), "+FLAGS.SILENT (\\Seen)").await?.try_collect::<Vec<_>>().await?;
             }
             checkpoint.last_uid = uid;
-            self.save_checkpoint(checkpoint)?;
+            self.save_checkpoint(checkpoint).await?;
         }
         Ok(session)
     }
@@ -227,10 +227,11 @@ impl Watcher {
         serde_json::from_slice(&bytes).ok()
     }
 
-    fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ImapError> {
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ImapError> {
         let bytes = serde_json::to_vec(checkpoint).map_err(|e| ImapError::Protocol(e.to_string()))?;
         self.store
             .save(&self.key.user, STATE_KEY, &bytes)
+            .await
             .map_err(|e| ImapError::Protocol(format!("cannot record delivery: {e}")))
     }
 }

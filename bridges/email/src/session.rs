@@ -149,9 +149,10 @@ impl EmailSession {
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
             fastrand::u32(..)
         );
-        let saved = serde_json::to_vec(&entry)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| self.store.save(&self.key.user, &key, &bytes).map_err(|e| e.to_string()));
+        let saved = match serde_json::to_vec(&entry) {
+            Ok(bytes) => self.store.save(&self.key.user, &key, &bytes).await.map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
         if let Err(error) = saved {
             let text = format!("the gateway could not queue the mail: {error}");
             self.fail(message.peer.clone(), message.id.clone(), FailureKind::Unavailable, text).await;
@@ -173,7 +174,7 @@ impl EmailSession {
         for (key, bytes) in entries {
             let Ok(entry) = serde_json::from_slice::<OutboxEntry>(&bytes) else {
                 warn!(%key, "dropping an unreadable outbox entry");
-                let _ = self.store.delete(&self.key.user, &key);
+                let _ = self.store.delete(&self.key.user, &key).await;
                 continue;
             };
             let envelope = match (entry.from.parse(), entry.to.parse()) {
@@ -187,11 +188,11 @@ impl EmailSession {
             match result {
                 Ok(()) => {
                     info!(to = %entry.to, "mail sent");
-                    let _ = self.store.delete(&self.key.user, &key);
+                    let _ = self.store.delete(&self.key.user, &key).await;
                 }
                 Err(error) if error.permanent => {
                     warn!(to = %entry.to, %error, "mail refused");
-                    let _ = self.store.delete(&self.key.user, &key);
+                    let _ = self.store.delete(&self.key.user, &key).await;
                     let text = format!("your mail server refused the mail: {}", error.text);
                     self.fail(Peer::EmailAddress(entry.to.clone()), entry.xmpp_id.clone(), FailureKind::NotAcceptable, text).await;
                 }
