@@ -90,6 +90,26 @@ fn try_script_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Str
     ))
 }
 
+/// Runs the test body `async fn $name(kind: ServerKind)` once per XMPP server, as the
+/// tests `$name::prosody` and `$name::ejabberd`: the IRC and email suites are a matrix,
+/// since the servers differ in what they route, store and echo. Written just above the
+/// function, in place of `#[tokio::test]`.
+#[macro_export]
+macro_rules! on_each_server {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn prosody() {
+                super::$name($crate::ServerKind::Prosody).await
+            }
+            #[tokio::test]
+            async fn ejabberd() {
+                super::$name($crate::ServerKind::Ejabberd).await
+            }
+        }
+    };
+}
+
 /// Which XMPP server a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerKind {
