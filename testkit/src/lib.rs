@@ -165,9 +165,11 @@ impl XmppServer {
                 Err(error) => panic!("{error}"),
             }
         }
+        let mut adduser = vec!["adduser", server.path()];
         for (user, host) in [("alice", "localhost"), ("bob", "localhost"), ("eve", "other.localhost")] {
-            script(server.script(), &["adduser", server.path(), user, host, "pw"]);
+            adduser.extend([user, host, "pw"]);
         }
+        script(server.script(), &adduser);
         server
     }
 
@@ -223,10 +225,12 @@ impl XmppServer {
 
 impl Drop for XmppServer {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("scripts").join(self.script()))
-            .args(["stop", self.path()])
-            .output();
+        // Its directory goes next: no clean shutdown needed (ejabberd's takes seconds).
+        let stop = match self.kind {
+            ServerKind::Prosody => "stop",
+            ServerKind::Ejabberd => "kill",
+        };
+        let _ = Command::new("bash").arg(repo().join("scripts").join(self.script())).args([stop, self.path()]).output();
     }
 }
 
