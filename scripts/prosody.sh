@@ -13,9 +13,9 @@
 #       the benchmarks). c2s allows SASL PLAIN without TLS.
 #   scripts/prosody.sh stop DIR
 #       Stops the instance of DIR (TERM, KILL after 5 s). Idempotent.
-#   scripts/prosody.sh adduser DIR USER HOST PASSWORD
-#       Registers USER@HOST (or resets the password if USER exists); works while
-#       the server runs.
+#   scripts/prosody.sh adduser DIR USER HOST PASSWORD [USER HOST PASSWORD]...
+#       Registers each USER@HOST (or resets the password if USER exists); works
+#       while the server runs.
 #
 # Several instances may run at once with different DIRs and ports. Runs as
 # root (run_as_root is set) or as any user that owns DIR.
@@ -44,7 +44,7 @@ usage() {
     cat >&2 <<'EOF'
 usage: prosody.sh start DIR C2S_PORT COMPONENT_PORT COMPONENT_JID SECRET [JID SECRET]...
        prosody.sh stop DIR
-       prosody.sh adduser DIR USER HOST PASSWORD
+       prosody.sh adduser DIR USER HOST PASSWORD [USER HOST PASSWORD]...
 EOF
     exit 2
 }
@@ -230,20 +230,25 @@ cmd_stop() {
 }
 
 cmd_adduser() {
-    [ $# -eq 4 ] || usage
-    local dir user=$2 host=$3 password=$4 out
+    [ $# -ge 4 ] && [ $((($# - 1) % 3)) -eq 0 ] || usage
+    local dir user host password out
     dir=$(abs_dir "$1")
-    check_word USER "$user"
-    check_word HOST "$host"
-    check_word PASSWORD "$password"
+    shift
     [ -f "$dir/prosody.cfg.lua" ] || die "no $dir/prosody.cfg.lua: run '$0 start $dir ...' first"
     need_cmd prosodyctl "package prosody"
-    # prosodyctl register creates the user or, if it exists, sets its password.
-    if ! out=$(prosodyctl --config "$dir/prosody.cfg.lua" register "$user" "$host" "$password" </dev/null 2>&1); then
-        printf '%s\n' "$out" >&2
-        die "could not register $user@$host"
-    fi
-    log "user $user@$host registered"
+    while [ $# -ge 3 ]; do
+        user=$1 host=$2 password=$3
+        shift 3
+        check_word USER "$user"
+        check_word HOST "$host"
+        check_word PASSWORD "$password"
+        # prosodyctl register creates the user or, if it exists, sets its password.
+        if ! out=$(prosodyctl --config "$dir/prosody.cfg.lua" register "$user" "$host" "$password" </dev/null 2>&1); then
+            printf '%s\n' "$out" >&2
+            die "could not register $user@$host"
+        fi
+        log "user $user@$host registered"
+    done
 }
 
 [ $# -ge 1 ] || usage

@@ -226,6 +226,8 @@ async fn a_server_that_stops_answering_is_left_and_rejoined() {
     signal("-CONT");
     let waited = gateway.wait_connected(2, Duration::from_secs(10));
     eprintln!("figures: back {waited:?} after the server thawed");
+    // Left because the keepalive ping went unanswered, not for another reason.
+    assert!(gateway.log_text().contains("no answer from the server"), "{}", gateway.log_text());
     let mut alice = server.client("alice", "localhost").await;
     let form = alice.iq("get", "<query xmlns='jabber:iq:register'/>").await;
     assert_eq!(form.attr("type"), Some("result"), "{form:?}\n{}", gateway.log_text());
@@ -300,13 +302,33 @@ fn check_config_validates_and_names_bad_keys() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+/// How many stanzas Prosody's debug log shows it received from the gateway's component
+/// connection as iqs of `kind` with a keepalive id (`Received[component]: <iq ...>`, the
+/// top tag only, attributes in any order).
+fn keepalive_iqs_received(server: &XmppServer, kind: &str) -> usize {
+    server
+        .log_text()
+        .lines()
+        .filter(|line| line.contains("Received[component]: <iq "))
+        .filter(|line| line.contains(&format!("type='{kind}'")) && line.contains("id='keepalive-"))
+        .filter(|line| line.contains(&format!("to='{GW}'")) && line.contains(&format!("from='{GW}'")))
+        .count()
+}
+
 #[tokio::test]
 async fn an_idle_connection_is_kept_alive_by_answered_pings() {
-    let server = prosody();
+    let server = XmppServer::start_with(ServerKind::Prosody, ServerOptions { debug_log: true, ..ServerOptions::default() });
     let gateway = Gateway::start(&server);
     // keepalive_secs = 1: an unanswered ping would cost a reconnection within 2 s.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(gateway.connections(), 1, "{}", gateway.log_text());
+    // The pings did go out: the server received the gateway's pings to itself (routed
+    // back to the gateway) and the gateway's answers to them, about one a second. Prosody
+    // logs the top tag only; the answer being a result, not an error, shows the iq was a
+    // ping (the gateway refuses an iq it does not know with service-unavailable).
+    let (pings, answers) = (keepalive_iqs_received(&server, "get"), keepalive_iqs_received(&server, "result"));
+    eprintln!("figures: {pings} keepalive pings and {answers} answers in 4 s of silence");
+    assert!(pings >= 2 && answers >= 2, "{pings} pings, {answers} answers; server log:\n{}", server.log_text());
     let mut alice = server.client("alice", "localhost").await;
     let pong = alice.iq("get", "<ping xmlns='urn:xmpp:ping'/>").await;
     assert_eq!(pong.attr("type"), Some("result"));

@@ -1,5 +1,5 @@
-//! The email bridge against real Postfix + Dovecot and a real Prosody: registration with
-//! a real login, mail out with the right headers, mail in pushed by IDLE, threads,
+//! The email bridge against real Postfix + Dovecot and a real XMPP server, most tests on
+//! Prosody and on ejabberd: registration with a real login, mail out with the right headers, mail in pushed by IDLE, threads,
 //! refusals, restarts, header injection, STARTTLS with verification.
 
 use std::time::{Duration, Instant};
@@ -30,12 +30,17 @@ struct Setup {
     gateway: Gateway,
 }
 
+/// On Prosody.
 fn setup(starttls: bool) -> Setup {
-    setup_with(starttls, ServerOptions::default())
+    setup_on(ServerKind::Prosody, starttls)
 }
 
-fn setup_with(starttls: bool, options: ServerOptions) -> Setup {
-    let server = XmppServer::start_with(ServerKind::Prosody, options);
+fn setup_on(kind: ServerKind, starttls: bool) -> Setup {
+    setup_with(kind, starttls, ServerOptions::default())
+}
+
+fn setup_with(kind: ServerKind, starttls: bool, options: ServerOptions) -> Setup {
+    let server = XmppServer::start_with(kind, options);
     let mail = MailServer::start();
     mail.add_user(ALICE, "alice-mail-pw");
     mail.add_user(BOB, "bob-mail-pw");
@@ -49,6 +54,21 @@ async fn alice_registered(s: &Setup) -> Client {
     let set = alice.iq("set", &register_form(&[("email_address", ALICE), ("email_password", "alice-mail-pw")])).await;
     assert_eq!(set.attr("type"), Some("result"), "{set:?}\n{}", s.gateway.log_text());
     alice
+}
+
+/// What the gateway logs when it starts watching alice's INBOX with IDLE: from then on,
+/// every new mail is delivered, pushed by IDLE.
+const INBOX_WATCHED: &[&str] = &["watching INBOX", "user=alice@localhost", "has_idle=true"];
+
+/// How many times the gateway has started watching alice's INBOX so far.
+fn inbox_watches(gateway: &Gateway) -> usize {
+    gateway.log_lines_with(INBOX_WATCHED)
+}
+
+/// Waits until the gateway starts watching alice's INBOX again after `before` times
+/// (instead of sleeping "to let IDLE start").
+async fn wait_inbox_watched(gateway: &Gateway, before: usize) {
+    gateway.wait_log("IDLE on alice's INBOX", INBOX_WATCHED, before).await;
 }
 
 /// Header `name` of a raw mail (first occurrence, unfolded).
@@ -83,9 +103,9 @@ fn fastrand_id() -> String {
     format!("t{nanos:x}.{}.{n}", std::process::id())
 }
 
-#[tokio::test]
-async fn registration_checks_the_credentials_with_a_real_login() {
-    let s = setup(false);
+on_each_server!(registration_checks_the_credentials_with_a_real_login);
+async fn registration_checks_the_credentials_with_a_real_login(kind: ServerKind) {
+    let s = setup_on(kind, false);
     let mut alice = s.server.client("alice", "localhost").await;
     let wrong = alice.iq("set", &register_form(&[("email_address", ALICE), ("email_password", "wrong")])).await;
     assert_eq!(error_condition(&wrong).as_deref(), Some("not-acceptable"), "{wrong:?}");
@@ -100,9 +120,9 @@ async fn registration_checks_the_credentials_with_a_real_login() {
     assert!(!s.gateway.log_text().contains("alice-mail-pw"), "the password leaked into the log");
 }
 
-#[tokio::test]
-async fn a_message_out_arrives_as_a_mail_with_the_right_headers() {
-    let s = setup(false);
+on_each_server!(a_message_out_arrives_as_a_mail_with_the_right_headers);
+async fn a_message_out_arrives_as_a_mail_with_the_right_headers(kind: ServerKind) {
+    let s = setup_on(kind, false);
     let mut alice = alice_registered(&s).await;
     alice
         .send_raw(&format!(
@@ -126,12 +146,11 @@ async fn a_message_out_arrives_as_a_mail_with_the_right_headers() {
     assert_eq!(header(&mails[1], "Subject").as_deref(), Some("(no subject)"));
 }
 
-#[tokio::test]
-async fn mail_in_arrives_as_messages_plain_html_latin1_and_with_attachments() {
-    let s = setup(false);
+on_each_server!(mail_in_arrives_as_messages_plain_html_latin1_and_with_attachments);
+async fn mail_in_arrives_as_messages_plain_html_latin1_and_with_attachments(kind: ServerKind) {
+    let s = setup_on(kind, false);
     let mut alice = alice_registered(&s).await;
-    // Let the IDLE session start before the first mail.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_inbox_watched(&s.gateway, 0).await;
 
     let started = Instant::now();
     s.mail.send_raw(BOB, ALICE, &mail_from_bob("Plain one", "", "text/plain; charset=utf-8", "Hello Alice, plain text."));
@@ -175,12 +194,14 @@ fn oob(stanza: &Element) -> Option<(String, Option<String>)> {
     Some((url, x.get_child("desc", NS_OOB).map(Element::text)))
 }
 
+// Prosody only: the XEP-0363 upload service is Prosody's mod_http_file_share, which the
+// test harness does not set up on ejabberd.
 #[tokio::test]
 async fn attachments_are_uploaded_to_the_users_server_and_sent_as_links() {
-    let s = setup_with(false, ServerOptions { http_upload: true, ..ServerOptions::default() });
+    let s = setup_with(ServerKind::Prosody, false, ServerOptions { http_upload: true, ..ServerOptions::default() });
     let http_port = s.server.http_port.unwrap();
     let mut alice = alice_registered(&s).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_inbox_watched(&s.gateway, 0).await;
 
     // A PDF and an image whose name tries to climb out of the upload directory.
     let pdf: &[u8] = b"%PDF-1.4\n%\xc7\xec\x8f\xa2\n1 0 obj\n<</Type/Catalog>>\nendobj\n";
@@ -223,11 +244,11 @@ async fn attachments_are_uploaded_to_the_users_server_and_sent_as_links() {
     }
 }
 
-#[tokio::test]
-async fn a_thread_round_trip_stays_in_one_email_thread() {
-    let s = setup(false);
+on_each_server!(a_thread_round_trip_stays_in_one_email_thread);
+async fn a_thread_round_trip_stays_in_one_email_thread(kind: ServerKind) {
+    let s = setup_on(kind, false);
     let mut alice = alice_registered(&s).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_inbox_watched(&s.gateway, 0).await;
     s.mail.send_raw(BOB, ALICE, &mail_from_bob("Plans", "", "text/plain", "What are the plans?"));
     let m = alice.wait_for("bob's mail", |e| child_text(e, "subject").as_deref() == Some("Plans")).await;
     let thread = child_text(&m, "thread").expect("a thread");
@@ -243,9 +264,9 @@ async fn a_thread_round_trip_stays_in_one_email_thread() {
     assert!(header(reply, "References").unwrap().contains(&thread));
 }
 
-#[tokio::test]
-async fn an_smtp_refusal_is_reported_to_the_sender() {
-    let s = setup(false);
+on_each_server!(an_smtp_refusal_is_reported_to_the_sender);
+async fn an_smtp_refusal_is_reported_to_the_sender(kind: ServerKind) {
+    let s = setup_on(kind, false);
     let mut alice = alice_registered(&s).await;
     // An unknown mailbox: Postfix refuses the recipient with a permanent 5xx.
     alice.send_raw(&format!("<message to='{}' type='chat' id='doomed'><body>hello?</body></message>", email_jid("nobody@example.test"))).await;
@@ -257,9 +278,9 @@ async fn an_smtp_refusal_is_reported_to_the_sender() {
     assert!(text.contains("refused") && text.contains("5"), "{text}");
 }
 
-#[tokio::test]
-async fn a_subject_with_crlf_adds_no_header() {
-    let s = setup(false);
+on_each_server!(a_subject_with_crlf_adds_no_header);
+async fn a_subject_with_crlf_adds_no_header(kind: ServerKind) {
+    let s = setup_on(kind, false);
     let mut alice = alice_registered(&s).await;
     alice
         .send_raw(&format!(
@@ -310,23 +331,23 @@ async fn the_gateway_killed_while_mail_arrives_delivers_each_mail_exactly_once()
     }
 }
 
-#[tokio::test]
-async fn starttls_with_the_servers_certificate_trusted_as_a_ca() {
-    let s = setup(true);
+on_each_server!(starttls_with_the_servers_certificate_trusted_as_a_ca);
+async fn starttls_with_the_servers_certificate_trusted_as_a_ca(kind: ServerKind) {
+    let s = setup_on(kind, true);
     let mut alice = alice_registered(&s).await;
     alice.send_raw(&format!("<message to='{}' type='chat'><subject>Over TLS</subject><body>secure</body></message>", email_jid(BOB))).await;
     let mails = s.mail.wait_inbox(BOB, "bob-mail-pw", 1, Duration::from_secs(20));
     assert_eq!(header(&mails[0], "Subject").as_deref(), Some("Over TLS"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_inbox_watched(&s.gateway, 0).await;
     s.mail.send_raw(BOB, ALICE, &mail_from_bob("Back over TLS", "", "text/plain", "also secure"));
     alice.wait_for("the mail over IMAP STARTTLS", |e| child_text(e, "subject").as_deref() == Some("Back over TLS")).await;
 }
 
-#[tokio::test]
-async fn email_contacts_show_the_accounts_health() {
-    let s = setup(false);
+on_each_server!(email_contacts_show_the_accounts_health);
+async fn email_contacts_show_the_accounts_health(kind: ServerKind) {
+    let s = setup_on(kind, false);
     let mut alice = alice_registered(&s).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_inbox_watched(&s.gateway, 0).await;
     alice.send_raw(&format!("<presence type='subscribe' to='{}'/>", email_jid(BOB))).await;
     alice
         .wait_for("the subscription approval", |e| e.attr("type") == Some("subscribed") && e.attr("from") == Some(email_jid(BOB).as_str()))
@@ -354,20 +375,22 @@ fn inbox_flags(mail: &MailServer, address: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_prefix("flags:")).map(|f| f.trim().to_owned()).collect()
 }
 
-#[tokio::test]
-async fn mailbox_flags_are_left_alone_unless_the_user_asks() {
-    let s = setup(false);
+on_each_server!(mailbox_flags_are_left_alone_unless_the_user_asks);
+async fn mailbox_flags_are_left_alone_unless_the_user_asks(kind: ServerKind) {
+    let s = setup_on(kind, false);
     let mut alice = alice_registered(&s).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_inbox_watched(&s.gateway, 0).await;
     s.mail.send_raw(BOB, ALICE, &mail_from_bob("Unread", "", "text/plain", "x"));
     alice.wait_for("the mail", |e| child_text(e, "subject").as_deref() == Some("Unread")).await;
     assert_eq!(inbox_flags(&s.mail, ALICE), vec![String::new()], "delivery must not mark the mail read");
 
+    let watches = inbox_watches(&s.gateway);
     let set = alice
         .iq("set", &register_form(&[("email_address", ALICE), ("email_mark_seen", "1")]))
         .await;
     assert_eq!(set.attr("type"), Some("result"), "{set:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The session restarts with the new setting.
+    wait_inbox_watched(&s.gateway, watches).await;
     s.mail.send_raw(BOB, ALICE, &mail_from_bob("Read", "", "text/plain", "x"));
     alice.wait_for("the second mail", |e| child_text(e, "subject").as_deref() == Some("Read")).await;
     let flags = inbox_flags(&s.mail, ALICE);

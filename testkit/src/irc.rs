@@ -93,14 +93,7 @@ impl IrcClient {
             .await
             .unwrap_or_else(|e| panic!("cannot connect to IRC on 127.0.0.1:{port}: {e}"));
         stream.set_nodelay(true).unwrap();
-        let (read, writer) = stream.into_split();
-        let mut client = IrcClient {
-            nick: nick.to_string(),
-            reader: BufReader::new(read),
-            writer,
-            partial: Vec::new(),
-            backlog: VecDeque::new(),
-        };
+        let mut client = IrcClient::over(stream, nick);
         client.send_line(&format!("NICK {nick}")).await;
         client.send_line(&format!("USER {nick} 0 * :test client {nick}")).await;
         let reply = client
@@ -110,6 +103,12 @@ impl IrcClient {
             .await;
         assert_eq!(reply.command, "001", "IRC registration of {nick} failed: {}", reply.raw);
         client
+    }
+
+    /// A client named `nick` on `stream`, before anything is said.
+    fn over(stream: TcpStream, nick: &str) -> IrcClient {
+        let (read, writer) = stream.into_split();
+        IrcClient { nick: nick.to_string(), reader: BufReader::new(read), writer, partial: Vec::new(), backlog: VecDeque::new() }
     }
 
     /// Sends `line` plus CR LF.
@@ -184,7 +183,8 @@ impl IrcClient {
     }
 
     /// Whether a line matching `pred` is in the backlog or arrives within `within`
-    /// (the matching line is consumed; others are kept).
+    /// (the matching line is consumed; others are kept). Panics if the server closes
+    /// the connection meanwhile: "nothing arrived" must not be read from a dead one.
     pub async fn receives_within(&mut self, within: Duration, pred: impl Fn(&IrcLine) -> bool) -> bool {
         if let Some(i) = self.backlog.iter().position(&pred) {
             self.backlog.remove(i);
@@ -195,14 +195,15 @@ impl IrcClient {
             match tokio::time::timeout_at(deadline, self.read_line()).await {
                 Ok(Some(line)) if pred(&line) => return true,
                 Ok(Some(line)) => self.backlog.push_back(line),
-                Ok(None) | Err(_) => return false,
+                Ok(None) => panic!("{}: connection closed while watching for a line; got:\n{}", self.nick, self.seen()),
+                Err(_) => return false,
             }
         }
     }
 
     /// The texts of up to `count` PRIVMSGs to `target` (a channel, or our nick for
     /// private messages), in order, backlog first; stops early after `within`, so the
-    /// caller checks the length. Other lines are kept.
+    /// caller checks the length, and panics on a closed connection. Other lines are kept.
     pub async fn collect_privmsgs(&mut self, target: &str, count: usize, within: Duration) -> Vec<String> {
         let mut texts = Vec::new();
         let mut kept = VecDeque::new();
@@ -219,7 +220,8 @@ impl IrcClient {
             match tokio::time::timeout_at(deadline, self.read_line()).await {
                 Ok(Some(line)) if line.is_privmsg_to(target) => texts.push(line.text().to_string()),
                 Ok(Some(line)) => self.backlog.push_back(line),
-                Ok(None) | Err(_) => break,
+                Ok(None) => panic!("{}: connection closed while collecting PRIVMSGs; got {texts:?}", self.nick),
+                Err(_) => break,
             }
         }
         texts
@@ -457,4 +459,44 @@ fn try_run(script: &str, args: &[&str]) -> Result<(), String> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::{outcome, scripted_server};
+
+    /// A client whose server sends `script`, then closes the connection if `close`.
+    async fn client_of(script: &str, close: bool) -> IrcClient {
+        let port = scripted_server(false, script.to_owned(), close).await;
+        IrcClient::over(TcpStream::connect(("127.0.0.1", port)).await.unwrap(), "bob")
+    }
+
+    /// What `receives_within` says within 300 ms, watching for a QUIT: `Ok(received)`,
+    /// or `Err(panic message)`.
+    async fn watch(mut client: IrcClient) -> Result<bool, String> {
+        outcome(async move { client.receives_within(Duration::from_millis(300), |l| l.command == "QUIT").await }).await
+    }
+
+    #[tokio::test]
+    async fn receives_within_tells_a_live_connections_silence_from_a_line() {
+        assert_eq!(watch(client_of("", false).await).await, Ok(false), "silence on a live connection");
+        assert_eq!(watch(client_of(":a!u@h PRIVMSG #c :x\r\n", false).await).await, Ok(false), "only a line not watched for");
+        assert_eq!(watch(client_of(":a!u@h PRIVMSG #c :x\r\n:a!u@h QUIT :bye\r\n", false).await).await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn receives_within_fails_on_a_closed_connection_instead_of_saying_nothing_arrived() {
+        for (script, why) in [("", "closed at once"), (":a!u@h PRIVMSG #c :x\r\n", "closed after a line not watched for"), ("ERROR :Closing link\r\n", "closed by ERROR")] {
+            let message = watch(client_of(script, true).await).await.expect_err(why);
+            assert!(message.contains("connection closed"), "{why}: {message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn collect_privmsgs_fails_on_a_closed_connection() {
+        let mut client = client_of(":a!u@h PRIVMSG #c :one\r\n", true).await;
+        let collected = outcome(async move { client.collect_privmsgs("#c", 2, Duration::from_secs(5)).await }).await;
+        assert!(collected.expect_err("a closed connection").contains("connection closed"));
+    }
 }

@@ -27,6 +27,8 @@ pub const GW: &str = "gw.localhost";
 pub const SECRET: &str = "secret";
 /// The client namespace, in which the test client sees every stanza.
 pub const NS_CLIENT: &str = "jabber:client";
+/// The stream namespace, of `<stream:error/>`.
+const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
 /// The IRC network section of tests that run no IRC server.
 const IRC_DEFAULT: &str = "[irc.networks.\"127.0.0.1\"]\nport = 6667\ntls = false\n";
 /// How long a test waits for an expected stanza.
@@ -88,6 +90,26 @@ fn try_script_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Str
     ))
 }
 
+/// Runs the test body `async fn $name(kind: ServerKind)` once per XMPP server, as the
+/// tests `$name::prosody` and `$name::ejabberd`: the IRC and email suites are a matrix,
+/// since the servers differ in what they route, store and echo. Written just above the
+/// function, in place of `#[tokio::test]`.
+#[macro_export]
+macro_rules! on_each_server {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn prosody() {
+                super::$name($crate::ServerKind::Prosody).await
+            }
+            #[tokio::test]
+            async fn ejabberd() {
+                super::$name($crate::ServerKind::Ejabberd).await
+            }
+        }
+    };
+}
+
 /// Which XMPP server a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerKind {
@@ -102,6 +124,10 @@ pub struct ServerOptions {
     pub extra_components: Vec<(String, String)>,
     /// Whether to run the XEP-0363 upload service `upload.localhost` on an HTTP port.
     pub http_upload: bool,
+    /// Whether the server logs at debug level, where Prosody writes the top tag of every
+    /// stanza it receives (`Received[component]: <iq ...>`): evidence of what the gateway
+    /// sent that no client sees, such as its keepalive pings to itself.
+    pub debug_log: bool,
 }
 
 /// A private XMPP server with its own directory and ports; stopped on drop.
@@ -125,7 +151,7 @@ impl XmppServer {
 
     /// Same, with more components or an upload service (Prosody only).
     pub fn start_with(kind: ServerKind, options: ServerOptions) -> XmppServer {
-        let plain = options.extra_components.is_empty() && !options.http_upload;
+        let plain = options.extra_components.is_empty() && !options.http_upload && !options.debug_log;
         assert!(kind == ServerKind::Prosody || plain, "only the Prosody script takes server options");
         let dir = tempfile::Builder::new().prefix("gw-test-").tempdir().unwrap();
         let mut server = XmppServer { kind, dir, c2s_port: 0, component_port: 0, http_port: None, options };
@@ -139,9 +165,11 @@ impl XmppServer {
                 Err(error) => panic!("{error}"),
             }
         }
+        let mut adduser = vec!["adduser", server.path()];
         for (user, host) in [("alice", "localhost"), ("bob", "localhost"), ("eve", "other.localhost")] {
-            script(server.script(), &["adduser", server.path(), user, host, "pw"]);
+            adduser.extend([user, host, "pw"]);
         }
+        script(server.script(), &adduser);
         server
     }
 
@@ -168,7 +196,20 @@ impl XmppServer {
             args.extend([jid.as_str(), secret.as_str()]);
         }
         let http = self.http_port.map(|port| port.to_string()).unwrap_or_default();
-        try_script_env(self.script(), &args, &[("PROSODY_HTTP_PORT", &http)])
+        let mut env = vec![("PROSODY_HTTP_PORT", http.as_str())];
+        if self.options.debug_log {
+            env.push(("PROSODY_LOG_LEVEL", "debug"));
+        }
+        try_script_env(self.script(), &args, &env)
+    }
+
+    /// The server's own log so far (Prosody: `prosody.log`; ejabberd: `log/ejabberd.log`).
+    pub fn log_text(&self) -> String {
+        let file = match self.kind {
+            ServerKind::Prosody => self.dir.path().join("prosody.log"),
+            ServerKind::Ejabberd => self.dir.path().join("log").join("ejabberd.log"),
+        };
+        std::fs::read_to_string(file).unwrap_or_default()
     }
 
     /// Stops the server.
@@ -189,10 +230,12 @@ impl XmppServer {
 
 impl Drop for XmppServer {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("scripts").join(self.script()))
-            .args(["stop", self.path()])
-            .output();
+        // Its directory goes next: no clean shutdown needed (ejabberd's takes seconds).
+        let stop = match self.kind {
+            ServerKind::Prosody => "stop",
+            ServerKind::Ejabberd => "kill",
+        };
+        let _ = Command::new("bash").arg(repo().join("scripts").join(self.script())).args([stop, self.path()]).output();
     }
 }
 
@@ -298,6 +341,8 @@ impl Gateway {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "xmpp_gateway=debug,info".into()))
+            // Plain text: tests look for fields (`user=...`) in the log.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -309,6 +354,22 @@ impl Gateway {
     /// The gateway's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many lines of the gateway's log so far contain every one of `parts`.
+    pub fn log_lines_with(&self, parts: &[&str]) -> usize {
+        self.log_text().lines().filter(|line| parts.iter().all(|part| line.contains(part))).count()
+    }
+
+    /// Waits until the log has more than `before` lines containing every one of `parts`
+    /// (`what` names the event for the panic message). For conditions the gateway
+    /// announces in its log, instead of sleeping "long enough".
+    pub async fn wait_log(&self, what: &str, parts: &[&str], before: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.log_lines_with(parts) <= before {
+            assert!(Instant::now() < deadline, "no log line for {what} ({parts:?}) within {WAIT:?}; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// How many times the gateway has connected so far (in its log).
@@ -388,15 +449,7 @@ impl Client {
     pub async fn connect(port: u16, user: &str, host: &str, password: &str, resource: &str) -> Client {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("c2s connect");
         stream.set_nodelay(true).unwrap();
-        let (read, writer) = stream.into_split();
-        let mut client = Client {
-            reader: StanzaReader::new(read),
-            writer,
-            jid: String::new(),
-            backlog: VecDeque::new(),
-            seen: Vec::new(),
-            next_id: 0,
-        };
+        let mut client = Client::over(stream);
         client.open(host).await;
         let features = client.next().await;
         assert!(
@@ -414,7 +467,7 @@ impl Client {
         // A new stream after SASL; its reader starts over.
         let (read, writer) = (client.reader, client.writer);
         let inner = read_half(read);
-        client = Client { reader: StanzaReader::new(inner), writer, jid: String::new(), backlog: VecDeque::new(), seen: Vec::new(), next_id: 0 };
+        client = Client::from_halves(inner, writer);
         client.open(host).await;
         let _features = client.next().await;
         let bound = client
@@ -433,6 +486,17 @@ impl Client {
         let _ = client.iq_raw("get", None, "<query xmlns='jabber:iq:roster'/>").await;
         client.send_raw("<presence/>").await;
         client
+    }
+
+    /// A client on `stream`, before anything is said.
+    fn over(stream: TcpStream) -> Client {
+        let (read, writer) = stream.into_split();
+        Client::from_halves(read, writer)
+    }
+
+    /// A client on a connection's halves, with a new XML reader (a new stream).
+    fn from_halves(read: OwnedReadHalf, writer: OwnedWriteHalf) -> Client {
+        Client { reader: StanzaReader::new(read), writer, jid: String::new(), backlog: VecDeque::new(), seen: Vec::new(), next_id: 0 }
     }
 
     async fn open(&mut self, host: &str) {
@@ -463,9 +527,12 @@ impl Client {
         }
     }
 
-    /// Reads the next stanza from the stream, recording it in `seen`.
+    /// Reads the next stanza from the stream, recording it in `seen`: `Ok(None)` when
+    /// `deadline` passed first, `Err` when the stream is over (closed, broken, or ended
+    /// by a stream error).
     async fn read(&mut self, deadline: tokio::time::Instant) -> Result<Option<Element>, String> {
         match tokio::time::timeout_at(deadline, self.reader.next()).await {
+            Ok(Ok(StreamEvent::Stanza(e))) if e.is("error", NS_STREAMS) => Err(format!("stream error: {e:?}")),
             Ok(Ok(StreamEvent::Stanza(e))) => {
                 self.seen.push(e.clone());
                 Ok(Some(e))
@@ -500,7 +567,9 @@ impl Client {
         }
     }
 
-    /// Whether a stanza matching `pred` arrives within `within`.
+    /// Whether a stanza matching `pred` arrives within `within`. Panics if the stream
+    /// ends or breaks meanwhile: a dead stream receives nothing, so "nothing arrived"
+    /// read from it would pass for the wrong reason.
     pub async fn receives_within(&mut self, within: Duration, pred: impl Fn(&Element) -> bool) -> bool {
         if self.backlog.iter().any(&pred) {
             return true;
@@ -510,7 +579,8 @@ impl Client {
             match self.read(deadline).await {
                 Ok(Some(e)) if pred(&e) => return true,
                 Ok(Some(e)) => self.backlog.push_back(e),
-                Err(_) | Ok(None) => return false,
+                Ok(None) => return false,
+                Err(other) => panic!("{}: stream ended while watching for a stanza: {other}", self.jid),
             }
         }
     }
@@ -611,4 +681,80 @@ pub fn db_path(gateway: &Gateway) -> PathBuf {
 /// Whether the file at `path` exists.
 pub fn exists(path: &Path) -> bool {
     path.exists()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// What a scripted server says after its stream header.
+    const SERVER_HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' id='s1' from='localhost' version='1.0'>";
+
+    /// A scripted server on a free port: on the first connection it waits for the
+    /// client's first bytes if `after_client`, sends `script`, then closes the
+    /// connection if `close`, else keeps it open and silent. Returns the port.
+    pub(crate) async fn scripted_server(after_client: bool, script: String, close: bool) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            if after_client {
+                let mut first = [0u8; 1024];
+                let _ = socket.read(&mut first).await;
+            }
+            socket.write_all(script.as_bytes()).await.unwrap();
+            if !close {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+        port
+    }
+
+    /// A client whose server answers its stream header with its own and `script`, then
+    /// closes the connection if `close`.
+    async fn client_of(script: &str, close: bool) -> Client {
+        let port = scripted_server(true, format!("{SERVER_HEADER}{script}"), close).await;
+        let mut client = Client::over(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+        client.open("localhost").await;
+        client
+    }
+
+    /// What `future` returns, or the message it panicked with.
+    pub(crate) async fn outcome<T: Send + 'static>(future: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, String> {
+        tokio::spawn(future).await.map_err(|error| {
+            let panic = error.into_panic();
+            panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+        })
+    }
+
+    /// What `receives_within` says on `client`'s stream within 300 ms, watching for a
+    /// message: `Ok(received)`, or `Err(panic message)`.
+    async fn watch(mut client: Client) -> Result<bool, String> {
+        outcome(async move { client.receives_within(Duration::from_millis(300), |e| e.name() == "message").await }).await
+    }
+
+    #[tokio::test]
+    async fn receives_within_tells_a_live_streams_silence_from_a_stanza() {
+        assert_eq!(watch(client_of("", false).await).await, Ok(false), "silence on a live stream");
+        assert_eq!(watch(client_of("<presence/>", false).await).await, Ok(false), "only a stanza not watched for");
+        assert_eq!(watch(client_of("<presence/><message id='m'/>", false).await).await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn receives_within_fails_on_a_dead_stream_instead_of_saying_nothing_arrived() {
+        for (script, close, why) in [
+            ("", true, "connection closed"),
+            ("<presence/>", true, "closed after a stanza not watched for"),
+            ("</stream:stream>", false, "stream closed by the server"),
+            ("<presence><</presence>", false, "broken XML"),
+            ("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>", false, "stream error"),
+        ] {
+            let outcome = watch(client_of(script, close).await).await;
+            let message = outcome.expect_err(why);
+            assert!(message.contains("stream ended"), "{why}: {message}");
+        }
+    }
 }
