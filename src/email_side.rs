@@ -238,7 +238,6 @@ mod tests {
     use std::sync::Arc;
 
     use bridge_core::model::FailureKind;
-    use tokio::sync::mpsc;
 
     use super::*;
     use crate::side::testing::{drain, sessions, stanza, store, Recorder};
@@ -247,7 +246,7 @@ mod tests {
 
     struct Fixture {
         side: EmailSide,
-        out: mpsc::Receiver<Element>,
+        out: tokio::sync::mpsc::Receiver<Element>,
         bridge: Arc<Recorder>,
         _tmp: tempfile::TempDir,
     }

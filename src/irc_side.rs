@@ -440,7 +440,7 @@ impl NetworkSide for IrcSide {
             Event::PeerQuit { nick, reason } => self.peer_quit(&key, &server, nick, reason).await,
             Event::CaseMapping(mapping) => self.case_mapping(key, mapping),
             Event::Ended { reason, unhandled } => self.ended(key, reason, unhandled).await,
-            Event::Attachment { .. } | Event::NetworkStatus { .. } => debug!("an IRC session reported an email event"),
+            Event::Attachment { .. } | Event::NetworkStatus { .. } | Event::WhenRouted(_) => debug!("an IRC session reported an email event"),
         }
     }
 
@@ -542,7 +542,6 @@ mod tests {
     use std::sync::Arc;
 
     use bridge_core::model::{Affiliation, Role};
-    use tokio::sync::mpsc;
 
     use super::*;
     use crate::side::testing::{codes, drain, sessions, stanza, store, Recorder};
@@ -552,7 +551,7 @@ mod tests {
     /// The IRC side with a recording bridge; its outbox; the temporary store's guard.
     struct Fixture {
         side: IrcSide,
-        out: mpsc::Receiver<Element>,
+        out: tokio::sync::mpsc::Receiver<Element>,
         bridge: Arc<Recorder>,
         _tmp: tempfile::TempDir,
     }

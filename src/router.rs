@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use bridge_core::model::{NetworkId, UserId};
+use bridge_core::model::{Event, NetworkId, RoutedAck, UserId};
 use bridge_core::{Bridge, SessionEvent};
 use minidom::Element;
 use tokio::sync::mpsc;
@@ -34,6 +34,11 @@ use crate::writer::Outbox;
 
 /// How long a registration may wait for the mail servers to accept a login.
 const CREDENTIAL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long the server may take to answer a routing barrier's ping, and how many times
+/// it is asked (while it is away, the pings wait in the outbox).
+const ROUTED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const ROUTED_ATTEMPTS: u32 = 20;
 
 /// Prefix of the ids of our own keepalive pings.
 const KEEPALIVE_ID: &str = "keepalive-";
@@ -532,10 +537,31 @@ impl Router {
     /// Hands a session event to the side of its network, which makes stanzas of it.
     pub async fn handle_event(&mut self, event: SessionEvent) {
         let SessionEvent { key, event } = event;
+        if let Event::WhenRouted(ack) = event {
+            return self.when_routed(ack);
+        }
         match self.side(&key.network) {
             Some(side) => side.event(key, event).await,
             None => warn!(network = ?key.network, "an event from a network no side serves"),
         }
+    }
+
+    /// Has `ack` done once the server has routed every stanza queued so far (all that a
+    /// session's earlier events became is queued already). A stream is processed in
+    /// order, so the server's answer to a ping the gateway sends itself through it comes
+    /// only after it routed everything written before the ping. Asked again while the
+    /// server is away, never answered in its place.
+    fn when_routed(&self, ack: RoutedAck) {
+        let (out, requests, gateway) = (self.out.clone(), self.requests.clone(), self.gateway_jid());
+        tokio::spawn(async move {
+            for _ in 0..ROUTED_ATTEMPTS {
+                let ping = Iq::from_get("", xmpp_parsers::ping::Ping).with_to(gateway.clone()).with_from(gateway.clone());
+                if requests.ask(&out, ping, ROUTED_TIMEOUT).await.is_ok() {
+                    return ack.done();
+                }
+            }
+            warn!("the XMPP server never confirmed routing; what waited on it will be delivered again");
+        });
     }
 
     // ---------------------------------------------------------------------------------

@@ -162,6 +162,7 @@ pub fn chat_from(from: &str, user: &str, message: Message) -> Option<Element> {
     let to = user.parse::<BareJid>().ok()?;
     let mut stanza = xmpp_parsers::message::Message::new_with_type(MessageType::Chat, Some(to.into()));
     stanza.from = from.parse().ok();
+    stanza.id = message.id.map(xmpp_parsers::message::Id);
     stanza.bodies.insert(Lang::new(), body);
     if let Some(subject) = message.subject {
         stanza.subjects.insert(Lang::new(), subject);

@@ -2,8 +2,14 @@
 //!
 //! Every stanza the gateway emits, from any handler or session, goes through one
 //! [`Outbox`] channel to this task, so stanzas never interleave on the wire. The task
-//! outlives connections: while the server is away, stanzas wait in the channel, and the
-//! one whose write failed is written first on the next connection.
+//! outlives connections: while the server is away, stanzas wait in the channel.
+//!
+//! What a failed write leaves is known to the stanza: the writer counts the bytes the
+//! socket took, and on the next connection re-sends the stanza that was cut and those
+//! after it, never one the socket took whole. A stanza the socket took whole but the
+//! server never read (the connection was reset) is lost with that connection; where that
+//! matters (mail), the sender asks the server to confirm it routed the stanza
+//! (`Event::WhenRouted`).
 
 use std::time::Duration;
 
@@ -58,20 +64,66 @@ pub fn spawn(keepalive: Duration) -> (Outbox, mpsc::Sender<Control>, tokio::task
     (Outbox(tx), control_tx, task)
 }
 
+/// Serialised stanzas on their way to the socket, with where each ends.
+#[derive(Default)]
+struct Batch {
+    /// The bytes of the stanzas, one after another.
+    bytes: Vec<u8>,
+    /// Where each stanza ends in `bytes`, in order.
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn push(&mut self, stanza: &Element) {
+        if xml_stream::append_bytes(stanza, &mut self.bytes) {
+            self.ends.push(self.bytes.len());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// `written` bytes were taken by the socket: keeps what is left from the first stanza
+    /// not taken whole (all of it is written again).
+    fn written(&mut self, written: usize) {
+        let start = self.ends.iter().copied().take_while(|&end| end <= written).last().unwrap_or(0);
+        self.bytes.drain(..start);
+        self.ends = self.ends.iter().filter(|&&end| end > start).map(|end| end - start).collect();
+    }
+}
+
+/// Writes `batch` to `socket`; on failure, what the socket took whole is dropped from it
+/// and the rest stays for the next connection.
+async fn write_batch(socket: &mut OwnedWriteHalf, batch: &mut Batch) -> std::io::Result<()> {
+    let mut written = 0;
+    let result = loop {
+        if written == batch.bytes.len() {
+            break Ok(());
+        }
+        match socket.write(batch.bytes.get(written..).unwrap_or_default()).await {
+            Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(error) => break Err(error),
+        }
+    };
+    batch.written(written);
+    result
+}
+
 async fn run(
-    mut stanzas: mpsc::Receiver<Element>,
+    mut outgoing: mpsc::Receiver<Element>,
     mut control: mpsc::Receiver<Control>,
     keepalive: Duration,
 ) {
     let mut socket: Option<OwnedWriteHalf> = None;
-    // The stanzas whose write failed; they go out first on the next connection.
-    let mut unsent: Option<Vec<u8>> = None;
+    // Stanzas not written yet: what a failed write left, then what is being batched.
+    let mut batch = Batch::default();
     // Whitespace keepalive when nothing was written for a whole period: checked on a
     // ticker rather than with a timer re-armed after every write.
     let mut ticker = tokio::time::interval(keepalive);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_write = tokio::time::Instant::now();
-    let mut batch = Vec::with_capacity(BATCH_BYTES);
     loop {
         let Some(writer) = socket.as_mut() else {
             match control.recv().await {
@@ -84,10 +136,9 @@ async fn run(
             }
             continue;
         };
-        if let Some(bytes) = unsent.take() {
-            if let Err(error) = writer.write_all(&bytes).await {
+        if !batch.is_empty() {
+            if let Err(error) = write_batch(writer, &mut batch).await {
                 tracing::debug!(%error, "write failed again; waiting for the next connection");
-                unsent = Some(bytes);
                 socket = None;
                 continue;
             }
@@ -96,30 +147,28 @@ async fn run(
             command = control.recv() => match command {
                 Some(Control::Attach(w)) => socket = Some(w),
                 Some(Control::Close(done)) => {
-                    while let Ok(stanza) = stanzas.try_recv() {
-                        if writer.write_all(&xml_stream::to_bytes(&stanza)).await.is_err() {
-                            break;
-                        }
+                    while let Ok(stanza) = outgoing.try_recv() {
+                        batch.push(&stanza);
                     }
-                    let _ = writer.write_all(b"</stream:stream>").await;
+                    if write_batch(writer, &mut batch).await.is_ok() {
+                        let _ = writer.write_all(b"</stream:stream>").await;
+                    }
                     let _ = writer.shutdown().await;
                     let _ = done.send(());
                     return;
                 }
                 None => return,
             },
-            stanza = stanzas.recv() => {
+            stanza = outgoing.recv() => {
                 let Some(stanza) = stanza else { return };
-                batch.clear();
-                xml_stream::append_bytes(&stanza, &mut batch);
-                while batch.len() < BATCH_BYTES {
-                    let Ok(stanza) = stanzas.try_recv() else { break };
-                    xml_stream::append_bytes(&stanza, &mut batch);
+                batch.push(&stanza);
+                while batch.bytes.len() < BATCH_BYTES {
+                    let Ok(stanza) = outgoing.try_recv() else { break };
+                    batch.push(&stanza);
                 }
                 last_write = tokio::time::Instant::now();
-                if let Err(error) = writer.write_all(&batch).await {
-                    tracing::warn!(%error, "writing to the server failed; keeping the stanzas for the next connection");
-                    unsent = Some(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BYTES)));
+                if let Err(error) = write_batch(writer, &mut batch).await {
+                    tracing::warn!(%error, "writing to the server failed; keeping the stanzas not written for the next connection");
                     socket = None;
                 }
             }
@@ -133,5 +182,64 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stanza(id: &str) -> Element {
+        format!("<message xmlns='jabber:component:accept' id='{id}'/>").parse().unwrap()
+    }
+
+    fn ids(bytes: &[u8]) -> Vec<String> {
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        text.split("id='").skip(1).filter_map(|rest| rest.split('\'').next()).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_cut_write_keeps_the_cut_stanza_and_those_after_it() {
+        let mut batch = Batch::default();
+        for id in ["a", "b", "c"] {
+            batch.push(&stanza(id));
+        }
+        let first_end = batch.ends[0];
+        // The socket took `a` whole and half of `b`.
+        batch.written(first_end + 5);
+        assert_eq!(ids(&batch.bytes), ["b", "c"], "a is not written again; b is, whole");
+        batch.written(0);
+        assert_eq!(ids(&batch.bytes), ["b", "c"], "nothing taken keeps everything");
+        batch.written(batch.bytes.len());
+        assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reset_connection_loses_and_repeats_nothing() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (out, control, _task) = spawn(Duration::from_secs(60));
+        // First connection: the peer resets it before anything is written.
+        let client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&peer).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(peer);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        control.send(Control::Attach(client.into_split().1)).await.unwrap();
+        for i in 0..200 {
+            out.send(format!("<message xmlns='jabber:component:accept' id='m{i}'>{}</message>", "x".repeat(900)).parse().unwrap()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Second connection: every stanza arrives, once, in order.
+        let client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        control.send(Control::Attach(client.into_split().1)).await.unwrap();
+        let (closed_tx, closed) = oneshot::channel();
+        control.send(Control::Close(closed_tx)).await.unwrap();
+        closed.await.unwrap();
+        let mut received = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut received).await.unwrap();
+        let expected: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+        assert_eq!(ids(&received), expected, "the reset socket took nothing: all of it, each once, in order");
     }
 }

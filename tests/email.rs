@@ -294,41 +294,58 @@ async fn a_subject_with_crlf_adds_no_header(kind: ServerKind) {
     assert!(header(&mails[0], "Subject").unwrap().contains("Bcc: eve"), "the text stays in the subject");
 }
 
+/// Issue 9: the kill must land inside the delivery window. 200 mails arrive at once; the
+/// gateway is killed (-9) after some and before all of them reached the user, then
+/// restarted. Every mail arrives, and the only repeats possible (the mail written to the
+/// server's socket just before the kill, whose checkpoint was not yet on disk) carry the
+/// same id, the mail's Message-ID, so that a client can drop them. Prosody only: ejabberd
+/// adds nothing to what this proves, and the burst is the suite's slowest test.
 #[tokio::test]
-async fn the_gateway_killed_while_mail_arrives_delivers_each_mail_exactly_once() {
+async fn the_gateway_killed_during_a_burst_loses_no_mail_and_repeats_only_under_the_same_id() {
+    const BURST: usize = 200;
     let s = setup(false);
     let mut gateway = s.gateway;
     let mut alice = s.server.client("alice", "localhost").await;
     let set = alice.iq("set", &register_form(&[("email_address", ALICE), ("email_password", "alice-mail-pw")])).await;
     assert_eq!(set.attr("type"), Some("result"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for i in 0..3 {
-        s.mail.send_raw(BOB, ALICE, &mail_from_bob(&format!("before {i}"), "", "text/plain", "x"));
+    wait_inbox_watched(&gateway, 0).await;
+    for i in 0..BURST {
+        s.mail.send_raw(BOB, ALICE, &mail_from_bob(&format!("burst {i}"), "", "text/plain", "x"));
     }
-    alice.wait_for("the third mail", |e| child_text(e, "subject").as_deref() == Some("before 2")).await;
-    gateway.kill_9();
-    for i in 0..3 {
-        s.mail.send_raw(BOB, ALICE, &mail_from_bob(&format!("during {i}"), "", "text/plain", "x"));
-    }
-    gateway.spawn();
-    for i in 0..3 {
-        s.mail.send_raw(BOB, ALICE, &mail_from_bob(&format!("after {i}"), "", "text/plain", "x"));
-    }
-    alice.wait_for("the last mail", |e| child_text(e, "subject").as_deref() == Some("after 2")).await;
-    // Anything more would come within a few seconds.
-    let extra = alice.receives_within(Duration::from_secs(3), |e| child_text(e, "subject").is_some()).await;
-    let _ = extra;
-    let subjects = alice.drain_subjects();
-    let mut counts = std::collections::BTreeMap::new();
-    for subject in subjects {
-        *counts.entry(subject).or_insert(0) += 1;
-    }
-    for i in 0..3 {
-        for phase in ["before", "during", "after"] {
-            let n = counts.get(&format!("{phase} {i}")).copied().unwrap_or(0);
-            assert_eq!(n, 1, "{phase} {i} delivered {n} times (counts: {counts:?})");
+    let is_burst = |e: &minidom::Element| e.name() == "message" && child_text(e, "subject").is_some_and(|s| s.starts_with("burst "));
+    // Every copy of each burst mail alice received so far, by subject, with its id.
+    let copies = |alice: &Client| {
+        let mut ids: std::collections::BTreeMap<String, Vec<Option<String>>> = std::collections::BTreeMap::new();
+        for mail in alice.seen.iter().filter(|e| is_burst(e)) {
+            ids.entry(child_text(mail, "subject").unwrap()).or_default().push(mail.attr("id").map(str::to_owned));
         }
+        ids
+    };
+    for _ in 0..20 {
+        alice.wait_for("a mail of the burst", is_burst).await;
     }
+    gateway.kill_9();
+    // What was already on its way to alice when the gateway died.
+    while alice.receives_within(Duration::from_millis(300), is_burst).await {}
+    let before_restart = copies(&alice).len();
+    assert!(before_restart < BURST, "the kill came after the whole burst ({before_restart} mails): not inside the window");
+    gateway.spawn();
+    while copies(&alice).len() < BURST {
+        let got = copies(&alice).len();
+        assert!(alice.receives_within(Duration::from_secs(20), is_burst).await, "only {got} of {BURST} mails arrived");
+    }
+    // Anything more (a repeat) would come within a few seconds.
+    while alice.receives_within(Duration::from_secs(3), is_burst).await {}
+    let ids = copies(&alice);
+    let mut repeated = 0;
+    for (subject, copies) in &ids {
+        assert!(copies[0].is_some(), "{subject} came without an id");
+        assert!(copies.iter().all(|id| *id == copies[0]), "{subject}: copies with different ids {copies:?}");
+        repeated += copies.len() - 1;
+    }
+    assert_eq!(ids.len(), BURST, "every mail arrived");
+    eprintln!("figures: killed after {before_restart} of {BURST} mails; {repeated} repeated under the same id");
+    assert!(repeated <= 1, "at most the one mail in flight at the kill is repeated, got {repeated}");
 }
 
 on_each_server!(starttls_with_the_servers_certificate_trusted_as_a_ca);

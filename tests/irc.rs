@@ -202,9 +202,9 @@ async fn topic_from_both_sides(kind: ServerKind) {
     assert_eq!(line.text(), "from xmpp");
 }
 
+on_each_server!(formatting_and_characters_xml_forbids_arrive_cleaned_and_the_stream_stays_up);
 /// Issue 9: one mIRC colour code in a topic used to kill the writer task (minidom panics
 /// on characters XML forbids) and with it the component for every user.
-on_each_server!(formatting_and_characters_xml_forbids_arrive_cleaned_and_the_stream_stays_up);
 async fn formatting_and_characters_xml_forbids_arrive_cleaned_and_the_stream_stays_up(kind: ServerKind) {
     let s = setup_on(kind);
     let mut bob = s.ircd.client("bob").await;
@@ -885,11 +885,11 @@ async fn inspircd_rfc1459_casemapping_makes_foo_bracket_and_foo_brace_one_room(k
     two_spellings_of_a_channel(&server, bob, "localhost", true).await;
 }
 
+on_each_server!(a_server_sending_truncated_numerics_and_refusing_the_nick_underscore_does_not_panic_the_session);
 /// Issue 9: input a remote server controls must not panic a session. A scripted server
 /// refuses the nick `_` (its variants used to slice past the end of the nick), then
 /// sends numerics without the arguments they should carry (an argument-less ISUPPORT
 /// used to index out of bounds), then behaves: the user still gets the room and its lines.
-on_each_server!(a_server_sending_truncated_numerics_and_refusing_the_nick_underscore_does_not_panic_the_session);
 async fn a_server_sending_truncated_numerics_and_refusing_the_nick_underscore_does_not_panic_the_session(kind: ServerKind) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let server = XmppServer::start(kind);

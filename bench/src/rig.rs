@@ -38,7 +38,7 @@ impl XmppSide {
     /// and/or biboumi, as `peers` asks.
     pub fn start(ircd: &Ngircd, peers: &[Peer]) -> Result<XmppSide> {
         let with_biboumi = peers.contains(&Peer::Biboumi);
-        let options = ServerOptions { extra_components: if with_biboumi { vec![(BIBOUMI_JID.into(), SECRET.into())] } else { vec![] }, http_upload: false };
+        let options = ServerOptions { extra_components: if with_biboumi { vec![(BIBOUMI_JID.into(), SECRET.into())] } else { vec![] }, http_upload: false, ..ServerOptions::default() };
         let server = XmppServer::start_with(ServerKind::Prosody, options);
         let gateway = peers.contains(&Peer::Ours).then(|| Gateway::start_irc(&server, ircd, None));
         let biboumi = if with_biboumi { Some(Biboumi::start(&server, BIBOUMI_JID, SECRET, true).map_err(|e| anyhow!(e))?) } else { None };

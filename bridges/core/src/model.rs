@@ -70,7 +70,8 @@ pub struct Message {
     pub subject: Option<String>,
     /// A conversation thread id (email Message-ID chains).
     pub thread: Option<String>,
-    /// The XMPP id of a message going out, so that a failure can point at it.
+    /// Going out, the XMPP id, so that a failure can point at it; coming in, a stable id
+    /// (a mail's Message-ID), so that a copy delivered again after a crash is recognised.
     pub id: Option<String>,
 }
 
@@ -240,6 +241,37 @@ impl CaseMapping {
     }
 }
 
+/// Told once the XMPP server has routed what the gateway wrote before (see
+/// `Event::WhenRouted`). Clones share one acknowledgement; equal when they do.
+#[derive(Debug, Clone)]
+pub struct RoutedAck(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>>);
+
+impl RoutedAck {
+    /// An acknowledgement, and where its waiter learns it came (the receiver fails if the
+    /// acknowledgement is dropped undone: the gateway stopped first).
+    #[must_use]
+    pub fn new() -> (RoutedAck, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (RoutedAck(std::sync::Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+
+    /// Acknowledges (once; later calls do nothing).
+    pub fn done(&self) {
+        let sender = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(sender) = sender {
+            let _ = sender.send(());
+        }
+    }
+}
+
+impl PartialEq for RoutedAck {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RoutedAck {}
+
 /// Why an occupant left a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Departure {
@@ -366,6 +398,10 @@ pub enum Event {
         /// Who they are now: the new nick, with their role and affiliation.
         occupant: Occupant,
     },
+    /// A barrier: `ack` is done once the XMPP server has routed every stanza made of this
+    /// session's earlier events. The email session moves its IMAP checkpoint only then,
+    /// so a crash never loses a mail it counted as delivered.
+    WhenRouted(RoutedAck),
     /// How this network compares channel names and nicks; reported once per connection
     /// before any `Joined`, so that the gateway keys rooms the way the network does.
     CaseMapping(CaseMapping),

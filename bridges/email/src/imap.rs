@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridge_core::model::{Attachment, Event, Message, MessageKind, Peer, SessionKey};
+use bridge_core::model::{Attachment, Event, Message, MessageKind, Peer, SessionKey, RoutedAck};
 use bridge_core::{BridgeStore, EventSink, SessionEvent};
 use bridge_net::Stream;
 use futures::TryStreamExt;
@@ -203,7 +203,10 @@ impl Watcher {
                         body: incoming::render_body(&mail),
                         subject: mail.subject.clone(),
                         thread: mail.thread.clone(),
-                        id: None,
+                        // Stable across a crash and restart, so that the one mail that
+                        // may come twice (written, then killed before the checkpoint)
+                        // is recognisably the same message.
+                        id: Some(mail.message_id.clone().unwrap_or_else(|| format!("imap-{}-{uid}", checkpoint.uid_validity))),
                     };
                     self.emit(Event::Message(message)).await;
                     for file in mail.attachments {
@@ -212,6 +215,13 @@ impl Watcher {
                     }
                 }
                 Err(error) => warn!(user = %self.key.user.0, uid, %error, "undeliverable mail skipped"),
+            }
+            // The checkpoint moves only once the XMPP server has routed the mail's
+            // stanzas: a crash before that delivers the mail again after the restart.
+            let (ack, written) = RoutedAck::new();
+            self.emit(Event::WhenRouted(ack)).await;
+            if written.await.is_err() {
+                return Err(ImapError::Protocol("the gateway stopped before the mail was handed to the XMPP server".into()));
             }
             if self.account.mark_seen {
                 session.uid_store(uid.to_string(), "+FLAGS.SILENT (\\Seen)").await?.try_collect::<Vec<_>>().await?;
