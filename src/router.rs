@@ -369,7 +369,7 @@ impl Router {
         // A real IMAP and SMTP login first.
         let credentials = side::credentials_for(Some(&registration.record), &NetworkId::Email)
             .map_err(|e| (DefinedCondition::NotAcceptable, e))?;
-        let check = self.email.check_credentials(&credentials);
+        let check = self.email.check_credentials(&envelope.user_id(), &credentials);
         let tasks = self.tasks_tx.clone();
         tokio::spawn(async move {
             let check = match tokio::time::timeout(CREDENTIAL_CHECK_TIMEOUT, check).await {

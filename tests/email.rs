@@ -415,3 +415,49 @@ async fn mailbox_flags_are_left_alone_unless_the_user_asks(kind: ServerKind) {
     assert!(flags[1].contains("\\Seen"), "{flags:?}");
     assert!(!flags[0].contains("\\Seen"), "older mail is not touched: {flags:?}");
 }
+
+/// Issue 9: mail that arrives between the registration's answer and the email session's
+/// first look at the mailbox used to be skipped (the session started from the mailbox's
+/// end as it found it). A proxy in front of Dovecot's IMAP lets the credential check
+/// through and holds the session's connection until a mail has landed: it must arrive.
+#[tokio::test]
+async fn mail_arriving_before_the_session_first_opens_the_mailbox_is_delivered() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let mail = MailServer::start();
+    mail.add_user(ALICE, "alice-mail-pw");
+    mail.add_user(BOB, "bob-mail-pw");
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = proxy.local_addr().unwrap().port();
+    let imap_port = mail.imap_port;
+    let (release, released) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut connections = 0;
+        loop {
+            let Ok((mut client, _)) = proxy.accept().await else { return };
+            connections += 1;
+            let mut released = released.clone();
+            tokio::spawn(async move {
+                // The first connection is the registration's login check; later ones wait.
+                if connections > 1 {
+                    let _ = released.wait_for(|go| *go).await;
+                }
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", imap_port)).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    let section = format!(
+        "[email.providers.\"example.test\"]\nimap = \"127.0.0.1:{proxy_port}\"\nimap_security = \"plain\"\n\
+         smtp = \"127.0.0.1:{}\"\nsmtp_security = \"plain\"\n",
+        mail.submission_port
+    );
+    let gateway = Gateway::start_irc_networks(&server, &section);
+    let mut alice = server.client("alice", "localhost").await;
+    let set = alice.iq("set", &register_form(&[("email_address", ALICE), ("email_password", "alice-mail-pw")])).await;
+    assert_eq!(set.attr("type"), Some("result"));
+    mail.send_raw(BOB, ALICE, &mail_from_bob("In the gap", "", "text/plain", "between the answer and the session"));
+    mail.wait_inbox(ALICE, "alice-mail-pw", 1, Duration::from_secs(20));
+    assert_eq!(gateway.log_text().matches("watching INBOX").count(), 0, "the session must not have opened the mailbox yet");
+    release.send(true).unwrap();
+    alice.wait_for("the mail that landed in the gap", |e| child_text(e, "subject").as_deref() == Some("In the gap")).await;
+}

@@ -39,10 +39,13 @@ pub trait Bridge: Send + Sync + 'static {
     /// session reports through `events` until it ends.
     fn start(&self, key: SessionKey, credentials: Credentials, events: EventSink) -> Box<dyn Session>;
 
-    /// Checks credentials with a real login before the gateway stores them; `Err` holds
-    /// the remote server's reason. Bridges without a single server to ask accept as is.
-    fn check_credentials(&self, credentials: &Credentials) -> BoxFuture<'static, Result<(), String>> {
-        let _ = credentials;
+    /// Checks `user`'s credentials with a real login before the gateway stores them;
+    /// `Err` holds the remote server's reason. A bridge may also record where the account
+    /// stands (the email bridge: the end of the mailbox), so that what arrives after the
+    /// check, before its session starts, is not missed. Bridges without a single server
+    /// to ask accept as is.
+    fn check_credentials(&self, user: &UserId, credentials: &Credentials) -> BoxFuture<'static, Result<(), String>> {
+        let _ = (user, credentials);
         Box::pin(async { Ok(()) })
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridge_core::model::{Attachment, Event, Message, MessageKind, Peer, SessionKey, RoutedAck};
+use bridge_core::model::{Attachment, Event, Message, MessageKind, Peer, RoutedAck, SessionKey, UserId};
 use bridge_core::{BridgeStore, EventSink, SessionEvent};
 use bridge_net::Stream;
 use futures::TryStreamExt;
@@ -52,6 +52,20 @@ pub struct Checkpoint {
     pub uid_validity: u32,
     /// The highest UID delivered to the user.
     pub last_uid: u32,
+}
+
+/// Records where the mailbox ends now as `user`'s checkpoint, unless one for this
+/// mailbox (same UIDVALIDITY) is already there: their session starts from it.
+pub async fn record_start(session: &mut ImapSession, store: &dyn BridgeStore, user: &UserId) -> Result<(), ImapError> {
+    let mailbox = session.select("INBOX").await?;
+    let uid_validity = mailbox.uid_validity.unwrap_or(0);
+    let saved: Option<Checkpoint> = store.load(user, STATE_KEY).ok().flatten().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if saved.is_some_and(|saved| saved.uid_validity == uid_validity) {
+        return Ok(());
+    }
+    let start = Checkpoint { uid_validity, last_uid: mailbox.uid_next.unwrap_or(1).saturating_sub(1) };
+    let bytes = serde_json::to_vec(&start).map_err(|e| ImapError::Protocol(e.to_string()))?;
+    store.save(user, STATE_KEY, &bytes).await.map_err(|e| ImapError::Protocol(format!("cannot record the mailbox's start: {e}")))
 }
 
 /// Connects and logs in: implicit TLS, STARTTLS (required) or plain, as configured.

@@ -21,7 +21,7 @@ pub mod smtp;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bridge_core::model::{Credentials, NetworkId, SessionKey};
+use bridge_core::model::{Credentials, NetworkId, SessionKey, UserId};
 use bridge_core::{BoxFuture, Bridge, BridgeStore, EventSink, Session};
 use tracing::Instrument;
 
@@ -90,14 +90,17 @@ impl Bridge for EmailBridge {
         Box::new(tx)
     }
 
-    fn check_credentials(&self, credentials: &Credentials) -> BoxFuture<'static, Result<(), String>> {
+    fn check_credentials(&self, user: &UserId, credentials: &Credentials) -> BoxFuture<'static, Result<(), String>> {
         let account = self.account(credentials);
-        let settings = self.settings.clone();
+        let (settings, store, user) = (self.settings.clone(), self.store.clone(), user.clone());
         Box::pin(async move {
             let account = account?;
-            let session = imap::login(&account, &settings).await.map_err(|e| e.to_string())?;
-            let mut session = session;
+            let mut session = imap::login(&account, &settings).await.map_err(|e| e.to_string())?;
+            // Mail that arrives from now on is the user's: their session starts from here,
+            // however long after the registration's answer it gets to the mailbox.
+            let recorded = imap::record_start(&mut session, store.as_ref(), &user).await.map_err(|e| e.to_string());
             let _ = session.logout().await;
+            recorded?;
             smtp::check(&account, &settings).await
         })
     }
