@@ -10,7 +10,7 @@ use bridge_core::SessionEvent;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use crate::backoff::Backoff;
+use bridge_core::backoff::Backoff;
 use crate::config::Config;
 use crate::connection::{self, ConnectError};
 use crate::router::Router;

@@ -5,7 +5,6 @@
 
 pub mod adhoc;
 pub mod address;
-pub mod backoff;
 pub mod component;
 pub mod config;
 pub mod connection;

@@ -42,17 +42,30 @@ impl Sessions {
             }
             self.live.remove(&key);
         }
+        let session = self.start(key, credentials())?;
+        // A session that dies at once reports it through its events; nothing to do here.
+        let _ = session.send(command);
+        Ok(())
+    }
+
+    /// Starts the session of `key` with the bridge that serves its network; returns it,
+    /// now live.
+    fn start(&mut self, key: SessionKey, credentials: Credentials) -> Result<&dyn Session, NoBridge> {
         let bridge = self
             .bridges
             .iter()
             .find(|b| b.serves(&key.network))
             .ok_or_else(|| NoBridge(key.network.clone()))?;
         tracing::info!(user = %key.user.0, network = ?key.network, "starting a session");
-        let session = bridge.start(key.clone(), credentials(), self.events.clone());
-        // A session that dies at once reports it through its events; nothing to do here.
-        let _ = session.send(command);
-        self.live.insert(key, session);
-        Ok(())
+        let session = bridge.start(key.clone(), credentials, self.events.clone());
+        let slot = match self.live.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut entry) => {
+                entry.insert(session);
+                entry.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(session),
+        };
+        Ok(&**slot)
     }
 
     /// Hands `command` to the session of `key` if it is live; starts none.
@@ -76,15 +89,7 @@ impl Sessions {
         if self.live.get(&key).is_some_and(|s| !s.is_closed()) {
             return Ok(());
         }
-        let bridge = self
-            .bridges
-            .iter()
-            .find(|b| b.serves(&key.network))
-            .ok_or_else(|| NoBridge(key.network.clone()))?;
-        tracing::info!(user = %key.user.0, network = ?key.network, "starting a session");
-        let session = bridge.start(key.clone(), credentials, self.events.clone());
-        self.live.insert(key, session);
-        Ok(())
+        self.start(key, credentials).map(drop)
     }
 
     /// Ends the IRC sessions of `user` (they went offline; email keeps watching, so mail

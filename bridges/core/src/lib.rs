@@ -7,6 +7,7 @@
 // Protocol code reads what remote servers send: no indexing that can panic on it.
 #![cfg_attr(not(test), warn(clippy::indexing_slicing))]
 
+pub mod backoff;
 mod bridge;
 pub mod model;
 mod secret;

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridge_core::model::{Attachment, Event, Message, MessageKind, Peer, RoutedAck, SessionKey, UserId};
+use bridge_core::model::{Attachment, Event, Peer, RoutedAck, SessionKey, UserId};
+use bridge_core::backoff::Backoff;
 use bridge_core::{BridgeStore, EventSink, SessionEvent};
 use bridge_net::Stream;
 use futures::TryStreamExt;
@@ -111,17 +112,21 @@ pub struct Watcher {
 impl Watcher {
     /// Runs until `stop` fires, reconnecting with backoff.
     pub async fn run(self, mut stop: oneshot::Receiver<()>) {
-        let mut delay = Duration::from_secs(1);
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(120));
         let mut healthy: Option<bool> = None;
         loop {
             let result = tokio::select! {
                 result = self.watch(&mut healthy) => result,
                 _ = &mut stop => return,
             };
+            if healthy == Some(true) {
+                // The mailbox was being watched: the next attempt starts from the first delay.
+                backoff.reset();
+            }
             let (reason, wait) = match result {
                 Ok(()) => return,
                 Err(ImapError::Login(reason)) => (format!("IMAP login refused: {reason}"), AUTH_RETRY),
-                Err(error) => (error.to_string(), delay),
+                Err(error) => (error.to_string(), backoff.next_delay()),
             };
             warn!(user = %self.key.user.0, %reason, "IMAP session failed");
             if healthy != Some(false) {
@@ -132,7 +137,6 @@ impl Watcher {
                 () = tokio::time::sleep(wait) => {}
                 _ = &mut stop => return,
             }
-            delay = (delay * 2).min(Duration::from_secs(120));
         }
     }
 
@@ -210,18 +214,7 @@ impl Watcher {
                         mail.notes.push(format!("[this mail is {} MiB: too large to fetch; read it in your mail client]", size / (1024 * 1024)));
                     }
                     let peer = Peer::EmailAddress(mail.from.clone());
-                    let message = Message {
-                        peer: peer.clone(),
-                        sender: mail.from_name.clone(),
-                        kind: MessageKind::Chat,
-                        body: incoming::render_body(&mail),
-                        subject: mail.subject.clone(),
-                        thread: mail.thread.clone(),
-                        // Stable across a crash and restart, so that the one mail that
-                        // may come twice (written, then killed before the checkpoint)
-                        // is recognisably the same message.
-                        id: Some(mail.message_id.clone().unwrap_or_else(|| format!("imap-{}-{uid}", checkpoint.uid_validity))),
-                    };
+                    let message = mail.to_message(|| format!("imap-{}-{uid}", checkpoint.uid_validity));
                     self.emit(Event::Message(message)).await;
                     for file in mail.attachments {
                         let attachment = Attachment { name: file.name, content_type: file.content_type, content: file.content };

@@ -90,18 +90,19 @@ pub enum IncomingError {
 
 impl IncomingMail {
     /// The neutral message for the gateway: a chat message from
-    /// `Peer::EmailAddress(from)`, with [`render_body`] as its body, the subject and the
-    /// thread.
+    /// `Peer::EmailAddress(from)` (sender: the From display name), with [`render_body`] as
+    /// its body, the subject and the thread, and as its id the mail's Message-ID, else
+    /// `fallback_id`: stable, so that a mail delivered again after a crash is recognised.
     #[must_use]
-    pub fn to_message(&self) -> Message {
+    pub fn to_message(&self, fallback_id: impl FnOnce() -> String) -> Message {
         Message {
             peer: Peer::EmailAddress(self.from.clone()),
-            sender: None,
+            sender: self.from_name.clone(),
             kind: MessageKind::Chat,
             body: render_body(self),
             subject: self.subject.clone(),
             thread: self.thread.clone(),
-            id: None,
+            id: Some(self.message_id.clone().unwrap_or_else(fallback_id)),
         }
     }
 }
@@ -508,14 +509,19 @@ mod tests {
     #[test]
     fn to_message_is_a_chat_from_the_address() {
         let mail = parse("From: carol@example.org\nSubject: Hi\nMessage-ID: <m1@x>\n\nHello\n");
-        let message = mail.to_message();
+        let message = mail.to_message(|| unreachable!("the mail has a Message-ID"));
         assert_eq!(message.peer, Peer::EmailAddress("carol@example.org".into()));
         assert_eq!(message.kind, MessageKind::Chat);
         assert_eq!(message.sender, None);
         assert_eq!(message.body, "Hello");
         assert_eq!(message.subject.as_deref(), Some("Hi"));
         assert_eq!(message.thread.as_deref(), Some("m1@x"));
+        assert_eq!(message.id.as_deref(), Some("m1@x"));
         assert_eq!(mail.from_name, None);
+        let named = parse("From: Carol <carol@example.org>\nSubject: Hi\n\nHello\n");
+        let message = named.to_message(|| "imap-7-42".into());
+        assert_eq!(message.sender.as_deref(), Some("Carol"));
+        assert_eq!(message.id.as_deref(), Some("imap-7-42"), "no Message-ID: the fallback");
     }
 
     #[test]

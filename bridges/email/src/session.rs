@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bridge_core::model::{Command, Event, FailureKind, Message, Peer, SessionKey};
+use bridge_core::backoff::{sleep_until_opt, Backoff};
 use bridge_core::{BridgeStore, Commands, EventSink, SessionEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -84,7 +85,7 @@ impl EmailSession {
                 None
             }
         };
-        let mut retry_delay = RETRY_FIRST;
+        let mut retries = Backoff::new(RETRY_FIRST, RETRY_MAX);
         // Mail left in the outbox by an earlier run goes first.
         let mut retry_at = Some(Instant::now());
         loop {
@@ -101,12 +102,10 @@ impl EmailSession {
                 () = sleep_until_opt(retry_at) => {
                     retry_at = match &transport {
                         Some(transport) if !self.flush_outbox(transport).await => {
-                            let at = Instant::now() + retry_delay;
-                            retry_delay = (retry_delay * 2).min(RETRY_MAX);
-                            Some(at)
+                            Some(Instant::now() + retries.next_delay())
                         }
                         _ => {
-                            retry_delay = RETRY_FIRST;
+                            retries.reset();
                             None
                         }
                     };
@@ -213,13 +212,6 @@ fn as_message_id(thread: &str) -> Option<String> {
         && thread.len() <= 250
         && thread.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'"' | b'\\' | b','));
     valid.then(|| thread.to_owned())
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

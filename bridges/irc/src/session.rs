@@ -18,6 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use bridge_core::backoff::{sleep_until_opt, Backoff};
+
 use crate::modes::{ChannelPrivileges, PrefixMap};
 use crate::settings::NetworkSettings;
 use crate::text;
@@ -214,7 +216,8 @@ impl IrcSession {
 
     /// Runs until the session ends, reconnecting as needed.
     pub async fn run(mut self) {
-        let mut delay = RETRY_FIRST;
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
+        let mut first_backoff = Backoff::new(FIRST_CONNECTION_RETRY, FIRST_CONNECTION_RETRY * 2u32.pow(FIRST_CONNECTION_RETRIES));
         let mut first_retries = 0;
         // Wait for the first command: it says which nick to use when anonymous.
         let Some(first) = self.commands.recv().await else { return };
@@ -236,10 +239,9 @@ impl IrcSession {
             match outcome {
                 Outcome::Finished => break,
                 Outcome::Dropped(reason) if !self.ever_registered && first_retries < FIRST_CONNECTION_RETRIES => {
-                    let pause = FIRST_CONNECTION_RETRY * 2u32.pow(first_retries);
                     first_retries += 1;
                     debug!(server = %self.server, %reason, attempt = first_retries, "first IRC connection dropped; trying again");
-                    tokio::time::sleep(jittered(pause)).await;
+                    tokio::time::sleep(first_backoff.next_delay()).await;
                 }
                 Outcome::Lost(reason) | Outcome::Dropped(reason) if !self.ever_registered => {
                     self.fail_everything(&reason).await;
@@ -256,16 +258,19 @@ impl IrcSession {
                         }
                     }
                     self.joined.clear();
+                    if self.registered {
+                        // The connection worked: the next one starts from the first delay.
+                        backoff.reset();
+                    }
                     self.registered = false;
                     self.emit(Event::Disconnected { channels, reason: reason.clone() }).await;
                     tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
                         command = self.commands.recv() => match command {
                             None | Some(Command::Shutdown { .. }) => break,
                             Some(command) => self.pending.push(command),
                         }
                     }
-                    delay = (delay * 2).min(RETRY_MAX);
                 }
             }
         }
@@ -969,18 +974,6 @@ pub fn next_nick_variant(nick: &str) -> String {
 fn sasl_plain(user: &str, password: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
-}
-
-/// `pause` give or take half, so that sessions dropped together do not retry together.
-fn jittered(pause: Duration) -> Duration {
-    pause.mul_f64(0.5 + fastrand::f64())
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
 //! Reconnection delays: exponential, capped, with jitter so that many gateways (or one
-//! gateway's retries) do not hit a restarting server in lock-step.
+//! gateway's sessions) do not hit a restarting server in lock-step. One implementation
+//! for the component connection, IRC reconnections, IMAP reconnections and the mail
+//! outbox's retries.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// The next delays of a reconnection loop.
 #[derive(Debug, Clone)]
@@ -32,6 +36,15 @@ impl Backoff {
     /// Back to the first step, after a connection that worked.
     pub fn reset(&mut self) {
         self.next = self.initial;
+    }
+}
+
+/// Sleeps until `at`, or for ever when there is nothing to wait for (a `select!` arm
+/// that is idle until a deadline is set).
+pub async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
