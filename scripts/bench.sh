@@ -33,8 +33,8 @@ command -v cc >/dev/null 2>&1 || die "cc not found (package gcc): biboumi's TCP_
 ensure_cargo
 
 log "building the release gateway and the bench runner"
-# One invocation for both, so that they share one build (features unified once).
-cargo build --release -p xmpp-gateway -p xmpp-gateway-bench --bin xmpp-gateway --bin xmpp-gateway-bench
+# The build test.sh and demo.sh use too (lib.sh): nothing is compiled twice.
+build_release
 
 target_dir=${CARGO_TARGET_DIR:-target}
 export XMPP_GATEWAY_BIN="$PWD/$target_dir/release/xmpp-gateway"

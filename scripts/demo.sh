@@ -34,6 +34,8 @@ PROG=demo.sh
 
 [ -f "$CONFIG" ] || die "$CONFIG not found (run from a full checkout of the repository)"
 ensure_cargo
+# The build test.sh and bench.sh use too (lib.sh): nothing is compiled twice.
+build_release
 
 ensure_deps "the demo's servers"
 
@@ -88,5 +90,5 @@ EOF
 
 status=0
 GATEWAY__STORAGE__PATH="$DEMO_DIR/data" \
-    cargo run --release -- --config "$CONFIG" "$@" || status=$?
+    "${CARGO_TARGET_DIR:-target}/release/xmpp-gateway" --config "$CONFIG" "$@" || status=$?
 exit "$status"
