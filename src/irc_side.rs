@@ -111,6 +111,7 @@ impl IrcSide {
                         let jid = format!("{}@{}", address::format_localpart(&envelope.target), self.gateway);
                         let mut room = Room::new(jid, channel.to_owned(), full, nick.to_owned());
                         room.mapping = mapping;
+                        room.key = muc_password(stanza).map(bridge_core::Secret::new);
                         self.rooms.insert(key.clone(), room);
                         Some(join)
                     }
@@ -477,11 +478,11 @@ impl NetworkSide for IrcSide {
             stanzas.extend(room.self_departures(&[Status::ServiceShutdown], Some("your registration changed; joining again")));
             room.joined = false;
             room.entered.clear();
-            joins.push((network.clone(), room.channel.clone(), room.requested_nick.clone()));
+            joins.push((network.clone(), room.channel.clone(), room.requested_nick.clone(), room.key.clone()));
         }
         self.send_all(stanzas).await;
-        for (network, channel, nick) in joins {
-            let join = Command::Join { channel: channel.clone(), nick, password: None };
+        for (network, channel, nick, password) in joins {
+            let join = Command::Join { channel: channel.clone(), nick, password };
             if let Err((_, text)) = self.hand_to_session(user, network.clone(), join) {
                 if let Some(room) = self.rooms.remove(&self.key(user, &network, &channel)) {
                     self.close_rooms(vec![room], &text).await;

@@ -40,6 +40,9 @@ pub struct Room {
     pub topic: Option<String>,
     /// How the network compares nicks (and channel names).
     pub mapping: CaseMapping,
+    /// The channel key the room was joined with, for joining again (a registration
+    /// change restarts the session).
+    pub key: Option<bridge_core::Secret>,
     /// Resources that joined under another spelling of the channel (`#foo{` for `#Foo[`
     /// where the network folds them together): the room JID each used, which is where it
     /// hears the room from. Empty in practice.
@@ -60,6 +63,7 @@ impl Room {
             joined: false,
             topic: None,
             mapping: CaseMapping::default(),
+            key: None,
             aliases: HashMap::new(),
         }
     }

@@ -941,3 +941,34 @@ async fn a_server_sending_truncated_numerics_and_refusing_the_nick_underscore_do
     alice.wait_for("the line after the truncated numerics", |e| body(e).as_deref() == Some("still alive")).await;
     assert!(!gateway.log_text().contains("panicked"), "{}", gateway.log_text());
 }
+
+on_each_server!(a_second_resource_gets_the_room_from_the_irc_sessions_roster);
+/// Issue 9: the XMPP side keeps no occupant list of its own; a second resource entering a
+/// joined room gets it from the IRC session's roster (no second JOIN on IRC), and the
+/// first resource is not sent the room again.
+async fn a_second_resource_gets_the_room_from_the_irc_sessions_roster(kind: ServerKind) {
+    let s = setup_on(kind);
+    let mut bob = s.ircd.client("bob").await;
+    bob.join("#two").await;
+    bob.send_line("TOPIC #two :two resources").await;
+    bob.wait_for("the topic set", |l| l.command == "TOPIC").await;
+    let r = room("#two");
+    let mut phone = s.server.client_as("alice", "localhost", "phone").await;
+    join(&mut phone, &r, "alice").await;
+    wait_subject(&mut phone, &r).await;
+    bob.wait_for("alice's JOIN", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await;
+    let mut laptop = s.server.client_as("alice", "localhost", "laptop").await;
+    join(&mut laptop, &r, "alice").await;
+    let subject = wait_subject(&mut laptop, &r).await;
+    assert_eq!(subject.get_child("subject", NS_CLIENT).unwrap().text(), "two resources");
+    let bob_seen = laptop.seen.iter().find(|e| is_presence_from(e, &format!("{r}/bob"))).expect("bob's presence in the entry");
+    assert_eq!(item_attr(bob_seen, "role").as_deref(), Some("moderator"));
+    // One IRC connection, one JOIN: bob sees no second one; the phone no second entry.
+    bob.privmsg("#two", "to both").await;
+    laptop.wait_for("the line on the laptop", |e| body(e).as_deref() == Some("to both")).await;
+    phone.wait_for("the line on the phone", |e| body(e).as_deref() == Some("to both")).await;
+    let subjects = phone.seen.iter().filter(|e| e.get_child("subject", NS_CLIENT).is_some()).count();
+    assert_eq!(subjects, 1, "the phone was not sent the room's entry again");
+    let alices_join = |l: &testkit::irc::IrcLine| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice");
+    assert!(!bob.receives_within(Duration::from_millis(300), alices_join).await, "no second JOIN on IRC");
+}

@@ -483,8 +483,12 @@ impl IrcSession {
             Command::Join { channel, nick: _, password } => {
                 let lower = self.casemapping.fold(&channel);
                 if self.joined.get(&lower).is_some_and(|j| j.reported) {
-                    self.replays.push(lower.clone());
-                } else if !self.joined.contains_key(&lower) {
+                    // Another resource entering: the channel (and the key it was joined
+                    // with, for rejoins) stays as it is.
+                    self.replays.push(lower);
+                    return false;
+                }
+                if !self.joined.contains_key(&lower) {
                     let line = match &password {
                         Some(key) => format!("JOIN {channel} {}", text::sanitize_word(key.expose())),
                         None => format!("JOIN {channel}"),
