@@ -15,7 +15,8 @@ use tokio::time::Instant;
 
 use crate::peers::Peer;
 use crate::procstat::{self, Proc};
-use crate::report::{quantile, Measured, Spec};
+use crate::report::{Measured, Spec};
+use crate::stats::quantile;
 use crate::rig::{names, run_limited, XmppSide};
 use crate::xmpp::{body, NS_CLIENT};
 

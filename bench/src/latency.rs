@@ -3,7 +3,8 @@
 //! same path without a gateway: an XMPP client <-> XMPP client round trip through Prosody
 //! plus an IRC client <-> IRC client round trip through ngIRCd. Floor and gateway round
 //! trips alternate, one of each per step, so both see the same machine (it is shared and
-//! noisy); figures are the quantiles minus the floor's same quantiles.
+//! noisy); the added latency is the quantiles of the per-step differences (gateway round
+//! trip minus the floor round trip measured next to it).
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,8 @@ use testkit::irc::Ngircd;
 use crate::irc::Irc;
 use crate::peers::{wait_joined, Peer};
 use crate::procstat;
-use crate::report::{quantile, Measured, Spec};
+use crate::report::{Measured, Spec};
+use crate::stats::{self, quantile};
 use crate::rig::XmppSide;
 use crate::xmpp::body;
 
@@ -129,19 +131,18 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, n: usize) -> Result
         }
     }
     let after = procstat::snapshot(&procs);
+    let added = stats::paired_differences(&rtts, &floor);
     rtts.sort_by(f64::total_cmp);
     legs.sort_by(f64::total_cmp);
     floor.sort_by(f64::total_cmp);
 
     let mut m = Measured::default();
-    let (p50, p99) = (quantile(&rtts, 0.5), quantile(&rtts, 0.99));
-    let (f50, f99) = (quantile(&floor, 0.5), quantile(&floor, 0.99));
-    m.set("rtt_p50", p50);
-    m.set("rtt_p99", p99);
-    m.set("floor_p50", f50);
-    m.set("floor_p99", f99);
-    m.set("added_p50", p50 - f50);
-    m.set("added_p99", p99 - f99);
+    m.set("rtt_p50", quantile(&rtts, 0.5));
+    m.set("rtt_p99", quantile(&rtts, 0.99));
+    m.set("floor_p50", quantile(&floor, 0.5));
+    m.set("floor_p99", quantile(&floor, 0.99));
+    m.set("added_p50", quantile(&added, 0.5));
+    m.set("added_p99", quantile(&added, 0.99));
     m.set("leg_p50", quantile(&legs, 0.5));
     m.usage.push((format!("{n} round trips"), procstat::usage(&procs, &before, &after)));
     Ok(m)

@@ -6,11 +6,13 @@
 mod email;
 mod irc;
 mod latency;
+mod mailload;
 mod peers;
 mod procstat;
 mod report;
 mod rig;
 mod scale;
+mod stats;
 mod throughput;
 mod xmpp;
 
@@ -25,13 +27,14 @@ use peers::Peer;
 use report::Report;
 use rig::XmppSide;
 
-/// A scenario of issue 5.
+/// A scenario of issue 5 (and `mail-load`, of issue 9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     Latency,
     Throughput,
     Scale,
     Email,
+    MailLoad,
 }
 
 /// Which gateways to measure.
@@ -57,6 +60,10 @@ struct Sizes {
     email_users: usize,
     /// Email: timed mails per user.
     email_rounds: usize,
+    /// Mail load: channel lines timed per phase.
+    load_lines: usize,
+    /// Runs of every scenario per gateway, alternating between the gateways.
+    runs: usize,
 }
 
 impl Sizes {
@@ -68,6 +75,8 @@ impl Sizes {
             scale_users: args.size(args.scale_users, 1000, 20),
             email_users: args.size(args.email_users, 100, 5),
             email_rounds: args.size(args.email_rounds, 3, 1),
+            load_lines: args.size(args.load_lines, 500, 30),
+            runs: args.size(args.runs, 3, 2).max(1),
         }
     }
 }
@@ -104,6 +113,13 @@ struct Args {
     /// Email: timed mails per user (default 3; smoke 1).
     #[arg(long)]
     email_rounds: Option<usize>,
+    /// Mail load: channel lines timed per phase (default 500; smoke 30).
+    #[arg(long)]
+    load_lines: Option<usize>,
+    /// Runs of each scenario per gateway, alternating ours and biboumi, each on fresh
+    /// servers and gateways (default 3; smoke 2). Figures are medians with their spread.
+    #[arg(long)]
+    runs: Option<usize>,
     /// Also write the Markdown report to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -162,12 +178,12 @@ fn main() -> Result<()> {
 
 async fn run(args: &Args, report: &mut Report) -> Result<()> {
     let peers = args.peers();
-    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds } = Sizes::of(args);
+    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds, load_lines, runs } = Sizes::of(args);
     if users < 2 {
         bail!("--users must be at least 2 (the fan-out needs another occupant)");
     }
     report.header.push(format!(
-        "Sizes: latency {round_trips} round trips; throughput {users} users, {messages} messages each way; scale {scale_users} users; email {email_users} users x {email_rounds} mails{}",
+        "Sizes: {runs} runs per gateway, alternating; latency {round_trips} round trips; throughput {users} users, {messages} messages each way; scale {scale_users} users; email {email_users} users x {email_rounds} mails; mail load {load_lines} lines per phase{}",
         if args.smoke { " (smoke)" } else { "" }
     ));
     report.header.push("biboumi: log level warning, fair per-user configuration (ports = ngIRCd's, no TLS ports, throttle_limit -1, record_history false), TCP_NODELAY forced by scripts/biboumi.sh's shim (BIBOUMI_TCP_NODELAY=1); xmpp-gateway: release build, log level warn, flood_burst 0".into());
@@ -183,42 +199,71 @@ async fn run(args: &Args, report: &mut Report) -> Result<()> {
     outcome
 }
 
-/// Runs the scenarios asked for, adding their results to `report`.
+/// Runs the scenarios asked for, adding their results to `report`: each scenario `runs`
+/// times per gateway, alternating between them, on fresh servers and gateways each run.
 async fn scenarios(args: &Args, ircd: &Ngircd, peers: &[Peer], report: &mut Report) -> Result<()> {
-    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds } = Sizes::of(args);
+    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds, load_lines, runs } = Sizes::of(args);
     let peers = peers.to_vec();
+    let empty = || peers.iter().map(|&p| (p, Vec::new())).collect::<Vec<(Peer, Vec<report::Measured>)>>();
+    let add = |results: &mut Vec<(Peer, Vec<report::Measured>)>, peer: Peer, m: report::Measured| {
+        if let Some((_, runs)) = results.iter_mut().find(|(p, _)| *p == peer) {
+            runs.push(m);
+        }
+    };
     if args.wants(Scenario::Latency) || args.wants(Scenario::Throughput) {
-        let side = XmppSide::start(ircd, &peers)?;
-        eprintln!("bench: Prosody c2s on 127.0.0.1:{} with {}", side.server.c2s_port, peers.iter().map(|p| p.name()).collect::<Vec<_>>().join(" and "));
-        if args.wants(Scenario::Latency) {
-            let mut results = Vec::new();
+        let (mut latency_results, mut throughput_results) = (empty(), empty());
+        for run in 1..=runs {
             for &peer in &peers {
-                eprintln!("bench: latency against {}", peer.name());
-                results.push((peer, latency::run(&side, ircd, peer, round_trips).await.with_context(|| format!("latency against {}", peer.name()))?));
+                // Fresh ngIRCd, Prosody and gateway for each gateway's run (nicks and
+                // channels of the last run are gone for sure).
+                let ircd = &Ngircd::start(false);
+                let side = XmppSide::start(ircd, &[peer])?;
+                if args.wants(Scenario::Latency) {
+                    eprintln!("bench: latency against {} (run {run}/{runs})", peer.name());
+                    let m = latency::run(&side, ircd, peer, round_trips).await.with_context(|| format!("latency against {}", peer.name()))?;
+                    add(&mut latency_results, peer, m);
+                }
+                if args.wants(Scenario::Throughput) {
+                    eprintln!("bench: throughput against {} (run {run}/{runs})", peer.name());
+                    let m = throughput::run(&side, ircd, peer, users, messages).await.with_context(|| format!("throughput against {}", peer.name()))?;
+                    add(&mut throughput_results, peer, m);
+                }
             }
-            report.scenarios.push(("latency".into(), latency::specs(), results));
+        }
+        if args.wants(Scenario::Latency) {
+            report.scenarios.push(("latency".into(), latency::specs(), latency_results));
         }
         if args.wants(Scenario::Throughput) {
-            let mut results = Vec::new();
-            for &peer in &peers {
-                eprintln!("bench: throughput against {}", peer.name());
-                results.push((peer, throughput::run(&side, ircd, peer, users, messages).await.with_context(|| format!("throughput against {}", peer.name()))?));
-            }
-            report.scenarios.push(("throughput".into(), throughput::specs(), results));
+            report.scenarios.push(("throughput".into(), throughput::specs(), throughput_results));
         }
     }
     if args.wants(Scenario::Scale) {
-        let mut results = Vec::new();
-        for &peer in &peers {
-            eprintln!("bench: scale against {} ({scale_users} users)", peer.name());
-            results.push((peer, scale::run(ircd, peer, scale_users).await.with_context(|| format!("scale against {}", peer.name()))?));
+        let mut results = empty();
+        for run in 1..=runs {
+            for &peer in &peers {
+                let ircd = &Ngircd::start(false);
+                eprintln!("bench: scale against {} ({scale_users} users, run {run}/{runs})", peer.name());
+                let m = scale::run(ircd, peer, scale_users).await.with_context(|| format!("scale against {}", peer.name()))?;
+                add(&mut results, peer, m);
+            }
         }
         report.scenarios.push(("scale".into(), scale::specs(), results));
     }
     if args.wants(Scenario::Email) && peers.contains(&Peer::Ours) {
-        eprintln!("bench: email ({email_users} users)");
-        let measured = email::run(email_users, email_rounds).await.context("email")?;
+        let mut measured = Vec::new();
+        for run in 1..=runs {
+            eprintln!("bench: email ({email_users} users, run {run}/{runs})");
+            measured.push(email::run(email_users, email_rounds).await.context("email")?);
+        }
         report.scenarios.push(("email".into(), email::specs(), vec![(Peer::Ours, measured)]));
+    }
+    if args.wants(Scenario::MailLoad) && peers.contains(&Peer::Ours) {
+        let mut measured = Vec::new();
+        for run in 1..=runs {
+            eprintln!("bench: channel latency under mail load (run {run}/{runs})");
+            measured.push(mailload::run(ircd, load_lines).await.context("mail load")?);
+        }
+        report.scenarios.push(("mail load".into(), mailload::specs(), vec![(Peer::Ours, measured)]));
     }
     Ok(())
 }

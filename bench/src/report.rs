@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use crate::peers::Peer;
 use crate::procstat::Usage;
+use crate::stats::{self, Summary};
 
 /// What one scenario measured against one gateway.
 #[derive(Debug, Default)]
@@ -41,8 +42,8 @@ pub struct Spec {
     pub target: &'static str,
 }
 
-/// One scenario's name, its figures' specs, and what each gateway measured.
-pub type ScenarioResults = (String, Vec<Spec>, Vec<(Peer, Measured)>);
+/// One scenario's name, its figures' specs, and what each gateway measured, run by run.
+pub type ScenarioResults = (String, Vec<Spec>, Vec<(Peer, Vec<Measured>)>);
 
 /// A whole run.
 #[derive(Debug, Default)]
@@ -53,10 +54,12 @@ pub struct Report {
     pub header: Vec<String>,
 }
 
-fn number(value: Option<f64>, decimals: usize, unit: &str) -> String {
-    match value {
-        Some(v) if v.is_finite() => format!("{v:.decimals$} {unit}").trim_end().to_owned(),
-        Some(_) => "-".into(),
+fn figure(summary: Option<Summary>, decimals: usize, unit: &str) -> String {
+    match summary {
+        Some(Summary { median, min, max }) => {
+            let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+            format!("{median:.decimals$}{unit} [{min:.decimals$}-{max:.decimals$}]")
+        }
         None => "n/a".into(),
     }
 }
@@ -68,33 +71,39 @@ impl Report {
         for line in &self.header {
             let _ = writeln!(out, "{line}  ");
         }
-        let _ = writeln!(out, "\n| scenario | figure | xmpp-gateway | biboumi | gateway/biboumi | target (issue 5; biboumi reference) |");
+        let _ = writeln!(
+            out,
+            "\nEach figure: the median over the runs, and [min-max]. Ratio: of the medians; \"tie\" when the difference of the medians is no larger than the wider spread.\n"
+        );
+        let _ = writeln!(out, "| scenario | figure | xmpp-gateway | biboumi | gateway/biboumi | target (issue 5; biboumi reference) |");
         let _ = writeln!(out, "|---|---|---:|---:|---:|---|");
         for (scenario, specs, results) in &self.scenarios {
-            let get = |peer: Peer, key: &str| results.iter().find(|(p, _)| *p == peer).and_then(|(_, m)| m.values.get(key).copied());
+            let summary = |peer: Peer, key: &str| {
+                let runs: Vec<f64> = results.iter().filter(|(p, _)| *p == peer).flat_map(|(_, runs)| runs.iter().filter_map(|m| m.values.get(key).copied())).collect();
+                Summary::of(&runs)
+            };
             for spec in specs {
-                let ours = get(Peer::Ours, spec.key);
-                let theirs = get(Peer::Biboumi, spec.key);
-                let ratio = match (ours, theirs) {
-                    (Some(a), Some(b)) if b.abs() > f64::EPSILON => format!("{:.2}", a / b),
-                    (Some(_), Some(_)) => "-".into(),
+                let ours = summary(Peer::Ours, spec.key);
+                let theirs = summary(Peer::Biboumi, spec.key);
+                let ratio = match (&ours, &theirs) {
+                    (Some(a), Some(b)) => stats::ratio(a, b),
                     _ => "n/a".into(),
                 };
                 let _ = writeln!(
                     out,
                     "| {scenario} | {} | {} | {} | {ratio} | {} |",
                     spec.label,
-                    number(ours, spec.decimals, spec.unit),
-                    number(theirs, spec.decimals, spec.unit),
+                    figure(ours, spec.decimals, spec.unit),
+                    figure(theirs, spec.decimals, spec.unit),
                     spec.target
                 );
             }
         }
-        let _ = writeln!(out, "\nCPU and memory of every process (CPU = utime+stime during the phase; RSS at its end; peak = VmHWM since the scenario started):\n");
+        let _ = writeln!(out, "\nCPU and memory of every process, first run of each (CPU = utime+stime during the phase; RSS at its end; peak = VmHWM since the scenario started):\n");
         let _ = writeln!(out, "| scenario | phase | gateway under test | process | CPU s | RSS MiB | peak RSS MiB |");
         let _ = writeln!(out, "|---|---|---|---|---:|---:|---:|");
         for (scenario, _, results) in &self.scenarios {
-            for (peer, measured) in results {
+            for (peer, measured) in results.iter().filter_map(|(peer, runs)| Some((peer, runs.first()?))) {
                 for (phase, usage) in &measured.usage {
                     for u in usage {
                         let _ = writeln!(
@@ -113,7 +122,11 @@ impl Report {
         let notes: Vec<String> = self
             .scenarios
             .iter()
-            .flat_map(|(scenario, _, results)| results.iter().flat_map(move |(peer, m)| m.notes.iter().map(move |n| format!("- {scenario}, {}: {n}", peer.name()))))
+            .flat_map(|(scenario, _, results)| {
+                results.iter().flat_map(move |(peer, runs)| {
+                    runs.iter().enumerate().flat_map(move |(run, m)| m.notes.iter().map(move |n| format!("- {scenario}, {}, run {}: {n}", peer.name(), run + 1)))
+                })
+            })
             .collect();
         if !notes.is_empty() {
             let _ = writeln!(out, "\nNotes:\n");
@@ -123,13 +136,4 @@ impl Report {
         }
         out
     }
-}
-
-/// The `p`-quantile (0..=1) of sorted `values` (nearest rank).
-pub fn quantile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
