@@ -47,26 +47,79 @@ impl From<async_imap::error::Error> for ImapError {
 }
 
 /// What was delivered so far, for one mailbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// Which mailbox (see [`mailbox_id`]): a registration changed to another account
+    /// must not inherit this one's position, even where both INBOXes have the same
+    /// UIDVALIDITY (Dovecot takes it from the creation second; some servers use 1).
+    /// `None` in checkpoints written before it was recorded: they match on UIDVALIDITY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
     /// The mailbox's UIDVALIDITY: UIDs only compare within one.
     pub uid_validity: u32,
     /// The highest UID delivered to the user.
     pub last_uid: u32,
 }
 
-/// Records where the mailbox ends now as `user`'s checkpoint, unless one for this
-/// mailbox (same UIDVALIDITY) is already there: their session starts from it.
-pub async fn record_start(session: &mut ImapSession, store: &dyn BridgeStore, user: &UserId) -> Result<(), ImapError> {
-    let mailbox = session.select("INBOX").await?;
-    let uid_validity = mailbox.uid_validity.unwrap_or(0);
-    let saved: Option<Checkpoint> = store.load(user, STATE_KEY).ok().flatten().and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    if saved.is_some_and(|saved| saved.uid_validity == uid_validity) {
-        return Ok(());
+/// What names an account's INBOX across registrations: the login and the IMAP server.
+#[must_use]
+pub fn mailbox_id(account: &Account) -> String {
+    format!("{}@{}:{}/INBOX", account.login, account.imap.host, account.imap.port)
+}
+
+/// Where delivery goes on from in a mailbox just selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// From the saved checkpoint: it is this mailbox's.
+    Saved(Checkpoint),
+    /// From the mailbox's current end (first start, another account, or the mailbox was
+    /// rebuilt: not from the beginning of the user's history); to be saved.
+    Fresh {
+        /// The new checkpoint.
+        start: Checkpoint,
+        /// The checkpoint it replaces, if there was one (worth a warning).
+        replaced: Option<Checkpoint>,
+    },
+}
+
+/// Where delivery goes on from in the INBOX `mailbox` ([`mailbox_id`]) as selected now:
+/// the saved checkpoint if it is this mailbox's (same account, same UIDVALIDITY), else
+/// the mailbox's current end.
+#[must_use]
+pub fn resume_point(saved: Option<Checkpoint>, mailbox: &str, uid_validity: u32, uid_next: Option<u32>) -> Resume {
+    match saved {
+        Some(saved) if saved.uid_validity == uid_validity && saved.mailbox.as_deref().is_none_or(|m| m == mailbox) => {
+            // A checkpoint from before mailboxes were recorded learns its mailbox now.
+            Resume::Saved(Checkpoint { mailbox: Some(mailbox.to_owned()), ..saved })
+        }
+        replaced => Resume::Fresh {
+            start: Checkpoint { mailbox: Some(mailbox.to_owned()), uid_validity, last_uid: uid_next.unwrap_or(1).saturating_sub(1) },
+            replaced,
+        },
     }
-    let start = Checkpoint { uid_validity, last_uid: mailbox.uid_next.unwrap_or(1).saturating_sub(1) };
-    let bytes = serde_json::to_vec(&start).map_err(|e| ImapError::Protocol(e.to_string()))?;
-    store.save(user, STATE_KEY, &bytes).await.map_err(|e| ImapError::Protocol(format!("cannot record the mailbox's start: {e}")))
+}
+
+/// Records where the mailbox ends now as `user`'s checkpoint, unless one for this
+/// mailbox (same account and UIDVALIDITY) is already there: their session starts from it.
+pub async fn record_start(session: &mut ImapSession, account: &Account, store: &dyn BridgeStore, user: &UserId) -> Result<(), ImapError> {
+    let mailbox = session.select("INBOX").await?;
+    let saved = load_checkpoint(store, user);
+    match resume_point(saved, &mailbox_id(account), mailbox.uid_validity.unwrap_or(0), mailbox.uid_next) {
+        Resume::Saved(_) => Ok(()),
+        Resume::Fresh { start, .. } => save_checkpoint(store, user, &start)
+            .await
+            .map_err(|e| ImapError::Protocol(format!("cannot record the mailbox's start: {e}"))),
+    }
+}
+
+fn load_checkpoint(store: &dyn BridgeStore, user: &UserId) -> Option<Checkpoint> {
+    let bytes = store.load(user, STATE_KEY).ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+async fn save_checkpoint(store: &dyn BridgeStore, user: &UserId, checkpoint: &Checkpoint) -> Result<(), String> {
+    let bytes = serde_json::to_vec(checkpoint).map_err(|e| e.to_string())?;
+    store.save(user, STATE_KEY, &bytes).await.map_err(|e| e.to_string())
 }
 
 /// Connects and logs in: implicit TLS, STARTTLS (required) or plain, as configured.
@@ -152,19 +205,15 @@ impl Watcher {
             *healthy = Some(true);
             self.emit(Event::NetworkStatus { online: true, reason: None }).await;
         }
-        let uid_validity = mailbox.uid_validity.unwrap_or(0);
-        let mut checkpoint = match self.load_checkpoint() {
-            Some(saved) if saved.uid_validity == uid_validity => saved,
-            saved => {
-                // First start, or the mailbox was rebuilt: start from now, not from the
-                // beginning of the user's history.
-                let last_uid = mailbox.uid_next.unwrap_or(1).saturating_sub(1);
-                if saved.is_some() {
-                    warn!(user = %self.key.user.0, "UIDVALIDITY changed; starting from the newest mail");
+        let saved = load_checkpoint(self.store.as_ref(), &self.key.user);
+        let mut checkpoint = match resume_point(saved, &mailbox_id(&self.account), mailbox.uid_validity.unwrap_or(0), mailbox.uid_next) {
+            Resume::Saved(saved) => saved,
+            Resume::Fresh { start, replaced } => {
+                if replaced.is_some() {
+                    warn!(user = %self.key.user.0, "UIDVALIDITY or account changed; starting from the newest mail");
                 }
-                let fresh = Checkpoint { uid_validity, last_uid };
-                self.save_checkpoint(&fresh).await?;
-                fresh
+                self.save_checkpoint(&start).await?;
+                start
             }
         };
         let has_idle = session.capabilities().await?.has_str("IDLE");
@@ -239,16 +288,67 @@ impl Watcher {
         Ok(session)
     }
 
-    fn load_checkpoint(&self) -> Option<Checkpoint> {
-        let bytes = self.store.load(&self.key.user, STATE_KEY).ok()??;
-        serde_json::from_slice(&bytes).ok()
-    }
-
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ImapError> {
-        let bytes = serde_json::to_vec(checkpoint).map_err(|e| ImapError::Protocol(e.to_string()))?;
-        self.store
-            .save(&self.key.user, STATE_KEY, &bytes)
+        save_checkpoint(self.store.as_ref(), &self.key.user, checkpoint)
             .await
             .map_err(|e| ImapError::Protocol(format!("cannot record delivery: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HERE: &str = "alice@example.test@127.0.0.1:1143/INBOX";
+
+    fn at(mailbox: Option<&str>, uid_validity: u32, last_uid: u32) -> Checkpoint {
+        Checkpoint { mailbox: mailbox.map(str::to_owned), uid_validity, last_uid }
+    }
+
+    #[test]
+    fn the_saved_checkpoint_of_this_mailbox_is_resumed() {
+        assert_eq!(resume_point(Some(at(Some(HERE), 7, 41)), HERE, 7, Some(90)), Resume::Saved(at(Some(HERE), 7, 41)));
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_mailboxes_were_recorded_is_resumed_and_learns_its_mailbox() {
+        assert_eq!(resume_point(Some(at(None, 7, 41)), HERE, 7, Some(90)), Resume::Saved(at(Some(HERE), 7, 41)));
+        let old: Checkpoint = serde_json::from_str(r#"{"uid_validity":7,"last_uid":41}"#).unwrap();
+        assert_eq!(old, at(None, 7, 41));
+    }
+
+    #[test]
+    fn without_a_checkpoint_delivery_starts_at_the_mailboxs_end() {
+        assert_eq!(resume_point(None, HERE, 7, Some(90)), Resume::Fresh { start: at(Some(HERE), 7, 89), replaced: None });
+        assert_eq!(resume_point(None, HERE, 7, None), Resume::Fresh { start: at(Some(HERE), 7, 0), replaced: None });
+    }
+
+    #[test]
+    fn a_rebuilt_mailbox_starts_at_its_end() {
+        let saved = at(Some(HERE), 7, 41);
+        assert_eq!(resume_point(Some(saved.clone()), HERE, 8, Some(3)), Resume::Fresh { start: at(Some(HERE), 8, 2), replaced: Some(saved) });
+    }
+
+    /// A registration changed to another account whose INBOX has the same UIDVALIDITY
+    /// (Dovecot: created in the same second) used to inherit the old position: with
+    /// last UID 500 there and 10 mails here, the next 490 mails were skipped.
+    #[test]
+    fn another_accounts_checkpoint_is_not_inherited_even_with_the_same_uidvalidity() {
+        let other = at(Some("bob@example.test@127.0.0.1:1143/INBOX"), 7, 500);
+        assert_eq!(resume_point(Some(other.clone()), HERE, 7, Some(11)), Resume::Fresh { start: at(Some(HERE), 7, 10), replaced: Some(other) });
+    }
+
+    #[test]
+    fn the_mailbox_is_named_by_login_and_server() {
+        let account = Account {
+            address: "alice@example.test".into(),
+            login: "alice".into(),
+            password: bridge_core::Secret::new("pw"),
+            imap: crate::Endpoint { host: "imap.example.test".into(), port: 993, security: Security::Tls },
+            smtp: crate::Endpoint { host: "smtp.example.test".into(), port: 465, security: Security::Tls },
+            mark_seen: false,
+        };
+        assert_eq!(mailbox_id(&account), "alice@imap.example.test:993/INBOX");
+        assert!(!mailbox_id(&account).contains("pw"));
     }
 }
