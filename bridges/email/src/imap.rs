@@ -1,5 +1,6 @@
 //! Mail in: one IMAP connection per user, IDLE on INBOX (polling where the server has no
-//! IDLE), each new mail delivered once, the last delivered UID kept durably.
+//! IDLE), each new mail delivered, the last delivered UID kept durably once the XMPP server
+//! routed it (at least once: after a crash, the one mail in flight may come again, same id).
 
 use std::sync::Arc;
 use std::time::Duration;

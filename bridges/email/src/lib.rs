@@ -3,7 +3,7 @@
 //! INBOX is a message from it, pushed by IMAP IDLE.
 //!
 //! - `session`: one task per user: the durable outbox and SMTP sending.
-//! - `imap`: the INBOX watcher (IDLE, checkpoints: each mail delivered once).
+//! - `imap`: the INBOX watcher (IDLE, checkpoints: each mail delivered at least once, a repeat under the same id).
 //! - `smtp`: lettre transport, verified TLS.
 //! - `incoming` / `outgoing`: pure MIME conversions (mail-parser, html2text, lettre).
 //! - `settings`: accounts, servers, presets.
