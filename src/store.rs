@@ -197,6 +197,37 @@ struct Inner {
     flush_tickets: std::sync::atomic::AtomicU64,
     /// The highest ticket a finished flush covered.
     flushed_ticket: std::sync::atomic::AtomicU64,
+    /// What tests see of the fsyncs (how many, whether one is running); nothing outside tests.
+    fsync_probe: FsyncProbe,
+}
+
+/// Lets tests watch the fsyncs: that writers waiting together share one, and that the
+/// runtime's thread runs other tasks while one is in progress. Empty outside tests.
+#[derive(Default)]
+struct FsyncProbe {
+    /// How many fsyncs ran.
+    #[cfg(test)]
+    count: std::sync::atomic::AtomicU64,
+    /// Whether one is running now.
+    #[cfg(test)]
+    running: std::sync::atomic::AtomicBool,
+}
+
+impl FsyncProbe {
+    /// Runs the fsync `sync`, seen by tests.
+    fn around<T>(&self, sync: impl FnOnce() -> T) -> T {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.count.fetch_add(1, SeqCst);
+            self.running.store(true, SeqCst);
+            let result = sync();
+            self.running.store(false, SeqCst);
+            result
+        }
+        #[cfg(not(test))]
+        sync()
+    }
 }
 
 impl fmt::Debug for Store {
@@ -319,6 +350,7 @@ impl Store {
                 flushing: tokio::sync::Mutex::new(()),
                 flush_tickets: std::sync::atomic::AtomicU64::new(0),
                 flushed_ticket: std::sync::atomic::AtomicU64::new(0),
+                fsync_probe: FsyncProbe::default(),
             }),
         })
     }
@@ -430,8 +462,8 @@ impl Store {
         // log writes queued on that same pool, deadlocking forever (spacejam/sled#1308,
         // fixed only on sled's unreleased main branch). A blocking flush on Tokio's
         // blocking pool leaves sled's pool free to do the writes.
-        let db = self.inner.db.clone();
-        match tokio::task::spawn_blocking(move || db.flush()).await {
+        let inner = self.inner.clone();
+        match tokio::task::spawn_blocking(move || inner.fsync_probe.around(|| inner.db.flush())).await {
             Ok(result) => result.map(drop).map_err(|e| self.db_error("flush", e)),
             Err(join_error) if join_error.is_panic() => {
                 std::panic::resume_unwind(join_error.into_panic())
@@ -1066,32 +1098,41 @@ mod tests {
     }
 
     /// Issue 9: flushes ran on the runtime's one thread, and every session and the writer
-    /// stalled during each fsync. Now the thread runs other tasks while a flush is on.
+    /// stalled during each fsync. Now the thread runs other tasks while an fsync is in
+    /// progress: a task ticking on the current-thread runtime sees one running. (With the
+    /// fsync on the runtime's thread, the ticker can never run while one is on.)
     #[test]
     fn other_tasks_run_while_bridge_writes_are_flushed() {
         use bridge_core::BridgeStore;
+        use std::sync::atomic::Ordering::SeqCst;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let fx = Fixture::new();
         let store = fx.open();
         let a = UserId("a@x.org".into());
-        let ran = runtime.block_on(async {
-            let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let counter = ticks.clone();
+        let (ticks, ticks_during_fsync) = runtime.block_on(async {
+            let counts = Arc::new((std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)));
+            let (seen, watched) = (counts.clone(), store.clone());
             let ticker = tokio::spawn(async move {
                 loop {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    seen.0.fetch_add(1, SeqCst);
+                    if watched.inner.fsync_probe.running.load(SeqCst) {
+                        seen.1.fetch_add(1, SeqCst);
+                    }
                     tokio::task::yield_now().await;
                 }
             });
-            tokio::task::yield_now().await;
-            let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
-            for i in 0..20 {
+            // Enough writes for the ticker to catch an fsync in progress (one would do,
+            // unless that fsync is quicker than one tick).
+            for i in 0..200 {
                 store.save(&a, &format!("outbox/{i}"), b"mail").await.unwrap();
+                if counts.1.load(SeqCst) > 0 {
+                    break;
+                }
             }
             ticker.abort();
-            ticks.load(std::sync::atomic::Ordering::Relaxed) - before
+            (counts.0.load(SeqCst), counts.1.load(SeqCst))
         });
-        assert!(ran >= 20, "the other task ran only {ran} times during 20 flushed writes");
+        assert!(ticks_during_fsync > 0, "the other task never ran while an fsync was in progress ({ticks} ticks in all)");
     }
 
     #[tokio::test]
@@ -1106,6 +1147,9 @@ mod tests {
         }
         let tickets = store.inner.flush_tickets.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(store.inner.flushed_ticket.load(std::sync::atomic::Ordering::SeqCst), tickets, "every write is covered");
+        // The first writer's flush starts alone; the 49 that queued behind it share the next.
+        let fsyncs = store.inner.fsync_probe.count.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(fsyncs <= 2, "50 writers waiting together took {fsyncs} fsyncs");
         assert_eq!(store.list(&a, "outbox/").unwrap().len(), 50);
     }
 

@@ -294,24 +294,30 @@ async fn a_subject_with_crlf_adds_no_header(kind: ServerKind) {
     assert!(header(&mails[0], "Subject").unwrap().contains("Bcc: eve"), "the text stays in the subject");
 }
 
-/// Issue 9: the kill must land inside the delivery window. 200 mails arrive at once; the
-/// gateway is killed (-9) after some and before all of them reached the user, then
-/// restarted. Every mail arrives, and the only repeats possible (the mail written to the
-/// server's socket just before the kill, whose checkpoint was not yet on disk) carry the
-/// same id, the mail's Message-ID, so that a client can drop them. Prosody only: ejabberd
-/// adds nothing to what this proves, and the burst is the suite's slowest test.
+/// Issue 9: the kill must land inside the delivery window. The 200 mails land while the
+/// gateway is down, so that the restarted gateway has all of them to deliver at once
+/// (however fast the mail servers took them in); it is killed (-9) as soon as alice has
+/// 20 of them, restarted, and every mail is counted at the client. Every mail arrives,
+/// and the only repeat possible (the mail routed just before the kill, whose checkpoint
+/// was not yet on disk) carries the same id, the mail's Message-ID, so that a client can
+/// drop it. Without the routing barrier (`Event::WhenRouted`), the checkpoint runs ahead
+/// of the writer and the mails in between are lost. Prosody only: ejabberd adds nothing
+/// to what this proves, and the burst is the suite's slowest test.
 #[tokio::test]
 async fn the_gateway_killed_during_a_burst_loses_no_mail_and_repeats_only_under_the_same_id() {
     const BURST: usize = 200;
+    const KILL_AFTER: usize = 20;
     let s = setup(false);
     let mut gateway = s.gateway;
     let mut alice = s.server.client("alice", "localhost").await;
     let set = alice.iq("set", &register_form(&[("email_address", ALICE), ("email_password", "alice-mail-pw")])).await;
     assert_eq!(set.attr("type"), Some("result"));
     wait_inbox_watched(&gateway, 0).await;
+    gateway.kill_9();
     for i in 0..BURST {
         s.mail.send_raw(BOB, ALICE, &mail_from_bob(&format!("burst {i}"), "", "text/plain", "x"));
     }
+    s.mail.wait_inbox(ALICE, "alice-mail-pw", BURST, Duration::from_secs(60));
     let is_burst = |e: &minidom::Element| e.name() == "message" && child_text(e, "subject").is_some_and(|s| s.starts_with("burst "));
     // Every copy of each burst mail alice received so far, by subject, with its id.
     let copies = |alice: &Client| {
@@ -321,8 +327,10 @@ async fn the_gateway_killed_during_a_burst_loses_no_mail_and_repeats_only_under_
         }
         ids
     };
-    for _ in 0..20 {
-        alice.wait_for("a mail of the burst", is_burst).await;
+    assert!(copies(&alice).is_empty(), "no mail of the burst reached alice while the gateway was down");
+    gateway.spawn();
+    while copies(&alice).len() < KILL_AFTER {
+        assert!(alice.receives_within(Duration::from_secs(20), is_burst).await, "the restarted gateway delivered no burst mail");
     }
     gateway.kill_9();
     // What was already on its way to alice when the gateway died.
@@ -330,10 +338,12 @@ async fn the_gateway_killed_during_a_burst_loses_no_mail_and_repeats_only_under_
     let before_restart = copies(&alice).len();
     assert!(before_restart < BURST, "the kill came after the whole burst ({before_restart} mails): not inside the window");
     gateway.spawn();
+    let restarted = Instant::now();
     while copies(&alice).len() < BURST {
         let got = copies(&alice).len();
         assert!(alice.receives_within(Duration::from_secs(20), is_burst).await, "only {got} of {BURST} mails arrived");
     }
+    let caught_up = restarted.elapsed();
     // Anything more (a repeat) would come within a few seconds.
     while alice.receives_within(Duration::from_secs(3), is_burst).await {}
     let ids = copies(&alice);
@@ -344,7 +354,11 @@ async fn the_gateway_killed_during_a_burst_loses_no_mail_and_repeats_only_under_
         repeated += copies.len() - 1;
     }
     assert_eq!(ids.len(), BURST, "every mail arrived");
-    eprintln!("figures: killed after {before_restart} of {BURST} mails; {repeated} repeated under the same id");
+    eprintln!(
+        "figures: killed after {before_restart} of {BURST} mails; {repeated} repeated under the same id; \
+         the other {} delivered {caught_up:?} after the restart (from the XMPP connection, IMAP login included)",
+        BURST - before_restart
+    );
     assert!(repeated <= 1, "at most the one mail in flight at the kill is repeated, got {repeated}");
 }
 
@@ -416,6 +430,52 @@ async fn mailbox_flags_are_left_alone_unless_the_user_asks(kind: ServerKind) {
     assert!(!flags[0].contains("\\Seen"), "older mail is not touched: {flags:?}");
 }
 
+/// A TCP proxy on 127.0.0.1 in front of one of the mail servers' ports: the first
+/// `free` connections go through at once, later ones wait until `released` turns true.
+struct HoldingProxy {
+    /// Where the gateway connects.
+    port: u16,
+    /// How many connections it has accepted so far.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HoldingProxy {
+    async fn start(upstream: u16, free: usize, released: tokio::sync::watch::Receiver<bool>) -> HoldingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                let held = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= free;
+                let mut released = released.clone();
+                tokio::spawn(async move {
+                    if held {
+                        let _ = released.wait_for(|go| *go).await;
+                    }
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        });
+        HoldingProxy { port, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The gateway's `[email.providers]` section for example.test: plain IMAP and SMTP on
+/// the given ports.
+fn plain_providers(imap_port: u16, smtp_port: u16) -> String {
+    format!(
+        "[email.providers.\"example.test\"]\nimap = \"127.0.0.1:{imap_port}\"\nimap_security = \"plain\"\n\
+         smtp = \"127.0.0.1:{smtp_port}\"\nsmtp_security = \"plain\"\n"
+    )
+}
+
 /// Issue 9: mail that arrives between the registration's answer and the email session's
 /// first look at the mailbox used to be skipped (the session started from the mailbox's
 /// end as it found it). A proxy in front of Dovecot's IMAP lets the credential check
@@ -426,31 +486,10 @@ async fn mail_arriving_before_the_session_first_opens_the_mailbox_is_delivered()
     let mail = MailServer::start();
     mail.add_user(ALICE, "alice-mail-pw");
     mail.add_user(BOB, "bob-mail-pw");
-    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_port = proxy.local_addr().unwrap().port();
-    let imap_port = mail.imap_port;
+    // The first connection is the registration's login check; later ones wait.
     let (release, released) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let mut connections = 0;
-        loop {
-            let Ok((mut client, _)) = proxy.accept().await else { return };
-            connections += 1;
-            let mut released = released.clone();
-            tokio::spawn(async move {
-                // The first connection is the registration's login check; later ones wait.
-                if connections > 1 {
-                    let _ = released.wait_for(|go| *go).await;
-                }
-                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", imap_port)).await else { return };
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-            });
-        }
-    });
-    let section = format!(
-        "[email.providers.\"example.test\"]\nimap = \"127.0.0.1:{proxy_port}\"\nimap_security = \"plain\"\n\
-         smtp = \"127.0.0.1:{}\"\nsmtp_security = \"plain\"\n",
-        mail.submission_port
-    );
+    let imap = HoldingProxy::start(mail.imap_port, 1, released).await;
+    let section = plain_providers(imap.port, mail.submission_port);
     let gateway = Gateway::start_irc_networks(&server, &section);
     let mut alice = server.client("alice", "localhost").await;
     let set = alice.iq("set", &register_form(&[("email_address", ALICE), ("email_password", "alice-mail-pw")])).await;
@@ -459,5 +498,83 @@ async fn mail_arriving_before_the_session_first_opens_the_mailbox_is_delivered()
     mail.wait_inbox(ALICE, "alice-mail-pw", 1, Duration::from_secs(20));
     assert_eq!(gateway.log_text().matches("watching INBOX").count(), 0, "the session must not have opened the mailbox yet");
     release.send(true).unwrap();
-    alice.wait_for("the mail that landed in the gap", |e| child_text(e, "subject").as_deref() == Some("In the gap")).await;
+    let in_the_gap = |e: &Element| child_text(e, "subject").as_deref() == Some("In the gap");
+    alice.wait_for("the mail that landed in the gap", in_the_gap).await;
+    assert!(!alice.receives_within(Duration::from_secs(3), in_the_gap).await, "the mail in the gap came twice");
+}
+
+on_each_server!(a_registration_changed_to_another_mailbox_does_not_inherit_its_position);
+/// A registration changed to another account whose INBOX has the same UIDVALIDITY (as
+/// Dovecot gives two mailboxes created in the same second, and some servers give every
+/// INBOX) used to inherit the old account's position: with three mails delivered from
+/// alice's box, the first three of bob's were skipped. It starts at the new box's end.
+async fn a_registration_changed_to_another_mailbox_does_not_inherit_its_position(kind: ServerKind) {
+    let s = setup_on(kind, false);
+    for address in [ALICE, BOB] {
+        s.mail.set_uid_validity(address, 1);
+    }
+    let mut alice = alice_registered(&s).await;
+    wait_inbox_watched(&s.gateway, 0).await;
+    for i in 0..3 {
+        s.mail.send_raw(BOB, ALICE, &mail_from_bob(&format!("to alice's box {i}"), "", "text/plain", "x"));
+    }
+    alice.wait_for("the third mail in alice's box", |e| child_text(e, "subject").as_deref() == Some("to alice's box 2")).await;
+    let watched = inbox_watches(&s.gateway);
+    let set = alice.iq("set", &register_form(&[("email_address", BOB), ("email_password", "bob-mail-pw")])).await;
+    assert_eq!(set.attr("type"), Some("result"), "{set:?}");
+    wait_inbox_watched(&s.gateway, watched).await;
+    s.mail.send_raw(ALICE, BOB, &mail_from_bob("the first mail in bob's box", "", "text/plain", "x"));
+    alice.wait_for("the first mail in the new box", |e| child_text(e, "subject").as_deref() == Some("the first mail in bob's box")).await;
+}
+
+/// A registration changed from alice's box to bob's records bob's start at its login
+/// check; alice's watcher runs on until the new registration is stored and her session
+/// stopped. A mail it delivers meanwhile used to move the checkpoint back to alice's box,
+/// and bob's session then skipped what had landed in bob's box (same UIDVALIDITY: it
+/// resumed alice's position; another: it started at bob's end). The SMTP half of the
+/// check is held by a proxy to keep that window open; bob's first mail must arrive.
+#[tokio::test]
+async fn the_old_mailboxs_watcher_does_not_undo_a_registration_change() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let mail = MailServer::start();
+    for (address, password) in [(ALICE, "alice-mail-pw"), (BOB, "bob-mail-pw")] {
+        mail.add_user(address, password);
+        mail.set_uid_validity(address, 1);
+    }
+    // The first SMTP connection is alice's registration check; bob's waits.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let smtp = HoldingProxy::start(mail.submission_port, 1, released).await;
+    let gateway = Gateway::start_irc_networks(&server, &plain_providers(mail.imap_port, smtp.port));
+    let mut alice = server.client("alice", "localhost").await;
+    let set = alice.iq("set", &register_form(&[("email_address", ALICE), ("email_password", "alice-mail-pw")])).await;
+    assert_eq!(set.attr("type"), Some("result"));
+    wait_inbox_watched(&gateway, 0).await;
+    let watched = inbox_watches(&gateway);
+    let change = register_form(&[("email_address", BOB), ("email_password", "bob-mail-pw")]);
+    alice.send_raw(&format!("<iq type='set' id='change' to='{GW}'>{change}</iq>")).await;
+    // Bob's start is recorded once the check reaches SMTP.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while smtp.accepted() < 2 {
+        assert!(Instant::now() < deadline, "the registration change never reached its SMTP check");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let subject = |wanted: &'static str| move |e: &Element| child_text(e, "subject").as_deref() == Some(wanted);
+    mail.send_raw(BOB, ALICE, &mail_from_bob("to alice's box during the change", "", "text/plain", "x"));
+    alice.wait_for("the old box's mail", subject("to alice's box during the change")).await;
+    // Wait until alice's watcher has done with that mail's checkpoint: it stopped, or it
+    // went on to the next mail.
+    mail.send_raw(BOB, ALICE, &mail_from_bob("to alice's box, next", "", "text/plain", "x"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gateway.log_lines_with(&["no longer watched", "user=alice@localhost"]) == 0
+        && !alice.receives_within(Duration::from_millis(50), subject("to alice's box, next")).await
+    {
+        assert!(Instant::now() < deadline, "alice's watcher neither stopped nor delivered her next mail");
+    }
+    mail.send_raw(ALICE, BOB, &mail_from_bob("the first mail in bob's box", "", "text/plain", "x"));
+    mail.wait_inbox(BOB, "bob-mail-pw", 1, Duration::from_secs(20));
+    release.send(true).unwrap();
+    let answer = alice.wait_for("the change's answer", |e| e.name() == "iq" && e.attr("id") == Some("change")).await;
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    wait_inbox_watched(&gateway, watched).await;
+    alice.wait_for("bob's first mail", subject("the first mail in bob's box")).await;
 }

@@ -113,6 +113,24 @@ impl MailServer {
         script(&["expunge", self.path(), address]);
     }
 
+    /// Gives the INBOX of `address` the UIDVALIDITY `uid_validity` (the server must be
+    /// running; `doveadm mailbox update`). Dovecot takes a new mailbox's UIDVALIDITY from
+    /// the second it was created, and some servers use 1 for every INBOX: tests of two
+    /// mailboxes with the same UIDVALIDITY make it so instead of hoping for it.
+    pub fn set_uid_validity(&self, address: &str, uid_validity: u32) {
+        let config = self.dir.path().join("dovecot.conf");
+        for args in [
+            vec!["mailbox", "create", "-u", address, "INBOX"],
+            vec!["mailbox", "update", "-u", address, "--uid-validity", &uid_validity.to_string(), "INBOX"],
+        ] {
+            let out = Command::new("doveadm").arg("-c").arg(&config).args(&args).output().expect("cannot run doveadm");
+            // INBOX may exist already (create then fails; update is what counts).
+            if args[1] == "update" {
+                assert!(out.status.success(), "doveadm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+
     /// The self-signed certificate (PEM) of every TLS port, to trust as a root.
     pub fn cert_path(&self) -> PathBuf {
         self.dir.path().join("tls").join("cert.pem")

@@ -1,5 +1,6 @@
 //! Mail in: one IMAP connection per user, IDLE on INBOX (polling where the server has no
-//! IDLE), each new mail delivered once, the last delivered UID kept durably.
+//! IDLE), each new mail delivered, the last delivered UID kept durably once the XMPP server
+//! routed it (at least once: after a crash, the one mail in flight may come again, same id).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,10 @@ pub enum ImapError {
     /// Any other protocol failure.
     #[error("IMAP: {0}")]
     Protocol(String),
+    /// The registration moved to another mailbox, whose start is recorded: this watcher
+    /// (the old account's, until its session is stopped) must not move the checkpoint.
+    #[error("the registration moved to another mailbox")]
+    Superseded,
 }
 
 impl From<async_imap::error::Error> for ImapError {
@@ -47,26 +52,99 @@ impl From<async_imap::error::Error> for ImapError {
 }
 
 /// What was delivered so far, for one mailbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// Which mailbox (see [`mailbox_id`]): a registration changed to another account
+    /// must not inherit this one's position, even where both INBOXes have the same
+    /// UIDVALIDITY (Dovecot takes it from the creation second; some servers use 1).
+    /// `None` in checkpoints written before it was recorded: they match on UIDVALIDITY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
     /// The mailbox's UIDVALIDITY: UIDs only compare within one.
     pub uid_validity: u32,
     /// The highest UID delivered to the user.
     pub last_uid: u32,
 }
 
-/// Records where the mailbox ends now as `user`'s checkpoint, unless one for this
-/// mailbox (same UIDVALIDITY) is already there: their session starts from it.
-pub async fn record_start(session: &mut ImapSession, store: &dyn BridgeStore, user: &UserId) -> Result<(), ImapError> {
-    let mailbox = session.select("INBOX").await?;
-    let uid_validity = mailbox.uid_validity.unwrap_or(0);
-    let saved: Option<Checkpoint> = store.load(user, STATE_KEY).ok().flatten().and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    if saved.is_some_and(|saved| saved.uid_validity == uid_validity) {
-        return Ok(());
+/// What names an account's INBOX across registrations: the login and the IMAP server.
+#[must_use]
+pub fn mailbox_id(account: &Account) -> String {
+    format!("{}@{}:{}/INBOX", account.login, account.imap.host, account.imap.port)
+}
+
+/// Where delivery goes on from in a mailbox just selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// From the saved checkpoint: it is this mailbox's.
+    Saved(Checkpoint),
+    /// From the mailbox's current end (first start, another account, or the mailbox was
+    /// rebuilt: not from the beginning of the user's history); to be saved.
+    Fresh {
+        /// The new checkpoint.
+        start: Checkpoint,
+        /// The checkpoint it replaces, if there was one (worth a warning).
+        replaced: Option<Checkpoint>,
+    },
+}
+
+/// How a saved checkpoint must match the INBOX just selected to be resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matching {
+    /// At a registration: the account may be another one now, so only a checkpoint of
+    /// this account (or one from before accounts were recorded) with this UIDVALIDITY.
+    SameAccount,
+    /// At a session's start: the checkpoint was recorded for the registered account, so
+    /// the same UIDVALIDITY is enough (an account named differently is the same mailbox
+    /// reached another way, e.g. the administrator renamed the server).
+    SameUidValidity,
+}
+
+/// Where delivery goes on from in the INBOX `mailbox` ([`mailbox_id`]) as selected now:
+/// the saved checkpoint if it matches (see [`Matching`]), else the mailbox's current end.
+/// A resumed checkpoint is named after `mailbox` from now on.
+#[must_use]
+pub fn resume_point(saved: Option<Checkpoint>, mailbox: &str, uid_validity: u32, uid_next: Option<u32>, matching: Matching) -> Resume {
+    let resumable = |saved: &Checkpoint| {
+        saved.uid_validity == uid_validity
+            && (matching == Matching::SameUidValidity || saved.mailbox.as_deref().is_none_or(|m| m == mailbox))
+    };
+    match saved {
+        Some(saved) if resumable(&saved) => Resume::Saved(Checkpoint { mailbox: Some(mailbox.to_owned()), ..saved }),
+        replaced => Resume::Fresh {
+            start: Checkpoint { mailbox: Some(mailbox.to_owned()), uid_validity, last_uid: uid_next.unwrap_or(1).saturating_sub(1) },
+            replaced,
+        },
     }
-    let start = Checkpoint { uid_validity, last_uid: mailbox.uid_next.unwrap_or(1).saturating_sub(1) };
-    let bytes = serde_json::to_vec(&start).map_err(|e| ImapError::Protocol(e.to_string()))?;
-    store.save(user, STATE_KEY, &bytes).await.map_err(|e| ImapError::Protocol(format!("cannot record the mailbox's start: {e}")))
+}
+
+/// Records where the mailbox ends now as `user`'s checkpoint, unless one for this
+/// mailbox (same account and UIDVALIDITY) is already there: their session starts from it.
+pub async fn record_start(session: &mut ImapSession, account: &Account, store: &dyn BridgeStore, user: &UserId) -> Result<(), ImapError> {
+    let mailbox = session.select("INBOX").await?;
+    let saved = load_checkpoint(store, user);
+    match resume_point(saved, &mailbox_id(account), mailbox.uid_validity.unwrap_or(0), mailbox.uid_next, Matching::SameAccount) {
+        Resume::Saved(_) => Ok(()),
+        Resume::Fresh { start, .. } => save_checkpoint(store, user, &start)
+            .await
+            .map_err(|e| ImapError::Protocol(format!("cannot record the mailbox's start: {e}"))),
+    }
+}
+
+/// Whether the checkpoint `stored` belongs to another mailbox than `mine`: the
+/// registration moved there (its login check recorded that mailbox's start).
+#[must_use]
+pub fn superseded(stored: Option<&Checkpoint>, mine: &Checkpoint) -> bool {
+    stored.is_some_and(|stored| stored.mailbox.is_some() && stored.mailbox != mine.mailbox)
+}
+
+fn load_checkpoint(store: &dyn BridgeStore, user: &UserId) -> Option<Checkpoint> {
+    let bytes = store.load(user, STATE_KEY).ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+async fn save_checkpoint(store: &dyn BridgeStore, user: &UserId, checkpoint: &Checkpoint) -> Result<(), String> {
+    let bytes = serde_json::to_vec(checkpoint).map_err(|e| e.to_string())?;
+    store.save(user, STATE_KEY, &bytes).await.map_err(|e| e.to_string())
 }
 
 /// Connects and logs in: implicit TLS, STARTTLS (required) or plain, as configured.
@@ -125,6 +203,10 @@ impl Watcher {
             }
             let (reason, wait) = match result {
                 Ok(()) => return,
+                Err(ImapError::Superseded) => {
+                    info!(user = %self.key.user.0, "the registration moved to another mailbox; this one is no longer watched");
+                    return;
+                }
                 Err(ImapError::Login(reason)) => (format!("IMAP login refused: {reason}"), AUTH_RETRY),
                 Err(error) => (error.to_string(), backoff.next_delay()),
             };
@@ -152,19 +234,22 @@ impl Watcher {
             *healthy = Some(true);
             self.emit(Event::NetworkStatus { online: true, reason: None }).await;
         }
-        let uid_validity = mailbox.uid_validity.unwrap_or(0);
-        let mut checkpoint = match self.load_checkpoint() {
-            Some(saved) if saved.uid_validity == uid_validity => saved,
-            saved => {
-                // First start, or the mailbox was rebuilt: start from now, not from the
-                // beginning of the user's history.
-                let last_uid = mailbox.uid_next.unwrap_or(1).saturating_sub(1);
-                if saved.is_some() {
-                    warn!(user = %self.key.user.0, "UIDVALIDITY changed; starting from the newest mail");
+        let saved = load_checkpoint(self.store.as_ref(), &self.key.user);
+        let id = mailbox_id(&self.account);
+        let mut checkpoint = match resume_point(saved.clone(), &id, mailbox.uid_validity.unwrap_or(0), mailbox.uid_next, Matching::SameUidValidity) {
+            Resume::Saved(resumed) => {
+                if saved.is_some_and(|saved| saved.mailbox != resumed.mailbox) {
+                    // Named after this account from now on (see `superseded`).
+                    self.save_checkpoint(&resumed).await?;
                 }
-                let fresh = Checkpoint { uid_validity, last_uid };
-                self.save_checkpoint(&fresh).await?;
-                fresh
+                resumed
+            }
+            Resume::Fresh { start, replaced } => {
+                if replaced.is_some() {
+                    warn!(user = %self.key.user.0, "UIDVALIDITY or account changed; starting from the newest mail");
+                }
+                self.save_checkpoint(&start).await?;
+                start
             }
         };
         let has_idle = session.capabilities().await?.has_str("IDLE");
@@ -234,21 +319,104 @@ impl Watcher {
                 session.uid_store(uid.to_string(), "+FLAGS.SILENT (\\Seen)").await?.try_collect::<Vec<_>>().await?;
             }
             checkpoint.last_uid = uid;
+            // Checked and written with no await in between: on the gateway's one thread,
+            // a registration's login check cannot slip its record in between.
+            if superseded(load_checkpoint(self.store.as_ref(), &self.key.user).as_ref(), checkpoint) {
+                return Err(ImapError::Superseded);
+            }
             self.save_checkpoint(checkpoint).await?;
         }
         Ok(session)
     }
 
-    fn load_checkpoint(&self) -> Option<Checkpoint> {
-        let bytes = self.store.load(&self.key.user, STATE_KEY).ok()??;
-        serde_json::from_slice(&bytes).ok()
-    }
-
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ImapError> {
-        let bytes = serde_json::to_vec(checkpoint).map_err(|e| ImapError::Protocol(e.to_string()))?;
-        self.store
-            .save(&self.key.user, STATE_KEY, &bytes)
+        save_checkpoint(self.store.as_ref(), &self.key.user, checkpoint)
             .await
             .map_err(|e| ImapError::Protocol(format!("cannot record delivery: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HERE: &str = "alice@example.test@127.0.0.1:1143/INBOX";
+
+    fn at(mailbox: Option<&str>, uid_validity: u32, last_uid: u32) -> Checkpoint {
+        Checkpoint { mailbox: mailbox.map(str::to_owned), uid_validity, last_uid }
+    }
+
+    #[test]
+    fn the_saved_checkpoint_of_this_mailbox_is_resumed() {
+        assert_eq!(resume_point(Some(at(Some(HERE), 7, 41)), HERE, 7, Some(90), Matching::SameAccount), Resume::Saved(at(Some(HERE), 7, 41)));
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_mailboxes_were_recorded_is_resumed_and_learns_its_mailbox() {
+        for matching in [Matching::SameAccount, Matching::SameUidValidity] {
+            assert_eq!(resume_point(Some(at(None, 7, 41)), HERE, 7, Some(90), matching), Resume::Saved(at(Some(HERE), 7, 41)));
+        }
+        let old: Checkpoint = serde_json::from_str(r#"{"uid_validity":7,"last_uid":41}"#).unwrap();
+        assert_eq!(old, at(None, 7, 41));
+    }
+
+    #[test]
+    fn without_a_checkpoint_delivery_starts_at_the_mailboxs_end() {
+        assert_eq!(resume_point(None, HERE, 7, Some(90), Matching::SameUidValidity), Resume::Fresh { start: at(Some(HERE), 7, 89), replaced: None });
+        assert_eq!(resume_point(None, HERE, 7, None, Matching::SameAccount), Resume::Fresh { start: at(Some(HERE), 7, 0), replaced: None });
+    }
+
+    #[test]
+    fn a_rebuilt_mailbox_starts_at_its_end() {
+        let saved = at(Some(HERE), 7, 41);
+        for matching in [Matching::SameAccount, Matching::SameUidValidity] {
+            let expected = Resume::Fresh { start: at(Some(HERE), 8, 2), replaced: Some(saved.clone()) };
+            assert_eq!(resume_point(Some(saved.clone()), HERE, 8, Some(3), matching), expected);
+        }
+    }
+
+    /// A registration changed to another account whose INBOX has the same UIDVALIDITY
+    /// (Dovecot: created in the same second) used to inherit the old position: with
+    /// last UID 500 there and 10 mails here, the next 490 mails were skipped.
+    #[test]
+    fn another_accounts_checkpoint_is_not_inherited_even_with_the_same_uidvalidity() {
+        let other = at(Some("bob@example.test@127.0.0.1:1143/INBOX"), 7, 500);
+        let expected = Resume::Fresh { start: at(Some(HERE), 7, 10), replaced: Some(other.clone()) };
+        assert_eq!(resume_point(Some(other), HERE, 7, Some(11), Matching::SameAccount), expected);
+    }
+
+    /// At a session's start the checkpoint is the registered account's, whatever it was
+    /// named when written: a server the administrator renamed loses no mail.
+    #[test]
+    fn a_session_resumes_its_checkpoint_under_a_new_name_of_the_same_mailbox() {
+        let renamed = at(Some("alice@example.test@old-name:1143/INBOX"), 7, 41);
+        assert_eq!(resume_point(Some(renamed), HERE, 7, Some(90), Matching::SameUidValidity), Resume::Saved(at(Some(HERE), 7, 41)));
+    }
+
+    /// A registration changed to bob's box records its start there; alice's watcher, still
+    /// running until her session is stopped, must not overwrite it with her position (bob's
+    /// session would then find another mailbox's checkpoint and skip what landed meanwhile).
+    #[test]
+    fn a_checkpoint_of_another_mailbox_supersedes_this_watcher() {
+        let alice = at(Some(HERE), 7, 41);
+        let bob = at(Some("bob@example.test@127.0.0.1:1143/INBOX"), 9, 3);
+        assert!(superseded(Some(&bob), &alice));
+        assert!(!superseded(Some(&at(Some(HERE), 7, 40)), &alice), "its own earlier position");
+        assert!(!superseded(Some(&at(None, 7, 40)), &alice), "a checkpoint from before mailboxes were recorded");
+        assert!(!superseded(None, &alice));
+    }
+
+    #[test]
+    fn the_mailbox_is_named_by_login_and_server() {
+        let account = Account {
+            address: "alice@example.test".into(),
+            login: "alice".into(),
+            password: bridge_core::Secret::new("pw"),
+            imap: crate::Endpoint { host: "imap.example.test".into(), port: 993, security: Security::Tls },
+            smtp: crate::Endpoint { host: "smtp.example.test".into(), port: 465, security: Security::Tls },
+            mark_seen: false,
+        };
+        assert_eq!(mailbox_id(&account), "alice@imap.example.test:993/INBOX");
+        assert!(!mailbox_id(&account).contains("pw"));
     }
 }

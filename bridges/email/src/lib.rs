@@ -3,7 +3,7 @@
 //! INBOX is a message from it, pushed by IMAP IDLE.
 //!
 //! - `session`: one task per user: the durable outbox and SMTP sending.
-//! - `imap`: the INBOX watcher (IDLE, checkpoints: each mail delivered once).
+//! - `imap`: the INBOX watcher (IDLE, checkpoints: each mail delivered at least once, a repeat under the same id).
 //! - `smtp`: lettre transport, verified TLS.
 //! - `incoming` / `outgoing`: pure MIME conversions (mail-parser, html2text, lettre).
 //! - `settings`: accounts, servers, presets.
@@ -98,7 +98,7 @@ impl Bridge for EmailBridge {
             let mut session = imap::login(&account, &settings).await.map_err(|e| e.to_string())?;
             // Mail that arrives from now on is the user's: their session starts from here,
             // however long after the registration's answer it gets to the mailbox.
-            let recorded = imap::record_start(&mut session, store.as_ref(), &user).await.map_err(|e| e.to_string());
+            let recorded = imap::record_start(&mut session, &account, store.as_ref(), &user).await.map_err(|e| e.to_string());
             let _ = session.logout().await;
             recorded?;
             smtp::check(&account, &settings).await
