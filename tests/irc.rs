@@ -457,6 +457,46 @@ async fn a_100_line_burst_reaches_a_flood_protected_server_completely(kind: Serv
     assert_eq!(got, lines);
 }
 
+// Lines the rate limit held back when the connection dropped go out after the
+// reconnection (they used to be cleared with the old connection's queue).
+on_each_server!(lines_waiting_for_the_rate_limit_when_the_server_dies_are_sent_after_the_reconnection);
+async fn lines_waiting_for_the_rate_limit_when_the_server_dies_are_sent_after_the_reconnection(kind: ServerKind) {
+    let server = XmppServer::start(kind);
+    let fast = Ngircd::start(false);
+    // Network `localhost` has the gateway's default rate limit: 4 lines, then 2 a second.
+    let limited = Ngircd::start(false);
+    let gateway = Gateway::start_irc(&server, &fast, Some(&limited));
+    let mut bob = limited.client("bob").await;
+    bob.join("#held").await;
+    let mut alice = server.client("alice", "localhost").await;
+    let r = room_on_localhost("#held");
+    join(&mut alice, &r, "alice").await;
+    let lines: Vec<String> = (1..=12).map(|i| format!("held {i}")).collect();
+    groupchat(&mut alice, &r, &lines.join("&#10;")).await;
+    // The burst and one more; the next line is due half a second later.
+    let mut got = bob.collect_privmsgs("#held", 5, Duration::from_secs(10)).await;
+    assert_eq!(got, lines[..5], "before the stop");
+    limited.stop();
+    let me = format!("{r}/alice");
+    let gone = |e: &Element| is_presence_from(e, &me) && e.attr("type") == Some("unavailable");
+    alice.wait_for("the presence of the lost connection", gone).await;
+    // The gateway's attempts fail on the stopped server, each after twice the delay of
+    // the one before (0.5 s, jitter +-25%): after the third, the next is at least 3 s
+    // away, time enough for Bob to be back in the channel before the gateway.
+    let refused = ["IRC connection lost; reconnecting", "Connection refused"];
+    gateway.wait_log("three refused reconnections", &refused, 2).await;
+    limited.start_again();
+    let mut bob = limited.client("bob").await;
+    bob.join("#held").await;
+    alice
+        .wait_for("the self-presence after rejoining", |e| {
+            is_presence_from(e, &me) && e.attr("type").is_none() && status_codes(e).contains(&"110".into())
+        })
+        .await;
+    got.extend(bob.collect_privmsgs("#held", 7, Duration::from_secs(20)).await);
+    assert_eq!(got, lines, "every line exactly once, in order");
+}
+
 // ---------------------------------------------------------------------------------------
 // TLS, server notices, the connection's life cycle, isolation from a broken server
 // ---------------------------------------------------------------------------------------

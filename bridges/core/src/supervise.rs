@@ -3,7 +3,8 @@
 //! A session is one task per (user, network). Were it to panic (a bug, or input nobody
 //! foresaw), tokio would drop it silently: the user's rooms would stay open on the XMPP
 //! side with nobody behind them. [`spawn_session`] turns a panic into the session's
-//! `Event::Ended`, so the gateway closes what the session served and tells the user, and
+//! `Event::Ended`, with the commands the task never took, so the gateway closes what the
+//! session served, tells the user and hands those commands to a new session; and it
 //! logs it (the binary's panic hook logs the backtrace).
 
 use std::any::Any;
@@ -11,24 +12,41 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
+use tokio::sync::oneshot;
 
-use crate::model::{Event, SessionKey};
+use crate::bridge::{command_queue, CommandQueue, Commands};
+use crate::model::{Command, Event, SessionKey};
 use crate::{EventSink, SessionEvent};
 
-/// Runs `session` (the task of the session `key`) on the runtime; a panic in it is
-/// reported on `events` as `Event::Ended` with the panic's message.
-pub fn spawn_session<F>(key: SessionKey, events: EventSink, session: F)
+/// Starts the session `key` on the runtime: `session` gets the session's end of a new
+/// command queue and returns the task; the gateway's end is returned. Should the task
+/// panic, `events` gets `Event::Ended` with the panic's message and the commands still
+/// queued, and the queue is closed.
+pub fn spawn_session<F>(key: SessionKey, events: EventSink, session: impl FnOnce(Commands) -> F) -> CommandQueue
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    tokio::spawn(async move {
-        let Err(payload) = AssertUnwindSafe(session).catch_unwind().await else { return };
-        let message = panic_message(payload.as_ref());
-        tracing::error!(user = %key.user.0, network = ?key.network, panic = %message, "a session task panicked; its session is ended");
-        let reason = format!("the gateway's session failed (a bug, logged for the administrator): {message}");
-        // Commands still queued were dropped with the task: nothing to hand back.
-        let _ = events.send(SessionEvent { key, event: Event::Ended { reason, unhandled: Vec::new() } }).await;
-    });
+    let (queue, mut commands) = command_queue();
+    let (salvage, salvaged) = oneshot::channel();
+    commands.salvage_on_drop(salvage);
+    let task = session(commands);
+    tokio::spawn(supervise(key, events, task, salvaged));
+    queue
+}
+
+/// Runs `task`; after a panic, reports it and ends the session properly.
+async fn supervise<F>(key: SessionKey, events: EventSink, task: F, salvaged: oneshot::Receiver<Vec<Command>>)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    // The task is dropped at the end of this statement, and with it its end of the
+    // command queue, which hands back the commands it still held.
+    let Err(payload) = AssertUnwindSafe(task).catch_unwind().await else { return };
+    let message = panic_message(payload.as_ref());
+    tracing::error!(user = %key.user.0, network = ?key.network, panic = %message, "a session task panicked; its session is ended");
+    let reason = format!("the gateway's session failed (a bug, logged for the administrator): {message}");
+    let unhandled = salvaged.await.unwrap_or_default();
+    let _ = events.send(SessionEvent { key, event: Event::Ended { reason, unhandled } }).await;
 }
 
 /// The text of a panic (`panic!("...")` carries a `&str` or a `String`).
@@ -44,32 +62,49 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 mod tests {
     use super::*;
     use crate::model::{NetworkId, UserId};
+    use crate::Session;
+
+    fn key() -> SessionKey {
+        SessionKey { user: UserId("u@h".into()), network: NetworkId::Irc { server: "s".into() } }
+    }
+
+    fn leave(channel: &str) -> Command {
+        Command::Leave { channel: channel.into(), reason: None }
+    }
 
     #[tokio::test]
-    async fn a_panicking_session_ends_with_the_panics_message() {
+    async fn a_panicking_session_ends_with_its_message_its_queued_commands_and_a_closed_queue() {
         let (events, mut rx) = tokio::sync::mpsc::channel(4);
-        let key = SessionKey { user: UserId("u@h".into()), network: NetworkId::Irc { server: "s".into() } };
+        let (go, wait) = oneshot::channel::<()>();
         let index: usize = "3".parse().unwrap();
-        spawn_session(key.clone(), events, async move {
+        let queue = spawn_session(key(), events, |mut commands| async move {
+            let first = commands.recv().await;
+            wait.await.ok();
             let empty: Vec<u8> = Vec::new();
             let _ = empty[index];
+            drop(first);
         });
+        queue.send(leave("#a")).unwrap();
+        tokio::task::yield_now().await;
+        queue.send(leave("#b")).unwrap();
+        queue.send(leave("#c")).unwrap();
+        go.send(()).unwrap();
         let SessionEvent { key: ended, event } = rx.recv().await.unwrap();
-        assert_eq!(ended, key);
-        match event {
-            Event::Ended { reason, unhandled } => {
-                assert!(reason.contains("index out of bounds"), "{reason}");
-                assert!(unhandled.is_empty());
-            }
-            other => panic!("expected Ended, got {other:?}"),
-        }
+        assert_eq!(ended, key());
+        let Event::Ended { reason, unhandled } = event else { panic!("expected Ended, got {event:?}") };
+        assert!(reason.contains("index out of bounds"), "{reason}");
+        assert_eq!(unhandled, [leave("#b"), leave("#c")], "what the session never took goes to a new one");
+        assert!(queue.is_closed(), "the gateway sees the session as gone");
+        assert!(queue.send(leave("#d")).is_err());
     }
 
     #[tokio::test]
     async fn a_session_that_ends_normally_reports_nothing_more() {
         let (events, mut rx) = tokio::sync::mpsc::channel(4);
         let key = SessionKey { user: UserId("u@h".into()), network: NetworkId::Email };
-        spawn_session(key, events, async {});
+        let queue = spawn_session(key, events, |mut commands| async move { while commands.recv().await.is_some() {} });
+        queue.send(leave("#a")).unwrap();
+        drop(queue);
         assert!(rx.recv().await.is_none(), "the sender is dropped without a word");
     }
 }

@@ -75,19 +75,20 @@ impl Bridge for EmailBridge {
     }
 
     fn start(&self, key: SessionKey, credentials: Credentials, events: EventSink) -> Box<dyn Session> {
-        let (tx, rx) = bridge_core::command_queue();
         let account = match self.account(&credentials) {
             Ok(account) => account,
             Err(error) => {
                 tracing::warn!(user = %key.user.0, %error, "cannot start an email session");
-                // rx dropped: the queue is closed and the router sees the session as ended.
-                return Box::new(tx);
+                // A closed queue: the router sees the session as ended.
+                return Box::new(bridge_core::command_queue().0);
             }
         };
         let span = tracing::info_span!("email", user = %key.user.0);
-        let session = session::EmailSession::new(key.clone(), account, self.settings.clone(), self.store.clone(), events.clone(), rx);
-        bridge_core::spawn_session(key, events, session.run().instrument(span));
-        Box::new(tx)
+        let (settings, store) = (self.settings.clone(), self.store.clone());
+        let queue = bridge_core::spawn_session(key.clone(), events.clone(), |commands| {
+            session::EmailSession::new(key, account, settings, store, events, commands).run().instrument(span)
+        });
+        Box::new(queue)
     }
 
     fn check_credentials(&self, user: &UserId, credentials: &Credentials) -> BoxFuture<'static, Result<(), String>> {

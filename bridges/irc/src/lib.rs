@@ -68,18 +68,18 @@ impl Bridge for IrcBridge {
     }
 
     fn start(&self, key: SessionKey, credentials: Credentials, events: EventSink) -> Box<dyn Session> {
-        let (tx, rx) = bridge_core::command_queue();
         let NetworkId::Irc { server } = &key.network else {
             // Not ours: a closed queue, so the router sees the session as ended.
-            return Box::new(tx);
+            return Box::new(bridge_core::command_queue().0);
         };
         let server = server.clone();
         let span = tracing::info_span!("irc", user = %key.user.0, %server);
         let settings = self.settings(&server);
         let gate = self.connecting(&server);
-        let session = session::IrcSession::new(key.clone(), server.clone(), settings, gate, credentials, events.clone(), rx);
-        bridge_core::spawn_session(key, events, session.run().instrument(span));
-        Box::new(tx)
+        let queue = bridge_core::spawn_session(key.clone(), events.clone(), |commands| {
+            session::IrcSession::new(key, server, settings, gate, credentials, events, commands).run().instrument(span)
+        });
+        Box::new(queue)
     }
 }
 
