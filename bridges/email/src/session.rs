@@ -77,7 +77,10 @@ impl EmailSession {
             store: self.store.clone(),
             events: self.events.clone(),
         };
-        let watching = tokio::spawn(watcher.run(stopped).in_current_span());
+        let mut watching = tokio::spawn(watcher.run(stopped).in_current_span());
+        // The watcher stops on its own only when a newer registration supersedes it; the
+        // session then goes on sending mail.
+        let mut watcher_stopped = false;
         let transport = match smtp::transport(&self.account, &self.settings) {
             Ok(transport) => Some(transport),
             Err(error) => {
@@ -99,6 +102,17 @@ impl EmailSession {
                     }
                     Some(_) => {}
                 },
+                joined = &mut watching, if !watcher_stopped => {
+                    watcher_stopped = true;
+                    if let Err(error) = joined {
+                        if error.is_panic() {
+                            // The watcher's panic is the session's: its supervisor
+                            // (`spawn_session`) ends the session, tells the user and
+                            // hands the commands not taken to a new one.
+                            std::panic::resume_unwind(error.into_panic());
+                        }
+                    }
+                }
                 () = sleep_until_opt(retry_at) => {
                     retry_at = match &transport {
                         Some(transport) if !self.flush_outbox(transport).await => {
@@ -113,7 +127,9 @@ impl EmailSession {
             }
         }
         let _ = stop.send(());
-        let _ = watching.await;
+        if !watcher_stopped {
+            let _ = watching.await;
+        }
         let _ = self.events.send(SessionEvent { key: self.key.clone(), event: Event::Ended { reason: "session closed".into(), unhandled: Vec::new() } }).await;
     }
 
