@@ -30,23 +30,29 @@ where
     let (salvage, salvaged) = oneshot::channel();
     commands.salvage_on_drop(salvage);
     let task = session(commands);
-    tokio::spawn(supervise(key, events, task, salvaged));
+    tokio::spawn(supervised(key, events, task, salvaged));
     queue
 }
 
-/// Runs `task`; after a panic, reports it and ends the session properly.
-async fn supervise<F>(key: SessionKey, events: EventSink, task: F, salvaged: oneshot::Receiver<Vec<Command>>)
+/// `task`, then, should it panic, the report of it and the session's proper end.
+///
+/// Built with combinators rather than as an `async fn`: an `async fn` keeps its
+/// arguments apart from what it awaits, so the task (a few KiB for an IRC session, and
+/// thousands of them are idle) would take its room twice in every session's allocation.
+fn supervised<F>(key: SessionKey, events: EventSink, task: F, salvaged: oneshot::Receiver<Vec<Command>>) -> impl Future<Output = ()> + Send
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    // The task is dropped at the end of this statement, and with it its end of the
+    // The task is dropped once it has finished or panicked, and with it its end of the
     // command queue, which hands back the commands it still held.
-    let Err(payload) = AssertUnwindSafe(task).catch_unwind().await else { return };
-    let message = panic_message(payload.as_ref());
-    tracing::error!(user = %key.user.0, network = ?key.network, panic = %message, "a session task panicked; its session is ended");
-    let reason = format!("the gateway's session failed (a bug, logged for the administrator): {message}");
-    let unhandled = salvaged.await.unwrap_or_default();
-    let _ = events.send(SessionEvent { key, event: Event::Ended { reason, unhandled } }).await;
+    AssertUnwindSafe(task).catch_unwind().then(move |outcome| async move {
+        let Err(payload) = outcome else { return };
+        let message = panic_message(payload.as_ref());
+        tracing::error!(user = %key.user.0, network = ?key.network, panic = %message, "a session task panicked; its session is ended");
+        let reason = format!("the gateway's session failed (a bug, logged for the administrator): {message}");
+        let unhandled = salvaged.await.unwrap_or_default();
+        let _ = events.send(SessionEvent { key, event: Event::Ended { reason, unhandled } }).await;
+    })
 }
 
 /// The text of a panic (`panic!("...")` carries a `&str` or a `String`).
@@ -96,6 +102,22 @@ mod tests {
         assert_eq!(unhandled, [leave("#b"), leave("#c")], "what the session never took goes to a new one");
         assert!(queue.is_closed(), "the gateway sees the session as gone");
         assert!(queue.send(leave("#d")).is_err());
+    }
+
+    #[test]
+    fn supervision_adds_little_to_a_sessions_task() {
+        // Thousands of idle sessions: what each task's allocation holds is their memory.
+        let task = async {
+            let held = [0u8; 4096];
+            tokio::task::yield_now().await;
+            std::hint::black_box(&held);
+        };
+        let alone = std::mem::size_of_val(&task);
+        let (events, _rx) = tokio::sync::mpsc::channel(1);
+        let (_salvage, salvaged) = oneshot::channel();
+        let supervised = supervised(key(), events, task, salvaged);
+        let size = std::mem::size_of_val(&supervised);
+        assert!(size <= alone + 512, "the task takes {alone} bytes, supervised {size}");
     }
 
     #[tokio::test]
