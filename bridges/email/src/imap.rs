@@ -189,13 +189,20 @@ pub struct Watcher {
 
 impl Watcher {
     /// Runs until `stop` fires, reconnecting with backoff.
-    pub async fn run(self, mut stop: oneshot::Receiver<()>) {
+    #[allow(clippy::manual_async_fn, reason = "an async fn would hold the session twice")]
+    pub fn run(self, mut stop: oneshot::Receiver<()>) -> impl std::future::Future<Output = ()> + Send {
+        // Not an `async fn`: it would hold its arguments twice (see `EmailSession::run`).
+        async move { self.watch_until_stopped(&mut stop).await }
+    }
+
+    /// What `run` does.
+    async fn watch_until_stopped(&self, stop: &mut oneshot::Receiver<()>) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(120));
         let mut healthy: Option<bool> = None;
         loop {
             let result = tokio::select! {
                 result = self.watch(&mut healthy) => result,
-                _ = &mut stop => return,
+                _ = &mut *stop => return,
             };
             if healthy == Some(true) {
                 // The mailbox was being watched: the next attempt starts from the first delay.
@@ -217,7 +224,7 @@ impl Watcher {
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                _ = &mut stop => return,
+                _ = &mut *stop => return,
             }
         }
     }

@@ -68,7 +68,16 @@ impl EmailSession {
     }
 
     /// Runs until shut down.
-    pub async fn run(mut self) {
+    #[allow(clippy::manual_async_fn, reason = "an async fn would hold the session twice")]
+    pub fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
+        // Not an `async fn run(mut self)`: that keeps the argument and the `mut` binding
+        // as two copies of the session in the task (hundreds of bytes, times thousands
+        // of idle sessions); this block holds one and lends it.
+        async move { self.serve_until_ended().await }
+    }
+
+    /// The session's life: what `run` does.
+    async fn serve_until_ended(&mut self) {
         let (stop, stopped) = oneshot::channel();
         let watcher = Watcher {
             key: self.key.clone(),

@@ -100,6 +100,6 @@ mod tests {
             crate::session::IrcSession::new(key, "s".into(), Default::default(), gate, Credentials::Anonymous, events, commands);
         let task = session.run();
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 3 * 1024, "an IRC session's task takes {size} bytes");
+        assert!(size <= 2560, "an IRC session's task takes {size} bytes");
     }
 }
