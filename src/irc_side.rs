@@ -148,7 +148,6 @@ impl IrcSide {
                     return;
                 }
                 let goodbye = muc::departure_presence(&room.occupant_jid(&full, &room.nick), &full, &room.me, &[Status::SelfPresence], None, None);
-                room.entered.remove(&full);
                 room.aliases.remove(&full);
                 let emptied = room.resources.is_empty();
                 self.out.send(goodbye).await;
@@ -228,7 +227,7 @@ impl IrcSide {
                 Some(nick) => room.occupant_jid(to, nick),
                 None => room.jid_for(to).to_owned(),
             };
-            let stanzas = room.entered.iter().map(|to| muc::groupchat(&from(to), to, &body, None)).collect();
+            let stanzas = room.resources.entered().map(|to| muc::groupchat(&from(to), to, &body, None)).collect();
             return self.send_all(stanzas).await;
         }
         let Some(from) = peer_jid(&message.peer, Some(server), None, &self.gateway) else {
@@ -250,9 +249,8 @@ impl IrcSide {
             room.me = me.clone();
         }
         room.me.nick.clone_from(&room.nick);
-        let newcomers: Vec<String> = room.resources.difference(&room.entered).cloned().collect();
+        let newcomers = room.resources.enter_all();
         let stanzas: Vec<Element> = newcomers.iter().flat_map(|to| room.entry_stanzas(to, &occupants)).collect();
-        room.entered.extend(newcomers);
         self.send_all(stanzas).await;
     }
 
@@ -263,7 +261,7 @@ impl IrcSide {
             room.me = occupant.clone();
         }
         let codes: &[Status] = if me { &[Status::SelfPresence] } else { &[] };
-        let stanzas = room.entered.iter().map(|to| muc::occupant_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, codes, None)).collect();
+        let stanzas = room.resources.entered().map(|to| muc::occupant_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, codes, None)).collect();
         self.send_all(stanzas).await;
     }
 
@@ -279,8 +277,8 @@ impl IrcSide {
             codes.push(Status::Kicked);
         }
         let stanzas = room
-            .entered
-            .iter()
+            .resources
+            .entered()
             .map(|to| muc::departure_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, &codes, None, reason.as_deref()))
             .collect();
         if me {
@@ -295,8 +293,8 @@ impl IrcSide {
         let codes: &[Status] = if me { &[Status::NewNick, Status::SelfPresence] } else { &[Status::NewNick] };
         let before = Occupant { nick: old.to_owned(), ..occupant.clone() };
         let mut stanzas: Vec<Element> = room
-            .entered
-            .iter()
+            .resources
+            .entered()
             .map(|to| muc::departure_presence(&room.occupant_jid(to, old), to, &before, codes, Some(&occupant.nick), None))
             .collect();
         if me {
@@ -305,7 +303,7 @@ impl IrcSide {
             room.me = occupant.clone();
         }
         let back_codes: &[Status] = if me { &[Status::SelfPresence] } else { &[] };
-        stanzas.extend(room.entered.iter().map(|to| muc::occupant_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, back_codes, None)));
+        stanzas.extend(room.resources.entered().map(|to| muc::occupant_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, back_codes, None)));
         self.send_all(stanzas).await;
     }
 
@@ -313,7 +311,7 @@ impl IrcSide {
         let Some(room) = self.rooms.get_mut(&self.key(&key.user, &key.network, channel)) else { return };
         room.topic = Some(topic.clone());
         let from = |to: &str| by.as_ref().map_or_else(|| room.jid_for(to).to_owned(), |nick| room.occupant_jid(to, nick));
-        let stanzas = room.entered.iter().map(|to| muc::subject_message(&from(to), to, &topic)).collect();
+        let stanzas = room.resources.entered().map(|to| muc::subject_message(&from(to), to, &topic)).collect();
         self.send_all(stanzas).await;
     }
 
@@ -326,7 +324,7 @@ impl IrcSide {
             let Some(room) = self.rooms.get_mut(&room_key) else { continue };
             stanzas.extend(room.self_departures(&[Status::ServiceShutdown], Some(reason)));
             room.joined = false;
-            room.entered.clear();
+            room.resources.forget_entries();
         }
         self.send_all(stanzas).await;
     }
@@ -477,7 +475,7 @@ impl NetworkSide for IrcSide {
         for (network, room) in self.rooms.of_mut(user) {
             stanzas.extend(room.self_departures(&[Status::ServiceShutdown], Some("your registration changed; joining again")));
             room.joined = false;
-            room.entered.clear();
+            room.resources.forget_entries();
             joins.push((network.clone(), room.channel.clone(), room.requested_nick.clone(), room.key.clone()));
         }
         self.send_all(stanzas).await;

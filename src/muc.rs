@@ -4,7 +4,7 @@
 //! The IRC session knows the channel and holds its one roster; this module knows the XMPP
 //! side of it. Only `irc_side.rs` changes room state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use bridge_core::model::{Affiliation, CaseMapping, NetworkId, Occupant, Role, UserId};
 use minidom::Element;
@@ -22,12 +22,9 @@ pub struct Room {
     pub jid: String,
     /// The channel name as the IRC side spells it.
     pub channel: String,
-    /// Full JIDs of the user's resources in the room (or joining it).
-    pub resources: HashSet<String>,
-    /// The resources that were sent the room's entry (occupants, self-presence,
-    /// subject) since the IRC side last confirmed the join: occupant changes go to these
-    /// only, and the others get the entry with the next `Joined`.
-    pub entered: HashSet<String>,
+    /// The user's resources in the room (or joining it), and which of them were sent
+    /// the room's entry since the IRC side last confirmed the join.
+    pub resources: Resources,
     /// The user's nick in the room: asked for until joined, then as the server gave it.
     pub nick: String,
     /// The nick the user asked for, to tell them (status 210) when the server changed it.
@@ -49,14 +46,93 @@ pub struct Room {
     pub aliases: HashMap<String, String>,
 }
 
+/// The user's resources in a room, by full JID, each with whether it was sent the
+/// room's entry (occupants, self-presence, subject) since the IRC side last confirmed the
+/// join: occupant changes go to those only, and the others get the entry with the next
+/// `Joined`. One map rather than two sets: most rooms hold one resource, thousands of
+/// times over.
+#[derive(Debug, Clone, Default)]
+pub struct Resources(HashMap<String, bool>);
+
+impl Resources {
+    /// One resource, not entered yet.
+    pub fn of(resource: String) -> Self {
+        Resources(HashMap::from([(resource, false)]))
+    }
+
+    /// Whether `resource` is in the room (or joining it).
+    pub fn contains(&self, resource: &str) -> bool {
+        self.0.contains_key(resource)
+    }
+
+    /// Adds `resource`, not entered yet; false if it was there already.
+    pub fn insert(&mut self, resource: String) -> bool {
+        match self.0.entry(resource) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(false);
+                true
+            }
+        }
+    }
+
+    /// Removes `resource`; false if it was not there.
+    pub fn remove(&mut self, resource: &str) -> bool {
+        self.0.remove(resource).is_some()
+    }
+
+    /// How many resources are in the room.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no resource is left.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every resource, entered or not.
+    pub fn iter(&self) -> impl Iterator<Item = &String> {
+        self.0.keys()
+    }
+
+    /// The resources that were sent the room's entry.
+    pub fn entered(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().filter(|(_, entered)| **entered).map(|(resource, _)| resource)
+    }
+
+    /// Marks every resource entered; returns those that were not (they get the entry now).
+    pub fn enter_all(&mut self) -> Vec<String> {
+        let mut newcomers = Vec::new();
+        for (resource, entered) in &mut self.0 {
+            if !*entered {
+                *entered = true;
+                newcomers.push(resource.clone());
+            }
+        }
+        newcomers
+    }
+
+    /// Marks every resource as not entered (the join is to be confirmed again).
+    pub fn forget_entries(&mut self) {
+        self.0.values_mut().for_each(|entered| *entered = false);
+    }
+
+    /// Adds the resources of `other` that are not here yet, not entered.
+    pub fn merge(&mut self, other: Resources) {
+        for resource in other.0.into_keys() {
+            self.insert(resource);
+        }
+    }
+}
+
 impl Room {
     /// A room joined by `resource` under `nick`, not yet confirmed by IRC.
     pub fn new(jid: String, channel: String, resource: String, nick: String) -> Self {
         Room {
             jid,
             channel,
-            resources: HashSet::from([resource]),
-            entered: HashSet::new(),
+            resources: Resources::of(resource),
             requested_nick: nick.clone(),
             me: Occupant { nick: nick.clone(), role: Role::Participant, affiliation: Affiliation::None },
             nick,
@@ -105,7 +181,7 @@ impl Room {
     pub fn self_departures(&self, codes: &[Status], reason: Option<&str>) -> Vec<Element> {
         let mut all = vec![Status::SelfPresence];
         all.extend_from_slice(codes);
-        self.entered.iter().map(|to| departure_presence(&self.occupant_jid(to, &self.nick), to, &self.me, &all, None, reason)).collect()
+        self.resources.entered().map(|to| departure_presence(&self.occupant_jid(to, &self.nick), to, &self.me, &all, None, reason)).collect()
     }
 }
 
@@ -184,7 +260,7 @@ impl Rooms {
                     let jid = room.jid.clone();
                     existing.aliases.extend(room.resources.iter().filter(|_| jid != existing.jid).map(|r| (r.clone(), jid.clone())));
                     existing.aliases.extend(room.aliases);
-                    existing.resources.extend(room.resources);
+                    existing.resources.merge(room.resources);
                 }
                 None => {
                     self.rooms.insert(key, room);
@@ -199,7 +275,6 @@ impl Rooms {
         for ((u, _, _), room) in self.rooms.iter_mut() {
             if u == user {
                 room.resources.remove(resource);
-                room.entered.remove(resource);
                 room.aliases.remove(resource);
             }
         }
@@ -391,5 +466,32 @@ mod tests {
         assert_eq!(rooms.len(), 1);
         let room = rooms.get(&room_key(&user, &net, "#FOO[", CaseMapping::Rfc1459)).unwrap();
         assert_eq!(room.resources.len(), 2);
+    }
+
+    #[test]
+    fn resources_enter_once_and_are_forgotten_on_a_new_join() {
+        let mut resources = Resources::of("u@h/a".into());
+        assert!(resources.insert("u@h/b".into()));
+        assert!(!resources.insert("u@h/a".into()), "already there");
+        assert_eq!(resources.entered().count(), 0);
+        let mut newcomers = resources.enter_all();
+        newcomers.sort();
+        assert_eq!(newcomers, ["u@h/a", "u@h/b"]);
+        assert!(resources.enter_all().is_empty(), "each enters once");
+        assert!(resources.insert("u@h/c".into()));
+        assert_eq!(resources.enter_all(), ["u@h/c"]);
+        assert!(resources.remove("u@h/a"));
+        assert!(!resources.contains("u@h/a") && !resources.entered().any(|r| r == "u@h/a"));
+        resources.forget_entries();
+        assert_eq!(resources.entered().count(), 0);
+        assert_eq!(resources.len(), 2);
+        let mut other = Resources::of("u@h/b".into());
+        other.insert("u@h/d".into());
+        resources.enter_all();
+        resources.merge(other);
+        let mut entered: Vec<&String> = resources.entered().collect();
+        entered.sort();
+        assert_eq!(entered, ["u@h/b", "u@h/c"], "a merged resource keeps its state here; a new one has not entered");
+        assert_eq!(resources.len(), 3);
     }
 }
