@@ -17,7 +17,7 @@
 #             scripts/bench.sh --scenario scale --scale-users 5000
 # Exits with the runner's status: non-zero if any scenario failed (a server did not
 # start, a timeout, a lost connection); figures are never asserted.
-# A full run takes about 4 minutes on 2 cores once built (most of it throughput).
+# A full run takes about 11 minutes on 2 cores once built (3 runs per gateway, most of it throughput).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
