@@ -189,7 +189,7 @@ pub struct Watcher {
 
 impl Watcher {
     /// Runs until `stop` fires, reconnecting with backoff.
-    #[allow(clippy::manual_async_fn, reason = "an async fn would hold the session twice")]
+    #[allow(clippy::manual_async_fn, reason = "an async fn would hold the watcher twice")]
     pub fn run(self, mut stop: oneshot::Receiver<()>) -> impl std::future::Future<Output = ()> + Send {
         // Not an `async fn`: it would hold its arguments twice (see `EmailSession::run`).
         async move { self.watch_until_stopped(&mut stop).await }
