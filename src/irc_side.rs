@@ -60,14 +60,15 @@ impl IrcSide {
     }
 
     /// How `network` compares names, as the user's session there last said.
-    fn mapping(&self, user: &UserId, network: &NetworkId) -> CaseMapping {
-        let session = SessionKey { user: user.clone(), network: network.clone() };
-        self.mappings.get(&session).copied().unwrap_or_default()
+    fn mapping(&self, session: &SessionKey) -> CaseMapping {
+        self.mappings.get(session).copied().unwrap_or_default()
     }
 
-    /// The key of `channel` for `user` on `network`, folded as that network folds names.
-    fn key(&self, user: &UserId, network: &NetworkId, channel: &str) -> RoomKey {
-        room_key(user, network, channel, self.mapping(user, network))
+    /// The key of `channel` for the user of `session` on its network, folded as that
+    /// network folds names. Takes the session's key as events carry it: one lookup, no
+    /// copy, on the path of every line a channel delivers.
+    fn key(&self, session: &SessionKey, channel: &str) -> RoomKey {
+        room_key(&session.user, &session.network, channel, self.mapping(session))
     }
 
     async fn send_all(&self, stanzas: Vec<Element>) {
@@ -89,7 +90,8 @@ impl IrcSide {
     async fn room_presence(&mut self, stanza: &Element, envelope: &Envelope, channel: &str, server: &str, kind: &str) {
         let network = NetworkId::Irc { server: server.to_owned() };
         let user = envelope.user_id();
-        let mapping = self.mapping(&user, &network);
+        let session = SessionKey { user: user.clone(), network: network.clone() };
+        let mapping = self.mapping(&session);
         let key = room_key(&user, &network, channel, mapping);
         let full = envelope.from.to_string();
         match kind {
@@ -166,7 +168,7 @@ impl IrcSide {
     async fn room_message(&mut self, stanza: &Element, envelope: &Envelope, channel: &str, server: &str) {
         let network = NetworkId::Irc { server: server.to_owned() };
         let user = envelope.user_id();
-        let key = self.key(&user, &network, channel);
+        let key = self.key(&SessionKey { user: user.clone(), network: network.clone() }, channel);
         let full = envelope.from.to_string();
         let Some(room) = self.rooms.get(&key).filter(|r| r.joined && r.resources.contains(&full)) else {
             let text = "you are not in this room: join it first";
@@ -218,7 +220,7 @@ impl IrcSide {
     /// server to the user.
     async fn network_message(&mut self, key: &SessionKey, server: &str, message: Message) {
         if let Peer::Channel(channel) = &message.peer {
-            let Some(room) = self.rooms.get(&self.key(&key.user, &key.network, channel)) else { return };
+            let Some(room) = self.rooms.get(&self.key(key, channel)) else { return };
             let body = match message.kind {
                 MessageKind::Action => format!("/me {}", message.body),
                 _ => message.body,
@@ -241,7 +243,7 @@ impl IrcSide {
     /// The session confirmed a join (or reported the room again for another resource):
     /// the resources that have not entered yet get the room's entry.
     async fn joined(&mut self, key: &SessionKey, channel: &str, nick: String, occupants: Vec<Occupant>, topic: Option<String>) {
-        let Some(room) = self.rooms.get_mut(&self.key(&key.user, &key.network, channel)) else { return };
+        let Some(room) = self.rooms.get_mut(&self.key(key, channel)) else { return };
         room.joined = true;
         room.nick = nick;
         room.topic = topic;
@@ -255,7 +257,7 @@ impl IrcSide {
     }
 
     async fn occupant_changed(&mut self, key: &SessionKey, channel: &str, occupant: Occupant) {
-        let Some(room) = self.rooms.get_mut(&self.key(&key.user, &key.network, channel)) else { return };
+        let Some(room) = self.rooms.get_mut(&self.key(key, channel)) else { return };
         let me = room.is_me(&occupant.nick);
         if me {
             room.me = occupant.clone();
@@ -266,7 +268,7 @@ impl IrcSide {
     }
 
     async fn left(&mut self, key: &SessionKey, channel: &str, occupant: Occupant, departure: Departure, reason: Option<String>) {
-        let room_key = self.key(&key.user, &key.network, channel);
+        let room_key = self.key(key, channel);
         let Some(room) = self.rooms.get(&room_key) else { return };
         let me = room.is_me(&occupant.nick);
         let mut codes = Vec::new();
@@ -288,7 +290,7 @@ impl IrcSide {
     }
 
     async fn nick_changed(&mut self, key: &SessionKey, channel: &str, old: &str, occupant: Occupant) {
-        let Some(room) = self.rooms.get_mut(&self.key(&key.user, &key.network, channel)) else { return };
+        let Some(room) = self.rooms.get_mut(&self.key(key, channel)) else { return };
         let me = room.is_me(old);
         let codes: &[Status] = if me { &[Status::NewNick, Status::SelfPresence] } else { &[Status::NewNick] };
         let before = Occupant { nick: old.to_owned(), ..occupant.clone() };
@@ -308,7 +310,7 @@ impl IrcSide {
     }
 
     async fn topic(&mut self, key: &SessionKey, channel: &str, topic: String, by: Option<String>) {
-        let Some(room) = self.rooms.get_mut(&self.key(&key.user, &key.network, channel)) else { return };
+        let Some(room) = self.rooms.get_mut(&self.key(key, channel)) else { return };
         room.topic = Some(topic.clone());
         let from = |to: &str| by.as_ref().map_or_else(|| room.jid_for(to).to_owned(), |nick| room.occupant_jid(to, nick));
         let stanzas = room.resources.entered().map(|to| muc::subject_message(&from(to), to, &topic)).collect();
@@ -320,7 +322,7 @@ impl IrcSide {
     async fn disconnected(&mut self, key: &SessionKey, channels: Vec<String>, reason: &str) {
         let mut stanzas = Vec::new();
         for channel in channels {
-            let room_key = self.key(&key.user, &key.network, &channel);
+            let room_key = self.key(key, &channel);
             let Some(room) = self.rooms.get_mut(&room_key) else { continue };
             stanzas.extend(room.self_departures(&[Status::ServiceShutdown], Some(reason)));
             room.joined = false;
@@ -428,7 +430,7 @@ impl NetworkSide for IrcSide {
             }
             Event::Joined { channel, nick, occupants, topic } => self.joined(&key, &channel, nick, occupants, topic).await,
             Event::JoinFailed { channel, kind, text } => {
-                let Some(room) = self.rooms.remove(&self.key(&key.user, &key.network, &channel)) else { return };
+                let Some(room) = self.rooms.remove(&self.key(&key, &channel)) else { return };
                 self.send_all(join_errors(&room, side::condition_of(kind), &text)).await;
             }
             Event::Occupant { channel, occupant } => self.occupant_changed(&key, &channel, occupant).await,
@@ -482,7 +484,7 @@ impl NetworkSide for IrcSide {
         for (network, channel, nick, password) in joins {
             let join = Command::Join { channel: channel.clone(), nick, password };
             if let Err((_, text)) = self.hand_to_session(user, network.clone(), join) {
-                if let Some(room) = self.rooms.remove(&self.key(user, &network, &channel)) {
+                if let Some(room) = self.rooms.remove(&self.key(&SessionKey { user: user.clone(), network }, &channel)) {
                     self.close_rooms(vec![room], &text).await;
                 }
             }
