@@ -9,6 +9,7 @@ pub mod component;
 pub mod config;
 pub mod connection;
 pub mod disco;
+pub mod encode;
 pub mod email_side;
 pub mod irc_side;
 pub mod muc;

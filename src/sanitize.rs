@@ -3,14 +3,14 @@
 //! Text from the networks ends up in stanzas: IRC topics and reasons, nicks in `from`
 //! attributes, server errors, IMAP replies in presence statuses. XML 1.0 (§2.2) allows
 //! only TAB, LF, CR, U+0020..U+D7FF, U+E000..U+FFFD and U+10000 and above; rxml refuses
-//! the rest when it serialises, and minidom turns that refusal into a panic. So every
-//! outgoing stanza passes through [`clean_element`] at the stanza boundary
-//! (`xml_stream::append_bytes`): C0 controls are dropped, the non-characters U+FFFE and
-//! U+FFFF become U+FFFD (so the reader sees that something was there). IRC formatting
-//! codes are stripped earlier, by the IRC bridge, where the text is known to be IRC's.
+//! the rest, and so does our encoder ([`crate::encode`]). Every outgoing stanza passes
+//! the stanza boundary (`xml_stream::append_bytes`); one the encoder refuses is cleaned
+//! here and written again: C0 controls are dropped, the non-characters U+FFFE and U+FFFF
+//! become U+FFFD (so the reader sees that something was there). IRC formatting codes are
+//! stripped earlier, by the IRC bridge, where the text is known to be IRC's.
 //!
-//! The check is one byte scan per text; an element is copied only when it needs
-//! cleaning, which legitimate traffic never does.
+//! The encoder's scan is the check, so a clean stanza (all legitimate traffic) costs
+//! nothing here; only a refused one is copied and cleaned.
 
 use std::borrow::Cow;
 
@@ -52,25 +52,12 @@ pub fn clean_text(text: &str) -> Cow<'_, str> {
     )
 }
 
-/// Whether every attribute value and text in `element` and its descendants is clean.
+/// A copy of `element` with every attribute value and text cleaned, children included.
 #[must_use]
-pub fn is_clean_element(element: &Element) -> bool {
-    element.attrs().iter().all(|(_, value)| is_clean(value))
-        && element.nodes().all(|node| match node {
-            Node::Text(text) => is_clean(text),
-            Node::Element(child) => is_clean_element(child),
-        })
-}
-
-/// `element` with every attribute value and text cleaned; borrowed when already clean.
-#[must_use]
-pub fn clean_element(element: &Element) -> Cow<'_, Element> {
-    if is_clean_element(element) {
-        return Cow::Borrowed(element);
-    }
+pub fn clean_element(element: &Element) -> Element {
     let mut owned = element.clone();
     clean_in_place(&mut owned);
-    Cow::Owned(owned)
+    owned
 }
 
 fn clean_in_place(element: &mut Element) {
@@ -118,16 +105,10 @@ mod tests {
             .attr(rxml::xml_ncname!("from").into(), "#c%irc@gw/ni\x03ck")
             .append(Element::builder("body", "jabber:component:accept").append("red\x0304 \u{FFFF}").build())
             .build();
-        assert!(!is_clean_element(&dirty));
+        assert!(crate::encode::element(&dirty, &mut Vec::new()).is_err());
         let clean = clean_element(&dirty);
         assert_eq!(clean.attr("from"), Some("#c%irc@gw/nick"));
         assert_eq!(clean.get_child("body", "jabber:component:accept").unwrap().text(), "red04 \u{FFFD}");
-        assert!(is_clean_element(&clean));
-    }
-
-    #[test]
-    fn a_clean_element_is_not_copied() {
-        let element: Element = "<message xmlns='jabber:component:accept' to='a@b'><body>hi</body></message>".parse().unwrap();
-        assert!(matches!(clean_element(&element), Cow::Borrowed(_)));
+        assert!(crate::encode::element(&clean, &mut Vec::new()).is_ok());
     }
 }

@@ -117,33 +117,27 @@ pub fn to_bytes(element: &Element) -> Vec<u8> {
     out
 }
 
-/// Serialises one element for the wire at the end of `out`, cleaned of what XML 1.0
-/// forbids ([`crate::sanitize`]). Returns false, with nothing added, if it still cannot
-/// be serialised: one bad stanza is logged and dropped, and costs nobody else anything.
+/// Serialises one element for the wire at the end of `out`. A stanza holding what XML 1.0
+/// forbids (the encoder refuses it) is cleaned ([`crate::sanitize`]) and written again;
+/// so clean stanzas, all legitimate traffic, are scanned once. Returns false, with
+/// nothing added, if it still cannot be written: one bad stanza is logged and dropped,
+/// and costs nobody else anything.
 pub fn append_bytes(element: &Element, out: &mut Vec<u8>) -> bool {
     let start = out.len();
-    let element = crate::sanitize::clean_element(element);
-    if let std::borrow::Cow::Owned(_) = element {
+    let Err(refused) = crate::encode::element(element, out) else {
+        return true;
+    };
+    out.truncate(start);
+    if refused == crate::encode::Refused::Character {
+        let cleaned = crate::sanitize::clean_element(element);
         tracing::debug!(name = element.name(), "characters XML forbids removed from an outgoing stanza");
-    }
-    // Writing into a Vec cannot fail for I/O reasons, and the text is clean, so minidom
-    // has nothing left to refuse; but it panics ("encoder driven incorrectly") instead of
-    // returning an error when rxml refuses something, and the writer task must not die of
-    // a case we did not foresee.
-    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| element.write_to(out)));
-    match written {
-        Ok(Ok(())) => true,
-        Ok(Err(error)) => {
-            tracing::error!(%error, name = element.name(), "could not serialise a stanza; dropped");
-            out.truncate(start);
-            false
+        if crate::encode::element(&cleaned, out).is_ok() {
+            return true;
         }
-        Err(_) => {
-            tracing::error!(name = element.name(), "serialising a stanza panicked; dropped");
-            out.truncate(start);
-            false
-        }
+        out.truncate(start);
     }
+    tracing::error!(%refused, name = element.name(), "could not serialise a stanza; dropped");
+    false
 }
 
 /// The opening tag of a stream to `to` in the namespace `ns` (`jabber:component:accept` or
