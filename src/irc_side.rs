@@ -20,7 +20,7 @@ use xmpp_parsers::stanza_error::DefinedCondition;
 use crate::address::{self, Address};
 use crate::connection::NS_COMPONENT;
 use crate::disco::{self, Refusal};
-use crate::muc::{self, room_key, Room, RoomKey, Rooms};
+use crate::muc::{self, room_key, Room, RoomKeyRef, Rooms};
 use crate::sessions::Sessions;
 use crate::side::{self, peer_jid, refuse, stanza_to, Conversations, Envelope, NetworkSide};
 use crate::stanza;
@@ -41,8 +41,9 @@ pub struct IrcSide {
     rooms: Rooms,
     /// Which resources wrote to which IRC user: their errors and QUITs go there.
     conversations: Conversations,
-    /// How each session's network compares names (default rfc1459 until it says).
-    mappings: HashMap<SessionKey, CaseMapping>,
+    /// How each network compares names (default rfc1459 until a session there says): a
+    /// property of the server, so one entry per network, kept while a session is there.
+    mappings: HashMap<NetworkId, CaseMapping>,
 }
 
 impl IrcSide {
@@ -59,16 +60,16 @@ impl IrcSide {
         }
     }
 
-    /// How `network` compares names, as the user's session there last said.
+    /// How the network of `session` compares names, as a session there last said.
     fn mapping(&self, session: &SessionKey) -> CaseMapping {
-        self.mappings.get(session).copied().unwrap_or_default()
+        self.mappings.get(&session.network).copied().unwrap_or_default()
     }
 
     /// The key of `channel` for the user of `session` on its network, folded as that
     /// network folds names. Takes the session's key as events carry it: one lookup, no
     /// copy, on the path of every line a channel delivers.
-    fn key(&self, session: &SessionKey, channel: &str) -> RoomKey {
-        room_key(&session.user, &session.network, channel, self.mapping(session))
+    fn key<'a>(&self, session: &'a SessionKey, channel: &'a str) -> RoomKeyRef<'a> {
+        RoomKeyRef::new(&session.user, &session.network, channel, self.mapping(session))
     }
 
     async fn send_all(&self, stanzas: Vec<Element>) {
@@ -166,9 +167,8 @@ impl IrcSide {
 
     /// A group chat message or a subject change from one of the user's resources.
     async fn room_message(&mut self, stanza: &Element, envelope: &Envelope, channel: &str, server: &str) {
-        let network = NetworkId::Irc { server: server.to_owned() };
-        let user = envelope.user_id();
-        let key = self.key(&SessionKey { user: user.clone(), network: network.clone() }, channel);
+        let session = SessionKey { user: envelope.user_id(), network: NetworkId::Irc { server: server.to_owned() } };
+        let key = self.key(&session, channel);
         let full = envelope.from.to_string();
         let Some(room) = self.rooms.get(&key).filter(|r| r.joined && r.resources.contains(&full)) else {
             let text = "you are not in this room: join it first";
@@ -195,6 +195,7 @@ impl IrcSide {
             }
             (None, None) => return,
         };
+        let SessionKey { user, network } = session;
         if let Err((condition, text)) = self.hand_to_session(&user, network, command) {
             refuse(&self.out, stanza, condition, &text).await;
         }
@@ -347,11 +348,11 @@ impl IrcSide {
     }
 
     /// The network told how it compares names: rooms are keyed that way from now on.
-    fn case_mapping(&mut self, key: SessionKey, mapping: CaseMapping) {
-        if self.mappings.get(&key).copied().unwrap_or_default() != mapping {
-            self.rooms.rekey(&key.user, &key.network, mapping);
+    fn case_mapping(&mut self, key: &SessionKey, mapping: CaseMapping) {
+        if self.mapping(key) != mapping {
+            self.rooms.rekey(&key.network, mapping);
+            self.mappings.insert(key.network.clone(), mapping);
         }
-        self.mappings.insert(key, mapping);
     }
 
     /// The session ended on its own: commands it did not take start a new one; if none
@@ -365,8 +366,10 @@ impl IrcSide {
             }
         }
         if !self.sessions.is_live(&key) {
-            self.mappings.remove(&key);
             let rooms = self.rooms.take(&key.user, Some(&key.network));
+            if !self.sessions.any_on(&key.network) {
+                self.mappings.remove(&key.network);
+            }
             self.close_rooms(rooms, &reason).await;
         }
     }
@@ -421,11 +424,11 @@ impl NetworkSide for IrcSide {
     }
 
     async fn event(&mut self, key: SessionKey, event: Event) {
-        let NetworkId::Irc { server } = key.network.clone() else { return };
+        let NetworkId::Irc { server } = &key.network else { return };
         match event {
-            Event::Message(message) => self.network_message(&key, &server, message).await,
+            Event::Message(message) => self.network_message(&key, server, message).await,
             Event::Failure { peer, id, kind, text } => {
-                let from = peer.and_then(|p| peer_jid(&p, Some(&server), None, &self.gateway)).unwrap_or_else(|| self.gateway.clone());
+                let from = peer.and_then(|p| peer_jid(&p, Some(server.as_str()), None, &self.gateway)).unwrap_or_else(|| self.gateway.clone());
                 self.conversations.send_failure(&self.out, &key.user.0, &from, id, kind, &text).await;
             }
             Event::Joined { channel, nick, occupants, topic } => self.joined(&key, &channel, nick, occupants, topic).await,
@@ -438,8 +441,8 @@ impl NetworkSide for IrcSide {
             Event::NickChanged { channel, old, occupant } => self.nick_changed(&key, &channel, &old, occupant).await,
             Event::Topic { channel, topic, by } => self.topic(&key, &channel, topic, by).await,
             Event::Disconnected { channels, reason } => self.disconnected(&key, channels, &reason).await,
-            Event::PeerQuit { nick, reason } => self.peer_quit(&key, &server, nick, reason).await,
-            Event::CaseMapping(mapping) => self.case_mapping(key, mapping),
+            Event::PeerQuit { nick, reason } => self.peer_quit(&key, server, nick, reason).await,
+            Event::CaseMapping(mapping) => self.case_mapping(&key, mapping),
             Event::Ended { reason, unhandled } => self.ended(key, reason, unhandled).await,
             Event::Attachment { .. } | Event::NetworkStatus { .. } | Event::WhenRouted(_) => debug!("an IRC session reported an email event"),
         }

@@ -5,6 +5,7 @@
 //! side of it. Only `irc_side.rs` changes room state.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
 use bridge_core::model::{Affiliation, CaseMapping, NetworkId, Occupant, Role, UserId};
 use minidom::Element;
@@ -194,21 +195,53 @@ pub fn room_key(user: &UserId, network: &NetworkId, channel: &str, mapping: Case
     (user.clone(), network.clone(), mapping.fold(channel))
 }
 
+/// A [`RoomKey`] borrowed from what an event carries, to look a room up without copying
+/// the user, the network and the channel on the path of every line a channel delivers.
+/// Hashes as the tuple it stands for (fields in the same order, each as the owned type).
+#[derive(Debug, Hash)]
+pub struct RoomKeyRef<'a> {
+    /// Whose room.
+    pub user: &'a UserId,
+    /// On which network.
+    pub network: &'a NetworkId,
+    /// The channel, folded with the network's case mapping.
+    pub channel: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> RoomKeyRef<'a> {
+    /// The key of `channel` for `user` on `network`, whose names fold with `mapping`.
+    pub fn new(user: &'a UserId, network: &'a NetworkId, channel: &'a str, mapping: CaseMapping) -> Self {
+        RoomKeyRef { user, network, channel: mapping.folded(channel) }
+    }
+
+    /// The owned key, to insert a room.
+    pub fn to_owned_key(&self) -> RoomKey {
+        (self.user.clone(), self.network.clone(), self.channel.clone().into_owned())
+    }
+}
+
+impl hashbrown::Equivalent<RoomKey> for RoomKeyRef<'_> {
+    fn equivalent(&self, key: &RoomKey) -> bool {
+        *self.user == key.0 && *self.network == key.1 && *self.channel == key.2
+    }
+}
+
 /// Every room of every user.
 #[derive(Debug, Default)]
 pub struct Rooms {
-    /// Rooms by (user, network, folded channel).
-    rooms: HashMap<RoomKey, Room>,
+    /// Rooms by (user, network, folded channel); hashbrown's map for lookups by
+    /// [`RoomKeyRef`], with std's randomly seeded hasher (channel names are users' input).
+    rooms: hashbrown::HashMap<RoomKey, Room, std::hash::RandomState>,
 }
 
 impl Rooms {
     /// The room, if the user is in it (or joining).
-    pub fn get(&self, key: &RoomKey) -> Option<&Room> {
+    pub fn get(&self, key: &(impl Hash + hashbrown::Equivalent<RoomKey>)) -> Option<&Room> {
         self.rooms.get(key)
     }
 
     /// Mutable access.
-    pub fn get_mut(&mut self, key: &RoomKey) -> Option<&mut Room> {
+    pub fn get_mut(&mut self, key: &(impl Hash + hashbrown::Equivalent<RoomKey>)) -> Option<&mut Room> {
         self.rooms.get_mut(key)
     }
 
@@ -228,7 +261,7 @@ impl Rooms {
     }
 
     /// Removes a room.
-    pub fn remove(&mut self, key: &RoomKey) -> Option<Room> {
+    pub fn remove(&mut self, key: &(impl Hash + hashbrown::Equivalent<RoomKey>)) -> Option<Room> {
         self.rooms.remove(key)
     }
 
@@ -248,13 +281,15 @@ impl Rooms {
         self.rooms.iter_mut().filter(move |((u, _, _), _)| u == user).map(|((_, network, _), room)| (network, room))
     }
 
-    /// Keys the rooms of `user` on `network` again with `mapping` (the network told how it
-    /// compares names). Rooms that turn out to be one channel become one room with the
-    /// resources of both.
-    pub fn rekey(&mut self, user: &UserId, network: &NetworkId, mapping: CaseMapping) {
-        for mut room in self.take(user, Some(network)) {
+    /// Keys every user's rooms on `network` again with `mapping` (the network told how it
+    /// compares names). Rooms of one user that turn out to be one channel become one room
+    /// with the resources of both.
+    pub fn rekey(&mut self, network: &NetworkId, mapping: CaseMapping) {
+        let keys: Vec<RoomKey> = self.rooms.keys().filter(|(_, n, _)| n == network).cloned().collect();
+        for (user, _, channel) in keys {
+            let Some(mut room) = self.rooms.remove(&(user.clone(), network.clone(), channel)) else { continue };
             room.mapping = mapping;
-            let key = room_key(user, network, &room.channel, mapping);
+            let key = room_key(&user, network, &room.channel, mapping);
             match self.rooms.get_mut(&key) {
                 Some(existing) => {
                     let jid = room.jid.clone();
@@ -462,7 +497,7 @@ mod tests {
         rooms.insert(room_key(&user, &net, "#Foo[", CaseMapping::Ascii), new_room("#Foo[", "u@h/a"));
         rooms.insert(room_key(&user, &net, "#foo{", CaseMapping::Ascii), new_room("#foo{", "u@h/b"));
         assert_eq!(rooms.len(), 2);
-        rooms.rekey(&user, &net, CaseMapping::Rfc1459);
+        rooms.rekey(&net, CaseMapping::Rfc1459);
         assert_eq!(rooms.len(), 1);
         let room = rooms.get(&room_key(&user, &net, "#FOO[", CaseMapping::Rfc1459)).unwrap();
         assert_eq!(room.resources.len(), 2);

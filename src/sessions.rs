@@ -133,6 +133,12 @@ impl Sessions {
         self.live.get(key).is_some_and(|s| !s.is_closed())
     }
 
+    /// Whether any user's session on `network` is running (one pass over the sessions:
+    /// asked when a session ends, not per line).
+    pub fn any_on(&self, network: &NetworkId) -> bool {
+        self.live.iter().any(|(key, session)| key.network == *network && !session.is_closed())
+    }
+
     /// How many sessions are live.
     pub fn len(&self) -> usize {
         self.live.len()

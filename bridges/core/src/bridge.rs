@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::model::{Command, Credentials, Event, NetworkId, SessionKey, UserId};
 
@@ -92,17 +92,13 @@ pub struct CommandQueue(mpsc::UnboundedSender<Box<Command>>);
 pub struct Commands {
     /// The commands, in the order the gateway sent them.
     queue: mpsc::UnboundedReceiver<Box<Command>>,
-    /// Where the commands still queued go when this end is dropped: the supervisor of a
-    /// session task that panicked hands them to the session that replaces it
-    /// (`spawn_session`).
-    salvage: Option<oneshot::Sender<Vec<Command>>>,
 }
 
 /// A new command queue: the gateway's end and the session's.
 #[must_use]
 pub fn command_queue() -> (CommandQueue, Commands) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (CommandQueue(tx), Commands { queue: rx, salvage: None })
+    (CommandQueue(tx), Commands { queue: rx })
 }
 
 impl Session for CommandQueue {
@@ -129,20 +125,5 @@ impl Commands {
     /// Takes no more commands; those already queued can still be read.
     pub fn close(&mut self) {
         self.queue.close();
-    }
-
-    /// When dropped, closes the queue and sends the commands still in it to `salvage`.
-    pub(crate) fn salvage_on_drop(&mut self, salvage: oneshot::Sender<Vec<Command>>) {
-        self.salvage = Some(salvage);
-    }
-}
-
-impl Drop for Commands {
-    fn drop(&mut self) {
-        if let Some(salvage) = self.salvage.take() {
-            self.queue.close();
-            let left: Vec<Command> = std::iter::from_fn(|| self.try_recv()).collect();
-            let _ = salvage.send(left);
-        }
     }
 }

@@ -17,4 +17,4 @@ pub use bridge::{
     command_queue, BoxFuture, Bridge, BridgeStore, CommandQueue, Commands, EventSink, Session, SessionClosed, SessionEvent, StoreFailure,
 };
 pub use secret::Secret;
-pub use supervise::spawn_session;
+pub use supervise::{catch_panic, end_if_panicked, spawn_session};

@@ -228,16 +228,25 @@ impl CaseMapping {
     /// are left alone, as every mapping above does.
     #[must_use]
     pub fn fold(self, name: &str) -> String {
-        name.chars()
-            .map(|c| match (self, c) {
-                (_, 'A'..='Z') => c.to_ascii_lowercase(),
-                (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, '[') => '{',
-                (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, ']') => '}',
-                (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, '\\') => '|',
-                (CaseMapping::Rfc1459, '~') => '^',
-                _ => c,
-            })
-            .collect()
+        self.folded(name).into_owned()
+    }
+
+    /// [`fold`](Self::fold), borrowing `name` when it is folded already (most names are):
+    /// for lookups on the path of every line.
+    #[must_use]
+    pub fn folded(self, name: &str) -> std::borrow::Cow<'_, str> {
+        let folds = |c: char| match (self, c) {
+            (_, 'A'..='Z') => Some(c.to_ascii_lowercase()),
+            (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, '[') => Some('{'),
+            (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, ']') => Some('}'),
+            (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, '\\') => Some('|'),
+            (CaseMapping::Rfc1459, '~') => Some('^'),
+            _ => None,
+        };
+        if !name.chars().any(|c| folds(c).is_some()) {
+            return std::borrow::Cow::Borrowed(name);
+        }
+        std::borrow::Cow::Owned(name.chars().map(|c| folds(c).unwrap_or(c)).collect())
     }
 }
 

@@ -85,7 +85,7 @@ impl Bridge for EmailBridge {
         };
         let span = tracing::info_span!("email", user = %key.user.0);
         let (settings, store) = (self.settings.clone(), self.store.clone());
-        let queue = bridge_core::spawn_session(key.clone(), events.clone(), |commands| {
+        let queue = bridge_core::spawn_session(|commands| {
             session::EmailSession::new(key, account, settings, store, events, commands).run().instrument(span)
         });
         Box::new(queue)

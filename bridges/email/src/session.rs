@@ -73,7 +73,11 @@ impl EmailSession {
         // Not an `async fn run(mut self)`: that keeps the argument and the `mut` binding
         // as two copies of the session in the task (hundreds of bytes, times thousands
         // of idle sessions); this block holds one and lends it.
-        async move { self.serve_until_ended().await }
+        // A panic ends the session properly (`bridge_core::end_if_panicked`).
+        async move {
+            let outcome = bridge_core::catch_panic(self.serve_until_ended()).await;
+            bridge_core::end_if_panicked(outcome, &self.key, &self.events, &mut self.commands).await;
+        }
     }
 
     /// The session's life: what `run` does.
@@ -115,9 +119,9 @@ impl EmailSession {
                     watcher_stopped = true;
                     if let Err(error) = joined {
                         if error.is_panic() {
-                            // The watcher's panic is the session's: its supervisor
-                            // (`spawn_session`) ends the session, tells the user and
-                            // hands the commands not taken to a new one.
+                            // The watcher's panic is the session's: `run` ends the
+                            // session (`bridge_core::end_if_panicked`), which tells the
+                            // user and hands the commands not taken to a new one.
                             std::panic::resume_unwind(error.into_panic());
                         }
                     }

@@ -76,7 +76,7 @@ impl Bridge for IrcBridge {
         let span = tracing::info_span!("irc", user = %key.user.0, %server);
         let settings = self.settings(&server);
         let gate = self.connecting(&server);
-        let queue = bridge_core::spawn_session(key.clone(), events.clone(), |commands| {
+        let queue = bridge_core::spawn_session(|commands| {
             session::IrcSession::new(key, server, settings, gate, credentials, events, commands).run().instrument(span)
         });
         Box::new(queue)

@@ -220,7 +220,11 @@ impl IrcSession {
         // Not an `async fn run(mut self)`: that keeps the argument and the `mut` binding
         // as two copies of the session in the task (hundreds of bytes, times thousands
         // of idle sessions); this block holds one and lends it.
-        async move { self.serve_until_ended().await }
+        // A panic ends the session properly (`bridge_core::end_if_panicked`).
+        async move {
+            let outcome = bridge_core::catch_panic(self.serve_until_ended()).await;
+            bridge_core::end_if_panicked(outcome, &self.key, &self.events, &mut self.commands).await;
+        }
     }
 
     /// The session's life: what `run` does.
@@ -936,7 +940,7 @@ impl IrcSession {
             None if text::is_ctcp(body) => return,
             None => (body, false),
         };
-        let body = text::strip_formatting(body);
+        // Formatting went with the line's other codes as it was read (`text::decode_line`).
         if body.trim().is_empty() {
             return;
         }
@@ -946,11 +950,12 @@ impl IrcSession {
             (_, _, true) => MessageKind::Group,
             _ => MessageKind::Chat,
         };
+        let body = body.to_owned();
         let message = match source {
             // A server notice (no nick prefix, or before we know anyone).
             None => Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None },
             Some(nick) if is_channel => {
-                let Some(joined) = self.joined.get(&self.casemapping.fold(target)) else { return };
+                let Some(joined) = self.joined.get(self.casemapping.folded(target).as_ref()) else { return };
                 Message { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), kind, body, subject: None, thread: None, id: None }
             }
             Some(nick) if !self.registered || nick.contains('.') => {
