@@ -533,7 +533,7 @@ fn is_channel_name(name: &str) -> bool {
 }
 
 /// Validates an IRC server (hostname or IPv4 address) and returns it lower-cased.
-fn normalize_server(server: &str) -> Result<String, ServerProblem> {
+pub fn normalize_server(server: &str) -> Result<String, ServerProblem> {
     if server.is_empty() {
         return Err(ServerProblem::Empty);
     }

@@ -89,6 +89,19 @@ pub struct IrcConfig {
     /// Settings per IRC server host name; servers not listed use TLS on 6697.
     #[serde(default)]
     pub networks: BTreeMap<String, IrcNetworkConfig>,
+    /// Whether only the networks under `networks` may be used (biboumi's fixed server,
+    /// Spectrum 2's `allowed_servers`). Without it any public server may be, but never
+    /// one on a private address unless it is configured.
+    #[serde(default)]
+    pub networks_only: bool,
+}
+
+impl IrcConfig {
+    /// The networks users may reach, by host in lower case: `None` for any public one.
+    #[must_use]
+    pub fn allowed_networks(&self) -> Option<std::collections::BTreeSet<String>> {
+        self.networks_only.then(|| self.networks.keys().map(|host| host.to_ascii_lowercase()).collect())
+    }
 }
 
 /// One IRC network.
@@ -110,6 +123,11 @@ pub struct IrcNetworkConfig {
     /// Milliseconds between lines once the burst is spent.
     #[serde(default = "default_flood_interval")]
     pub flood_interval_ms: u64,
+    /// Whether the network runs NickServ: only then is a user's password for it sent as
+    /// `PRIVMSG NickServ :IDENTIFY` when the server offers no SASL. Off by default: on a
+    /// network without services, anyone could hold the nick NickServ and collect it.
+    #[serde(default)]
+    pub nickserv: bool,
 }
 
 /// Email settings.
@@ -125,11 +143,30 @@ pub struct EmailConfig {
     /// An extra CA certificate (PEM) trusted for IMAP and SMTP, e.g. a private CA.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The ports a user may give for their own IMAP or SMTP server (servers of a preset
+    /// may use any): the standard mail ports, so that the gateway cannot be made to
+    /// knock on other services.
+    #[serde(default = "default_user_server_ports")]
+    pub user_server_ports: Vec<u16>,
+}
+
+fn default_user_server_ports() -> Vec<u16> {
+    vec![993, 143, 465, 587, 25]
+}
+
+impl EmailConfig {
+    /// Whether `host:port` (already checked as such) is a server of a preset.
+    #[must_use]
+    pub fn is_preset_server(&self, host: &str, port: u16) -> bool {
+        self.providers.values().flat_map(|p| [&p.imap, &p.smtp]).any(|server| {
+            server.rsplit_once(':').is_some_and(|(h, p)| h.eq_ignore_ascii_case(host) && p.parse() == Ok(port))
+        })
+    }
 }
 
 impl Default for EmailConfig {
     fn default() -> Self {
-        EmailConfig { providers: BTreeMap::new(), default_subject: default_subject(), ca_file: None }
+        EmailConfig { providers: BTreeMap::new(), default_subject: default_subject(), ca_file: None, user_server_ports: default_user_server_ports() }
     }
 }
 

@@ -5,7 +5,7 @@
 //! room stanzas. Grouped as biboumi's Bridge: "from XMPP to IRC" (stanzas from the
 //! router), then "from IRC to XMPP" (session events).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use bridge_core::model::{Availability, CaseMapping, Command, Departure, Event, Message, MessageKind, NetworkId, Occupant, Peer, SessionKey, UserId};
@@ -41,6 +41,9 @@ pub struct IrcSide {
     rooms: Rooms,
     /// Which resources wrote to which IRC user: their errors and QUITs go there.
     conversations: Conversations,
+    /// The only networks users may reach (`[irc] networks_only`), by host in lower
+    /// case; `None`: any public network.
+    allowed: Option<BTreeSet<String>>,
     /// How each network compares names (default rfc1459 until a session there says): a
     /// property of the server, so one entry per network, kept while a session is there.
     mappings: HashMap<NetworkId, CaseMapping>,
@@ -48,7 +51,7 @@ pub struct IrcSide {
 
 impl IrcSide {
     /// The IRC side, its sessions started by the IRC bridge in `sessions`.
-    pub fn new(gateway: &str, out: Outbox, store: Store, sessions: Sessions) -> Self {
+    pub fn new(gateway: &str, out: Outbox, store: Store, sessions: Sessions, allowed: Option<BTreeSet<String>>) -> Self {
         IrcSide {
             gateway: gateway.to_owned(),
             out,
@@ -57,6 +60,7 @@ impl IrcSide {
             rooms: Rooms::default(),
             conversations: Conversations::default(),
             mappings: HashMap::new(),
+            allowed,
         }
     }
 
@@ -78,8 +82,17 @@ impl IrcSide {
         }
     }
 
-    /// Hands a command to the user's session on `network` (see `side::hand_to_session`).
+    /// Hands a command to the user's session on `network` (see `side::hand_to_session`),
+    /// where the network policy allows it: every way a user can reach an IRC network
+    /// comes through here, before any connection.
     fn hand_to_session(&mut self, user: &UserId, network: NetworkId, command: Command) -> Result<(), Refusal> {
+        if let (NetworkId::Irc { server }, Some(allowed)) = (&network, &self.allowed) {
+            if !allowed.contains(&server.to_ascii_lowercase()) {
+                let networks: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                let text = format!("this gateway only connects to the IRC networks it is configured for ({}), not to {server}", networks.join(", "));
+                return Err((DefinedCondition::NotAllowed, text));
+            }
+        }
         side::hand_to_session(&mut self.sessions, &self.store, user, network, command)
     }
 
@@ -564,7 +577,7 @@ mod tests {
         let (outbox, out) = Outbox::for_tests();
         let (store, tmp) = store();
         let bridge = Arc::new(Recorder::default());
-        let side = IrcSide::new("gw", outbox, store, sessions(&bridge));
+        let side = IrcSide::new("gw", outbox, store, sessions(&bridge), None);
         Fixture { side, out, bridge, _tmp: tmp }
     }
 
@@ -727,7 +740,7 @@ mod tests {
     #[tokio::test]
     async fn a_registration_change_rejoins_with_the_new_credentials_and_tells_the_client() {
         let mut f = Fixture::in_room().await;
-        let record = UserRecord { irc: Some(crate::store::IrcAccount { nick: "alicia".into(), password: None }), email: None };
+        let record = UserRecord { irc: Some(crate::store::IrcAccount::new("alicia")), email: None };
         f.side.store.put_user("u@h", &record).await.unwrap();
         f.side.registration_changed(&UserId("u@h".into()), Some(&record)).await;
         assert!(matches!(&f.bridge.commands(0)[..], [Command::Shutdown { .. }]), "the old session ends");

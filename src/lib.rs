@@ -73,6 +73,8 @@ fn irc_bridge(config: &Config) -> bridge_irc::IrcBridge {
                 ca_file: network.ca_file.clone(),
                 flood_burst: network.flood_burst,
                 flood_interval: std::time::Duration::from_millis(network.flood_interval_ms),
+                nickserv: network.nickserv,
+                reach: bridge_irc::Reach::Configured,
             };
             (server.clone(), settings)
         })
@@ -93,8 +95,8 @@ fn email_bridge(config: &Config, store: Arc<dyn bridge_core::BridgeStore>) -> br
         .iter()
         .filter_map(|(domain, p)| {
             // Validated at load time: both are host:port.
-            let imap = bridge_email::Endpoint::parse(&p.imap, Some(security(p.imap_security)))?;
-            let smtp = bridge_email::Endpoint::parse(&p.smtp, Some(security(p.smtp_security)))?;
+            let imap = bridge_email::Endpoint::parse(&p.imap, Some(security(p.imap_security)))?.configured();
+            let smtp = bridge_email::Endpoint::parse(&p.smtp, Some(security(p.smtp_security)))?.configured();
             Some((domain.clone(), bridge_email::Provider { imap, smtp }))
         })
         .collect();
@@ -106,10 +108,23 @@ fn email_bridge(config: &Config, store: Arc<dyn bridge_core::BridgeStore>) -> br
     bridge_email::EmailBridge::new(providers, settings, store)
 }
 
+/// IRC passwords stored before they were kept per network are tied to none and sent
+/// nowhere; with exactly one IRC network configured, that is the network they were for.
+async fn assign_unassigned_irc_passwords(config: &Config, store: &Store) -> Result<(), store::StoreError> {
+    let mut networks = config.irc.networks.keys();
+    let (Some(network), None) = (networks.next(), networks.next()) else { return Ok(()) };
+    let assigned = store.assign_unassigned_irc_passwords(network).await?;
+    if assigned > 0 {
+        tracing::info!(assigned, %network, "IRC passwords from before per-network passwords given to the one configured network");
+    }
+    Ok(())
+}
+
 /// Runs the gateway until `shutdown` turns true (then shuts down cleanly) or a fatal
 /// error.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     let store = Store::open(&config.storage.path, &config.key_file())?;
+    assign_unassigned_irc_passwords(&config, &store).await?;
     let config = Arc::new(config);
     let (out, control, writer) = writer::spawn(config.keepalive());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -126,7 +141,13 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     // One XMPP side per kind of network, each with the sessions of its bridge: a new
     // network is one more line here.
     let sides: Vec<Box<dyn NetworkSide>> = vec![
-        Box::new(IrcSide::new(&gateway, out.clone(), store.clone(), Sessions::new(vec![Arc::new(irc_bridge(&config))], events_tx.clone()))),
+        Box::new(IrcSide::new(
+            &gateway,
+            out.clone(),
+            store.clone(),
+            Sessions::new(vec![Arc::new(irc_bridge(&config))], events_tx.clone()),
+            config.irc.allowed_networks(),
+        )),
         Box::new(EmailSide::new(&gateway, out.clone(), store.clone(), Sessions::new(vec![email.clone()], events_tx), uploads)),
     ];
     let mut router = Router::new(config.clone(), store.clone(), out, sides, email, requests);

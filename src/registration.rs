@@ -1,9 +1,16 @@
-//! In-band registration (XEP-0077) with an XEP-0004 form: the IRC nick and password, the
-//! email address, password, login and servers, and whether delivered mail is marked read.
+//! In-band registration (XEP-0077) with an XEP-0004 form: the IRC nick and a password
+//! per IRC network, the email address, password, login and servers, and whether
+//! delivered mail is marked read.
 //!
-//! The form and the legacy fields (`username` = IRC nick, `password` = IRC password) are
-//! offered together. Building the form, reading a submission and merging it into the
-//! stored record are pure functions; the router does the storing.
+//! An IRC password is given for one network and only ever goes there: one field
+//! `irc_password/<host>` per network under `[irc.networks]`, and `irc_network` with
+//! `irc_network_password` for a network the admin did not configure. The legacy fields
+//! (`username` = IRC nick, `password` = IRC password), and the single `irc_password` of
+//! earlier forms, are taken only where exactly one IRC network is configured (then the
+//! password is that network's); elsewhere they are refused, naming the fields to use.
+//!
+//! Building the form, reading a submission and merging it into the stored record are
+//! pure functions; the router does the storing.
 
 use std::collections::BTreeMap;
 
@@ -20,10 +27,23 @@ pub const NS_REGISTER: &str = "jabber:iq:register";
 /// The data forms namespace.
 const NS_DATA: &str = "jabber:x:data";
 
-/// The form's fields: var, type, label. Order is the order users see.
-const FIELDS: &[(&str, FieldType, &str)] = &[
-    ("irc_nick", FieldType::TextSingle, "IRC nick (leave empty to use each room's nick)"),
-    ("irc_password", FieldType::TextPrivate, "IRC password (SASL PLAIN, else NickServ)"),
+/// The form's IRC fields before the per-network passwords: var, type, label.
+const IRC_FIELDS: &[(&str, FieldType, &str)] = &[("irc_nick", FieldType::TextSingle, "IRC nick (leave empty to use each room's nick)")];
+
+/// The var of a configured network's password field is this followed by the host.
+const NETWORK_PASSWORD: &str = "irc_password/";
+
+/// The password for a network that is not configured, and which network that is.
+const OTHER_NETWORK_FIELDS: &[(&str, FieldType, &str)] = &[
+    ("irc_network", FieldType::TextSingle, "Another IRC network (host name) to give a password for"),
+    ("irc_network_password", FieldType::TextPrivate, "IRC password on that network (SASL PLAIN)"),
+];
+
+/// The one IRC password of earlier forms and of the legacy fields (see the module's doc).
+const SINGLE_IRC_PASSWORD: &str = "irc_password";
+
+/// The form's email fields: var, type, label. Order is the order users see.
+const EMAIL_FIELDS: &[(&str, FieldType, &str)] = &[
     ("email_address", FieldType::TextSingle, "Email address"),
     ("email_password", FieldType::TextPrivate, "Email password"),
     ("email_login", FieldType::TextSingle, "Email login, if not the address"),
@@ -33,22 +53,38 @@ const FIELDS: &[(&str, FieldType, &str)] = &[
 ];
 
 /// Instructions shown above the form.
-const INSTRUCTIONS: &str = "Give your IRC nick and password and/or your email account. \
-Leave a network's fields empty to not use it. Passwords are stored encrypted; leave a \
-password empty to keep the stored one.";
+const INSTRUCTIONS: &str = "Give your IRC nick and your password on each IRC network \
+(each password goes only to its network), and/or your email account. Leave a network's \
+fields empty to not use it. Passwords are stored encrypted; leave a password empty to \
+keep the stored one.";
+
+/// The form's fields for `config`: var, type, label, in the order users see them.
+fn fields(config: &Config) -> Vec<(String, FieldType, String)> {
+    let fixed = |fields: &[(&str, FieldType, &str)]| -> Vec<(String, FieldType, String)> {
+        fields.iter().map(|(var, type_, label)| ((*var).to_owned(), type_.clone(), (*label).to_owned())).collect()
+    };
+    let mut all = fixed(IRC_FIELDS);
+    all.extend(config.irc.networks.keys().map(|host| {
+        let label = format!("IRC password on {host} (SASL PLAIN, or NickServ where it runs)");
+        (format!("{NETWORK_PASSWORD}{}", host.to_ascii_lowercase()), FieldType::TextPrivate, label)
+    }));
+    all.extend(fixed(OTHER_NETWORK_FIELDS));
+    all.extend(fixed(EMAIL_FIELDS));
+    all
+}
 
 /// A form field whose value was refused; becomes `not-acceptable` with this text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("field {field}: {reason}")]
 pub struct FieldError {
     /// The form var (`irc_nick`, `email_address`, ...).
-    pub field: &'static str,
+    pub field: String,
     /// What is wrong and what is expected.
     pub reason: String,
 }
 
-fn field_error(field: &'static str, reason: impl Into<String>) -> FieldError {
-    FieldError { field, reason: reason.into() }
+fn field_error(field: &str, reason: impl Into<String>) -> FieldError {
+    FieldError { field: field.to_owned(), reason: reason.into() }
 }
 
 /// What a `set` asked for.
@@ -57,12 +93,12 @@ pub enum Request {
     /// `<remove/>`: forget the user.
     Remove,
     /// New or updated values, by form var; absent or empty vars are empty strings.
-    Submit(BTreeMap<&'static str, String>),
+    Submit(BTreeMap<String, String>),
 }
 
 /// The `<query/>` answering a `get`: the blank form, or `<registered/>` with the stored
 /// values (never a password).
-pub fn query_for(record: Option<&UserRecord>) -> Element {
+pub fn query_for(record: Option<&UserRecord>, config: &Config) -> Element {
     let irc = record.and_then(|r| r.irc.as_ref());
     let email = record.and_then(|r| r.email.as_ref());
     let value = |var: &str| -> Option<String> {
@@ -76,12 +112,12 @@ pub fn query_for(record: Option<&UserRecord>) -> Element {
             _ => None,
         }
     };
-    let fields = FIELDS
-        .iter()
+    let fields = fields(config)
+        .into_iter()
         .map(|(var, type_, label)| {
-            let mut field = Field::new(var, type_.clone());
-            field.label = Some((*label).to_owned());
-            field.values.extend(value(var));
+            let mut field = Field::new(&var, type_);
+            field.label = Some(label);
+            field.values.extend(value(&var));
             field
         })
         .collect();
@@ -100,11 +136,12 @@ pub fn query_for(record: Option<&UserRecord>) -> Element {
 }
 
 /// Reads the `<query/>` of a `set`: `<remove/>`, a submitted form, or legacy fields.
-pub fn parse_request(query: &Element) -> Result<Request, FieldError> {
+pub fn parse_request(query: &Element, config: &Config) -> Result<Request, FieldError> {
     if query.has_child("remove", NS_REGISTER) {
         return Ok(Request::Remove);
     }
-    let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
+    let known = fields(config);
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
     if let Some(x) = query.get_child("x", NS_DATA) {
         let form = DataForm::try_from(x.clone())
             .map_err(|e| field_error("FORM_TYPE", format!("the data form is invalid: {e}")))?;
@@ -121,18 +158,18 @@ pub fn parse_request(query: &Element) -> Result<Request, FieldError> {
             if var == "FORM_TYPE" {
                 continue;
             }
-            let Some((known, _, _)) = FIELDS.iter().find(|(v, _, _)| *v == var) else {
+            if var != SINGLE_IRC_PASSWORD && !known.iter().any(|(v, _, _)| v == var) {
                 return Err(field_error("FORM_TYPE", format!("unknown field {var:?}")));
-            };
-            if field.values.len() > 1 {
-                return Err(field_error(known, "takes one value"));
             }
-            values.insert(known, field.values.first().cloned().unwrap_or_default());
+            if field.values.len() > 1 {
+                return Err(field_error(var, "takes one value"));
+            }
+            values.insert(var.to_owned(), field.values.first().cloned().unwrap_or_default());
         }
     } else {
         let legacy = |name: &str| query.get_child(name, NS_REGISTER).map(Element::text);
-        values.insert("irc_nick", legacy("username").or_else(|| legacy("nick")).unwrap_or_default());
-        values.insert("irc_password", legacy("password").unwrap_or_default());
+        values.insert("irc_nick".into(), legacy("username").or_else(|| legacy("nick")).unwrap_or_default());
+        values.insert(SINGLE_IRC_PASSWORD.into(), legacy("password").unwrap_or_default());
     }
     for value in values.values_mut() {
         *value = value.trim().to_owned();
@@ -144,24 +181,24 @@ pub fn parse_request(query: &Element) -> Result<Request, FieldError> {
 /// passwords keep the stored password of the same account.
 pub fn apply(
     existing: Option<&UserRecord>,
-    values: &BTreeMap<&'static str, String>,
+    values: &BTreeMap<String, String>,
     config: &Config,
 ) -> Result<UserRecord, FieldError> {
     let get = |var: &str| values.get(var).map(String::as_str).filter(|v| !v.is_empty());
     let mut record = UserRecord::default();
 
+    let passwords = irc_passwords(&get, config)?;
     if let Some(nick) = get("irc_nick") {
         address::parse_occupant_nick(nick).map_err(|e| field_error("irc_nick", e.to_string()))?;
-        let kept = existing
-            .and_then(|r| r.irc.as_ref())
+        // The same nick keeps its stored passwords; a new nick starts without any.
+        let mut account = existing
+            .and_then(|r| r.irc.clone())
             .filter(|irc| irc.nick == nick)
-            .and_then(|irc| irc.password.clone());
-        record.irc = Some(IrcAccount {
-            nick: nick.to_owned(),
-            password: get("irc_password").map(Secret::new).or(kept),
-        });
-    } else if get("irc_password").is_some() {
-        return Err(field_error("irc_nick", "an IRC password needs an IRC nick"));
+            .unwrap_or_else(|| IrcAccount::new(nick));
+        account.passwords.extend(passwords);
+        record.irc = Some(account);
+    } else if let Some((var, _)) = values.iter().find(|(var, value)| is_irc_password(var) && !value.is_empty()) {
+        return Err(field_error("irc_nick", format!("{var} needs an IRC nick")));
     }
 
     if let Some(raw) = get("email_address") {
@@ -180,9 +217,16 @@ pub fn apply(
             .or(kept)
             .ok_or_else(|| field_error("email_password", "required with an email address"))?;
         let server = |var: &'static str| -> Result<Option<String>, FieldError> {
-            get(var)
-                .map(|v| config::check_host_port(v).map(|()| v.to_owned()).map_err(|e| field_error(var, e)))
-                .transpose()
+            let Some(value) = get(var) else { return Ok(None) };
+            config::check_host_port(value).map_err(|e| field_error(var, e))?;
+            let (host, port) = value.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?))).unwrap_or_default();
+            let allowed = &config.email.user_server_ports;
+            if !allowed.contains(&port) && !config.email.is_preset_server(host, port) {
+                let ports: Vec<String> = allowed.iter().map(u16::to_string).collect();
+                let reason = format!("port {port} is not a mail port this gateway connects to (allowed: {})", ports.join(", "));
+                return Err(field_error(var, reason));
+            }
+            Ok(Some(value.to_owned()))
         };
         let imap_server = server("imap_server")?;
         let smtp_server = server("smtp_server")?;
@@ -221,47 +265,100 @@ pub fn apply(
     Ok(record)
 }
 
+/// Whether `var` carries an IRC password (or the network of one).
+fn is_irc_password(var: &str) -> bool {
+    var.starts_with(NETWORK_PASSWORD) || var == SINGLE_IRC_PASSWORD || var == "irc_network" || var == "irc_network_password"
+}
+
+/// The IRC passwords a submission gives, by network host in lower case.
+fn irc_passwords<'v>(get: &impl Fn(&str) -> Option<&'v str>, config: &Config) -> Result<BTreeMap<String, Secret>, FieldError> {
+    let mut passwords = BTreeMap::new();
+    for host in config.irc.networks.keys() {
+        let host = host.to_ascii_lowercase();
+        if let Some(password) = get(&format!("{NETWORK_PASSWORD}{host}")) {
+            passwords.insert(host, Secret::new(password));
+        }
+    }
+    match (get("irc_network"), get("irc_network_password")) {
+        (Some(host), Some(password)) => {
+            let host = address::normalize_server(host).map_err(|e| field_error("irc_network", format!("{host:?}: {e}")))?;
+            passwords.insert(host, Secret::new(password));
+        }
+        (Some(_), None) => return Err(field_error("irc_network_password", "required with irc_network")),
+        (None, Some(_)) => return Err(field_error("irc_network", "required with irc_network_password: the network the password is for")),
+        (None, None) => {}
+    }
+    if let Some(password) = get(SINGLE_IRC_PASSWORD) {
+        let mut hosts = config.irc.networks.keys();
+        let (Some(host), None) = (hosts.next(), hosts.next()) else {
+            let reason = "this gateway does not have exactly one IRC network, so a password must say which network it is for: \
+                          use the form's field of that network, or irc_network with irc_network_password";
+            return Err(field_error(SINGLE_IRC_PASSWORD, reason));
+        };
+        passwords.insert(host.to_ascii_lowercase(), Secret::new(password));
+    }
+    Ok(passwords)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config() -> Config {
+    /// A configuration with `irc` as its `[irc.networks]` part.
+    fn config_with(irc: &str) -> Config {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gw.toml");
         std::fs::write(
             &path,
-            "[component]\njid = \"gw.localhost\"\nsecret = \"s\"\n[storage]\npath = \"/tmp/x\"\n\
-             [email.providers.\"example.test\"]\nimap = \"127.0.0.1:1143\"\nsmtp = \"127.0.0.1:2525\"\n",
+            format!(
+                "[component]\njid = \"gw.localhost\"\nsecret = \"s\"\n[storage]\npath = \"/tmp/x\"\n\
+                 [email.providers.\"example.test\"]\nimap = \"127.0.0.1:1143\"\nsmtp = \"127.0.0.1:2525\"\n{irc}"
+            ),
         )
         .unwrap();
         Config::load_with_env(&path, std::iter::empty()).unwrap()
+    }
+
+    /// One IRC network, `irc.one`.
+    fn config() -> Config {
+        config_with("[irc.networks.\"irc.one\"]\n")
+    }
+
+    fn two_networks() -> Config {
+        config_with("[irc.networks.\"irc.one\"]\n[irc.networks.\"Irc.Two\"]\n")
     }
 
     fn parse(xml: &str) -> Element {
         xml.parse().unwrap()
     }
 
-    fn submit(pairs: &[(&'static str, &str)]) -> BTreeMap<&'static str, String> {
-        pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    fn submit(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn password<'r>(record: &'r UserRecord, network: &str) -> Option<&'r str> {
+        record.irc.as_ref()?.password_for(network).map(Secret::expose)
     }
 
     #[test]
-    fn blank_form_has_every_field_and_legacy_fields() {
-        let q = query_for(None);
+    fn blank_form_has_a_password_field_per_network_and_legacy_fields() {
+        let c = two_networks();
+        let q = query_for(None, &c);
         assert!(!q.has_child("registered", NS_REGISTER));
         assert!(q.has_child("username", NS_REGISTER) && q.has_child("password", NS_REGISTER));
         let form = DataForm::try_from(q.get_child("x", NS_DATA).unwrap().clone()).unwrap();
         assert_eq!(form.form_type(), Some(NS_REGISTER));
         let vars: Vec<_> = form.fields.iter().filter_map(|f| f.var.clone()).collect();
-        for (var, _, _) in FIELDS {
-            assert!(vars.iter().any(|v| v == var), "{var}");
+        for var in ["irc_nick", "irc_password/irc.one", "irc_password/irc.two", "irc_network", "irc_network_password", "email_address", "email_mark_seen"] {
+            assert!(vars.iter().any(|v| v == var), "{var} in {vars:?}");
         }
+        assert!(!vars.iter().any(|v| v == "irc_password"), "no password for every network at once");
     }
 
     #[test]
     fn registered_form_shows_values_but_never_passwords() {
         let record = UserRecord {
-            irc: Some(IrcAccount { nick: "alice".into(), password: Some(Secret::new("irc-pw")) }),
+            irc: Some(IrcAccount { passwords: [("irc.one".to_owned(), Secret::new("irc-pw"))].into(), ..IrcAccount::new("alice") }),
             email: Some(EmailAccount {
                 address: "alice@example.test".into(),
                 password: Secret::new("mail-pw"),
@@ -271,7 +368,7 @@ mod tests {
                 mark_seen: false,
             }),
         };
-        let q = query_for(Some(&record));
+        let q = query_for(Some(&record), &config());
         assert!(q.has_child("registered", NS_REGISTER));
         let xml = String::from_utf8(crate::xml_stream::to_bytes(&q)).unwrap();
         assert!(xml.contains("alice@example.test") && xml.contains(">alice<"), "{xml}");
@@ -280,55 +377,89 @@ mod tests {
 
     #[test]
     fn parses_form_legacy_and_remove() {
+        let c = config();
         let form = parse(
             "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>\
              <field var='FORM_TYPE'><value>jabber:iq:register</value></field>\
              <field var='irc_nick'><value> alice </value></field>\
+             <field var='irc_password/irc.one'><value>pw</value></field>\
              <field var='email_address'><value>a@example.test</value></field></x></query>",
         );
         assert_eq!(
-            parse_request(&form).unwrap(),
-            Request::Submit(submit(&[("irc_nick", "alice"), ("email_address", "a@example.test")]))
+            parse_request(&form, &c).unwrap(),
+            Request::Submit(submit(&[("irc_nick", "alice"), ("irc_password/irc.one", "pw"), ("email_address", "a@example.test")]))
         );
         let legacy = parse("<query xmlns='jabber:iq:register'><username>bob</username><password>pw</password></query>");
-        assert_eq!(
-            parse_request(&legacy).unwrap(),
-            Request::Submit(submit(&[("irc_nick", "bob"), ("irc_password", "pw")]))
-        );
+        assert_eq!(parse_request(&legacy, &c).unwrap(), Request::Submit(submit(&[("irc_nick", "bob"), ("irc_password", "pw")])));
         let remove = parse("<query xmlns='jabber:iq:register'><remove/></query>");
-        assert_eq!(parse_request(&remove).unwrap(), Request::Remove);
+        assert_eq!(parse_request(&remove, &c).unwrap(), Request::Remove);
     }
 
     #[test]
     fn refuses_unknown_fields_and_wrong_form_types() {
-        let unknown = parse(
-            "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>\
-             <field var='favourite_colour'><value>blue</value></field></x></query>",
-        );
-        assert!(parse_request(&unknown).unwrap_err().reason.contains("favourite_colour"));
+        let c = config();
+        for var in ["favourite_colour", "irc_password/not.configured"] {
+            let unknown = parse(&format!(
+                "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>\
+                 <field var='{var}'><value>blue</value></field></x></query>"
+            ));
+            assert!(parse_request(&unknown, &c).unwrap_err().reason.contains(var), "{var}");
+        }
         let wrong = parse(
             "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>\
              <field var='FORM_TYPE'><value>urn:other</value></field></x></query>",
         );
-        assert_eq!(parse_request(&wrong).unwrap_err().field, "FORM_TYPE");
+        assert_eq!(parse_request(&wrong, &c).unwrap_err().field, "FORM_TYPE");
+    }
+
+    #[test]
+    fn each_irc_password_is_kept_for_its_network_only() {
+        let c = two_networks();
+        let r = apply(
+            None,
+            &submit(&[("irc_nick", "alice"), ("irc_password/irc.one", "one-pw"), ("irc_network", "Irc.Elsewhere.Example"), ("irc_network_password", "else-pw")]),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(password(&r, "irc.one"), Some("one-pw"));
+        assert_eq!(password(&r, "IRC.ONE"), Some("one-pw"), "host names compare without case");
+        assert_eq!(password(&r, "irc.two"), None, "nothing given for irc.two: nothing sent there");
+        assert_eq!(password(&r, "irc.elsewhere.example"), Some("else-pw"));
+        assert_eq!(password(&r, "evil.example"), None);
+        // A later submission adds to what is kept, network by network.
+        let later = apply(Some(&r), &submit(&[("irc_nick", "alice"), ("irc_password/irc.two", "two-pw")]), &c).unwrap();
+        assert_eq!((password(&later, "irc.one"), password(&later, "irc.two")), (Some("one-pw"), Some("two-pw")));
+    }
+
+    #[test]
+    fn a_single_password_is_taken_only_with_a_single_network() {
+        let legacy = submit(&[("irc_nick", "bob"), ("irc_password", "pw")]);
+        let one = apply(None, &legacy, &config()).unwrap();
+        assert_eq!(password(&one, "irc.one"), Some("pw"));
+        let err = apply(None, &legacy, &two_networks()).unwrap_err();
+        assert_eq!(err.field, "irc_password");
+        assert!(err.reason.contains("irc_network"), "{err}");
+        assert_eq!(apply(None, &legacy, &config_with("")).unwrap_err().field, "irc_password");
     }
 
     #[test]
     fn applies_and_validates_values() {
         let c = config();
-        let r = apply(None, &submit(&[("irc_nick", "alice"), ("irc_password", "pw")]), &c).unwrap();
-        assert_eq!(r.irc.as_ref().unwrap().password.as_ref().unwrap().expose(), "pw");
-        assert!(r.email.is_none());
-
-        let cases: &[(&[(&'static str, &str)], &str)] = &[
+        let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("irc_nick", "bad nick")], "irc_nick"),
             (&[("irc_nick", "#chan")], "irc_nick"),
             (&[("irc_password", "pw")], "irc_nick"),
+            (&[("irc_password/irc.one", "pw")], "irc_nick"),
+            (&[("irc_nick", "a"), ("irc_network", "irc.x")], "irc_network_password"),
+            (&[("irc_nick", "a"), ("irc_network_password", "pw")], "irc_network"),
+            (&[("irc_nick", "a"), ("irc_network", "evil host:6667"), ("irc_network_password", "pw")], "irc_network"),
             (&[("email_address", "not-an-address"), ("email_password", "x")], "email_address"),
             (&[("email_address", "a@example.test")], "email_password"),
             (&[("email_address", "a@elsewhere.org"), ("email_password", "x")], "imap_server"),
             (&[("email_address", "a@elsewhere.org"), ("email_password", "x"), ("imap_server", "imap.elsewhere.org")], "imap_server"),
             (&[("email_login", "x")], "email_address"),
+            (&[("email_address", "a@elsewhere.org"), ("email_password", "x"), ("imap_server", "imap.elsewhere.org:22"), ("smtp_server", "smtp.elsewhere.org:465")], "imap_server"),
+            (&[("email_address", "a@elsewhere.org"), ("email_password", "x"), ("imap_server", "imap.elsewhere.org:993"), ("smtp_server", "127.0.0.1:6379")], "smtp_server"),
             (&[], "irc_nick"),
         ];
         for (values, field) in cases {
@@ -347,6 +478,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.email.unwrap().address, "A@elsewhere.org");
+        // A preset's own server may use its port, also when a user names it.
+        let preset = submit(&[("email_address", "a@elsewhere.org"), ("email_password", "x"), ("imap_server", "127.0.0.1:1143"), ("smtp_server", "127.0.0.1:2525")]);
+        assert!(apply(None, &preset, &c).is_ok());
     }
 
     #[test]
@@ -354,15 +488,15 @@ mod tests {
         let c = config();
         let first = apply(
             None,
-            &submit(&[("irc_nick", "alice"), ("irc_password", "pw"), ("email_address", "a@example.test"), ("email_password", "m")]),
+            &submit(&[("irc_nick", "alice"), ("irc_password/irc.one", "pw"), ("email_address", "a@example.test"), ("email_password", "m")]),
             &c,
         )
         .unwrap();
         let update = apply(Some(&first), &submit(&[("irc_nick", "alice"), ("email_address", "a@example.test")]), &c).unwrap();
-        assert_eq!(update.irc.unwrap().password.unwrap().expose(), "pw");
+        assert_eq!(password(&update, "irc.one"), Some("pw"));
         assert_eq!(update.email.unwrap().password.expose(), "m");
         let renamed = apply(Some(&first), &submit(&[("irc_nick", "alice2")]), &c).unwrap();
-        assert!(renamed.irc.unwrap().password.is_none(), "a new nick does not inherit a password");
+        assert_eq!(password(&renamed, "irc.one"), None, "a new nick does not inherit a password");
         assert!(renamed.email.is_none(), "an empty email part removes the email account");
     }
 }

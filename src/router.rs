@@ -271,7 +271,7 @@ impl Router {
                         return refuse(&self.out, stanza, condition, &text).await;
                     }
                 };
-                let query = registration::query_for(record.as_ref());
+                let query = registration::query_for(record.as_ref(), &self.config);
                 let Some(form) = query.get_child("x", "jabber:x:data").cloned() else { return };
                 let session = format!("{:016x}", fastrand::u64(..));
                 self.reply(stanza, Some(adhoc::executing(&node, &session, form))).await;
@@ -340,9 +340,9 @@ impl Router {
         let user = envelope.user.as_str();
         let existing = self.store.user(user).map_err(internal)?;
         if is_get {
-            return Ok(Some(Some(registration::query_for(existing.as_ref()))));
+            return Ok(Some(Some(registration::query_for(existing.as_ref(), &self.config))));
         }
-        let request = registration::parse_request(query).map_err(|e| (DefinedCondition::NotAcceptable, e.to_string()))?;
+        let request = registration::parse_request(query, &self.config).map_err(|e| (DefinedCondition::NotAcceptable, e.to_string()))?;
         let values = match request {
             Request::Remove => {
                 if existing.is_none() {

@@ -102,9 +102,10 @@ pub fn network_of(target: &Address) -> Option<NetworkId> {
 /// text when the network needs a registration the user lacks.
 pub fn credentials_for(record: Option<&UserRecord>, network: &NetworkId) -> Result<Credentials, String> {
     match network {
-        NetworkId::Irc { .. } => Ok(record
+        // A password goes only to the network the user gave it for.
+        NetworkId::Irc { server } => Ok(record
             .and_then(|r| r.irc.as_ref())
-            .map(|irc| Credentials::Irc { nick: irc.nick.clone(), password: irc.password.clone() })
+            .map(|irc| Credentials::Irc { nick: irc.nick.clone(), password: irc.password_for(server).cloned() })
             .unwrap_or(Credentials::Anonymous)),
         NetworkId::Email => record
             .and_then(|r| r.email.as_ref())
@@ -197,6 +198,7 @@ pub fn condition_of(kind: FailureKind) -> DefinedCondition {
         FailureKind::NotAcceptable => DefinedCondition::NotAcceptable,
         FailureKind::Unavailable => DefinedCondition::ServiceUnavailable,
         FailureKind::RegistrationRequired => DefinedCondition::RegistrationRequired,
+        FailureKind::NotAllowed => DefinedCondition::NotAllowed,
     }
 }
 

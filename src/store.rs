@@ -9,15 +9,19 @@
 //!
 //!   ```json
 //!   {"version":1,
-//!    "irc":{"nick":"alice_","password_sealed":"<hex>"},
+//!    "irc":{"nick":"alice_","passwords_sealed":{"irc.libera.chat":"<hex>"}},
 //!    "email":{"address":"alice@example.org","password_sealed":"<hex>","login":null,
 //!             "imap_server":null,"smtp_server":null}}
 //!   ```
 //!
 //!   Passwords are never stored in plaintext: each is sealed by the [`Vault`] with the
-//!   associated data `"<field>\0<bare JID>"` (`irc.password` or `email.password`), so a
-//!   sealed value copied into another user's record, or into the other field, does not
-//!   decrypt and the record reads as [`StoreError::Corrupt`].
+//!   associated data `"<field>\0<bare JID>"` (`irc.password@<network>` or
+//!   `email.password`), so a sealed value copied into another user's record, into the
+//!   other field or to another IRC network, does not decrypt and the record reads as
+//!   [`StoreError::Corrupt`]. A record written before IRC passwords were kept per
+//!   network has one `password_sealed` (field `irc.password`), tied to no network: it is
+//!   read as [`IrcAccount::unassigned_password`] and sent nowhere until
+//!   [`Store::assign_unassigned_irc_passwords`] gives it to the one configured network.
 //! * `meta`: `key_check`, a constant sealed when the store is first opened, and opened on
 //!   every later open, so that a wrong or replaced key file is caught at start-up
 //!   ([`StoreError::WrongKey`]) instead of as undecryptable records later.
@@ -29,6 +33,7 @@
 //! They (and [`Store::flush`]) run sled's blocking flush on Tokio's blocking thread pool,
 //! so they must be called within a Tokio runtime.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,6 +59,7 @@ const KEY_CHECK_PLAINTEXT: &str = "xmpp-gateway store key check v1";
 /// equal the associated data of a password (`"<field>\0<jid>"` has a field name first).
 const KEY_CHECK_AAD: &[u8] = b"store.key-check";
 
+/// The field of the unassigned IRC password; a network's is `irc.password@<network>`.
 const IRC_PASSWORD_FIELD: &str = "irc.password";
 const EMAIL_PASSWORD_FIELD: &str = "email.password";
 
@@ -74,9 +80,27 @@ pub struct IrcAccount {
     /// The nickname to use on IRC, chosen at registration so that it is stable across
     /// reconnects and does not have to be derived from the JID.
     pub nick: String,
-    /// The password that identifies the nick to the network's services (SASL or
-    /// NickServ); `None` for an unregistered nick.
-    pub password: Option<Secret>,
+    /// The password that identifies the nick to each network's services (SASL, or
+    /// NickServ where the network is configured to run it), by the network's host name
+    /// in lower case: a password goes only to the network it was given for.
+    pub passwords: BTreeMap<String, Secret>,
+    /// A password stored before passwords were kept per network, tied to none: sent
+    /// nowhere (see the module's doc).
+    pub unassigned_password: Option<Secret>,
+}
+
+impl IrcAccount {
+    /// An account with `nick` and no password.
+    #[must_use]
+    pub fn new(nick: &str) -> Self {
+        IrcAccount { nick: nick.to_owned(), passwords: BTreeMap::new(), unassigned_password: None }
+    }
+
+    /// The password to give the network `server`, if the user gave one for it.
+    #[must_use]
+    pub fn password_for(&self, server: &str) -> Option<&Secret> {
+        self.passwords.get(&server.to_ascii_lowercase())
+    }
 }
 
 /// How to reach one user's mailbox.
@@ -257,7 +281,12 @@ struct StoredUser {
 #[derive(Serialize, Deserialize)]
 struct StoredIrc {
     nick: String,
+    /// The unassigned password of a record from before passwords were per network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     password_sealed: Option<String>,
+    /// Sealed passwords by network.
+    #[serde(default)]
+    passwords_sealed: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -269,6 +298,11 @@ struct StoredEmail {
     smtp_server: Option<String>,
     #[serde(default)]
     mark_seen: bool,
+}
+
+/// The field of the IRC password for `network`.
+fn irc_password_field(network: &str) -> String {
+    format!("{IRC_PASSWORD_FIELD}@{network}")
 }
 
 /// The associated data a password is sealed with: the field and the user's bare JID.
@@ -421,6 +455,27 @@ impl Store {
         Ok(existed)
     }
 
+    /// Gives every unassigned IRC password (from a record written before passwords were
+    /// per network) to `network`, the one IRC network configured: that is where such a
+    /// password was meant to go. Returns how many records changed; durable on return.
+    /// With several networks configured the gateway cannot tell, and does not call this.
+    pub async fn assign_unassigned_irc_passwords(&self, network: &str) -> Result<usize, StoreError> {
+        let mut changed = 0;
+        for jid in self.user_jids()? {
+            let Some(mut record) = self.user(&jid)? else { continue };
+            let Some(irc) = record.irc.as_mut() else { continue };
+            let Some(password) = irc.unassigned_password.take() else { continue };
+            irc.passwords.entry(network.to_ascii_lowercase()).or_insert(password);
+            let bytes = self.encode(&jid, &record);
+            self.inner.users.insert(jid.as_bytes(), bytes).map_err(|e| self.db_error("write", e))?;
+            changed += 1;
+        }
+        if changed > 0 {
+            self.flush().await?;
+        }
+        Ok(changed)
+    }
+
     /// The bare JIDs of all registered users, in byte order.
     pub fn user_jids(&self) -> Result<Vec<String>, StoreError> {
         self.inner
@@ -480,9 +535,17 @@ impl Store {
             version: FORMAT_VERSION,
             irc: record.irc.as_ref().map(|irc| StoredIrc {
                 nick: irc.nick.clone(),
-                password_sealed: irc.password.as_ref().map(|password| {
-                    vault.seal(password.expose(), &aad(IRC_PASSWORD_FIELD, bare_jid))
-                }),
+                password_sealed: irc
+                    .unassigned_password
+                    .as_ref()
+                    .map(|password| vault.seal(password.expose(), &aad(IRC_PASSWORD_FIELD, bare_jid))),
+                passwords_sealed: irc
+                    .passwords
+                    .iter()
+                    .map(|(network, password)| {
+                        (network.clone(), vault.seal(password.expose(), &aad(&irc_password_field(network), bare_jid)))
+                    })
+                    .collect(),
             }),
             email: record.email.as_ref().map(|email| StoredEmail {
                 address: email.address.clone(),
@@ -526,10 +589,15 @@ impl Store {
                 .map(|irc| -> Result<_, StoreError> {
                     Ok(IrcAccount {
                         nick: irc.nick,
-                        password: irc
+                        unassigned_password: irc
                             .password_sealed
                             .map(|sealed| open(&sealed, IRC_PASSWORD_FIELD))
                             .transpose()?,
+                        passwords: irc
+                            .passwords_sealed
+                            .into_iter()
+                            .map(|(network, sealed)| Ok((network.clone(), open(&sealed, &irc_password_field(&network))?)))
+                            .collect::<Result<_, StoreError>>()?,
                     })
                 })
                 .transpose()?,
@@ -660,7 +728,8 @@ mod tests {
         UserRecord {
             irc: Some(IrcAccount {
                 nick: "alice_irc_nick".into(),
-                password: Some(Secret::new(IRC_PASSWORD)),
+                passwords: [("irc.example".to_owned(), Secret::new(IRC_PASSWORD))].into(),
+                unassigned_password: None,
             }),
             email: Some(EmailAccount {
                 address: "alice@mail.example".into(),
@@ -748,10 +817,7 @@ mod tests {
             ..full_record()
         };
         let no_irc_password = UserRecord {
-            irc: Some(IrcAccount {
-                nick: "bob".into(),
-                password: None,
-            }),
+            irc: Some(IrcAccount::new("bob")),
             email: None,
         };
         let email_minimal = UserRecord {
@@ -778,10 +844,7 @@ mod tests {
             assert_eq!(store.user(jid).unwrap().as_ref(), Some(record), "{jid}");
         }
         assert_eq!(raw_json(&store, "a@example.org")["email"], serde_json::Value::Null);
-        assert_eq!(
-            raw_json(&store, "b@example.org")["irc"]["password_sealed"],
-            serde_json::Value::Null
-        );
+        assert_eq!(raw_json(&store, "b@example.org")["irc"]["passwords_sealed"], serde_json::json!({}));
     }
 
     #[tokio::test]
@@ -796,7 +859,7 @@ mod tests {
         let text = json.to_string();
         assert!(!text.contains(IRC_PASSWORD) && !text.contains(EMAIL_PASSWORD));
         assert!(json["irc"].get("password").is_none());
-        assert!(json["irc"]["password_sealed"].is_string());
+        assert!(json["irc"]["passwords_sealed"]["irc.example"].is_string());
         assert!(json["email"]["password_sealed"].is_string());
     }
 
@@ -1034,14 +1097,15 @@ mod tests {
         let bob_record = UserRecord {
             irc: Some(IrcAccount {
                 nick: "bob".into(),
-                password: Some(Secret::new("bobs own")),
+                passwords: [("irc.example".to_owned(), Secret::new("bobs own"))].into(),
+                unassigned_password: None,
             }),
             email: None,
         };
         store.put_user(bob, &bob_record).await.unwrap();
         assert_eq!(store.user(bob).unwrap(), Some(bob_record));
         let mut json = raw_json(&store, bob);
-        json["irc"]["password_sealed"] = raw_json(&store, JID)["irc"]["password_sealed"].clone();
+        json["irc"]["passwords_sealed"] = raw_json(&store, JID)["irc"]["passwords_sealed"].clone();
         raw_put(&store, bob, json.to_string().as_bytes());
         assert_corrupt(store.user(bob), bob);
         // Alice is unaffected.
@@ -1054,10 +1118,46 @@ mod tests {
         let store = fx.open();
         store.put_user(JID, &full_record()).await.unwrap();
         let mut json = raw_json(&store, JID);
-        json["irc"]["password_sealed"] = json["email"]["password_sealed"].clone();
+        json["irc"]["passwords_sealed"]["irc.example"] = json["email"]["password_sealed"].clone();
         raw_put(&store, JID, json.to_string().as_bytes());
         let msg = assert_corrupt(store.user(JID), JID);
-        assert!(msg.contains("irc.password"), "{msg}");
+        assert!(msg.contains("irc.password@irc.example"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn an_irc_password_moved_to_another_network_does_not_decrypt() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        store.put_user(JID, &full_record()).await.unwrap();
+        let mut json = raw_json(&store, JID);
+        let sealed = json["irc"]["passwords_sealed"]["irc.example"].take();
+        json["irc"]["passwords_sealed"] = serde_json::json!({ "evil.example": sealed });
+        raw_put(&store, JID, json.to_string().as_bytes());
+        let msg = assert_corrupt(store.user(JID), JID);
+        assert!(msg.contains("irc.password@evil.example"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_password_from_before_networks_is_sent_nowhere_until_assigned() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        // A record as the gateway wrote it before IRC passwords were per network.
+        let old = UserRecord {
+            irc: Some(IrcAccount { unassigned_password: Some(Secret::new("old-pw")), ..IrcAccount::new("alice") }),
+            email: None,
+        };
+        store.put_user(JID, &old).await.unwrap();
+        let json = raw_json(&store, JID);
+        assert!(json["irc"]["password_sealed"].is_string());
+        let read = store.user(JID).unwrap().unwrap().irc.unwrap();
+        assert_eq!(read.password_for("irc.example"), None);
+        assert_eq!(read.unassigned_password.as_ref().map(Secret::expose), Some("old-pw"));
+
+        assert_eq!(store.assign_unassigned_irc_passwords("IRC.example").await.unwrap(), 1);
+        let read = store.user(JID).unwrap().unwrap().irc.unwrap();
+        assert_eq!(read.password_for("irc.example").map(Secret::expose), Some("old-pw"));
+        assert_eq!(read.unassigned_password, None);
+        assert_eq!(store.assign_unassigned_irc_passwords("irc.example").await.unwrap(), 0);
     }
 
     #[tokio::test]

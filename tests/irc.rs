@@ -402,20 +402,40 @@ async fn irc_server_killed_and_restarted_the_user_is_back_in_the_room(kind: Serv
     bob.wait_for("a message after the rejoin", |l| l.is_privmsg_to("#phoenix") && l.text() == "i am back").await;
 }
 
-on_each_server!(a_registered_password_is_sent_to_nickserv_when_there_is_no_sasl);
-async fn a_registered_password_is_sent_to_nickserv_when_there_is_no_sasl(kind: ServerKind) {
-    let s = setup_on(kind);
+on_each_server!(a_registered_password_is_sent_to_nickserv_where_the_network_runs_it_and_there_is_no_sasl);
+async fn a_registered_password_is_sent_to_nickserv_where_the_network_runs_it_and_there_is_no_sasl(kind: ServerKind) {
+    let server = XmppServer::start(kind);
+    let ircd = Ngircd::start(false);
+    let gateway = Gateway::start_irc_networks(
+        &server,
+        &format!("[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\nnickserv = true\n", ircd.port),
+    );
     // ngIRCd has no SASL and no services: a scripted NickServ is a client with that nick.
-    let mut nickserv = s.ircd.client("NickServ").await;
-    let mut alice = s.server.client("alice", "localhost").await;
-    let set = alice.iq("set", &register_form(&[("irc_nick", "alicereg"), ("irc_password", "open-sesame")])).await;
+    let mut nickserv = ircd.client("NickServ").await;
+    let mut alice = server.client("alice", "localhost").await;
+    let set = alice.iq("set", &register_form(&[("irc_nick", "alicereg"), ("irc_password/127.0.0.1", "open-sesame")])).await;
     assert_eq!(set.attr("type"), Some("result"), "{set:?}");
     let me = join(&mut alice, &room("#reg"), "whatever").await;
     assert_eq!(me.attr("from"), Some(format!("{}/alicereg", room("#reg")).as_str()), "the registered nick wins");
     let line = nickserv.wait_for("IDENTIFY", |l| l.is_privmsg_to("NickServ")).await;
     assert_eq!(line.text(), "IDENTIFY open-sesame");
     assert_eq!(line.prefix_nick.as_deref(), Some("alicereg"));
-    assert!(!s.gateway.log_text().contains("open-sesame"), "the password leaked into the log");
+    assert!(!gateway.log_text().contains("open-sesame"), "the password leaked into the log");
+}
+
+on_each_server!(no_password_goes_to_nickserv_where_the_network_is_not_said_to_run_it);
+/// Issue 10: on a network without services anyone can hold the nick NickServ; a password
+/// goes there as IDENTIFY only where the admin configured `nickserv = true`.
+async fn no_password_goes_to_nickserv_where_the_network_is_not_said_to_run_it(kind: ServerKind) {
+    let s = setup_on(kind);
+    let mut nickserv = s.ircd.client("NickServ").await;
+    let mut alice = s.server.client("alice", "localhost").await;
+    let set = alice.iq("set", &register_form(&[("irc_nick", "alicereg"), ("irc_password/127.0.0.1", "open-sesame")])).await;
+    assert_eq!(set.attr("type"), Some("result"), "{set:?}");
+    join(&mut alice, &room("#reg"), "whatever").await;
+    // The join is confirmed after the welcome, where IDENTIFY would have gone.
+    let identify = nickserv.receives_within(Duration::from_secs(2), |l| l.is_privmsg_to("NickServ")).await;
+    assert!(!identify, "a password went to whoever holds the nick NickServ");
 }
 
 on_each_server!(away_status_is_mirrored_on_irc);
@@ -855,7 +875,7 @@ async fn a_registered_password_logs_in_by_sasl_where_the_server_offers_it(kind: 
         ircd.port
     ));
     let mut alice = server.client("alice", "localhost").await;
-    let set = alice.iq("set", &register_form(&[("irc_nick", "alicesasl"), ("irc_password", "sasl-secret")])).await;
+    let set = alice.iq("set", &register_form(&[("irc_nick", "alicesasl"), ("irc_password/localhost", "sasl-secret")])).await;
     assert_eq!(set.attr("type"), Some("result"), "{set:?}");
     let r = format!("#sasl%localhost@{GW}");
     join(&mut alice, &r, "whatever").await;
@@ -868,7 +888,7 @@ async fn a_registered_password_logs_in_by_sasl_where_the_server_offers_it(kind: 
 
     // A wrong password: the connection goes on without an account, and the user is told.
     let mut carol = server.client("bob", "localhost").await;
-    let set = carol.iq("set", &register_form(&[("irc_nick", "carolsasl"), ("irc_password", "wrong")])).await;
+    let set = carol.iq("set", &register_form(&[("irc_nick", "carolsasl"), ("irc_password/localhost", "wrong")])).await;
     assert_eq!(set.attr("type"), Some("result"));
     join(&mut carol, &format!("#sasl2%localhost@{GW}"), "carolsasl").await;
     let told = carol.wait_for("the SASL failure notice", |e| body(e).is_some_and(|b| b.contains("SASL login as carolsasl failed"))).await;
@@ -1011,4 +1031,124 @@ async fn a_second_resource_gets_the_room_from_the_irc_sessions_roster(kind: Serv
     assert_eq!(subjects, 1, "the phone was not sent the room's entry again");
     let alices_join = |l: &testkit::irc::IrcLine| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice");
     assert!(!bob.receives_within(Duration::from_millis(300), alices_join).await, "no second JOIN on IRC");
+}
+
+/// What the hostile IRC server of [`an_irc_password_goes_only_to_its_network_and_only_when_asked_for`]
+/// received, one list of lines per connection.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>;
+
+/// A hostile IRC server on `listener`: it asks everyone for credentials unasked (an
+/// `AUTHENTICATE +` as soon as they connect and again after the welcome, a NickServ
+/// notice), offers SASL, fails every SASL login, and records every line it receives.
+fn spawn_harvesting_irc_server(listener: tokio::net::TcpListener, received: Received) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { return };
+            let received = received.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let connection = {
+                    let mut all = received.lock().unwrap();
+                    all.push(Vec::new());
+                    all.len() - 1
+                };
+                let bait = "AUTHENTICATE +\r\n:NickServ!service@services NOTICE * :This nick is registered: /msg NickServ IDENTIFY <password>\r\n";
+                if write.write_all(bait.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                let mut nick = String::from("*");
+                while let Ok(Some(line)) = lines.next_line().await {
+                    received.lock().unwrap()[connection].push(line.clone());
+                    let reply = if line.starts_with("CAP LS") {
+                        ":harvest CAP * LS :sasl multi-prefix\r\n".to_owned()
+                    } else if line == "CAP REQ :sasl" {
+                        ":harvest CAP * ACK :sasl\r\n".to_owned()
+                    } else if line == "AUTHENTICATE PLAIN" {
+                        "AUTHENTICATE +\r\n".to_owned()
+                    } else if line.starts_with("AUTHENTICATE ") {
+                        format!(":harvest 904 {nick} :SASL authentication failed\r\n")
+                    } else if let Some(n) = line.strip_prefix("NICK ") {
+                        nick = n.to_owned();
+                        String::new()
+                    } else if line.starts_with("USER ") {
+                        format!(
+                            ":harvest 001 {nick} :Welcome\r\n:harvest 005 {nick} CASEMAPPING=ascii :are supported\r\n\
+                             AUTHENTICATE +\r\n:NickServ!service@services NOTICE {nick} :identify now\r\n"
+                        )
+                    } else if let Some(channel) = line.strip_prefix("JOIN ") {
+                        format!(":{nick}!u@h JOIN {channel}\r\n:harvest 353 {nick} = {channel} :{nick}\r\n:harvest 366 {nick} {channel} :End\r\n")
+                    } else {
+                        String::new()
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// The lines of the connection on which `nick` registered.
+fn lines_of(received: &Received, nick: &str) -> Vec<String> {
+    let all = received.lock().unwrap();
+    all.iter().find(|lines| lines.iter().any(|l| l == &format!("NICK {nick}"))).cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+/// Issue 10: a user's IRC password goes only to the network it was given for, only by
+/// SASL they asked for (an unsolicited `AUTHENTICATE +` gets nothing), and never to
+/// NickServ after a failed SASL. A hostile server records what it receives.
+async fn an_irc_password_goes_only_to_its_network_and_only_when_asked_for() {
+    use base64::Engine;
+    let token = |user: &str, password: &str| base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Received::default();
+    spawn_harvesting_irc_server(listener, received.clone());
+    // The hostile network even claims to run NickServ.
+    let gateway = Gateway::start_irc_networks(
+        &server,
+        &format!(
+            "[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n\
+             [irc.networks.\"localhost\"]\nport = {port}\ntls = false\nflood_burst = 0\nnickserv = true\n",
+            ircd.port
+        ),
+    );
+
+    // alice's password is for 127.0.0.1: the other network gets no SASL, no IDENTIFY.
+    let mut alice = server.client("alice", "localhost").await;
+    let set = alice.iq("set", &register_form(&[("irc_nick", "alice"), ("irc_password/127.0.0.1", "alice-secret")])).await;
+    assert_eq!(set.attr("type"), Some("result"), "{set:?}");
+    join(&mut alice, &format!("#bait%localhost@{GW}"), "alice").await;
+
+    // bob's password is for the hostile network: SASL, once, in answer to the exchange
+    // he started; it fails, and nothing follows.
+    let mut bob = server.client("bob", "localhost").await;
+    let set = bob.iq("set", &register_form(&[("irc_nick", "bob"), ("irc_password/localhost", "bob-secret")])).await;
+    assert_eq!(set.attr("type"), Some("result"), "{set:?}");
+    join(&mut bob, &format!("#bait%localhost@{GW}"), "bob").await;
+    bob.wait_for("the SASL failure notice", |e| body(e).is_some_and(|b| b.contains("SASL login as bob failed"))).await;
+    // Give an IDENTIFY after the failure, or an answer to the late bait, time to arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let alices = lines_of(&received, "alice");
+    assert!(alices.iter().any(|l| l.starts_with("JOIN #bait")), "{alices:?}");
+    let text = alices.join("\n");
+    assert!(!text.contains("alice-secret") && !text.contains(&token("alice", "alice-secret")), "{text}");
+    assert!(!text.contains("CAP LS") && !text.contains("AUTHENTICATE") && !text.contains("NickServ"), "{text}");
+
+    let bobs = lines_of(&received, "bob");
+    let answers: Vec<&String> = bobs.iter().filter(|l| l.starts_with("AUTHENTICATE ") && *l != "AUTHENTICATE PLAIN").collect();
+    assert_eq!(answers, [&format!("AUTHENTICATE {}", token("bob", "bob-secret"))], "one answer, to the exchange bob started: {bobs:?}");
+    let plain = bobs.iter().position(|l| l == "AUTHENTICATE PLAIN").expect("bob started SASL");
+    let answer = bobs.iter().position(|l| l.starts_with("AUTHENTICATE ") && l != "AUTHENTICATE PLAIN").unwrap();
+    assert!(plain < answer, "{bobs:?}");
+    assert!(!bobs.iter().any(|l| l.contains("NickServ") || l.contains("bob-secret")), "no IDENTIFY after a failed SASL: {bobs:?}");
+    let log = gateway.log_text();
+    assert!(!log.contains("alice-secret") && !log.contains("bob-secret"), "a password leaked into the log");
 }

@@ -310,6 +310,8 @@ pub enum FailureKind {
     Unavailable,
     /// The user must register first.
     RegistrationRequired,
+    /// The gateway's network policy forbids it (a server on a private address, say).
+    NotAllowed,
 }
 
 /// A file that came with a message (a mail's attachment).

@@ -152,8 +152,8 @@ pub async fn login(account: &Account, settings: &EmailSettings) -> Result<ImapSe
     let endpoint = &account.imap;
     let ca_file = settings.ca_file.as_deref();
     let stream = match endpoint.security {
-        Security::Tls => bridge_net::connect_tls(&endpoint.host, endpoint.port, ca_file).await?,
-        Security::Starttls | Security::Plain => bridge_net::connect_tcp(&endpoint.host, endpoint.port).await?,
+        Security::Tls => bridge_net::connect_tls(&endpoint.host, endpoint.port, endpoint.reach, ca_file).await?,
+        Security::Starttls | Security::Plain => bridge_net::connect_tcp(&endpoint.host, endpoint.port, endpoint.reach).await?,
     };
     let mut client = async_imap::Client::new(stream);
     // async-imap leaves the greeting to us.
@@ -419,8 +419,8 @@ mod tests {
             address: "alice@example.test".into(),
             login: "alice".into(),
             password: bridge_core::Secret::new("pw"),
-            imap: crate::Endpoint { host: "imap.example.test".into(), port: 993, security: Security::Tls },
-            smtp: crate::Endpoint { host: "smtp.example.test".into(), port: 465, security: Security::Tls },
+            imap: crate::Endpoint::parse("imap.example.test:993", None).unwrap(),
+            smtp: crate::Endpoint::parse("smtp.example.test:465", None).unwrap(),
             mark_seen: false,
         };
         assert_eq!(mailbox_id(&account), "alice@imap.example.test:993/INBOX");

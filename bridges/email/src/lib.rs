@@ -54,7 +54,15 @@ impl EmailBridge {
         let preset = self.providers.get(&domain);
         let endpoint = |given: &Option<String>, preset: Option<&Endpoint>, what: &str| -> Result<Endpoint, String> {
             match given {
-                Some(value) => Endpoint::parse(value, None).ok_or_else(|| format!("{what} {value:?} is not host:port")),
+                Some(value) => {
+                    let endpoint = Endpoint::parse(value, None).ok_or_else(|| format!("{what} {value:?} is not host:port"))?;
+                    // A server the administrator configured for some domain is trusted as
+                    // written when a user names it too (same host, same port).
+                    let configured = self.providers.values().flat_map(|p| [&p.imap, &p.smtp]).find(|c| {
+                        c.host.eq_ignore_ascii_case(&endpoint.host) && c.port == endpoint.port
+                    });
+                    Ok(if configured.is_some() { endpoint.configured() } else { endpoint })
+                }
                 None => preset.cloned().ok_or_else(|| format!("no {what} given and no preset for {domain}")),
             }
         };
@@ -96,7 +104,11 @@ impl Bridge for EmailBridge {
         let (settings, store, user) = (self.settings.clone(), self.store.clone(), user.clone());
         Box::pin(async move {
             let account = account?;
-            let mut session = imap::login(&account, &settings).await.map_err(|e| e.to_string())?;
+            // A server the policy refuses is named by its credentials field.
+            let mut session = imap::login(&account, &settings).await.map_err(|error| match error {
+                imap::ImapError::Connect(refused @ bridge_net::ConnectError::Refused { .. }) => format!("imap_server: {refused}"),
+                error => error.to_string(),
+            })?;
             // Mail that arrives from now on is the user's: their session starts from here,
             // however long after the registration's answer it gets to the mailbox.
             let recorded = imap::record_start(&mut session, &account, store.as_ref(), &user).await.map_err(|e| e.to_string());

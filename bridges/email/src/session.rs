@@ -94,13 +94,9 @@ impl EmailSession {
         // The watcher stops on its own only when a newer registration supersedes it; the
         // session then goes on sending mail.
         let mut watcher_stopped = false;
-        let transport = match smtp::transport(&self.account, &self.settings) {
-            Ok(transport) => Some(transport),
-            Err(error) => {
-                warn!(%error, "no SMTP transport");
-                None
-            }
-        };
+        // Built when there is mail to send (and again after it failed to build: its
+        // server is resolved then, and DNS may have been down).
+        let mut transport = None;
         let mut retries = Backoff::new(RETRY_FIRST, RETRY_MAX);
         // Mail left in the outbox by an earlier run goes first.
         let mut retry_at = Some(Instant::now());
@@ -127,14 +123,18 @@ impl EmailSession {
                     }
                 }
                 () = sleep_until_opt(retry_at) => {
+                    if transport.is_none() {
+                        transport = smtp::transport(&self.account, &self.settings)
+                            .await
+                            .inspect_err(|error| warn!(%error, "no SMTP transport yet; mail waits in the outbox"))
+                            .ok();
+                    }
                     retry_at = match &transport {
-                        Some(transport) if !self.flush_outbox(transport).await => {
-                            Some(Instant::now() + retries.next_delay())
-                        }
-                        _ => {
+                        Some(transport) if self.flush_outbox(transport).await => {
                             retries.reset();
                             None
                         }
+                        _ => Some(Instant::now() + retries.next_delay()),
                     };
                 }
             }

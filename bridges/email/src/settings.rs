@@ -26,11 +26,15 @@ pub struct Endpoint {
     pub port: u16,
     /// How the connection is secured.
     pub security: Security,
+    /// Where connections may go: a preset's server is trusted as written, a server a
+    /// user gave must resolve to public addresses only.
+    pub reach: bridge_net::Reach,
 }
 
 impl Endpoint {
     /// Reads `host:port`, with the security the port conventionally implies (993 and 465
-    /// implicit TLS, otherwise STARTTLS) unless given.
+    /// implicit TLS, otherwise STARTTLS) unless given. A server read here is one a user
+    /// gave (public addresses only) until [`Endpoint::configured`] says otherwise.
     pub fn parse(value: &str, security: Option<Security>) -> Option<Endpoint> {
         let (host, port) = value.rsplit_once(':')?;
         let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
@@ -38,7 +42,13 @@ impl Endpoint {
             return None;
         }
         let security = security.unwrap_or(if port == 993 || port == 465 { Security::Tls } else { Security::Starttls });
-        Some(Endpoint { host: host.to_owned(), port, security })
+        Some(Endpoint { host: host.to_owned(), port, security, reach: bridge_net::Reach::PublicOnly })
+    }
+
+    /// The same server, configured by the administrator: trusted as written.
+    #[must_use]
+    pub fn configured(self) -> Endpoint {
+        Endpoint { reach: bridge_net::Reach::Configured, ..self }
     }
 }
 

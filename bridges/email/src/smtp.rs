@@ -21,9 +21,23 @@ pub struct SendError {
     pub text: String,
 }
 
-/// Builds the transport for `account`.
-pub fn transport(account: &Account, settings: &EmailSettings) -> Result<Transport, String> {
+/// Builds the transport for `account`. A server the user gave is resolved here, once,
+/// and must be public ([`bridge_net::Reach`]); lettre then connects to the address that
+/// was checked (no lookup of its own), verifying the certificate for the name.
+pub async fn transport(account: &Account, settings: &EmailSettings) -> Result<Transport, String> {
     let endpoint = &account.smtp;
+    let server = match endpoint.reach {
+        bridge_net::Reach::Configured => endpoint.host.clone(),
+        bridge_net::Reach::PublicOnly => {
+            let addresses = bridge_net::resolve(&endpoint.host, endpoint.port, endpoint.reach).await.map_err(|error| match error {
+                // Named by its credentials field.
+                refused @ bridge_net::ConnectError::Refused { .. } => format!("smtp_server: {refused}"),
+                error => format!("SMTP: {error}"),
+            })?;
+            let address = addresses.first().ok_or_else(|| format!("SMTP: {} has no address", endpoint.host))?;
+            address.ip().to_string()
+        }
+    };
     let tls_parameters = || -> Result<TlsParameters, String> {
         let mut builder = TlsParameters::builder(endpoint.host.clone());
         if let Some(path) = &settings.ca_file {
@@ -38,7 +52,7 @@ pub fn transport(account: &Account, settings: &EmailSettings) -> Result<Transpor
         Security::Starttls => Tls::Required(tls_parameters()?),
         Security::Plain => Tls::None,
     };
-    Ok(Transport::builder_dangerous(endpoint.host.clone())
+    Ok(Transport::builder_dangerous(server)
         .port(endpoint.port)
         .tls(tls)
         .credentials(Credentials::new(account.login.clone(), account.password.expose().to_owned()))
@@ -48,7 +62,7 @@ pub fn transport(account: &Account, settings: &EmailSettings) -> Result<Transpor
 
 /// Connects and authenticates without sending anything: the registration check.
 pub async fn check(account: &Account, settings: &EmailSettings) -> Result<(), String> {
-    let transport = transport(account, settings)?;
+    let transport = transport(account, settings).await?;
     match transport.test_connection().await {
         Ok(true) => Ok(()),
         Ok(false) => Err("the SMTP server did not answer".into()),

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 pub use session::next_nick_variant;
+pub use bridge_net::Reach;
 pub use settings::NetworkSettings;
 
 /// Serves every IRC server: the configured ones with their settings, others with

@@ -1,5 +1,6 @@
 //! One user's connection to one IRC server: its own task, shared by all the user's
-//! resources. It logs in (SASL PLAIN where offered, else NickServ), joins what the user
+//! resources. It logs in (SASL PLAIN where offered, else NickServ where the network is
+//! configured to run it; see [`Sasl`]), joins what the user
 //! wants, turns IRC lines into [`Event`]s and [`Command`]s into rate-limited IRC lines,
 //! and reconnects (then rejoins) when the connection drops.
 
@@ -105,6 +106,9 @@ enum Outcome {
     /// The network dropped the connection (refused, reset, closed, unwritable): the same
     /// as `Lost`, except that a first connection is tried again at once, a few times.
     Dropped(String),
+    /// The network policy forbids connecting to the server (it resolves to a private
+    /// address, say): no connection was attempted, none will be.
+    Refused(String),
 }
 
 /// The state of one (user, server) session.
@@ -160,8 +164,10 @@ pub struct IrcSession {
     ever_registered: bool,
     /// Commands received while not registered, replayed after RPL_WELCOME.
     pending: Vec<Command>,
-    /// Whether SASL logged us in on the current connection (then no NickServ).
-    sasl_succeeded: bool,
+    /// Where SASL stands on the current connection: the password goes out only in answer
+    /// to the challenge of the exchange we started, and a failed SASL is not followed by
+    /// NickServ.
+    sasl: Sasl,
     /// Since when the session has had no channel and no private conversation.
     idle_since: Option<Instant>,
     /// Until when numeric replies are answers to the user's raw commands (and shown).
@@ -208,7 +214,7 @@ impl IrcSession {
             registered: false,
             ever_registered: false,
             pending: Vec::new(),
-            sasl_succeeded: false,
+            sasl: Sasl::NotTried,
             idle_since: None,
             raw_reply_until: None,
         }
@@ -246,18 +252,24 @@ impl IrcSession {
                 match Box::pin(transport::connect(&self.server, &self.settings)).await {
                     Ok(stream) => self.serve(stream, permit).await,
                     Err(error @ transport::ConnectError::Tcp { .. }) => Outcome::Dropped(error.to_string()),
+                    Err(error @ transport::ConnectError::Refused { .. }) => Outcome::Refused(error.to_string()),
                     Err(error) => Outcome::Lost(error.to_string()),
                 }
             };
             match outcome {
                 Outcome::Finished => break,
+                Outcome::Refused(reason) => {
+                    warn!(server = %self.server, %reason, "IRC server refused by the network policy");
+                    self.fail_everything(FailureKind::NotAllowed, &reason).await;
+                    break;
+                }
                 Outcome::Dropped(reason) if !self.ever_registered && first_retries < FIRST_CONNECTION_RETRIES => {
                     first_retries += 1;
                     debug!(server = %self.server, %reason, attempt = first_retries, "first IRC connection dropped; trying again");
                     tokio::time::sleep(first_backoff.next_delay()).await;
                 }
                 Outcome::Lost(reason) | Outcome::Dropped(reason) if !self.ever_registered => {
-                    self.fail_everything(&reason).await;
+                    self.fail_everything(FailureKind::Unavailable, &format!("cannot use IRC server {}: {reason}", self.server)).await;
                     break;
                 }
                 Outcome::Lost(reason) | Outcome::Dropped(reason) => {
@@ -319,22 +331,17 @@ impl IrcSession {
     }
 
     /// The connection could never be made or used: tell the user why, once.
-    async fn fail_everything(&mut self, reason: &str) {
-        let text = format!("cannot use IRC server {}: {reason}", self.server);
+    async fn fail_everything(&mut self, kind: FailureKind, text: &str) {
         for command in std::mem::take(&mut self.pending) {
             let event = match command {
-                Command::Join { channel, .. } => {
-                    Event::JoinFailed { channel, kind: FailureKind::Unavailable, text: text.clone() }
-                }
-                Command::Send(message) => {
-                    Event::Failure { peer: Some(message.peer), id: message.id, kind: FailureKind::Unavailable, text: text.clone() }
-                }
+                Command::Join { channel, .. } => Event::JoinFailed { channel, kind, text: text.to_owned() },
+                Command::Send(message) => Event::Failure { peer: Some(message.peer), id: message.id, kind, text: text.to_owned() },
                 _ => continue,
             };
             self.emit(event).await;
         }
         for (_, wanted) in std::mem::take(&mut self.wanted) {
-            self.emit(Event::JoinFailed { channel: wanted.name, kind: FailureKind::Unavailable, text: text.clone() }).await;
+            self.emit(Event::JoinFailed { channel: wanted.name, kind, text: text.to_owned() }).await;
         }
     }
 
@@ -347,7 +354,7 @@ impl IrcSession {
         let (read, mut write) = split(stream);
         let mut reader = LineReader::new(read);
         self.registered = false;
-        self.sasl_succeeded = false;
+        self.sasl = Sasl::NotTried;
         // Protocol lines are recomputed after the welcome (rejoins); the user's
         // messages wait for it and go out then.
         self.queue.retain(|queued| queued.origin.is_some());
@@ -606,9 +613,12 @@ impl IrcSession {
             }
             IrcCommand::ERROR(reason) => return Some(Outcome::Lost(format!("server error: {reason}"))),
             IrcCommand::CAP(_, sub, arg1, arg2) => self.on_cap(sub, arg1, arg2, write).await,
-            IrcCommand::AUTHENTICATE(ref challenge) if challenge == "+" => {
-                if let Some(password) = self.password() {
+            IrcCommand::AUTHENTICATE(ref challenge) => {
+                // Only the challenge of the exchange we started gets the password, once: an
+                // unsolicited `AUTHENTICATE +` gets nothing.
+                if let (Sasl::Started, "+", Some(password)) = (self.sasl, challenge.as_str(), self.password()) {
                     let token = sasl_plain(&self.wanted_nick, password.expose());
+                    self.sasl = Sasl::Answered;
                     let _ = transport::write_line(write, &format!("AUTHENTICATE {token}")).await;
                 }
             }
@@ -654,11 +664,23 @@ impl IrcSession {
     async fn on_cap(&mut self, sub: irc::proto::CapSubCommand, arg1: Option<String>, arg2: Option<String>, write: &mut WriteHalf<Stream>) {
         use irc::proto::CapSubCommand as Cap;
         let caps = arg2.or(arg1).unwrap_or_default();
-        let line = match sub {
-            Cap::LS if caps.split(' ').any(|c| c == "sasl" || c.starts_with("sasl=")) => "CAP REQ :sasl",
-            Cap::LS => "CAP END",
-            Cap::ACK if caps.split(' ').any(|c| c == "sasl") => "AUTHENTICATE PLAIN",
-            Cap::NAK | Cap::ACK => "CAP END",
+        let offers_sasl = caps.split(' ').any(|c| c == "sasl" || c.starts_with("sasl="));
+        let line = match (sub, self.sasl) {
+            (Cap::LS, Sasl::NotTried) if offers_sasl && self.password().is_some() => {
+                self.sasl = Sasl::Requested;
+                "CAP REQ :sasl"
+            }
+            (Cap::LS, _) => "CAP END",
+            (Cap::ACK, Sasl::Requested) if caps.split(' ').any(|c| c == "sasl") => {
+                self.sasl = Sasl::Started;
+                "AUTHENTICATE PLAIN"
+            }
+            (Cap::NAK, Sasl::Requested) => {
+                // The server took back its offer: as if it had made none.
+                self.sasl = Sasl::NotTried;
+                "CAP END"
+            }
+            (Cap::NAK | Cap::ACK, _) => "CAP END",
             _ => return,
         };
         let _ = transport::write_line(write, line).await;
@@ -675,8 +697,9 @@ impl IrcSession {
                     self.nick = nick.clone();
                 }
                 info!(server = %self.server, nick = %self.nick, "IRC registration complete");
-                if let (Some(password), false) = (self.password(), self.sasl_succeeded) {
-                    // No SASL on this server: NickServ, right after the welcome.
+                if let (Some(password), Sasl::NotTried, true) = (self.password(), self.sasl, self.settings.nickserv) {
+                    // No SASL on this server, and the network runs NickServ (configured:
+                    // elsewhere anyone could hold that nick): right after the welcome.
                     let line = format!("PRIVMSG NickServ :IDENTIFY {}", text::sanitize_word(password.expose()));
                     if transport::write_line(write, &line).await.is_err() {
                         return Some(Outcome::Dropped("write failed".into()));
@@ -685,10 +708,11 @@ impl IrcSession {
                 self.after_welcome();
             }
             Response::RPL_SASLSUCCESS => {
-                self.sasl_succeeded = true;
+                self.sasl = Sasl::Succeeded;
                 let _ = transport::write_line(write, "CAP END").await;
             }
             Response::ERR_SASLFAIL | Response::ERR_SASLTOOLONG | Response::ERR_SASLABORT => {
+                self.sasl = Sasl::Failed;
                 let _ = transport::write_line(write, "CAP END").await;
                 let text = args.last().cloned().unwrap_or_default();
                 // Said as the server, since no request of the user's failed: the
@@ -719,7 +743,7 @@ impl IrcSession {
             }
             Response::ERR_ERRONEOUSNICKNAME if !self.registered => {
                 let reason = format!("the server refused the nick {}: {}", self.nick, args.last().cloned().unwrap_or_default());
-                self.fail_everything(&reason).await;
+                self.fail_everything(FailureKind::Unavailable, &format!("cannot use IRC server {}: {reason}", self.server)).await;
                 return Some(Outcome::Finished);
             }
             Response::RPL_TOPIC => {
@@ -968,6 +992,24 @@ impl IrcSession {
         };
         self.emit(Event::Message(message)).await;
     }
+}
+
+/// Where SASL stands on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sasl {
+    /// Not asked for (no password, or the server offered no SASL): NickServ may follow,
+    /// where the network is configured to run it.
+    NotTried,
+    /// `CAP REQ :sasl` sent.
+    Requested,
+    /// `AUTHENTICATE PLAIN` sent: the next `AUTHENTICATE +` is the server's challenge.
+    Started,
+    /// The credentials went out; the server's verdict is awaited.
+    Answered,
+    /// Logged in.
+    Succeeded,
+    /// Refused: the connection goes on without an account, and NickServ is not tried.
+    Failed,
 }
 
 /// An occupant we know nothing more about than the nick.

@@ -16,11 +16,18 @@ pub struct NetworkSettings {
     pub flood_burst: u32,
     /// Interval between lines once the burst is spent.
     pub flood_interval: Duration,
+    /// Whether the network runs NickServ: a password is sent to it (`IDENTIFY`) only
+    /// then, and only when the server offered no SASL.
+    pub nickserv: bool,
+    /// Where connections may go: a configured network is trusted as written; a server a
+    /// user named must resolve to public addresses only.
+    pub reach: bridge_net::Reach,
 }
 
 impl Default for NetworkSettings {
-    /// What an unknown server gets: TLS on 6697, and a rate limit gentle enough for
-    /// common flood protections (about 2 lines a second after a burst of 4).
+    /// What an unknown server gets: TLS on 6697, public addresses only, no NickServ, and
+    /// a rate limit gentle enough for common flood protections (about 2 lines a second
+    /// after a burst of 4).
     fn default() -> Self {
         NetworkSettings {
             port: 6697,
@@ -28,6 +35,8 @@ impl Default for NetworkSettings {
             ca_file: None,
             flood_burst: 4,
             flood_interval: Duration::from_millis(500),
+            nickserv: false,
+            reach: bridge_net::Reach::PublicOnly,
         }
     }
 }

@@ -20,9 +20,9 @@ pub use bridge_net::{ConnectError, Stream};
 /// Connects to `server` with `settings`: TLS (verified) or plain, as configured.
 pub async fn connect(server: &str, settings: &NetworkSettings) -> Result<Stream, ConnectError> {
     if settings.tls {
-        bridge_net::connect_tls(server, settings.port, settings.ca_file.as_deref()).await
+        bridge_net::connect_tls(server, settings.port, settings.reach, settings.ca_file.as_deref()).await
     } else {
-        bridge_net::connect_tcp(server, settings.port).await
+        bridge_net::connect_tcp(server, settings.port, settings.reach).await
     }
 }
 

@@ -1,11 +1,17 @@
-//! TCP and TLS connections for the bridges: TCP_NODELAY always, TLS always verified
-//! (webpki roots plus an optional extra CA file), and a [`Stream`] that is either, so that
-//! a plain connection can be upgraded in place (STARTTLS).
+//! TCP and TLS connections for the bridges: only where the network policy allows
+//! ([`Reach`]: a host a user named must be on the public Internet), TCP_NODELAY always,
+//! TLS always verified (webpki roots plus an optional extra CA file), and a [`Stream`]
+//! that is either, so that a plain connection can be upgraded in place (STARTTLS).
 
 // Protocol code reads what remote servers send: no indexing that can panic on it.
 #![cfg_attr(not(test), warn(clippy::indexing_slicing))]
 
+mod reach;
+
+pub use reach::{non_global, Reach};
+
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +23,23 @@ use tokio::net::TcpStream;
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The network policy forbids it: no connection was attempted. The text names the
+    /// rule, never what a connection would have found (no port-scan oracle).
+    #[error("{host} is not a server this gateway connects to: it resolves to {rule}, and only public addresses are allowed for servers the administrator did not configure")]
+    Refused {
+        /// Host.
+        host: String,
+        /// The rule, as [`non_global`] names it.
+        rule: &'static str,
+    },
+    /// The host name does not resolve.
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        /// Host.
+        host: String,
+        /// Cause.
+        source: io::Error,
+    },
     /// TCP failed.
     #[error("cannot connect to {host}:{port}: {source}")]
     Tcp {
@@ -56,18 +79,44 @@ impl std::fmt::Debug for Stream {
     }
 }
 
-/// Opens TCP to `host:port`, with TCP_NODELAY (small chat lines must not wait for Nagle).
-pub async fn connect_tcp(host: &str, port: u16) -> Result<Stream, ConnectError> {
-    let tcp = TcpStream::connect((host, port))
+/// The addresses of `host:port` that `reach` allows: resolved once, here. With
+/// [`Reach::PublicOnly`], a host with any non-global address is refused as a whole (a
+/// name that also points inside is not one to trust with the others).
+pub async fn resolve(host: &str, port: u16, reach: Reach) -> Result<Vec<SocketAddr>, ConnectError> {
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|source| ConnectError::Tcp { host: host.to_owned(), port, source })?;
-    let _ = tcp.set_nodelay(true);
-    Ok(Stream::Plain(tcp))
+        .map_err(|source| ConnectError::Resolve { host: host.to_owned(), source })?
+        .collect();
+    if reach == Reach::PublicOnly {
+        if let Some(rule) = addresses.iter().find_map(|address| non_global(address.ip())) {
+            return Err(ConnectError::Refused { host: host.to_owned(), rule });
+        }
+    }
+    Ok(addresses)
 }
 
-/// Opens TCP then TLS to `host:port`, verifying the certificate for `host`.
-pub async fn connect_tls(host: &str, port: u16, ca_file: Option<&Path>) -> Result<Stream, ConnectError> {
-    connect_tcp(host, port).await?.upgrade(host, port, ca_file).await
+/// Opens TCP to `host:port` where `reach` allows, to an address checked by [`resolve`]
+/// (no second lookup), with TCP_NODELAY (small chat lines must not wait for Nagle).
+pub async fn connect_tcp(host: &str, port: u16, reach: Reach) -> Result<Stream, ConnectError> {
+    let addresses = resolve(host, port, reach).await?;
+    let tcp_error = |source| ConnectError::Tcp { host: host.to_owned(), port, source };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok(Stream::Plain(tcp));
+            }
+            Err(error) => last = error,
+        }
+    }
+    Err(tcp_error(last))
+}
+
+/// Opens TCP then TLS to `host:port` where `reach` allows, verifying the certificate
+/// for `host`.
+pub async fn connect_tls(host: &str, port: u16, reach: Reach, ca_file: Option<&Path>) -> Result<Stream, ConnectError> {
+    connect_tcp(host, port, reach).await?.upgrade(host, port, ca_file).await
 }
 
 impl Stream {

@@ -1,0 +1,128 @@
+//! Issue 10's network policy against the real servers: a user cannot make the gateway
+//! connect where the administrator did not allow. Every refusal names its rule, and
+//! listeners on the refused addresses prove that no connection was even attempted.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use minidom::Element;
+use testkit::irc::Ngircd;
+use testkit::*;
+
+const MUC: &str = "http://jabber.org/protocol/muc";
+
+/// A listener on `address` that counts the connections it is offered.
+async fn tripwire(address: &str) -> Arc<AtomicUsize> {
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap_or_else(|e| panic!("binding {address}: {e}"));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    seen
+}
+
+/// Joins `room` as `nick` and returns the error presence the room answers with.
+async fn refused_join(client: &mut Client, room: &str, nick: &str) -> Element {
+    client.send_raw(&format!("<presence to='{room}/{nick}'><x xmlns='{MUC}'/></presence>")).await;
+    client
+        .wait_for("the join's error", |e| {
+            e.name() == "presence" && e.attr("type") == Some("error") && e.attr("from").is_some_and(|f| f.starts_with(room))
+        })
+        .await
+}
+
+/// The condition and text of an error stanza.
+fn error_of(stanza: &Element) -> (String, String) {
+    let error = stanza.get_child("error", NS_CLIENT).unwrap_or_else(|| panic!("no error in {stanza:?}"));
+    let condition = error.children().find(|c| c.name() != "text").map(|c| c.name().to_owned()).unwrap_or_default();
+    let text = error.children().find(|c| c.name() == "text").map(Element::text).unwrap_or_default();
+    (condition, text)
+}
+
+#[tokio::test]
+async fn irc_servers_on_non_public_addresses_are_refused_without_a_connection() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start(false);
+    let gateway = Gateway::start_irc(&server, &ircd, None);
+    // Where the refused joins would connect: unknown servers are tried on 6697.
+    let loopback = tripwire("127.0.0.2:6697").await;
+    let mut alice = server.client("alice", "localhost").await;
+    for (host, rule) in [
+        ("127.0.0.2", "loopback"),
+        // A name that resolves to loopback addresses (127.0.0.1 and ::1).
+        ("localhost", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.1", "private"),
+        ("169.254.169.254", "link-local"),
+        ("100.64.0.1", "CGNAT"),
+        ("0.0.0.0", "unspecified"),
+    ] {
+        let error = refused_join(&mut alice, &format!("#x%{host}@{GW}"), "alice").await;
+        let (condition, text) = error_of(&error);
+        assert_eq!(condition, "not-allowed", "{host}: {text}");
+        assert!(text.contains(rule) && text.contains("only public addresses"), "{host}: {text}");
+        assert!(!text.contains("refused") && !text.contains("timed out"), "{host}: a socket error told: {text}");
+    }
+    // A port or an IPv6 literal cannot even be written in a room's address.
+    for host in ["127.0.0.2:6667", "[::1]", "::1"] {
+        let error = refused_join(&mut alice, &format!("#x%{}@{GW}", host.replace(':', "\\3a")), "alice").await;
+        assert_eq!(error_of(&error).0, "jid-malformed", "{host}");
+    }
+    assert_eq!(loopback.load(Ordering::SeqCst), 0, "a connection reached the refused address");
+    // The configured network is trusted as written, though it is loopback too.
+    alice.send_raw(&format!("<presence to='#ok%127.0.0.1@{GW}/alice'><x xmlns='{MUC}'/></presence>")).await;
+    alice
+        .wait_for("the configured network's room", |e| {
+            e.name() == "presence" && e.attr("type").is_none() && e.attr("from").is_some_and(|f| f.starts_with("#ok%127.0.0.1"))
+        })
+        .await;
+    assert!(!gateway.log_text().contains("panicked"));
+}
+
+#[tokio::test]
+async fn with_networks_only_nothing_but_the_configured_networks_is_reached() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start(false);
+    let gateway = Gateway::start_irc_networks(
+        &server,
+        &format!("[irc]\nnetworks_only = true\n[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n", ircd.port),
+    );
+    let mut alice = server.client("alice", "localhost").await;
+    let error = refused_join(&mut alice, &format!("#x%irc.example.org@{GW}"), "alice").await;
+    let (condition, text) = error_of(&error);
+    assert_eq!(condition, "not-allowed");
+    assert!(text.contains("only connects to the IRC networks it is configured for (127.0.0.1)"), "{text}");
+    // A private message to a user of another network is refused the same way.
+    alice.send_raw(&format!("<message to='bob%irc.example.org@{GW}' type='chat' id='m1'><body>hi</body></message>")).await;
+    let bounce = alice.wait_for("the message's error", |e| e.name() == "message" && e.attr("type") == Some("error")).await;
+    assert_eq!(error_of(&bounce).0, "not-allowed");
+    drop(gateway);
+}
+
+#[tokio::test]
+async fn mail_servers_users_give_must_be_public_and_on_mail_ports() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let gateway = Gateway::start(&server);
+    let imap = tripwire("127.0.0.2:993").await;
+    let smtp = tripwire("127.0.0.2:465").await;
+    let mut alice = server.client("alice", "localhost").await;
+    let register = |imap: &str, smtp: &str| {
+        register_form(&[("email_address", "alice@elsewhere.example"), ("email_password", "pw"), ("imap_server", imap), ("smtp_server", smtp)])
+    };
+    for (imap_server, smtp_server, field, words) in [
+        ("127.0.0.1:22", "smtp.elsewhere.example:465", "imap_server", "port 22"),
+        ("imap.elsewhere.example:993", "127.0.0.1:6379", "smtp_server", "port 6379"),
+        ("127.0.0.2:993", "127.0.0.2:465", "imap_server", "loopback"),
+    ] {
+        let answer = alice.iq("set", &register(imap_server, smtp_server)).await;
+        assert_eq!(answer.attr("type"), Some("error"), "{imap_server} {smtp_server}");
+        let (condition, text) = error_of(&answer);
+        assert_eq!(condition, "not-acceptable", "{text}");
+        assert!(text.contains(field) && text.contains(words), "{imap_server} {smtp_server}: {text}");
+    }
+    assert_eq!((imap.load(Ordering::SeqCst), smtp.load(Ordering::SeqCst)), (0, 0), "a connection reached a refused mail server");
+    drop(gateway);
+}
