@@ -131,7 +131,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let email = Arc::new(email_bridge(&config, Arc::new(store.clone())));
     let requests = Requests::default();
     let gateway = config.component.jid.to_ascii_lowercase();
-    let uploads = match Uploader::new(&gateway, out.clone(), requests.clone()) {
+    let uploads = match Uploader::new(&gateway, out.clone(), requests.clone(), config.registration.allowed_domains.clone()) {
         Ok(uploader) => Some(UploadQueues::new(Arc::new(uploader), out.clone())),
         Err(error) => {
             tracing::warn!(%error, "attachments will not be uploaded");

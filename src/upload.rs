@@ -89,6 +89,12 @@ pub struct Uploader {
     requests: Requests,
     /// The HTTP client for PUTs: verified TLS, one connection pool for all users.
     http: reqwest::Client,
+    /// The same for the servers of domains the administrator did not list
+    /// (`registration.allowed_domains`): their slot URLs may only lead to public
+    /// addresses, checked on the address connected to (the network policy).
+    public_http: reqwest::Client,
+    /// XMPP domains whose servers are trusted as written (`registration.allowed_domains`).
+    trusted_domains: Vec<String>,
     /// Domain -> its upload service (or none) and when that was learnt.
     services: Mutex<HashMap<String, (Instant, Option<Service>)>>,
 }
@@ -99,14 +105,19 @@ impl Uploader {
     /// # Errors
     /// [`UploadError::Setup`] when `gateway` is no JID or the HTTP client cannot be
     /// built (no TLS backend).
-    pub fn new(gateway: &str, out: Outbox, requests: Requests) -> Result<Uploader, UploadError> {
+    pub fn new(gateway: &str, out: Outbox, requests: Requests, trusted_domains: Vec<String>) -> Result<Uploader, UploadError> {
         let gateway = gateway.parse::<Jid>().map_err(|e| UploadError::Setup(format!("{gateway}: {e}")))?;
-        let http = reqwest::Client::builder()
-            .timeout(HTTP_TIMEOUT)
-            .user_agent(concat!("xmpp-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| UploadError::Setup(e.without_url().to_string()))?;
-        Ok(Uploader { gateway, out, requests, http, services: Mutex::default() })
+        // No redirects: a slot URL may not send the upload anywhere else.
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(HTTP_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("xmpp-gateway/", env!("CARGO_PKG_VERSION")))
+        };
+        let setup = |e: reqwest::Error| UploadError::Setup(e.without_url().to_string());
+        let http = builder().build().map_err(setup)?;
+        let public_http = builder().dns_resolver(Arc::new(PublicOnly)).build().map_err(setup)?;
+        Ok(Uploader { gateway, out, requests, http, public_http, trusted_domains, services: Mutex::default() })
     }
 
     /// Uploads `file` to the upload service of `domain`; the URL to share.
@@ -136,10 +147,11 @@ impl Uploader {
         let slot = payload
             .ok_or_else(|| UploadError::BadSlot("no <slot/>".into()))
             .and_then(|p| SlotResult::try_from(p).map_err(|e| UploadError::BadSlot(e.to_string())))?;
-        check_url(&slot.put.url)?;
-        check_url(&slot.get.url)?;
-        let mut put = self
-            .http
+        let trusted = self.trusted_domains.iter().any(|trusted| trusted.eq_ignore_ascii_case(domain));
+        check_url(&slot.put.url, trusted)?;
+        check_url(&slot.get.url, trusted)?;
+        let http = if trusted { &self.http } else { &self.public_http };
+        let mut put = http
             .put(&slot.put.url)
             .header(reqwest::header::CONTENT_TYPE, &file.content_type)
             .body(file.content.clone());
@@ -316,11 +328,30 @@ pub fn slot_filename(name: &str) -> String {
 }
 
 /// Only http(s) URLs are followed or shared.
-fn check_url(url: &str) -> Result<(), UploadError> {
-    let scheme = url.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
-    match scheme.as_deref() {
-        Some("https" | "http") => Ok(()),
-        _ => Err(UploadError::BadSlot("a slot URL that is not http(s)".into())),
+fn check_url(url: &str, trusted: bool) -> Result<(), UploadError> {
+    let url = reqwest::Url::parse(url).map_err(|e| UploadError::BadSlot(format!("a slot URL that does not parse: {e}")))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(UploadError::BadSlot("a slot URL that is not http(s)".into()));
+    }
+    // A host name is checked as it is resolved (`PublicOnly`); an address is checked here.
+    let address = url.host_str().and_then(|host| host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok());
+    if let Some(rule) = address.filter(|_| !trusted).and_then(bridge_net::non_global) {
+        return Err(UploadError::BadSlot(format!("a slot URL on {rule}, where this gateway does not connect")));
+    }
+    Ok(())
+}
+
+/// reqwest's name resolution for untrusted servers: only public addresses, as
+/// `bridge_net` decides for every connection a user can cause.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let addresses = bridge_net::resolve(name.as_str(), 0, bridge_net::Reach::PublicOnly).await?;
+            let addresses: reqwest::dns::Addrs = Box::new(addresses.into_iter());
+            Ok(addresses)
+        })
     }
 }
 
@@ -398,11 +429,14 @@ mod tests {
     }
 
     #[test]
-    fn only_http_urls_are_followed() {
-        assert!(check_url("https://upload.example.org/f/1/a.pdf").is_ok());
-        assert!(check_url("http://127.0.0.1:5280/file_share/x").is_ok());
-        assert!(check_url("file:///etc/passwd").is_err());
-        assert!(check_url("no scheme").is_err());
+    fn only_http_urls_to_allowed_addresses_are_followed() {
+        assert!(check_url("https://upload.example.org/f/1/a.pdf", false).is_ok());
+        assert!(check_url("http://127.0.0.1:5280/file_share/x", true).is_ok(), "a trusted server's own address");
+        for untrusted in ["http://127.0.0.1:5280/file_share/x", "http://169.254.169.254/latest/meta-data", "http://[::1]/x", "http://10.0.0.1/x"] {
+            assert!(check_url(untrusted, false).is_err(), "{untrusted}");
+        }
+        assert!(check_url("file:///etc/passwd", true).is_err());
+        assert!(check_url("no scheme", true).is_err());
     }
 
     #[test]
