@@ -37,6 +37,51 @@ pub struct Config {
     /// Email provider presets.
     #[serde(default)]
     pub email: EmailConfig,
+    /// What one user may cost everyone else.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Per-user limits, each refused with an error stanza that says which (never by dropping).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// IRC networks one user may be connected to at once (one connection each).
+    #[serde(default = "default_irc_networks_per_user")]
+    pub irc_networks_per_user: usize,
+    /// IRC channels one user may be in at once, over all networks.
+    #[serde(default = "default_channels_per_user")]
+    pub channels_per_user: usize,
+    /// Bytes of one message's body to IRC (it is split into lines; longer is refused).
+    #[serde(default = "default_message_bytes_irc")]
+    pub message_bytes_irc: usize,
+    /// Bytes of one message's body to email.
+    #[serde(default = "default_message_bytes_email")]
+    pub message_bytes_email: usize,
+}
+
+fn default_irc_networks_per_user() -> usize {
+    5
+}
+fn default_channels_per_user() -> usize {
+    50
+}
+fn default_message_bytes_irc() -> usize {
+    16 * 1024
+}
+fn default_message_bytes_email() -> usize {
+    1024 * 1024
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            irc_networks_per_user: default_irc_networks_per_user(),
+            channels_per_user: default_channels_per_user(),
+            message_bytes_irc: default_message_bytes_irc(),
+            message_bytes_email: default_message_bytes_email(),
+        }
+    }
 }
 
 /// The XEP-0114 connection.

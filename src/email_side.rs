@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::message::Lang;
 use xmpp_parsers::presence::Presence;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 use crate::address::Address;
 use crate::connection::NS_COMPONENT;
@@ -50,11 +51,13 @@ pub struct EmailSide {
     /// Attachments on their way to the users' upload services; `None` when no HTTP client
     /// could be built (then attachments are only listed).
     uploads: Option<UploadQueues>,
+    /// Bytes of one message body to email (`[limits] message_bytes_email`).
+    message_bytes: usize,
 }
 
 impl EmailSide {
     /// The email side, its sessions started by the email bridge in `sessions`.
-    pub fn new(gateway: &str, out: Outbox, store: Store, sessions: Sessions, uploads: Option<UploadQueues>) -> Self {
+    pub fn new(gateway: &str, out: Outbox, store: Store, sessions: Sessions, uploads: Option<UploadQueues>, message_bytes: usize) -> Self {
         EmailSide {
             gateway: gateway.to_owned(),
             out,
@@ -64,6 +67,7 @@ impl EmailSide {
             contacts: HashMap::new(),
             conversations: Conversations::default(),
             uploads,
+            message_bytes,
         }
     }
 
@@ -165,6 +169,10 @@ impl NetworkSide for EmailSide {
         let Address::Email { address } = &envelope.target else { return };
         // Chat states and receipts without a body: nothing to mail.
         let Some(body) = stanza.get_child("body", NS_COMPONENT).map(Element::text) else { return };
+        if body.len() > self.message_bytes {
+            let text = format!("a message to email may have at most {} bytes; this one has {}", self.message_bytes, body.len());
+            return refuse(&self.out, stanza, DefinedCondition::PolicyViolation, &text).await;
+        }
         let message = side::chat_to(stanza, Peer::EmailAddress(address.clone()), body);
         self.conversations.note(stanza, envelope);
         let result = side::hand_to_session(&mut self.sessions, &self.store, &envelope.user_id(), NetworkId::Email, Command::Send(message));
@@ -255,7 +263,7 @@ mod tests {
         let (outbox, out) = Outbox::for_tests();
         let (store, tmp) = store();
         let bridge = Arc::new(Recorder::default());
-        let side = EmailSide::new("gw", outbox, store, sessions(&bridge), None);
+        let side = EmailSide::new("gw", outbox, store, sessions(&bridge), None, 1024);
         Fixture { side, out, bridge, _tmp: tmp }
     }
 
@@ -333,7 +341,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&tmp.path().join("db"), &tmp.path().join("key")).unwrap();
         let (events, _events_rx) = tokio::sync::mpsc::channel(8);
-        let mut side = EmailSide::new("gw", out, store, Sessions::new(Vec::new(), events), None);
+        let mut side = EmailSide::new("gw", out, store, Sessions::new(Vec::new(), events), None, 1024);
         for i in 0..=CONTACTS_PER_USER {
             side.remember_contact("u@h", format!("c{i}@gw"));
         }

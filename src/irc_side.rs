@@ -41,9 +41,8 @@ pub struct IrcSide {
     rooms: Rooms,
     /// Which resources wrote to which IRC user: their errors and QUITs go there.
     conversations: Conversations,
-    /// The only networks users may reach (`[irc] networks_only`), by host in lower
-    /// case; `None`: any public network.
-    allowed: Option<BTreeSet<String>>,
+    /// Which networks users may reach, and how much of IRC one user may use.
+    policy: IrcPolicy,
     /// How each network compares names (default rfc1459 until a session there says): a
     /// property of the server, so one entry per network, kept while a session is there.
     mappings: HashMap<NetworkId, CaseMapping>,
@@ -51,7 +50,7 @@ pub struct IrcSide {
 
 impl IrcSide {
     /// The IRC side, its sessions started by the IRC bridge in `sessions`.
-    pub fn new(gateway: &str, out: Outbox, store: Store, sessions: Sessions, allowed: Option<BTreeSet<String>>) -> Self {
+    pub fn new(gateway: &str, out: Outbox, store: Store, sessions: Sessions, policy: IrcPolicy) -> Self {
         IrcSide {
             gateway: gateway.to_owned(),
             out,
@@ -60,7 +59,7 @@ impl IrcSide {
             rooms: Rooms::default(),
             conversations: Conversations::default(),
             mappings: HashMap::new(),
-            allowed,
+            policy,
         }
     }
 
@@ -86,14 +85,20 @@ impl IrcSide {
     /// where the network policy allows it: every way a user can reach an IRC network
     /// comes through here, before any connection.
     fn hand_to_session(&mut self, user: &UserId, network: NetworkId, command: Command) -> Result<(), Refusal> {
-        if let (NetworkId::Irc { server }, Some(allowed)) = (&network, &self.allowed) {
+        if let (NetworkId::Irc { server }, Some(allowed)) = (&network, &self.policy.allowed) {
             if !allowed.contains(&server.to_ascii_lowercase()) {
                 let networks: Vec<&str> = allowed.iter().map(String::as_str).collect();
                 let text = format!("this gateway only connects to the IRC networks it is configured for ({}), not to {server}", networks.join(", "));
                 return Err((DefinedCondition::NotAllowed, text));
             }
         }
-        side::hand_to_session(&mut self.sessions, &self.store, user, network, command)
+        let most = self.policy.networks_per_user;
+        let key = SessionKey { user: user.clone(), network };
+        if !self.sessions.is_live(&key) && self.sessions.irc_sessions_of(user) >= most {
+            let text = format!("you are connected to {most} IRC networks, the most this gateway allows per user: leave the rooms of one first");
+            return Err((DefinedCondition::ResourceConstraint, text));
+        }
+        side::hand_to_session(&mut self.sessions, &self.store, user, key.network, command)
     }
 
     // ---------------------------------------------------------------------------------
@@ -122,6 +127,11 @@ impl IrcSide {
                     nick: nick.to_owned(),
                     password: muc_password(stanza).map(bridge_core::Secret::new),
                 };
+                if self.rooms.get(&key).is_none() && self.rooms.count_of(&user) >= self.policy.channels_per_user {
+                    let most = self.policy.channels_per_user;
+                    let text = format!("you are in {most} IRC channels, the most this gateway allows per user: leave one first");
+                    return refuse(&self.out, stanza, DefinedCondition::ResourceConstraint, &text).await;
+                }
                 let command = match self.rooms.get_mut(&key) {
                     None => {
                         let jid = format!("{}@{}", address::format_localpart(&envelope.target), self.gateway);
@@ -188,6 +198,9 @@ impl IrcSide {
             return refuse(&self.out, stanza, DefinedCondition::NotAcceptable, text).await;
         };
         let body = stanza.get_child("body", NS_COMPONENT).map(Element::text);
+        if let Some(refusal) = body.as_deref().and_then(|body| self.policy.too_long(body)) {
+            return refuse(&self.out, stanza, DefinedCondition::PolicyViolation, &refusal).await;
+        }
         let subject = stanza.get_child("subject", NS_COMPONENT).map(Element::text);
         let command = match (body, subject) {
             (None, Some(topic)) => Command::SetTopic { channel: room.channel.clone(), topic },
@@ -388,6 +401,53 @@ impl IrcSide {
     }
 }
 
+/// Which IRC networks users may reach, and how much of IRC one user may use
+/// (`[irc] networks_only` and `[limits]`).
+#[derive(Debug, Clone)]
+pub struct IrcPolicy {
+    /// The only networks users may reach, by host in lower case; `None`: any public one.
+    pub allowed: Option<BTreeSet<String>>,
+    /// IRC networks one user may be connected to at once.
+    pub networks_per_user: usize,
+    /// Channels one user may be in at once.
+    pub channels_per_user: usize,
+    /// Bytes of one message body to IRC.
+    pub message_bytes: usize,
+}
+
+impl IrcPolicy {
+    /// The policy of `config`.
+    #[must_use]
+    pub fn of(config: &crate::config::Config) -> Self {
+        IrcPolicy::of_limits(config.irc.allowed_networks(), &config.limits)
+    }
+
+    /// Why `body` is too long for IRC, if it is.
+    fn too_long(&self, body: &str) -> Option<String> {
+        (body.len() > self.message_bytes)
+            .then(|| format!("a message to IRC may have at most {} bytes; this one has {}", self.message_bytes, body.len()))
+    }
+}
+
+impl Default for IrcPolicy {
+    /// The defaults of `[limits]`, any public network.
+    fn default() -> Self {
+        IrcPolicy::of_limits(None, &crate::config::LimitsConfig::default())
+    }
+}
+
+impl IrcPolicy {
+    /// `allowed` networks, and the IRC part of `limits`.
+    fn of_limits(allowed: Option<BTreeSet<String>>, limits: &crate::config::LimitsConfig) -> Self {
+        IrcPolicy {
+            allowed,
+            networks_per_user: limits.irc_networks_per_user,
+            channels_per_user: limits.channels_per_user,
+            message_bytes: limits.message_bytes_irc,
+        }
+    }
+}
+
 #[async_trait(?Send)]
 impl NetworkSide for IrcSide {
     fn serves(&self, network: &NetworkId) -> bool {
@@ -417,6 +477,9 @@ impl NetworkSide for IrcSide {
         }
         // Chat states and receipts without a body: nothing to carry.
         let Some(body) = stanza.get_child("body", NS_COMPONENT).map(Element::text) else { return };
+        if let Some(refusal) = self.policy.too_long(&body) {
+            return refuse(&self.out, stanza, DefinedCondition::PolicyViolation, &refusal).await;
+        }
         let (peer, server) = match (&envelope.target, envelope.resource.as_deref()) {
             // A private message through the room goes to the nick itself.
             (Address::IrcChannel { server, .. }, Some(nick)) => (Peer::Nick(nick.to_owned()), server),
@@ -577,7 +640,7 @@ mod tests {
         let (outbox, out) = Outbox::for_tests();
         let (store, tmp) = store();
         let bridge = Arc::new(Recorder::default());
-        let side = IrcSide::new("gw", outbox, store, sessions(&bridge), None);
+        let side = IrcSide::new("gw", outbox, store, sessions(&bridge), IrcPolicy::default());
         Fixture { side, out, bridge, _tmp: tmp }
     }
 
@@ -778,5 +841,62 @@ mod tests {
             let expected = if stanza.attr("to") == Some("u@h/a") { "#foo[%irc.x@gw" } else { "#foo{%irc.x@gw" };
             assert!(stanza.attr("from").unwrap().starts_with(expected), "each resource hears the room at the address it joined: {stanza:?}");
         }
+    }
+
+    /// The condition of the error in `stanza`.
+    fn condition(stanza: &Element) -> Option<String> {
+        let error = stanza.get_child("error", NS_COMPONENT)?;
+        error.children().find(|c| c.name() != "text").map(|c| c.name().to_owned())
+    }
+
+    fn with_policy(policy: IrcPolicy) -> Fixture {
+        let mut f = fixture();
+        f.side.policy = policy;
+        f
+    }
+
+    #[tokio::test]
+    async fn a_user_past_the_channel_limit_is_refused_and_keeps_the_other_rooms() {
+        let mut f = with_policy(IrcPolicy { channels_per_user: 1, ..IrcPolicy::default() });
+        f.join("a", "alice").await;
+        f.side.event(key(), joined("alice")).await;
+        drain(&mut f.out);
+        let second = stanza("<presence from='u@h/a' to='#d%irc.x@gw/alice'/>");
+        f.side.presence(&second, &envelope(&second), "available").await;
+        let answers = drain(&mut f.out);
+        assert_eq!(answers.iter().map(condition).collect::<Vec<_>>(), [Some("resource-constraint".to_owned())], "{answers:?}");
+        let commands = f.bridge.commands(0);
+        assert_eq!(commands.iter().filter(|c| matches!(c, Command::Join { .. })).count(), 1, "only the first join reached IRC: {commands:?}");
+        assert!(f.side.rooms.get(&(UserId("u@h".into()), NetworkId::Irc { server: "irc.x".into() }, "#c".to_owned())).is_some());
+        // Joining the room one is in again is no new channel.
+        f.join("b", "alice").await;
+        assert!(drain(&mut f.out).iter().all(|e| condition(e).is_none()));
+    }
+
+    #[tokio::test]
+    async fn a_user_past_the_network_limit_is_refused() {
+        let mut f = with_policy(IrcPolicy { networks_per_user: 1, ..IrcPolicy::default() });
+        f.join("a", "alice").await;
+        let other = stanza("<presence from='u@h/a' to='#c%irc.y@gw/alice'/>");
+        f.side.presence(&other, &envelope(&other), "available").await;
+        let answers = drain(&mut f.out);
+        assert_eq!(answers.iter().map(condition).collect::<Vec<_>>(), [Some("resource-constraint".to_owned())], "{answers:?}");
+        assert_eq!(f.bridge.started.lock().unwrap().len(), 1, "no second connection");
+        let message = stanza("<message from='u@h/a' to='bob%irc.y@gw' type='chat'><body>hi</body></message>");
+        f.side.message(&message, &envelope(&message), "chat").await;
+        assert_eq!(drain(&mut f.out).iter().map(condition).collect::<Vec<_>>(), [Some("resource-constraint".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn a_message_too_long_for_irc_is_refused_whole() {
+        let mut f = Fixture::in_room().await;
+        f.side.policy.message_bytes = 10;
+        f.say("a", "0123456789").await;
+        assert_eq!(f.bridge.commands(0).len(), 1, "10 bytes are allowed");
+        drain(&mut f.out);
+        f.say("a", "0123456789!").await;
+        let answers = drain(&mut f.out);
+        assert_eq!(answers.iter().map(condition).collect::<Vec<_>>(), [Some("policy-violation".to_owned())], "no echo, the error only");
+        assert!(f.bridge.commands(0).is_empty(), "nothing of it went to IRC");
     }
 }

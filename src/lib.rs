@@ -146,9 +146,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             out.clone(),
             store.clone(),
             Sessions::new(vec![Arc::new(irc_bridge(&config))], events_tx.clone()),
-            config.irc.allowed_networks(),
+            irc_side::IrcPolicy::of(&config),
         )),
-        Box::new(EmailSide::new(&gateway, out.clone(), store.clone(), Sessions::new(vec![email.clone()], events_tx), uploads)),
+        Box::new(EmailSide::new(&gateway, out.clone(), store.clone(), Sessions::new(vec![email.clone()], events_tx), uploads, config.limits.message_bytes_email)),
     ];
     let mut router = Router::new(config.clone(), store.clone(), out, sides, email, requests);
     // The writer returns on its own only when asked to close at shutdown; if it dies, the

@@ -260,6 +260,11 @@ impl Rooms {
         self.rooms.insert(key, room);
     }
 
+    /// How many rooms `user` has (joined or joining), over all networks.
+    pub fn count_of(&self, user: &UserId) -> usize {
+        self.rooms.keys().filter(|(u, _, _)| u == user).count()
+    }
+
     /// Removes a room.
     pub fn remove(&mut self, key: &(impl Hash + hashbrown::Equivalent<RoomKey>)) -> Option<Room> {
         self.rooms.remove(key)

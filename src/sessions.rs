@@ -139,6 +139,14 @@ impl Sessions {
         self.live.iter().any(|(key, session)| key.network == *network && !session.is_closed())
     }
 
+    /// How many IRC sessions of `user` are running.
+    pub fn irc_sessions_of(&self, user: &UserId) -> usize {
+        self.live
+            .iter()
+            .filter(|(key, session)| key.user == *user && matches!(key.network, NetworkId::Irc { .. }) && !session.is_closed())
+            .count()
+    }
+
     /// How many sessions are live.
     pub fn len(&self) -> usize {
         self.live.len()

@@ -126,3 +126,52 @@ async fn mail_servers_users_give_must_be_public_and_on_mail_ports() {
     assert_eq!((imap.load(Ordering::SeqCst), smtp.load(Ordering::SeqCst)), (0, 0), "a connection reached a refused mail server");
     drop(gateway);
 }
+
+/// Waits for `client`'s self-presence from `room`.
+async fn joined(client: &mut Client, room: &str, nick: &str) {
+    client.send_raw(&format!("<presence to='{room}/{nick}'><x xmlns='{MUC}'/></presence>")).await;
+    client
+        .wait_for("the self-presence", |e| {
+            e.name() == "presence" && e.attr("type").is_none() && e.attr("from") == Some(format!("{room}/{nick}").as_str())
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_user_past_a_limit_is_told_and_everything_else_goes_on() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start(false);
+    let gateway = Gateway::start_irc_networks(
+        &server,
+        &format!(
+            "[limits]\nchannels_per_user = 1\nmessage_bytes_irc = 100\n\
+             [irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n",
+            ircd.port
+        ),
+    );
+    let mut carol = ircd.client("carol").await;
+    carol.join("#one").await;
+    let mut alice = server.client("alice", "localhost").await;
+    let mut bob = server.client("bob", "localhost").await;
+    let one = format!("#one%127.0.0.1@{GW}");
+    joined(&mut alice, &one, "alice").await;
+
+    // A second channel is one too many for alice; bob is not affected.
+    let error = refused_join(&mut alice, &format!("#two%127.0.0.1@{GW}"), "alice").await;
+    let (condition, text) = error_of(&error);
+    assert_eq!(condition, "resource-constraint");
+    assert!(text.contains("1 IRC channels, the most this gateway allows per user"), "{text}");
+    joined(&mut bob, &format!("#two%127.0.0.1@{GW}"), "bob").await;
+
+    // A message over the size limit is refused whole; the next one goes through.
+    let long = "x".repeat(101);
+    alice.send_raw(&format!("<message to='{one}' type='groupchat' id='long'><body>{long}</body></message>")).await;
+    let bounce = alice.wait_for("the long message's error", |e| e.name() == "message" && e.attr("type") == Some("error")).await;
+    let (condition, text) = error_of(&bounce);
+    assert_eq!(condition, "policy-violation");
+    assert!(text.contains("at most 100 bytes"), "{text}");
+    alice.send_raw(&format!("<message to='{one}' type='groupchat' id='short'><body>still here</body></message>")).await;
+    let line = carol.wait_for("alice's next line", |l| l.is_privmsg_to("#one")).await;
+    assert_eq!(line.text(), "still here", "the long message never reached IRC");
+    drop(gateway);
+}
