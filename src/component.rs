@@ -55,7 +55,7 @@ pub async fn supervise(
     loop {
         let started = Instant::now();
         let attempt = tokio::select! {
-            attempt = connection::connect(server, jid, &config.component.secret, CONNECT_TIMEOUT) => attempt,
+            attempt = connection::connect(server, jid, &config.component.secret, CONNECT_TIMEOUT, config.limits.stanza_limits()) => attempt,
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
         };
         let ended = match attempt {
@@ -138,6 +138,7 @@ async fn serve(
                         return Ended::Lost(format!("stream error: {}", connection::stream_error_condition(&element)));
                     }
                     Ok(StreamEvent::Stanza(element)) => router.handle_stanza(element).await,
+                    Ok(StreamEvent::TooLarge(element, reason)) => router.handle_too_large(element, &reason).await,
                     Ok(StreamEvent::Header(_)) => {}
                     Ok(StreamEvent::End) => return Ended::Lost("the server closed the stream".into()),
                     Err(error) => return Ended::Lost(error.to_string()),

@@ -58,6 +58,28 @@ pub struct LimitsConfig {
     /// Bytes of one message's body to email.
     #[serde(default = "default_message_bytes_email")]
     pub message_bytes_email: usize,
+    /// Bytes of one stanza from the XMPP server; a bigger one is skipped as it is read
+    /// (never held) and its sender told.
+    #[serde(default = "default_stanza_bytes")]
+    pub stanza_bytes: usize,
+    /// Elements nested in one stanza from the XMPP server (the same).
+    #[serde(default = "default_xml_depth")]
+    pub xml_depth: usize,
+}
+
+fn default_stanza_bytes() -> usize {
+    crate::xml_stream::StanzaLimits::default().bytes
+}
+fn default_xml_depth() -> usize {
+    crate::xml_stream::StanzaLimits::default().depth
+}
+
+impl LimitsConfig {
+    /// The limits of the component stream's reader.
+    #[must_use]
+    pub fn stanza_limits(&self) -> crate::xml_stream::StanzaLimits {
+        crate::xml_stream::StanzaLimits { bytes: self.stanza_bytes, depth: self.xml_depth }
+    }
 }
 
 fn default_irc_networks_per_user() -> usize {
@@ -80,6 +102,8 @@ impl Default for LimitsConfig {
             channels_per_user: default_channels_per_user(),
             message_bytes_irc: default_message_bytes_irc(),
             message_bytes_email: default_message_bytes_email(),
+            stanza_bytes: default_stanza_bytes(),
+            xml_depth: default_xml_depth(),
         }
     }
 }

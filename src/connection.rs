@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::xml_stream::{self, StanzaReader, StreamError, StreamEvent, NS_STREAM};
+use crate::xml_stream::{self, StanzaLimits, StanzaReader, StreamError, StreamEvent, NS_STREAM};
 
 /// The XEP-0114 namespace: the default namespace of a component stream.
 pub const NS_COMPONENT: &str = "jabber:component:accept";
@@ -66,14 +66,16 @@ pub fn handshake_digest(stream_id: &str, secret: &Secret) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Connects to `server` as the component `jid`, within `timeout`.
+/// Connects to `server` as the component `jid`, within `timeout`; the stanzas it sends
+/// are read within `limits`.
 pub async fn connect(
     server: &str,
     jid: &str,
     secret: &Secret,
     timeout: Duration,
+    limits: StanzaLimits,
 ) -> Result<Connection, ConnectError> {
-    match tokio::time::timeout(timeout, connect_inner(server, jid, secret)).await {
+    match tokio::time::timeout(timeout, connect_inner(server, jid, secret, limits)).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Handshake {
             server: server.to_owned(),
@@ -82,7 +84,7 @@ pub async fn connect(
     }
 }
 
-async fn connect_inner(server: &str, jid: &str, secret: &Secret) -> Result<Connection, ConnectError> {
+async fn connect_inner(server: &str, jid: &str, secret: &Secret, limits: StanzaLimits) -> Result<Connection, ConnectError> {
     let io_error = |source| ConnectError::Io { server: server.to_owned(), source };
     let handshake_error = |detail: String| ConnectError::Handshake { server: server.to_owned(), detail };
 
@@ -90,7 +92,7 @@ async fn connect_inner(server: &str, jid: &str, secret: &Secret) -> Result<Conne
     // Stanzas are small and latency matters: never wait for Nagle.
     stream.set_nodelay(true).map_err(io_error)?;
     let (read, mut writer) = stream.into_split();
-    let mut reader = StanzaReader::new(read);
+    let mut reader = StanzaReader::new(read).with_limits(limits);
 
     writer
         .write_all(xml_stream::stream_header(jid, NS_COMPONENT).as_bytes())

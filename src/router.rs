@@ -161,6 +161,13 @@ impl Router {
     // From XMPP
     // ---------------------------------------------------------------------------------
 
+    /// A stanza the reader skipped for passing the limits (`xml_stream::StanzaLimits`):
+    /// its sender is told why, from its top element (nothing of its content was kept).
+    pub async fn handle_too_large(&mut self, stanza: Element, reason: &str) {
+        let text = format!("the stanza is {reason}, more than this gateway takes");
+        refuse(&self.out, &stanza, DefinedCondition::PolicyViolation, &text).await;
+    }
+
     /// Handles one stanza from the server. Never fails: a bad stanza gets an error reply
     /// or a log line, and nothing else is affected.
     pub async fn handle_stanza(&mut self, stanza: Element) {

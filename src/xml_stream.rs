@@ -22,6 +22,24 @@ pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 /// relays as it is, end the stream for everybody.
 const MAX_TOKEN_LENGTH: usize = 1024 * 1024;
 
+/// How big and how deep one stanza may be: past either, the rest of it is skipped as it
+/// is read (never held), and the stanza comes out as [`StreamEvent::TooLarge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StanzaLimits {
+    /// Bytes of one stanza as read from the wire.
+    pub bytes: usize,
+    /// Elements nested inside one stanza, the stanza itself counted.
+    pub depth: usize,
+}
+
+impl Default for StanzaLimits {
+    /// 1 MiB and 32 levels: far beyond any legitimate stanza (Prosody's own limit for
+    /// clients is 256 KiB; a forwarded message in an archive result nests about 8 deep).
+    fn default() -> Self {
+        StanzaLimits { bytes: 1024 * 1024, depth: 32 }
+    }
+}
+
 /// What the peer sent, one piece at a time.
 #[derive(Debug)]
 pub enum StreamEvent {
@@ -29,6 +47,9 @@ pub enum StreamEvent {
     Header(Element),
     /// One complete top-level element: a stanza, `<handshake/>`, `<stream:error/>`, ...
     Stanza(Element),
+    /// A stanza past [`StanzaLimits`]: its top element with the attributes it had (its
+    /// children are dropped), and which limit it passed. The stream goes on.
+    TooLarge(Element, String),
     /// `</stream:stream>` or the socket closed.
     End,
 }
@@ -53,6 +74,15 @@ pub struct StanzaReader<R> {
     builder: TreeBuilder,
     /// Whether the stream header was already returned (it is returned once).
     header_seen: bool,
+    /// How big and deep a stanza may be.
+    limits: StanzaLimits,
+    /// Bytes of the stanza being read so far.
+    stanza_bytes: usize,
+    /// Whether the builder has an element head open (its attributes being read).
+    in_head: bool,
+    /// While skipping the rest of a stanza past the limits: how many of its elements are
+    /// still open, the stanza's top element, and the limit it passed.
+    skipping: Option<(usize, Element, String)>,
 }
 
 impl<R: AsyncRead + Unpin> StanzaReader<R> {
@@ -67,7 +97,18 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
             reader: AsyncRawReader::wrap(BufReader::new(read), parser),
             builder: TreeBuilder::new(),
             header_seen: false,
+            limits: StanzaLimits::default(),
+            stanza_bytes: 0,
+            in_head: false,
+            skipping: None,
         }
+    }
+
+    /// The same reader with other limits.
+    #[must_use]
+    pub fn with_limits(mut self, limits: StanzaLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Gives the socket back, to start a new stream on it (after SASL or STARTTLS). Bytes
@@ -83,7 +124,48 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
             let Some(event) = self.reader.read().await? else {
                 return Ok(StreamEvent::End);
             };
+            if let Some((open, _, _)) = &mut self.skipping {
+                match event {
+                    RawEvent::ElementHeadOpen(..) => *open += 1,
+                    RawEvent::ElementFoot(_) => *open -= 1,
+                    _ => {}
+                }
+                if *open == 0 {
+                    if let Some((_, stanza, reason)) = self.skipping.take() {
+                        return Ok(StreamEvent::TooLarge(stanza, reason));
+                    }
+                }
+                continue;
+            }
             let depth = self.builder.depth();
+            let opens = matches!(event, RawEvent::ElementHeadOpen(..));
+            // Within a stanza: its own head (read while the builder is still at the
+            // stream's depth), and everything below it.
+            if depth >= 2 || (depth == 1 && (opens || self.in_head)) {
+                if depth == 1 && opens {
+                    self.stanza_bytes = 0;
+                }
+                self.stanza_bytes += event.metrics().len();
+                let reason = if self.stanza_bytes > self.limits.bytes {
+                    Some(format!("larger than {} bytes", self.limits.bytes))
+                } else if opens && depth > self.limits.depth {
+                    Some(format!("nested deeper than {} elements", self.limits.depth))
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    let closes = matches!(event, RawEvent::ElementFoot(_));
+                    if let Some(stanza) = self.start_skipping(opens, closes, reason) {
+                        return Ok(stanza);
+                    }
+                    continue;
+                }
+            }
+            self.in_head = match event {
+                RawEvent::ElementHeadOpen(..) => true,
+                RawEvent::ElementHeadClose(_) => false,
+                _ => self.in_head,
+            };
             let closes_header = matches!(event, RawEvent::ElementHeadClose(_)) && depth == 0;
             let closes_stanza = matches!(event, RawEvent::ElementFoot(_)) && depth == 2;
             let closes_stream = matches!(event, RawEvent::ElementFoot(_)) && depth == 1;
@@ -107,6 +189,36 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
                 }
             }
         }
+    }
+}
+
+impl<R> StanzaReader<R> {
+    /// Drops what the builder holds of the stanza being read, keeping its top element's
+    /// head for the error reply, and skips the rest of it as it comes. The event that
+    /// passed the limit (not given to the builder) `opened` or `closed` an element. The
+    /// stanza, if that event was its end.
+    fn start_skipping(&mut self, opened: bool, closed: bool, reason: String) -> Option<StreamEvent> {
+        let zero = || rxml::parser::EventMetrics::new(0);
+        if self.in_head {
+            // Completes the head being read; an error (an undeclared prefix) only means
+            // there is less of it to drop.
+            let _ = self.builder.process_event(RawEvent::ElementHeadClose(zero()));
+            self.in_head = false;
+        }
+        // Elements of the stanza still open in the input, after the event.
+        let open = (self.builder.depth().saturating_sub(1) + usize::from(opened)).saturating_sub(usize::from(closed));
+        while self.builder.depth() > 1 {
+            let _ = self.builder.process_event(RawEvent::ElementFoot(zero()));
+        }
+        let mut stanza = self.builder.unshift_child().unwrap_or_else(|| Element::bare("unknown", "jabber:component:accept"));
+        stanza.take_nodes();
+        tracing::warn!(name = stanza.name(), %reason, "a stanza past the limits was skipped");
+        if open == 0 {
+            // The event was the stanza's end: nothing to skip.
+            return Some(StreamEvent::TooLarge(stanza, reason));
+        }
+        self.skipping = Some((open, stanza, reason));
+        None
     }
 }
 
@@ -170,13 +282,21 @@ mod tests {
     use super::*;
 
     async fn events(input: &str) -> Vec<String> {
-        let mut reader = StanzaReader::new(input.as_bytes());
+        events_within(input, StanzaLimits::default()).await
+    }
+
+    async fn events_within(input: &str, limits: StanzaLimits) -> Vec<String> {
+        let mut reader = StanzaReader::new(input.as_bytes()).with_limits(limits);
         let mut out = Vec::new();
         loop {
             match reader.next().await {
                 Ok(StreamEvent::Header(h)) => out.push(format!("header id={:?}", h.attr("id"))),
                 Ok(StreamEvent::Stanza(s)) => {
                     out.push(format!("{} {} {:?}", s.name(), s.ns(), s.attr("to")))
+                }
+                Ok(StreamEvent::TooLarge(s, reason)) => {
+                    assert!(s.children().next().is_none() && s.texts().next().is_none(), "content kept: {s:?}");
+                    out.push(format!("too large {} {:?}: {reason}", s.name(), s.attr("id")))
                 }
                 Ok(StreamEvent::End) => {
                     out.push("end".into());
@@ -285,5 +405,68 @@ mod tests {
         // What was written parses back: the stream stays well-formed.
         let back: Element = text["<previous/>".len()..].parse().unwrap();
         assert_eq!(back.attr("from"), Some("#c%irc@gw/badnick"));
+    }
+
+    const HEADER: &str = "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='s1'>";
+
+    #[tokio::test]
+    async fn a_stanza_past_the_size_limit_is_skipped_and_the_next_one_arrives() {
+        let limits = StanzaLimits { bytes: 200, depth: 32 };
+        let big = "x".repeat(300);
+        let input = format!(
+            "{HEADER}<message to='a@b' id='big'><body>{big}</body><body>{big}</body></message>\
+             <message to='a@b' id='small'><body>hi</body></message>\
+             <iq to='a@b' id='bigattr' type='get' note='{big}'><ping xmlns='urn:xmpp:ping'/></iq>\
+             <presence to='a@b' id='after'/></stream:stream>"
+        );
+        assert_eq!(
+            events_within(&input, limits).await,
+            [
+                "header id=Some(\"s1\")",
+                "too large message Some(\"big\"): larger than 200 bytes",
+                "message jabber:component:accept Some(\"a@b\")",
+                "too large iq Some(\"bigattr\"): larger than 200 bytes",
+                "presence jabber:component:accept Some(\"a@b\")",
+                "end",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stanza_nested_past_the_depth_limit_is_skipped_and_the_next_one_arrives() {
+        let limits = StanzaLimits { bytes: 1 << 20, depth: 4 };
+        let deep = format!("{}{}", "<a>".repeat(50), "</a>".repeat(50));
+        let just = "<a><a><a></a></a></a>";
+        let input = format!(
+            "{HEADER}<message to='a@b' id='deep'>{deep}</message><message to='a@b' id='four'>{just}</message>\
+             <message to='a@b' id='ending'><a><a><a><a/></a></a></a></message></stream:stream>"
+        );
+        assert_eq!(
+            events_within(&input, limits).await,
+            [
+                "header id=Some(\"s1\")",
+                "too large message Some(\"deep\"): nested deeper than 4 elements",
+                "message jabber:component:accept Some(\"a@b\")",
+                "too large message Some(\"ending\"): nested deeper than 4 elements",
+                "end",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stanza_that_passes_the_limit_on_its_last_byte_is_reported_once() {
+        let stanza = "<message to='a@b' id='edge'><body>hi</body></message>";
+        // Everything but the closing tag fits.
+        let limits = StanzaLimits { bytes: stanza.len() - 1, depth: 32 };
+        let input = format!("{HEADER}{stanza}<presence to='a@b'/></stream:stream>");
+        assert_eq!(
+            events_within(&input, limits).await,
+            [
+                "header id=Some(\"s1\")".to_owned(),
+                format!("too large message Some(\"edge\"): larger than {} bytes", limits.bytes),
+                "presence jabber:component:accept Some(\"a@b\")".to_owned(),
+                "end".to_owned(),
+            ]
+        );
     }
 }

@@ -175,3 +175,30 @@ async fn a_user_past_a_limit_is_told_and_everything_else_goes_on() {
     assert_eq!(line.text(), "still here", "the long message never reached IRC");
     drop(gateway);
 }
+
+#[tokio::test]
+async fn a_stanza_past_the_size_limit_is_refused_and_the_stream_stays_up() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start(false);
+    let gateway = Gateway::start_irc_networks(
+        &server,
+        &format!("[limits]\nstanza_bytes = 4096\n[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n", ircd.port),
+    );
+    let mut carol = ircd.client("carol").await;
+    carol.join("#big").await;
+    let mut alice = server.client("alice", "localhost").await;
+    let room = format!("#big%127.0.0.1@{GW}");
+    joined(&mut alice, &room, "alice").await;
+    // 64 KiB of children: Prosody relays it, the gateway must not hold it.
+    let payload = "<x xmlns='urn:example:junk'>".to_owned() + &"<y>0123456789abcdef</y>".repeat(2800) + "</x>";
+    alice.send_raw(&format!("<message to='{room}' type='groupchat' id='huge'><body>huge</body>{payload}</message>")).await;
+    let bounce = alice.wait_for("the huge stanza's error", |e| e.name() == "message" && e.attr("type") == Some("error")).await;
+    assert_eq!(bounce.attr("id"), Some("huge"));
+    let (condition, text) = error_of(&bounce);
+    assert_eq!(condition, "policy-violation");
+    assert!(text.contains("larger than 4096 bytes"), "{text}");
+    alice.send_raw(&format!("<message to='{room}' type='groupchat' id='next'><body>the next one</body></message>")).await;
+    let line = carol.wait_for("alice's next line", |l| l.is_privmsg_to("#big")).await;
+    assert_eq!(line.text(), "the next one", "nothing of the huge one reached IRC");
+    drop(gateway);
+}
