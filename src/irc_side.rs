@@ -85,20 +85,9 @@ impl IrcSide {
     /// where the network policy allows it: every way a user can reach an IRC network
     /// comes through here, before any connection.
     fn hand_to_session(&mut self, user: &UserId, network: NetworkId, command: Command) -> Result<(), Refusal> {
-        if let (NetworkId::Irc { server }, Some(allowed)) = (&network, &self.policy.allowed) {
-            if !allowed.contains(&server.to_ascii_lowercase()) {
-                let networks: Vec<&str> = allowed.iter().map(String::as_str).collect();
-                let text = format!("this gateway only connects to the IRC networks it is configured for ({}), not to {server}", networks.join(", "));
-                return Err((DefinedCondition::NotAllowed, text));
-            }
-        }
-        let most = self.policy.networks_per_user;
         let key = SessionKey { user: user.clone(), network };
-        if !self.sessions.is_live(&key) && self.sessions.irc_sessions_of(user) >= most {
-            let text = format!("you are connected to {most} IRC networks, the most this gateway allows per user: leave the rooms of one first");
-            return Err((DefinedCondition::ResourceConstraint, text));
-        }
-        side::hand_to_session(&mut self.sessions, &self.store, user, key.network, command)
+        let policy = &self.policy;
+        side::hand_to_session_if(&mut self.sessions, &self.store, key, command, |sessions, key| policy.may_start(sessions, key))
     }
 
     // ---------------------------------------------------------------------------------
@@ -420,6 +409,24 @@ impl IrcPolicy {
     #[must_use]
     pub fn of(config: &crate::config::Config) -> Self {
         IrcPolicy::of_limits(config.irc.allowed_networks(), &config.limits)
+    }
+
+    /// Whether the session of `key` may start: its network is one users may reach, and
+    /// its user is not at the limit of networks.
+    fn may_start(&self, sessions: &Sessions, key: &SessionKey) -> Result<(), Refusal> {
+        if let (NetworkId::Irc { server }, Some(allowed)) = (&key.network, &self.allowed) {
+            if !allowed.contains(&server.to_ascii_lowercase()) {
+                let networks: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                let text = format!("this gateway only connects to the IRC networks it is configured for ({}), not to {server}", networks.join(", "));
+                return Err((DefinedCondition::NotAllowed, text));
+            }
+        }
+        let most = self.networks_per_user;
+        if sessions.irc_sessions_of(&key.user) >= most {
+            let text = format!("you are connected to {most} IRC networks, the most this gateway allows per user: leave the rooms of one first");
+            return Err((DefinedCondition::ResourceConstraint, text));
+        }
+        Ok(())
     }
 
     /// Why `body` is too long for IRC, if it is.

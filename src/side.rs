@@ -125,12 +125,24 @@ pub fn credentials_for(record: Option<&UserRecord>, network: &NetworkId) -> Resu
 /// started, with the user's own credentials read (and unsealed) from the store then: a
 /// live session keeps its own, so a message costs no decryption.
 pub fn hand_to_session(sessions: &mut Sessions, store: &Store, user: &UserId, network: NetworkId, command: Command) -> Result<(), Refusal> {
-    let key = SessionKey { user: user.clone(), network };
+    hand_to_session_if(sessions, store, SessionKey { user: user.clone(), network }, command, |_, _| Ok(()))
+}
+
+/// [`hand_to_session`], where a session that is not running starts only if `may_start`
+/// allows it (a network policy, a limit); a running one is told at once, with one lookup.
+pub fn hand_to_session_if(
+    sessions: &mut Sessions,
+    store: &Store,
+    key: SessionKey,
+    command: Command,
+    may_start: impl FnOnce(&Sessions, &SessionKey) -> Result<(), Refusal>,
+) -> Result<(), Refusal> {
     if sessions.is_live(&key) {
         sessions.tell(&key, command);
         return Ok(());
     }
-    let record = store.user(&user.0).map_err(internal)?;
+    may_start(sessions, &key)?;
+    let record = store.user(&key.user.0).map_err(internal)?;
     let credentials = credentials_for(record.as_ref(), &key.network).map_err(|text| (DefinedCondition::RegistrationRequired, text))?;
     sessions
         .dispatch(key, || credentials, command)
