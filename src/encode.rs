@@ -274,4 +274,26 @@ mod tests {
             assert_eq!(in_text, rxml_takes(&text), "{c:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Any text in an attribute or as content: written and read back the same, or
+        /// refused because it holds what XML forbids (the fuzz target `xml_stream` goes
+        /// further; this runs in every test run).
+        #[test]
+        fn prop_any_text_round_trips_or_is_refused(text in proptest::prelude::any::<String>()) {
+            let element = Element::builder("m", "urn:x").attr(rxml::xml_ncname!("a").into(), text.as_str()).append(text.as_str()).build();
+            let mut out = Vec::new();
+            match super::element(&element, &mut out) {
+                Ok(()) => {
+                    let again = parsed(&String::from_utf8(out).unwrap());
+                    proptest::prop_assert_eq!(again.attr("a"), Some(text.as_str()));
+                    proptest::prop_assert_eq!(again.text(), text);
+                }
+                Err(refused) => {
+                    proptest::prop_assert_eq!(refused, Refused::Character);
+                    proptest::prop_assert!(!crate::sanitize::is_clean(&text));
+                }
+            }
+        }
+    }
 }

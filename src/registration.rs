@@ -499,4 +499,47 @@ mod tests {
         assert_eq!(password(&renamed, "irc.one"), None, "a new nick does not inherit a password");
         assert!(renamed.email.is_none(), "an empty email part removes the email account");
     }
+
+    proptest::proptest! {
+        /// Any fields with any values (the fuzz target `registration_form` goes further):
+        /// parsed and applied without panic, and a refusal names a field.
+        #[test]
+        fn prop_any_submission_is_taken_or_refused_naming_a_field(
+            fields in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        proptest::strategy::Just("irc_nick".to_owned()),
+                        proptest::strategy::Just("irc_password/irc.one".to_owned()),
+                        proptest::strategy::Just("irc_password".to_owned()),
+                        proptest::strategy::Just("irc_network".to_owned()),
+                        proptest::strategy::Just("irc_network_password".to_owned()),
+                        proptest::strategy::Just("email_address".to_owned()),
+                        proptest::strategy::Just("imap_server".to_owned()),
+                        proptest::strategy::Just("email_mark_seen".to_owned()),
+                        "[a-z_/.]{0,12}",
+                    ],
+                    "\\PC{0,30}",
+                ),
+                0..8,
+            )
+        ) {
+            let c = config();
+            let mut xml = String::from("<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>");
+            for (var, value) in &fields {
+                let escape = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('\'', "&apos;");
+                xml.push_str(&format!("<field var='{}'><value>{}</value></field>", escape(var), escape(value)));
+            }
+            xml.push_str("</x></query>");
+            let Ok(query) = xml.parse::<Element>() else { return Ok(()) };
+            match parse_request(&query, &c) {
+                Ok(Request::Submit(values)) => {
+                    if let Err(error) = apply(None, &values, &c) {
+                        proptest::prop_assert!(!error.field.is_empty());
+                    }
+                }
+                Ok(Request::Remove) => {}
+                Err(error) => proptest::prop_assert!(!error.field.is_empty()),
+            }
+        }
+    }
 }

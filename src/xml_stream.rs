@@ -469,4 +469,24 @@ mod tests {
             ]
         );
     }
+
+    proptest::proptest! {
+        /// Any bytes after a stream header: the reader never panics and never hands out
+        /// more than the limits let through (the fuzz target `xml_stream` goes further).
+        #[test]
+        fn prop_any_bytes_are_read_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let input = [HEADER.as_bytes(), &bytes].concat();
+            let limits = StanzaLimits { bytes: 512, depth: 4 };
+            let mut reader = StanzaReader::new(input.as_slice()).with_limits(limits);
+            futures::executor::block_on(async {
+                for _ in 0..100 {
+                    match reader.next().await {
+                        Ok(StreamEvent::Stanza(stanza)) => assert!(to_bytes(&stanza).len() <= 4 * limits.bytes),
+                        Ok(StreamEvent::Header(_) | StreamEvent::TooLarge(..)) => {}
+                        Ok(StreamEvent::End) | Err(_) => break,
+                    }
+                }
+            });
+        }
+    }
 }

@@ -543,6 +543,12 @@ mod tests {
         }
 
         #[test]
+        fn prop_decode_line_leaves_nothing_xml_or_irc_text_forbids(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let line = decode_line(&bytes);
+            prop_assert!(!line.chars().any(|c| c < ' ' && c != '\t' && c != '\x01'), "{:?}", line);
+        }
+
+        #[test]
         fn prop_to_irc_lines_safe(body in any::<String>()) {
             for line in to_irc_lines(&body) {
                 prop_assert!(!line.is_empty());
