@@ -91,8 +91,10 @@ pub struct Uploader {
     http: reqwest::Client,
     /// The same for the servers of domains the administrator did not list
     /// (`registration.allowed_domains`): their slot URLs may only lead to public
-    /// addresses, checked on the address connected to (the network policy).
-    public_http: reqwest::Client,
+    /// addresses, checked on the address connected to (the network policy). Built at its
+    /// first use: a client holds its own TLS roots (a few hundred KiB), which a gateway
+    /// whose users all come from listed domains never needs.
+    public_http: std::sync::OnceLock<reqwest::Client>,
     /// XMPP domains whose servers are trusted as written (`registration.allowed_domains`).
     trusted_domains: Vec<String>,
     /// Domain -> its upload service (or none) and when that was learnt.
@@ -107,17 +109,8 @@ impl Uploader {
     /// built (no TLS backend).
     pub fn new(gateway: &str, out: Outbox, requests: Requests, trusted_domains: Vec<String>) -> Result<Uploader, UploadError> {
         let gateway = gateway.parse::<Jid>().map_err(|e| UploadError::Setup(format!("{gateway}: {e}")))?;
-        // No redirects: a slot URL may not send the upload anywhere else.
-        let builder = || {
-            reqwest::Client::builder()
-                .timeout(HTTP_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("xmpp-gateway/", env!("CARGO_PKG_VERSION")))
-        };
-        let setup = |e: reqwest::Error| UploadError::Setup(e.without_url().to_string());
-        let http = builder().build().map_err(setup)?;
-        let public_http = builder().dns_resolver(Arc::new(PublicOnly)).build().map_err(setup)?;
-        Ok(Uploader { gateway, out, requests, http, public_http, trusted_domains, services: Mutex::default() })
+        let http = client_builder().build().map_err(|e| UploadError::Setup(e.without_url().to_string()))?;
+        Ok(Uploader { gateway, out, requests, http, public_http: std::sync::OnceLock::new(), trusted_domains, services: Mutex::default() })
     }
 
     /// Uploads `file` to the upload service of `domain`; the URL to share.
@@ -150,7 +143,7 @@ impl Uploader {
         let trusted = self.trusted_domains.iter().any(|trusted| trusted.eq_ignore_ascii_case(domain));
         check_url(&slot.put.url, trusted)?;
         check_url(&slot.get.url, trusted)?;
-        let http = if trusted { &self.http } else { &self.public_http };
+        let http = if trusted { &self.http } else { self.public_http()? };
         let mut put = http
             .put(&slot.put.url)
             .header(reqwest::header::CONTENT_TYPE, &file.content_type)
@@ -163,6 +156,18 @@ impl Uploader {
             return Err(UploadError::Http(format!("the server answered {}", response.status())));
         }
         Ok(slot.get.url)
+    }
+
+    /// The client for untrusted servers, built on first use.
+    fn public_http(&self) -> Result<&reqwest::Client, UploadError> {
+        if let Some(client) = self.public_http.get() {
+            return Ok(client);
+        }
+        let client = client_builder()
+            .dns_resolver(Arc::new(PublicOnly))
+            .build()
+            .map_err(|e| UploadError::Setup(e.without_url().to_string()))?;
+        Ok(self.public_http.get_or_init(|| client))
     }
 
     /// The upload service of `domain`, from memory or found now.
@@ -339,6 +344,15 @@ fn check_url(url: &str, trusted: bool) -> Result<(), UploadError> {
         return Err(UploadError::BadSlot(format!("a slot URL on {rule}, where this gateway does not connect")));
     }
     Ok(())
+}
+
+/// The HTTP client's settings: a timeout, and no redirects (a slot URL may not send the
+/// upload anywhere else).
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("xmpp-gateway/", env!("CARGO_PKG_VERSION")))
 }
 
 /// reqwest's name resolution for untrusted servers: only public addresses, as
