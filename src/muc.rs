@@ -291,10 +291,10 @@ impl Rooms {
     /// with the resources of both.
     pub fn rekey(&mut self, network: &NetworkId, mapping: CaseMapping) {
         let keys: Vec<RoomKey> = self.rooms.keys().filter(|(_, n, _)| n == network).cloned().collect();
-        for (user, _, channel) in keys {
-            let Some(mut room) = self.rooms.remove(&(user.clone(), network.clone(), channel)) else { continue };
+        for old in keys {
+            let Some(mut room) = self.rooms.remove(&old) else { continue };
             room.mapping = mapping;
-            let key = room_key(&user, network, &room.channel, mapping);
+            let key = room_key(&old.0, network, &room.channel, mapping);
             match self.rooms.get_mut(&key) {
                 Some(existing) => {
                     let jid = room.jid.clone();

@@ -54,6 +54,9 @@ const USERS_TREE: &str = "users";
 const BRIDGE_TREE: &str = "bridge_state";
 const META_TREE: &str = "meta";
 const KEY_CHECK_KEY: &[u8] = b"key_check";
+/// Set once every unassigned IRC password was given to a network: later starts need not
+/// read every record again.
+const IRC_PASSWORDS_ASSIGNED_KEY: &[u8] = b"irc_passwords_assigned";
 const KEY_CHECK_PLAINTEXT: &str = "xmpp-gateway store key check v1";
 /// Associated data of the key check value. JIDs cannot contain NUL, so this can never
 /// equal the associated data of a password (`"<field>\0<jid>"` has a field name first).
@@ -212,6 +215,8 @@ struct Inner {
     users: sled::Tree,
     /// Bridges' durable state (`BridgeStore`), keyed `user \0 key`.
     bridge_state: sled::Tree,
+    /// The store's own facts (`key_check`, `irc_passwords_assigned`).
+    meta: sled::Tree,
     vault: Vault,
     dir: PathBuf,
     /// Group commit: one flush at a time, and each covers every write made before it
@@ -379,6 +384,7 @@ impl Store {
                 db,
                 users,
                 bridge_state,
+                meta,
                 vault,
                 dir: dir.to_owned(),
                 flushing: tokio::sync::Mutex::new(()),
@@ -457,9 +463,13 @@ impl Store {
 
     /// Gives every unassigned IRC password (from a record written before passwords were
     /// per network) to `network`, the one IRC network configured: that is where such a
-    /// password was meant to go. Returns how many records changed; durable on return.
+    /// password was meant to go. Returns how many records changed; durable on return. Done
+    /// once: a marker in `meta` spares later starts reading every record.
     /// With several networks configured the gateway cannot tell, and does not call this.
     pub async fn assign_unassigned_irc_passwords(&self, network: &str) -> Result<usize, StoreError> {
+        if self.inner.meta.contains_key(IRC_PASSWORDS_ASSIGNED_KEY).map_err(|e| self.db_error("read", e))? {
+            return Ok(0);
+        }
         let mut changed = 0;
         for jid in self.user_jids()? {
             let Some(mut record) = self.user(&jid)? else { continue };
@@ -470,9 +480,8 @@ impl Store {
             self.inner.users.insert(jid.as_bytes(), bytes).map_err(|e| self.db_error("write", e))?;
             changed += 1;
         }
-        if changed > 0 {
-            self.flush().await?;
-        }
+        self.inner.meta.insert(IRC_PASSWORDS_ASSIGNED_KEY, network.as_bytes()).map_err(|e| self.db_error("write", e))?;
+        self.flush().await?;
         Ok(changed)
     }
 
