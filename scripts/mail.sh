@@ -328,6 +328,9 @@ relay_transport = error:mail to other domains is not delivered by this test serv
 local_transport = error:local delivery is disabled on this test server
 smtpd_relay_restrictions = reject_unauth_destination
 smtpd_recipient_restrictions = permit_sasl_authenticated, reject_unauth_destination
+# Big enough for the 50 MB mail of the hostile-mail test (the default is 10 MB).
+message_size_limit = 104857600
+mailbox_size_limit = 0
 
 virtual_mailbox_domains = $DOMAIN
 virtual_mailbox_maps = texthash:$dir/vmailbox

@@ -65,6 +65,51 @@ pub struct LimitsConfig {
     /// Elements nested in one stanza from the XMPP server (the same).
     #[serde(default = "default_xml_depth")]
     pub xml_depth: usize,
+    /// Longest line kept from an IRC server, in bytes; the rest is dropped as it is read.
+    #[serde(default = "default_irc_line_bytes")]
+    pub irc_line_bytes: u32,
+    /// Lines a second an IRC server may send on average; one that goes on faster than
+    /// its burst allows is disconnected (the user is told). 0: no limit.
+    #[serde(default = "default_irc_lines_per_second")]
+    pub irc_lines_per_second: u32,
+    /// Lines an IRC server may send at once beyond that average.
+    #[serde(default = "default_irc_lines_burst")]
+    pub irc_lines_burst: u32,
+    /// Members shown per IRC channel; nicks past it are not.
+    #[serde(default = "default_irc_channel_members")]
+    pub irc_channel_members: u32,
+    /// Mails larger than this are announced with their header, not fetched.
+    #[serde(default = "default_mail_fetch_bytes")]
+    pub mail_fetch_bytes: u32,
+    /// Multiparts nested deeper than this in a mail are not read (a note says so).
+    #[serde(default = "default_mime_depth")]
+    pub mime_depth: usize,
+    /// Decoded bytes kept from one mail; attachments past it are listed, not passed on.
+    #[serde(default = "default_mail_decoded_bytes")]
+    pub mail_decoded_bytes: usize,
+}
+
+fn default_mail_fetch_bytes() -> u32 {
+    bridge_email::incoming::MailLimits::default().fetch_bytes
+}
+fn default_mime_depth() -> usize {
+    bridge_email::incoming::MailLimits::default().mime_depth
+}
+fn default_mail_decoded_bytes() -> usize {
+    bridge_email::incoming::MailLimits::default().decoded_bytes
+}
+
+fn default_irc_line_bytes() -> u32 {
+    bridge_irc::ServerLimits::default().line_bytes
+}
+fn default_irc_lines_per_second() -> u32 {
+    bridge_irc::ServerLimits::default().lines_per_second
+}
+fn default_irc_lines_burst() -> u32 {
+    bridge_irc::ServerLimits::default().lines_burst
+}
+fn default_irc_channel_members() -> u32 {
+    bridge_irc::ServerLimits::default().channel_members
 }
 
 fn default_stanza_bytes() -> usize {
@@ -79,6 +124,27 @@ impl LimitsConfig {
     #[must_use]
     pub fn stanza_limits(&self) -> crate::xml_stream::StanzaLimits {
         crate::xml_stream::StanzaLimits { bytes: self.stanza_bytes, depth: self.xml_depth }
+    }
+
+    /// What one mail may cost.
+    #[must_use]
+    pub fn mail_limits(&self) -> bridge_email::incoming::MailLimits {
+        bridge_email::incoming::MailLimits {
+            fetch_bytes: self.mail_fetch_bytes,
+            mime_depth: self.mime_depth,
+            decoded_bytes: self.mail_decoded_bytes,
+        }
+    }
+
+    /// What every IRC server may make the gateway hold or do.
+    #[must_use]
+    pub fn irc_server_limits(&self) -> bridge_irc::ServerLimits {
+        bridge_irc::ServerLimits {
+            line_bytes: self.irc_line_bytes.max(512),
+            lines_per_second: self.irc_lines_per_second,
+            lines_burst: self.irc_lines_burst,
+            channel_members: self.irc_channel_members,
+        }
     }
 }
 
@@ -104,6 +170,13 @@ impl Default for LimitsConfig {
             message_bytes_email: default_message_bytes_email(),
             stanza_bytes: default_stanza_bytes(),
             xml_depth: default_xml_depth(),
+            irc_line_bytes: default_irc_line_bytes(),
+            irc_lines_per_second: default_irc_lines_per_second(),
+            irc_lines_burst: default_irc_lines_burst(),
+            irc_channel_members: default_irc_channel_members(),
+            mail_fetch_bytes: default_mail_fetch_bytes(),
+            mime_depth: default_mime_depth(),
+            mail_decoded_bytes: default_mail_decoded_bytes(),
         }
     }
 }

@@ -268,8 +268,12 @@ impl IrcSide {
         }
         room.me.nick.clone_from(&room.nick);
         let newcomers = room.resources.enter_all();
-        let stanzas: Vec<Element> = newcomers.iter().flat_map(|to| room.entry_stanzas(to, &occupants)).collect();
-        self.send_all(stanzas).await;
+        let room = &*room;
+        for to in &newcomers {
+            for stanza in room.entry_stanzas(to, &occupants) {
+                self.out.send(stanza).await;
+            }
+        }
     }
 
     async fn occupant_changed(&mut self, key: &SessionKey, channel: &str, occupant: Occupant) {

@@ -60,8 +60,9 @@ pub enum RunError {
     WriterDied(String),
 }
 
-/// The IRC bridge with the configured networks' settings.
+/// The IRC bridge with the configured networks' settings and the limits on every server.
 fn irc_bridge(config: &Config) -> bridge_irc::IrcBridge {
+    let limits = config.limits.irc_server_limits();
     let networks = config
         .irc
         .networks
@@ -75,11 +76,12 @@ fn irc_bridge(config: &Config) -> bridge_irc::IrcBridge {
                 flood_interval: std::time::Duration::from_millis(network.flood_interval_ms),
                 nickserv: network.nickserv,
                 reach: bridge_irc::Reach::Configured,
+                limits,
             };
             (server.clone(), settings)
         })
         .collect();
-    bridge_irc::IrcBridge::new(networks)
+    bridge_irc::IrcBridge::new(networks, limits)
 }
 
 /// The email bridge with the configured presets; its durable state lives in `store`.
@@ -103,6 +105,7 @@ fn email_bridge(config: &Config, store: Arc<dyn bridge_core::BridgeStore>) -> br
     let settings = bridge_email::EmailSettings {
         default_subject: config.email.default_subject.clone(),
         ca_file: config.email.ca_file.clone(),
+        limits: config.limits.mail_limits(),
         ..bridge_email::EmailSettings::default()
     };
     bridge_email::EmailBridge::new(providers, settings, store)

@@ -239,6 +239,36 @@ async fn formatting_and_characters_xml_forbids_arrive_cleaned_and_the_stream_sta
     assert_eq!(kicked.get_child("status", NS_CLIENT).map(|s| s.text()).as_deref(), Some("go away"));
     bob.privmsg("#dirty", "after kick").await;
     alice.wait_for("the message after the kick", |e| body(e).as_deref() == Some("after kick")).await;
+
+    // Issue 10: every C0 control a real server relays, in each place a text stands; all
+    // but the tab go (formatting codes and controls alike).
+    let c0: String = (1u8..0x20).filter(|b| *b != b'\r' && *b != b'\n').map(char::from).collect();
+    let sent = format!("x{c0}end");
+    let cleaned = "x\tend";
+    bob.send_line(&format!("TOPIC #dirty :{sent}")).await;
+    let subject = wait_subject(&mut alice, &r).await;
+    assert_eq!(subject.get_child("subject", NS_CLIENT).unwrap().text(), cleaned);
+    bob.privmsg("#dirty", &sent).await;
+    alice.wait_for("the message with every control", |e| body(e).as_deref() == Some(cleaned)).await;
+    bob.send_line(&format!("NOTICE #dirty :n{sent}")).await;
+    alice.wait_for("the notice with every control", |e| body(e).is_some_and(|b| b.ends_with(&format!("n{cleaned}")))).await;
+    for (nick, line, what) in [("gina", "PART #dirty :{sent}", "part"), ("hank", "QUIT :{sent}", "quit"), ("ivan", "", "kick")] {
+        let mut peer = s.ircd.client(nick).await;
+        peer.join("#dirty").await;
+        let from = format!("{r}/{nick}");
+        alice.wait_for("the peer's arrival", |e| is_presence_from(e, &from) && e.attr("type").is_none()).await;
+        if what == "kick" {
+            bob.send_line(&format!("KICK #dirty {nick} :{sent}")).await;
+        } else {
+            peer.send_line(&line.replace("{sent}", &sent)).await;
+        }
+        let gone = alice.wait_for(what, |e| is_presence_from(e, &from) && e.attr("type") == Some("unavailable")).await;
+        let status = gone.get_child("status", NS_CLIENT).map(|s| s.text()).unwrap_or_default();
+        // ngIRCd quotes a QUIT reason.
+        assert_eq!(status.trim_matches('"'), cleaned, "{what}");
+    }
+    bob.privmsg("#dirty", "after every control").await;
+    alice.wait_for("the message after every control", |e| body(e).as_deref() == Some("after every control")).await;
     assert_eq!(s.gateway.connections(), 1, "the component connection never dropped; log:\n{}", s.gateway.log_text());
     assert!(!s.gateway.log_text().contains("panicked"), "{}", s.gateway.log_text());
 }

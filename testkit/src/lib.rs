@@ -173,6 +173,15 @@ impl XmppServer {
         server
     }
 
+    /// Adds more users (password `pw`), for tests that need more than the three.
+    pub fn add_users(&self, users: &[(&str, &str)]) {
+        let mut adduser = vec!["adduser", self.path()];
+        for (user, host) in users {
+            adduser.extend([*user, *host, "pw"]);
+        }
+        script(self.script(), &adduser);
+    }
+
     fn script(&self) -> &'static str {
         match self.kind {
             ServerKind::Prosody => "prosody.sh",
@@ -389,6 +398,17 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         start.elapsed()
+    }
+
+    /// The gateway process's resident memory now and at its peak (`VmRSS`, `VmHWM`), KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let pid = self.child.as_ref().expect("gateway not running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the gateway's /proc status");
+        let kib = |key: &str| -> u64 {
+            let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
+            line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("unreadable {line}"))
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
     }
 
     /// Sends a signal to the gateway process.

@@ -22,8 +22,6 @@ type ImapSession = async_imap::Session<Stream>;
 
 /// Where the last delivered mail is recorded (per user).
 const STATE_KEY: &str = "imap/state";
-/// Mails larger than this are announced, not fetched.
-const MAX_FETCH_BYTES: u32 = 10 * 1024 * 1024;
 /// How long to wait before trying again after the server refused the password.
 const AUTH_RETRY: Duration = Duration::from_secs(300);
 
@@ -292,23 +290,25 @@ impl Watcher {
             .filter(|(uid, _)| *uid > checkpoint.last_uid)
             .collect();
         sizes.sort_unstable();
+        let limits = self.settings.limits;
         for (uid, size) in sizes {
-            let query = if size > MAX_FETCH_BYTES { "(UID BODY.PEEK[HEADER])" } else { "(UID BODY.PEEK[])" };
+            // Larger than the limit: announced, not fetched (only the header is read).
+            let query = if size > limits.fetch_bytes { "(UID BODY.PEEK[HEADER])" } else { "(UID BODY.PEEK[])" };
             let fetched = session.uid_fetch(uid.to_string(), query).await?.try_collect::<Vec<_>>().await?;
             let raw = fetched
                 .iter()
                 .find(|f| f.uid == Some(uid))
                 .and_then(|f| f.body().or_else(|| f.header()))
                 .unwrap_or_default();
-            match incoming::parse_mail(raw) {
+            match incoming::parse_mail_within(raw, &limits) {
                 Ok(mut mail) => {
-                    if size > MAX_FETCH_BYTES {
+                    if size > limits.fetch_bytes {
                         mail.notes.push(format!("[this mail is {} MiB: too large to fetch; read it in your mail client]", size / (1024 * 1024)));
                     }
                     let peer = Peer::EmailAddress(mail.from.clone());
                     let message = mail.to_message(|| format!("imap-{}-{uid}", checkpoint.uid_validity));
                     self.emit(Event::Message(message)).await;
-                    for file in mail.attachments {
+                    for file in mail.attachments.into_iter().filter(|file| !file.is_withheld()) {
                         let attachment = Attachment { name: file.name, content_type: file.content_type, content: file.content };
                         self.emit(Event::Attachment { peer: peer.clone(), attachment }).await;
                     }

@@ -40,6 +40,28 @@ const MAX_HTML_BYTES: usize = 1 << 20;
 pub const MALFORMED_NOTE: &str =
     "[this mail is malformed: some of it may be missing or shown as it was received]";
 
+/// What one mail may cost, whoever sent it (`[limits]` in the gateway's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailLimits {
+    /// Mails larger than this (IMAP `RFC822.SIZE`) are announced, not fetched: only
+    /// their header is read.
+    pub fetch_bytes: u32,
+    /// Multiparts nested deeper than this are not read: their parts are neither text
+    /// nor attachments, and a note says so.
+    pub mime_depth: usize,
+    /// Decoded bytes of text and attachments kept from one mail; attachments past it are
+    /// listed but not passed on.
+    pub decoded_bytes: usize,
+}
+
+impl Default for MailLimits {
+    /// 10 MiB fetched, 32 levels of multiparts (real mail nests three or four), 16 MiB
+    /// decoded (base64 shrinks; only charset conversion can grow a part).
+    fn default() -> Self {
+        MailLimits { fetch_bytes: 10 * 1024 * 1024, mime_depth: 32, decoded_bytes: 16 * 1024 * 1024 }
+    }
+}
+
 /// A mail as the gateway shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingMail {
@@ -75,8 +97,18 @@ pub struct Attachment {
     pub content_type: String,
     /// The size in bytes of the decoded content (of its UTF-8 text for a text part).
     pub size: usize,
-    /// The decoded content, shared by HTTP upload where the user's server offers it.
+    /// The decoded content, shared by HTTP upload where the user's server offers it;
+    /// empty when [`MailLimits::decoded_bytes`] withheld it.
     pub content: Vec<u8>,
+}
+
+impl Attachment {
+    /// Whether the content was withheld (the mail's decoded size past its limit): the
+    /// attachment is listed, not passed on.
+    #[must_use]
+    pub fn is_withheld(&self) -> bool {
+        self.content.len() != self.size
+    }
 }
 
 /// Why a mail cannot be shown.
@@ -117,9 +149,18 @@ impl IncomingMail {
 /// [`IncomingError::NoFromAddress`] when there is no usable From address, the only
 /// reason a mail is refused (empty input and bytes that are no mail at all included).
 pub fn parse_mail(raw: &[u8]) -> Result<IncomingMail, IncomingError> {
+    parse_mail_within(raw, &MailLimits::default())
+}
+
+/// [`parse_mail`] with `limits` on nesting and decoded size.
+///
+/// # Errors
+///
+/// As [`parse_mail`].
+pub fn parse_mail_within(raw: &[u8], limits: &MailLimits) -> Result<IncomingMail, IncomingError> {
     let parser = MessageParser::default();
     match catch_unwind(AssertUnwindSafe(|| parser.parse(raw))) {
-        Ok(Some(message)) => from_message(&message),
+        Ok(Some(message)) => from_message(&message, limits),
         Ok(None) => Err(IncomingError::NoFromAddress),
         // The MIME parser panicked on this body: read the headers alone and show the rest
         // as text.
@@ -175,16 +216,36 @@ fn headers_of(message: &mail_parser::Message<'_>) -> Result<IncomingMail, Incomi
     })
 }
 
+/// The parts of `message` nested no deeper than `most` multiparts (the mail itself is
+/// at depth 0), by id. Walked with a stack: nothing recurses on the mail's structure.
+fn parts_within(message: &mail_parser::Message<'_>, most: usize) -> HashSet<u32> {
+    let mut within = HashSet::new();
+    let mut stack = vec![(0u32, 0usize)];
+    while let Some((id, depth)) = stack.pop() {
+        let Some(part) = message.parts.get(id as usize) else { continue };
+        if depth > most || !within.insert(id) {
+            continue;
+        }
+        if let PartType::Multipart(children) = &part.body {
+            stack.extend(children.iter().map(|&child| (child, depth + 1)));
+        }
+    }
+    within
+}
+
 /// Everything of a parsed mail.
-fn from_message(message: &mail_parser::Message<'_>) -> Result<IncomingMail, IncomingError> {
+fn from_message(message: &mail_parser::Message<'_>, limits: &MailLimits) -> Result<IncomingMail, IncomingError> {
     let mut mail = headers_of(message)?;
+    let within = parts_within(message, limits.mime_depth);
+    let too_deep = within.len() < message.parts.len();
+    let mut decoded = 0_usize;
 
     // The text: the parts the parser chose as the text body, which holds the text/plain
     // alternative when there is one and the text/html one otherwise.
     let mut body_parts = HashSet::new();
     let mut texts = Vec::new();
     for &id in &message.text_body {
-        let Some(part) = message.parts.get(id as usize) else { continue };
+        let Some(part) = message.parts.get(id as usize).filter(|_| within.contains(&id)) else { continue };
         let text = match &part.body {
             PartType::Text(text) => text.to_string(),
             PartType::Html(html) => html_to_text(html),
@@ -192,6 +253,7 @@ fn from_message(message: &mail_parser::Message<'_>) -> Result<IncomingMail, Inco
         };
         body_parts.insert(id);
         let text = clean_text(&text);
+        decoded += text.len();
         if !text.trim().is_empty() {
             texts.push(text.trim_end().to_owned());
         }
@@ -205,7 +267,7 @@ fn from_message(message: &mail_parser::Message<'_>) -> Result<IncomingMail, Inco
     };
     let malformed = message.parts.iter().any(|p| p.is_encoding_problem || recovered(p));
     if texts.is_empty() && malformed {
-        for (id, part) in (0u32..).zip(&message.parts) {
+        for (id, part) in (0u32..).zip(&message.parts).filter(|(id, _)| within.contains(id)) {
             if let (true, PartType::Text(text)) = (recovered(part), &part.body) {
                 body_parts.insert(id);
                 let text = clean_text(text);
@@ -233,12 +295,19 @@ fn from_message(message: &mail_parser::Message<'_>) -> Result<IncomingMail, Inco
         .collect();
     let listed: HashSet<u32> = message.attachments.iter().copied().collect();
     let mut unlisted = 0_usize;
+    let mut withheld = false;
     for (id, part) in (0u32..).zip(&message.parts) {
-        if body_parts.contains(&id) || alternatives.contains(&id) {
+        if body_parts.contains(&id) || alternatives.contains(&id) || !within.contains(&id) {
             continue;
         }
-        if let Some(attachment) = attachment(part, listed.contains(&id)) {
+        let room = limits.decoded_bytes.saturating_sub(decoded);
+        if let Some(attachment) = attachment(part, listed.contains(&id), room) {
             if mail.attachments.len() < MAX_ATTACHMENTS {
+                if attachment.is_withheld() {
+                    withheld = true;
+                } else {
+                    decoded += attachment.size;
+                }
                 mail.attachments.push(attachment);
             } else {
                 unlisted += 1;
@@ -247,6 +316,18 @@ fn from_message(message: &mail_parser::Message<'_>) -> Result<IncomingMail, Inco
     }
     if unlisted > 0 {
         mail.notes.push(format!("[and {unlisted} more attachments]"));
+    }
+    if withheld {
+        mail.notes.push(format!(
+            "[attachments past the first {} of this mail are listed, not passed on; read them in your mail client]",
+            human_size(limits.decoded_bytes)
+        ));
+    }
+    if too_deep {
+        mail.notes.push(format!(
+            "[parts nested deeper than {} levels are not shown; read this mail in your mail client]",
+            limits.mime_depth
+        ));
     }
 
     if malformed {
@@ -259,8 +340,9 @@ fn from_message(message: &mail_parser::Message<'_>) -> Result<IncomingMail, Inco
 /// The attachment a part is, if it is one: a part with `Content-Disposition: attachment`,
 /// any non-text part (files, inline images, forwarded mails), or a text part the parser
 /// did not take as body text (text/calendar, a text/plain with a file name): `listed`
-/// says whether the parser put it among the mail's attachments.
-fn attachment(part: &MessagePart<'_>, listed: bool) -> Option<Attachment> {
+/// says whether the parser put it among the mail's attachments. Content larger than
+/// `room` bytes is not copied (see [`Attachment::is_withheld`]).
+fn attachment(part: &MessagePart<'_>, listed: bool, room: usize) -> Option<Attachment> {
     if matches!(part.body, PartType::Multipart(_)) {
         return None;
     }
@@ -282,16 +364,18 @@ fn attachment(part: &MessagePart<'_>, listed: bool) -> Option<Attachment> {
         },
     };
     let content_type = clean_line(&content_type).to_ascii_lowercase();
-    let content = match &part.body {
+    let content: &[u8] = match &part.body {
         // A nested mail's raw text is the outer mail's: take the part itself.
         PartType::Message(nested) if part.encoding == Encoding::None => {
             let raw: &[u8] = &nested.raw_message;
             let end = (part.offset_end as usize).min(raw.len());
-            raw.get(part.offset_body as usize..end).unwrap_or_default().to_vec()
+            raw.get(part.offset_body as usize..end).unwrap_or_default()
         }
-        _ => part.contents().to_vec(),
+        _ => part.contents(),
     };
     let size = content.len();
+    // Past the room left, listed but not copied.
+    let content = if size <= room { content.to_vec() } else { Vec::new() };
     let name = part
         .attachment_name()
         .map(clean_line)
@@ -874,8 +958,10 @@ mod tests {
         for i in (0..depth).rev() {
             writeln!(raw, "--b{i}--").unwrap();
         }
+        // Past the nesting limit (issue 10): not read, and the user is told.
+        let deep_note = |mail: &IncomingMail| mail.notes.iter().any(|n| n.contains("nested deeper than"));
         let mail = parse(&raw);
-        assert_eq!(mail.body, "At the bottom.");
+        assert!(mail.body.is_empty() && deep_note(&mail), "{mail:?}");
 
         // The same, never closed.
         let mut raw = String::from("From: deep@example.org\n");
@@ -883,7 +969,8 @@ mod tests {
             write!(raw, "Content-Type: multipart/mixed; boundary=\"b{i}\"\n\n--b{i}\n").unwrap();
         }
         raw.push_str("Content-Type: text/plain\n\nAt the bottom.\n");
-        assert_eq!(parse(&raw).body, "At the bottom.");
+        let mail = parse(&raw);
+        assert!(mail.body.is_empty() && deep_note(&mail), "{mail:?}");
     }
 
     #[test]
@@ -1043,5 +1130,52 @@ mod tests {
                 prop_assert!(shown.chars().all(|c| c == '\n' || c == '\t' || (c >= ' ' && c != '\x7f')));
             }
         }
+    }
+
+    /// `levels` multiparts nested one in the other, with a text part at the top and one
+    /// at the bottom.
+    fn nested_mail(levels: usize) -> Vec<u8> {
+        let mut body = String::from("Content-Type: text/plain\r\n\r\ndeep text\r\n");
+        for level in (1..levels).rev() {
+            body = format!(
+                "Content-Type: multipart/mixed; boundary=\"b{level}\"\r\n\r\n--b{level}\r\n{body}--b{level}--\r\n"
+            );
+        }
+        let top = format!(
+            "--b0\r\nContent-Type: text/plain\r\n\r\ntop text\r\n--b0\r\n{body}--b0--"
+        );
+        crlf(&format!("From: a@b.org\nSubject: nested\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b0\"\n\n{top}"))
+    }
+
+    #[test]
+    fn parts_nested_past_the_limit_are_not_read_and_a_note_says_so() {
+        let limits = MailLimits { mime_depth: 32, ..MailLimits::default() };
+        let mail = parse_mail_within(&nested_mail(100), &limits).unwrap();
+        assert!(mail.body.contains("top text"), "{mail:?}");
+        assert!(!mail.body.contains("deep text") && mail.attachments.is_empty(), "{mail:?}");
+        assert!(mail.notes.iter().any(|n| n.contains("nested deeper than 32 levels")), "{:?}", mail.notes);
+        // Within the limit, the deep part is read as usual.
+        let shallow = parse_mail_within(&nested_mail(10), &limits).unwrap();
+        assert!(shallow.notes.is_empty(), "{:?}", shallow.notes);
+        assert!(shallow.body.contains("deep text") || shallow.attachments.iter().any(|a| a.content == b"deep text"), "{shallow:?}");
+    }
+
+    #[test]
+    fn attachments_past_the_decoded_limit_are_listed_not_kept() {
+        let file = |name: &str, bytes: &str| {
+            format!("--b1\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n\r\n{bytes}\r\n")
+        };
+        let raw = crlf(&format!(
+            "From: a@b.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\r\nContent-Type: text/plain\r\n\r\nhi\r\n{}{}--b1--",
+            file("one.bin", &"1".repeat(600)),
+            file("two.bin", &"2".repeat(600))
+        ));
+        let limits = MailLimits { decoded_bytes: 1000, ..MailLimits::default() };
+        let mail = parse_mail_within(&raw, &limits).unwrap();
+        assert_eq!(mail.attachments.len(), 2);
+        assert!(!mail.attachments[0].is_withheld() && mail.attachments[0].content.starts_with(b"111"), "{:?}", mail.notes);
+        assert!(mail.attachments[1].is_withheld() && mail.attachments[1].size >= 600);
+        assert!(render_body(&mail).contains("two.bin"), "still listed");
+        assert!(mail.notes.iter().any(|n| n.contains("not passed on")), "{:?}", mail.notes);
     }
 }

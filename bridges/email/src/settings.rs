@@ -90,6 +90,8 @@ pub struct EmailSettings {
     pub poll_interval: Duration,
     /// How long one IDLE may last before it is re-issued (RFC 2177: under 29 minutes).
     pub idle_timeout: Duration,
+    /// What one mail may cost: fetched size, MIME nesting, decoded bytes.
+    pub limits: crate::incoming::MailLimits,
 }
 
 impl Default for EmailSettings {
@@ -99,6 +101,7 @@ impl Default for EmailSettings {
             ca_file: None,
             poll_interval: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(25 * 60),
+            limits: crate::incoming::MailLimits::default(),
         }
     }
 }

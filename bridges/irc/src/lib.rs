@@ -25,14 +25,17 @@ use tracing::Instrument;
 
 pub use session::next_nick_variant;
 pub use bridge_net::Reach;
-pub use settings::NetworkSettings;
+pub use settings::{NetworkSettings, ServerLimits};
 
 /// Serves every IRC server: the configured ones with their settings, others with
-/// [`NetworkSettings::default`] (TLS on 6697).
+/// [`NetworkSettings::default`] (TLS on 6697, public addresses only).
 #[derive(Debug, Clone, Default)]
 pub struct IrcBridge {
     /// Settings per server host name (lower-case).
     networks: BTreeMap<String, NetworkSettings>,
+    /// What any other server gets: [`NetworkSettings::default`] with the gateway's
+    /// [`ServerLimits`].
+    unknown: NetworkSettings,
     /// Per server (lower-case), the connections it may be setting up at once (see
     /// [`CONNECTING_AT_ONCE`]), shared by every session to that server.
     connecting: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
@@ -45,10 +48,12 @@ pub struct IrcBridge {
 pub const CONNECTING_AT_ONCE: usize = 8;
 
 impl IrcBridge {
-    /// A bridge with per-server settings.
-    pub fn new(networks: BTreeMap<String, NetworkSettings>) -> Self {
+    /// A bridge with per-server settings; servers not among them get the defaults with
+    /// `limits`.
+    pub fn new(networks: BTreeMap<String, NetworkSettings>, limits: ServerLimits) -> Self {
         let networks = networks.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
-        IrcBridge { networks, connecting: Arc::default() }
+        let unknown = NetworkSettings { limits, ..NetworkSettings::default() };
+        IrcBridge { networks, unknown, connecting: Arc::default() }
     }
 
     /// The gate of `server`'s new connections.
@@ -59,7 +64,7 @@ impl IrcBridge {
 
     /// The settings used for `server`.
     pub fn settings(&self, server: &str) -> NetworkSettings {
-        self.networks.get(&server.to_ascii_lowercase()).cloned().unwrap_or_default()
+        self.networks.get(&server.to_ascii_lowercase()).unwrap_or(&self.unknown).clone()
     }
 }
 

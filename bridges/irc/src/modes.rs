@@ -275,6 +275,18 @@ impl ChannelPrivileges {
         occupant
     }
 
+    /// [`ChannelPrivileges::set_from_names`], unless the nick is new and the channel
+    /// already holds `most` members: then nothing is recorded and `None` comes back.
+    pub fn add_within(&mut self, entry: &str, most: usize) -> Option<Occupant> {
+        if self.members.len() >= most {
+            let (nick, _) = self.prefixes.parse_names_entry(entry);
+            if !self.members.contains_key(&self.mapping.fold(nick)) {
+                return None;
+            }
+        }
+        Some(self.set_from_names(entry))
+    }
+
     /// Applies a channel MODE change, such as `("+ov-v", ["alice", "bob", "carol"])`,
     /// and returns the occupants whose role or affiliation it changed, each once, in
     /// their final state, in the order first touched.
@@ -762,5 +774,15 @@ mod tests {
             chan.apply_mode("+ho", &["alice"]),
             [occ("alice", Role::Moderator, Affiliation::Admin)]
         );
+    }
+
+    #[test]
+    fn a_full_channel_takes_no_new_nick_but_still_updates_known_ones() {
+        let mut chan = ChannelPrivileges::new();
+        assert!(chan.add_within("@alice", 2).is_some());
+        assert!(chan.add_within("bob", 2).is_some());
+        assert_eq!(chan.add_within("carol", 2), None);
+        assert_eq!(chan.add_within("+BOB", 2), Some(occ("BOB", Role::Participant, Affiliation::Member)));
+        assert_eq!(chan.occupants().len(), 2);
     }
 }

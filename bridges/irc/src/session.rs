@@ -22,9 +22,9 @@ use tracing::{debug, info, warn};
 use bridge_core::backoff::{sleep_until_opt, Backoff};
 
 use crate::modes::{ChannelPrivileges, PrefixMap};
-use crate::settings::NetworkSettings;
+use crate::settings::{NetworkSettings, ServerLimits};
 use crate::text;
-use crate::transport::{self, LineReader, Stream};
+use crate::transport::{self, IncomingRate, LineReader, Stream};
 
 /// How long registration (up to RPL_WELCOME) may take.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,6 +109,17 @@ enum Outcome {
     /// The network policy forbids connecting to the server (it resolves to a private
     /// address, say): no connection was attempted, none will be.
     Refused(String),
+    /// The server sent lines faster than [`ServerLimits`] allow: it is cut off, and not
+    /// reconnected to (it would do it again).
+    Flooded(String),
+}
+
+/// Why a server is cut off for sending too fast, in words for the user.
+fn flooded(server: &str, limits: &ServerLimits) -> String {
+    format!(
+        "disconnected from IRC server {server}: it sent more than {} lines a second (the gateway's limit, after a burst of {})",
+        limits.lines_per_second, limits.lines_burst
+    )
 }
 
 /// The state of one (user, server) session.
@@ -243,6 +254,7 @@ impl IrcSession {
         if !self.take_first(first) {
             return;
         }
+        let mut end_reason = "session closed".to_owned();
         loop {
             let outcome = {
                 // Held until the server's first line, or given back here if the connection
@@ -261,6 +273,17 @@ impl IrcSession {
                 Outcome::Refused(reason) => {
                     warn!(server = %self.server, %reason, "IRC server refused by the network policy");
                     self.fail_everything(FailureKind::NotAllowed, &reason).await;
+                    break;
+                }
+                Outcome::Flooded(reason) => {
+                    warn!(server = %self.server, %reason, "IRC server cut off");
+                    // Channels still being joined fail; joined ones close with the reason.
+                    let joined: Vec<String> = self.joined.keys().cloned().collect();
+                    for lower in joined {
+                        self.wanted.remove(&lower);
+                    }
+                    self.fail_everything(FailureKind::Unavailable, &reason).await;
+                    end_reason = reason;
                     break;
                 }
                 Outcome::Dropped(reason) if !self.ever_registered && first_retries < FIRST_CONNECTION_RETRIES => {
@@ -308,7 +331,7 @@ impl IrcSession {
                 unhandled.push(command);
             }
         }
-        self.emit(Event::Ended { reason: "session closed".into(), unhandled }).await;
+        self.emit(Event::Ended { reason: end_reason, unhandled }).await;
     }
 
     /// Handles the command that opened the session; false if it ends it at once.
@@ -352,7 +375,9 @@ impl IrcSession {
     /// Serves one connection.
     async fn serve(&mut self, stream: Stream, mut connecting: Option<OwnedSemaphorePermit>) -> Outcome {
         let (read, mut write) = split(stream);
-        let mut reader = LineReader::new(read);
+        let limits = self.settings.limits;
+        let mut reader = LineReader::new(read, limits.line_bytes as usize);
+        let mut rate = IncomingRate::new(&limits, Instant::now());
         self.registered = false;
         self.sasl = Sasl::NotTried;
         // Protocol lines are recomputed after the welcome (rejoins); the user's
@@ -382,6 +407,9 @@ impl IrcSession {
                     Ok(Some(line)) => {
                         // Accepted: the next connection to this server may start.
                         drop(connecting.take());
+                        if !rate.take(Instant::now()) {
+                            return Outcome::Flooded(flooded(&self.server, &limits));
+                        }
                         if let Some(outcome) = Box::pin(self.on_line(&line, &mut write)).await {
                             return outcome;
                         }
@@ -755,8 +783,9 @@ impl IrcSession {
             Response::RPL_NAMREPLY => {
                 let [_, _, channel, names, ..] = args.as_slice() else { return None };
                 if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(channel)) {
+                    let most = self.settings.limits.channel_members as usize;
                     for entry in names.split(' ').filter(|e| !e.is_empty()) {
-                        joined.privileges.set_from_names(entry);
+                        joined.privileges.add_within(entry, most);
                     }
                 }
             }
@@ -875,11 +904,16 @@ impl IrcSession {
         let Some(nick) = source else { return };
         let lower = self.casemapping.fold(channel);
         if self.is_me(&nick) {
+            // Only channels the user asked for: a server joining us to others (forwards,
+            // SAJOIN, a hostile server joining us to a million) costs nothing.
+            let Some(name) = self.wanted.get(&lower).map(|w| w.name.clone()) else {
+                debug!(server = %self.server, %channel, "joined to a channel nobody asked for; ignored");
+                return;
+            };
             if let Some(irc::proto::Prefix::Nickname(n, u, h)) = prefix {
                 // `:nick!user@host ` exactly as the server relays our lines.
                 self.prefix_len = 1 + n.len() + 1 + u.len() + 1 + h.len() + 1;
             }
-            let name = self.wanted.get(&lower).map(|w| w.name.clone()).unwrap_or_else(|| channel.to_owned());
             let mut privileges = ChannelPrivileges::new();
             if let Some(chanmodes) = &self.chanmodes {
                 privileges.set_chanmodes(chanmodes);
@@ -890,7 +924,7 @@ impl IrcSession {
             return;
         }
         if let Some(joined) = self.joined.get_mut(&lower) {
-            let occupant = joined.privileges.set_from_names(&nick);
+            let Some(occupant) = joined.privileges.add_within(&nick, self.settings.limits.channel_members as usize) else { return };
             if joined.reported {
                 let channel = joined.name.clone();
                 self.emit(Event::Occupant { channel, occupant }).await;

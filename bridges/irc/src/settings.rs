@@ -22,6 +22,36 @@ pub struct NetworkSettings {
     /// Where connections may go: a configured network is trusted as written; a server a
     /// user named must resolve to public addresses only.
     pub reach: bridge_net::Reach,
+    /// What the server may make the session hold or do (the same for every server).
+    pub limits: ServerLimits,
+}
+
+/// Bounds on what one IRC server can cost the gateway, whoever runs it: a hostile or
+/// broken server is cut off or ignored past them, never buffered without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Longest line kept, in bytes; the rest of a longer line is dropped as it is read.
+    pub line_bytes: u32,
+    /// Lines a second the server may send on average; a server sending faster for
+    /// longer than the burst allows is disconnected. 0: no limit.
+    pub lines_per_second: u32,
+    /// Lines the server may send at once beyond the average (a big channel's NAMES, a
+    /// reconnection rejoining fifty channels).
+    pub lines_burst: u32,
+    /// Members kept per channel; nicks past it are not shown (and a NAMES reply that
+    /// never ends grows nothing).
+    pub channel_members: u32,
+}
+
+impl Default for ServerLimits {
+    /// Lines of 16 KiB (IRCv3 tags can exceed 512 bytes); 1,000 lines a second after a
+    /// burst of 10,000 (the busiest public channels see a few lines a second, and
+    /// servers hold their clients far below this; the project's throughput benchmark
+    /// peaks near 1,300 a second for a few seconds); 20,000 members per channel (the
+    /// largest public channels have a few thousand).
+    fn default() -> Self {
+        ServerLimits { line_bytes: 16 * 1024, lines_per_second: 1000, lines_burst: 10_000, channel_members: 20_000 }
+    }
 }
 
 impl Default for NetworkSettings {
@@ -37,6 +67,7 @@ impl Default for NetworkSettings {
             flood_interval: Duration::from_millis(500),
             nickserv: false,
             reach: bridge_net::Reach::PublicOnly,
+            limits: ServerLimits::default(),
         }
     }
 }

@@ -5,11 +5,11 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::settings::NetworkSettings;
+use tokio::time::Instant;
+
+use crate::settings::{NetworkSettings, ServerLimits};
 use crate::text;
 
-/// Longest line we accept from a server; longer ones are cut (IRCv3 tags can exceed 512).
-const MAX_INCOMING: usize = 16 * 1024;
 /// Bytes read at most per system call. The buffer is given back whenever every byte
 /// read was a whole line, so an idle connection holds none (a BufReader would hold 8 KiB
 /// for each of thousands of mostly idle connections).
@@ -34,12 +34,14 @@ pub struct LineReader<R> {
     buf: Vec<u8>,
     /// Where the unreturned bytes begin in `buf`.
     start: usize,
+    /// Longest line returned; the rest of a longer one is dropped as it arrives.
+    max_line: usize,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
-    /// Wraps the read half.
-    pub fn new(read: R) -> Self {
-        LineReader { inner: read, buf: Vec::new(), start: 0 }
+    /// Wraps the read half; lines are cut at `max_line` bytes.
+    pub fn new(read: R, max_line: usize) -> Self {
+        LineReader { inner: read, buf: Vec::new(), start: 0, max_line }
     }
 
     /// The next line without its CR LF, decoded; `None` at end of stream. Cancel-safe
@@ -69,13 +71,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     fn take_line(&mut self) -> Option<String> {
         let pending = self.buf.get(self.start..).unwrap_or_default();
         let Some(newline) = pending.iter().position(|&b| b == b'\n') else {
-            if pending.len() > MAX_INCOMING {
-                // Keep the first MAX_INCOMING bytes of an endless line; drop the rest.
-                self.buf.truncate(self.start + MAX_INCOMING);
+            if pending.len() > self.max_line {
+                // Keep the first `max_line` bytes of an endless line; drop the rest.
+                self.buf.truncate(self.start + self.max_line);
             }
             return None;
         };
-        let mut line = pending.get(..newline.min(MAX_INCOMING)).unwrap_or_default();
+        let mut line = pending.get(..newline.min(self.max_line)).unwrap_or_default();
         while let [rest @ .., b'\r' | b'\n'] = line {
             line = rest;
         }
@@ -87,6 +89,43 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             self.start = 0;
         }
         Some(text)
+    }
+}
+
+/// How many lines a server may still send: a token bucket holding up to the burst,
+/// refilled at the average rate. Kept per connection.
+#[derive(Debug, Clone)]
+pub struct IncomingRate {
+    /// Lines that may come now.
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    checked: Instant,
+    /// Tokens regained per second; 0: no limit.
+    per_second: f64,
+    /// Most tokens held.
+    burst: f64,
+}
+
+impl IncomingRate {
+    /// A full bucket, as of `now`.
+    pub fn new(limits: &ServerLimits, now: Instant) -> Self {
+        let burst = f64::from(limits.lines_burst.max(1));
+        IncomingRate { tokens: burst, checked: now, per_second: f64::from(limits.lines_per_second), burst }
+    }
+
+    /// Counts a line read at `now`; false when the server is past its rate.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if self.per_second == 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.checked).as_secs_f64();
+        self.checked = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
     }
 }
 
@@ -103,8 +142,10 @@ pub async fn write_line<W: AsyncWrite + Unpin>(writer: &mut W, line: &str) -> io
 mod tests {
     use super::*;
 
+    const MAX_LINE: usize = 16 * 1024;
+
     async fn lines(input: &[u8]) -> Vec<String> {
-        let mut reader = LineReader::new(input);
+        let mut reader = LineReader::new(input, MAX_LINE);
         let mut lines = Vec::new();
         while let Some(line) = reader.next_line().await.unwrap() {
             lines.push(line);
@@ -128,11 +169,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_endless_line_is_cut_and_the_next_one_is_intact() {
-        let mut input = vec![b'a'; 3 * MAX_INCOMING];
+        let mut input = vec![b'a'; 3 * MAX_LINE];
         input.extend_from_slice(b"\r\nPING :ok\r\n");
         let got = lines(&input).await;
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0].len(), MAX_INCOMING);
+        assert_eq!(got[0].len(), MAX_LINE);
         assert_eq!(got[1], "PING :ok");
     }
 
@@ -142,11 +183,33 @@ mod tests {
         for i in 0..2000 {
             input.extend_from_slice(format!(":s PRIVMSG #c :line {i}\r\n").as_bytes());
         }
-        let mut reader = LineReader::new(&input[..]);
+        let mut reader = LineReader::new(&input[..], MAX_LINE);
         for i in 0..2000 {
             assert_eq!(reader.next_line().await.unwrap(), Some(format!(":s PRIVMSG #c :line {i}")));
         }
         assert_eq!(reader.buf.capacity(), 0, "every byte read was returned: nothing is kept");
         assert_eq!(reader.next_line().await.unwrap(), None);
+    }
+
+    #[test]
+    fn a_server_may_burst_then_only_keep_to_its_rate() {
+        let limits = ServerLimits { lines_per_second: 10, lines_burst: 5, ..ServerLimits::default() };
+        let start = Instant::now();
+        let mut rate = IncomingRate::new(&limits, start);
+        assert!((0..5).all(|_| rate.take(start)), "the burst comes at once");
+        assert!(!rate.take(start), "one more at the same instant is past the rate");
+        // A tenth of a second gives one line back; a long pause refills only the burst.
+        assert!(rate.take(start + std::time::Duration::from_millis(100)));
+        let later = start + std::time::Duration::from_secs(60);
+        assert!((0..5).all(|_| rate.take(later)));
+        assert!(!rate.take(later));
+    }
+
+    #[test]
+    fn no_rate_means_no_limit() {
+        let limits = ServerLimits { lines_per_second: 0, ..ServerLimits::default() };
+        let now = Instant::now();
+        let mut rate = IncomingRate::new(&limits, now);
+        assert!((0..100_000).all(|_| rate.take(now)));
     }
 }
