@@ -40,6 +40,19 @@ pub struct Config {
     /// What one user may cost everyone else.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The Prometheus endpoint (off unless `listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Metrics for operators.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve Prometheus's text format (`GET /metrics`), as `host:port`; no
+    /// endpoint when absent. Anyone who can connect may read the figures: keep it on
+    /// loopback or a private network.
+    pub listen: Option<String>,
 }
 
 /// Per-user limits, each refused with an error stanza that says which (never by dropping).
@@ -486,6 +499,11 @@ impl Config {
         for (name, network) in &self.irc.networks {
             if network.port == 0 {
                 return Err(invalid(&format!("irc.networks.\"{name}\".port"), "must not be 0".into()));
+            }
+        }
+        if let Some(listen) = &self.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid("metrics.listen", format!("{listen:?} is not an address and port such as \"127.0.0.1:9469\"")));
             }
         }
         for (domain, provider) in &self.email.providers {

@@ -236,6 +236,18 @@ impl NetworkSide for EmailSide {
         self.sessions.end_all(reason);
     }
 
+    fn active_users(&self) -> Vec<UserId> {
+        self.sessions.users().cloned().collect()
+    }
+
+    fn user_activity(&self, user: &UserId) -> Vec<String> {
+        self.sessions.networks_of(user).into_iter().map(|_| "mailbox session (IMAP and SMTP)".to_owned()).collect()
+    }
+
+    async fn disconnect_user(&mut self, user: &UserId, reason: &str) {
+        self.sessions.end_user(user, reason);
+    }
+
     fn sessions(&self) -> usize {
         self.sessions.len()
     }

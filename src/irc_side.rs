@@ -585,6 +585,31 @@ impl NetworkSide for IrcSide {
         self.sessions.end_all(reason);
     }
 
+    fn active_users(&self) -> Vec<UserId> {
+        self.sessions.users().cloned().collect()
+    }
+
+    fn user_activity(&self, user: &UserId) -> Vec<String> {
+        self.sessions
+            .networks_of(user)
+            .into_iter()
+            .map(|network| {
+                let NetworkId::Irc { server } = network else { return format!("{network:?}") };
+                let mut channels: Vec<&str> =
+                    self.rooms.of(user).filter(|(n, _)| *n == network).map(|(_, room)| room.channel.as_str()).collect();
+                channels.sort_unstable();
+                format!("IRC {server}: {}", if channels.is_empty() { "no channel".to_owned() } else { channels.join(", ") })
+            })
+            .collect()
+    }
+
+    async fn disconnect_user(&mut self, user: &UserId, reason: &str) {
+        let rooms = self.rooms.take(user, None);
+        self.close_rooms(rooms, reason).await;
+        self.conversations.forget_user(&user.0);
+        self.sessions.end_user(user, reason);
+    }
+
     fn sessions(&self) -> usize {
         self.sessions.len()
     }

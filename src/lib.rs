@@ -4,6 +4,7 @@
 //! calls [`run`]; each module below does one job.
 
 pub mod adhoc;
+pub mod admin;
 pub mod address;
 pub mod component;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod disco;
 pub mod encode;
 pub mod email_side;
 pub mod irc_side;
+pub mod metrics;
 pub mod muc;
 pub mod presence;
 pub mod registration;
@@ -58,6 +60,14 @@ pub enum RunError {
     /// it, rather than living on with nobody writing.
     #[error("the XMPP writer task stopped: {0}")]
     WriterDied(String),
+    /// The metrics endpoint's address cannot be listened on.
+    #[error("cannot listen on metrics.listen = {address}: {source}")]
+    Metrics {
+        /// The configured address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The IRC bridge with the configured networks' settings and the limits on every server.
@@ -154,6 +164,16 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         Box::new(EmailSide::new(&gateway, out.clone(), store.clone(), Sessions::new(vec![email.clone()], events_tx), uploads, config.limits.message_bytes_email)),
     ];
     let mut router = Router::new(config.clone(), store.clone(), out, sides, email, requests);
+    let metrics = match &config.metrics.listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|source| RunError::Metrics { address: address.clone(), source })?;
+            tracing::info!(%address, "serving metrics at /metrics");
+            Some(tokio::spawn(metrics::serve(listener, router.tasks())))
+        }
+        None => None,
+    };
     // The writer returns on its own only when asked to close at shutdown; if it dies, the
     // process exits non-zero rather than live on with nobody writing.
     let mut writer = writer;
@@ -173,6 +193,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             },
         }
     };
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     drop(router);
     if !writer_done {
         let _ = writer.await;

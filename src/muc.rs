@@ -284,6 +284,11 @@ impl Rooms {
     }
 
     /// The rooms of `user`, with their network.
+    pub fn of<'a>(&'a self, user: &'a UserId) -> impl Iterator<Item = (&'a NetworkId, &'a Room)> + 'a {
+        self.rooms.iter().filter(move |((u, _, _), _)| u == user).map(|((_, network, _), room)| (network, room))
+    }
+
+    /// The rooms of `user`, with their network, to change.
     pub fn of_mut<'a>(&'a mut self, user: &'a UserId) -> impl Iterator<Item = (&'a NetworkId, &'a mut Room)> + 'a {
         self.rooms.iter_mut().filter(move |((u, _, _), _)| u == user).map(|((_, network, _), room)| (network, room))
     }

@@ -21,6 +21,7 @@ use xmpp_parsers::stanza_error::DefinedCondition;
 
 use crate::address::{self, Address};
 use crate::adhoc;
+use crate::admin::{self, Bans, Gauges};
 use crate::config::Config;
 use crate::disco;
 use crate::irc_side::availability_of;
@@ -74,6 +75,9 @@ pub struct Router {
     tasks_rx: mpsc::Receiver<RouterTask>,
     /// IQs the gateway asked (disco, upload slots), waiting for their answers.
     requests: Requests,
+    /// Who the administrators banned: their stanzas are refused (`forbidden`). Kept in
+    /// the store, read at start.
+    bans: Bans,
 }
 
 /// Work finished outside the router's task.
@@ -101,6 +105,24 @@ pub enum RouterTask {
         /// Whether the removal is durable.
         result: Result<bool, StoreError>,
     },
+    /// Registrations an administrator deleted are durably gone (or failed to be).
+    Deleted {
+        /// The administrator's command to answer.
+        stanza: Element,
+        /// The command's completion.
+        done: Element,
+        /// Each user and whether their removal is durable.
+        removed: Vec<(String, Result<bool, StoreError>)>,
+    },
+    /// A durable write an administrator asked for (the ban list) is done: answer.
+    Answer {
+        /// The command to answer.
+        stanza: Element,
+        /// The completion, or why the write failed.
+        result: Result<Element, StoreError>,
+    },
+    /// The metrics endpoint asks for the current gauges.
+    Gauges(tokio::sync::oneshot::Sender<Gauges>),
 }
 
 /// A registration on its way: checked, then stored, then answered.
@@ -129,7 +151,12 @@ impl Router {
     ) -> Self {
         let gateway = config.component.jid.to_ascii_lowercase();
         let (tasks_tx, tasks_rx) = mpsc::channel(64);
+        let bans = Bans::new(store.bans().unwrap_or_else(|error| {
+            warn!(%error, "the ban list cannot be read; nobody is banned until it is set again");
+            Vec::new()
+        }));
         Router {
+            bans,
             config,
             gateway,
             store,
@@ -164,6 +191,7 @@ impl Router {
     /// A stanza the reader skipped for passing the limits (`xml_stream::StanzaLimits`):
     /// its sender is told why, from its top element (nothing of its content was kept).
     pub async fn handle_too_large(&mut self, stanza: Element, reason: &str) {
+        bridge_core::counters::count(&bridge_core::counters::COUNTERS.stanzas_in);
         let text = format!("the stanza is {reason}, more than this gateway takes");
         refuse(&self.out, &stanza, DefinedCondition::PolicyViolation, &text).await;
     }
@@ -171,12 +199,17 @@ impl Router {
     /// Handles one stanza from the server. Never fails: a bad stanza gets an error reply
     /// or a log line, and nothing else is affected.
     pub async fn handle_stanza(&mut self, stanza: Element) {
+        bridge_core::counters::count(&bridge_core::counters::COUNTERS.stanzas_in);
         tracing::trace!(name = stanza.name(), from = stanza.attr("from"), to = stanza.attr("to"), kind = stanza.attr("type"), "stanza in");
         let envelope = match self.envelope(&stanza) {
             Ok(envelope) => envelope,
             Err(Some((condition, text))) => return refuse(&self.out, &stanza, condition, &text).await,
             Err(None) => return,
         };
+        // A banned user going offline is still noted; anything else is refused.
+        if self.bans.covers(&envelope.from) && stanza.attr("type") != Some("unavailable") && !self.is_admin(&envelope.user) {
+            return refuse(&self.out, &stanza, DefinedCondition::Forbidden, "you are banned from this gateway").await;
+        }
         match stanza.name() {
             "iq" => self.handle_iq(stanza, envelope).await,
             "presence" => self.handle_presence(stanza, envelope).await,
@@ -268,6 +301,15 @@ impl Router {
             Err((condition, text)) => return refuse(&self.out, stanza, condition, &text).await,
         };
         let user = envelope.user.clone();
+        if let adhoc::Request::Execute { node } | adhoc::Request::Complete { node, .. } = &request {
+            if admin::COMMANDS.iter().any(|(admin_node, _)| admin_node == node) {
+                if !self.is_admin(&user) {
+                    let text = format!("only the gateway's administrators may run {node}");
+                    return refuse(&self.out, stanza, DefinedCondition::Forbidden, &text).await;
+                }
+                return self.handle_admin_command(request, stanza).await;
+            }
+        }
         match request {
             adhoc::Request::Cancel { node, session } => self.reply(stanza, Some(adhoc::canceled(&node, &session))).await,
             adhoc::Request::Execute { node } if node == adhoc::NODE_CONFIGURE => {
@@ -292,24 +334,165 @@ impl Router {
                     Err((condition, text)) => refuse(&self.out, stanza, condition, &text).await,
                 }
             }
-            adhoc::Request::Execute { node } if node == adhoc::NODE_STATUS => {
-                if !self.is_admin(&user) {
-                    return refuse(&self.out, stanza, DefinedCondition::Forbidden, "only the gateway's administrators may see its status").await;
-                }
-                let status = adhoc::Status {
-                    registered: self.store.user_jids().map(|u| u.len()).unwrap_or(0),
-                    online: self.online.users(),
-                    sessions: self.sides.iter().map(|side| side.sessions()).sum(),
-                    rooms: self.sides.iter().map(|side| side.rooms()).sum(),
-                };
-                let session = format!("{:016x}", fastrand::u64(..));
-                let done = adhoc::completed(&node, &session, "Gateway status", Some(adhoc::status_form(status)));
-                self.reply(stanza, Some(done)).await;
-            }
             adhoc::Request::Execute { node } | adhoc::Request::Complete { node, .. } => {
                 refuse(&self.out, stanza, DefinedCondition::ItemNotFound, &format!("no command {node:?}")).await;
             }
         }
+    }
+
+    /// An administrators' command (`admin`): a form to fill first where it takes one,
+    /// else done at once. The caller checked that the sender is an administrator.
+    async fn handle_admin_command(&mut self, request: adhoc::Request, stanza: &Element) {
+        let (node, submitted) = match request {
+            adhoc::Request::Execute { node } => (node, None),
+            adhoc::Request::Complete { node, form, .. } => (node, Some(form)),
+            adhoc::Request::Cancel { .. } => return,
+        };
+        let session = format!("{:016x}", fastrand::u64(..));
+        let done = |note: &str, form: Option<Element>| adhoc::completed(&node, &session, note, form);
+        let ask = |form: Element| adhoc::executing(&node, &session, form);
+        let bad = |text: String| (DefinedCondition::BadRequest, text);
+        let answer: Result<Element, disco::Refusal> = match (node.as_str(), submitted) {
+            (admin::NODE_STATUS, _) => Ok(done("Gateway status", Some(admin::status_form(self.gauges())))),
+            (admin::NODE_REGISTERED_USERS, _) => match self.store.user_jids() {
+                Ok(users) => {
+                    let note = format!("{} registered users", users.len());
+                    Ok(done(&note, Some(admin::jids_result("Registered users", "registereduserjids", users, None))))
+                }
+                Err(error) => Err(internal(error)),
+            },
+            (admin::NODE_ONLINE_USERS, _) => {
+                let users = self.online_users();
+                let details = users
+                    .iter()
+                    .map(|user| {
+                        let id = UserId(user.clone());
+                        let open: Vec<String> = self.sides.iter().flat_map(|side| side.user_activity(&id)).collect();
+                        format!("{user}: {}", if open.is_empty() { "nothing open".to_owned() } else { open.join("; ") })
+                    })
+                    .collect();
+                let note = format!("{} online users", users.len());
+                Ok(done(&note, Some(admin::jids_result("Online users", "onlineuserjids", users.into_iter().collect(), Some(details)))))
+            }
+            (admin::NODE_END_SESSIONS, None) => Ok(ask(admin::jids_request("Disconnect users", admin::FIELD_JIDS, "Users to disconnect", Vec::new()))),
+            (admin::NODE_END_SESSIONS, Some(form)) => match admin::jids(&form, admin::FIELD_JIDS) {
+                Ok(users) => {
+                    for user in &users {
+                        self.disconnect_user(user, "disconnected by the gateway's administrator").await;
+                    }
+                    Ok(done(&format!("Disconnected {} users", users.len()), None))
+                }
+                Err(text) => Err(bad(text)),
+            },
+            (admin::NODE_DELETE_USERS, None) => {
+                Ok(ask(admin::jids_request("Delete registrations", admin::FIELD_JIDS, "Users whose registration to delete", Vec::new())))
+            }
+            (admin::NODE_DELETE_USERS, Some(form)) => match admin::jids(&form, admin::FIELD_JIDS) {
+                Ok(users) => {
+                    let removals: Vec<_> = users.iter().map(|user| (user.clone(), self.store.remove_user(user))).collect();
+                    let (tasks, stanza, done) = (self.tasks_tx.clone(), stanza.clone(), done("Registrations deleted", None));
+                    tokio::spawn(async move {
+                        let mut removed = Vec::new();
+                        for (user, removal) in removals {
+                            removed.push((user, removal.await));
+                        }
+                        let _ = tasks.send(RouterTask::Deleted { stanza, done, removed }).await;
+                    });
+                    return;
+                }
+                Err(text) => Err(bad(text)),
+            },
+            (admin::NODE_BANS, None) => {
+                let current = self.bans.entries().cloned().collect();
+                Ok(ask(admin::jids_request("Banned JIDs and domains", admin::FIELD_BANS, "Bare JIDs and domains, one per line", current)))
+            }
+            (admin::NODE_BANS, Some(form)) => match admin::jids(&form, admin::FIELD_BANS) {
+                Ok(entries) => {
+                    self.bans = Bans::new(entries.clone());
+                    // Banned users online lose what they have open at once.
+                    let banned: Vec<String> = self
+                        .online_users()
+                        .into_iter()
+                        .filter(|bare| bare.parse::<Jid>().is_ok_and(|jid| self.bans.covers(&jid)) && !self.is_admin(bare))
+                        .collect();
+                    for user in banned {
+                        self.disconnect_user(&user, "banned by the gateway's administrator").await;
+                    }
+                    let write = self.store.put_bans(&entries);
+                    let note = format!("{} JIDs and domains banned", entries.len());
+                    let (tasks, stanza, done) = (self.tasks_tx.clone(), stanza.clone(), done(&note, None));
+                    tokio::spawn(async move {
+                        let result = write.await.map(|()| done);
+                        let _ = tasks.send(RouterTask::Answer { stanza, result }).await;
+                    });
+                    return;
+                }
+                Err(text) => Err(bad(text)),
+            },
+            (admin::NODE_ANNOUNCE, None) => Ok(ask(admin::announce_request())),
+            (admin::NODE_ANNOUNCE, Some(form)) => {
+                let subject = admin::values(&form, admin::FIELD_SUBJECT).join(" ");
+                let body = admin::values(&form, admin::FIELD_BODY).join("\n");
+                if body.trim().is_empty() {
+                    Err(bad(format!("field {}: the announcement is empty", admin::FIELD_BODY)))
+                } else {
+                    let users = self.online_users();
+                    for user in &users {
+                        self.send_announcement(user, &subject, &body).await;
+                    }
+                    Ok(done(&format!("Sent to {} online users", users.len()), None))
+                }
+            }
+            _ => Err((DefinedCondition::ItemNotFound, format!("no command {node:?}"))),
+        };
+        match answer {
+            Ok(payload) => self.reply(stanza, Some(payload)).await,
+            Err((condition, text)) => refuse(&self.out, stanza, condition, &text).await,
+        }
+    }
+
+    /// The users online: those who sent the gateway their presence, and those with a
+    /// live session (a room joined, a mailbox watched).
+    fn online_users(&self) -> std::collections::BTreeSet<String> {
+        let mut users: std::collections::BTreeSet<String> = self.online.all().map(|(bare, _)| bare.to_owned()).collect();
+        users.extend(self.sides.iter().flat_map(|side| side.active_users()).map(|user| user.0));
+        users
+    }
+
+    /// What the status command and the metrics show besides the counters.
+    fn gauges(&self) -> Gauges {
+        let sessions_where = |email: bool| -> usize {
+            self.sides.iter().filter(|side| side.serves(&NetworkId::Email) == email).map(|side| side.sessions()).sum()
+        };
+        Gauges {
+            registered: self.store.user_jids().map(|users| users.len()).unwrap_or(0),
+            online: self.online_users().len(),
+            irc_connections: sessions_where(false),
+            mail_sessions: sessions_where(true),
+            rooms: self.sides.iter().map(|side| side.rooms()).sum(),
+            rss_kib: admin::rss_kib(),
+        }
+    }
+
+    /// Closes what `user` has open on every network, telling them `reason`.
+    async fn disconnect_user(&mut self, user: &str, reason: &str) {
+        info!(%user, %reason, "disconnecting a user");
+        let id = UserId(user.to_owned());
+        for side in &mut self.sides {
+            side.disconnect_user(&id, reason).await;
+        }
+    }
+
+    /// An administrator's announcement to `user` (all their resources): a headline.
+    async fn send_announcement(&self, user: &str, subject: &str, body: &str) {
+        let (Ok(to), Ok(from)) = (user.parse::<Jid>(), self.gateway.parse::<Jid>()) else { return };
+        let mut message = xmpp_parsers::message::Message::new_with_type(xmpp_parsers::message::MessageType::Headline, Some(to));
+        message.from = Some(from);
+        message.bodies.insert(Lang::new(), body.to_owned());
+        if !subject.trim().is_empty() {
+            message.subjects.insert(Lang::new(), subject.to_owned());
+        }
+        self.out.send(message.into()).await;
     }
 
     /// Whether `user` (a bare JID) is one of the configured administrators.
@@ -434,17 +617,52 @@ impl Router {
                 if !existed {
                     return refuse(&self.out, &stanza, DefinedCondition::RegistrationRequired, "you are not registered").await;
                 }
-                info!(%user, "unregistered");
-                let user_id = UserId(user.clone());
-                for side in &mut self.sides {
-                    side.registration_changed(&user_id, None).await;
-                }
                 self.reply(&stanza, None).await;
-                for type_ in [PresenceType::Unsubscribe, PresenceType::Unsubscribed, PresenceType::Unavailable] {
-                    self.send_presence(Presence::new(type_), &user).await;
+                self.unregistered(&user).await;
+            }
+            RouterTask::Deleted { stanza, done, removed } => {
+                let mut failed = Vec::new();
+                for (user, result) in removed {
+                    match result {
+                        Ok(true) => self.unregistered(&user).await,
+                        Ok(false) => {}
+                        Err(error) => failed.push(format!("{user}: {error}")),
+                    }
+                }
+                if failed.is_empty() {
+                    self.reply(&stanza, Some(done)).await;
+                } else {
+                    let text = format!("not deleted: {}", failed.join("; "));
+                    refuse(&self.out, &stanza, DefinedCondition::InternalServerError, &text).await;
                 }
             }
+            RouterTask::Answer { stanza, result: Ok(done) } => self.reply(&stanza, Some(done)).await,
+            RouterTask::Answer { stanza, result: Err(error) } => {
+                let (condition, text) = internal(error);
+                refuse(&self.out, &stanza, condition, &text).await;
+            }
+            RouterTask::Gauges(answer) => {
+                let _ = answer.send(self.gauges());
+            }
         }
+    }
+
+    /// `user`'s registration is durably gone: sessions end, and the gateway leaves their
+    /// roster.
+    async fn unregistered(&mut self, user: &str) {
+        info!(%user, "unregistered");
+        let user_id = UserId(user.to_owned());
+        for side in &mut self.sides {
+            side.registration_changed(&user_id, None).await;
+        }
+        for type_ in [PresenceType::Unsubscribe, PresenceType::Unsubscribed, PresenceType::Unavailable] {
+            self.send_presence(Presence::new(type_), user).await;
+        }
+    }
+
+    /// Where the metrics endpoint asks for gauges ([`RouterTask::Gauges`]).
+    pub fn tasks(&self) -> mpsc::Sender<RouterTask> {
+        self.tasks_tx.clone()
     }
 
     /// A presence to the gateway (the user's availability, subscriptions) or to a network

@@ -147,6 +147,19 @@ impl Sessions {
             .count()
     }
 
+    /// The users with a running session.
+    pub fn users(&self) -> impl Iterator<Item = &UserId> {
+        self.live.iter().filter(|(_, session)| !session.is_closed()).map(|(key, _)| &key.user)
+    }
+
+    /// The networks `user` has a running session on (for the administrators' list).
+    pub fn networks_of(&self, user: &UserId) -> Vec<&NetworkId> {
+        let mut networks: Vec<&NetworkId> =
+            self.live.iter().filter(|(key, session)| key.user == *user && !session.is_closed()).map(|(key, _)| &key.network).collect();
+        networks.sort_by_key(|network| format!("{network:?}"));
+        networks
+    }
+
     /// How many sessions are live.
     pub fn len(&self) -> usize {
         self.live.len()

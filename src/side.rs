@@ -81,6 +81,18 @@ pub trait NetworkSide {
     /// How many sessions this side has live.
     fn sessions(&self) -> usize;
 
+    /// The users with a session on this side (whether or not they sent the gateway
+    /// their presence).
+    fn active_users(&self) -> Vec<UserId>;
+
+    /// What `user` has open on this side, one line each (for the administrators' list
+    /// of online users).
+    fn user_activity(&self, user: &UserId) -> Vec<String>;
+
+    /// An administrator disconnects `user`: their rooms close with `reason` and their
+    /// sessions end (they start again when the user next uses the network).
+    async fn disconnect_user(&mut self, user: &UserId, reason: &str);
+
     /// How many rooms this side has open (for the administrators' status).
     fn rooms(&self) -> usize {
         0

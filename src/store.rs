@@ -57,6 +57,8 @@ const KEY_CHECK_KEY: &[u8] = b"key_check";
 /// Set once every unassigned IRC password was given to a network: later starts need not
 /// read every record again.
 const IRC_PASSWORDS_ASSIGNED_KEY: &[u8] = b"irc_passwords_assigned";
+/// The administrators' ban list: a JSON array of bare JIDs and domains.
+const BANS_KEY: &[u8] = b"bans";
 const KEY_CHECK_PLAINTEXT: &str = "xmpp-gateway store key check v1";
 /// Associated data of the key check value. JIDs cannot contain NUL, so this can never
 /// equal the associated data of a password (`"<field>\0<jid>"` has a field name first).
@@ -215,7 +217,7 @@ struct Inner {
     users: sled::Tree,
     /// Bridges' durable state (`BridgeStore`), keyed `user \0 key`.
     bridge_state: sled::Tree,
-    /// The store's own facts (`key_check`, `irc_passwords_assigned`).
+    /// The store's own facts (`key_check`, `irc_passwords_assigned`, `bans`).
     meta: sled::Tree,
     vault: Vault,
     dir: PathBuf,
@@ -486,6 +488,23 @@ impl Store {
     }
 
     /// The bare JIDs of all registered users, in byte order.
+    /// The ban list the administrators set (bare JIDs and domains), empty if never set.
+    pub fn bans(&self) -> Result<Vec<String>, StoreError> {
+        let Some(bytes) = self.inner.meta.get(BANS_KEY).map_err(|e| self.db_error("read", e))? else { return Ok(Vec::new()) };
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { jid: "(the ban list)".into(), reason: e.to_string() })
+    }
+
+    /// Replaces the ban list; the future resolves once it is durable.
+    pub fn put_bans(&self, bans: &[String]) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
+        let bytes = serde_json::to_vec(bans).unwrap_or_default();
+        let written = self.inner.meta.insert(BANS_KEY, bytes).map(drop).map_err(|e| self.db_error("write", e));
+        let store = self.clone();
+        async move {
+            written?;
+            store.flush().await
+        }
+    }
+
     pub fn user_jids(&self) -> Result<Vec<String>, StoreError> {
         self.inner
             .users
@@ -950,6 +969,17 @@ mod tests {
         let store = fx.open();
         assert_eq!(store.user(JID).unwrap(), None);
         assert_eq!(store.user_jids().unwrap(), vec!["bob@example.org".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn the_ban_list_round_trips_and_survives_reopening() {
+        let t = Fixture::new();
+        {
+            let store = t.open();
+            assert!(store.bans().unwrap().is_empty());
+            store.put_bans(&["evil.example".into(), "mallory@x.example".into()]).await.unwrap();
+        }
+        assert_eq!(t.open().bans().unwrap(), ["evil.example", "mallory@x.example"]);
     }
 
     #[tokio::test]

@@ -77,6 +77,11 @@ impl Batch {
     fn push(&mut self, stanza: &Element) {
         if xml_stream::append_bytes(stanza, &mut self.bytes) {
             self.ends.push(self.bytes.len());
+            let counters = &bridge_core::counters::COUNTERS;
+            bridge_core::counters::count(&counters.stanzas_out);
+            if stanza.attr("type") == Some("error") {
+                bridge_core::counters::count(&counters.errors_out);
+            }
         }
     }
 

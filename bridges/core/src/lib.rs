@@ -9,6 +9,7 @@
 
 pub mod backoff;
 mod bridge;
+pub mod counters;
 pub mod model;
 mod secret;
 mod supervise;

@@ -305,6 +305,7 @@ impl Watcher {
                     if size > limits.fetch_bytes {
                         mail.notes.push(format!("[this mail is {} MiB: too large to fetch; read it in your mail client]", size / (1024 * 1024)));
                     }
+                    bridge_core::counters::count(&bridge_core::counters::COUNTERS.mails_in);
                     let peer = Peer::EmailAddress(mail.from.clone());
                     let message = mail.to_message(|| format!("imap-{}-{uid}", checkpoint.uid_validity));
                     self.emit(Event::Message(message)).await;

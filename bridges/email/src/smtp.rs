@@ -73,7 +73,10 @@ pub async fn check(account: &Account, settings: &EmailSettings) -> Result<(), St
 /// Sends a formatted message to the envelope's recipients.
 pub async fn send(transport: &Transport, envelope: &Envelope, raw: &[u8]) -> Result<(), SendError> {
     match transport.send_raw(envelope, raw).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            bridge_core::counters::count(&bridge_core::counters::COUNTERS.mails_out);
+            Ok(())
+        }
         Err(error) => Err(SendError { permanent: error.is_permanent(), text: error.to_string() }),
     }
 }

@@ -407,7 +407,9 @@ impl IrcSession {
                     Ok(Some(line)) => {
                         // Accepted: the next connection to this server may start.
                         drop(connecting.take());
+                        bridge_core::counters::count(&bridge_core::counters::COUNTERS.irc_lines_in);
                         if !rate.take(Instant::now()) {
+                            bridge_core::counters::count(&bridge_core::counters::COUNTERS.irc_servers_cut_off);
                             return Outcome::Flooded(flooded(&self.server, &limits));
                         }
                         if let Some(outcome) = Box::pin(self.on_line(&line, &mut write)).await {

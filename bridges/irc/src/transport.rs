@@ -135,6 +135,7 @@ pub async fn write_line<W: AsyncWrite + Unpin>(writer: &mut W, line: &str) -> io
     let mut bytes = Vec::with_capacity(line.len() + 2);
     bytes.extend_from_slice(line.as_bytes());
     bytes.extend_from_slice(b"\r\n");
+    bridge_core::counters::count(&bridge_core::counters::COUNTERS.irc_lines_out);
     writer.write_all(&bytes).await
 }
 
