@@ -100,6 +100,27 @@ pub struct LimitsConfig {
     /// Decoded bytes kept from one mail; attachments past it are listed, not passed on.
     #[serde(default = "default_mail_decoded_bytes")]
     pub mail_decoded_bytes: usize,
+    /// Mails one user may have waiting for their SMTP server; past it a message is
+    /// refused, not queued.
+    #[serde(default = "default_outbox_mails_per_user")]
+    pub outbox_mails_per_user: usize,
+    /// Bytes of mail (as stored) one user may have waiting.
+    #[serde(default = "default_outbox_bytes_per_user")]
+    pub outbox_bytes_per_user: usize,
+    /// New registrations from one XMPP domain in an hour; 0: no limit. Counted since the
+    /// gateway started.
+    #[serde(default = "default_registrations_per_domain_per_hour")]
+    pub registrations_per_domain_per_hour: usize,
+}
+
+fn default_outbox_mails_per_user() -> usize {
+    bridge_email::OutboxLimits::default().mails
+}
+fn default_outbox_bytes_per_user() -> usize {
+    bridge_email::OutboxLimits::default().bytes
+}
+fn default_registrations_per_domain_per_hour() -> usize {
+    60
 }
 
 fn default_mail_fetch_bytes() -> u32 {
@@ -190,6 +211,9 @@ impl Default for LimitsConfig {
             mail_fetch_bytes: default_mail_fetch_bytes(),
             mime_depth: default_mime_depth(),
             mail_decoded_bytes: default_mail_decoded_bytes(),
+            outbox_mails_per_user: default_outbox_mails_per_user(),
+            outbox_bytes_per_user: default_outbox_bytes_per_user(),
+            registrations_per_domain_per_hour: default_registrations_per_domain_per_hour(),
         }
     }
 }

@@ -116,6 +116,7 @@ fn email_bridge(config: &Config, store: Arc<dyn bridge_core::BridgeStore>) -> br
         default_subject: config.email.default_subject.clone(),
         ca_file: config.email.ca_file.clone(),
         limits: config.limits.mail_limits(),
+        outbox: bridge_email::OutboxLimits { mails: config.limits.outbox_mails_per_user, bytes: config.limits.outbox_bytes_per_user },
         ..bridge_email::EmailSettings::default()
     };
     bridge_email::EmailBridge::new(providers, settings, store)

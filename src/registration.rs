@@ -12,7 +12,8 @@
 //! Building the form, reading a submission and merging it into the stored record are
 //! pure functions; the router does the storing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use bridge_core::Secret;
 use minidom::Element;
@@ -300,6 +301,56 @@ fn irc_passwords<'v>(get: &impl Fn(&str) -> Option<&'v str>, config: &Config) ->
     Ok(passwords)
 }
 
+/// New registrations per XMPP domain over the last hour (`[limits]
+/// registrations_per_domain_per_hour`): one server cannot have its users register
+/// thousands of accounts at once. Kept in memory since the gateway started.
+#[derive(Debug, Default)]
+pub struct NewRegistrations {
+    /// Registrations a domain may make an hour; 0: no limit.
+    per_hour: usize,
+    /// When each domain's registrations of the last hour were made, oldest first.
+    recent: HashMap<String, VecDeque<Instant>>,
+}
+
+/// The window the limit counts over.
+const HOUR: Duration = Duration::from_secs(3600);
+
+impl NewRegistrations {
+    /// At most `per_hour` registrations per domain an hour (0: any number).
+    #[must_use]
+    pub fn new(per_hour: usize) -> Self {
+        NewRegistrations { per_hour, recent: HashMap::new() }
+    }
+
+    /// Counts a new registration from `domain` at `now`; false (not counted) when the
+    /// domain already made its share this hour.
+    pub fn admit(&mut self, domain: &str, now: Instant) -> bool {
+        if self.per_hour == 0 {
+            return true;
+        }
+        // What is older than an hour goes, for every domain now and then: the map holds
+        // only domains active within the hour.
+        if self.recent.len() > 1024 {
+            self.recent.retain(|_, times| times.back().is_some_and(|&t| now.duration_since(t) < HOUR));
+        }
+        let times = self.recent.entry(domain.to_ascii_lowercase()).or_default();
+        while times.front().is_some_and(|&t| now.duration_since(t) >= HOUR) {
+            times.pop_front();
+        }
+        if times.len() >= self.per_hour {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+
+    /// The limit, for the refusal's text.
+    #[must_use]
+    pub fn per_hour(&self) -> usize {
+        self.per_hour
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,5 +592,17 @@ mod tests {
                 Err(error) => proptest::prop_assert!(!error.field.is_empty()),
             }
         }
+    }
+
+    #[test]
+    fn a_domain_registers_its_share_an_hour_and_others_are_not_counted_with_it() {
+        let start = Instant::now();
+        let mut limit = NewRegistrations::new(2);
+        assert!(limit.admit("a.example", start) && limit.admit("A.example", start));
+        assert!(!limit.admit("a.example", start + Duration::from_secs(60)), "a third within the hour");
+        assert!(limit.admit("b.example", start), "another domain has its own share");
+        assert!(limit.admit("a.example", start + HOUR), "an hour later");
+        let mut unlimited = NewRegistrations::new(0);
+        assert!((0..1000).all(|_| unlimited.admit("a.example", start)));
     }
 }

@@ -78,6 +78,8 @@ pub struct Router {
     /// Who the administrators banned: their stanzas are refused (`forbidden`). Kept in
     /// the store, read at start.
     bans: Bans,
+    /// New registrations per domain this hour (`[limits]`).
+    new_registrations: registration::NewRegistrations,
 }
 
 /// Work finished outside the router's task.
@@ -157,6 +159,7 @@ impl Router {
         }));
         Router {
             bans,
+            new_registrations: registration::NewRegistrations::new(config.limits.registrations_per_domain_per_hour),
             config,
             gateway,
             store,
@@ -550,6 +553,14 @@ impl Router {
         };
         let record = registration::apply(existing.as_ref(), &values, &self.config)
             .map_err(|e| (DefinedCondition::NotAcceptable, e.to_string()))?;
+        let domain = envelope.from.domain().as_str();
+        if existing.is_none() && !self.is_admin(user) && !self.new_registrations.admit(domain, std::time::Instant::now()) {
+            let text = format!(
+                "{domain} had its {} new registrations of this hour (limits.registrations_per_domain_per_hour); try again later",
+                self.new_registrations.per_hour()
+            );
+            return Err((DefinedCondition::ResourceConstraint, text));
+        }
         let email_changed = record.email.is_some() && record.email != existing.as_ref().and_then(|r| r.email.clone());
         let registration = Registration { stanza: stanza.clone(), user: user.to_owned(), record, existed: existing.is_some(), done };
         if !email_changed {

@@ -223,6 +223,7 @@ pub fn condition_of(kind: FailureKind) -> DefinedCondition {
         FailureKind::Unavailable => DefinedCondition::ServiceUnavailable,
         FailureKind::RegistrationRequired => DefinedCondition::RegistrationRequired,
         FailureKind::NotAllowed => DefinedCondition::NotAllowed,
+        FailureKind::ResourceConstraint => DefinedCondition::ResourceConstraint,
     }
 }
 

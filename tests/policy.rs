@@ -202,3 +202,70 @@ async fn a_stanza_past_the_size_limit_is_refused_and_the_stream_stays_up() {
     assert_eq!(line.text(), "the next one", "nothing of the huge one reached IRC");
     drop(gateway);
 }
+
+#[tokio::test]
+async fn a_domain_past_its_registrations_of_the_hour_is_told_to_wait_and_updates_still_work() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start(false);
+    let gateway = Gateway::start_irc_networks(
+        &server,
+        &format!("[limits]\nregistrations_per_domain_per_hour = 1\n[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\n", ircd.port),
+    );
+    server.add_users(&[("carol", "localhost")]);
+    let mut alice = server.client("alice", "localhost").await;
+    let mut carol = server.client("carol", "localhost").await;
+    let first = alice.iq("set", &register_form(&[("irc_nick", "alice")])).await;
+    assert_eq!(first.attr("type"), Some("result"), "{first:?}");
+    let second = carol.iq("set", &register_form(&[("irc_nick", "carol")])).await;
+    let (condition, text) = error_of(&second);
+    assert_eq!(condition, "resource-constraint");
+    assert!(text.contains("localhost had its 1 new registrations of this hour"), "{text}");
+    // alice changing her registration is no new one.
+    let update = alice.iq("set", &register_form(&[("irc_nick", "alice2")])).await;
+    assert_eq!(update.attr("type"), Some("result"), "{update:?}");
+    // bob, an administrator, is not counted.
+    let mut bob = server.client("bob", "localhost").await;
+    let admin = bob.iq("set", &register_form(&[("irc_nick", "bob")])).await;
+    assert_eq!(admin.attr("type"), Some("result"), "{admin:?}");
+    drop(gateway);
+}
+
+#[tokio::test]
+async fn a_full_outbox_refuses_the_next_mail_and_the_queued_ones_still_go() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let mail = testkit::mail::MailServer::start();
+    mail.add_user("alice@example.test", "alice-mail-pw");
+    mail.add_user("bob@example.test", "bob-mail-pw");
+    let gateway = Gateway::start_irc_networks(
+        &server,
+        &format!(
+            "[limits]\noutbox_mails_per_user = 2\n[irc.networks.\"127.0.0.1\"]\nport = 6667\ntls = false\n\
+             [email.providers.\"example.test\"]\nimap = \"127.0.0.1:{}\"\nimap_security = \"plain\"\n\
+             smtp = \"127.0.0.1:{}\"\nsmtp_security = \"plain\"\n",
+            mail.imap_port, mail.submission_port
+        ),
+    );
+    let mut alice = server.client("alice", "localhost").await;
+    let registered = alice.iq("set", &register_form(&[("email_address", "alice@example.test"), ("email_password", "alice-mail-pw")])).await;
+    assert_eq!(registered.attr("type"), Some("result"), "{registered:?}");
+    // The mail server goes away: mail waits in the outbox, two at most.
+    mail.stop();
+    let bob = "bob\\40example.test@gw.localhost";
+    for i in 1..=3 {
+        alice.send_raw(&format!("<message to='{bob}' type='chat' id='m{i}'><subject>queued {i}</subject><body>mail {i}</body></message>")).await;
+    }
+    let bounce = alice.wait_for("the third mail's error", |e| e.name() == "message" && e.attr("type") == Some("error")).await;
+    assert_eq!(bounce.attr("id"), Some("m3"));
+    let (condition, text) = error_of(&bounce);
+    assert_eq!(condition, "resource-constraint");
+    assert!(text.contains("2 mails already wait") && text.contains("outbox_mails_per_user"), "{text}");
+    // Back: the two queued mails arrive, once each; the outbox takes mail again.
+    mail.start_again();
+    let inbox = mail.wait_inbox("bob@example.test", "bob-mail-pw", 2, std::time::Duration::from_secs(60));
+    let subjects: Vec<String> = inbox.iter().map(|m| String::from_utf8_lossy(m).lines().find(|l| l.starts_with("Subject:")).unwrap_or_default().to_owned()).collect();
+    assert_eq!(subjects, ["Subject: queued 1", "Subject: queued 2"]);
+    alice.send_raw(&format!("<message to='{bob}' type='chat' id='m4'><subject>after</subject><body>mail 4</body></message>")).await;
+    let inbox = mail.wait_inbox("bob@example.test", "bob-mail-pw", 3, std::time::Duration::from_secs(60));
+    assert_eq!(inbox.len(), 3);
+    drop(gateway);
+}

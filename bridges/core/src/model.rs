@@ -312,6 +312,8 @@ pub enum FailureKind {
     RegistrationRequired,
     /// The gateway's network policy forbids it (a server on a private address, say).
     NotAllowed,
+    /// A limit of the gateway's (`[limits]`) is reached: try again later.
+    ResourceConstraint,
 }
 
 /// A file that came with a message (a mail's attachment).

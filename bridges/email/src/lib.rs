@@ -25,7 +25,7 @@ use bridge_core::model::{Credentials, NetworkId, SessionKey, UserId};
 use bridge_core::{BoxFuture, Bridge, BridgeStore, EventSink, Session};
 use tracing::Instrument;
 
-pub use settings::{Account, EmailSettings, Endpoint, Provider, Security};
+pub use settings::{Account, EmailSettings, Endpoint, OutboxLimits, Provider, Security};
 
 /// Serves every user's email account.
 pub struct EmailBridge {

@@ -178,7 +178,13 @@ impl EmailSession {
             fastrand::u32(..)
         );
         let saved = match serde_json::to_vec(&entry) {
-            Ok(bytes) => self.store.save(&self.key.user, &key, &bytes).await.map_err(|e| e.to_string()),
+            Ok(bytes) => {
+                if let Some(text) = self.outbox_full(bytes.len()) {
+                    self.fail(message.peer.clone(), message.id.clone(), FailureKind::ResourceConstraint, text).await;
+                    return false;
+                }
+                self.store.save(&self.key.user, &key, &bytes).await.map_err(|e| e.to_string())
+            }
             Err(error) => Err(error.to_string()),
         };
         if let Err(error) = saved {
@@ -187,6 +193,27 @@ impl EmailSession {
             return false;
         }
         true
+    }
+
+    /// Why a mail stored as `bytes` does not fit in the outbox (`[limits]`), if it does
+    /// not. Counted as stored (the formatted mail in JSON), as the limit is on the store.
+    fn outbox_full(&self, bytes: usize) -> Option<String> {
+        let limits = self.settings.outbox;
+        let waiting = self.store.list(&self.key.user, OUTBOX).unwrap_or_default();
+        let waiting_bytes: usize = waiting.iter().map(|(_, entry)| entry.len()).sum();
+        if waiting.len() >= limits.mails {
+            Some(format!(
+                "not sent: {} mails already wait for your mail server, the most this gateway keeps (limits.outbox_mails_per_user)",
+                waiting.len()
+            ))
+        } else if waiting_bytes + bytes > limits.bytes {
+            Some(format!(
+                "not sent: with it, the mail waiting for your mail server would take more than {} bytes (limits.outbox_bytes_per_user)",
+                limits.bytes
+            ))
+        } else {
+            None
+        }
     }
 
     /// Sends every queued mail in order; true when the outbox is empty afterwards (or

@@ -92,6 +92,25 @@ pub struct EmailSettings {
     pub idle_timeout: Duration,
     /// What one mail may cost: fetched size, MIME nesting, decoded bytes.
     pub limits: crate::incoming::MailLimits,
+    /// What one user's outbox may hold while their SMTP server does not take it.
+    pub outbox: OutboxLimits,
+}
+
+/// How much mail one user may have waiting for their SMTP server; past it a message is
+/// refused (`resource-constraint`), not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Mails waiting.
+    pub mails: usize,
+    /// Bytes of formatted mail waiting.
+    pub bytes: usize,
+}
+
+impl Default for OutboxLimits {
+    /// 100 mails, 25 MiB.
+    fn default() -> Self {
+        OutboxLimits { mails: 100, bytes: 25 * 1024 * 1024 }
+    }
 }
 
 impl Default for EmailSettings {
@@ -102,6 +121,7 @@ impl Default for EmailSettings {
             poll_interval: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(25 * 60),
             limits: crate::incoming::MailLimits::default(),
+            outbox: OutboxLimits::default(),
         }
     }
 }
