@@ -195,7 +195,7 @@ impl NetworkSide for EmailSide {
             Event::Attachment { peer, attachment } => {
                 let Some(from) = peer_jid(&peer, None, None, &self.gateway) else { return };
                 if let Some(uploads) = &mut self.uploads {
-                    uploads.push(upload::Job { from, to: user, file: attachment });
+                    uploads.push(upload::Job { from, to: user, file: attachment }).await;
                 }
             }
             Event::Failure { peer, id, kind, text } => {

@@ -9,6 +9,7 @@
 //! their server simply has no upload service.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,9 @@ const NOT_FOUND_FOR: Duration = Duration::from_secs(600);
 const QUEUE_IDLE: Duration = Duration::from_secs(60);
 /// The longest file name put in a slot request (in characters).
 const MAX_FILENAME_CHARS: usize = 100;
+/// Bytes of attachments one user may have waiting to be uploaded; a file past it is
+/// announced as not shared (the user reads it in their mail client) instead of held.
+const QUEUED_BYTES_PER_USER: usize = 64 * 1024 * 1024;
 
 /// An upload service of a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +201,11 @@ impl Uploader {
             }
         };
         for item in items.items {
+            // Only a service of the user's own server: files go nowhere else.
+            if !is_own_service(&item.jid, domain) {
+                debug!(%domain, item = %item.jid, "an item of another domain is not asked");
+                continue;
+            }
             let info = self.iq(item.jid.clone(), Iq::from_get("", DiscoInfoQuery { node: None }));
             let Ok(Some(payload)) = self.requests.ask(&self.out, info, IQ_TIMEOUT).await else { continue };
             let Ok(info) = DiscoInfoResult::try_from(payload) else { continue };
@@ -219,6 +228,16 @@ impl Uploader {
     }
 }
 
+/// Whether `service` belongs to `domain`: the domain itself or one of its subdomains
+/// (`upload.example.org` of `example.org`).
+fn is_own_service(service: &Jid, domain: &str) -> bool {
+    let host = service.domain().as_str();
+    host.eq_ignore_ascii_case(domain)
+        || host.len() > domain.len()
+            && host.get(host.len() - domain.len()..).is_some_and(|end| end.eq_ignore_ascii_case(domain))
+            && host.as_bytes().get(host.len() - domain.len() - 1) == Some(&b'.')
+}
+
 /// A file to share with a user.
 pub struct Job {
     /// The contact it came from (an email JID on the gateway).
@@ -235,8 +254,10 @@ pub struct UploadQueues {
     uploader: Arc<Uploader>,
     /// Where the messages with links go.
     out: Outbox,
-    /// User -> their queue; a queue whose task has ended is replaced on the next push.
-    queues: HashMap<String, mpsc::UnboundedSender<Job>>,
+    /// User -> their queue and the bytes waiting in it; a queue whose task has ended is
+    /// replaced on the next push. Unbounded in count, bounded in bytes
+    /// ([`QUEUED_BYTES_PER_USER`]).
+    queues: HashMap<String, (mpsc::UnboundedSender<Job>, Arc<AtomicUsize>)>,
 }
 
 impl UploadQueues {
@@ -245,27 +266,42 @@ impl UploadQueues {
         UploadQueues { uploader, out, queues: HashMap::new() }
     }
 
-    /// Shares `job.file` with `job.to` after the files queued before it.
-    pub fn push(&mut self, job: Job) {
+    /// Shares `job.file` with `job.to` after the files queued before it; tells the user
+    /// it was not shared when too many bytes already wait.
+    pub async fn push(&mut self, job: Job) {
+        let size = job.file.content.len();
         let job = match self.queues.get(&job.to) {
-            Some(queue) => match queue.send(job) {
-                Ok(()) => return,
-                // The task ended (idle): start another with this job.
-                Err(mpsc::error::SendError(job)) => job,
-            },
+            Some((queue, waiting)) => {
+                let before = waiting.load(Ordering::Relaxed);
+                if before + size > QUEUED_BYTES_PER_USER {
+                    let text = format!(
+                        "[attachment {} was not shared: {} MiB of attachments already wait to be uploaded; read it in your mail client]",
+                        job.file.name,
+                        before / (1024 * 1024)
+                    );
+                    return self.out.send(chat(&job.from, &job.to, text, None)).await;
+                }
+                waiting.fetch_add(size, Ordering::Relaxed);
+                match queue.send(job) {
+                    Ok(()) => return,
+                    // The task ended (idle): start another with this job.
+                    Err(mpsc::error::SendError(job)) => job,
+                }
+            }
             None => job,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let user = job.to.clone();
+        let waiting = Arc::new(AtomicUsize::new(size));
         let _ = tx.send(job);
         let span = info_span!("uploads", %user);
-        tokio::spawn(drain(self.uploader.clone(), self.out.clone(), rx).instrument(span));
-        self.queues.insert(user, tx);
+        tokio::spawn(drain(self.uploader.clone(), self.out.clone(), rx, waiting.clone()).instrument(span));
+        self.queues.insert(user, (tx, waiting));
     }
 }
 
 /// Shares a user's files one after the other; ends when none came for a while.
-async fn drain(uploader: Arc<Uploader>, out: Outbox, mut queue: mpsc::UnboundedReceiver<Job>) {
+async fn drain(uploader: Arc<Uploader>, out: Outbox, mut queue: mpsc::UnboundedReceiver<Job>, waiting: Arc<AtomicUsize>) {
     loop {
         let job = match tokio::time::timeout(QUEUE_IDLE, queue.recv()).await {
             Ok(Some(job)) => job,
@@ -281,7 +317,9 @@ async fn drain(uploader: Arc<Uploader>, out: Outbox, mut queue: mpsc::UnboundedR
             }
         };
         let domain = job.to.rsplit('@').next().unwrap_or_default().to_owned();
-        let text = match uploader.upload(&domain, &job.file).await {
+        let result = uploader.upload(&domain, &job.file).await;
+        waiting.fetch_sub(job.file.content.len().min(waiting.load(Ordering::Relaxed)), Ordering::Relaxed);
+        let text = match result {
             Ok(url) => {
                 debug!(name = %job.file.name, size = job.file.content.len(), "attachment shared");
                 out.send(link_message(&job.from, &job.to, &url, &job.file.name)).await;
@@ -387,6 +425,16 @@ fn chat(from: &str, to: &str, body: String, payload: Option<Element>) -> Element
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_users_own_server_and_its_subdomains_serve_uploads() {
+        let jid = |s: &str| s.parse::<Jid>().unwrap();
+        assert!(is_own_service(&jid("upload.example.org"), "example.org"));
+        assert!(is_own_service(&jid("Example.ORG"), "example.org"));
+        assert!(!is_own_service(&jid("upload.evil.example"), "example.org"));
+        assert!(!is_own_service(&jid("notexample.org"), "example.org"));
+        assert!(!is_own_service(&jid("example.org.evil.example"), "example.org"));
+    }
+
     use super::*;
 
     fn jid(text: &str) -> Jid {

@@ -124,10 +124,17 @@ impl EmailSession {
                 }
                 () = sleep_until_opt(retry_at) => {
                     if transport.is_none() {
-                        transport = smtp::transport(&self.account, &self.settings)
-                            .await
-                            .inspect_err(|error| warn!(%error, "no SMTP transport yet; mail waits in the outbox"))
-                            .ok();
+                        match smtp::transport(&self.account, &self.settings).await {
+                            Ok(built) => transport = Some(built),
+                            Err(error @ smtp::TransportError::Refused(_)) => {
+                                // It will not change by waiting: each mail is reported.
+                                warn!(%error, "the SMTP server is refused by the network policy");
+                                self.refuse_outbox(&error.to_string()).await;
+                                retry_at = None;
+                                continue;
+                            }
+                            Err(error) => warn!(%error, "no SMTP transport yet; mail waits in the outbox"),
+                        }
                     }
                     retry_at = match &transport {
                         Some(transport) if self.flush_outbox(transport).await => {
@@ -193,6 +200,17 @@ impl EmailSession {
             return false;
         }
         true
+    }
+
+    /// Reports every mail in the outbox as not sent (`not-allowed`, `text`), and drops it.
+    async fn refuse_outbox(&self, text: &str) {
+        for (key, bytes) in self.store.list(&self.key.user, OUTBOX).unwrap_or_default() {
+            let _ = self.store.delete(&self.key.user, &key).await;
+            if let Ok(entry) = serde_json::from_slice::<OutboxEntry>(&bytes) {
+                let text = format!("not sent: {text}");
+                self.fail(Peer::EmailAddress(entry.to), entry.xmpp_id, FailureKind::NotAllowed, text).await;
+            }
+        }
     }
 
     /// Why a mail stored as `bytes` does not fit in the outbox (`[limits]`), if it does

@@ -21,31 +21,43 @@ pub struct SendError {
     pub text: String,
 }
 
+/// Why no transport could be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The network policy forbids the server (it resolves to a private address now):
+    /// no use trying again.
+    #[error("smtp_server: {0}")]
+    Refused(String),
+    /// Anything else (DNS down, a bad CA file): try again later.
+    #[error("SMTP: {0}")]
+    Other(String),
+}
+
 /// Builds the transport for `account`. A server the user gave is resolved here, once,
 /// and must be public ([`bridge_net::Reach`]); lettre then connects to the address that
 /// was checked (no lookup of its own), verifying the certificate for the name.
-pub async fn transport(account: &Account, settings: &EmailSettings) -> Result<Transport, String> {
+pub async fn transport(account: &Account, settings: &EmailSettings) -> Result<Transport, TransportError> {
     let endpoint = &account.smtp;
     let server = match endpoint.reach {
         bridge_net::Reach::Configured => endpoint.host.clone(),
         bridge_net::Reach::PublicOnly => {
             let addresses = bridge_net::resolve(&endpoint.host, endpoint.port, endpoint.reach).await.map_err(|error| match error {
                 // Named by its credentials field.
-                refused @ bridge_net::ConnectError::Refused { .. } => format!("smtp_server: {refused}"),
-                error => format!("SMTP: {error}"),
+                refused @ bridge_net::ConnectError::Refused { .. } => TransportError::Refused(refused.to_string()),
+                error => TransportError::Other(error.to_string()),
             })?;
-            let address = addresses.first().ok_or_else(|| format!("SMTP: {} has no address", endpoint.host))?;
+            let address = addresses.first().ok_or_else(|| TransportError::Other(format!("{} has no address", endpoint.host)))?;
             address.ip().to_string()
         }
     };
-    let tls_parameters = || -> Result<TlsParameters, String> {
+    let tls_parameters = || -> Result<TlsParameters, TransportError> {
         let mut builder = TlsParameters::builder(endpoint.host.clone());
         if let Some(path) = &settings.ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("reading CA file {}: {e}", path.display()))?;
-            let certificate = Certificate::from_pem(&pem).map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|e| TransportError::Other(format!("reading CA file {}: {e}", path.display())))?;
+            let certificate = Certificate::from_pem(&pem).map_err(|e| TransportError::Other(format!("CA file {}: {e}", path.display())))?;
             builder = builder.add_root_certificate(certificate);
         }
-        builder.build_rustls().map_err(|e| format!("TLS set-up: {e}"))
+        builder.build_rustls().map_err(|e| TransportError::Other(format!("TLS set-up: {e}")))
     };
     let tls = match endpoint.security {
         Security::Tls => Tls::Wrapper(tls_parameters()?),
@@ -62,7 +74,7 @@ pub async fn transport(account: &Account, settings: &EmailSettings) -> Result<Tr
 
 /// Connects and authenticates without sending anything: the registration check.
 pub async fn check(account: &Account, settings: &EmailSettings) -> Result<(), String> {
-    let transport = transport(account, settings).await?;
+    let transport = transport(account, settings).await.map_err(|error| error.to_string())?;
     match transport.test_connection().await {
         Ok(true) => Ok(()),
         Ok(false) => Err("the SMTP server did not answer".into()),
