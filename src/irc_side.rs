@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
-use bridge_core::model::{Availability, CaseMapping, Command, Departure, Event, Message, MessageKind, NetworkId, Occupant, Peer, SessionKey, UserId};
+use bridge_core::model::{Availability, CaseMapping, Command, Departure, Event, FailureKind, Message, MessageKind, NetworkId, Occupant, Peer, SessionKey, UserId};
 use minidom::Element;
 use tracing::{debug, info, warn};
 use xmpp_parsers::jid::Jid;
@@ -254,6 +254,25 @@ impl IrcSide {
         if let Some(stanza) = side::chat_from(&from, &key.user.0, message) {
             self.out.send(stanza).await;
         }
+    }
+
+    /// A message to a room was not sent: an error from the room, with the message's id,
+    /// to every resource in it (any of them may have sent it).
+    async fn room_failure(&mut self, key: &SessionKey, channel: &str, id: Option<String>, kind: FailureKind, text: &str) {
+        let Some(room) = self.rooms.get(&self.key(key, channel)) else { return };
+        let condition = side::condition_of(kind);
+        let errors: Vec<Element> = room
+            .resources
+            .iter()
+            .map(|to| {
+                let mut error = xmpp_parsers::message::Message::new_with_type(xmpp_parsers::message::MessageType::Error, to.parse::<Jid>().ok());
+                error.from = room.jid_for(to).parse().ok();
+                error.id = id.clone().map(xmpp_parsers::message::Id);
+                error.payloads.push(crate::stanza::stanza_error(condition.clone(), text).into());
+                error.into()
+            })
+            .collect();
+        self.send_all(errors).await;
     }
 
     /// The session confirmed a join (or reported the room again for another resource):
@@ -514,6 +533,7 @@ impl NetworkSide for IrcSide {
         let NetworkId::Irc { server } = &key.network else { return };
         match event {
             Event::Message(message) => self.network_message(&key, server, message).await,
+            Event::Failure { peer: Some(Peer::Channel(channel)), id, kind, text } => self.room_failure(&key, &channel, id, kind, &text).await,
             Event::Failure { peer, id, kind, text } => {
                 let from = peer.and_then(|p| peer_jid(&p, Some(server.as_str()), None, &self.gateway)).unwrap_or_else(|| self.gateway.clone());
                 self.conversations.send_failure(&self.out, &key.user.0, &from, id, kind, &text).await;

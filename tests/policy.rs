@@ -269,3 +269,28 @@ async fn a_full_outbox_refuses_the_next_mail_and_the_queued_ones_still_go() {
     assert_eq!(inbox.len(), 3);
     drop(gateway);
 }
+
+#[tokio::test]
+async fn a_message_that_would_overfill_the_irc_send_queue_is_refused_and_the_queue_drains() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start(false);
+    // The default rate limit: a burst of 4 lines, then 2 a second.
+    let gateway = Gateway::start_irc_networks(&server, &format!("[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\n", ircd.port));
+    let mut carol = ircd.client("carol").await;
+    carol.join("#q").await;
+    let mut alice = server.client("alice", "localhost").await;
+    let room = format!("#q%127.0.0.1@{GW}");
+    joined(&mut alice, &room, "alice").await;
+    // 1,001 lines at once: more than the 1,000 the session queues.
+    let paste = "line\n".repeat(1001);
+    alice.send_raw(&format!("<message to='{room}' type='groupchat' id='paste'><body>{paste}</body></message>")).await;
+    let bounce = alice.wait_for("the paste's error", |e| e.name() == "message" && e.attr("type") == Some("error")).await;
+    assert_eq!(bounce.attr("id"), Some("paste"));
+    let (condition, text) = error_of(&bounce);
+    assert_eq!(condition, "resource-constraint");
+    assert!(text.contains("wait for the IRC server's rate limit"), "{text}");
+    alice.send_raw(&format!("<message to='{room}' type='groupchat' id='short'><body>short one</body></message>")).await;
+    let line = carol.wait_for("alice's next line", |l| l.is_privmsg_to("#q")).await;
+    assert_eq!(line.text(), "short one", "no line of the refused paste reached IRC");
+    drop(gateway);
+}

@@ -33,6 +33,9 @@ const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(30);
 const LINGER: Duration = Duration::from_secs(2);
 /// How long after a raw command the server's numerics are shown to the user.
 const RAW_REPLY_WINDOW: Duration = Duration::from_secs(10);
+/// Lines that may wait for the rate limit; a message that would queue more is refused
+/// (`resource-constraint`), not held: at the default rate that is minutes of backlog.
+const MAX_QUEUED_LINES: usize = 1000;
 /// Queued lines still sent at QUIT; beyond that the user is leaving anyway.
 const QUIT_FLUSH_LINES: usize = 20;
 /// First and last reconnection delays.
@@ -164,7 +167,10 @@ pub struct IrcSession {
     replays: Vec<String>,
     /// Lines waiting for the rate limit (and for registration). The user's own messages
     /// stay queued across a reconnection; at the end they are sent or reported failed.
+    /// At most [`MAX_QUEUED_LINES`] of the user's messages.
     queue: VecDeque<Queued>,
+    /// Messages refused for a full queue, reported after the command that brought them.
+    overflow: Vec<Origin>,
     /// When the next queued line may go; the token bucket's clock.
     next_send: Instant,
     /// Lines still allowed at once before the interval applies.
@@ -220,6 +226,7 @@ impl IrcSession {
             replays: Vec::new(),
             casemapping: CaseMapping::default(),
             queue: VecDeque::new(),
+            overflow: Vec::new(),
             next_send: Instant::now(),
             burst_left: burst,
             registered: false,
@@ -427,6 +434,7 @@ impl IrcSession {
                             return self.quit(&mut write, "gateway shutting down").await;
                         }
                         self.report_replays().await;
+                        self.report_overflow().await;
                     }
                 },
                 () = tokio::time::sleep_until(idle_until), if unused => {
@@ -610,12 +618,31 @@ impl IrcSession {
         let own_prefix = if self.prefix_len > 0 { self.prefix_len } else { text::estimated_prefix_len(&self.nick) };
         let budget = text::privmsg_budget(&target, own_prefix, action);
         let origin = Origin { peer: message.peer.clone(), id: message.id.clone() };
-        for line in text::to_irc_lines(body) {
-            for chunk in text::split_to_fit(&line, budget) {
+        let lines: Vec<String> = text::to_irc_lines(body)
+            .iter()
+            .flat_map(|line| text::split_to_fit(line, budget))
+            .map(|chunk| {
                 let payload = if action { text::encode_action(&chunk) } else { chunk };
-                let line = format!("PRIVMSG {target} :{payload}");
-                self.queue.push_back(Queued { line, origin: Some(Box::new(origin.clone())) });
-            }
+                format!("PRIVMSG {target} :{payload}")
+            })
+            .collect();
+        if self.queue.len() + lines.len() > MAX_QUEUED_LINES {
+            self.overflow.push(origin);
+            return;
+        }
+        for line in lines {
+            self.queue.push_back(Queued { line, origin: Some(Box::new(origin.clone())) });
+        }
+    }
+
+    /// Tells the user about the messages a full queue refused.
+    async fn report_overflow(&mut self) {
+        for Origin { peer, id } in std::mem::take(&mut self.overflow) {
+            let text = format!(
+                "not sent: {} lines already wait for the IRC server's rate limit, the most this gateway queues",
+                self.queue.len()
+            );
+            self.emit(Event::Failure { peer: Some(peer), id, kind: FailureKind::ResourceConstraint, text }).await;
         }
     }
 
@@ -736,6 +763,7 @@ impl IrcSession {
                     }
                 }
                 self.after_welcome();
+                self.report_overflow().await;
             }
             Response::RPL_SASLSUCCESS => {
                 self.sasl = Sasl::Succeeded;
