@@ -917,8 +917,7 @@ mod tests {
             Box::new(IrcSide::new("gw.localhost", outbox.clone(), store.clone(), sessions(&recorder), IrcPolicy::of(&config))),
             Box::new(EmailSide::new("gw.localhost", outbox.clone(), store.clone(), sessions(&recorder), None, 1024)),
         ];
-        let mut record = UserRecord::default();
-        record.irc = Some(crate::store::IrcAccount::new("user"));
+        let record = UserRecord { irc: Some(crate::store::IrcAccount::new("user")), ..UserRecord::default() };
         futures::executor::block_on(store.put_user("user@example.test", &record)).unwrap();
         let router = Router::new(config, store, outbox, sides, recorder.clone(), Requests::default());
         drop(dir);
