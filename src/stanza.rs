@@ -40,7 +40,9 @@ pub fn error_reply(stanza: &Element, condition: DefinedCondition, text: &str) ->
         return None;
     }
     let to: Jid = stanza.attr("from")?.parse().ok()?;
-    let from: Option<Jid> = stanza.attr("to").and_then(|t| t.parse().ok());
+    // From the address written to; if that is no valid JID (`x@y@gw`), from its domain
+    // (the gateway's: the router takes nothing else), never from nobody.
+    let from: Option<Jid> = stanza.attr("to").and_then(|t| t.parse().ok().or_else(|| crate::router::split_jid(t).1.parse().ok()));
     let id = stanza.attr("id");
     let error = stanza_error(condition, text);
     let reply = match stanza.name() {
@@ -117,6 +119,16 @@ mod tests {
             "<handshake xmlns='jabber:component:accept' from='u@localhost'/>",
         ] {
             assert!(error_reply(&parse(xml), DefinedCondition::BadRequest, "x").is_none(), "{xml}");
+        }
+    }
+
+    #[test]
+    fn an_error_to_a_malformed_address_comes_from_its_domain() {
+        for to in ["x@y@gw.localhost", "a\"b\\40example.test@gw.localhost"] {
+            let xml = format!("<iq xmlns='jabber:component:accept' type='get' id='1' from='u@h/r' to='{}'/>", to.replace('"', "&quot;"));
+            let stanza: Element = xml.parse().unwrap();
+            let reply = error_reply(&stanza, DefinedCondition::JidMalformed, "bad").unwrap();
+            assert_eq!(reply.attr("from"), Some("gw.localhost"), "{to}");
         }
     }
 }
