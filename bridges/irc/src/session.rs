@@ -100,6 +100,17 @@ fn unsent_messages(queue: VecDeque<Queued>) -> Vec<Origin> {
     messages
 }
 
+/// What handling a command left to tell the gateway.
+#[derive(Debug)]
+enum Owed {
+    /// A joined channel whose `Event::Joined` a repeated `Command::Join` asked for again
+    /// (another XMPP resource of the user entering the room): the gateway keeps no
+    /// occupant list of its own, so the session reports the current one (by folded name).
+    Replay(String),
+    /// A message refused for a full send queue.
+    Refused(Origin),
+}
+
 /// Why serving a connection stopped.
 enum Outcome {
     /// The user or the gateway ended the session.
@@ -161,16 +172,13 @@ pub struct IrcSession {
     chanmodes: Option<String>,
     /// Nicks the user talked with privately; their QUIT is shown as unavailable.
     private_peers: BTreeSet<String>,
-    /// Joined channels whose `Event::Joined` a repeated `Command::Join` asked for again
-    /// (another XMPP resource of the user entering the room): the gateway keeps no
-    /// occupant list of its own, so the session reports the current one.
-    replays: Vec<String>,
+    /// What commands left to tell the gateway, told once the command is handled
+    /// ([`Owed`]). One list for both kinds: a session task's size is per connection.
+    owed: Vec<Owed>,
     /// Lines waiting for the rate limit (and for registration). The user's own messages
     /// stay queued across a reconnection; at the end they are sent or reported failed.
     /// At most [`MAX_QUEUED_LINES`] of the user's messages.
     queue: VecDeque<Queued>,
-    /// Messages refused for a full queue, reported after the command that brought them.
-    overflow: Vec<Origin>,
     /// When the next queued line may go; the token bucket's clock.
     next_send: Instant,
     /// Lines still allowed at once before the interval applies.
@@ -223,10 +231,9 @@ impl IrcSession {
             prefixes: PrefixMap::default(),
             chanmodes: None,
             private_peers: BTreeSet::new(),
-            replays: Vec::new(),
+            owed: Vec::new(),
             casemapping: CaseMapping::default(),
             queue: VecDeque::new(),
-            overflow: Vec::new(),
             next_send: Instant::now(),
             burst_left: burst,
             registered: false,
@@ -382,9 +389,8 @@ impl IrcSession {
     /// Serves one connection.
     async fn serve(&mut self, stream: Stream, mut connecting: Option<OwnedSemaphorePermit>) -> Outcome {
         let (read, mut write) = split(stream);
-        let limits = self.settings.limits;
-        let mut reader = LineReader::new(read, limits.line_bytes as usize);
-        let mut rate = IncomingRate::new(&limits, Instant::now());
+        let mut reader = LineReader::new(read, self.settings.limits.line_bytes as usize);
+        let mut rate = IncomingRate::new(&self.settings.limits, Instant::now());
         self.registered = false;
         self.sasl = Sasl::NotTried;
         // Protocol lines are recomputed after the welcome (rejoins); the user's
@@ -415,9 +421,9 @@ impl IrcSession {
                         // Accepted: the next connection to this server may start.
                         drop(connecting.take());
                         bridge_core::counters::count(&bridge_core::counters::COUNTERS.irc_lines_in);
-                        if !rate.take(Instant::now()) {
+                        if !rate.take(&self.settings.limits, Instant::now()) {
                             bridge_core::counters::count(&bridge_core::counters::COUNTERS.irc_servers_cut_off);
-                            return Outcome::Flooded(flooded(&self.server, &limits));
+                            return Outcome::Flooded(flooded(&self.server, &self.settings.limits));
                         }
                         if let Some(outcome) = Box::pin(self.on_line(&line, &mut write)).await {
                             return outcome;
@@ -433,8 +439,7 @@ impl IrcSession {
                         if self.on_command(command) {
                             return self.quit(&mut write, "gateway shutting down").await;
                         }
-                        self.report_replays().await;
-                        self.report_overflow().await;
+                        self.report_owed().await;
                     }
                 },
                 () = tokio::time::sleep_until(idle_until), if unused => {
@@ -543,7 +548,7 @@ impl IrcSession {
                 if self.joined.get(&lower).is_some_and(|j| j.reported) {
                     // Another resource entering: the channel (and the key it was joined
                     // with, for rejoins) stays as it is.
-                    self.replays.push(lower);
+                    self.owed.push(Owed::Replay(lower));
                     return false;
                 }
                 if !self.joined.contains_key(&lower) {
@@ -627,7 +632,7 @@ impl IrcSession {
             })
             .collect();
         if self.queue.len() + lines.len() > MAX_QUEUED_LINES {
-            self.overflow.push(origin);
+            self.owed.push(Owed::Refused(origin));
             return;
         }
         for line in lines {
@@ -635,16 +640,6 @@ impl IrcSession {
         }
     }
 
-    /// Tells the user about the messages a full queue refused.
-    async fn report_overflow(&mut self) {
-        for Origin { peer, id } in std::mem::take(&mut self.overflow) {
-            let text = format!(
-                "not sent: {} lines already wait for the IRC server's rate limit, the most this gateway queues",
-                self.queue.len()
-            );
-            self.emit(Event::Failure { peer: Some(peer), id, kind: FailureKind::ResourceConstraint, text }).await;
-        }
-    }
 
     // ---------------------------------------------------------------------------------
     // From IRC to the gateway
@@ -763,7 +758,7 @@ impl IrcSession {
                     }
                 }
                 self.after_welcome();
-                self.report_overflow().await;
+                self.report_owed().await;
             }
             Response::RPL_SASLSUCCESS => {
                 self.sasl = Sasl::Succeeded;
@@ -896,17 +891,27 @@ impl IrcSession {
         self.private_peers = std::mem::take(&mut self.private_peers).iter().map(|p| mapping.fold(p)).collect();
     }
 
-    /// Reports `Joined` again for the channels a repeated join asked for.
-    async fn report_replays(&mut self) {
-        for lower in std::mem::take(&mut self.replays) {
-            if let Some(joined) = self.joined.get(&lower) {
-                let event = Event::Joined {
-                    channel: joined.name.clone(),
-                    nick: self.nick.clone(),
-                    occupants: joined.privileges.occupants(),
-                    topic: joined.topic.clone(),
-                };
-                self.emit(event).await;
+    /// Tells the gateway what handling commands left owed.
+    async fn report_owed(&mut self) {
+        for owed in std::mem::take(&mut self.owed) {
+            match owed {
+                Owed::Replay(lower) => {
+                    let Some(joined) = self.joined.get(&lower) else { continue };
+                    let event = Event::Joined {
+                        channel: joined.name.clone(),
+                        nick: self.nick.clone(),
+                        occupants: joined.privileges.occupants(),
+                        topic: joined.topic.clone(),
+                    };
+                    self.emit(event).await;
+                }
+                Owed::Refused(Origin { peer, id }) => {
+                    let text = format!(
+                        "not sent: {} lines already wait for the IRC server's rate limit, the most this gateway queues",
+                        self.queue.len()
+                    );
+                    self.emit(Event::Failure { peer: Some(peer), id, kind: FailureKind::ResourceConstraint, text }).await;
+                }
             }
         }
     }

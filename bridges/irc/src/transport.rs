@@ -93,34 +93,30 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 }
 
 /// How many lines a server may still send: a token bucket holding up to the burst,
-/// refilled at the average rate. Kept per connection.
+/// refilled at the average rate (both from [`ServerLimits`], passed to each call: this
+/// lives in every connection's task, so it holds only what changes).
 #[derive(Debug, Clone)]
 pub struct IncomingRate {
     /// Lines that may come now.
-    tokens: f64,
+    tokens: f32,
     /// When `tokens` was last brought up to date.
     checked: Instant,
-    /// Tokens regained per second; 0: no limit.
-    per_second: f64,
-    /// Most tokens held.
-    burst: f64,
 }
 
 impl IncomingRate {
     /// A full bucket, as of `now`.
     pub fn new(limits: &ServerLimits, now: Instant) -> Self {
-        let burst = f64::from(limits.lines_burst.max(1));
-        IncomingRate { tokens: burst, checked: now, per_second: f64::from(limits.lines_per_second), burst }
+        IncomingRate { tokens: limits.lines_burst.max(1) as f32, checked: now }
     }
 
     /// Counts a line read at `now`; false when the server is past its rate.
-    pub fn take(&mut self, now: Instant) -> bool {
-        if self.per_second == 0.0 {
+    pub fn take(&mut self, limits: &ServerLimits, now: Instant) -> bool {
+        if limits.lines_per_second == 0 {
             return true;
         }
-        let elapsed = now.saturating_duration_since(self.checked).as_secs_f64();
+        let elapsed = now.saturating_duration_since(self.checked).as_secs_f32();
         self.checked = now;
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.tokens = (self.tokens + elapsed * limits.lines_per_second as f32).min(limits.lines_burst.max(1) as f32);
         if self.tokens < 1.0 {
             return false;
         }
@@ -197,13 +193,13 @@ mod tests {
         let limits = ServerLimits { lines_per_second: 10, lines_burst: 5, ..ServerLimits::default() };
         let start = Instant::now();
         let mut rate = IncomingRate::new(&limits, start);
-        assert!((0..5).all(|_| rate.take(start)), "the burst comes at once");
-        assert!(!rate.take(start), "one more at the same instant is past the rate");
+        assert!((0..5).all(|_| rate.take(&limits, start)), "the burst comes at once");
+        assert!(!rate.take(&limits, start), "one more at the same instant is past the rate");
         // A tenth of a second gives one line back; a long pause refills only the burst.
-        assert!(rate.take(start + std::time::Duration::from_millis(100)));
+        assert!(rate.take(&limits, start + std::time::Duration::from_millis(101)));
         let later = start + std::time::Duration::from_secs(60);
-        assert!((0..5).all(|_| rate.take(later)));
-        assert!(!rate.take(later));
+        assert!((0..5).all(|_| rate.take(&limits, later)));
+        assert!(!rate.take(&limits, later));
     }
 
     #[test]
@@ -211,6 +207,6 @@ mod tests {
         let limits = ServerLimits { lines_per_second: 0, ..ServerLimits::default() };
         let now = Instant::now();
         let mut rate = IncomingRate::new(&limits, now);
-        assert!((0..100_000).all(|_| rate.take(now)));
+        assert!((0..100_000).all(|_| rate.take(&limits, now)));
     }
 }
