@@ -38,6 +38,7 @@ const NETWORK_PASSWORD: &str = "irc_password/";
 const OTHER_NETWORK_FIELDS: &[(&str, FieldType, &str)] = &[
     ("irc_network", FieldType::TextSingle, "Another IRC network (host name) to give a password for"),
     ("irc_network_password", FieldType::TextPrivate, "IRC password on that network (SASL PLAIN)"),
+    ("irc_forget_password", FieldType::TextSingle, "An IRC network (host name) whose stored password to forget"),
 ];
 
 /// The one IRC password of earlier forms and of the legacy fields (see the module's doc).
@@ -197,6 +198,10 @@ pub fn apply(
             .filter(|irc| irc.nick == nick)
             .unwrap_or_else(|| IrcAccount::new(nick));
         account.passwords.extend(passwords);
+        if let Some(host) = get("irc_forget_password") {
+            let host = address::normalize_server(host).map_err(|e| field_error("irc_forget_password", format!("{host:?}: {e}")))?;
+            account.passwords.remove(&host);
+        }
         record.irc = Some(account);
     } else if let Some((var, _)) = values.iter().find(|(var, value)| is_irc_password(var) && !value.is_empty()) {
         return Err(field_error("irc_nick", format!("{var} needs an IRC nick")));
@@ -268,7 +273,7 @@ pub fn apply(
 
 /// Whether `var` carries an IRC password (or the network of one).
 fn is_irc_password(var: &str) -> bool {
-    var.starts_with(NETWORK_PASSWORD) || var == SINGLE_IRC_PASSWORD || var == "irc_network" || var == "irc_network_password"
+    var.starts_with(NETWORK_PASSWORD) || var == SINGLE_IRC_PASSWORD || var == "irc_network" || var == "irc_network_password" || var == "irc_forget_password"
 }
 
 /// The IRC passwords a submission gives, by network host in lower case.
@@ -480,6 +485,17 @@ mod tests {
         // A later submission adds to what is kept, network by network.
         let later = apply(Some(&r), &submit(&[("irc_nick", "alice"), ("irc_password/irc.two", "two-pw")]), &c).unwrap();
         assert_eq!((password(&later, "irc.one"), password(&later, "irc.two")), (Some("one-pw"), Some("two-pw")));
+    }
+
+    #[test]
+    fn a_stored_irc_password_can_be_forgotten_network_by_network() {
+        let c = two_networks();
+        let given = submit(&[("irc_nick", "alice"), ("irc_password/irc.one", "one-pw"), ("irc_network", "irc.else.example"), ("irc_network_password", "e")]);
+        let r = apply(None, &given, &c).unwrap();
+        let forgot = apply(Some(&r), &submit(&[("irc_nick", "alice"), ("irc_forget_password", "IRC.Else.Example")]), &c).unwrap();
+        assert_eq!((password(&forgot, "irc.one"), password(&forgot, "irc.else.example")), (Some("one-pw"), None));
+        let bad = apply(Some(&r), &submit(&[("irc_nick", "alice"), ("irc_forget_password", "bad host:1")]), &c).unwrap_err();
+        assert_eq!(bad.field, "irc_forget_password");
     }
 
     #[test]
