@@ -605,6 +605,16 @@ impl NetworkSide for IrcSide {
         self.sessions.end_all(reason);
     }
 
+    fn self_ping(&self, envelope: &Envelope) -> Option<bool> {
+        let (Address::IrcChannel { channel, server }, Some(nick)) = (&envelope.target, envelope.resource.as_deref()) else { return None };
+        let session = SessionKey { user: envelope.user_id(), network: NetworkId::Irc { server: server.clone() } };
+        let full = envelope.from.to_string();
+        let joined = self.rooms.get(&self.key(&session, channel)).is_some_and(|room| {
+            room.joined && room.resources.entered().any(|r| *r == full) && room.is_me(nick)
+        });
+        Some(joined)
+    }
+
     fn active_users(&self) -> Vec<UserId> {
         self.sessions.users().cloned().collect()
     }

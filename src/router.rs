@@ -282,7 +282,11 @@ impl Router {
                 Ok(Some(disco::items(&envelope.target, node, &self.gateway, &self.config).into()))
             }
             (true, disco::NS_VERSION) if gateway => Ok(Some(disco::version().into())),
-            (true, disco::NS_PING) => Ok(None),
+            (true, disco::NS_PING) => match network_of(&envelope.target).and_then(|n| self.sides.iter().find(|side| side.serves(&n))).and_then(|side| side.self_ping(&envelope)) {
+                // XEP-0410: a client checking it is still in a room.
+                Some(false) => Err((DefinedCondition::NotAcceptable, "you are not in this room under this nick".to_owned())),
+                Some(true) | None => Ok(None),
+            },
             (true, disco::NS_GATEWAY) if gateway => Ok(Some(disco::gateway_prompt())),
             (false, disco::NS_GATEWAY) if gateway => disco::gateway_translate(&payload, &self.gateway).map(Some),
             (_, NS_REGISTER) if gateway => return self.handle_register(is_get, &payload, &envelope, &stanza).await,

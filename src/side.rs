@@ -81,6 +81,13 @@ pub trait NetworkSide {
     /// How many sessions this side has live.
     fn sessions(&self) -> usize;
 
+    /// XEP-0410 MUC self-ping: for a ping to an occupant address of one of this side's
+    /// rooms, whether the sender is in that room under that nick (`None`: the address
+    /// is no occupant of this side's, the ping is answered as any other).
+    fn self_ping(&self, _envelope: &Envelope) -> Option<bool> {
+        None
+    }
+
     /// The users with a session on this side (whether or not they sent the gateway
     /// their presence).
     fn active_users(&self) -> Vec<UserId>;

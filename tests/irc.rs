@@ -1182,3 +1182,26 @@ async fn an_irc_password_goes_only_to_its_network_and_only_when_asked_for() {
     let log = gateway.log_text();
     assert!(!log.contains("alice-secret") && !log.contains("bob-secret"), "a password leaked into the log");
 }
+
+on_each_server!(a_self_ping_says_whether_the_client_is_still_in_the_room);
+/// XEP-0410: clients ping their own occupant JID to learn whether they are still joined.
+async fn a_self_ping_says_whether_the_client_is_still_in_the_room(kind: ServerKind) {
+    let s = setup_on(kind);
+    let mut alice = s.server.client("alice", "localhost").await;
+    let r = room("#ping");
+    let ping = "<ping xmlns='urn:xmpp:ping'/>";
+    let before = alice.iq_raw("get", Some(&format!("{r}/alice")), ping).await;
+    assert_eq!(error_condition(&before).as_deref(), Some("not-acceptable"), "not joined yet: {before:?}");
+    join(&mut alice, &r, "alice").await;
+    let joined = alice.iq_raw("get", Some(&format!("{r}/alice")), ping).await;
+    assert_eq!(joined.attr("type"), Some("result"), "{joined:?}");
+    let other_nick = alice.iq_raw("get", Some(&format!("{r}/someone")), ping).await;
+    assert_eq!(error_condition(&other_nick).as_deref(), Some("not-acceptable"), "{other_nick:?}");
+    alice.send_raw(&format!("<presence to='{r}/alice' type='unavailable'/>")).await;
+    alice.wait_for("the room's goodbye", |e| is_presence_from(e, &format!("{r}/alice")) && e.attr("type") == Some("unavailable")).await;
+    let after = alice.iq_raw("get", Some(&format!("{r}/alice")), ping).await;
+    assert_eq!(error_condition(&after).as_deref(), Some("not-acceptable"), "left: {after:?}");
+    // A ping to the gateway itself is still just answered.
+    let gateway = alice.iq_raw("get", Some(GW), ping).await;
+    assert_eq!(gateway.attr("type"), Some("result"));
+}
