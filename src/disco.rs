@@ -54,9 +54,12 @@ pub fn info(address: &Address, node: Option<&str>) -> Result<DiscoInfoResult, Re
             ],
             GATEWAY_FEATURES,
         ),
+        // XEP-0045's registered identity; an IRC channel is open (anyone may join, as
+        // IRC says at the JOIN), semi-anonymous (no real JIDs) and unmoderated until its
+        // modes say otherwise; occupants answer self-pings (XEP-0410).
         Address::IrcChannel { channel, .. } => (
-            vec![Identity::new("conference", "irc", "en", channel.clone())],
-            &[NS_DISCO_INFO, NS_MUC],
+            vec![Identity::new("conference", "text", "en", channel.clone())],
+            &[NS_DISCO_INFO, NS_MUC, "muc_open", "muc_semianonymous", "muc_unmoderated", NS_PING, "http://jabber.org/protocol/muc#self-ping-optimization"],
         ),
         Address::IrcServer { server } => {
             (vec![Identity::new("gateway", "irc", "en", server.clone())], &[NS_DISCO_INFO])
@@ -148,8 +151,10 @@ mod tests {
     fn channel_info_is_a_muc_room() {
         let room = Address::IrcChannel { channel: "#rust".into(), server: "irc.example.org".into() };
         let info = info(&room, None).unwrap();
-        assert_eq!(info.identities[0].category, "conference");
-        assert!(info.features.contains(NS_MUC));
+        assert_eq!((info.identities[0].category.as_str(), info.identities[0].type_.as_str()), ("conference", "text"));
+        for feature in [NS_MUC, "muc_open", "muc_semianonymous", NS_PING, "http://jabber.org/protocol/muc#self-ping-optimization"] {
+            assert!(info.features.contains(feature), "{feature}");
+        }
         assert_eq!(super::info(&room, Some("x")).unwrap_err().0, DefinedCondition::ItemNotFound);
     }
 
