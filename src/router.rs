@@ -472,7 +472,7 @@ impl Router {
             self.sides.iter().filter(|side| side.serves(&NetworkId::Email) == email).map(|side| side.sessions()).sum()
         };
         Gauges {
-            registered: self.store.user_jids().map(|users| users.len()).unwrap_or(0),
+            registered: self.store.user_count(),
             online: self.online_users().len(),
             irc_connections: sessions_where(false),
             mail_sessions: sessions_where(true),

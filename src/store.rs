@@ -487,7 +487,6 @@ impl Store {
         Ok(changed)
     }
 
-    /// The bare JIDs of all registered users, in byte order.
     /// The ban list the administrators set (bare JIDs and domains), empty if never set.
     pub fn bans(&self) -> Result<Vec<String>, StoreError> {
         let Some(bytes) = self.inner.meta.get(BANS_KEY).map_err(|e| self.db_error("read", e))? else { return Ok(Vec::new()) };
@@ -505,6 +504,14 @@ impl Store {
         }
     }
 
+    /// How many users are registered (a count of keys: nothing is decoded or copied, for
+    /// the status and each metrics scrape).
+    #[must_use]
+    pub fn user_count(&self) -> usize {
+        self.inner.users.len()
+    }
+
+    /// The bare JIDs of all registered users, in byte order.
     pub fn user_jids(&self) -> Result<Vec<String>, StoreError> {
         self.inner
             .users
@@ -980,6 +987,7 @@ mod tests {
             store.put_bans(&["evil.example".into(), "mallory@x.example".into()]).await.unwrap();
         }
         assert_eq!(t.open().bans().unwrap(), ["evil.example", "mallory@x.example"]);
+        assert_eq!(t.open().user_count(), 0, "the ban list is no user");
     }
 
     #[tokio::test]

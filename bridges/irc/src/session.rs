@@ -292,10 +292,7 @@ impl IrcSession {
                 Outcome::Flooded(reason) => {
                     warn!(server = %self.server, %reason, "IRC server cut off");
                     // Channels still being joined fail; joined ones close with the reason.
-                    let joined: Vec<String> = self.joined.keys().cloned().collect();
-                    for lower in joined {
-                        self.wanted.remove(&lower);
-                    }
+                    self.wanted.retain(|lower, _| !self.joined.contains_key(lower));
                     self.fail_everything(FailureKind::Unavailable, &reason).await;
                     end_reason = reason;
                     break;
