@@ -43,6 +43,42 @@ pub struct Config {
     /// The Prometheus endpoint (off unless `listen` is set).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The message archive (XEP-0313) of channels and private conversations.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+}
+
+/// What the gateway keeps of what was said, for clients to fetch (XEP-0313).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Whether channel lines and private messages are archived; when off, nothing is
+    /// written and archive queries get `feature-not-implemented`.
+    #[serde(default = "default_archive_enabled")]
+    pub enabled: bool,
+    /// Days a message is kept; 0: no age limit.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Messages kept per conversation (one user's copy of one channel, or one private
+    /// conversation), the newest; 0: no count limit.
+    #[serde(default = "default_retention_messages")]
+    pub retention_messages: u64,
+}
+
+fn default_archive_enabled() -> bool {
+    true
+}
+fn default_retention_days() -> u32 {
+    365
+}
+fn default_retention_messages() -> u64 {
+    100_000
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { enabled: default_archive_enabled(), retention_days: default_retention_days(), retention_messages: default_retention_messages() }
+    }
 }
 
 /// Metrics for operators.

@@ -41,8 +41,12 @@ const GATEWAY_FEATURES: &[&str] = &[
 /// An answer that is an error: the condition and a text for the user.
 pub type Refusal = (DefinedCondition, String);
 
-/// disco#info of `address` (a JID on the gateway's domain).
-pub fn info(address: &Address, node: Option<&str>) -> Result<DiscoInfoResult, Refusal> {
+/// What the archive adds to the gateway's and the rooms' features (XEP-0313, XEP-0359).
+const ARCHIVE_FEATURES: &[&str] = &[crate::mam::NS_MAM, crate::mam::NS_SID];
+
+/// disco#info of `address` (a JID on the gateway's domain); `archive`: whether messages
+/// are archived.
+pub fn info(address: &Address, node: Option<&str>, archive: bool) -> Result<DiscoInfoResult, Refusal> {
     if node.is_some_and(|n| n != NS_COMMANDS) {
         return Err((DefinedCondition::ItemNotFound, "no such node".into()));
     }
@@ -71,10 +75,14 @@ pub fn info(address: &Address, node: Option<&str>) -> Result<DiscoInfoResult, Re
             (vec![Identity::new("client", "pc", "en", address.clone())], &[NS_DISCO_INFO])
         }
     };
+    let archived = match address {
+        Address::Gateway | Address::IrcChannel { .. } if archive && node.is_none() => ARCHIVE_FEATURES,
+        _ => &[],
+    };
     Ok(DiscoInfoResult {
         node: node.map(str::to_owned),
         identities,
-        features: features.iter().map(|f| (*f).to_owned()).collect(),
+        features: features.iter().chain(archived).map(|f| (*f).to_owned()).collect(),
         extensions: Vec::new(),
     })
 }
@@ -139,23 +147,25 @@ mod tests {
 
     #[test]
     fn gateway_info_has_both_identities_and_all_features() {
-        let info = info(&Address::Gateway, None).unwrap();
+        let info = info(&Address::Gateway, None, true).unwrap();
         let ids: Vec<_> = info.identities.iter().map(|i| (i.category.as_str(), i.type_.as_str())).collect();
         assert_eq!(ids, vec![("gateway", "irc"), ("gateway", "smtp")]);
-        for f in ["jabber:iq:register", "jabber:iq:gateway", NS_MUC, NS_PING, NS_VERSION, NS_COMMANDS] {
+        for f in ["jabber:iq:register", "jabber:iq:gateway", NS_MUC, NS_PING, NS_VERSION, NS_COMMANDS, "urn:xmpp:mam:2", "urn:xmpp:sid:0"] {
             assert!(info.features.contains(f), "{f}");
         }
+        let without_archive = super::info(&Address::Gateway, None, false).unwrap();
+        assert!(!without_archive.features.iter().any(|f| f.starts_with("urn:xmpp:mam") || f == "urn:xmpp:sid:0"));
     }
 
     #[test]
     fn channel_info_is_a_muc_room() {
         let room = Address::IrcChannel { channel: "#rust".into(), server: "irc.example.org".into() };
-        let info = info(&room, None).unwrap();
+        let info = info(&room, None, true).unwrap();
         assert_eq!((info.identities[0].category.as_str(), info.identities[0].type_.as_str()), ("conference", "text"));
-        for feature in [NS_MUC, "muc_open", "muc_semianonymous", NS_PING, "http://jabber.org/protocol/muc#self-ping-optimization"] {
+        for feature in [NS_MUC, "muc_open", "muc_semianonymous", NS_PING, "http://jabber.org/protocol/muc#self-ping-optimization", "urn:xmpp:mam:2", "urn:xmpp:sid:0"] {
             assert!(info.features.contains(feature), "{feature}");
         }
-        assert_eq!(super::info(&room, Some("x")).unwrap_err().0, DefinedCondition::ItemNotFound);
+        assert_eq!(super::info(&room, Some("x"), true).unwrap_err().0, DefinedCondition::ItemNotFound);
     }
 
     #[test]

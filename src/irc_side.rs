@@ -18,6 +18,7 @@ use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza_error::DefinedCondition;
 
 use crate::address::{self, Address};
+use crate::archive::{Archive, Conversation, Direction, Entry};
 use crate::connection::NS_COMPONENT;
 use crate::disco::{self, Refusal};
 use crate::muc::{self, room_key, Room, RoomKeyRef, Rooms};
@@ -46,11 +47,14 @@ pub struct IrcSide {
     /// How each network compares names (default rfc1459 until a session there says): a
     /// property of the server, so one entry per network, kept while a session is there.
     mappings: HashMap<NetworkId, CaseMapping>,
+    /// Where every channel line and private message is kept (XEP-0313), and the ids the
+    /// live copies carry.
+    archive: Archive,
 }
 
 impl IrcSide {
     /// The IRC side, its sessions started by the IRC bridge in `sessions`.
-    pub fn new(gateway: &str, out: Outbox, store: Store, sessions: Sessions, policy: IrcPolicy) -> Self {
+    pub fn new(gateway: &str, out: Outbox, store: Store, sessions: Sessions, policy: IrcPolicy, archive: Archive) -> Self {
         IrcSide {
             gateway: gateway.to_owned(),
             out,
@@ -60,7 +64,17 @@ impl IrcSide {
             conversations: Conversations::default(),
             mappings: HashMap::new(),
             policy,
+            archive,
         }
+    }
+
+    /// Archives a line of `user`'s and gives its id, for the live copies' stanza-id
+    /// (`None` when the archive is off).
+    async fn archive(&self, user: &UserId, conversation: Conversation, direction: Direction, who: &str, body: &str) -> Option<String> {
+        let id = self.archive.next_id()?;
+        let entry = Entry { id, user: user.0.clone(), conversation, direction, who: who.to_owned(), body: body.to_owned() };
+        self.archive.append(entry).await;
+        Some(crate::mam::id_text(id))
     }
 
     /// How the network of `session` compares names, as a session there last said.
@@ -195,7 +209,8 @@ impl IrcSide {
             (None, Some(topic)) => Command::SetTopic { channel: room.channel.clone(), topic },
             (Some(body), _) => {
                 // IRC does not echo: reflect the message to every resource in the room.
-                let echoes = room.resources.iter().map(|to| muc::groupchat(&room.occupant_jid(to, &room.nick), to, &body, stanza.attr("id"))).collect();
+                let archived = self.archive(&session.user, Conversation::room(server, &room.channel), Direction::Room, &room.nick, &body).await;
+                let echoes = room.resources.iter().map(|to| muc::groupchat(&room.occupant_jid(to, &room.nick), to, &body, stanza.attr("id"), archived.as_deref())).collect();
                 let channel = room.channel.clone();
                 self.send_all(echoes).await;
                 Command::Send(Message {
@@ -245,13 +260,23 @@ impl IrcSide {
                 Some(nick) => room.occupant_jid(to, nick),
                 None => room.jid_for(to).to_owned(),
             };
-            let stanzas = room.resources.entered().map(|to| muc::groupchat(&from(to), to, &body, None)).collect();
+            let who = message.sender.as_deref().unwrap_or_default();
+            let archived = self.archive(&key.user, Conversation::room(server, channel), Direction::Room, who, &body).await;
+            let stanzas = room.resources.entered().map(|to| muc::groupchat(&from(to), to, &body, None, archived.as_deref())).collect();
             return self.send_all(stanzas).await;
         }
         let Some(from) = peer_jid(&message.peer, Some(server), None, &self.gateway) else {
             return warn!(user = %key.user.0, "a session reported a message from an address we cannot form");
         };
-        if let Some(stanza) = side::chat_from(&from, &key.user.0, message) {
+        let body = match message.kind {
+            MessageKind::Action => format!("/me {}", message.body),
+            _ => message.body.clone(),
+        };
+        let archived = self.archive(&key.user, Conversation::private(&from), Direction::FromContact, &from, &body).await;
+        if let Some(mut stanza) = side::chat_from(&from, &key.user.0, message) {
+            if let Some(archived) = archived {
+                stanza.append_child(crate::mam::stanza_id(&archived, &self.gateway));
+            }
             self.out.send(stanza).await;
         }
     }
@@ -522,10 +547,18 @@ impl NetworkSide for IrcSide {
             _ => return,
         };
         let network = NetworkId::Irc { server: server.clone() };
+        let contact = peer_jid(&peer, Some(server), None, &self.gateway);
         let message = side::chat_to(stanza, peer, body);
         self.conversations.note(stanza, envelope);
-        if let Err((condition, text)) = self.hand_to_session(&envelope.user_id(), network, Command::Send(message)) {
-            refuse(&self.out, stanza, condition, &text).await;
+        let user = envelope.user_id();
+        let body = message.body.clone();
+        match self.hand_to_session(&user, network, Command::Send(message)) {
+            Err((condition, text)) => refuse(&self.out, stanza, condition, &text).await,
+            Ok(()) => {
+                if let Some(contact) = contact {
+                    self.archive(&user, Conversation::private(&contact), Direction::ToContact, &contact, &body).await;
+                }
+            }
         }
     }
 
@@ -706,7 +739,7 @@ mod tests {
         let (outbox, out) = Outbox::for_tests();
         let (store, tmp) = store();
         let bridge = Arc::new(Recorder::default());
-        let side = IrcSide::new("gw", outbox, store, sessions(&bridge), IrcPolicy::default());
+        let side = IrcSide::new("gw", outbox, store, sessions(&bridge), IrcPolicy::default(), Archive::default());
         Fixture { side, out, bridge, _tmp: tmp }
     }
 

@@ -6,6 +6,7 @@
 pub mod adhoc;
 pub mod admin;
 pub mod address;
+pub mod archive;
 pub mod component;
 pub mod config;
 pub mod connection;
@@ -13,6 +14,7 @@ pub mod disco;
 pub mod encode;
 pub mod email_side;
 pub mod irc_side;
+pub mod mam;
 pub mod metrics;
 pub mod muc;
 pub mod presence;
@@ -60,6 +62,9 @@ pub enum RunError {
     /// it, rather than living on with nobody writing.
     #[error("the XMPP writer task stopped: {0}")]
     WriterDied(String),
+    /// The message archive could not be started.
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
     /// The metrics endpoint's address cannot be listened on.
     #[error("cannot listen on metrics.listen = {address}: {source}")]
     Metrics {
@@ -139,6 +144,11 @@ async fn assign_unassigned_irc_passwords(config: &Config, store: &Store) -> Resu
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
     let store = Store::open(&config.storage.path, &config.key_file())?;
     assign_unassigned_irc_passwords(&config, &store).await?;
+    let archive = if config.archive.enabled {
+        archive::Archive::start(store.archive()?, archive::Retention::of(&config.archive))?
+    } else {
+        archive::Archive::default()
+    };
     let config = Arc::new(config);
     let (out, control, writer) = writer::spawn(config.keepalive());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -161,10 +171,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             store.clone(),
             Sessions::new(vec![Arc::new(irc_bridge(&config))], events_tx.clone()),
             irc_side::IrcPolicy::of(&config),
+            archive.clone(),
         )),
         Box::new(EmailSide::new(&gateway, out.clone(), store.clone(), Sessions::new(vec![email.clone()], events_tx), uploads, config.limits.message_bytes_email)),
     ];
-    let mut router = Router::new(config.clone(), store.clone(), out, sides, email, requests);
+    let mut router = Router::new(config.clone(), store.clone(), out, sides, email, requests, archive.clone());
     let metrics = match &config.metrics.listen {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
@@ -188,6 +199,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
                 Err(error) => {
                     let why = if error.is_panic() { format!("it panicked: {}", panic_text(error.into_panic())) } else { error.to_string() };
                     tracing::error!(%why, "the XMPP writer task stopped; exiting");
+                    let _ = archive.flush().await;
                     let _ = store.flush().await;
                     return Err(RunError::WriterDied(why));
                 }
@@ -201,6 +213,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     if !writer_done {
         let _ = writer.await;
     }
+    archive.flush().await?;
     store.flush().await?;
     Ok(result?)
 }

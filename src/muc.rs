@@ -394,13 +394,15 @@ pub fn subject_message(from: &str, to: &str, subject: &str) -> Element {
 }
 
 /// A group chat message; `id` is kept when reflecting the user's own message, so their
-/// client can match the echo (XEP-0045 §7.4).
+/// client can match the echo (XEP-0045 §7.4); `archived` is its id in the user's archive,
+/// sent as a XEP-0359 stanza-id by the room (the bare `from`), so the client matches it
+/// with the archived copy.
 ///
 /// The hot path of the gateway (one per occupant for every channel line), so it is built
 /// as an element directly: going through `xmpp_parsers::message::Message` re-parses both
 /// JIDs and builds the element from a stream of events, which cost a fifth of the
 /// gateway's CPU under fan-out. `from` and `to` are JIDs the gateway formed itself.
-pub fn groupchat(from: &str, to: &str, body: &str, id: Option<&str>) -> Element {
+pub fn groupchat(from: &str, to: &str, body: &str, id: Option<&str>, archived: Option<&str>) -> Element {
     use rxml::xml_ncname;
     let ns = xmpp_parsers::ns::DEFAULT_NS;
     let mut message = Element::builder("message", ns)
@@ -410,7 +412,14 @@ pub fn groupchat(from: &str, to: &str, body: &str, id: Option<&str>) -> Element 
     if let Some(id) = id {
         message = message.attr(xml_ncname!("id").into(), id);
     }
-    message.append(Element::builder("body", ns).append(body)).build()
+    let message = message.append(Element::builder("body", ns).append(body));
+    match archived {
+        Some(archived) => {
+            let room = from.split_once('/').map_or(from, |(room, _)| room);
+            message.append(crate::mam::stanza_id(archived, room)).build()
+        }
+        None => message.build(),
+    }
 }
 
 #[cfg(test)]
@@ -422,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_groupchat_message_is_what_xmpp_parsers_reads() {
-        let stanza = groupchat("#rust%irc.example.org@gw/bob", "alice@example.org/phone", "a < b & 'c' \"d\"", Some("m1"));
+        let stanza = groupchat("#rust%irc.example.org@gw/bob", "alice@example.org/phone", "a < b & 'c' \"d\"", Some("m1"), None);
         let xml = String::from_utf8(crate::xml_stream::to_bytes(&stanza)).unwrap();
         let message = Message::try_from(xml.parse::<Element>().unwrap()).unwrap();
         assert_eq!(message.type_, MessageType::Groupchat);
@@ -430,8 +439,12 @@ mod tests {
         assert_eq!(message.to.unwrap().to_string(), "alice@example.org/phone");
         assert_eq!(message.id.unwrap().0, "m1");
         assert_eq!(message.bodies[""], "a < b & 'c' \"d\"");
-        let without_id = groupchat("r@gw/n", "u@x/r", "hi", None);
+        let without_id = groupchat("r@gw/n", "u@x/r", "hi", None, None);
         assert_eq!(without_id.attr("id"), None);
+        assert!(without_id.get_child("stanza-id", crate::mam::NS_SID).is_none());
+        let archived = groupchat("#rust%irc.example.org@gw/bob", "u@x/r", "hi", None, Some("1234"));
+        let sid = xmpp_parsers::stanza_id::StanzaId::try_from(archived.get_child("stanza-id", crate::mam::NS_SID).unwrap().clone()).unwrap();
+        assert_eq!((sid.id.as_str(), sid.by.to_string().as_str()), ("1234", "#rust%irc.example.org@gw"));
     }
 
     fn codes(stanza: &Element) -> Vec<String> {

@@ -21,10 +21,12 @@ use xmpp_parsers::stanza_error::DefinedCondition;
 
 use crate::address::{self, Address};
 use crate::adhoc;
+use crate::archive::{self, Archive};
 use crate::admin::{self, Bans, Gauges};
 use crate::config::Config;
 use crate::disco;
 use crate::irc_side::availability_of;
+use crate::mam;
 use crate::presence::{Change, OnlineUsers};
 use crate::registration::{self, Request, NS_REGISTER};
 use crate::requests::Requests;
@@ -80,6 +82,8 @@ pub struct Router {
     bans: Bans,
     /// New registrations per domain this hour (`[limits]`).
     new_registrations: registration::NewRegistrations,
+    /// What was said in users' channels and private conversations (XEP-0313 queries).
+    archive: Archive,
 }
 
 /// Work finished outside the router's task.
@@ -150,6 +154,7 @@ impl Router {
         sides: Vec<Box<dyn NetworkSide>>,
         email: Arc<dyn Bridge>,
         requests: Requests,
+        archive: Archive,
     ) -> Self {
         let gateway = config.component.jid.to_ascii_lowercase();
         let (tasks_tx, tasks_rx) = mpsc::channel(64);
@@ -171,6 +176,7 @@ impl Router {
             tasks_tx,
             tasks_rx,
             requests,
+            archive,
         }
     }
 
@@ -271,7 +277,7 @@ impl Router {
         let node = payload.attr("node");
         let gateway = matches!(envelope.target, Address::Gateway);
         let answer: Result<Option<Element>, disco::Refusal> = match (is_get, ns.as_str()) {
-            (true, disco::NS_DISCO_INFO) => disco::info(&envelope.target, node).map(|r| Some(r.into())),
+            (true, disco::NS_DISCO_INFO) => disco::info(&envelope.target, node, self.archive.is_enabled()).map(|r| Some(r.into())),
             (true, disco::NS_DISCO_ITEMS) if gateway && node == Some(disco::NS_COMMANDS) => {
                 let is_admin = self.is_admin(&envelope.user);
                 let items = adhoc::items(&self.gateway_jid(), is_admin);
@@ -290,6 +296,8 @@ impl Router {
             (true, disco::NS_GATEWAY) if gateway => Ok(Some(disco::gateway_prompt())),
             (false, disco::NS_GATEWAY) if gateway => disco::gateway_translate(&payload, &self.gateway).map(Some),
             (_, NS_REGISTER) if gateway => return self.handle_register(is_get, &payload, &envelope, &stanza).await,
+            (true, mam::NS_MAM) if self.archive.is_enabled() => Ok(Some(mam::form())),
+            (false, mam::NS_MAM) => return self.handle_archive_query(&payload, envelope, &stanza),
             _ => Err((DefinedCondition::ServiceUnavailable, format!("{ns} is not served at this address"))),
         };
         match answer {
@@ -299,6 +307,73 @@ impl Router {
             }
             Err((condition, text)) => refuse(&self.out, &stanza, condition, &text).await,
         }
+    }
+
+    /// XEP-0313: a query of the archive of a room (to its JID) or of the user's private
+    /// conversations (to the gateway, or to the contact). The page is read on the
+    /// archive's thread and sent by a task of its own: results, then the `<fin/>`.
+    fn handle_archive_query(&self, payload: &Element, envelope: Envelope, stanza: &Element) {
+        let out = self.out.clone();
+        let stanza = stanza.clone();
+        let conversation = match (&envelope.target, self.archive.is_enabled()) {
+            (_, false) => Err((DefinedCondition::FeatureNotImplemented, "this gateway keeps no message archive".to_owned())),
+            (Address::Gateway, true) => Ok(None),
+            (Address::IrcChannel { server, channel }, true) => Ok(Some(archive::Conversation::room(server, channel))),
+            (Address::IrcUser { .. }, true) => {
+                Ok(Some(archive::Conversation::private(&format!("{}@{}", address::format_localpart(&envelope.target), self.gateway))))
+            }
+            (_, true) => Err((DefinedCondition::ServiceUnavailable, "there is no archive at this address".to_owned())),
+        };
+        let request = conversation.and_then(|conversation| Ok((conversation, mam::parse(payload)?)));
+        let (conversation, request) = match request {
+            Ok((Some(_), request)) if request.with.is_some() && !matches!(envelope.target, Address::Gateway) => {
+                let text = "with filters the gateway's archive of private conversations; a room's archive is not filtered";
+                return self.spawn_refusal(stanza, DefinedCondition::FeatureNotImplemented, text.to_owned());
+            }
+            Ok((Some(conversation), request)) => (conversation, request),
+            Ok((None, request)) => match &request.with {
+                Some(with) => (archive::Conversation::private(with.split('/').next().unwrap_or_default()), request),
+                None => (archive::Conversation::AllPrivate, request),
+            },
+            Err((condition, text)) => return self.spawn_refusal(stanza, condition, text),
+        };
+        let query = archive::Query {
+            user: envelope.user.clone(),
+            conversation,
+            start: request.start,
+            end: request.end,
+            after: request.after,
+            before: request.before,
+            max: request.max,
+        };
+        let archive = self.archive.clone();
+        tokio::spawn(async move {
+            let page = match archive.query(query).await {
+                Ok(page) => page,
+                Err(error) => {
+                    warn!(%error, "an archive query failed");
+                    return refuse(&out, &stanza, DefinedCondition::InternalServerError, "the archive could not be read").await;
+                }
+            };
+            // The JID queried, bare, as the client wrote it.
+            let archive_jid = match split_jid(stanza.attr("to").unwrap_or_default()) {
+                (Some(local), domain, _) => format!("{local}@{domain}"),
+                (None, domain, _) => domain.to_owned(),
+            };
+            let to = envelope.from.to_string();
+            let origin = mam::Origin { archive: &archive_jid, user: &envelope.user, to: &to };
+            for item in mam::in_order(&page, request.flip) {
+                out.send(mam::result(origin, request.queryid.as_deref(), item)).await;
+            }
+            let reply = Iq::Result { from: stanza_to(&stanza), to: Some(envelope.from.clone()), id: stanza.attr("id").unwrap_or_default().to_owned(), payload: Some(mam::fin(&page)) };
+            out.send(reply.into()).await;
+        });
+    }
+
+    /// Refuses `stanza` from a task of its own (for handlers that do not await).
+    fn spawn_refusal(&self, stanza: Element, condition: DefinedCondition, text: String) {
+        let out = self.out.clone();
+        tokio::spawn(async move { refuse(&out, &stanza, condition, &text).await });
     }
 
     /// XEP-0050: the settings command and the administrators' status.
@@ -666,6 +741,7 @@ impl Router {
     /// roster.
     async fn unregistered(&mut self, user: &str) {
         info!(%user, "unregistered");
+        self.archive.delete_user(user).await;
         let user_id = UserId(user.to_owned());
         for side in &mut self.sides {
             side.registration_changed(&user_id, None).await;
@@ -917,13 +993,14 @@ mod tests {
         let (outbox, out) = Outbox::for_tests();
         let (store, tmp) = store();
         let recorder = Arc::new(Recorder::default());
+        let archive = Archive::start(store.archive().unwrap(), archive::Retention { max_age: None, max_count: None }).unwrap();
         let sides: Vec<Box<dyn NetworkSide>> = vec![
-            Box::new(IrcSide::new("gw.localhost", outbox.clone(), store.clone(), sessions(&recorder), IrcPolicy::of(&config))),
+            Box::new(IrcSide::new("gw.localhost", outbox.clone(), store.clone(), sessions(&recorder), IrcPolicy::of(&config), archive.clone())),
             Box::new(EmailSide::new("gw.localhost", outbox.clone(), store.clone(), sessions(&recorder), None, 1024)),
         ];
         let record = UserRecord { irc: Some(crate::store::IrcAccount::new("user")), ..UserRecord::default() };
         futures::executor::block_on(store.put_user("user@example.test", &record)).unwrap();
-        let router = Router::new(config, store, outbox, sides, recorder.clone(), Requests::default());
+        let router = Router::new(config, store, outbox, sides, recorder.clone(), Requests::default(), archive);
         drop(dir);
         (router, out, tmp, recorder)
     }
@@ -959,6 +1036,9 @@ mod tests {
              <x xmlns='jabber:x:data' type='submit'><field var='body'><value>{t}</value></field></x></command>".into(),
             "<query xmlns='jabber:iq:gateway'><prompt>{t}</prompt></query>".into(),
             "<ping xmlns='urn:xmpp:ping'/>".into(),
+            "<query xmlns='urn:xmpp:mam:2' queryid='{t}'><set xmlns='http://jabber.org/protocol/rsm'><max>5</max><before/></set></query>".into(),
+            "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'><field var='with'><value>{t}</value></field>\
+             <field var='start'><value>{t}</value></field></x><set xmlns='http://jabber.org/protocol/rsm'><after>{t}</after></set></query>".into(),
             "<show>away</show><status>{t}</status>".into(),
         ]);
         (name, to, from, kind, payload, text).prop_map(|(name, to, from, kind, payload, text)| {

@@ -53,6 +53,8 @@ const USERS_TREE: &str = "users";
 /// Tree of the bridges' durable state.
 const BRIDGE_TREE: &str = "bridge_state";
 const META_TREE: &str = "meta";
+/// The message archive (`archive/sled.rs` owns its keys).
+const ARCHIVE_TREE: &str = "archive";
 const KEY_CHECK_KEY: &[u8] = b"key_check";
 /// Set once every unassigned IRC password was given to a network: later starts need not
 /// read every record again.
@@ -395,6 +397,12 @@ impl Store {
                 fsync_probe: FsyncProbe::default(),
             }),
         })
+    }
+
+    /// The message archive's tree in the same database (`archive/sled.rs`).
+    pub fn archive(&self) -> Result<crate::archive::SledArchive, StoreError> {
+        let tree = self.inner.db.open_tree(ARCHIVE_TREE).map_err(|e| db_error("open", &self.inner.dir, e))?;
+        Ok(crate::archive::SledArchive::new(tree))
     }
 
     /// The record of `bare_jid`, or `None` if that user is not registered.

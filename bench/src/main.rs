@@ -3,6 +3,7 @@
 //! and prints a table of figures with the ratio gateway/biboumi, plus the CPU and
 //! memory of every process involved. `scripts/bench.sh` builds and runs it.
 
+mod archive;
 mod email;
 mod irc;
 mod latency;
@@ -35,6 +36,7 @@ enum Scenario {
     Scale,
     Email,
     MailLoad,
+    Archive,
 }
 
 /// Which gateways to measure.
@@ -62,6 +64,12 @@ struct Sizes {
     email_rounds: usize,
     /// Mail load: channel lines timed per phase.
     load_lines: usize,
+    /// Archive: lines archived for the big query figures (ours).
+    archive_fill: usize,
+    /// Archive: lines archived for the figures of both gateways.
+    archive_small_fill: usize,
+    /// Archive: timed queries at each size.
+    archive_queries: usize,
     /// Runs of every scenario per gateway, alternating between the gateways.
     runs: usize,
 }
@@ -76,6 +84,9 @@ impl Sizes {
             email_users: args.size(args.email_users, 100, 5),
             email_rounds: args.size(args.email_rounds, 3, 1),
             load_lines: args.size(args.load_lines, 500, 30),
+            archive_fill: args.size(args.archive_fill, 100_000, 300),
+            archive_small_fill: args.size(args.archive_small_fill, 2000, 100),
+            archive_queries: args.size(args.archive_queries, 1000, 20),
             runs: args.size(args.runs, 3, 2).max(1),
         }
     }
@@ -116,6 +127,17 @@ struct Args {
     /// Mail load: channel lines timed per phase (default 500; smoke 30).
     #[arg(long)]
     load_lines: Option<usize>,
+    /// Archive: lines archived before the big query figures, ours alone (default 100000;
+    /// smoke 300).
+    #[arg(long)]
+    archive_fill: Option<usize>,
+    /// Archive: lines archived before the figures of both gateways (default 2000: biboumi
+    /// commits each line to SQLite with an fsync; smoke 100).
+    #[arg(long)]
+    archive_small_fill: Option<usize>,
+    /// Archive: timed queries for the last 50 lines at each size (default 1000; smoke 20).
+    #[arg(long)]
+    archive_queries: Option<usize>,
     /// Runs of each scenario per gateway, alternating ours and biboumi, each on fresh
     /// servers and gateways (default 3; smoke 2). Figures are medians with their spread.
     #[arg(long)]
@@ -178,15 +200,15 @@ fn main() -> Result<()> {
 
 async fn run(args: &Args, report: &mut Report) -> Result<()> {
     let peers = args.peers();
-    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds, load_lines, runs } = Sizes::of(args);
+    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds, load_lines, archive_fill, archive_small_fill, archive_queries, runs } = Sizes::of(args);
     if users < 2 {
         bail!("--users must be at least 2 (the fan-out needs another occupant)");
     }
     report.header.push(format!(
-        "Sizes: {runs} runs per gateway, alternating; latency {round_trips} round trips; throughput {users} users, {messages} messages each way; scale {scale_users} users; email {email_users} users x {email_rounds} mails; mail load {load_lines} lines per phase{}",
+        "Sizes: {runs} runs per gateway, alternating; latency {round_trips} round trips; throughput {users} users, {messages} messages each way; scale {scale_users} users; email {email_users} users x {email_rounds} mails; mail load {load_lines} lines per phase; archive {archive_small_fill} and {archive_fill} lines, {archive_queries} queries{}",
         if args.smoke { " (smoke)" } else { "" }
     ));
-    report.header.push("biboumi: log level warning, fair per-user configuration (ports = ngIRCd's, no TLS ports, throttle_limit -1, record_history false), TCP_NODELAY forced by scripts/biboumi.sh's shim (BIBOUMI_TCP_NODELAY=1); xmpp-gateway: release build, log level warn, flood_burst 0".into());
+    report.header.push("biboumi: log level warning, fair per-user configuration (ports = ngIRCd's, no TLS ports, throttle_limit -1, record_history false except in the archive scenario), TCP_NODELAY forced by scripts/biboumi.sh's shim (BIBOUMI_TCP_NODELAY=1); xmpp-gateway: release build, log level warn, flood_burst 0".into());
 
     let ircd = Ngircd::start(false);
     eprintln!("bench: ngIRCd on 127.0.0.1:{}", ircd.port);
@@ -202,7 +224,7 @@ async fn run(args: &Args, report: &mut Report) -> Result<()> {
 /// Runs the scenarios asked for, adding their results to `report`: each scenario `runs`
 /// times per gateway, alternating between them, on fresh servers and gateways each run.
 async fn scenarios(args: &Args, ircd: &Ngircd, peers: &[Peer], report: &mut Report) -> Result<()> {
-    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds, load_lines, runs } = Sizes::of(args);
+    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds, load_lines, archive_fill, archive_small_fill, archive_queries, runs } = Sizes::of(args);
     let peers = peers.to_vec();
     let empty = || peers.iter().map(|&p| (p, Vec::new())).collect::<Vec<(Peer, Vec<report::Measured>)>>();
     let add = |results: &mut Vec<(Peer, Vec<report::Measured>)>, peer: Peer, m: report::Measured| {
@@ -264,6 +286,25 @@ async fn scenarios(args: &Args, ircd: &Ngircd, peers: &[Peer], report: &mut Repo
             measured.push(mailload::run(ircd, load_lines).await.context("mail load")?);
         }
         report.scenarios.push(("mail load".into(), mailload::specs(), vec![(Peer::Ours, measured)]));
+    }
+    if args.wants(Scenario::Archive) {
+        if peers.contains(&Peer::Ours) {
+            let mut measured = Vec::new();
+            for run in 1..=runs {
+                eprintln!("bench: archive cost ({users} users, {messages} messages, run {run}/{runs})");
+                measured.push(archive::cost(users, messages).await.context("archive cost")?);
+            }
+            report.scenarios.push(("archive cost".into(), archive::cost_specs(), vec![(Peer::Ours, measured)]));
+        }
+        let mut results = empty();
+        for run in 1..=runs {
+            for &peer in &peers {
+                eprintln!("bench: archive queries against {} (run {run}/{runs})", peer.name());
+                let m = archive::query(peer, archive_small_fill, archive_fill, archive_queries).await.with_context(|| format!("archive queries against {}", peer.name()))?;
+                add(&mut results, peer, m);
+            }
+        }
+        report.scenarios.push(("archive".into(), archive::query_specs(), results));
     }
     Ok(())
 }

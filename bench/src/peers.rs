@@ -72,13 +72,19 @@ impl Peer {
     /// the fair configuration (ports = `ircd_port`, no TLS ports, throttle_limit -1 on
     /// the IRC server; record_history false globally).
     pub async fn prepare_user(self, conn: &mut XmppConn, ircd_port: u16) -> Result<()> {
+        self.prepare_user_recording(conn, ircd_port, false).await
+    }
+
+    /// [`Peer::prepare_user`], with biboumi's `record_history` as `record` (its archive,
+    /// which commits every line to SQLite). Ours archives as its configuration says.
+    pub async fn prepare_user_recording(self, conn: &mut XmppConn, ircd_port: u16, record: bool) -> Result<()> {
         if self == Peer::Ours {
             return Ok(());
         }
         let port = ircd_port.to_string();
         let server_jid = format!("{IRC_SERVER}@{BIBOUMI_JID}");
         configure(conn, &server_jid, &[("ports", &[port.as_str()]), ("tls_ports", &[]), ("throttle_limit", &["-1"])]).await?;
-        configure(conn, BIBOUMI_JID, &[("record_history", &["false"])]).await?;
+        configure(conn, BIBOUMI_JID, &[("record_history", &[if record { "true" } else { "false" }])]).await?;
         Ok(())
     }
 }

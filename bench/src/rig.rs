@@ -37,10 +37,16 @@ impl XmppSide {
     /// Starts Prosody, then our gateway (IRC network 127.0.0.1 = `ircd`, no rate limit)
     /// and/or biboumi, as `peers` asks.
     pub fn start(ircd: &Ngircd, peers: &[Peer]) -> Result<XmppSide> {
+        Self::start_with(ircd, peers, "")
+    }
+
+    /// [`XmppSide::start`] with `gateway_extra` (TOML tables) at the end of our
+    /// gateway's configuration.
+    pub fn start_with(ircd: &Ngircd, peers: &[Peer], gateway_extra: &str) -> Result<XmppSide> {
         let with_biboumi = peers.contains(&Peer::Biboumi);
         let options = ServerOptions { extra_components: if with_biboumi { vec![(BIBOUMI_JID.into(), SECRET.into())] } else { vec![] }, http_upload: false, ..ServerOptions::default() };
         let server = XmppServer::start_with(ServerKind::Prosody, options);
-        let gateway = peers.contains(&Peer::Ours).then(|| Gateway::start_irc(&server, ircd, None));
+        let gateway = peers.contains(&Peer::Ours).then(|| Gateway::start_irc_with(&server, ircd, gateway_extra));
         let biboumi = if with_biboumi { Some(Biboumi::start(&server, BIBOUMI_JID, SECRET, true).map_err(|e| anyhow!(e))?) } else { None };
         Ok(XmppSide { server, gateway, biboumi })
     }

@@ -27,6 +27,7 @@ use minidom::Element;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use xmpp_gateway::archive::{Archive, Retention};
 use xmpp_gateway::config::Config;
 use xmpp_gateway::email_side::EmailSide;
 use xmpp_gateway::irc_side::{IrcPolicy, IrcSide};
@@ -161,6 +162,7 @@ fn build() -> Fixture {
 
         let (events_tx, events_rx) = mpsc::channel(4096);
         let gateway = config.component.jid.to_ascii_lowercase();
+        let archive = Archive::start(store.archive().unwrap(), Retention { max_age: None, max_count: None }).unwrap();
         let sides: Vec<Box<dyn NetworkSide>> = vec![
             Box::new(IrcSide::new(
                 &gateway,
@@ -168,6 +170,7 @@ fn build() -> Fixture {
                 store.clone(),
                 Sessions::new(vec![recorder.clone()], events_tx.clone()),
                 IrcPolicy::of(&config),
+                archive.clone(),
             )),
             Box::new(EmailSide::new(
                 &gateway,
@@ -179,7 +182,7 @@ fn build() -> Fixture {
             )),
         ];
         let email: Arc<dyn Bridge> = recorder.clone();
-        let router = Router::new(config.clone(), store, out.clone(), sides, email, Requests::default());
+        let router = Router::new(config.clone(), store, out.clone(), sides, email, Requests::default(), archive);
         (router, out, peer, events_rx, control, client_read, writer)
     });
     let mut fixture = Fixture {

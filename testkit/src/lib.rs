@@ -273,9 +273,14 @@ impl Gateway {
         if let Some(throttled) = throttled {
             networks.push_str(&format!("[irc.networks.\"localhost\"]\nport = {}\ntls = false\n", throttled.port));
         }
-        let mut gateway = Self::configure(server, SECRET, &networks);
-        gateway.spawn();
-        gateway
+        Self::start_irc_networks(server, &networks)
+    }
+
+    /// [`Gateway::start_irc`] with `fast` alone and `extra` (TOML tables, e.g.
+    /// `[archive]` settings) at the end of its configuration.
+    pub fn start_irc_with(server: &XmppServer, fast: &irc::Ngircd, extra: &str) -> Gateway {
+        let networks = format!("[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n{extra}", fast.port);
+        Self::start_irc_networks(server, &networks)
     }
 
     /// Attached to `server`, with `networks` as the whole `[irc.networks."..."]` part of
@@ -619,6 +624,68 @@ impl Client {
     pub async fn iq(&mut self, kind: &str, payload: &str) -> Element {
         self.iq_raw(kind, Some(GW), payload).await
     }
+
+    /// A XEP-0313 query to the archive at `to`, with the form `fields` (besides
+    /// `FORM_TYPE`) and `rsm` (the inside of the RSM `<set/>`); returns the archived
+    /// messages that answered it, in the order they came, and the reply (the `<fin/>` in
+    /// a result, or an error).
+    pub async fn mam(&mut self, to: &str, fields: &[(&str, &str)], rsm: &str) -> (Vec<Archived>, Element) {
+        self.next_id += 1;
+        let queryid = format!("q{}", self.next_id);
+        let fields: String = fields.iter().map(|(var, value)| format!("<field var='{var}'><value>{value}</value></field>")).collect();
+        let payload = format!(
+            "<query xmlns='{NS_MAM}' queryid='{queryid}'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>{NS_MAM}</value></field>{fields}</x>\
+             <set xmlns='http://jabber.org/protocol/rsm'>{rsm}</set></query>"
+        );
+        let reply = self.iq_raw("set", Some(to), &payload).await;
+        let mut archived = Vec::new();
+        let mut rest = VecDeque::new();
+        for stanza in self.backlog.drain(..) {
+            match stanza.get_child("result", NS_MAM).filter(|r| r.attr("queryid") == Some(queryid.as_str())) {
+                Some(result) => {
+                    let forwarded = result.get_child("forwarded", "urn:xmpp:forward:0").expect("a result without <forwarded/>");
+                    archived.push(Archived {
+                        id: result.attr("id").expect("a result without an id").to_owned(),
+                        stamp: forwarded.get_child("delay", "urn:xmpp:delay").and_then(|d| d.attr("stamp")).expect("a result without a delay").to_owned(),
+                        message: forwarded.get_child("message", NS_CLIENT).expect("a result without a message").clone(),
+                    });
+                }
+                None => rest.push_back(stanza),
+            }
+        }
+        self.backlog = rest;
+        (archived, reply)
+    }
+}
+
+/// XEP-0313.
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+
+/// One message of an archive query's answer.
+#[derive(Debug, Clone)]
+pub struct Archived {
+    /// Its archive id.
+    pub id: String,
+    /// When it was archived (XEP-0203 stamp).
+    pub stamp: String,
+    /// The message as forwarded.
+    pub message: Element,
+}
+
+impl Archived {
+    /// The forwarded message's body.
+    pub fn body(&self) -> String {
+        self.message.get_child("body", NS_CLIENT).map(|b| b.text()).unwrap_or_default()
+    }
+}
+
+/// The `<fin/>` of an archive query's reply: `complete`, and the RSM first and last ids.
+pub fn mam_fin(reply: &Element) -> (bool, Option<String>, Option<String>) {
+    let fin = reply.get_child("fin", NS_MAM).unwrap_or_else(|| panic!("no <fin/> in {reply:?}"));
+    let set = fin.get_child("set", "http://jabber.org/protocol/rsm");
+    let text = |name: &str| set.and_then(|s| s.get_child(name, "http://jabber.org/protocol/rsm")).map(|e| e.text());
+    (fin.attr("complete") == Some("true"), text("first"), text("last"))
 }
 
 /// The `std::io` reader half back from a `StanzaReader`'s socket is not reachable, so

@@ -1,0 +1,199 @@
+//! The message archive (issue 11): what archiving costs the live path, how fast a client
+//! reads it back, and its size on disk, beside biboumi's own history (`record_history`,
+//! one SQLite commit per line).
+//!
+//! - cost: the throughput scenario against our gateway with `[archive] enabled = false`
+//!   then `true`, alternating, on fresh servers each run. Every IRC->XMPP delivery is
+//!   archived (each user keeps their own copy, as each has their own IRC connection);
+//!   the figures are the CPU per 1,000 of them with and without, and the ratio.
+//! - query: one user in one channel; `small_fill` lines from IRC are archived, then
+//!   `queries` XEP-0313 queries for the room's last 50 lines, one at a time (round trip
+//!   through Prosody: p50, p99), and the bytes the archive grew on disk per line. Both
+//!   gateways at `small_fill` (biboumi's fsync per line keeps it small); ours then again
+//!   at `fill` lines (100,000).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use testkit::irc::Ngircd;
+use tokio::time::Instant;
+
+use crate::irc::Irc;
+use crate::peers::{wait_joined, Peer};
+use crate::report::{Measured, Spec};
+use crate::rig::{settle, XmppSide};
+use crate::stats;
+use crate::throughput;
+use crate::xmpp::{body, XmppConn};
+
+const NS_MAM: &str = "urn:xmpp:mam:2";
+/// A filling IRC client waits for the deliveries to catch up this close.
+const FILL_WINDOW: usize = 500;
+
+/// The figures of the cost part.
+pub fn cost_specs() -> Vec<Spec> {
+    vec![
+        Spec { key: "i2x_cpu_off", label: "gateway CPU per 1,000 IRC->XMPP deliveries, archive off", unit: "CPU-s", decimals: 4, target: "" },
+        Spec { key: "i2x_cpu_on", label: "gateway CPU per 1,000 IRC->XMPP deliveries, each archived", unit: "CPU-s", decimals: 4, target: "" },
+        Spec { key: "i2x_cpu_ratio", label: "archived / not archived (paired per run)", unit: "x", decimals: 2, target: "<= 1.20" },
+        Spec { key: "x2i_cpu_off", label: "gateway CPU per 1,000 XMPP->IRC messages (incl. fan-out), archive off", unit: "CPU-s", decimals: 3, target: "" },
+        Spec { key: "x2i_cpu_on", label: "gateway CPU per 1,000 XMPP->IRC messages (incl. fan-out), archived", unit: "CPU-s", decimals: 3, target: "" },
+        Spec { key: "x2i_cpu_ratio", label: "archived / not archived (paired per run)", unit: "x", decimals: 2, target: "<= 1.20" },
+        Spec { key: "i2x_lost", label: "IRC->XMPP deliveries lost, archive on", unit: "", decimals: 0, target: "0" },
+    ]
+}
+
+/// One run of the cost part: throughput with the archive off, then on.
+pub async fn cost(users: usize, messages: usize) -> Result<Measured> {
+    let mut m = Measured::default();
+    let mut figures = Vec::new();
+    for enabled in [false, true] {
+        let ircd = &Ngircd::start(false);
+        let side = XmppSide::start_with(ircd, &[Peer::Ours], &format!("[archive]\nenabled = {enabled}\n"))?;
+        eprintln!("bench: archive cost, archive {}", if enabled { "on" } else { "off" });
+        figures.push(throughput::run(&side, ircd, Peer::Ours, users, messages).await?);
+    }
+    let (off, on) = (&figures[0].values, &figures[1].values);
+    let get = |values: &std::collections::BTreeMap<&'static str, f64>, key: &str| values.get(key).copied().ok_or_else(|| anyhow!("throughput gave no {key}"));
+    m.set("i2x_cpu_off", get(off, "i2x_cpu")?);
+    m.set("i2x_cpu_on", get(on, "i2x_cpu")?);
+    m.set("i2x_cpu_ratio", get(on, "i2x_cpu")? / get(off, "i2x_cpu")?);
+    m.set("x2i_cpu_off", get(off, "x2i_cpu")?);
+    m.set("x2i_cpu_on", get(on, "x2i_cpu")?);
+    m.set("x2i_cpu_ratio", get(on, "x2i_cpu")? / get(off, "x2i_cpu")?);
+    m.set("i2x_lost", get(on, "i2x_lost")?);
+    Ok(m)
+}
+
+/// The figures of the query part.
+pub fn query_specs() -> Vec<Spec> {
+    vec![
+        Spec { key: "small_fill", label: "lines archived (both gateways)", unit: "", decimals: 0, target: "" },
+        Spec { key: "small_p50", label: "MAM query for the last 50 lines, p50", unit: "ms", decimals: 2, target: "" },
+        Spec { key: "small_p99", label: "MAM query for the last 50 lines, p99", unit: "ms", decimals: 2, target: "<= 5 ms" },
+        Spec { key: "small_bytes", label: "archive on disk per line", unit: "B", decimals: 0, target: "" },
+        Spec { key: "small_rate", label: "lines archived per second while filling", unit: "/s", decimals: 0, target: "" },
+        Spec { key: "fill", label: "lines archived (ours alone)", unit: "", decimals: 0, target: "" },
+        Spec { key: "p50", label: "MAM query for the last 50 lines at that size, p50", unit: "ms", decimals: 2, target: "" },
+        Spec { key: "p99", label: "MAM query for the last 50 lines at that size, p99", unit: "ms", decimals: 2, target: "<= 5 ms" },
+        Spec { key: "bytes", label: "archive on disk per line at that size", unit: "B", decimals: 0, target: "" },
+    ]
+}
+
+/// One run of the query part against `peer`.
+pub async fn query(peer: Peer, small_fill: usize, fill: usize, queries: usize) -> Result<Measured> {
+    let mut m = Measured::default();
+    let ircd = &Ngircd::start(false);
+    let side = XmppSide::start(ircd, &[peer])?;
+    let t = peer.tag();
+    let channel = format!("#{t}arch");
+    let room = peer.room(&channel);
+    let user = format!("{t}archuser");
+    side.add_accounts(std::slice::from_ref(&user))?;
+    let mut conn = side.connect_all(std::slice::from_ref(&user)).await?.pop().ok_or_else(|| anyhow!("no connection"))?;
+    peer.prepare_user_recording(&mut conn, ircd.port, true).await?;
+    conn.writer.send(&peer.join_xml(&room, &user)).await?;
+    wait_joined(&mut conn.reader, &room, Duration::from_secs(60)).await?;
+    let mut irc = Irc::connect(ircd.port, &format!("{t}archirc")).await?;
+    irc.join(&channel).await?;
+    settle().await;
+
+    let disk = |side: &XmppSide| -> Result<u64> {
+        match peer {
+            Peer::Ours => dir_bytes(&testkit::db_path(side.gateway.as_ref().ok_or_else(|| anyhow!("no gateway"))?)),
+            Peer::Biboumi => dir_bytes(side.biboumi.as_ref().ok_or_else(|| anyhow!("no biboumi"))?.dir.path()),
+        }
+    };
+    let empty = disk(&side)?;
+    let started = Instant::now();
+    fill_lines(&mut irc, &mut conn, &channel, 0, small_fill).await?;
+    m.set("small_rate", small_fill as f64 / started.elapsed().as_secs_f64());
+    m.set("small_fill", small_fill as f64);
+    // sled writes its log out within half a second; SQLite at each commit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    m.set("small_bytes", disk(&side)?.saturating_sub(empty) as f64 / small_fill as f64);
+    let (p50, p99) = time_queries(&mut conn, &room, queries).await?;
+    m.set("small_p50", p50);
+    m.set("small_p99", p99);
+    if peer == Peer::Ours && fill > small_fill {
+        fill_lines(&mut irc, &mut conn, &channel, small_fill, fill).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        m.set("fill", fill as f64);
+        m.set("bytes", disk(&side)?.saturating_sub(empty) as f64 / fill as f64);
+        let (p50, p99) = time_queries(&mut conn, &room, queries).await?;
+        m.set("p50", p50);
+        m.set("p99", p99);
+    }
+    Ok(m)
+}
+
+/// Lines `from..to` said on IRC, each waited for at the XMPP client (at most
+/// [`FILL_WINDOW`] ahead), so that every one is archived when this returns.
+async fn fill_lines(irc: &mut Irc, conn: &mut XmppConn, channel: &str, from: usize, to: usize) -> Result<()> {
+    let mut received = from;
+    let mut sent = from;
+    while received < to {
+        if sent < to && sent - received < FILL_WINDOW / 2 {
+            while sent < to && sent - received < FILL_WINDOW {
+                irc.queue(&format!("PRIVMSG {channel} :archived line {sent} with a little text after it, as people write\r\n")).await?;
+                sent += 1;
+            }
+            irc.flush().await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let Some(e) = conn.reader.next_until(deadline).await? else { bail!("filling: {received} of {to} lines arrived") };
+        if e.name() == "message" && body(&e).is_some_and(|b| b.starts_with("archived line ")) {
+            received += 1;
+        }
+    }
+    Ok(())
+}
+
+/// `n` queries for the last 50 lines of `room`, one after the other; p50 and p99 in ms.
+async fn time_queries(conn: &mut XmppConn, room: &str, n: usize) -> Result<(f64, f64)> {
+    let mut times = Vec::with_capacity(n);
+    for q in 0..n {
+        let id = format!("mamq{q}");
+        let started = Instant::now();
+        conn.writer
+            .send(&format!(
+                "<iq type='set' id='{id}' to='{room}'><query xmlns='{NS_MAM}' queryid='{id}'>\
+                 <set xmlns='http://jabber.org/protocol/rsm'><max>50</max><before/></set></query></iq>"
+            ))
+            .await?;
+        let mut results = 0;
+        loop {
+            let e = conn.reader.next(Instant::now() + Duration::from_secs(30)).await.with_context(|| format!("query {q}"))?;
+            if e.name() == "message" && e.get_child("result", NS_MAM).is_some_and(|r| r.attr("queryid") == Some(id.as_str())) {
+                results += 1;
+            } else if e.name() == "iq" && e.attr("id") == Some(id.as_str()) {
+                if e.attr("type") != Some("result") {
+                    bail!("query {q} failed: {}", testkit::error_text(&e));
+                }
+                break;
+            }
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        if results != 50 {
+            bail!("query {q} returned {results} messages, not 50");
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((stats::quantile(&times, 0.5), stats::quantile(&times, 0.99)))
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            total += dir_bytes(&entry.path())?;
+        } else if kind.is_file() {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
