@@ -76,6 +76,40 @@ pub fn items(gateway: &Jid, is_admin: bool) -> Vec<Item> {
 }
 
 /// A `<command/>` that asks the user to fill in `form`.
+/// The commands of a room: its `configure`.
+pub fn room_items(room: &Jid) -> Vec<Item> {
+    vec![Item { jid: room.clone(), node: Some(NODE_CONFIGURE.to_owned()), name: Some("Configure this channel".to_owned()) }]
+}
+
+/// The field of a room's `configure` form that keeps the channel always on.
+const PERSISTENT: &str = "persistent";
+
+/// A room's `configure` form, showing whether the channel is always on.
+pub fn room_form(persistent: bool) -> Element {
+    use xmpp_parsers::data_forms::{DataForm, DataFormType, Field, FieldType};
+    let mut field = Field::new(PERSISTENT, FieldType::Boolean);
+    field.label = Some("Always on: stay in the channel and keep its history while none of your clients is in it".to_owned());
+    field.values = vec![if persistent { "1" } else { "0" }.to_owned()];
+    let mut form = DataForm::new(DataFormType::Form, "", vec![field]);
+    form.title = Some("Channel settings".to_owned());
+    form.into()
+}
+
+/// Whether a submitted room form keeps the channel always on.
+pub fn room_persistent(form: &Element) -> Result<bool, Refusal> {
+    let value = form
+        .children()
+        .find(|f| f.name() == "field" && f.attr("var") == Some(PERSISTENT))
+        .and_then(|f| f.children().find(|v| v.name() == "value"))
+        .map(Element::text);
+    match value.as_deref().map(str::trim) {
+        Some("1" | "true") => Ok(true),
+        Some("0" | "false") => Ok(false),
+        Some(other) => Err((DefinedCondition::BadRequest, format!("persistent: {other:?} is not a boolean"))),
+        None => Err((DefinedCondition::BadRequest, "the form has no persistent field".to_owned())),
+    }
+}
+
 pub fn executing(node: &str, session: &str, form: Element) -> Element {
     Element::builder("command", NS_COMMANDS)
         .attr(rxml::xml_ncname!("node").into(), node)
@@ -150,6 +184,18 @@ mod tests {
         let nodes: Vec<_> = items(&gw, true).into_iter().filter_map(|i| i.node).collect();
         assert_eq!(nodes.len(), 1 + crate::admin::COMMANDS.len());
         assert!(nodes.iter().any(|n| n == "status") && nodes.iter().any(|n| n.ends_with("#announce")));
+    }
+
+    #[test]
+    fn the_room_form_reads_back_what_it_shows() {
+        let form = room_form(true);
+        let submitted = |value: &str| parse_xml(&format!("<x xmlns='jabber:x:data' type='submit'><field var='persistent'><value>{value}</value></field></x>"));
+        assert_eq!(room_persistent(&form), Ok(true));
+        assert_eq!(room_persistent(&room_form(false)), Ok(false));
+        assert_eq!(room_persistent(&submitted("true")), Ok(true));
+        assert_eq!(room_persistent(&submitted("0")), Ok(false));
+        assert_eq!(room_persistent(&submitted("maybe")).unwrap_err().0, DefinedCondition::BadRequest);
+        assert_eq!(room_persistent(&parse_xml("<x xmlns='jabber:x:data' type='submit'/>")).unwrap_err().0, DefinedCondition::BadRequest);
     }
 
     #[test]

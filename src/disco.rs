@@ -44,9 +44,17 @@ pub type Refusal = (DefinedCondition, String);
 /// What the archive adds to the gateway's and the rooms' features (XEP-0313, XEP-0359).
 const ARCHIVE_FEATURES: &[&str] = &[crate::mam::NS_MAM, crate::mam::NS_SID];
 
-/// disco#info of `address` (a JID on the gateway's domain); `archive`: whether messages
-/// are archived.
-pub fn info(address: &Address, node: Option<&str>, archive: bool) -> Result<DiscoInfoResult, Refusal> {
+/// What disco#info says beyond the address's kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Features {
+    /// Messages are archived (XEP-0313).
+    pub archive: bool,
+    /// The room is always on for the user who asks (`muc_persistent`).
+    pub persistent: bool,
+}
+
+/// disco#info of `address` (a JID on the gateway's domain).
+pub fn info(address: &Address, node: Option<&str>, extra: Features) -> Result<DiscoInfoResult, Refusal> {
     if node.is_some_and(|n| n != NS_COMMANDS) {
         return Err((DefinedCondition::ItemNotFound, "no such node".into()));
     }
@@ -76,13 +84,19 @@ pub fn info(address: &Address, node: Option<&str>, archive: bool) -> Result<Disc
         }
     };
     let archived = match address {
-        Address::Gateway | Address::IrcChannel { .. } if archive && node.is_none() => ARCHIVE_FEATURES,
+        Address::Gateway | Address::IrcChannel { .. } if extra.archive && node.is_none() => ARCHIVE_FEATURES,
+        _ => &[],
+    };
+    // A room lives as long as a client is in it, unless the user keeps it always on.
+    let lifetime: &[&str] = match address {
+        Address::IrcChannel { .. } if extra.persistent => &["muc_persistent"],
+        Address::IrcChannel { .. } => &["muc_temporary"],
         _ => &[],
     };
     Ok(DiscoInfoResult {
         node: node.map(str::to_owned),
         identities,
-        features: features.iter().chain(archived).map(|f| (*f).to_owned()).collect(),
+        features: features.iter().chain(archived).chain(lifetime).map(|f| (*f).to_owned()).collect(),
         extensions: Vec::new(),
     })
 }
@@ -147,25 +161,28 @@ mod tests {
 
     #[test]
     fn gateway_info_has_both_identities_and_all_features() {
-        let info = info(&Address::Gateway, None, true).unwrap();
+        let info = info(&Address::Gateway, None, Features { archive: true, persistent: false }).unwrap();
         let ids: Vec<_> = info.identities.iter().map(|i| (i.category.as_str(), i.type_.as_str())).collect();
         assert_eq!(ids, vec![("gateway", "irc"), ("gateway", "smtp")]);
         for f in ["jabber:iq:register", "jabber:iq:gateway", NS_MUC, NS_PING, NS_VERSION, NS_COMMANDS, "urn:xmpp:mam:2", "urn:xmpp:sid:0"] {
             assert!(info.features.contains(f), "{f}");
         }
-        let without_archive = super::info(&Address::Gateway, None, false).unwrap();
+        let without_archive = super::info(&Address::Gateway, None, Features::default()).unwrap();
         assert!(!without_archive.features.iter().any(|f| f.starts_with("urn:xmpp:mam") || f == "urn:xmpp:sid:0"));
     }
 
     #[test]
     fn channel_info_is_a_muc_room() {
         let room = Address::IrcChannel { channel: "#rust".into(), server: "irc.example.org".into() };
-        let info = info(&room, None, true).unwrap();
+        let info = info(&room, None, Features { archive: true, persistent: false }).unwrap();
         assert_eq!((info.identities[0].category.as_str(), info.identities[0].type_.as_str()), ("conference", "text"));
         for feature in [NS_MUC, "muc_open", "muc_semianonymous", NS_PING, "http://jabber.org/protocol/muc#self-ping-optimization", "urn:xmpp:mam:2", "urn:xmpp:sid:0"] {
             assert!(info.features.contains(feature), "{feature}");
         }
-        assert_eq!(super::info(&room, Some("x"), true).unwrap_err().0, DefinedCondition::ItemNotFound);
+        assert!(info.features.contains("muc_temporary") && !info.features.contains("muc_persistent"));
+        let always_on = super::info(&room, None, Features { archive: true, persistent: true }).unwrap();
+        assert!(always_on.features.contains("muc_persistent") && !always_on.features.contains("muc_temporary"));
+        assert_eq!(super::info(&room, Some("x"), Features::default()).unwrap_err().0, DefinedCondition::ItemNotFound);
     }
 
     #[test]

@@ -320,7 +320,7 @@ mod tests {
             imap_server: None,
             smtp_server: None,
             mark_seen: false,
-        }) };
+        }), ..UserRecord::default()  };
         f.side.store.put_user("u@h", &record).await.unwrap();
         let mail = stanza(&format!("<message from='u@h/phone' to='{BOB}' id='m1' type='chat'><body>hi</body><subject>s</subject></message>"));
         f.side.message(&mail, &envelope(&mail), "chat").await;
@@ -338,7 +338,7 @@ mod tests {
         let mut f = fixture();
         let probe = stanza(&format!("<presence from='u@h' to='{BOB}' type='probe'/>"));
         f.side.presence(&probe, &envelope(&probe), "probe").await;
-        f.side.connected(&UserId("u@h".into()), &UserRecord { irc: None, email: None }).await;
+        f.side.connected(&UserId("u@h".into()), &UserRecord { irc: None, email: None, ..UserRecord::default()  }).await;
         f.side.registration_changed(&UserId("u@h".into()), None).await;
         assert!(!f.side.contacts.contains_key("u@h"));
         drain(&mut f.out);

@@ -28,6 +28,14 @@ use crate::stanza;
 use crate::store::{Store, UserRecord};
 use crate::writer::Outbox;
 
+/// The IRC server of an IRC session.
+fn server_of(key: &SessionKey) -> &str {
+    match &key.network {
+        NetworkId::Irc { server } => server,
+        _ => "",
+    }
+}
+
 /// The XMPP side of every IRC network.
 pub struct IrcSide {
     /// Our domain, the domain of every room and contact JID.
@@ -65,6 +73,18 @@ impl IrcSide {
             mappings: HashMap::new(),
             policy,
             archive,
+        }
+    }
+
+    /// Whether `user` keeps `channel` on `network` always on (their stored settings).
+    fn is_persistent(&self, user: &UserId, network: &NetworkId, channel: &str) -> bool {
+        let NetworkId::Irc { server } = network else { return false };
+        match self.store.user(&user.0) {
+            Ok(record) => record.is_some_and(|r| r.is_persistent(server, channel)),
+            Err(error) => {
+                warn!(user = %user.0, %error, "cannot read whether a channel is always on; leaving it");
+                false
+            }
         }
     }
 
@@ -135,12 +155,14 @@ impl IrcSide {
                     let text = format!("you are in {most} IRC channels, the most this gateway allows per user: leave one first");
                     return refuse(&self.out, stanza, DefinedCondition::ResourceConstraint, &text).await;
                 }
+                let history = muc::history_request(stanza, crate::archive::now_micros()).filter(|_| self.archive.is_enabled());
                 let command = match self.rooms.get_mut(&key) {
                     None => {
                         let jid = format!("{}@{}", address::format_localpart(&envelope.target), self.gateway);
-                        let mut room = Room::new(jid, channel.to_owned(), full, nick.to_owned());
+                        let mut room = Room::new(jid, channel.to_owned(), full.clone(), nick.to_owned());
                         room.mapping = mapping;
                         room.key = muc_password(stanza).map(bridge_core::Secret::new);
+                        room.history.extend(history.map(|h| (full, h)));
                         self.rooms.insert(key.clone(), room);
                         Some(join)
                     }
@@ -154,6 +176,7 @@ impl IrcSide {
                         if jid != room.jid {
                             room.aliases.insert(full.clone(), jid);
                         }
+                        room.history.extend(history.map(|h| (full.clone(), h)));
                         room.resources.insert(full);
                         room.joined.then_some(join)
                     }
@@ -178,9 +201,11 @@ impl IrcSide {
                 }
                 let goodbye = muc::departure_presence(&room.occupant_jid(&full, &room.nick), &full, &room.me, &[Status::SelfPresence], None, None);
                 room.aliases.remove(&full);
+                room.history.retain(|(r, _)| *r != full);
                 let emptied = room.resources.is_empty();
                 self.out.send(goodbye).await;
-                if emptied {
+                // An always-on channel stays joined (and archived) for nobody.
+                if emptied && !self.is_persistent(&user, &network, channel) {
                     self.rooms.remove(&key);
                     let reason = stanza.get_child("status", NS_COMPONENT).map(Element::text);
                     let session = SessionKey { user, network };
@@ -228,6 +253,47 @@ impl IrcSide {
         let SessionKey { user, network } = session;
         if let Err((condition, text)) = self.hand_to_session(&user, network, command) {
             refuse(&self.out, stanza, condition, &text).await;
+        }
+    }
+
+    /// A mediated invitation (XEP-0045 §7.8.2) from a resource in the room: an IRC user
+    /// of the same network gets an IRC INVITE; anyone else on XMPP gets the invitation
+    /// from the room, as a MUC service sends it.
+    async fn invite(&mut self, stanza: &Element, envelope: &Envelope, channel: &str, server: &str) {
+        let session = SessionKey { user: envelope.user_id(), network: NetworkId::Irc { server: server.to_owned() } };
+        let full = envelope.from.to_string();
+        let Some(room) = self.rooms.get(&self.key(&session, channel)).filter(|r| r.joined && r.resources.contains(&full)) else {
+            return refuse(&self.out, stanza, DefinedCondition::NotAcceptable, "you are not in this room: join it first").await;
+        };
+        let (room_jid, room_channel) = (room.jid_for(&full).to_owned(), room.channel.clone());
+        let invites: Vec<Element> = stanza.get_child("x", NS_MUC_USER).into_iter().flat_map(|x| x.children().filter(|c| c.is("invite", NS_MUC_USER)).cloned()).collect();
+        let mut commands = Vec::new();
+        let mut forwards = Vec::new();
+        for invite in &invites {
+            let reason = invite.get_child("reason", NS_MUC_USER).map(Element::text);
+            let to = invite.attr("to").and_then(|to| to.parse::<Jid>().ok());
+            let Some(to) = to else {
+                return refuse(&self.out, stanza, DefinedCondition::JidMalformed, "an invitation needs to='a JID'").await;
+            };
+            if !to.domain().as_str().eq_ignore_ascii_case(&self.gateway) {
+                forwards.push(invitation_from_room(&room_jid, &to.to_string(), &envelope.user, reason.as_deref()));
+                continue;
+            }
+            match to.node().map(|n| address::parse_localpart(n.as_str())) {
+                Some(Ok(Address::IrcUser { nick, server: theirs })) if theirs.eq_ignore_ascii_case(server) => {
+                    commands.push(Command::Invite { channel: room_channel.clone(), nick });
+                }
+                _ => {
+                    let text = format!("{to} is not a user of this room's IRC network ({server}): invite nick%{server}@{}", self.gateway);
+                    return refuse(&self.out, stanza, DefinedCondition::NotAcceptable, &text).await;
+                }
+            }
+        }
+        self.send_all(forwards).await;
+        for command in commands {
+            if let Err((condition, text)) = self.hand_to_session(&session.user, session.network.clone(), command) {
+                return refuse(&self.out, stanza, condition, &text).await;
+            }
         }
     }
 
@@ -312,9 +378,32 @@ impl IrcSide {
         }
         room.me.nick.clone_from(&room.nick);
         let newcomers = room.resources.enter_all();
-        let room = &*room;
+        let asked = std::mem::take(&mut room.history);
+        // The history each newcomer asked for, read from the archive before its entry
+        // (the router waits: no other stanza changes the room meanwhile).
+        let conversation = Conversation::room(server_of(key), channel);
+        let mut histories = HashMap::new();
+        for (to, request) in asked.into_iter().filter(|(to, _)| newcomers.contains(to)) {
+            let query = crate::archive::Query {
+                user: key.user.0.clone(),
+                conversation: conversation.clone(),
+                start: request.since,
+                end: None,
+                after: None,
+                before: Some(None),
+                max: request.max,
+            };
+            match self.archive.query(query).await {
+                Ok(page) => {
+                    histories.insert(to, page.items);
+                }
+                Err(error) => warn!(user = %key.user.0, %error, "no history for a join: the archive failed"),
+            }
+        }
+        let Some(room) = self.rooms.get(&self.key(key, channel)) else { return };
         for to in &newcomers {
-            for stanza in room.entry_stanzas(to, &occupants) {
+            let history = histories.get(to).map_or(&[][..], Vec::as_slice);
+            for stanza in room.entry_stanzas(to, &occupants, history) {
                 self.out.send(stanza).await;
             }
         }
@@ -408,6 +497,17 @@ impl IrcSide {
             }
             self.out.send(presence.into()).await;
         }
+    }
+
+    /// An IRC INVITE: a XEP-0249 direct invitation to the room, from the inviter, with a
+    /// body for clients that do not show those.
+    async fn invited(&mut self, key: &SessionKey, server: &str, channel: &str, by: Option<String>) {
+        let peer = by.as_ref().map_or(Peer::Server, |nick| Peer::Nick(nick.clone()));
+        let (Some(from), Some(room)) = (peer_jid(&peer, Some(server), None, &self.gateway), peer_jid(&Peer::Channel(channel.to_owned()), Some(server), None, &self.gateway)) else {
+            return;
+        };
+        let who = by.as_deref().unwrap_or(server);
+        self.out.send(direct_invitation(&from, &key.user.0, &room, &format!("{who} invites you to {channel} on {server}"))).await;
     }
 
     /// The network told how it compares names: rooms are keyed that way from now on.
@@ -530,6 +630,12 @@ impl NetworkSide for IrcSide {
             let (channel, server) = (channel.clone(), server.clone());
             return self.room_message(stanza, envelope, &channel, &server).await;
         }
+        if let (Address::IrcChannel { channel, server }, Some(x)) = (&envelope.target, stanza.get_child("x", NS_MUC_USER)) {
+            if x.has_child("invite", NS_MUC_USER) {
+                let (channel, server) = (channel.clone(), server.clone());
+                return self.invite(stanza, envelope, &channel, &server).await;
+            }
+        }
         // Chat states and receipts without a body: nothing to carry.
         let Some(body) = stanza.get_child("body", NS_COMPONENT).map(Element::text) else { return };
         if let Some(refusal) = self.policy.too_long(&body) {
@@ -582,6 +688,7 @@ impl NetworkSide for IrcSide {
             Event::Topic { channel, topic, by } => self.topic(&key, &channel, topic, by).await,
             Event::Disconnected { channels, reason } => self.disconnected(&key, channels, &reason).await,
             Event::PeerQuit { nick, reason } => self.peer_quit(&key, server, nick, reason).await,
+            Event::Invited { channel, by } => self.invited(&key, server, &channel, by).await,
             Event::CaseMapping(mapping) => self.case_mapping(&key, mapping),
             Event::Ended { reason, unhandled } => self.ended(key, reason, unhandled).await,
             Event::Attachment { .. } | Event::NetworkStatus { .. } | Event::WhenRouted(_) => debug!("an IRC session reported an email event"),
@@ -590,14 +697,70 @@ impl NetworkSide for IrcSide {
 
     async fn resource_offline(&mut self, user: &UserId, full: &str, last: bool) {
         if last {
-            self.rooms.take(user, None);
+            // Always-on channels stay joined for nobody, with their sessions; the other
+            // rooms are left, and sessions without an always-on channel end.
             self.conversations.forget_user(&user.0);
-            self.sessions.end_user(user, "user went offline");
+            let mut leaves = Vec::new();
+            let mut kept = std::collections::HashSet::new();
+            for (key, mut room) in self.rooms.take_keyed(user, None) {
+                if self.is_persistent(user, &key.1, &room.channel) {
+                    room.forget_resources();
+                    kept.insert(key.1.clone());
+                    self.rooms.insert(key, room);
+                } else {
+                    leaves.push((key.1, room.channel));
+                }
+            }
+            self.sessions.end_user_irc_except(user, &kept, "user went offline");
+            for (network, channel) in leaves.into_iter().filter(|(network, _)| kept.contains(network)) {
+                self.sessions.tell(&SessionKey { user: user.clone(), network }, Command::Leave { channel, reason: None });
+            }
             return;
         }
-        for ((_, network, _), room) in self.rooms.remove_resource(user, full) {
-            let key = SessionKey { user: user.clone(), network };
-            self.sessions.tell(&key, Command::Leave { channel: room.channel, reason: None });
+        for (key, mut room) in self.rooms.remove_resource(user, full) {
+            if self.is_persistent(user, &key.1, &room.channel) {
+                room.forget_resources();
+                self.rooms.insert(key, room);
+                continue;
+            }
+            let session = SessionKey { user: user.clone(), network: key.1 };
+            self.sessions.tell(&session, Command::Leave { channel: room.channel, reason: None });
+        }
+    }
+
+    async fn persistence_changed(&mut self, user: &UserId, network: &NetworkId, channel: &str, persistent: bool) {
+        let session = SessionKey { user: user.clone(), network: network.clone() };
+        let key = self.key(&session, channel).to_owned_key();
+        if persistent || self.rooms.get(&key).is_none_or(|room| !room.resources.is_empty()) {
+            return;
+        }
+        // Turned off while no client is in it: leave it now.
+        if let Some(room) = self.rooms.remove(&key) {
+            self.sessions.tell(&session, Command::Leave { channel: room.channel, reason: None });
+        }
+    }
+
+    /// The gateway is (re)connected: the user's always-on channels that are not joined yet
+    /// (after a start) are joined for nobody, so they are archived until a client comes.
+    async fn connected(&mut self, user: &UserId, record: &UserRecord) {
+        for persistent in &record.persistent_channels {
+            let network = NetworkId::Irc { server: persistent.server.clone() };
+            let session = SessionKey { user: user.clone(), network: network.clone() };
+            let key = self.key(&session, &persistent.channel).to_owned_key();
+            if self.rooms.get(&key).is_some() {
+                continue;
+            }
+            let nick = record.irc.as_ref().map_or_else(|| user.0.split('@').next().unwrap_or_default().to_owned(), |irc| irc.nick.clone());
+            let address = Address::IrcChannel { channel: persistent.channel.clone(), server: persistent.server.clone() };
+            let jid = format!("{}@{}", address::format_localpart(&address), self.gateway);
+            let mut room = Room::always_on(jid, persistent.channel.clone(), nick.clone());
+            room.mapping = self.mapping(&session);
+            self.rooms.insert(key.clone(), room);
+            let join = Command::Join { channel: persistent.channel.clone(), nick, password: None };
+            if let Err((_, text)) = self.hand_to_session(user, network, join) {
+                warn!(user = %user.0, channel = %persistent.channel, %text, "an always-on channel cannot be joined");
+                self.rooms.remove(&key);
+            }
         }
     }
 
@@ -680,6 +843,40 @@ impl NetworkSide for IrcSide {
     fn rooms(&self) -> usize {
         self.rooms.len()
     }
+}
+
+/// XEP-0045's `muc#user`.
+const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// XEP-0249.
+const NS_CONFERENCE: &str = "jabber:x:conference";
+
+/// A XEP-0249 direct invitation from `from` to `to` into `room`, `text` its reason and body.
+fn direct_invitation(from: &str, to: &str, room: &str, text: &str) -> Element {
+    use rxml::xml_ncname;
+    let ns = xmpp_parsers::ns::DEFAULT_NS;
+    Element::builder("message", ns)
+        .attr(xml_ncname!("from").into(), from)
+        .attr(xml_ncname!("to").into(), to)
+        .append(Element::builder("body", ns).append(format!("{text}: xmpp:{room}?join")))
+        .append(Element::builder("x", NS_CONFERENCE).attr(xml_ncname!("jid").into(), room).attr(xml_ncname!("reason").into(), text))
+        .build()
+}
+
+/// A mediated invitation (XEP-0045 §7.8.2) sent by the room `room` to `to` on behalf of
+/// `inviter`.
+fn invitation_from_room(room: &str, to: &str, inviter: &str, reason: Option<&str>) -> Element {
+    use rxml::xml_ncname;
+    let ns = xmpp_parsers::ns::DEFAULT_NS;
+    let mut invite = Element::builder("invite", NS_MUC_USER).attr(xml_ncname!("from").into(), inviter);
+    if let Some(reason) = reason {
+        invite = invite.append(Element::builder("reason", NS_MUC_USER).append(reason));
+    }
+    Element::builder("message", ns)
+        .attr(xml_ncname!("from").into(), room)
+        .attr(xml_ncname!("to").into(), to)
+        .append(Element::builder("body", ns).append(format!("{inviter} invites you to {room}: xmpp:{room}?join")))
+        .append(Element::builder("x", NS_MUC_USER).append(invite))
+        .build()
 }
 
 /// The error presences of a join that failed, from the nick the user asked for.
@@ -902,7 +1099,7 @@ mod tests {
     #[tokio::test]
     async fn a_registration_change_rejoins_with_the_new_credentials_and_tells_the_client() {
         let mut f = Fixture::in_room().await;
-        let record = UserRecord { irc: Some(crate::store::IrcAccount::new("alicia")), email: None };
+        let record = UserRecord { irc: Some(crate::store::IrcAccount::new("alicia")), email: None, ..UserRecord::default()  };
         f.side.store.put_user("u@h", &record).await.unwrap();
         f.side.registration_changed(&UserId("u@h".into()), Some(&record)).await;
         assert!(matches!(&f.bridge.commands(0)[..], [Command::Shutdown { .. }]), "the old session ends");
@@ -997,5 +1194,59 @@ mod tests {
         let answers = drain(&mut f.out);
         assert_eq!(answers.iter().map(condition).collect::<Vec<_>>(), [Some("policy-violation".to_owned())], "no echo, the error only");
         assert!(f.bridge.commands(0).is_empty(), "nothing of it went to IRC");
+    }
+
+    #[test]
+    fn invitations_read_back_as_xep_0249_and_xep_0045() {
+        let direct = direct_invitation("bob%irc.x@gw", "u@h", "#c%irc.x@gw", "bob invites you to #c on irc.x");
+        let x = direct.get_child("x", NS_CONFERENCE).unwrap();
+        assert_eq!((x.attr("jid"), x.attr("reason")), (Some("#c%irc.x@gw"), Some("bob invites you to #c on irc.x")));
+        assert!(direct.get_child("body", NS_COMPONENT).unwrap().text().ends_with("xmpp:#c%irc.x@gw?join"));
+        let mediated = invitation_from_room("#c%irc.x@gw", "carol@h", "u@h", Some("come"));
+        let muc_user = xmpp_parsers::muc::MucUser::try_from(mediated.get_child("x", NS_MUC_USER).unwrap().clone());
+        assert!(muc_user.is_ok(), "{muc_user:?}");
+        let invite = mediated.get_child("x", NS_MUC_USER).unwrap().get_child("invite", NS_MUC_USER).unwrap();
+        assert_eq!((invite.attr("from"), invite.get_child("reason", NS_MUC_USER).map(Element::text)), (Some("u@h"), Some("come".to_owned())));
+    }
+
+    #[tokio::test]
+    async fn a_mediated_invitation_to_an_irc_user_is_an_invite_and_to_another_network_is_refused() {
+        let mut f = Fixture::in_room().await;
+        drain(&mut f.out);
+        let invite = stanza("<message from='u@h/a' to='#c%irc.x@gw'><x xmlns='http://jabber.org/protocol/muc#user'><invite to='bob%irc.x@gw'/></x></message>");
+        f.side.message(&invite, &envelope(&invite), "normal").await;
+        assert_eq!(f.bridge.commands(0), [Command::Invite { channel: "#c".into(), nick: "bob".into() }]);
+        let elsewhere = stanza("<message from='u@h/a' to='#c%irc.x@gw'><x xmlns='http://jabber.org/protocol/muc#user'><invite to='bob%irc.y@gw'/></x></message>");
+        f.side.message(&elsewhere, &envelope(&elsewhere), "normal").await;
+        assert_eq!(drain(&mut f.out).iter().map(condition).collect::<Vec<_>>(), [Some("not-acceptable".to_owned())]);
+        assert!(f.bridge.commands(0).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_always_on_room_is_kept_for_nobody_rejoined_without_irc_and_left_once_turned_off() {
+        let mut f = Fixture::in_room().await;
+        let persistent = crate::store::PersistentChannel { server: "irc.x".into(), channel: "#C".into() };
+        let record = UserRecord { persistent_channels: vec![persistent], ..UserRecord::default() };
+        f.side.store.put_user("u@h", &record).await.unwrap();
+        let user = UserId("u@h".into());
+        f.leave("a", "alice").await;
+        f.side.resource_offline(&user, "u@h/a", true).await;
+        drain(&mut f.out);
+        assert!(f.bridge.commands(0).is_empty(), "no PART, no QUIT");
+        assert_eq!(f.side.rooms(), 1, "kept for nobody");
+        // A line meanwhile goes to nobody (and to the archive).
+        let line = Message { peer: Peer::Channel("#c".into()), sender: Some("bob".into()), kind: MessageKind::Group, body: "hi".into(), subject: None, thread: None, id: None };
+        f.side.event(key(), Event::Message(line)).await;
+        assert!(drain(&mut f.out).is_empty());
+        // Back: the session replays the room (no new session, a Join it answers itself).
+        f.join("b", "alice").await;
+        assert_eq!(f.bridge.started.lock().unwrap().len(), 1);
+        assert!(matches!(f.bridge.commands(0).as_slice(), [Command::Join { .. }, ..]));
+        // Turned off while nobody is in: left at once.
+        f.leave("b", "alice").await;
+        f.side.store.put_user("u@h", &UserRecord::default()).await.unwrap();
+        f.side.persistence_changed(&user, &key().network, "#c", false).await;
+        assert!(matches!(f.bridge.commands(0).as_slice(), [Command::Leave { .. }]));
+        assert_eq!(f.side.rooms(), 0);
     }
 }

@@ -174,6 +174,15 @@ pub fn fin(page: &Page) -> Element {
     Element::builder("fin", NS_MAM).attr(xml_ncname!("complete").into(), complete).append(set).build()
 }
 
+/// An archived line of `room` sent to `to` as room history on joining (XEP-0045
+/// §7.2.15): from its speaker, with its time (XEP-0203, from the room) and its archive id.
+pub fn history_message(room: &str, to: &str, item: &Item) -> Element {
+    let from = if item.who.is_empty() { room.to_owned() } else { format!("{room}/{}", item.who) };
+    let mut message = crate::muc::groupchat(&from, to, &item.body, None, Some(&id_text(item.id)));
+    message.append_child(Element::builder("delay", NS_DELAY).attr(xml_ncname!("stamp").into(), stamp(item.id)).attr(xml_ncname!("from").into(), room).build());
+    message
+}
+
 /// XEP-0359: the archive id (as [`id_text`] wrote it) of a live message, assigned `by`
 /// the room (or the gateway).
 pub fn stanza_id(id: &str, by: &str) -> Element {

@@ -45,6 +45,42 @@ pub struct Room {
     /// where the network folds them together): the room JID each used, which is where it
     /// hears the room from. Empty in practice.
     pub aliases: HashMap<String, String>,
+    /// Resources that asked for the room's history when joining, until they get the entry.
+    pub history: Vec<(String, HistoryRequest)>,
+}
+
+/// The history a resource asked for when joining (XEP-0045 `<history/>`), to be sent from
+/// the archive between the presences and the subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// The newest lines, at most this many.
+    pub max: usize,
+    /// Only lines from this time on (microseconds since the epoch).
+    pub since: Option<u64>,
+}
+
+/// Lines sent when a join asks for history by time alone.
+const HISTORY_BY_TIME: usize = 100;
+
+/// The `<history/>` of a join presence, as of `now` (microseconds); `None` when it asks
+/// for none (no element, `maxstanzas='0'` or `maxchars='0'`, as clients that read the
+/// archive themselves send).
+pub fn history_request(join: &Element, now: u64) -> Option<HistoryRequest> {
+    let x = join.get_child("x", crate::disco::NS_MUC)?;
+    let history = xmpp_parsers::muc::muc::History::try_from(x.get_child("history", crate::disco::NS_MUC)?.clone()).ok()?;
+    if history.maxstanzas == Some(0) || history.maxchars == Some(0) {
+        return None;
+    }
+    let by_seconds = history.seconds.map(|seconds| now.saturating_sub(u64::from(seconds) * 1_000_000));
+    let by_date = history.since.map(|since| u64::try_from(since.0.timestamp_micros()).unwrap_or(0));
+    let since = by_seconds.max(by_date);
+    let max = match (history.maxstanzas, since) {
+        (Some(max), _) => max as usize,
+        (None, Some(_)) => HISTORY_BY_TIME,
+        // maxchars alone: lines of any length, as many as a time request gets.
+        (None, None) => HISTORY_BY_TIME,
+    };
+    Some(HistoryRequest { max: max.min(crate::archive::MAX_PAGE), since })
 }
 
 /// The user's resources in a room, by full JID, each with whether it was sent the
@@ -142,7 +178,22 @@ impl Room {
             mapping: CaseMapping::default(),
             key: None,
             aliases: HashMap::new(),
+            history: Vec::new(),
         }
+    }
+
+    /// An always-on room joined for nobody (at start, from the user's settings).
+    pub fn always_on(jid: String, channel: String, nick: String) -> Self {
+        let mut room = Room::new(jid, channel, String::new(), nick);
+        room.forget_resources();
+        room
+    }
+
+    /// Drops every resource (the room stays, always on, for nobody).
+    pub fn forget_resources(&mut self) {
+        self.resources = Resources::default();
+        self.aliases.clear();
+        self.history.clear();
     }
 
     /// The room's JID as the resource `to` joined it.
@@ -161,11 +212,12 @@ impl Room {
     }
 
     /// Everything a resource needs on (re)entering: others' presences, then the user's
-    /// own with 110 (and 210 when the nick was changed), then the subject.
+    /// own with 110 (and 210 when the nick was changed), then the `history` it asked for,
+    /// then the subject.
     ///
     /// Made one at a time as they are sent: a channel of 10,000 nicks would otherwise be
     /// 10,000 elements (40 MiB) held at once.
-    pub fn entry_stanzas<'a>(&'a self, to: &'a str, occupants: &'a [Occupant]) -> impl Iterator<Item = Element> + 'a {
+    pub fn entry_stanzas<'a>(&'a self, to: &'a str, occupants: &'a [Occupant], history: &'a [crate::archive::Item]) -> impl Iterator<Item = Element> + 'a {
         let others = occupants
             .iter()
             .filter(|o| !self.is_me(&o.nick))
@@ -175,8 +227,9 @@ impl Room {
             codes.push(Status::AssignedNick);
         }
         let own = std::iter::once_with(move || occupant_presence(&self.occupant_jid(to, &self.nick), to, &self.me, &codes, None));
+        let history = history.iter().map(move |item| crate::mam::history_message(self.jid_for(to), to, item));
         let subject = std::iter::once_with(move || subject_message(self.jid_for(to), to, self.topic.as_deref().unwrap_or("")));
-        others.chain(own).chain(subject)
+        others.chain(own).chain(history).chain(subject)
     }
 
     /// The user's own departure, as each entered resource is told it: 110, the `codes`,
@@ -274,13 +327,7 @@ impl Rooms {
 
     /// Removes and returns the rooms of `user` on `network` (every network if `None`).
     pub fn take(&mut self, user: &UserId, network: Option<&NetworkId>) -> Vec<Room> {
-        let keys: Vec<RoomKey> = self
-            .rooms
-            .keys()
-            .filter(|(u, n, _)| u == user && network.is_none_or(|network| n == network))
-            .cloned()
-            .collect();
-        keys.iter().filter_map(|k| self.rooms.remove(k)).collect()
+        self.take_keyed(user, network).into_iter().map(|(_, room)| room).collect()
     }
 
     /// The rooms of `user`, with their network.
@@ -319,19 +366,23 @@ impl Rooms {
     /// Removes `resource` (a full JID) of `user` from every room; returns the rooms left
     /// empty, which the IRC side should leave.
     pub fn remove_resource(&mut self, user: &UserId, resource: &str) -> Vec<(RoomKey, Room)> {
-        for ((u, _, _), room) in self.rooms.iter_mut() {
-            if u == user {
-                room.resources.remove(resource);
-                room.aliases.remove(resource);
+        let mut emptied = Vec::new();
+        for (key, room) in self.rooms.iter_mut().filter(|((u, _, _), _)| u == user) {
+            room.aliases.remove(resource);
+            room.history.retain(|(r, _)| r != resource);
+            // Only the rooms this resource was the last in: an always-on room kept for
+            // nobody is not emptied again.
+            if room.resources.remove(resource) && room.resources.is_empty() {
+                emptied.push(key.clone());
             }
         }
-        let empty: Vec<RoomKey> = self
-            .rooms
-            .iter()
-            .filter(|((u, _, _), room)| u == user && room.resources.is_empty())
-            .map(|(k, _)| k.clone())
-            .collect();
-        empty.into_iter().filter_map(|k| self.rooms.remove(&k).map(|r| (k, r))).collect()
+        emptied.into_iter().filter_map(|k| self.rooms.remove(&k).map(|r| (k, r))).collect()
+    }
+
+    /// Every room of `user` (on `network`, or on all), removed, with its key.
+    pub fn take_keyed(&mut self, user: &UserId, network: Option<&NetworkId>) -> Vec<(RoomKey, Room)> {
+        let keys: Vec<RoomKey> = self.rooms.keys().filter(|(u, n, _)| u == user && network.is_none_or(|network| n == network)).cloned().collect();
+        keys.into_iter().filter_map(|k| self.rooms.remove(&k).map(|room| (k, room))).collect()
     }
 }
 
@@ -470,7 +521,7 @@ mod tests {
     #[test]
     fn entry_replays_others_then_self_with_110_210_then_subject() {
         let (room, occupants) = joined_room();
-        let stanzas: Vec<Element> = room.entry_stanzas("u@h/a", &occupants).collect();
+        let stanzas: Vec<Element> = room.entry_stanzas("u@h/a", &occupants, &[]).collect();
         assert_eq!(stanzas.len(), 3);
         assert_eq!(stanzas[0].attr("from"), Some("#r%irc.x@gw/bob"));
         let item = stanzas[0].get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
@@ -478,6 +529,42 @@ mod tests {
         assert_eq!(stanzas[1].attr("from"), Some("#r%irc.x@gw/alice_"));
         assert_eq!(codes(&stanzas[1]), vec!["110", "210"]);
         assert_eq!(stanzas[2].get_child("subject", NS).unwrap().text(), "welcome");
+    }
+
+    #[test]
+    fn asked_history_comes_after_the_own_presence_and_before_the_subject_with_its_time_and_id() {
+        use crate::archive::{Direction, Item};
+        let (room, occupants) = joined_room();
+        let history = [
+            Item { id: 1_000_000, direction: Direction::Room, who: "bob".into(), body: "earlier".into() },
+            Item { id: 2_000_000, direction: Direction::Room, who: String::new(), body: "a server notice".into() },
+        ];
+        let stanzas: Vec<Element> = room.entry_stanzas("u@h/a", &occupants, &history).collect();
+        assert_eq!(stanzas.len(), 5);
+        assert_eq!(codes(&stanzas[1]), vec!["110", "210"]);
+        let line = Message::try_from(stanzas[2].clone()).unwrap();
+        assert_eq!((line.from.unwrap().to_string(), line.bodies[""].as_str()), ("#r%irc.x@gw/bob".to_owned(), "earlier"));
+        let delay = xmpp_parsers::delay::Delay::try_from(stanzas[2].get_child("delay", "urn:xmpp:delay").unwrap().clone()).unwrap();
+        assert_eq!((delay.stamp.0.timestamp_micros(), delay.from.unwrap().to_string()), (1_000_000, "#r%irc.x@gw".to_owned()));
+        assert_eq!(stanzas[2].get_child("stanza-id", crate::mam::NS_SID).unwrap().attr("id"), Some("1000000"));
+        assert_eq!(stanzas[3].attr("from"), Some("#r%irc.x@gw"));
+        assert!(stanzas[4].get_child("subject", NS).is_some());
+    }
+
+    #[test]
+    fn history_requests_read_maxstanzas_seconds_and_since() {
+        let join = |history: &str| format!("<presence xmlns='{NS}'><x xmlns='http://jabber.org/protocol/muc'>{history}</x></presence>").parse::<Element>().unwrap();
+        let now = 1_000_000_000_000;
+        assert_eq!(history_request(&join(""), now), None, "no <history/>: none");
+        assert_eq!(history_request(&join("<history maxstanzas='0'/>"), now), None);
+        assert_eq!(history_request(&join("<history maxchars='0'/>"), now), None);
+        assert_eq!(history_request(&join("<history maxstanzas='20'/>"), now), Some(HistoryRequest { max: 20, since: None }));
+        assert_eq!(history_request(&join("<history maxstanzas='100000'/>"), now).unwrap().max, crate::archive::MAX_PAGE);
+        assert_eq!(history_request(&join("<history seconds='10'/>"), now), Some(HistoryRequest { max: HISTORY_BY_TIME, since: Some(now - 10_000_000) }));
+        let since = history_request(&join("<history since='1970-01-01T00:16:40Z' maxstanzas='5'/>"), now);
+        assert_eq!(since, Some(HistoryRequest { max: 5, since: Some(1_000_000_000) }));
+        let presence = format!("<presence xmlns='{NS}'/>").parse::<Element>().unwrap();
+        assert_eq!(history_request(&presence, now), None, "not a MUC join");
     }
 
     #[test]

@@ -187,7 +187,8 @@ pub fn apply(
     config: &Config,
 ) -> Result<UserRecord, FieldError> {
     let get = |var: &str| values.get(var).map(String::as_str).filter(|v| !v.is_empty());
-    let mut record = UserRecord::default();
+    // Settings made elsewhere than in this form stay.
+    let mut record = UserRecord { persistent_channels: existing.map(|r| r.persistent_channels.clone()).unwrap_or_default(), ..UserRecord::default() };
 
     let passwords = irc_passwords(&get, config)?;
     if let Some(nick) = get("irc_nick") {
@@ -422,7 +423,7 @@ mod tests {
                 imap_server: None,
                 smtp_server: None,
                 mark_seen: false,
-            }),
+            }), ..UserRecord::default() 
         };
         let q = query_for(Some(&record), &config());
         assert!(q.has_child("registered", NS_REGISTER));

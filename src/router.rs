@@ -32,7 +32,7 @@ use crate::registration::{self, Request, NS_REGISTER};
 use crate::requests::Requests;
 use crate::side::{self, internal, network_of, refuse, stanza_to, Envelope, NetworkSide};
 use crate::stanza;
-use crate::store::{Store, StoreError, UserRecord};
+use crate::store::{self, Store, StoreError, UserRecord};
 use crate::writer::Outbox;
 
 /// How long a registration may wait for the mail servers to accept a login.
@@ -277,13 +277,26 @@ impl Router {
         let node = payload.attr("node");
         let gateway = matches!(envelope.target, Address::Gateway);
         let answer: Result<Option<Element>, disco::Refusal> = match (is_get, ns.as_str()) {
-            (true, disco::NS_DISCO_INFO) => disco::info(&envelope.target, node, self.archive.is_enabled()).map(|r| Some(r.into())),
+            (true, disco::NS_DISCO_INFO) => {
+                let persistent = match &envelope.target {
+                    Address::IrcChannel { channel, server } => self.store.user(&envelope.user).ok().flatten().is_some_and(|r| r.is_persistent(server, channel)),
+                    _ => false,
+                };
+                disco::info(&envelope.target, node, disco::Features { archive: self.archive.is_enabled(), persistent }).map(|r| Some(r.into()))
+            }
             (true, disco::NS_DISCO_ITEMS) if gateway && node == Some(disco::NS_COMMANDS) => {
                 let is_admin = self.is_admin(&envelope.user);
                 let items = adhoc::items(&self.gateway_jid(), is_admin);
                 Ok(Some(xmpp_parsers::disco::DiscoItemsResult { node: node.map(str::to_owned), items, rsm: None }.into()))
             }
             (false, disco::NS_COMMANDS) if gateway => return self.handle_command(&payload, &envelope, &stanza).await,
+            (true, disco::NS_DISCO_ITEMS) if node == Some(disco::NS_COMMANDS) && matches!(envelope.target, Address::IrcChannel { .. }) => {
+                let room = stanza_to(&stanza).map(|jid| jid.to_bare().into()).unwrap_or_else(|| self.gateway_jid());
+                Ok(Some(xmpp_parsers::disco::DiscoItemsResult { node: node.map(str::to_owned), items: adhoc::room_items(&room), rsm: None }.into()))
+            }
+            (false, disco::NS_COMMANDS) if matches!(envelope.target, Address::IrcChannel { .. }) => {
+                return self.handle_room_command(&payload, &envelope, &stanza).await;
+            }
             (true, disco::NS_DISCO_ITEMS) => {
                 Ok(Some(disco::items(&envelope.target, node, &self.gateway, &self.config).into()))
             }
@@ -418,6 +431,61 @@ impl Router {
             }
             adhoc::Request::Execute { node } | adhoc::Request::Complete { node, .. } => {
                 refuse(&self.out, stanza, DefinedCondition::ItemNotFound, &format!("no command {node:?}")).await;
+            }
+        }
+    }
+
+    /// A room's `configure` command: whether the channel is always on for this user
+    /// (kept in their registration, so only registered users have it).
+    async fn handle_room_command(&mut self, command: &Element, envelope: &Envelope, stanza: &Element) {
+        let Address::IrcChannel { channel, server } = &envelope.target else { return };
+        let request = match adhoc::parse(command) {
+            Ok(request) => request,
+            Err((condition, text)) => return refuse(&self.out, stanza, condition, &text).await,
+        };
+        let record = match self.store.user(&envelope.user) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                let text = "register with the gateway first: channel settings are kept with your registration";
+                return refuse(&self.out, stanza, DefinedCondition::RegistrationRequired, text).await;
+            }
+            Err(error) => {
+                let (condition, text) = internal(error);
+                return refuse(&self.out, stanza, condition, &text).await;
+            }
+        };
+        match request {
+            adhoc::Request::Cancel { node, session } => self.reply(stanza, Some(adhoc::canceled(&node, &session))).await,
+            adhoc::Request::Execute { node } if node == adhoc::NODE_CONFIGURE => {
+                let session = format!("{:016x}", fastrand::u64(..));
+                let form = adhoc::room_form(record.is_persistent(server, channel));
+                self.reply(stanza, Some(adhoc::executing(&node, &session, form))).await;
+            }
+            adhoc::Request::Complete { node, session, form } if node == adhoc::NODE_CONFIGURE => {
+                let persistent = match adhoc::room_persistent(&form) {
+                    Ok(persistent) => persistent,
+                    Err((condition, text)) => return refuse(&self.out, stanza, condition, &text).await,
+                };
+                let mut record = record;
+                record.persistent_channels.retain(|p| !p.is(server, channel));
+                if persistent {
+                    record.persistent_channels.push(store::PersistentChannel { server: server.clone(), channel: channel.clone() });
+                }
+                let write = self.store.put_user(&envelope.user, &record);
+                let user = envelope.user_id();
+                let network = NetworkId::Irc { server: server.clone() };
+                if let Some(side) = self.side(&network) {
+                    side.persistence_changed(&user, &network, channel, persistent).await;
+                }
+                let note = if persistent { "The channel is always on." } else { "The channel is no longer always on." };
+                let (tasks, stanza, done) = (self.tasks_tx.clone(), stanza.clone(), adhoc::completed(&node, &session, note, None));
+                tokio::spawn(async move {
+                    let result = write.await.map(|()| done);
+                    let _ = tasks.send(RouterTask::Answer { stanza, result }).await;
+                });
+            }
+            adhoc::Request::Execute { node } | adhoc::Request::Complete { node, .. } => {
+                refuse(&self.out, stanza, DefinedCondition::ItemNotFound, &format!("no command {node:?} on a room")).await;
             }
         }
     }

@@ -98,6 +98,11 @@ impl Sessions {
         self.end_where(|key| &key.user == user && matches!(key.network, NetworkId::Irc { .. }), reason);
     }
 
+    /// Ends the IRC sessions of `user` except those on `keep` (always-on channels there).
+    pub fn end_user_irc_except(&mut self, user: &UserId, keep: &std::collections::HashSet<NetworkId>, reason: &str) {
+        self.end_where(|key| &key.user == user && matches!(key.network, NetworkId::Irc { .. }) && !keep.contains(&key.network), reason);
+    }
+
     /// Ends every session of `user`.
     pub fn end_user(&mut self, user: &UserId, reason: &str) {
         self.end_where(|key| &key.user == user, reason);

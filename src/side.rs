@@ -88,6 +88,10 @@ pub trait NetworkSide {
         None
     }
 
+    /// The user turned a channel of `network` always on or off (the store already has
+    /// it): a room kept for nobody is left when it is turned off.
+    async fn persistence_changed(&mut self, _user: &UserId, _network: &NetworkId, _channel: &str, _persistent: bool) {}
+
     /// The users with a session on this side (whether or not they sent the gateway
     /// their presence).
     fn active_users(&self) -> Vec<UserId>;

@@ -79,6 +79,33 @@ pub struct UserRecord {
     /// The user's mailbox, used to fetch and send mail on their behalf; `None` if they
     /// have not registered with the email gateway.
     pub email: Option<EmailAccount>,
+    /// IRC channels the gateway stays in while none of the user's clients is (always-on,
+    /// biboumi's `persistent`): set per room by its `configure` command.
+    pub persistent_channels: Vec<PersistentChannel>,
+}
+
+/// An always-on IRC channel of one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistentChannel {
+    /// The IRC server, lower case.
+    pub server: String,
+    /// The channel as the user first wrote it.
+    pub channel: String,
+}
+
+impl PersistentChannel {
+    /// Whether this is `channel` on `server` (names folded as RFC 1459 folds them).
+    pub fn is(&self, server: &str, channel: &str) -> bool {
+        use bridge_core::model::CaseMapping;
+        self.server.eq_ignore_ascii_case(server) && CaseMapping::Rfc1459.folded(&self.channel) == CaseMapping::Rfc1459.folded(channel)
+    }
+}
+
+impl UserRecord {
+    /// Whether the user keeps `channel` on `server` always on.
+    pub fn is_persistent(&self, server: &str, channel: &str) -> bool {
+        self.persistent_channels.iter().any(|p| p.is(server, channel))
+    }
 }
 
 /// How to appear on IRC for one user.
@@ -285,6 +312,8 @@ struct StoredUser {
     version: u32,
     irc: Option<StoredIrc>,
     email: Option<StoredEmail>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    persistent_channels: Vec<PersistentChannel>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -601,6 +630,7 @@ impl Store {
                 smtp_server: email.smtp_server.clone(),
                 mark_seen: email.mark_seen,
             }),
+            persistent_channels: record.persistent_channels.clone(),
         };
         serde_json::to_vec(&stored).expect("a struct of strings always serialises to JSON")
     }
@@ -657,6 +687,7 @@ impl Store {
                     })
                 })
                 .transpose()?,
+            persistent_channels: stored.persistent_channels,
         })
     }
 
@@ -781,7 +812,7 @@ mod tests {
                 imap_server: Some("imap.mail.example:993".into()),
                 smtp_server: Some("smtp.mail.example:465".into()),
                 mark_seen: false,
-            }),
+            }), ..UserRecord::default() 
         }
     }
 
@@ -861,7 +892,7 @@ mod tests {
         };
         let no_irc_password = UserRecord {
             irc: Some(IrcAccount::new("bob")),
-            email: None,
+            email: None, ..UserRecord::default() 
         };
         let email_minimal = UserRecord {
             irc: None,
@@ -872,7 +903,7 @@ mod tests {
                 imap_server: None,
                 smtp_server: None,
                 mark_seen: false,
-            }),
+            }), ..UserRecord::default() 
         };
         let cases = [
             ("a@example.org", irc_only),
@@ -1155,7 +1186,7 @@ mod tests {
                 passwords: [("irc.example".to_owned(), Secret::new("bobs own"))].into(),
                 unassigned_password: None,
             }),
-            email: None,
+            email: None, ..UserRecord::default() 
         };
         store.put_user(bob, &bob_record).await.unwrap();
         assert_eq!(store.user(bob).unwrap(), Some(bob_record));
@@ -1199,7 +1230,7 @@ mod tests {
         // A record as the gateway wrote it before IRC passwords were per network.
         let old = UserRecord {
             irc: Some(IrcAccount { unassigned_password: Some(Secret::new("old-pw")), ..IrcAccount::new("alice") }),
-            email: None,
+            email: None, ..UserRecord::default() 
         };
         store.put_user(JID, &old).await.unwrap();
         let json = raw_json(&store, JID);

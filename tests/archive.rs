@@ -212,3 +212,141 @@ async fn unregistering_deletes_the_users_archive(kind: ServerKind) {
     assert_eq!(reply.attr("type"), Some("result"));
     assert!(after.is_empty(), "the archive went with the registration: {after:?}");
 }
+
+const COMMANDS: &str = "http://jabber.org/protocol/commands";
+
+/// Sets the room's `persistent` through its `configure` command (execute, then submit);
+/// returns the value the form showed before.
+async fn set_always_on(client: &mut Client, room: &str, on: bool) -> bool {
+    let executing = client.iq_raw("set", Some(room), &format!("<command xmlns='{COMMANDS}' node='configure' action='execute'/>")).await;
+    let command = executing.get_child("command", COMMANDS).unwrap_or_else(|| panic!("no command form: {executing:?}"));
+    let session = command.attr("sessionid").expect("a session id").to_owned();
+    assert!(command.get_child("x", "jabber:x:data").is_some(), "a form");
+    let was = form_value(command, "persistent").as_deref() == Some("1");
+    let value = if on { "1" } else { "0" };
+    let done = client
+        .iq_raw(
+            "set",
+            Some(room),
+            &format!(
+                "<command xmlns='{COMMANDS}' node='configure' sessionid='{session}'><x xmlns='jabber:x:data' type='submit'>\
+                 <field var='persistent'><value>{value}</value></field></x></command>"
+            ),
+        )
+        .await;
+    assert_eq!(done.get_child("command", COMMANDS).and_then(|c| c.attr("status")), Some("completed"), "{done:?}");
+    was
+}
+
+fn room_features(info: &Element) -> Vec<String> {
+    info.get_child("query", "http://jabber.org/protocol/disco#info").unwrap().children().filter_map(|f| f.attr("var")).map(str::to_owned).collect()
+}
+
+/// Whether the IRC client sees `nick` leave (PART or QUIT) within `within`.
+async fn sees_leave(irc: &mut testkit::irc::IrcClient, nick: &str, within: std::time::Duration) -> bool {
+    irc.receives_within(within, |l| (l.command == "PART" || l.command == "QUIT") && l.prefix_nick.as_deref() == Some(nick)).await
+}
+
+on_each_server!(an_always_on_channel_is_archived_while_the_user_is_away_also_across_a_kill_9);
+/// Bouncer mode: with the room always on, the gateway stays in the channel while the
+/// user is offline; the 20 lines said meanwhile come back from the archive (after the
+/// last id the client saw, none twice), the room is there at once on rejoining (no IRC
+/// JOIN); and after a kill -9 the restarted gateway joins the channel again by itself.
+async fn an_always_on_channel_is_archived_while_the_user_is_away_also_across_a_kill_9(kind: ServerKind) {
+    let server = XmppServer::start(kind);
+    let ircd = Ngircd::start(false);
+    let mut gateway = Gateway::start_irc(&server, &ircd, None);
+    let mut alice = server.client("alice", "localhost").await;
+    let registered = alice.iq("set", &register_form(&[("irc_nick", "alice")])).await;
+    assert_eq!(registered.attr("type"), Some("result"), "{registered:?}");
+    let r = room("#bnc");
+    join(&mut alice, &r, "alice").await;
+    let disco = "<query xmlns='http://jabber.org/protocol/disco#info'/>";
+    assert!(room_features(&alice.iq_raw("get", Some(&r), disco).await).contains(&"muc_temporary".to_owned()));
+    assert!(!set_always_on(&mut alice, &r, true).await, "off by default");
+    assert!(room_features(&alice.iq_raw("get", Some(&r), disco).await).contains(&"muc_persistent".to_owned()));
+    let mut bob = ircd.client("bob").await;
+    bob.join("#bnc").await;
+    bob.privmsg("#bnc", "before").await;
+    let seen = alice.wait_for("bob's line", |e| e.name() == "message" && body(e) == "before").await;
+    let last_seen = stanza_id(&seen, &r).expect("a stanza-id");
+
+    // Away: the client's connection closes; the gateway stays in the channel.
+    drop(alice);
+    assert!(!sees_leave(&mut bob, "alice", std::time::Duration::from_secs(3)).await, "the gateway left an always-on channel");
+    for n in 0..20 {
+        bob.privmsg("#bnc", &format!("while away {n}")).await;
+    }
+    let mut alice = server.client("alice", "localhost").await;
+    alice.send_raw(&format!("<presence to='{r}/alice'><x xmlns='{MUC}'><history maxstanzas='0'/></x></presence>")).await;
+    alice.wait_for("the room's subject", |e| e.name() == "message" && e.attr("from") == Some(r.as_str()) && e.get_child("subject", NS_CLIENT).is_some()).await;
+    assert!(
+        !bob.receives_within(std::time::Duration::from_millis(500), |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await,
+        "rejoining an always-on room sends no IRC JOIN"
+    );
+    let (missed, reply) = alice.mam(&r, &[], &format!("<max>100</max><after>{last_seen}</after>")).await;
+    let bodies: Vec<String> = missed.iter().map(Archived::body).collect();
+    assert_eq!(bodies, (0..20).map(|n| format!("while away {n}")).collect::<Vec<_>>());
+    assert!(mam_fin(&reply).0);
+    let last_seen = missed.last().unwrap().id.clone();
+
+    // Away again, 20 more lines, then kill -9 (once sled has flushed them: half a second).
+    drop(alice);
+    assert!(!sees_leave(&mut bob, "alice", std::time::Duration::from_secs(3)).await);
+    for n in 0..20 {
+        bob.privmsg("#bnc", &format!("before the kill {n}")).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    gateway.kill_9();
+    bob.wait_for("the gateway's connection gone", |l| l.command == "QUIT" && l.prefix_nick.as_deref() == Some("alice")).await;
+    gateway.spawn();
+    bob.wait_for("the restarted gateway back in the channel", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await;
+    bob.privmsg("#bnc", "after the restart").await;
+    let mut alice = server.client("alice", "localhost").await;
+    let (missed, _) = alice.mam(&r, &[], &format!("<max>100</max><after>{last_seen}</after>")).await;
+    let bodies: Vec<String> = missed.iter().map(Archived::body).collect();
+    let mut expected: Vec<String> = (0..20).map(|n| format!("before the kill {n}")).collect();
+    expected.push("after the restart".into());
+    // The line after the restart is archived once the gateway has read it: wait for it.
+    let bodies = if bodies.len() < expected.len() {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        alice.mam(&r, &[], &format!("<max>100</max><after>{last_seen}</after>")).await.0.iter().map(Archived::body).collect()
+    } else {
+        bodies
+    };
+    assert_eq!(bodies, expected, "exactly the lines said while away, once each");
+
+    // Turned off while nobody is in it: the gateway leaves the channel.
+    assert!(set_always_on(&mut alice, &r, false).await);
+    assert!(sees_leave(&mut bob, "alice", std::time::Duration::from_secs(10)).await, "turned off, the channel is left");
+}
+
+on_each_server!(a_join_asking_for_history_gets_it_from_the_archive_between_presences_and_subject);
+async fn a_join_asking_for_history_gets_it_from_the_archive_between_presences_and_subject(kind: ServerKind) {
+    let server = XmppServer::start(kind);
+    let ircd = Ngircd::start(false);
+    let _gateway = Gateway::start_irc(&server, &ircd, None);
+    let mut alice = server.client("alice", "localhost").await;
+    let r = room("#hist2");
+    join(&mut alice, &r, "alice").await;
+    let mut bob = ircd.client("bob").await;
+    bob.join("#hist2").await;
+    for n in 0..10 {
+        bob.privmsg("#hist2", &format!("old {n}")).await;
+    }
+    alice.wait_for("the last line", |e| e.name() == "message" && body(e) == "old 9").await;
+    // A second client of alice's joins asking for the last 3 lines.
+    let mut phone = server.client_as("alice", "localhost", "phone").await;
+    phone.send_raw(&format!("<presence to='{r}/alice'><x xmlns='{MUC}'><history maxstanzas='3'/></x></presence>")).await;
+    let subject = phone.wait_for("the subject", |e| e.name() == "message" && e.get_child("subject", NS_CLIENT).is_some()).await;
+    let messages: Vec<&Element> = phone.seen.iter().filter(|e| e.name() == "message").collect();
+    let history: Vec<String> = messages.iter().filter(|e| e.get_child("body", NS_CLIENT).is_some()).map(|e| body(e)).collect();
+    assert_eq!(history, ["old 7", "old 8", "old 9"]);
+    let first = messages.iter().find(|e| body(e) == "old 7").unwrap();
+    assert!(first.get_child("delay", "urn:xmpp:delay").is_some(), "history carries its time: {first:?}");
+    assert!(stanza_id(first, &r).is_some());
+    let own = phone.seen.iter().position(|e| e.name() == "presence" && e.attr("from") == Some(&format!("{r}/alice"))).unwrap();
+    let first_line = phone.seen.iter().position(|e| e.name() == "message" && body(e) == "old 7").unwrap();
+    let subject_at = phone.seen.iter().position(|e| *e == subject).unwrap();
+    assert!(own < first_line && first_line < subject_at, "presences, then history, then the subject");
+}

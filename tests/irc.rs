@@ -1205,3 +1205,48 @@ async fn a_self_ping_says_whether_the_client_is_still_in_the_room(kind: ServerKi
     let gateway = alice.iq_raw("get", Some(GW), ping).await;
     assert_eq!(gateway.attr("type"), Some("result"));
 }
+
+on_each_server!(invitations_go_both_ways);
+/// An IRC INVITE becomes a XEP-0249 direct invitation from the inviter; a mediated MUC
+/// invitation (XEP-0045) to an IRC user becomes an IRC INVITE; one to another XMPP user
+/// is passed on by the room.
+async fn invitations_go_both_ways(kind: ServerKind) {
+    let s = setup_on(kind);
+    let mut alice = s.server.client("alice", "localhost").await;
+    let r = room("#inv");
+    join(&mut alice, &r, "alice").await;
+    wait_subject(&mut alice, &r).await;
+
+    // IRC -> XMPP: bob, alone in #secret, invites alice.
+    let mut bob = s.ircd.client("bob").await;
+    bob.join("#secret").await;
+    bob.send_line("INVITE alice #secret").await;
+    let invitation = alice.wait_for("the direct invitation", |e| e.name() == "message" && e.get_child("x", "jabber:x:conference").is_some()).await;
+    let secret = room("#secret");
+    assert_eq!(invitation.get_child("x", "jabber:x:conference").unwrap().attr("jid"), Some(secret.as_str()));
+    assert_eq!(invitation.attr("from"), Some(format!("bob%127.0.0.1@{GW}").as_str()));
+    assert!(body(&invitation).is_some_and(|b| b.contains("bob invites you to #secret")), "{invitation:?}");
+
+    // XMPP -> IRC: alice (operator of #inv, which she created) invites bob.
+    let bob_jid = format!("bob%127.0.0.1@{GW}");
+    alice
+        .send_raw(&format!("<message to='{r}'><x xmlns='{MUC_USER}'><invite to='{bob_jid}'><reason>come</reason></invite></x></message>"))
+        .await;
+    let invite = bob.wait_for("the INVITE", |l| l.command == "INVITE").await;
+    assert_eq!(invite.params, ["bob", "#inv"]);
+    assert_eq!(invite.prefix_nick.as_deref(), Some("alice"));
+
+    // XMPP -> XMPP: the room passes the invitation on to bob@localhost.
+    let mut bob_xmpp = s.server.client("bob", "localhost").await;
+    alice.send_raw(&format!("<message to='{r}'><x xmlns='{MUC_USER}'><invite to='bob@localhost'/></x></message>")).await;
+    let passed = bob_xmpp.wait_for("the mediated invitation", |e| e.name() == "message" && e.get_child("x", MUC_USER).is_some()).await;
+    assert_eq!(passed.attr("from"), Some(r.as_str()));
+    let from = passed.get_child("x", MUC_USER).unwrap().get_child("invite", MUC_USER).unwrap().attr("from");
+    assert_eq!(from, Some("alice@localhost"));
+
+    // Not in the room: refused.
+    let outside = room("#elsewhere");
+    alice.send_raw(&format!("<message to='{outside}' id='inv1'><x xmlns='{MUC_USER}'><invite to='{bob_jid}'/></x></message>")).await;
+    let refused = alice.wait_for("the refusal", |e| e.name() == "message" && e.attr("id") == Some("inv1") && e.attr("type") == Some("error")).await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("not-acceptable"));
+}

@@ -64,9 +64,9 @@ struct Sizes {
     email_rounds: usize,
     /// Mail load: channel lines timed per phase.
     load_lines: usize,
-    /// Archive: lines archived for the big query figures (ours).
+    /// Archive: lines archived for the big query figures.
     archive_fill: usize,
-    /// Archive: lines archived for the figures of both gateways.
+    /// Archive: lines archived for the small ones.
     archive_small_fill: usize,
     /// Archive: timed queries at each size.
     archive_queries: usize,
@@ -127,12 +127,10 @@ struct Args {
     /// Mail load: channel lines timed per phase (default 500; smoke 30).
     #[arg(long)]
     load_lines: Option<usize>,
-    /// Archive: lines archived before the big query figures, ours alone (default 100000;
-    /// smoke 300).
+    /// Archive: lines archived before the big query figures (default 100000; smoke 300).
     #[arg(long)]
     archive_fill: Option<usize>,
-    /// Archive: lines archived before the figures of both gateways (default 2000: biboumi
-    /// commits each line to SQLite with an fsync; smoke 100).
+    /// Archive: lines archived before the small query figures (default 2000; smoke 100).
     #[arg(long)]
     archive_small_fill: Option<usize>,
     /// Archive: timed queries for the last 50 lines at each size (default 1000; smoke 20).

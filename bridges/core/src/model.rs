@@ -157,6 +157,13 @@ pub enum Command {
         /// Their status text.
         status: Option<String>,
     },
+    /// Invite `nick` to `channel`.
+    Invite {
+        /// The channel.
+        channel: String,
+        /// Who is invited.
+        nick: String,
+    },
     /// End the session: the user went offline, unregistered, or the gateway stops.
     Shutdown {
         /// Why, for a QUIT message or a log line.
@@ -434,6 +441,13 @@ pub enum Event {
         channels: Vec<String>,
         /// Why.
         reason: String,
+    },
+    /// Someone invited the user to a channel (IRC INVITE).
+    Invited {
+        /// The channel.
+        channel: String,
+        /// Who invited them (`None`: the server).
+        by: Option<String>,
     },
     /// A private contact left the network (QUIT): show them offline.
     PeerQuit {

@@ -577,6 +577,7 @@ impl IrcSession {
                 self.send(format!("TOPIC {channel} :{topic}"));
             }
             Command::ChangeNick { nick } => self.send(format!("NICK {}", text::sanitize_word(&nick))),
+            Command::Invite { channel, nick } => self.send(format!("INVITE {} {}", text::sanitize_word(&nick), text::sanitize_word(&channel))),
             Command::SetAvailability { availability, status } => {
                 let line = match availability {
                     Availability::Available => "AWAY".to_owned(),
@@ -702,6 +703,10 @@ impl IrcSession {
             ref command @ IrcCommand::ChannelMODE(..) => {
                 let raw = String::from(command);
                 self.on_mode(&raw).await;
+            }
+            // Ours only: with invite-notify a channel operator also hears of others'.
+            IrcCommand::INVITE(nick, channel) if self.casemapping.fold(&nick) == self.casemapping.fold(&self.nick) => {
+                self.emit(Event::Invited { channel, by: source }).await;
             }
             IrcCommand::PRIVMSG(target, body) => self.on_privmsg(source, &target, &body, false).await,
             IrcCommand::NOTICE(target, body) => self.on_privmsg(source, &target, &body, true).await,
