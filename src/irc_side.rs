@@ -58,6 +58,8 @@ pub struct IrcSide {
     /// Where every channel line and private message is kept (XEP-0313), and the ids the
     /// live copies carry.
     archive: Archive,
+    /// The last room epoch given out (`Room::archive_epoch`).
+    epochs: u64,
 }
 
 impl IrcSide {
@@ -73,7 +75,14 @@ impl IrcSide {
             mappings: HashMap::new(),
             policy,
             archive,
+            epochs: 0,
         }
+    }
+
+    /// A new room epoch (see `Room::archive_epoch`).
+    fn next_epoch(&mut self) -> u64 {
+        self.epochs += 1;
+        self.epochs
     }
 
     /// Whether `user` keeps `channel` on `network` always on (their stored settings).
@@ -156,10 +165,13 @@ impl IrcSide {
                     return refuse(&self.out, stanza, DefinedCondition::ResourceConstraint, &text).await;
                 }
                 let history = muc::history_request(stanza, crate::archive::now_micros()).filter(|_| self.archive.is_enabled());
+                let epoch = self.next_epoch();
                 let command = match self.rooms.get_mut(&key) {
                     None => {
                         let jid = format!("{}@{}", address::format_localpart(&envelope.target), self.gateway);
                         let mut room = Room::new(jid, channel.to_owned(), full.clone(), nick.to_owned());
+                        room.archive_key = crate::archive::room_key(server, channel);
+                        room.archive_epoch = epoch;
                         room.mapping = mapping;
                         room.key = muc_password(stanza).map(bridge_core::Secret::new);
                         room.history.extend(history.map(|h| (full, h)));
@@ -234,7 +246,7 @@ impl IrcSide {
             (None, Some(topic)) => Command::SetTopic { channel: room.channel.clone(), topic },
             (Some(body), _) => {
                 // IRC does not echo: reflect the message to every resource in the room.
-                let archived = self.archive(&session.user, Conversation::room(server, &room.channel), Direction::Room, &room.nick, &body).await;
+                let archived = self.archive.room_line(&session.user.0, &room.archive_key, room.archive_epoch, &room.nick, &body).await.map(crate::mam::id_text);
                 let echoes = room.resources.iter().map(|to| muc::groupchat(&room.occupant_jid(to, &room.nick), to, &body, stanza.attr("id"), archived.as_deref())).collect();
                 let channel = room.channel.clone();
                 self.send_all(echoes).await;
@@ -327,7 +339,7 @@ impl IrcSide {
                 None => room.jid_for(to).to_owned(),
             };
             let who = message.sender.as_deref().unwrap_or_default();
-            let archived = self.archive(&key.user, Conversation::room(server, channel), Direction::Room, who, &body).await;
+            let archived = self.archive.room_line(&key.user.0, &room.archive_key, room.archive_epoch, who, &body).await.map(crate::mam::id_text);
             let stanzas = room.resources.entered().map(|to| muc::groupchat(&from(to), to, &body, None, archived.as_deref())).collect();
             return self.send_all(stanzas).await;
         }
@@ -475,9 +487,12 @@ impl IrcSide {
     async fn disconnected(&mut self, key: &SessionKey, channels: Vec<String>, reason: &str) {
         let mut stanzas = Vec::new();
         for channel in channels {
-            let room_key = self.key(key, &channel);
+            self.epochs += 1;
+            let (epoch, room_key) = (self.epochs, self.key(key, &channel));
             let Some(room) = self.rooms.get_mut(&room_key) else { continue };
             stanzas.extend(room.self_departures(&[Status::ServiceShutdown], Some(reason)));
+            // Lines said until the rejoin are not the user's.
+            room.archive_epoch = epoch;
             room.joined = false;
             room.resources.forget_entries();
         }
@@ -754,6 +769,8 @@ impl NetworkSide for IrcSide {
             let address = Address::IrcChannel { channel: persistent.channel.clone(), server: persistent.server.clone() };
             let jid = format!("{}@{}", address::format_localpart(&address), self.gateway);
             let mut room = Room::always_on(jid, persistent.channel.clone(), nick.clone());
+            room.archive_key = crate::archive::room_key(&persistent.server, &persistent.channel);
+            room.archive_epoch = self.next_epoch();
             room.mapping = self.mapping(&session);
             self.rooms.insert(key.clone(), room);
             let join = Command::Join { channel: persistent.channel.clone(), nick, password: None };
@@ -782,6 +799,8 @@ impl NetworkSide for IrcSide {
         let mut joins = Vec::new();
         for (network, room) in self.rooms.of_mut(user) {
             stanzas.extend(room.self_departures(&[Status::ServiceShutdown], Some("your registration changed; joining again")));
+            self.epochs += 1;
+            room.archive_epoch = self.epochs;
             room.joined = false;
             room.resources.forget_entries();
             joins.push((network.clone(), room.channel.clone(), room.requested_nick.clone(), room.key.clone()));

@@ -47,6 +47,11 @@ pub struct Room {
     pub aliases: HashMap<String, String>,
     /// Resources that asked for the room's history when joining, until they get the entry.
     pub history: Vec<(String, HistoryRequest)>,
+    /// The channel's key in the archive (`archive::room_key`), made once.
+    pub archive_key: String,
+    /// Changes whenever the user may have missed lines of the channel (a new join, a
+    /// dropped connection): the archive ends their span there (`archive/live.rs`).
+    pub archive_epoch: u64,
 }
 
 /// The history a resource asked for when joining (XEP-0045 `<history/>`), to be sent from
@@ -179,6 +184,8 @@ impl Room {
             key: None,
             aliases: HashMap::new(),
             history: Vec::new(),
+            archive_key: String::new(),
+            archive_epoch: 0,
         }
     }
 

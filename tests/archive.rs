@@ -350,3 +350,39 @@ async fn a_join_asking_for_history_gets_it_from_the_archive_between_presences_an
     let subject_at = phone.seen.iter().position(|e| *e == subject).unwrap();
     assert!(own < first_line && first_line < subject_at, "presences, then history, then the subject");
 }
+
+on_each_server!(users_in_one_channel_share_each_lines_id_and_each_sees_only_what_they_got);
+/// A line two users of the gateway get (each through their own IRC connection) is
+/// archived once, under one id both live copies carry; each user's archive holds what
+/// they got, from when they got it.
+async fn users_in_one_channel_share_each_lines_id_and_each_sees_only_what_they_got(kind: ServerKind) {
+    let server = XmppServer::start(kind);
+    let ircd = Ngircd::start(false);
+    let _gateway = Gateway::start_irc(&server, &ircd, None);
+    let r = room("#shared");
+    let mut alice = server.client("alice", "localhost").await;
+    join(&mut alice, &r, "alice").await;
+    let mut carol = ircd.client("carol").await;
+    carol.join("#shared").await;
+    carol.privmsg("#shared", "before bob").await;
+    alice.wait_for("carol's first line", |e| e.name() == "message" && body(e) == "before bob").await;
+
+    let mut bob = server.client("bob", "localhost").await;
+    join(&mut bob, &r, "bobby").await;
+    alice.wait_for("bobby's arrival", |e| e.name() == "presence" && e.attr("from") == Some(&format!("{r}/bobby"))).await;
+    carol.privmsg("#shared", "for both").await;
+    let to_alice = alice.wait_for("the line", |e| e.name() == "message" && body(e) == "for both").await;
+    let to_bob = bob.wait_for("the line", |e| e.name() == "message" && body(e) == "for both").await;
+    assert_eq!(stanza_id(&to_alice, &r), stanza_id(&to_bob, &r), "one line, one id");
+    alice.send_raw(&format!("<message to='{r}' type='groupchat'><body>from alice</body></message>")).await;
+    let echo = alice.wait_for("the echo", |e| e.name() == "message" && body(e) == "from alice").await;
+    let relayed = bob.wait_for("alice's line through IRC", |e| e.name() == "message" && body(e) == "from alice").await;
+    assert_eq!(stanza_id(&echo, &r), stanza_id(&relayed, &r), "the sender's reflection and the others' copy share the id");
+
+    let bodies = |archived: &[Archived]| archived.iter().map(Archived::body).collect::<Vec<_>>();
+    let (of_alice, _) = alice.mam(&r, &[], "<max>10</max>").await;
+    assert_eq!(bodies(&of_alice), ["before bob", "for both", "from alice"]);
+    let (of_bob, _) = bob.mam(&r, &[], "<max>10</max>").await;
+    assert_eq!(bodies(&of_bob), ["for both", "from alice"], "bob's archive starts when he was there");
+    assert_eq!(of_alice[1].id, of_bob[0].id);
+}
