@@ -59,8 +59,8 @@ pub struct ArchiveConfig {
     /// Days a message is kept; 0: no age limit.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
-    /// Messages kept per conversation (one user's copy of one channel, or one private
-    /// conversation), the newest; 0: no count limit.
+    /// Messages kept per conversation (a channel's log, shared by the users of the
+    /// gateway in it, or one user's private conversation), the newest; 0: no count limit.
     #[serde(default = "default_retention_messages")]
     pub retention_messages: u64,
 }

@@ -39,6 +39,10 @@ pub fn cost_specs() -> Vec<Spec> {
         Spec { key: "x2i_cpu_off", label: "gateway CPU per 1,000 XMPP->IRC messages (incl. fan-out), archive off", unit: "CPU-s", decimals: 3, target: "" },
         Spec { key: "x2i_cpu_on", label: "gateway CPU per 1,000 XMPP->IRC messages (incl. fan-out), archived", unit: "CPU-s", decimals: 3, target: "" },
         Spec { key: "x2i_cpu_ratio", label: "archived / not archived (paired per run)", unit: "x", decimals: 2, target: "<= 1.20" },
+        Spec { key: "i2x_rate_off", label: "IRC->XMPP deliveries/s, archive off", unit: "/s", decimals: 0, target: "" },
+        Spec { key: "i2x_rate_on", label: "IRC->XMPP deliveries/s, archived", unit: "/s", decimals: 0, target: "" },
+        Spec { key: "i2x_prosody_off", label: "Prosody CPU per 1,000 IRC->XMPP deliveries, archive off", unit: "CPU-s", decimals: 4, target: "" },
+        Spec { key: "i2x_prosody_on", label: "Prosody CPU per 1,000 IRC->XMPP deliveries, archived (stanza-ids make stanzas longer)", unit: "CPU-s", decimals: 4, target: "" },
         Spec { key: "i2x_lost", label: "IRC->XMPP deliveries lost, archive on", unit: "", decimals: 0, target: "0" },
     ]
 }
@@ -61,6 +65,10 @@ pub async fn cost(users: usize, messages: usize) -> Result<Measured> {
     m.set("x2i_cpu_off", get(off, "x2i_cpu")?);
     m.set("x2i_cpu_on", get(on, "x2i_cpu")?);
     m.set("x2i_cpu_ratio", get(on, "x2i_cpu")? / get(off, "x2i_cpu")?);
+    m.set("i2x_rate_off", get(off, "i2x_rate")?);
+    m.set("i2x_rate_on", get(on, "i2x_rate")?);
+    m.set("i2x_prosody_off", get(off, "i2x_prosody_cpu")?);
+    m.set("i2x_prosody_on", get(on, "i2x_prosody_cpu")?);
     m.set("i2x_lost", get(on, "i2x_lost")?);
     Ok(m)
 }
