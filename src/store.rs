@@ -55,6 +55,10 @@ const BRIDGE_TREE: &str = "bridge_state";
 const META_TREE: &str = "meta";
 /// The message archive (`archive/sled.rs` owns its keys).
 const ARCHIVE_TREE: &str = "archive";
+/// Memory sled may keep of the database's pages (its default is 1 GiB, which the
+/// archive's writes would fill over the process's life: pages are read back from the
+/// file when needed).
+const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 const KEY_CHECK_KEY: &[u8] = b"key_check";
 /// Set once every unassigned IRC password was given to a network: later starts need not
 /// read every record again.
@@ -757,7 +761,7 @@ const LOCK_RETRY_EVERY: Duration = Duration::from_millis(20);
 fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + LOCK_RETRY_FOR;
     loop {
-        match sled::Config::new().path(dir).open() {
+        match sled::Config::new().path(dir).cache_capacity(SLED_CACHE_BYTES).open() {
             Ok(db) => return Ok(db),
             Err(e) if is_lock_error(&e) => {
                 if Instant::now() >= deadline {

@@ -278,9 +278,11 @@ async fn a_hostile_irc_server_breaks_nothing_and_costs_a_bounded_amount_of_memor
         rss_after as f64 / 1024.0,
         peak as f64 / 1024.0
     );
-    // The stated bound: the whole attack costs less than 16 MiB over the baseline (seen:
-    // 7 MiB, the outbox of 4,096 stanzas filling while the XMPP server takes 10,000).
-    assert!(peak < rss_before + 16 * 1024, "peak RSS {peak} KiB, baseline {rss_before} KiB");
+    // The stated bound: the whole attack costs less than 24 MiB over the baseline. Seen:
+    // 7 MiB without the archive (the outbox of 4,096 stanzas filling while the XMPP
+    // server takes 10,000); the archive, which keeps the 10,000 flooded lines as it keeps
+    // any channel's, adds 8-10 MiB (sled's pages and log buffers, written once).
+    assert!(peak < rss_before + 24 * 1024, "peak RSS {peak} KiB, baseline {rss_before} KiB");
     assert_eq!(gateway.connections(), 1, "the component connection dropped; log:\n{}", gateway.log_text());
     assert!(!gateway.log_text().contains("panicked"), "{}", gateway.log_text());
 }

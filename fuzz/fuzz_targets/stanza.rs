@@ -148,6 +148,7 @@ fn build() -> Fixture {
                 smtp_server: None,
                 mark_seen: false,
             }),
+            persistent_channels: Vec::new(),
         };
         store.put_user(DEFAULT_USER, &record).await.unwrap();
 
