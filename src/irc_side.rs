@@ -28,14 +28,6 @@ use crate::stanza;
 use crate::store::{Store, UserRecord};
 use crate::writer::Outbox;
 
-/// The IRC server of an IRC session.
-fn server_of(key: &SessionKey) -> &str {
-    match &key.network {
-        NetworkId::Irc { server } => server,
-        _ => "",
-    }
-}
-
 /// The XMPP side of every IRC network.
 pub struct IrcSide {
     /// Our domain, the domain of every room and contact JID.
@@ -85,16 +77,18 @@ impl IrcSide {
         self.epochs
     }
 
+    /// The stored settings of `user`, to tell which of their channels are always on
+    /// (none when they cannot be read: the channels are left).
+    fn settings(&self, user: &UserId) -> Option<UserRecord> {
+        self.store.user(&user.0).unwrap_or_else(|error| {
+            warn!(user = %user.0, %error, "cannot read whether channels are always on; leaving them");
+            None
+        })
+    }
+
     /// Whether `user` keeps `channel` on `network` always on (their stored settings).
     fn is_persistent(&self, user: &UserId, network: &NetworkId, channel: &str) -> bool {
-        let NetworkId::Irc { server } = network else { return false };
-        match self.store.user(&user.0) {
-            Ok(record) => record.is_some_and(|r| r.is_persistent(server, channel)),
-            Err(error) => {
-                warn!(user = %user.0, %error, "cannot read whether a channel is always on; leaving it");
-                false
-            }
-        }
+        always_on(self.settings(user).as_ref(), network, channel)
     }
 
     /// Archives a line of `user`'s and gives its id, for the live copies' stanza-id
@@ -393,7 +387,7 @@ impl IrcSide {
         let asked = std::mem::take(&mut room.history);
         // The history each newcomer asked for, read from the archive before its entry
         // (the router waits: no other stanza changes the room meanwhile).
-        let conversation = Conversation::room(server_of(key), channel);
+        let conversation = Conversation::Room(room.archive_key.clone());
         let mut histories = HashMap::new();
         for (to, request) in asked.into_iter().filter(|(to, _)| newcomers.contains(to)) {
             let query = crate::archive::Query {
@@ -717,8 +711,9 @@ impl NetworkSide for IrcSide {
             self.conversations.forget_user(&user.0);
             let mut leaves = Vec::new();
             let mut kept = std::collections::HashSet::new();
+            let settings = self.settings(user);
             for (key, mut room) in self.rooms.take_keyed(user, None) {
-                if self.is_persistent(user, &key.1, &room.channel) {
+                if always_on(settings.as_ref(), &key.1, &room.channel) {
                     room.forget_resources();
                     kept.insert(key.1.clone());
                     self.rooms.insert(key, room);
@@ -732,8 +727,10 @@ impl NetworkSide for IrcSide {
             }
             return;
         }
-        for (key, mut room) in self.rooms.remove_resource(user, full) {
-            if self.is_persistent(user, &key.1, &room.channel) {
+        let emptied = self.rooms.remove_resource(user, full);
+        let settings = if emptied.is_empty() { None } else { self.settings(user) };
+        for (key, mut room) in emptied {
+            if always_on(settings.as_ref(), &key.1, &room.channel) {
                 room.forget_resources();
                 self.rooms.insert(key, room);
                 continue;
@@ -862,6 +859,11 @@ impl NetworkSide for IrcSide {
     fn rooms(&self) -> usize {
         self.rooms.len()
     }
+}
+
+/// Whether `settings` keep `channel` on `network` always on.
+fn always_on(settings: Option<&UserRecord>, network: &NetworkId, channel: &str) -> bool {
+    matches!((settings, network), (Some(record), NetworkId::Irc { server }) if record.is_persistent(server, channel))
 }
 
 /// XEP-0045's `muc#user`.

@@ -30,8 +30,9 @@ const MOST_RECENT: usize = 16_384;
 /// The live state of every channel some user of the gateway is getting lines from.
 #[derive(Debug, Default)]
 pub struct Live {
-    /// By archive room key (`server/channel`).
-    channels: HashMap<String, Channel>,
+    /// By archive room key (`server/channel`); hashbrown's map to look up by `&str` and
+    /// insert on a miss with one hash.
+    channels: hashbrown::HashMap<String, Channel, RandomState>,
     /// Hashes speaker and text for `Channel::index` (randomly keyed: IRC users choose
     /// the text).
     hasher: RandomState,
@@ -145,10 +146,7 @@ impl Live {
     /// pushed to `writes`.
     #[allow(clippy::too_many_arguments, reason = "each is one fact of the line")]
     pub fn saw(&mut self, room: &str, user: &str, epoch: u64, who: &str, body: &str, now: u64, new_id: impl FnOnce() -> u64, writes: &mut Vec<Write>) -> u64 {
-        if !self.channels.contains_key(room) {
-            self.channels.insert(room.to_owned(), Channel::default());
-        }
-        let Some(channel) = self.channels.get_mut(room) else { unreachable!("inserted above") };
+        let channel = self.channels.entry_ref(room).or_default();
         let bit = match channel.readers.get(user) {
             Some(reader) => reader.bit,
             None => channel.next_bit,

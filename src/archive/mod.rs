@@ -18,7 +18,7 @@
 mod live;
 mod sled;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -241,6 +241,8 @@ struct Shared {
     writes: mpsc::Sender<Write>,
     /// Everything else for the thread, done as it comes.
     control: std::sync::mpsc::Sender<Control>,
+    /// A `Control::Drain` is on its way (one is enough until the thread takes it).
+    drain_asked: Arc<AtomicBool>,
     /// The last id given out.
     last_id: AtomicU64,
     /// Which lines each user got (only the router's thread takes it, briefly).
@@ -269,7 +271,7 @@ impl Shared {
         if self.writes.send(write).await.is_err() {
             return tracing::warn!("the archive's thread is gone; a message was not archived");
         }
-        if self.writes.capacity() < QUEUE / 2 {
+        if self.writes.capacity() < QUEUE / 2 && !self.drain_asked.swap(true, Ordering::Relaxed) {
             let _ = self.control.send(Control::Drain);
         }
     }
@@ -292,11 +294,13 @@ impl Archive {
         let last_id = backend.last_id()?;
         let (writes, writes_rx) = mpsc::channel(QUEUE);
         let (control, control_rx) = std::sync::mpsc::channel();
+        let drain_asked = Arc::new(AtomicBool::new(false));
+        let asked = drain_asked.clone();
         std::thread::Builder::new()
             .name("archive".into())
-            .spawn(move || serve(backend, writes_rx, control_rx, retention))
+            .spawn(move || serve(backend, writes_rx, control_rx, &asked, retention))
             .map_err(|e| ArchiveError::Backend { action: "start its thread", message: e.to_string() })?;
-        let shared = Arc::new(Shared { writes, control, last_id: AtomicU64::new(last_id), live: Mutex::default() });
+        let shared = Arc::new(Shared { writes, control, drain_asked, last_id: AtomicU64::new(last_id), live: Mutex::default() });
         // Spans are written every half second, idle cursors forgotten, and old entries
         // removed hourly (first at start), each time after the spans are written.
         let weak = Arc::downgrade(&shared);
@@ -390,11 +394,12 @@ impl Archive {
 /// what queued up (in batches of [`BATCH`]), then does that work. Everything a task
 /// queued before asking for the work is written first (one task sends both, in order).
 /// Ends when every handle is gone.
-fn serve(mut backend: impl ArchiveBackend, mut writes: mpsc::Receiver<Write>, control: std::sync::mpsc::Receiver<Control>, retention: Retention) {
+fn serve(mut backend: impl ArchiveBackend, mut writes: mpsc::Receiver<Write>, control: std::sync::mpsc::Receiver<Control>, drain_asked: &AtomicBool, retention: Retention) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let next = control.recv_timeout(WRITE_EVERY);
+        drain_asked.store(false, Ordering::Relaxed);
         while let Ok(write) = writes.try_recv() {
             batch.push(write);
             if batch.len() == BATCH {
