@@ -126,6 +126,23 @@ write_inspircd_config() {
 <sasl target="$SERVICES_NAME" requiressl="no">
 <module name="services_account">
 <module name="spanningtree">
+# IRCv3: what a modern network offers, so that the gateway's capability handling is
+# tested against a real server (see the header).
+<module name="ircv3">
+<module name="ircv3_accounttag">
+<module name="ircv3_batch">
+<module name="ircv3_capnotify">
+<module name="ircv3_chghost">
+<module name="ircv3_ctctags">
+<module name="ircv3_echomessage">
+<module name="ircv3_msgid">
+<module name="ircv3_servertime">
+<module name="chghost">
+<module name="namesx">
+<module name="censor">
+<badword text="darn" replace="gosh">
+<module name="chanhistory">
+<chanhistory maxlines="50" notice="no" bots="no">
 
 <link name="$SERVICES_NAME" ipaddr="127.0.0.1" port="$link_port" allowmask="127.0.0.1"
       sendpass="$pass" recvpass="$pass">

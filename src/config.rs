@@ -309,6 +309,20 @@ pub struct IrcConfig {
     /// one on a private address unless it is configured.
     #[serde(default)]
     pub networks_only: bool,
+    /// What XEP-0444 reactions become on IRC.
+    #[serde(default)]
+    pub reactions: Reactions,
+}
+
+/// What a user's XEP-0444 reaction becomes on IRC, which has no reactions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reactions {
+    /// An action: `/me reacted 👍 to bob: "the start of the message"`.
+    #[default]
+    Action,
+    /// Nothing: reactions stay on XMPP (other resources still see them).
+    Off,
 }
 
 impl IrcConfig {

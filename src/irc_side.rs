@@ -5,7 +5,7 @@
 //! room stanzas. Grouped as biboumi's Bridge: "from XMPP to IRC" (stanzas from the
 //! router), then "from IRC to XMPP" (session events).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use async_trait::async_trait;
 use bridge_core::model::{Availability, CaseMapping, Command, Departure, Event, FailureKind, Message, MessageKind, NetworkId, Occupant, Peer, SessionKey, UserId};
@@ -19,8 +19,10 @@ use xmpp_parsers::stanza_error::DefinedCondition;
 
 use crate::address::{self, Address};
 use crate::archive::{Archive, Conversation, Direction, Entry};
+use crate::config::Reactions;
 use crate::connection::NS_COMPONENT;
 use crate::disco::{self, Refusal};
+use crate::extensions::{self, Outgoing, Said};
 use crate::muc::{self, room_key, Room, RoomKeyRef, Rooms};
 use crate::sessions::Sessions;
 use crate::side::{self, peer_jid, refuse, stanza_to, Conversations, Envelope, NetworkSide};
@@ -52,6 +54,33 @@ pub struct IrcSide {
     archive: Archive,
     /// The last room epoch given out (`Room::archive_epoch`).
     epochs: u64,
+    /// Sessions whose server echoes the user's messages (IRCv3 `echo-message`): their
+    /// rooms' reflections are those echoes, with the text as the server took it.
+    echoing: HashSet<SessionKey>,
+    /// Messages of the user's the gateway reflected itself although their session echoes
+    /// (corrections, replies, reactions, links: the reflection keeps the XMPP markup the
+    /// echo would lose), by (user, XMPP id): their echoes are dropped.
+    reflected: HashSet<(UserId, String)>,
+    /// The user's last message in each room (by archive key) and private conversation (by
+    /// contact JID), for XEP-0308 corrections.
+    said: HashMap<(UserId, String), Said>,
+    /// Private messages whose senders asked for a XEP-0184 receipt, by (user, XMPP id),
+    /// with the contact JID the receipt comes from, until the server takes them.
+    receipts: HashMap<(UserId, String), String>,
+}
+
+/// Entries [`IrcSide`]'s per-message maps (`reflected`, `receipts`) hold at most: a server
+/// that never answers costs this much, then they start again.
+const MOST_PENDING: usize = 10_000;
+
+/// Children of a user's room message that its reflection keeps (the markup clients need to
+/// show a correction, reply, reaction or link as one), by namespace.
+const REFLECTED_MARKUP: [&str; 5] = [extensions::NS_CORRECT, extensions::NS_REPLY, extensions::NS_FALLBACK, extensions::NS_REACTIONS, extensions::NS_OOB];
+
+/// Whether `child` of a user's room message goes into its reflection: the markup above,
+/// and the client's XEP-0359 origin-id (never a stanza-id: only the room gives those).
+fn reflected(child: &Element) -> bool {
+    REFLECTED_MARKUP.contains(&child.ns().as_str()) || child.is("origin-id", "urn:xmpp:sid:0")
 }
 
 impl IrcSide {
@@ -68,6 +97,10 @@ impl IrcSide {
             policy,
             archive,
             epochs: 0,
+            echoing: HashSet::new(),
+            reflected: HashSet::new(),
+            said: HashMap::new(),
+            receipts: HashMap::new(),
         }
     }
 
@@ -231,35 +264,96 @@ impl IrcSide {
             let text = "you are not in this room: join it first";
             return refuse(&self.out, stanza, DefinedCondition::NotAcceptable, text).await;
         };
-        let body = stanza.get_child("body", NS_COMPONENT).map(Element::text);
-        if let Some(refusal) = body.as_deref().and_then(|body| self.policy.too_long(body)) {
+        if let Some(refusal) = stanza.get_child("body", NS_COMPONENT).and_then(|body| self.policy.too_long(&body.text())) {
             return refuse(&self.out, stanza, DefinedCondition::PolicyViolation, &refusal).await;
         }
-        let subject = stanza.get_child("subject", NS_COMPONENT).map(Element::text);
-        let command = match (body, subject) {
-            (None, Some(topic)) => Command::SetTopic { channel: room.channel.clone(), topic },
-            (Some(body), _) => {
-                // IRC does not echo: reflect the message to every resource in the room.
-                let archived = self.archive.room_line(&session.user.0, &room.archive_key, room.archive_epoch, &room.nick, &body).await.map(crate::mam::id_text);
-                let echoes = room.resources.iter().map(|to| muc::groupchat(&room.occupant_jid(to, &room.nick), to, &body, stanza.attr("id"), archived.as_deref())).collect();
-                let channel = room.channel.clone();
-                self.send_all(echoes).await;
-                Command::Send(Message {
-                    peer: Peer::Channel(channel),
-                    sender: None,
-                    kind: MessageKind::Group,
-                    body,
-                    subject: None,
-                    thread: None,
-                    id: stanza.attr("id").map(str::to_owned),
-                })
+        let said_key = (session.user.clone(), room.archive_key.clone());
+        let id = stanza.attr("id").map(str::to_owned);
+        let markup: Vec<Element> = stanza.children().filter(|child| reflected(child)).cloned().collect();
+        let (body, kind) = match extensions::irc_text(stanza, self.said.get(&said_key), true) {
+            Outgoing::Nothing => {
+                let Some(topic) = stanza.get_child("subject", NS_COMPONENT).map(Element::text) else { return };
+                let command = Command::SetTopic { channel: room.channel.clone(), topic };
+                return self.room_command(stanza, session, command).await;
             }
-            (None, None) => return,
+            Outgoing::Unchanged => return self.reflect(&session, channel, None, &markup, id.as_deref(), stanza).await,
+            Outgoing::Reaction { to, emojis } => {
+                self.reflect(&session, channel, None, &markup, id.as_deref(), stanza).await;
+                if emojis.is_empty() || self.policy.reactions == Reactions::Off {
+                    return;
+                }
+                let to = self.reacted_to(&session.user, Conversation::Room(said_key.1.clone()), &to).await;
+                (extensions::reaction_text(&emojis, to.as_ref().map(|(who, body)| (who.as_str(), body.as_str()))), MessageKind::Action)
+            }
+            Outgoing::Text(text) => {
+                if let Some(id) = &id {
+                    // A correction keeps pointing at the first message's id.
+                    let first = stanza.get_child("replace", extensions::NS_CORRECT).and_then(|r| r.attr("id")).unwrap_or(id);
+                    let plain = markup.iter().all(|child| child.name() == "origin-id");
+                    let said = Said { id: first.to_owned(), body: stanza.get_child("body", NS_COMPONENT).map(Element::text).unwrap_or_default() };
+                    self.said.insert(said_key, said);
+                    if plain && self.echoing.contains(&session) {
+                        // The server's echo is the reflection.
+                        let message = Message { peer: Peer::Channel(self.rooms.get(&key).map(|r| r.channel.clone()).unwrap_or_default()), sender: None, kind: MessageKind::Group, body: text, subject: None, thread: None, id: Some(id.clone()), delay: None };
+                        return self.room_command(stanza, session, Command::Send(message)).await;
+                    }
+                }
+                (text, MessageKind::Group)
+            }
         };
+        self.reflect(&session, channel, Some(&body), &markup, id.as_deref(), stanza).await;
+        let Some(room) = self.rooms.get(&self.key(&session, channel)) else { return };
+        let message = Message { peer: Peer::Channel(room.channel.clone()), sender: None, kind, body, subject: None, thread: None, id, delay: None };
+        self.room_command(stanza, session, Command::Send(message)).await;
+    }
+
+    /// Reflects a user's room message to every resource in the room (IRC does not, or its
+    /// echo would lose the markup): the XMPP body with `markup`, archived as `irc_text`
+    /// (what IRC got; `None`: nothing went to IRC, nothing is archived).
+    async fn reflect(&mut self, session: &SessionKey, channel: &str, irc_text: Option<&str>, markup: &[Element], id: Option<&str>, stanza: &Element) {
+        let Some(room) = self.rooms.get(&self.key(session, channel)) else { return };
+        let archived = match irc_text {
+            Some(text) => self.archive.room_line(&session.user.0, &room.archive_key, room.archive_epoch, &room.nick, text).await.map(crate::mam::id_text),
+            None => None,
+        };
+        let body = stanza.get_child("body", NS_COMPONENT).map(Element::text);
+        let echoes: Vec<Element> = room
+            .resources
+            .iter()
+            .map(|to| {
+                let mut echo = match &body {
+                    Some(body) => muc::groupchat(&room.occupant_jid(to, &room.nick), to, body, id, archived.as_deref()),
+                    None => muc::groupchat_without_body(&room.occupant_jid(to, &room.nick), to, id),
+                };
+                for child in markup {
+                    echo.append_child(child.clone());
+                }
+                echo
+            })
+            .collect();
+        self.send_all(echoes).await;
+        if let (Some(id), true) = (id, irc_text.is_some() && self.echoing.contains(session)) {
+            if self.reflected.len() >= MOST_PENDING {
+                self.reflected.clear();
+            }
+            self.reflected.insert((session.user.clone(), id.to_owned()));
+        }
+    }
+
+    /// Hands a room's command to the session, or refuses the stanza that asked for it.
+    async fn room_command(&mut self, stanza: &Element, session: SessionKey, command: Command) {
         let SessionKey { user, network } = session;
         if let Err((condition, text)) = self.hand_to_session(&user, network, command) {
             refuse(&self.out, stanza, condition, &text).await;
         }
+    }
+
+    /// Who said what in the archived message a reaction points at (its archive id).
+    async fn reacted_to(&self, user: &UserId, conversation: Conversation, id: &str) -> Option<(String, String)> {
+        let id: u64 = id.trim().parse().ok()?;
+        let query = crate::archive::Query { user: user.0.clone(), conversation, start: None, end: None, after: Some(id.checked_sub(1)?), before: None, max: 1 };
+        let item = self.archive.query(query).await.ok()?.items.into_iter().next().filter(|item| item.id == id)?;
+        Some((item.who, item.body))
     }
 
     /// A mediated invitation (XEP-0045 §7.8.2) from a resource in the room: an IRC user
@@ -323,6 +417,12 @@ impl IrcSide {
     /// server to the user.
     async fn network_message(&mut self, key: &SessionKey, server: &str, message: Message) {
         if let Peer::Channel(channel) = &message.peer {
+            // The echo of a message the gateway reflected itself (`reflect`).
+            if let Some(id) = &message.id {
+                if self.reflected.remove(&(key.user.clone(), id.clone())) {
+                    return;
+                }
+            }
             let Some(room) = self.rooms.get(&self.key(key, channel)) else { return };
             let body = match message.kind {
                 MessageKind::Action => format!("/me {}", message.body),
@@ -333,8 +433,21 @@ impl IrcSide {
                 None => room.jid_for(to).to_owned(),
             };
             let who = message.sender.as_deref().unwrap_or_default();
+            if let Some(stamp) = &message.delay {
+                // Played back by the server (history on join): with its time, not archived
+                // again (the archive keeps what the gateway was there for).
+                let stanzas = room.resources.entered().map(|to| {
+                    let mut stanza = muc::groupchat(&from(to), to, &body, None, None);
+                    stanza.append_child(muc::delay(room.jid_for(to), *stamp));
+                    stanza
+                });
+                return self.send_all(stanzas.collect()).await;
+            }
+            // `id`: an echo of the user's own message (`echo-message`), which the
+            // user's client matches to what it sent.
             let archived = self.archive.room_line(&key.user.0, &room.archive_key, room.archive_epoch, who, &body).await.map(crate::mam::id_text);
-            let stanzas = room.resources.entered().map(|to| muc::groupchat(&from(to), to, &body, None, archived.as_deref())).collect();
+            let id = message.id.as_deref();
+            let stanzas = room.resources.entered().map(|to| muc::groupchat(&from(to), to, &body, id, archived.as_deref())).collect();
             return self.send_all(stanzas).await;
         }
         let Some(from) = peer_jid(&message.peer, Some(server), None, &self.gateway) else {
@@ -344,8 +457,15 @@ impl IrcSide {
             MessageKind::Action => format!("/me {}", message.body),
             _ => message.body.clone(),
         };
-        let archived = self.archive(&key.user, Conversation::private(&from), Direction::FromContact, &from, &body).await;
+        let delay = message.delay;
+        let archived = match delay {
+            None => self.archive(&key.user, Conversation::private(&from), Direction::FromContact, &from, &body).await,
+            Some(_) => None,
+        };
         if let Some(mut stanza) = side::chat_from(&from, &key.user.0, message) {
+            if let Some(time) = delay {
+                stanza.append_child(muc::delay(&self.gateway, time));
+            }
             if let Some(archived) = archived {
                 stanza.append_child(crate::mam::stanza_id(&archived, &self.gateway));
             }
@@ -422,7 +542,7 @@ impl IrcSide {
             room.me = occupant.clone();
         }
         let codes: &[Status] = if me { &[Status::SelfPresence] } else { &[] };
-        let stanzas = room.resources.entered().map(|to| muc::occupant_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, codes, None)).collect();
+        let stanzas = room.resources.entered().map(|to| muc::occupant_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, codes)).collect();
         self.send_all(stanzas).await;
     }
 
@@ -464,7 +584,7 @@ impl IrcSide {
             room.me = occupant.clone();
         }
         let back_codes: &[Status] = if me { &[Status::SelfPresence] } else { &[] };
-        stanzas.extend(room.resources.entered().map(|to| muc::occupant_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, back_codes, None)));
+        stanzas.extend(room.resources.entered().map(|to| muc::occupant_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, back_codes)));
         self.send_all(stanzas).await;
     }
 
@@ -529,9 +649,19 @@ impl IrcSide {
 
     /// The session ended on its own: commands it did not take start a new one; if none
     /// runs, the user's rooms on that network are closed and they are told why.
+    /// The server took a private message: its receipt, if its sender asked for one.
+    async fn accepted(&mut self, key: &SessionKey, server: &str, peer: Peer, id: String) {
+        let Some(contact) = self.receipts.remove(&(key.user.clone(), id.clone())) else { return };
+        debug_assert_eq!(peer_jid(&peer, Some(server), None, &self.gateway).as_deref().map(str::to_lowercase), Some(contact.to_lowercase()));
+        for to in self.conversations.resources(&key.user.0, &contact) {
+            self.out.send(extensions::receipt(&contact, &to, &id)).await;
+        }
+    }
+
     async fn ended(&mut self, key: SessionKey, reason: String, unhandled: Vec<Command>) {
         info!(user = %key.user.0, network = ?key.network, %reason, "session ended");
         self.sessions.forget(&key);
+        self.echoing.remove(&key);
         for command in unhandled {
             if let Err((_, text)) = self.hand_to_session(&key.user, key.network.clone(), command) {
                 warn!(user = %key.user.0, %text, "a command the ended session did not take is lost");
@@ -559,13 +689,15 @@ pub struct IrcPolicy {
     pub channels_per_user: usize,
     /// Bytes of one message body to IRC.
     pub message_bytes: usize,
+    /// What reactions become on IRC (`[irc] reactions`).
+    pub reactions: Reactions,
 }
 
 impl IrcPolicy {
     /// The policy of `config`.
     #[must_use]
     pub fn of(config: &crate::config::Config) -> Self {
-        IrcPolicy::of_limits(config.irc.allowed_networks(), &config.limits)
+        IrcPolicy { reactions: config.irc.reactions, ..IrcPolicy::of_limits(config.irc.allowed_networks(), &config.limits) }
     }
 
     /// Whether the session of `key` may start: its network is one users may reach, and
@@ -608,6 +740,7 @@ impl IrcPolicy {
             networks_per_user: limits.irc_networks_per_user,
             channels_per_user: limits.channels_per_user,
             message_bytes: limits.message_bytes_irc,
+            reactions: Reactions::default(),
         }
     }
 }
@@ -645,9 +778,7 @@ impl NetworkSide for IrcSide {
                 return self.invite(stanza, envelope, &channel, &server).await;
             }
         }
-        // Chat states and receipts without a body: nothing to carry.
-        let Some(body) = stanza.get_child("body", NS_COMPONENT).map(Element::text) else { return };
-        if let Some(refusal) = self.policy.too_long(&body) {
+        if let Some(refusal) = stanza.get_child("body", NS_COMPONENT).and_then(|body| self.policy.too_long(&body.text())) {
             return refuse(&self.out, stanza, DefinedCondition::PolicyViolation, &refusal).await;
         }
         let (peer, server) = match (&envelope.target, envelope.resource.as_deref()) {
@@ -663,13 +794,42 @@ impl NetworkSide for IrcSide {
         };
         let network = NetworkId::Irc { server: server.clone() };
         let contact = peer_jid(&peer, Some(server), None, &self.gateway);
-        let message = side::chat_to(stanza, peer, body);
-        self.conversations.note(stanza, envelope);
         let user = envelope.user_id();
+        let said_key = (user.clone(), contact.clone().unwrap_or_default().to_lowercase());
+        // Chat states, markers and receipts without a body: nothing to carry.
+        let (body, action) = match extensions::irc_text(stanza, self.said.get(&said_key), false) {
+            Outgoing::Nothing | Outgoing::Unchanged => return,
+            Outgoing::Reaction { emojis, .. } if emojis.is_empty() || self.policy.reactions == Reactions::Off => return,
+            Outgoing::Reaction { to, emojis } => {
+                let conversation = Conversation::private(&said_key.1);
+                let to = self.reacted_to(&user, conversation, &to).await;
+                (extensions::reaction_text(&emojis, to.as_ref().map(|(who, body)| (who.as_str(), body.as_str()))), true)
+            }
+            Outgoing::Text(text) => {
+                if let Some(id) = stanza.attr("id") {
+                    let first = stanza.get_child("replace", extensions::NS_CORRECT).and_then(|r| r.attr("id")).unwrap_or(id);
+                    let said = Said { id: first.to_owned(), body: stanza.get_child("body", NS_COMPONENT).map(Element::text).unwrap_or_default() };
+                    self.said.insert(said_key.clone(), said);
+                }
+                (text, false)
+            }
+        };
+        let mut message = side::chat_to(stanza, peer, body);
+        if action {
+            message.kind = MessageKind::Action;
+        }
+        self.conversations.note(stanza, envelope);
         let body = message.body.clone();
+        let receipt = (extensions::wants_receipt(stanza), message.id.clone(), contact.clone());
         match self.hand_to_session(&user, network, Command::Send(message)) {
             Err((condition, text)) => refuse(&self.out, stanza, condition, &text).await,
             Ok(()) => {
+                if let (true, Some(id), Some(contact)) = receipt {
+                    if self.receipts.len() >= MOST_PENDING {
+                        self.receipts.clear();
+                    }
+                    self.receipts.insert((user.clone(), id), contact);
+                }
                 if let Some(contact) = contact {
                     self.archive(&user, Conversation::private(&contact), Direction::ToContact, &contact, &body).await;
                 }
@@ -699,6 +859,13 @@ impl NetworkSide for IrcSide {
             Event::PeerQuit { nick, reason } => self.peer_quit(&key, server, nick, reason).await,
             Event::Invited { channel, by } => self.invited(&key, server, &channel, by).await,
             Event::CaseMapping(mapping) => self.case_mapping(&key, mapping),
+            Event::Echoes(true) => {
+                self.echoing.insert(key);
+            }
+            Event::Echoes(false) => {
+                self.echoing.remove(&key);
+            }
+            Event::Accepted { peer, id } => self.accepted(&key, server, peer, id).await,
             Event::Ended { reason, unhandled } => self.ended(key, reason, unhandled).await,
             Event::Attachment { .. } | Event::NetworkStatus { .. } | Event::WhenRouted(_) => debug!("an IRC session reported an email event"),
         }
@@ -969,7 +1136,7 @@ mod tests {
     }
 
     fn occupant(nick: &str, role: Role, affiliation: Affiliation) -> Occupant {
-        Occupant { nick: nick.into(), role, affiliation }
+        Occupant::new(nick.into(), role, affiliation)
     }
 
     fn key() -> SessionKey {
@@ -1043,7 +1210,7 @@ mod tests {
         let entry = drain(&mut f.out);
         assert_eq!(to(&entry), ["u@h/b"; 3], "the first resource is not sent the entry twice");
         // From now on both get the channel.
-        let line = Message { peer: Peer::Channel("#c".into()), sender: Some("bob".into()), kind: MessageKind::Group, body: "hi".into(), subject: None, thread: None, id: None };
+        let line = Message { peer: Peer::Channel("#c".into()), sender: Some("bob".into()), kind: MessageKind::Group, body: "hi".into(), subject: None, thread: None, id: None, delay: None };
         f.side.event(key(), Event::Message(line)).await;
         let mut got = to(&drain(&mut f.out)).into_iter().map(str::to_owned).collect::<Vec<_>>();
         got.sort();
@@ -1090,7 +1257,7 @@ mod tests {
     async fn a_session_end_hands_unhandled_commands_to_a_new_session_else_closes_the_rooms() {
         let mut f = Fixture::in_room().await;
         f.bridge.end(0);
-        let late = Command::Send(Message { peer: Peer::Channel("#c".into()), sender: None, kind: MessageKind::Group, body: "late".into(), subject: None, thread: None, id: None });
+        let late = Command::Send(Message { peer: Peer::Channel("#c".into()), sender: None, kind: MessageKind::Group, body: "late".into(), subject: None, thread: None, id: None, delay: None });
         f.side.event(key(), Event::Ended { reason: "lingered".into(), unhandled: vec![late.clone()] }).await;
         assert_eq!(f.bridge.started(), 2, "a new session takes the command");
         assert_eq!(f.bridge.commands(1), [late]);
@@ -1256,7 +1423,7 @@ mod tests {
         assert!(f.bridge.commands(0).is_empty(), "no PART, no QUIT");
         assert_eq!(f.side.rooms(), 1, "kept for nobody");
         // A line meanwhile goes to nobody (and to the archive).
-        let line = Message { peer: Peer::Channel("#c".into()), sender: Some("bob".into()), kind: MessageKind::Group, body: "hi".into(), subject: None, thread: None, id: None };
+        let line = Message { peer: Peer::Channel("#c".into()), sender: Some("bob".into()), kind: MessageKind::Group, body: "hi".into(), subject: None, thread: None, id: None, delay: None };
         f.side.event(key(), Event::Message(line)).await;
         assert!(drain(&mut f.out).is_empty());
         // Back: the session replays the room (no new session, a Join it answers itself).

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 pub mod disco;
 pub mod encode;
+pub mod extensions;
 pub mod email_side;
 pub mod irc_side;
 pub mod mam;

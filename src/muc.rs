@@ -176,7 +176,7 @@ impl Room {
             channel,
             resources: Resources::of(resource),
             requested_nick: nick.clone(),
-            me: Occupant { nick: nick.clone(), role: Role::Participant, affiliation: Affiliation::None },
+            me: Occupant::new(nick.clone(), Role::Participant, Affiliation::None),
             nick,
             joined: false,
             topic: None,
@@ -228,12 +228,12 @@ impl Room {
         let others = occupants
             .iter()
             .filter(|o| !self.is_me(&o.nick))
-            .map(move |o| occupant_presence(&self.occupant_jid(to, &o.nick), to, o, &[], None));
+            .map(move |o| occupant_presence(&self.occupant_jid(to, &o.nick), to, o, &[]));
         let mut codes = vec![Status::SelfPresence];
         if self.nick != self.requested_nick {
             codes.push(Status::AssignedNick);
         }
-        let own = std::iter::once_with(move || occupant_presence(&self.occupant_jid(to, &self.nick), to, &self.me, &codes, None));
+        let own = std::iter::once_with(move || occupant_presence(&self.occupant_jid(to, &self.nick), to, &self.me, &codes));
         let history = history.iter().map(move |item| crate::mam::history_message(self.jid_for(to), to, item));
         let subject = std::iter::once_with(move || subject_message(self.jid_for(to), to, self.topic.as_deref().unwrap_or("")));
         others.chain(own).chain(history).chain(subject)
@@ -410,10 +410,35 @@ fn x_affiliation(affiliation: Affiliation) -> XAffiliation {
     }
 }
 
-/// An occupant's available presence, with status codes.
-pub fn occupant_presence(from: &str, to: &str, occupant: &Occupant, codes: &[Status], status: Option<&str>) -> Element {
+/// An occupant's available presence, with status codes; away (`<show>away</show>`) with
+/// their away message and services account as its status, where IRC tells them.
+pub fn occupant_presence(from: &str, to: &str, occupant: &Occupant, codes: &[Status]) -> Element {
     let item = Item::new(x_affiliation(occupant.affiliation), x_role(occupant.role));
-    presence(PresenceType::None, from, to, item, codes, status)
+    let status = occupant_status(occupant);
+    let mut stanza = presence(PresenceType::None, from, to, item, codes, status.as_deref());
+    if occupant.away.is_some() {
+        stanza.append_child(Element::builder("show", xmpp_parsers::ns::DEFAULT_NS).append("away").build());
+    }
+    stanza
+}
+
+/// The status text of an occupant: their away message, and the account they are logged
+/// in to (`gone fishing (account bob)`).
+fn occupant_status(occupant: &Occupant) -> Option<String> {
+    match (occupant.away.as_deref().filter(|away| !away.is_empty()), occupant.account.as_deref()) {
+        (Some(away), Some(account)) => Some(format!("{away} (account {account})")),
+        (Some(away), None) => Some(away.to_owned()),
+        (None, Some(account)) => Some(format!("account {account}")),
+        (None, None) => None,
+    }
+}
+
+/// A XEP-0203 delay: sent at `time`, says `from`.
+pub fn delay(from: &str, time: std::time::SystemTime) -> Element {
+    use rxml::xml_ncname;
+    let micros = time.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX));
+    let stamp = crate::mam::stamp(micros);
+    Element::builder("delay", "urn:xmpp:delay").attr(xml_ncname!("from").into(), from).attr(xml_ncname!("stamp").into(), stamp).build()
 }
 
 /// An occupant leaving: unavailable, with role none, the codes (110 for the user, 303 with
@@ -461,6 +486,15 @@ pub fn subject_message(from: &str, to: &str, subject: &str) -> Element {
 /// JIDs and builds the element from a stream of events, which cost a fifth of the
 /// gateway's CPU under fan-out. `from` and `to` are JIDs the gateway formed itself.
 pub fn groupchat(from: &str, to: &str, body: &str, id: Option<&str>, archived: Option<&str>) -> Element {
+    groupchat_builder(from, to, Some(body), id, archived)
+}
+
+/// A group chat message without a body (a reflected reaction, say).
+pub fn groupchat_without_body(from: &str, to: &str, id: Option<&str>) -> Element {
+    groupchat_builder(from, to, None, id, None)
+}
+
+fn groupchat_builder(from: &str, to: &str, body: Option<&str>, id: Option<&str>, archived: Option<&str>) -> Element {
     use rxml::xml_ncname;
     let ns = xmpp_parsers::ns::DEFAULT_NS;
     let mut message = Element::builder("message", ns)
@@ -470,7 +504,9 @@ pub fn groupchat(from: &str, to: &str, body: &str, id: Option<&str>, archived: O
     if let Some(id) = id {
         message = message.attr(xml_ncname!("id").into(), id);
     }
-    let message = message.append(Element::builder("body", ns).append(body));
+    if let Some(body) = body {
+        message = message.append(Element::builder("body", ns).append(body));
+    }
     match archived {
         Some(archived) => {
             let room = from.split_once('/').map_or(from, |(room, _)| room);
@@ -513,7 +549,7 @@ mod tests {
     }
 
     fn occupant(nick: &str, role: Role, affiliation: Affiliation) -> Occupant {
-        Occupant { nick: nick.into(), role, affiliation }
+        Occupant::new(nick.into(), role, affiliation)
     }
 
     fn joined_room() -> (Room, Vec<Occupant>) {

@@ -221,6 +221,7 @@ pub fn chat_to(stanza: &Element, peer: Peer, body: String) -> Message {
         subject: stanza.get_child("subject", ns).map(Element::text),
         thread: stanza.get_child("thread", ns).map(Element::text),
         id: stanza.attr("id").map(str::to_owned),
+        delay: None,
     }
 }
 

@@ -12,6 +12,10 @@ fuzz_target!(|bytes: &[u8]| {
     );
     if let Ok(message) = line.parse::<irc::proto::Message>() {
         let _ = message.source_nickname();
+        // IRCv3 `server-time`: any text in the tag.
+        for tag in message.tags.iter().flatten() {
+            let _ = bridge_irc::ircv3::delay(tag.1.as_deref(), true, std::time::SystemTime::now());
+        }
         if let irc::proto::Command::PRIVMSG(_, text) = &message.command {
             let _ = bridge_irc::text::ctcp_action(text);
         }

@@ -73,6 +73,10 @@ pub struct Message {
     /// Going out, the XMPP id, so that a failure can point at it; coming in, a stable id
     /// (a mail's Message-ID), so that a copy delivered again after a crash is recognised.
     pub id: Option<String>,
+    /// Coming in, when the network says the message was sent well before it arrives (a
+    /// channel's history played back on join, with IRC `server-time`): that time, for a
+    /// XEP-0203 delay. `None` for live messages.
+    pub delay: Option<std::time::SystemTime>,
 }
 
 /// Availability of the XMPP user, which a bridge may reflect (IRC AWAY).
@@ -204,6 +208,20 @@ pub struct Occupant {
     pub role: Role,
     /// Their standing.
     pub affiliation: Affiliation,
+    /// Their away message while they are away (IRCv3 `away-notify`), shown as their
+    /// presence's `away` show and status.
+    pub away: Option<String>,
+    /// The services account they are logged in to (IRCv3 `account-notify`,
+    /// `extended-join`), shown in their presence's status.
+    pub account: Option<String>,
+}
+
+impl Occupant {
+    /// Somebody known by nick, role and affiliation only.
+    #[must_use]
+    pub fn new(nick: String, role: Role, affiliation: Affiliation) -> Self {
+        Occupant { nick, role, affiliation, away: None, account: None }
+    }
 }
 
 /// How a network folds names before comparing them (IRC's `CASEMAPPING`): `#Foo[` and
@@ -441,6 +459,20 @@ pub enum Event {
         channels: Vec<String>,
         /// Why.
         reason: String,
+    },
+    /// Whether the network echoes the user's own messages back on this connection (IRCv3
+    /// `echo-message`): then those echoes, as `Message`s from the user's own nick with the
+    /// message's id, are the room's reflection, and the gateway makes none itself.
+    /// Reported once per connection, before any `Joined`.
+    Echoes(bool),
+    /// The network took a private message of the user's (its last line was written, or
+    /// echoed back): the gateway's answer to a XEP-0184 receipt request. Not a human
+    /// reading it, which IRC cannot tell.
+    Accepted {
+        /// To whom.
+        peer: Peer,
+        /// The message's XMPP id.
+        id: String,
     },
     /// Someone invited the user to a channel (IRC INVITE).
     Invited {

@@ -135,6 +135,7 @@ impl IncomingMail {
             subject: self.subject.clone(),
             thread: self.thread.clone(),
             id: Some(self.message_id.clone().unwrap_or_else(fallback_id)),
+            delay: None,
         }
     }
 }

@@ -151,11 +151,7 @@ impl PrefixMap {
 pub fn occupant_from_names_entry(entry: &str, prefixes: &PrefixMap) -> Occupant {
     let (nick, modes) = prefixes.parse_names_entry(entry);
     let (role, affiliation) = prefixes.highest(modes);
-    Occupant {
-        nick: nick.to_owned(),
-        role,
-        affiliation,
-    }
+    Occupant::new(nick.to_owned(), role, affiliation)
 }
 
 /// How a channel mode that is not a status mode uses arguments, from ISUPPORT
@@ -406,11 +402,7 @@ impl ChannelPrivileges {
     /// The occupant a member is now.
     fn occupant_of(&self, member: &Member) -> Occupant {
         let (role, affiliation) = self.prefixes.highest(member.modes.iter().copied());
-        Occupant {
-            nick: member.nick.clone(),
-            role,
-            affiliation,
-        }
+        Occupant::new(member.nick.clone(), role, affiliation)
     }
 }
 
@@ -419,11 +411,7 @@ mod tests {
     use super::*;
 
     fn occ(nick: &str, role: Role, affiliation: Affiliation) -> Occupant {
-        Occupant {
-            nick: nick.to_owned(),
-            role,
-            affiliation,
-        }
+        Occupant::new(nick.to_owned(), role, affiliation)
     }
 
     #[test]

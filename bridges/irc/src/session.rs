@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use bridge_core::backoff::{sleep_until_opt, Backoff};
 
+use crate::ircv3::{Batches, Cap, Caps, EchoQueue};
 use crate::modes::{ChannelPrivileges, PrefixMap};
 use crate::settings::{NetworkSettings, ServerLimits};
 use crate::text;
@@ -109,6 +110,8 @@ enum Owed {
     Replay(String),
     /// A message refused for a full send queue.
     Refused(Origin),
+    /// A private message the server took (for a receipt): to whom, its id.
+    Accepted(Peer, String),
 }
 
 /// Why serving a connection stopped.
@@ -197,6 +200,29 @@ pub struct IrcSession {
     idle_since: Option<Instant>,
     /// Until when numeric replies are answers to the user's raw commands (and shown).
     raw_reply_until: Option<Instant>,
+    /// IRCv3 capabilities offered so far on the current connection (`CAP LS` may take
+    /// several lines).
+    offered: Caps,
+    /// IRCv3 capabilities the server acknowledged on the current connection.
+    caps: Caps,
+    /// What the IRCv3 capabilities need kept, made when the server acknowledges one that
+    /// needs it: sessions on servers without them hold nothing.
+    v3: Option<Box<V3State>>,
+}
+
+/// What a connection with IRCv3 capabilities keeps.
+#[derive(Debug, Default)]
+struct V3State {
+    /// With `echo-message`: the user's lines written and not yet echoed.
+    echoes: EchoQueue<Origin>,
+    /// The lines of the message being echoed, until its last line comes back.
+    echo_text: String,
+    /// Open playback batches: their lines are delayed.
+    batches: Batches,
+    /// Away messages of others (`away-notify`), by folded nick.
+    away: HashMap<String, String>,
+    /// Services accounts of others (`account-notify`, `extended-join`), by folded nick.
+    accounts: HashMap<String, String>,
 }
 
 impl IrcSession {
@@ -242,6 +268,9 @@ impl IrcSession {
             sasl: Sasl::NotTried,
             idle_since: None,
             raw_reply_until: None,
+            offered: Caps::default(),
+            caps: Caps::default(),
+            v3: None,
         }
     }
 
@@ -390,6 +419,9 @@ impl IrcSession {
         let mut rate = IncomingRate::new(&self.settings.limits, Instant::now());
         self.registered = false;
         self.sasl = Sasl::NotTried;
+        self.offered = Caps::default();
+        self.caps = Caps::default();
+        self.v3 = None;
         // Protocol lines are recomputed after the welcome (rejoins); the user's
         // messages wait for it and go out then.
         self.queue.retain(|queued| queued.origin.is_some());
@@ -403,6 +435,10 @@ impl IrcSession {
         loop {
             if let Err(error) = self.flush_queue(&mut write).await {
                 return Outcome::Lost(error.to_string());
+            }
+            if !self.owed.is_empty() {
+                // Boxed: rare (receipts), and the task's size is per connection.
+                Box::pin(self.report_owed()).await;
             }
             let wait_send = (self.registered && !self.queue.is_empty()).then_some(self.next_send);
             // Nothing left to do here: linger a moment (a client "rejoin" is a leave and a
@@ -450,11 +486,9 @@ impl IrcSession {
         }
     }
 
-    /// CAP negotiation (for SASL), NICK and USER.
+    /// CAP negotiation (IRCv3 capabilities, SASL), NICK and USER.
     async fn register(&mut self, write: &mut WriteHalf<Stream>) -> std::io::Result<()> {
-        if self.password().is_some() {
-            transport::write_line(write, "CAP LS 302").await?;
-        }
+        transport::write_line(write, "CAP LS 302").await?;
         transport::write_line(write, &format!("NICK {}", self.nick)).await?;
         let user = text::sanitize_word(&self.wanted_nick);
         transport::write_line(write, &format!("USER {user} 0 * :xmpp-gateway user")).await?;
@@ -509,13 +543,29 @@ impl IrcSession {
                 self.next_send = now + self.settings.flood_interval;
             }
             transport::write_line(write, line).await?;
-            self.queue.pop_front();
+            if let Some(queued) = self.queue.pop_front() {
+                self.written(queued);
+            }
             wrote = true;
         }
         if wrote {
             write.flush().await?;
         }
         Ok(())
+    }
+
+    /// A line went out: with `echo-message` a line of the user's now waits for its echo;
+    /// without it, the last line of a private message is the server taking the message.
+    fn written(&mut self, queued: Queued) {
+        let Some(origin) = queued.origin else { return };
+        let last = self.queue.front().is_none_or(|next| next.origin.as_ref() != Some(&origin));
+        if let (true, Some(v3)) = (self.caps.has(Cap::EchoMessage), self.v3.as_mut()) {
+            // Lines of messages are always `PRIVMSG target :payload` (send_message).
+            let Some((target, payload)) = queued.line.strip_prefix("PRIVMSG ").and_then(|rest| rest.split_once(" :")) else { return };
+            v3.echoes.written(self.casemapping.fold(target), payload.to_owned(), *origin, last);
+        } else if let (true, Peer::Nick(_), Some(id)) = (last, &origin.peer, &origin.id) {
+            self.owed.push(Owed::Accepted(Peer::clone(&origin.peer), id.clone()));
+        }
     }
 
     /// Queues a protocol line (rate-limited).
@@ -673,7 +723,13 @@ impl IrcSession {
                 }
             }
             IrcCommand::Response(response, args) => return self.on_numeric(response, args, write).await,
-            IrcCommand::JOIN(channel, _, _) => self.on_join(source, &channel, message.prefix.as_ref()).await,
+            IrcCommand::JOIN(channel, account, realname) => {
+                if let (Some(nick), Some(account), Some(_), true) = (&source, account, realname, self.caps.has(Cap::ExtendedJoin)) {
+                    // `extended-join`: `JOIN #chan account :realname`, `*` when logged out.
+                    self.set_account(nick, (account != "*").then_some(account));
+                }
+                self.on_join(source, &channel, message.prefix.as_ref()).await;
+            }
             IrcCommand::PART(channel, reason) => {
                 if let Some(nick) = source {
                     self.on_departure(&channel, &nick, Departure::Part, reason).await;
@@ -686,6 +742,30 @@ impl IrcSession {
             IrcCommand::QUIT(reason) => {
                 if let Some(nick) = source {
                     self.on_quit(&nick, reason).await;
+                    self.forget_if_gone(&nick);
+                }
+            }
+            IrcCommand::AWAY(away) if self.caps.has(Cap::AwayNotify) => {
+                if let Some(nick) = source.filter(|nick| !self.is_me(nick)) {
+                    let folded = self.casemapping.fold(&nick);
+                    if let Some(v3) = self.v3.as_mut() {
+                        match away {
+                            Some(text) => v3.away.insert(folded, text::strip_formatting(&text)),
+                            None => v3.away.remove(&folded),
+                        };
+                    }
+                    self.report_occupant(&nick).await;
+                }
+            }
+            IrcCommand::ACCOUNT(account) if self.caps.has(Cap::AccountNotify) => {
+                if let Some(nick) = source {
+                    self.set_account(&nick, (account != "*").then_some(account));
+                    self.report_occupant(&nick).await;
+                }
+            }
+            IrcCommand::BATCH(reference, kind, _) => {
+                if let Some(v3) = self.v3.as_mut() {
+                    v3.batches.on_batch(&reference, kind.as_ref().map(irc::proto::BatchSubCommand::to_str));
                 }
             }
             IrcCommand::NICK(new) => {
@@ -708,36 +788,71 @@ impl IrcSession {
             IrcCommand::INVITE(nick, channel) if self.casemapping.fold(&nick) == self.casemapping.fold(&self.nick) => {
                 self.emit(Event::Invited { channel, by: source }).await;
             }
-            IrcCommand::PRIVMSG(target, body) => self.on_privmsg(source, &target, &body, false).await,
-            IrcCommand::NOTICE(target, body) => self.on_privmsg(source, &target, &body, true).await,
+            IrcCommand::PRIVMSG(target, body) => {
+                let delay = self.delay_of(message.tags.as_deref());
+                self.on_privmsg(source, &target, &body, false, delay).await;
+            }
+            IrcCommand::NOTICE(target, body) => {
+                let delay = self.delay_of(message.tags.as_deref());
+                self.on_privmsg(source, &target, &body, true, delay).await;
+            }
             _ => {}
         }
         None
     }
 
     async fn on_cap(&mut self, sub: irc::proto::CapSubCommand, arg1: Option<String>, arg2: Option<String>, write: &mut WriteHalf<Stream>) {
-        use irc::proto::CapSubCommand as Cap;
-        let caps = arg2.or(arg1).unwrap_or_default();
-        let offers_sasl = caps.split(' ').any(|c| c == "sasl" || c.starts_with("sasl="));
-        let line = match (sub, self.sasl) {
-            (Cap::LS, Sasl::NotTried) if offers_sasl && self.password().is_some() => {
-                self.sasl = Sasl::Requested;
-                "CAP REQ :sasl"
+        use irc::proto::CapSubCommand as Sub;
+        // `CAP * LS * :caps` says more lines follow; the last one is `CAP * LS :caps`.
+        let more = arg2.is_some() && arg1.as_deref() == Some("*");
+        let list = Caps::parse(&arg2.or(arg1).unwrap_or_default());
+        let line = match sub {
+            Sub::LS if more => {
+                self.offered = self.offered.union(list);
+                return;
             }
-            (Cap::LS, _) => "CAP END",
-            (Cap::ACK, Sasl::Requested) if caps.split(' ').any(|c| c == "sasl") => {
-                self.sasl = Sasl::Started;
-                "AUTHENTICATE PLAIN"
+            Sub::LS if !self.registered => {
+                self.offered = self.offered.union(list);
+                let wanted = crate::ircv3::wanted(self.offered, self.password().is_some());
+                if wanted.has(Cap::Sasl) && self.sasl == Sasl::NotTried {
+                    self.sasl = Sasl::Requested;
+                }
+                wanted.request_line().unwrap_or_else(|| "CAP END".to_owned())
             }
-            (Cap::NAK, Sasl::Requested) => {
-                // The server took back its offer: as if it had made none.
-                self.sasl = Sasl::NotTried;
-                "CAP END"
+            Sub::ACK => {
+                self.caps = self.caps.union(list);
+                if self.v3.is_none() && self.caps.needs_state() {
+                    self.v3 = Some(Box::default());
+                }
+                match (list.has(Cap::Sasl), self.sasl) {
+                    (true, Sasl::Requested) => {
+                        self.sasl = Sasl::Started;
+                        "AUTHENTICATE PLAIN".to_owned()
+                    }
+                    _ if self.registered => return,
+                    _ => "CAP END".to_owned(),
+                }
             }
-            (Cap::NAK | Cap::ACK, _) => "CAP END",
+            // The whole request refused: SASL alone is worth another try.
+            Sub::NAK if self.sasl == Sasl::Requested && list != Caps::only(Cap::Sasl) && !self.registered => "CAP REQ :sasl".to_owned(),
+            Sub::NAK => {
+                if self.sasl == Sasl::Requested {
+                    // The server took back its offer: as if it had made none.
+                    self.sasl = Sasl::NotTried;
+                }
+                if self.registered {
+                    return;
+                }
+                "CAP END".to_owned()
+            }
+            // `cap-notify` (implied by `CAP LS 302`): a capability went away.
+            Sub::DEL => {
+                self.caps = self.caps.without(list);
+                return;
+            }
             _ => return,
         };
-        let _ = transport::write_line(write, line).await;
+        let _ = transport::write_line(write, &line).await;
     }
 
     async fn on_numeric(&mut self, response: Response, args: Vec<String>, write: &mut WriteHalf<Stream>) -> Option<Outcome> {
@@ -746,6 +861,7 @@ impl IrcSession {
             Response::RPL_WELCOME if self.registered => {}
             Response::RPL_WELCOME => {
                 self.registered = true;
+                self.emit(Event::Echoes(self.caps.has(Cap::EchoMessage))).await;
                 self.ever_registered = true;
                 if let Some(nick) = args.first() {
                     self.nick = nick.clone();
@@ -773,7 +889,7 @@ impl IrcSession {
                 // Said as the server, since no request of the user's failed: the
                 // connection goes on without an account (and NickServ is not tried).
                 let body = format!("SASL login as {} failed: {text}", self.wanted_nick);
-                let message = Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None };
+                let message = Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay: None };
                 self.emit(Event::Message(message)).await;
             }
             Response::RPL_ISUPPORT => {
@@ -829,6 +945,7 @@ impl IrcSession {
                             occupants: joined.privileges.occupants(),
                             topic: joined.topic.clone(),
                         };
+                        let event = self.described_joined(event);
                         self.emit(event).await;
                     }
                 }
@@ -854,6 +971,19 @@ impl IrcSession {
                     self.emit(Event::JoinFailed { channel: wanted.name, kind, text }).await;
                 }
             }
+            // A line the channel refused (moderated, banned, not joined).
+            Response::ERR_CANNOTSENDTOCHAN => {
+                let [_, channel, ..] = args.as_slice() else { return None };
+                let text = args.last().cloned().unwrap_or_default();
+                let folded = self.casemapping.fold(channel);
+                let refused = self.v3.as_mut().and_then(|v3| v3.echoes.refused(&folded));
+                let (peer, id) = match refused {
+                    Some(Origin { peer, id }) => (peer, id),
+                    // Without echoes the message is not known: the room says so anyway.
+                    None => (Peer::Channel(self.joined.get(&folded).map_or_else(|| channel.clone(), |j| j.name.clone())), None),
+                };
+                self.emit(Event::Failure { peer: Some(peer), id, kind: FailureKind::Forbidden, text }).await;
+            }
             Response::ERR_NOSUCHNICK => {
                 let [_, nick, ..] = args.as_slice() else { return None };
                 let text = args.last().cloned().unwrap_or_default();
@@ -865,7 +995,7 @@ impl IrcSession {
                 let body = args.iter().skip(1).map(String::as_str).collect::<Vec<_>>().join(" ");
                 let body = text::strip_formatting(&body);
                 if !body.trim().is_empty() {
-                    let message = Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None };
+                    let message = Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay: None };
                     self.emit(Event::Message(message)).await;
                 }
             }
@@ -905,8 +1035,10 @@ impl IrcSession {
                         occupants: joined.privileges.occupants(),
                         topic: joined.topic.clone(),
                     };
+                    let event = self.described_joined(event);
                     self.emit(event).await;
                 }
+                Owed::Accepted(peer, id) => self.emit(Event::Accepted { peer, id }).await,
                 Owed::Refused(Origin { peer, id }) => {
                     let text = format!(
                         "not sent: {} lines already wait for the IRC server's rate limit, the most this gateway queues",
@@ -964,6 +1096,7 @@ impl IrcSession {
             let Some(occupant) = joined.privileges.add_within(&nick, self.settings.limits.channel_members as usize) else { return };
             if joined.reported {
                 let channel = joined.name.clone();
+                let occupant = self.described(occupant);
                 self.emit(Event::Occupant { channel, occupant }).await;
             }
         }
@@ -980,6 +1113,7 @@ impl IrcSession {
         }
         let reason = reason.map(|r| text::strip_formatting(&r)).filter(|r| !r.is_empty());
         self.emit(Event::Left { channel: name, occupant, departure, reason }).await;
+        self.forget_if_gone(nick);
     }
 
     async fn on_quit(&mut self, nick: &str, reason: Option<String>) {
@@ -1010,7 +1144,17 @@ impl IrcSession {
                 }
             }
         }
+        if let Some(v3) = self.v3.as_mut() {
+            let (old, new) = (self.casemapping.fold(old), self.casemapping.fold(new));
+            if let Some(away) = v3.away.remove(&old) {
+                v3.away.insert(new.clone(), away);
+            }
+            if let Some(account) = v3.accounts.remove(&old) {
+                v3.accounts.insert(new, account);
+            }
+        }
         for (channel, occupant) in changes {
+            let occupant = self.described(occupant);
             self.emit(Event::NickChanged { channel, old: old.to_owned(), occupant }).await;
         }
     }
@@ -1024,11 +1168,15 @@ impl IrcSession {
         let changed = joined.privileges.apply_mode(modes, &args);
         let name = joined.name.clone();
         for occupant in changed {
+            let occupant = self.described(occupant);
             self.emit(Event::Occupant { channel: name.clone(), occupant }).await;
         }
     }
 
-    async fn on_privmsg(&mut self, source: Option<String>, target: &str, body: &str, notice: bool) {
+    async fn on_privmsg(&mut self, source: Option<String>, target: &str, body: &str, notice: bool, delay: Option<std::time::SystemTime>) {
+        if self.caps.has(Cap::EchoMessage) && source.as_deref().is_some_and(|nick| self.is_me(nick)) {
+            return self.on_echo(target, body).await;
+        }
         let is_channel = target.starts_with(['#', '&', '+', '!']);
         let (body, action) = match text::ctcp_action(body) {
             Some(action) => (action, true),
@@ -1048,20 +1196,130 @@ impl IrcSession {
         let body = body.to_owned();
         let message = match source {
             // A server notice (no nick prefix, or before we know anyone).
-            None => Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None },
+            None => Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay },
             Some(nick) if is_channel => {
                 let Some(joined) = self.joined.get(self.casemapping.folded(target).as_ref()) else { return };
-                Message { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), kind, body, subject: None, thread: None, id: None }
+                Message { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), kind, body, subject: None, thread: None, id: None, delay }
             }
             Some(nick) if !self.registered || nick.contains('.') => {
-                Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None }
+                Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay }
             }
             Some(nick) => {
                 self.private_peers.insert(self.casemapping.fold(&nick));
-                Message { peer: Peer::Nick(nick), sender: None, kind, body, subject: None, thread: None, id: None }
+                Message { peer: Peer::Nick(nick), sender: None, kind, body, subject: None, thread: None, id: None, delay }
             }
         };
         self.emit(Event::Message(message)).await;
+    }
+}
+
+impl IrcSession {
+    // ---------------------------------------------------------------------------------
+    // IRCv3: echoes, delays, others' away and account
+    // ---------------------------------------------------------------------------------
+
+    /// When a line was sent, if its `server-time` says it is played back or old.
+    fn delay_of(&self, tags: Option<&[irc::proto::message::Tag]>) -> Option<std::time::SystemTime> {
+        if !self.caps.has(Cap::ServerTime) {
+            return None;
+        }
+        let tag = |name: &str| tags?.iter().find(|tag| tag.0 == name).and_then(|tag| tag.1.as_deref());
+        let played_back = self.v3.as_ref().is_some_and(|v3| v3.batches.is_playback(tag("batch")));
+        crate::ircv3::delay(tag("time"), played_back, std::time::SystemTime::now())
+    }
+
+    /// An echo of one of the user's lines (`echo-message`): once a message's last line is
+    /// back, a channel message goes to the room as its reflection (with the XMPP id, and
+    /// the text as the server took it), a private one counts as taken (a receipt).
+    async fn on_echo(&mut self, target: &str, body: &str) {
+        let folded = self.casemapping.fold(target);
+        let Some(v3) = self.v3.as_mut() else { return };
+        // Not a line of a message of the user's (a raw command's): nothing to reflect.
+        let Some(echoed) = v3.echoes.echo(&folded, body) else { return };
+        let (line, action) = match text::ctcp_action(body) {
+            Some(action) => (action, true),
+            None => (body, false),
+        };
+        if !v3.echo_text.is_empty() {
+            v3.echo_text.push('\n');
+        }
+        v3.echo_text.push_str(line);
+        let body = if echoed.last { std::mem::take(&mut v3.echo_text) } else { String::new() };
+        for Origin { peer, id } in echoed.skipped {
+            let text = "the IRC server did not take this message".to_owned();
+            self.emit(Event::Failure { peer: Some(peer), id, kind: FailureKind::NotAcceptable, text }).await;
+        }
+        if !echoed.last {
+            return;
+        }
+        match echoed.origin.peer {
+            Peer::Channel(channel) => {
+                let channel = self.joined.get(&folded).map_or(channel, |joined| joined.name.clone());
+                let kind = if action { MessageKind::Action } else { MessageKind::Group };
+                let sender = Some(self.nick.clone());
+                let message = Message { peer: Peer::Channel(channel), sender, kind, body, subject: None, thread: None, id: echoed.origin.id, delay: None };
+                self.emit(Event::Message(message)).await;
+            }
+            peer => {
+                if let Some(id) = echoed.origin.id {
+                    self.emit(Event::Accepted { peer, id }).await;
+                }
+            }
+        }
+    }
+
+    /// Records the services account `nick` is logged in to (`None`: logged out).
+    fn set_account(&mut self, nick: &str, account: Option<String>) {
+        let folded = self.casemapping.fold(nick);
+        let Some(v3) = self.v3.as_mut() else { return };
+        match account {
+            Some(account) => v3.accounts.insert(folded, account),
+            None => v3.accounts.remove(&folded),
+        };
+    }
+
+    /// Forgets what is kept of `nick` once they share no channel with the user.
+    fn forget_if_gone(&mut self, nick: &str) {
+        let Some(v3) = self.v3.as_mut() else { return };
+        if v3.away.is_empty() && v3.accounts.is_empty() {
+            return;
+        }
+        if self.joined.values().all(|joined| joined.privileges.occupant(nick).is_none()) {
+            let folded = self.casemapping.fold(nick);
+            v3.away.remove(&folded);
+            v3.accounts.remove(&folded);
+        }
+    }
+
+    /// `occupant` with their away message and account, where the server tells them.
+    fn described(&self, mut occupant: Occupant) -> Occupant {
+        if let Some(v3) = self.v3.as_deref().filter(|v3| !v3.away.is_empty() || !v3.accounts.is_empty()) {
+            let folded = self.casemapping.folded(&occupant.nick);
+            occupant.away = v3.away.get(folded.as_ref()).cloned();
+            occupant.account = v3.accounts.get(folded.as_ref()).cloned();
+        }
+        occupant
+    }
+
+    /// A `Joined` event with each occupant [`described`](Self::described).
+    fn described_joined(&self, event: Event) -> Event {
+        match event {
+            Event::Joined { channel, nick, occupants, topic } => {
+                let occupants = occupants.into_iter().map(|occupant| self.described(occupant)).collect();
+                Event::Joined { channel, nick, occupants, topic }
+            }
+            event => event,
+        }
+    }
+
+    /// `nick`'s presence changed (away, account): the rooms they are in hear of it.
+    async fn report_occupant(&mut self, nick: &str) {
+        let in_channels: Vec<(String, Occupant)> =
+            self.joined.values().filter(|joined| joined.reported).filter_map(|joined| Some((joined.name.clone(), joined.privileges.occupant(nick)?))).collect();
+        for (channel, occupant) in in_channels {
+            let occupant = self.described(occupant);
+            self.emit(Event::Occupant { channel, occupant }).await;
+        }
     }
 }
 
@@ -1085,7 +1343,7 @@ enum Sasl {
 
 /// An occupant we know nothing more about than the nick.
 fn ordinary(nick: &str) -> Occupant {
-    Occupant { nick: nick.to_owned(), role: Role::Participant, affiliation: Affiliation::None }
+    Occupant::new(nick.to_owned(), Role::Participant, Affiliation::None)
 }
 
 /// A nick variant after a collision: `nick_`, then `nick1`, `nick2`...
