@@ -348,6 +348,12 @@ impl IrcSide {
         }
     }
 
+    /// Forgets `user`'s last messages and pending receipts (gone offline, unregistered).
+    fn forget_said(&mut self, user: &UserId) {
+        self.said.retain(|(who, _), _| who != user);
+        self.receipts.retain(|(who, _), _| who != user);
+    }
+
     /// Who said what in the archived message a reaction points at (its archive id).
     async fn reacted_to(&self, user: &UserId, conversation: Conversation, id: &str) -> Option<(String, String)> {
         let id: u64 = id.trim().parse().ok()?;
@@ -876,6 +882,7 @@ impl NetworkSide for IrcSide {
             // Always-on channels stay joined for nobody, with their sessions; the other
             // rooms are left, and sessions without an always-on channel end.
             self.conversations.forget_user(&user.0);
+            self.forget_said(user);
             let mut leaves = Vec::new();
             let mut kept = std::collections::HashSet::new();
             let settings = self.settings(user);
@@ -954,6 +961,7 @@ impl NetworkSide for IrcSide {
         self.sessions.end_user(user, reason);
         if record.is_none() {
             self.conversations.forget_user(&user.0);
+            self.forget_said(user);
             let rooms = self.rooms.take(user, None);
             return self.close_rooms(rooms, "you unregistered from the gateway").await;
         }

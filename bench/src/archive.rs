@@ -19,7 +19,8 @@ use testkit::irc::Ngircd;
 use tokio::time::Instant;
 
 use crate::irc::Irc;
-use crate::peers::{wait_joined, Peer};
+use crate::peers::{configure, wait_joined, Peer};
+use crate::procstat;
 use crate::report::{Measured, Spec};
 use crate::rig::{settle, XmppSide};
 use crate::stats;
@@ -137,6 +138,63 @@ pub async fn query(peer: Peer, small_fill: usize, fill: usize, queries: usize) -
         m.set("p50", p50);
         m.set("p99", p99);
     }
+    Ok(m)
+}
+
+/// The figures of the always-on part.
+pub fn always_on_specs() -> Vec<Spec> {
+    vec![
+        Spec { key: "channels", label: "always-on channels kept for a user with no client online", unit: "", decimals: 0, target: "" },
+        Spec { key: "rss_per_channel", label: "gateway RSS per always-on channel with nobody joined", unit: "KiB", decimals: 2, target: "" },
+    ]
+}
+
+/// One run of the always-on part against `peer`: one user joins `channels` channels and
+/// makes each always on (the room's `configure` command, `persistent`, in both
+/// gateways), then goes offline; the gateway's RSS once it settled, less its RSS before
+/// the first join, per channel. An IRC observer in the first channel checks that the
+/// gateway stayed (no PART or QUIT).
+pub async fn always_on(peer: Peer, channels: usize) -> Result<Measured> {
+    let mut m = Measured::default();
+    let ircd = &Ngircd::start(false);
+    // Past our default of 50 channels per user (biboumi has no such limit).
+    let side = XmppSide::start_with(ircd, &[peer], "[limits]\nchannels_per_user = 10000\n")?;
+    let pid = side.peer_proc(peer)?.pid;
+    let t = peer.tag();
+    let user = format!("{t}keeper");
+    side.add_accounts(std::slice::from_ref(&user))?;
+    let mut conn = side.connect_all(std::slice::from_ref(&user)).await?.pop().ok_or_else(|| anyhow!("no connection"))?;
+    peer.prepare_user_recording(&mut conn, ircd.port, true).await?;
+    if peer == Peer::Ours {
+        // Always-on is a setting of a registered user.
+        let form = testkit::register_form(&[("irc_nick", &user)]);
+        let answer = conn.iq("set", Some(peer.component()), &form, Duration::from_secs(30)).await?;
+        if answer.attr("type") != Some("result") {
+            bail!("registration with {} failed: {answer:?}", peer.name());
+        }
+    }
+    let mut observer = Irc::connect(ircd.port, &format!("{t}keepobs")).await?;
+    observer.join(&format!("#{t}keep0")).await?;
+    settle().await;
+    let before = procstat::sample(pid)?.rss_kib;
+    for i in 0..channels {
+        let room = peer.room(&format!("#{t}keep{i}"));
+        conn.writer.send(&peer.join_xml(&room, &user)).await?;
+        wait_joined(&mut conn.reader, &room, Duration::from_secs(60)).await?;
+        configure(&mut conn, &room, &[("persistent", &["1"])]).await.with_context(|| format!("making {room} always on"))?;
+    }
+    drop(conn);
+    // Let the offline presences arrive and the memory settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Some(line) = observer.next_until(deadline).await? {
+        if matches!(line.command.as_str(), "PART" | "QUIT") {
+            bail!("{} left the channel when its user went offline: {}", peer.name(), line.raw);
+        }
+    }
+    let after = procstat::sample(pid)?.rss_kib;
+    m.set("channels", channels as f64);
+    m.set("rss_per_channel", after.saturating_sub(before) as f64 / channels as f64);
     Ok(m)
 }
 

@@ -66,6 +66,8 @@ struct Sizes {
     load_lines: usize,
     /// Archive: lines archived for the big query figures.
     archive_fill: usize,
+    /// Archive: always-on channels kept for the RSS per channel.
+    archive_channels: usize,
     /// Archive: lines archived for the small ones.
     archive_small_fill: usize,
     /// Archive: timed queries at each size.
@@ -85,6 +87,7 @@ impl Sizes {
             email_rounds: args.size(args.email_rounds, 3, 1),
             load_lines: args.size(args.load_lines, 500, 30),
             archive_fill: args.size(args.archive_fill, 100_000, 300),
+            archive_channels: args.size(args.archive_channels, 200, 10),
             archive_small_fill: args.size(args.archive_small_fill, 2000, 100),
             archive_queries: args.size(args.archive_queries, 1000, 20),
             runs: args.size(args.runs, 3, 2).max(1),
@@ -127,6 +130,9 @@ struct Args {
     /// Mail load: channel lines timed per phase (default 500; smoke 30).
     #[arg(long)]
     load_lines: Option<usize>,
+    /// Archive: always-on channels for the RSS per channel (default 200; smoke 10).
+    #[arg(long)]
+    archive_channels: Option<usize>,
     /// Archive: lines archived before the big query figures (default 100000; smoke 300).
     #[arg(long)]
     archive_fill: Option<usize>,
@@ -198,12 +204,12 @@ fn main() -> Result<()> {
 
 async fn run(args: &Args, report: &mut Report) -> Result<()> {
     let peers = args.peers();
-    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds, load_lines, archive_fill, archive_small_fill, archive_queries, runs } = Sizes::of(args);
+    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds, load_lines, archive_fill, archive_channels, archive_small_fill, archive_queries, runs } = Sizes::of(args);
     if users < 2 {
         bail!("--users must be at least 2 (the fan-out needs another occupant)");
     }
     report.header.push(format!(
-        "Sizes: {runs} runs per gateway, alternating; latency {round_trips} round trips; throughput {users} users, {messages} messages each way; scale {scale_users} users; email {email_users} users x {email_rounds} mails; mail load {load_lines} lines per phase; archive {archive_small_fill} and {archive_fill} lines, {archive_queries} queries{}",
+        "Sizes: {runs} runs per gateway, alternating; latency {round_trips} round trips; throughput {users} users, {messages} messages each way; scale {scale_users} users; email {email_users} users x {email_rounds} mails; mail load {load_lines} lines per phase; archive {archive_small_fill} and {archive_fill} lines, {archive_queries} queries, {archive_channels} always-on channels{}",
         if args.smoke { " (smoke)" } else { "" }
     ));
     report.header.push("biboumi: log level warning, fair per-user configuration (ports = ngIRCd's, no TLS ports, throttle_limit -1, record_history false except in the archive scenario), TCP_NODELAY forced by scripts/biboumi.sh's shim (BIBOUMI_TCP_NODELAY=1); xmpp-gateway: release build, log level warn, flood_burst 0".into());
@@ -222,7 +228,7 @@ async fn run(args: &Args, report: &mut Report) -> Result<()> {
 /// Runs the scenarios asked for, adding their results to `report`: each scenario `runs`
 /// times per gateway, alternating between them, on fresh servers and gateways each run.
 async fn scenarios(args: &Args, ircd: &Ngircd, peers: &[Peer], report: &mut Report) -> Result<()> {
-    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds, load_lines, archive_fill, archive_small_fill, archive_queries, runs } = Sizes::of(args);
+    let Sizes { round_trips, users, messages, scale_users, email_users, email_rounds, load_lines, archive_fill, archive_channels, archive_small_fill, archive_queries, runs } = Sizes::of(args);
     let peers = peers.to_vec();
     let empty = || peers.iter().map(|&p| (p, Vec::new())).collect::<Vec<(Peer, Vec<report::Measured>)>>();
     let add = |results: &mut Vec<(Peer, Vec<report::Measured>)>, peer: Peer, m: report::Measured| {
@@ -303,6 +309,15 @@ async fn scenarios(args: &Args, ircd: &Ngircd, peers: &[Peer], report: &mut Repo
             }
         }
         report.scenarios.push(("archive".into(), archive::query_specs(), results));
+        let mut results = empty();
+        for run in 1..=runs {
+            for &peer in &peers {
+                eprintln!("bench: always-on channels against {} (run {run}/{runs})", peer.name());
+                let m = archive::always_on(peer, archive_channels).await.with_context(|| format!("always-on channels against {}", peer.name()))?;
+                add(&mut results, peer, m);
+            }
+        }
+        report.scenarios.push(("always-on channels".into(), archive::always_on_specs(), results));
     }
     Ok(())
 }

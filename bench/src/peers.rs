@@ -92,7 +92,7 @@ impl Peer {
 /// Runs the ad-hoc command `configure` on `to`: executes it, then submits every field
 /// of the returned form with its current values except those in `set` (a submitted
 /// form replaces the stored settings as a whole).
-async fn configure(conn: &mut XmppConn, to: &str, set: &[(&str, &[&str])]) -> Result<()> {
+pub async fn configure(conn: &mut XmppConn, to: &str, set: &[(&str, &[&str])]) -> Result<()> {
     let executing = conn.iq("set", Some(to), &format!("<command xmlns='{NS_COMMANDS}' node='configure' action='execute'/>"), COMMAND_WAIT).await?;
     let command = executing.get_child("command", NS_COMMANDS).ok_or_else(|| anyhow!("no command in {executing:?}"))?;
     let session = command.attr("sessionid").ok_or_else(|| anyhow!("no sessionid from {to}"))?.to_owned();
