@@ -276,14 +276,13 @@ impl Router {
         }
         let node = payload.attr("node");
         let gateway = matches!(envelope.target, Address::Gateway);
-        let answer: Result<Option<Element>, disco::Refusal> = match (is_get, ns.as_str()) {
-            (true, disco::NS_DISCO_INFO) => {
-                let persistent = match &envelope.target {
-                    Address::IrcChannel { channel, server } => self.store.user(&envelope.user).ok().flatten().is_some_and(|r| r.is_persistent(server, channel)),
-                    _ => false,
-                };
-                disco::info(&envelope.target, node, disco::Features { archive: self.archive.is_enabled(), persistent }).map(|r| Some(r.into()))
+        if is_get && node.is_none() && matches!(ns.as_str(), disco::NS_DISCO_INFO | disco::NS_DISCO_ITEMS) {
+            if let Some(discovery) = self.discover(&envelope, &payload) {
+                return self.answer_later(stanza, envelope, discovery);
             }
+        }
+        let answer: Result<Option<Element>, disco::Refusal> = match (is_get, ns.as_str()) {
+            (true, disco::NS_DISCO_INFO) => disco::info(&envelope.target, node, self.disco_features(&envelope)).map(|r| Some(r.into())),
             (true, disco::NS_DISCO_ITEMS) if gateway && node == Some(disco::NS_COMMANDS) => {
                 let is_admin = self.is_admin(&envelope.user);
                 let items = adhoc::items(&self.gateway_jid(), is_admin);
@@ -380,6 +379,40 @@ impl Router {
             }
             let reply = Iq::Result { from: stanza_to(&stanza), to: Some(envelope.from.clone()), id: stanza.attr("id").unwrap_or_default().to_owned(), payload: Some(mam::fin(&page)) };
             out.send(reply.into()).await;
+        });
+    }
+
+    /// What disco#info says of `envelope`'s target beyond its kind: the archive, and
+    /// whether the user keeps the room always on.
+    fn disco_features(&self, envelope: &Envelope) -> disco::Features {
+        let persistent = match &envelope.target {
+            Address::IrcChannel { channel, server } => self.store.user(&envelope.user).ok().flatten().is_some_and(|r| r.is_persistent(server, channel)),
+            _ => false,
+        };
+        disco::Features { archive: self.archive.is_enabled(), persistent }
+    }
+
+    /// A discovery query the side of the target's network answers from what the
+    /// user's session knows (see `NetworkSide::discover`), if it does.
+    fn discover(&mut self, envelope: &Envelope, query: &Element) -> Option<side::Discovery> {
+        let network = network_of(&envelope.target)?;
+        let extra = self.disco_features(envelope);
+        self.side(&network)?.discover(envelope, query, extra)
+    }
+
+    /// Answers the iq `stanza` with what `answer` gives, from a task of its own: other
+    /// users' stanzas go on meanwhile.
+    fn answer_later(&self, stanza: Element, envelope: Envelope, answer: side::Discovery) {
+        let out = self.out.clone();
+        tokio::spawn(async move {
+            match answer.await {
+                Ok(payload) => {
+                    let id = stanza.attr("id").unwrap_or_default().to_owned();
+                    let reply = Iq::Result { from: stanza_to(&stanza), to: Some(envelope.from), id, payload: Some(payload) };
+                    out.send(reply.into()).await;
+                }
+                Err((condition, text)) => refuse(&out, &stanza, condition, &text).await,
+            }
         });
     }
 
