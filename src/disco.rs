@@ -383,6 +383,7 @@ mod tests {
         let listing = ChannelListing {
             channels: vec![channel("!weird", 1, ""), channel("#a", 1, ""), channel("#b", 12, "the b channel"), channel("&local", 2, "")],
             complete: true,
+            refused: None,
         };
         let page = PageRequest { max: 2, after: None, before: None, index: None };
         let items = channel_items(&listing, &page, "irc.example.org", "gw");

@@ -943,6 +943,9 @@ async fn list_channels(
         Ok(Err(_)) => return Err((DefinedCondition::ServiceUnavailable, format!("the connection to the IRC server {server} ended before it listed its channels"))),
         Ok(Ok(listing)) => listing,
     };
+    if let (Some(text), true) = (&listing.refused, listing.channels.is_empty()) {
+        return Err((DefinedCondition::ServiceUnavailable, format!("the IRC server {server} will not list its channels now: {text}")));
+    }
     if !listing.complete && listing.channels.is_empty() {
         return Err(timeout());
     }
@@ -1380,7 +1383,7 @@ mod tests {
         assert_eq!(f.bridge.started(), 2);
         assert_eq!(f.bridge.started.lock().unwrap()[1].0.user, UserId("v@h".into()));
         let Some(Command::ListChannels { reply }) = f.bridge.commands(1).pop() else { panic!("no ListChannels") };
-        reply.send(Arc::new(ChannelListing { channels: vec![bridge_core::model::ListedChannel { name: "#c".into(), users: 2, topic: String::new() }], complete: true }));
+        reply.send(Arc::new(ChannelListing { channels: vec![bridge_core::model::ListedChannel { name: "#c".into(), users: 2, topic: String::new() }], complete: true, refused: None }));
         let payload = answer.await.unwrap();
         assert_eq!(payload.children().filter(|c| c.name() == "item").filter_map(|c| c.attr("jid")).collect::<Vec<_>>(), ["#c%irc.x@gw"]);
 

@@ -265,6 +265,9 @@ pub struct ChannelListing {
     /// Whether the server ended the list (RPL_LISTEND) within the time allowed and
     /// every channel was kept; else it holds what arrived (up to the session's bound).
     pub complete: bool,
+    /// The server's words when it refused to list (RPL_TRYAGAIN: "server load is
+    /// temporarily too heavy").
+    pub refused: Option<String>,
 }
 
 /// A room occupant's role (XEP-0045 §5.1), from IRC channel prefixes and modes.

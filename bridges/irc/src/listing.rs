@@ -21,6 +21,9 @@ pub const LIST_KEPT: Duration = Duration::from_secs(60);
 pub const MAX_CHANNELS: usize = 10_000;
 /// The most bytes of a channel's topic kept (cut on a character boundary).
 pub const MAX_TOPIC_BYTES: usize = 200;
+/// The longest channel name kept (servers allow 50 to 64); a longer one is left out, so
+/// a listing holds at most about 4 MB however a server fills its lines.
+pub const MAX_NAME_BYTES: usize = 200;
 
 /// A listing being fetched, or fetched a moment ago.
 #[derive(Debug)]
@@ -82,10 +85,10 @@ pub fn fetching(listing: &Option<Box<Listing>>) -> bool {
 }
 
 /// An RPL_LIST line's arguments after our nick: channel, user count, topic. Kept while
-/// fetching, within [`MAX_CHANNELS`]; a malformed count counts as 0.
+/// fetching, within [`MAX_CHANNELS`] and [`MAX_NAME_BYTES`]; a malformed count counts as 0.
 pub fn entry(listing: &mut Option<Box<Listing>>, channel: &str, users: &str, topic: &str) {
     let Some(Listing::Fetching { channels, truncated, .. }) = listing.as_deref_mut() else { return };
-    if channels.len() >= MAX_CHANNELS {
+    if channels.len() >= MAX_CHANNELS || channel.len() > MAX_NAME_BYTES {
         *truncated = true;
         return;
     }
@@ -94,27 +97,34 @@ pub fn entry(listing: &mut Option<Box<Listing>>, channel: &str, users: &str, top
 
 /// RPL_LISTEND: the waiters get the whole listing, which is kept for [`LIST_KEPT`].
 pub fn end(listing: &mut Option<Box<Listing>>, now: Instant) {
-    finish(listing, now, true);
+    finish(listing, now, true, None);
+}
+
+/// The server will not list now (RPL_TRYAGAIN), in these words: the waiters get what
+/// arrived (nothing, usually) and why; it is kept, so the pages that follow do not ask
+/// a busy server again at once.
+pub fn refused(listing: &mut Option<Box<Listing>>, now: Instant, text: &str) {
+    finish(listing, now, false, Some(text.to_owned()));
 }
 
 /// The session's clock passed [`Listing::deadline`]: a fetch is answered with what
 /// arrived (incomplete); a kept listing is forgotten.
 pub fn tick(listing: &mut Option<Box<Listing>>, now: Instant) {
     match listing.as_deref() {
-        Some(Listing::Fetching { until, .. }) if now >= *until => finish(listing, now, false),
+        Some(Listing::Fetching { until, .. }) if now >= *until => finish(listing, now, false, None),
         Some(Listing::Kept { until, .. }) if now >= *until => *listing = None,
         _ => {}
     }
 }
 
 /// Ends a fetch: sorted by name, each name once, sent to every waiter and kept.
-fn finish(listing: &mut Option<Box<Listing>>, now: Instant, ended: bool) {
+fn finish(listing: &mut Option<Box<Listing>>, now: Instant, ended: bool, refused: Option<String>) {
     let Some(Listing::Fetching { channels, truncated, waiters, .. }) = listing.as_deref_mut() else { return };
     let mut channels = std::mem::take(channels);
     channels.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     channels.dedup_by(|a, b| a.name == b.name);
     channels.shrink_to_fit();
-    let done = Arc::new(ChannelListing { channels, complete: ended && !*truncated });
+    let done = Arc::new(ChannelListing { channels, complete: ended && !*truncated, refused });
     for waiter in std::mem::take(waiters) {
         waiter.send(Arc::clone(&done));
     }
@@ -174,6 +184,7 @@ mod tests {
         let mut listing = None;
         let (reply, rx) = Reply::new();
         assert!(ask(&mut listing, reply, now));
+        entry(&mut listing, &format!("#{}", "x".repeat(MAX_NAME_BYTES)), "1", "a name too long is left out");
         for i in 0..MAX_CHANNELS + 5 {
             entry(&mut listing, &format!("#c{i:05}"), "1", "");
         }
@@ -182,10 +193,25 @@ mod tests {
         tick(&mut listing, now + LIST_TIMEOUT);
         let got = rx.await.unwrap();
         assert_eq!(got.channels.len(), MAX_CHANNELS);
+        assert!(got.channels.iter().all(|c| c.name.len() <= MAX_NAME_BYTES));
         assert!(!got.complete);
         // An expired listing is fetched again.
         let (reply, _rx) = Reply::new();
         assert!(ask(&mut listing, reply, now + LIST_TIMEOUT + LIST_KEPT));
+    }
+
+    #[tokio::test]
+    async fn a_server_too_busy_to_list_says_so_and_is_not_asked_again_at_once() {
+        let now = Instant::now();
+        let mut listing = None;
+        let (reply, rx) = Reply::new();
+        assert!(ask(&mut listing, reply, now));
+        refused(&mut listing, now, "Server load is temporarily too heavy");
+        let got = rx.await.unwrap();
+        assert!(!got.complete && got.channels.is_empty());
+        assert_eq!(got.refused.as_deref(), Some("Server load is temporarily too heavy"));
+        let (reply, _rx) = Reply::new();
+        assert!(!ask(&mut listing, reply, now + Duration::from_secs(1)));
     }
 
     #[test]

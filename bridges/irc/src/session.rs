@@ -426,7 +426,10 @@ impl IrcSession {
                         // Accepted: the next connection to this server may start.
                         drop(connecting.take());
                         bridge_core::counters::count(&bridge_core::counters::COUNTERS.irc_lines_in);
-                        if !rate.take(&self.settings.limits, Instant::now()) {
+                        // A LIST is a burst the server was asked for (50,000 lines on the
+                        // largest networks): not cut off while it lasts (15 s at most,
+                        // kept within `listing`'s bounds).
+                        if !rate.take(&self.settings.limits, Instant::now()) && !listing::fetching(&self.listing) {
                             bridge_core::counters::count(&bridge_core::counters::COUNTERS.irc_servers_cut_off);
                             return Outcome::Flooded(flooded(&self.server, &self.settings.limits));
                         }
@@ -850,6 +853,9 @@ impl IrcSession {
                 listing::entry(&mut self.listing, channel, users, rest.last().map_or("", String::as_str));
             }
             Response::RPL_LISTEND if listing::fetching(&self.listing) => listing::end(&mut self.listing, Instant::now()),
+            Response::RPL_TRYAGAIN if listing::fetching(&self.listing) && args.get(1).is_some_and(|c| c.eq_ignore_ascii_case("LIST")) => {
+                listing::refused(&mut self.listing, Instant::now(), args.last().map_or("", String::as_str));
+            }
             Response::RPL_NAMREPLY => {
                 let [_, _, channel, names, ..] = args.as_slice() else { return None };
                 if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(channel)) {
