@@ -211,9 +211,10 @@ fn page_set(first: Option<(&str, usize)>, last: Option<&str>, count: usize) -> S
 
 /// disco#items of an IRC server: a page of its channels (`#chan%server@gw`, named
 /// `#chan (N users): topic`), paged by channel name. Channels no room address can
-/// name (`+chan`, `!chan`) are left out.
+/// name (`+chan`, `!chan`, control characters) are left out, and not counted.
 pub fn channel_items(listing: &ChannelListing, request: &PageRequest, server: &str, gateway: &str) -> DiscoItemsResult {
-    let channels: Vec<&ListedChannel> = listing.channels.iter().filter(|c| c.name.starts_with(['#', '&'])).collect();
+    let addressable = |c: &&ListedChannel| c.name.starts_with(['#', '&']) && !c.name.chars().any(char::is_control);
+    let channels: Vec<&ListedChannel> = listing.channels.iter().filter(addressable).collect();
     let (start, len) = page(channels.iter().map(|c| c.name.as_str()), request);
     let shown = channels.get(start..start + len).unwrap_or_default();
     let items = shown
@@ -381,7 +382,7 @@ mod tests {
     #[test]
     fn a_servers_channels_are_items_with_users_and_topic_and_a_result_set() {
         let listing = ChannelListing {
-            channels: vec![channel("!weird", 1, ""), channel("#a", 1, ""), channel("#b", 12, "the b channel"), channel("&local", 2, "")],
+            channels: vec![channel("!weird", 1, ""), channel("#\u{4}bad", 1, ""), channel("#a", 1, ""), channel("#b", 12, "the b channel"), channel("&local", 2, "")],
             complete: true,
             refused: None,
         };

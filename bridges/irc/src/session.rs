@@ -454,7 +454,9 @@ impl IrcSession {
                     return self.quit(&mut write, "left every channel").await;
                 }
                 () = sleep_until_opt(wait_send) => {}
-                () = sleep_until_opt(self.listing.as_ref().map(|l| l.deadline())) => listing::tick(&mut self.listing, Instant::now()),
+                () = sleep_until_opt(self.listing.as_ref().map(|l| l.deadline())), if self.listing.is_some() => {
+                    listing::tick(&mut self.listing, Instant::now());
+                }
                 () = tokio::time::sleep_until(deadline), if !self.registered => {
                     return Outcome::Lost("no welcome from the server in time".into());
                 }
