@@ -1373,6 +1373,63 @@ async fn server_disco_items_list_its_channels_paged_by_rsm(kind: ServerKind) {
     assert!(disco_items(&reply).0.is_empty(), "{reply:?}");
 }
 
+/// An IRC server that welcomes anyone and answers LIST with two channels and never an
+/// RPL_LISTEND.
+async fn spawn_endless_list_server() -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                let mut nick = String::from("*");
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = match line.split(' ').collect::<Vec<_>>().as_slice() {
+                        ["NICK", n, ..] => {
+                            nick = (*n).to_owned();
+                            continue;
+                        }
+                        ["USER", ..] => format!(":endless 001 {nick} :Welcome\r\n"),
+                        ["LIST", ..] => format!(":endless 321 {nick} Channel :Users Name\r\n:endless 322 {nick} #one 4 :first\r\n:endless 322 {nick} #two 2 :\r\n"),
+                        ["PING", token, ..] => format!(":endless PONG endless {token}\r\n"),
+                        _ => continue,
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+on_each_server!(server_disco_items_of_a_list_that_never_ends_give_what_arrived);
+/// A server that never ends its LIST: the query is answered when the gateway stops
+/// waiting for it (15 s), with the channels that arrived.
+async fn server_disco_items_of_a_list_that_never_ends_give_what_arrived(kind: ServerKind) {
+    let server = XmppServer::start(kind);
+    let port = spawn_endless_list_server().await;
+    let _gateway = Gateway::start_irc_networks(&server, &format!("[irc.networks.\"localhost\"]\nport = {port}\ntls = false\n"));
+    let mut alice = server.client("alice", "localhost").await;
+    alice.send_raw(&format!("<iq type='get' id='endless' to='localhost@{GW}'><query xmlns='{DISCO_ITEMS}'/></iq>")).await;
+    let started = Instant::now();
+    let answer = |e: &Element| e.name() == "iq" && e.attr("id") == Some("endless");
+    while !alice.receives_within(Duration::from_secs(5), answer).await {
+        assert!(started.elapsed() < Duration::from_secs(30), "no answer after {:?}", started.elapsed());
+    }
+    let reply = alice.seen.iter().rev().find(|e| answer(e)).cloned().expect("the answer was read");
+    assert!(started.elapsed() >= Duration::from_secs(14), "answered before the LIST timed out: {reply:?}");
+    let (items, set) = disco_items(&reply);
+    assert_eq!(
+        items,
+        [(format!("#one%localhost@{GW}"), "#one (4 users): first".to_owned()), (format!("#two%localhost@{GW}"), "#two (2 users)".to_owned())]
+    );
+    assert_eq!(set.map(|s| s.3).as_deref(), Some("2"));
+}
+
 on_each_server!(invitations_go_both_ways);
 /// An IRC INVITE becomes a XEP-0249 direct invitation from the inviter; a mediated MUC
 /// invitation (XEP-0045) to an IRC user becomes an IRC INVITE; one to another XMPP user
