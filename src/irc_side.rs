@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use async_trait::async_trait;
 use bridge_core::model::{Availability, CaseMapping, Command, Departure, Event, FailureKind, Message, MessageKind, NetworkId, Occupant, Peer, SessionKey, UserId};
+use bridge_core::model::{ChannelInfo, ChannelListing, Reply};
 use minidom::Element;
 use tracing::{debug, info, warn};
 use xmpp_parsers::jid::Jid;
@@ -1002,6 +1003,44 @@ impl NetworkSide for IrcSide {
         Some(joined)
     }
 
+    /// A room the user is in is described by their session (modes, topic, occupants);
+    /// a server's channels are listed by it. Others are answered as before: a room the
+    /// user is not in by its static features and, for its items, an empty list
+    /// (XEP-0045 §6.5 lets a semi-anonymous room keep its occupants to its occupants,
+    /// and an empty list tells a stranger nothing, not even whether the channel exists).
+    fn discover(&mut self, envelope: &Envelope, query: &Element, extra: disco::Features) -> Option<side::Discovery> {
+        let items = query.ns() == disco::NS_DISCO_ITEMS;
+        match &envelope.target {
+            Address::IrcChannel { channel, server } => {
+                let session = SessionKey { user: envelope.user_id(), network: NetworkId::Irc { server: server.clone() } };
+                let channel = self.rooms.get(&self.key(&session, channel)).filter(|room| room.joined)?.channel.clone();
+                let page = match items.then(|| disco::page_request(query)).transpose() {
+                    Ok(page) => page,
+                    Err(refusal) => return Some(Box::pin(async move { Err(refusal) })),
+                };
+                let (reply, answer) = Reply::new();
+                self.sessions.tell(&session, Command::DescribeChannel { channel, nicks: items, reply });
+                let room = format!("{}@{}", address::format_localpart(&envelope.target), self.gateway);
+                Some(Box::pin(describe_room(envelope.target.clone(), room, page, extra, answer)))
+            }
+            Address::IrcServer { server } if items => {
+                // Browsing a server's channels is how a user finds one to join, often
+                // before joining any: so the query opens the user's own session there
+                // (their credentials, the network policy and limits, as a join would)
+                // rather than answering "join a channel first". It lingers while the
+                // listing is kept, for the pages that follow.
+                let request = disco::page_request(query);
+                let (reply, answer) = Reply::new();
+                let listed = request.and_then(|request| {
+                    self.hand_to_session(&envelope.user_id(), NetworkId::Irc { server: server.clone() }, Command::ListChannels { reply })?;
+                    Ok(request)
+                });
+                Some(Box::pin(list_channels(server.clone(), self.gateway.clone(), listed, answer)))
+            }
+            _ => None,
+        }
+    }
+
     fn active_users(&self) -> Vec<UserId> {
         self.sessions.users().cloned().collect()
     }
@@ -1039,6 +1078,53 @@ impl NetworkSide for IrcSide {
 /// Whether `settings` keep `channel` on `network` always on.
 fn always_on(settings: Option<&UserRecord>, network: &NetworkId, channel: &str) -> bool {
     matches!((settings, network), (Some(record), NetworkId::Irc { server }) if record.is_persistent(server, channel))
+}
+
+/// How long discovery of a room waits for the session's answer (it answers at once when
+/// connected); past it, the room is described as if the user were not in it.
+const DESCRIBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long discovery of a server waits for its channel list: a session to connect and
+/// log in (30 s at most), then the server's LIST (15 s at most).
+const LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(50);
+
+/// disco#info (`page` is `None`) or a page of the items of a room the user is in, once
+/// the session said what it knows (if it did not in time: as for a stranger).
+async fn describe_room(
+    address: Address,
+    room: String,
+    page: Option<disco::PageRequest>,
+    extra: disco::Features,
+    answer: tokio::sync::oneshot::Receiver<Option<ChannelInfo>>,
+) -> Result<Element, Refusal> {
+    let live = tokio::time::timeout(DESCRIBE_WAIT, answer).await.ok().and_then(Result::ok).flatten();
+    match (live, page) {
+        (Some(live), None) => disco::live_room_info(&address, extra, &live).map(Into::into),
+        (None, None) => disco::info(&address, None, extra).map(Into::into),
+        (live, Some(page)) => Ok(disco::occupant_items(&room, live.map(|l| l.nicks).unwrap_or_default(), &page).into()),
+    }
+}
+
+/// disco#items of an IRC server, once the user's session listed its channels.
+async fn list_channels(
+    server: String,
+    gateway: String,
+    request: Result<disco::PageRequest, Refusal>,
+    answer: tokio::sync::oneshot::Receiver<std::sync::Arc<ChannelListing>>,
+) -> Result<Element, Refusal> {
+    let request = request?;
+    let timeout = || (DefinedCondition::RemoteServerTimeout, format!("the IRC server {server} did not list its channels in time"));
+    let listing = match tokio::time::timeout(LIST_WAIT, answer).await {
+        Err(_) => return Err(timeout()),
+        Ok(Err(_)) => return Err((DefinedCondition::ServiceUnavailable, format!("the connection to the IRC server {server} ended before it listed its channels"))),
+        Ok(Ok(listing)) => listing,
+    };
+    if let (Some(text), true) = (&listing.refused, listing.channels.is_empty()) {
+        return Err((DefinedCondition::ServiceUnavailable, format!("the IRC server {server} will not list its channels now: {text}")));
+    }
+    if !listing.complete && listing.channels.is_empty() {
+        return Err(timeout());
+    }
+    Ok(disco::channel_items(&listing, &request, &server, &gateway).into())
 }
 
 /// XEP-0045's `muc#user`.
@@ -1444,5 +1530,41 @@ mod tests {
         f.side.persistence_changed(&user, &key().network, "#c", false).await;
         assert!(matches!(f.bridge.commands(0).as_slice(), [Command::Leave { .. }]));
         assert_eq!(f.side.rooms(), 0);
+    }
+
+    #[tokio::test]
+    async fn discovery_asks_the_session_of_a_joined_room_and_lists_a_server_over_the_users_own_session() {
+        let mut f = Fixture::in_room().await;
+        let info = stanza(&format!("<iq from='u@h/a' to='{ROOM}' type='get' id='i'><query xmlns='{}'/></iq>", disco::NS_DISCO_INFO));
+        let query = info.children().next().unwrap().clone();
+        let answer = f.side.discover(&envelope(&info), &query, disco::Features::default()).expect("a joined room is described live");
+        let Some(Command::DescribeChannel { channel, nicks: false, reply }) = f.bridge.commands(0).pop() else { panic!("no DescribeChannel") };
+        assert_eq!(channel, "#c");
+        reply.send(Some(ChannelInfo { name: "#c".into(), topic: Some("welcome".into()), moderated: true, keyed: false, occupants: 2, nicks: Vec::new() }));
+        let payload = answer.await.unwrap();
+        assert!(payload.children().any(|f| f.attr("var") == Some("muc_moderated")), "{payload:?}");
+        assert!(payload.has_child("x", "jabber:x:data"));
+
+        // Another user, not in the room: answered as before (static), no session asked.
+        let stranger = stanza(&format!("<iq from='v@h/a' to='{ROOM}' type='get' id='i'><query xmlns='{}'/></iq>", disco::NS_DISCO_ITEMS));
+        let query = stranger.children().next().unwrap().clone();
+        assert!(f.side.discover(&envelope(&stranger), &query, disco::Features::default()).is_none());
+        assert_eq!(f.bridge.started(), 1);
+
+        // A server's channels: over the user's own session (one is started for v@h).
+        let list = stanza(&format!("<iq from='v@h/a' to='irc.x@gw' type='get' id='l'><query xmlns='{}'/></iq>", disco::NS_DISCO_ITEMS));
+        let query = list.children().next().unwrap().clone();
+        let answer = f.side.discover(&envelope(&list), &query, disco::Features::default()).expect("a server lists its channels");
+        assert_eq!(f.bridge.started(), 2);
+        assert_eq!(f.bridge.started.lock().unwrap()[1].0.user, UserId("v@h".into()));
+        let Some(Command::ListChannels { reply }) = f.bridge.commands(1).pop() else { panic!("no ListChannels") };
+        reply.send(Arc::new(ChannelListing { channels: vec![bridge_core::model::ListedChannel { name: "#c".into(), users: 2, topic: String::new() }], complete: true, refused: None }));
+        let payload = answer.await.unwrap();
+        assert_eq!(payload.children().filter(|c| c.name() == "item").filter_map(|c| c.attr("jid")).collect::<Vec<_>>(), ["#c%irc.x@gw"]);
+
+        // A session that ends without listing: a clear error, not silence.
+        let answer = f.side.discover(&envelope(&list), &query, disco::Features::default()).unwrap();
+        f.bridge.end(1);
+        assert_eq!(answer.await.unwrap_err().0, DefinedCondition::ServiceUnavailable);
     }
 }

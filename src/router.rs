@@ -276,14 +276,13 @@ impl Router {
         }
         let node = payload.attr("node");
         let gateway = matches!(envelope.target, Address::Gateway);
-        let answer: Result<Option<Element>, disco::Refusal> = match (is_get, ns.as_str()) {
-            (true, disco::NS_DISCO_INFO) => {
-                let persistent = match &envelope.target {
-                    Address::IrcChannel { channel, server } => self.store.user(&envelope.user).ok().flatten().is_some_and(|r| r.is_persistent(server, channel)),
-                    _ => false,
-                };
-                disco::info(&envelope.target, node, disco::Features { archive: self.archive.is_enabled(), persistent }).map(|r| Some(r.into()))
+        if is_get && node.is_none() && matches!(ns.as_str(), disco::NS_DISCO_INFO | disco::NS_DISCO_ITEMS) {
+            if let Some(discovery) = self.discover(&envelope, &payload) {
+                return self.answer_later(stanza, envelope, discovery);
             }
+        }
+        let answer: Result<Option<Element>, disco::Refusal> = match (is_get, ns.as_str()) {
+            (true, disco::NS_DISCO_INFO) => disco::info(&envelope.target, node, self.disco_features(&envelope)).map(|r| Some(r.into())),
             (true, disco::NS_DISCO_ITEMS) if gateway && node == Some(disco::NS_COMMANDS) => {
                 let is_admin = self.is_admin(&envelope.user);
                 let items = adhoc::items(&self.gateway_jid(), is_admin);
@@ -380,6 +379,44 @@ impl Router {
             }
             let reply = Iq::Result { from: stanza_to(&stanza), to: Some(envelope.from.clone()), id: stanza.attr("id").unwrap_or_default().to_owned(), payload: Some(mam::fin(&page)) };
             out.send(reply.into()).await;
+        });
+    }
+
+    /// What disco#info says of `envelope`'s target beyond its kind: the archive, and
+    /// whether the user keeps the room always on.
+    fn disco_features(&self, envelope: &Envelope) -> disco::Features {
+        let persistent = match &envelope.target {
+            Address::IrcChannel { channel, server } => self.store.user(&envelope.user).ok().flatten().is_some_and(|r| r.is_persistent(server, channel)),
+            _ => false,
+        };
+        disco::Features { archive: self.archive.is_enabled(), persistent }
+    }
+
+    /// A discovery query the side of the target's network answers from what the
+    /// user's session knows (see `NetworkSide::discover`), if it does. Users of a domain
+    /// the gateway does not serve get the static answers: no session is opened for them.
+    fn discover(&mut self, envelope: &Envelope, query: &Element) -> Option<side::Discovery> {
+        if !self.domain_allowed(&envelope.from) {
+            return None;
+        }
+        let network = network_of(&envelope.target)?;
+        let extra = self.disco_features(envelope);
+        self.side(&network)?.discover(envelope, query, extra)
+    }
+
+    /// Answers the iq `stanza` with what `answer` gives, from a task of its own: other
+    /// users' stanzas go on meanwhile.
+    fn answer_later(&self, stanza: Element, envelope: Envelope, answer: side::Discovery) {
+        let out = self.out.clone();
+        tokio::spawn(async move {
+            match answer.await {
+                Ok(payload) => {
+                    let id = stanza.attr("id").unwrap_or_default().to_owned();
+                    let reply = Iq::Result { from: stanza_to(&stanza), to: Some(envelope.from), id, payload: Some(payload) };
+                    out.send(reply.into()).await;
+                }
+                Err((condition, text)) => refuse(&out, &stanza, condition, &text).await,
+            }
         });
     }
 
@@ -1048,13 +1085,20 @@ mod tests {
     /// A router with both sides, sessions that record, a user `user@example.test`
     /// registered for IRC and email, and the outbox's receiving end.
     fn router() -> (Router, mpsc::Receiver<Element>, tempfile::TempDir, Arc<Recorder>) {
+        router_with("")
+    }
+
+    /// [`router`], with `registration` settings added (a line each).
+    fn router_with(registration: &str) -> (Router, mpsc::Receiver<Element>, tempfile::TempDir, Arc<Recorder>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gw.toml");
         std::fs::write(
             &path,
-            "[component]\njid = \"gw.localhost\"\nsecret = \"s\"\n[storage]\npath = \"/tmp/x\"\n\
-             [registration]\nadmins = [\"admin@example.test\"]\n[irc.networks.\"irc.one\"]\n\
-             [email.providers.\"example.test\"]\nimap = \"127.0.0.1:1143\"\nsmtp = \"127.0.0.1:2525\"\n",
+            format!(
+                "[component]\njid = \"gw.localhost\"\nsecret = \"s\"\n[storage]\npath = \"/tmp/x\"\n\
+                 [registration]\nadmins = [\"admin@example.test\"]\n{registration}[irc.networks.\"irc.one\"]\n\
+                 [email.providers.\"example.test\"]\nimap = \"127.0.0.1:1143\"\nsmtp = \"127.0.0.1:2525\"\n"
+            ),
         )
         .unwrap();
         let config = Arc::new(Config::load_with_env(&path, std::iter::empty()).unwrap());
@@ -1163,6 +1207,23 @@ mod tests {
         assert_eq!(recorder.started(), 1, "the join started the user's IRC session");
         let commands = recorder.commands(0);
         assert!(commands.iter().any(|c| matches!(c, bridge_core::model::Command::Join { .. })), "{commands:?}");
+    }
+
+    #[tokio::test]
+    async fn listing_a_servers_channels_opens_a_session_only_for_users_the_gateway_serves() {
+        let (mut router, mut out, _tmp, recorder) = router_with("allowed_domains = [\"example.test\"]\n");
+        let items = |from: &str| {
+            format!("<iq xmlns='jabber:component:accept' to='irc.one@gw.localhost' from='{from}' id='l' type='get'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+        };
+        router.handle_stanza(items("stranger@else.example/r").parse().unwrap()).await;
+        let answer = out.try_recv().expect("answered at once");
+        assert_eq!(answer.attr("type"), Some("result"));
+        assert_eq!(answer.get_child("query", disco::NS_DISCO_ITEMS).map(|q| q.children().count()), Some(0), "{answer:?}");
+        assert_eq!(recorder.started(), 0, "no IRC session for a user of another domain");
+
+        router.handle_stanza(items("user@example.test/r").parse().unwrap()).await;
+        assert_eq!(recorder.started(), 1, "the user's own session lists");
+        assert!(matches!(recorder.commands(0).as_slice(), [bridge_core::model::Command::ListChannels { .. }]));
     }
 
     #[test]

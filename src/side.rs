@@ -88,6 +88,15 @@ pub trait NetworkSide {
         None
     }
 
+    /// A disco#info or disco#items query (no node) to one of this side's addresses that
+    /// what the user's session knows answers better than the static description (a room
+    /// the user is in, a server's channels): the answer's payload, awaited off the
+    /// router's task. `None`: answered as any other address. `extra` is what disco#info
+    /// says beyond the address's kind.
+    fn discover(&mut self, _envelope: &Envelope, _query: &Element, _extra: crate::disco::Features) -> Option<Discovery> {
+        None
+    }
+
     /// The user turned a channel of `network` always on or off (the store already has
     /// it): a room kept for nobody is left when it is turned off.
     async fn persistence_changed(&mut self, _user: &UserId, _network: &NetworkId, _channel: &str, _persistent: bool) {}
@@ -109,6 +118,9 @@ pub trait NetworkSide {
         0
     }
 }
+
+/// The answer to a discovery query, once the session has told what it knows.
+pub type Discovery = futures::future::BoxFuture<'static, Result<Element, Refusal>>;
 
 /// The network a target address belongs to, `None` for the gateway itself.
 pub fn network_of(target: &Address) -> Option<NetworkId> {

@@ -270,6 +270,12 @@ async fn a_hostile_irc_server_breaks_nothing_and_costs_a_bounded_amount_of_memor
     // alice's own session on the hostile server was never cut off.
     alice.send_raw(&format!("<message to='localhost@{GW}' type='chat'><body>LIST</body></message>")).await;
     alice.wait_for("a second LIST's end", |e| body(e).is_some_and(|b| b.contains("End of LIST"))).await;
+    // Its channels discovered: a LIST with control characters in the names and topics
+    // gives a clean answer (the channel no JID can name is left out of the items and
+    // of the count).
+    let items = alice.iq_raw("get", Some(&format!("localhost@{GW}")), "<query xmlns='http://jabber.org/protocol/disco#items'/>").await;
+    assert_eq!(items.attr("type"), Some("result"), "{items:?}");
+    assert!(!holds_forbidden(&items), "{items:?}");
 
     let (rss_after, peak) = gateway.memory_kib();
     eprintln!(

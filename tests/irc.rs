@@ -1208,6 +1208,230 @@ async fn a_self_ping_says_whether_the_client_is_still_in_the_room(kind: ServerKi
     assert_eq!(gateway.attr("type"), Some("result"));
 }
 
+const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+const RSM: &str = "http://jabber.org/protocol/rsm";
+
+/// The features of a disco#info result.
+fn disco_features(reply: &Element) -> Vec<String> {
+    let query = reply.get_child("query", DISCO_INFO).unwrap_or_else(|| panic!("no disco#info result: {reply:?}"));
+    query.children().filter(|c| c.name() == "feature").filter_map(|f| f.attr("var")).map(str::to_owned).collect()
+}
+
+/// The values of the `muc#roominfo` form of a disco#info result, by var.
+fn roominfo(reply: &Element) -> Option<std::collections::BTreeMap<String, String>> {
+    let query = reply.get_child("query", DISCO_INFO)?;
+    let form = query.children().find(|x| x.is("x", "jabber:x:data") && x.children().any(|f| f.attr("var") == Some("FORM_TYPE") && f.children().any(|v| v.text() == "http://jabber.org/protocol/muc#roominfo")))?;
+    Some(form.children().filter_map(|f| Some((f.attr("var")?.to_owned(), f.children().next().map(|v| v.text()).unwrap_or_default()))).collect())
+}
+
+/// An RSM result set: first, its index, last, count.
+type ResultSet = (String, String, String, String);
+
+/// The items (jid, name) of a disco#items result, and its RSM set.
+fn disco_items(reply: &Element) -> (Vec<(String, String)>, Option<ResultSet>) {
+    let query = reply.get_child("query", DISCO_ITEMS).unwrap_or_else(|| panic!("no disco#items result: {reply:?}"));
+    let items = query.children().filter(|c| c.name() == "item").map(|i| (i.attr("jid").unwrap_or_default().to_owned(), i.attr("name").unwrap_or_default().to_owned())).collect();
+    let set = query.get_child("set", RSM).map(|set| {
+        let text = |name: &str| set.get_child(name, RSM).map(|c| c.text()).unwrap_or_default();
+        let index = set.get_child("first", RSM).and_then(|f| f.attr("index")).unwrap_or_default().to_owned();
+        (text("first"), index, text("last"), text("count"))
+    });
+    (items, set)
+}
+
+on_each_server!(room_disco_info_and_items_follow_the_live_channel);
+/// XEP-0045 §6.4 and §6.5 from the IRC session's view of the channel: the roominfo form
+/// (occupants, topic), `muc_moderated`/`muc_passwordprotected` once an operator sets
+/// +m and +k, the occupants as items; a user who is not in the room gets the static
+/// description and no occupants.
+async fn room_disco_info_and_items_follow_the_live_channel(kind: ServerKind) {
+    let s = setup_on(kind);
+    let mut bob = s.ircd.client("bob").await;
+    bob.join("#info").await;
+    bob.send_line("TOPIC #info :all about info").await;
+    bob.wait_for("the topic set", |l| l.command == "TOPIC").await;
+    let mut carol = s.ircd.client("carol").await;
+    carol.join("#info").await;
+    let mut alice = s.server.client("alice", "localhost").await;
+    let r = room("#info");
+    join(&mut alice, &r, "alice").await;
+    wait_subject(&mut alice, &r).await;
+    let info_query = format!("<query xmlns='{DISCO_INFO}'/>");
+
+    let info = alice.iq_raw("get", Some(&r), &info_query).await;
+    let features = disco_features(&info);
+    for feature in ["muc_unmoderated", "muc_unsecured", "muc_semianonymous", "muc_open", MUC] {
+        assert!(features.contains(&feature.to_owned()), "{feature} in {features:?}");
+    }
+    assert!(!features.contains(&"muc_moderated".to_owned()) && !features.contains(&"muc_passwordprotected".to_owned()));
+    let form = roominfo(&info).unwrap_or_else(|| panic!("no roominfo form: {info:?}"));
+    assert_eq!(form.get("muc#roominfo_occupants").map(String::as_str), Some("3"), "bob, carol and alice: {form:?}");
+    assert_eq!(form.get("muc#roominfo_subject").map(String::as_str), Some("all about info"));
+    assert_eq!(form.get("muc#roominfo_description").map(String::as_str), Some("all about info"));
+
+    // bob opened the channel (an operator) and sets +m and +k; his next line arrives
+    // after the MODE, so the gateway's session has applied it by then.
+    bob.send_line("MODE #info +mk sesame").await;
+    bob.wait_for("the MODE", |l| l.command == "MODE").await;
+    bob.privmsg("#info", "modes set").await;
+    alice.wait_for("bob's line after the MODE", |e| body(e).as_deref() == Some("modes set")).await;
+    let info = alice.iq_raw("get", Some(&r), &info_query).await;
+    let features = disco_features(&info);
+    assert!(features.contains(&"muc_moderated".to_owned()) && !features.contains(&"muc_unmoderated".to_owned()), "{features:?}");
+    assert!(features.contains(&"muc_passwordprotected".to_owned()) && !features.contains(&"muc_unsecured".to_owned()), "{features:?}");
+
+    // carol leaves: the count follows.
+    carol.send_line("PART #info").await;
+    alice.wait_for("carol's part", |e| is_presence_from(e, &format!("{r}/carol")) && e.attr("type") == Some("unavailable")).await;
+    let info = alice.iq_raw("get", Some(&r), &info_query).await;
+    assert_eq!(roominfo(&info).and_then(|f| f.get("muc#roominfo_occupants").cloned()).as_deref(), Some("2"));
+
+    let items = alice.iq_raw("get", Some(&r), &format!("<query xmlns='{DISCO_ITEMS}'/>")).await;
+    let (items, set) = disco_items(&items);
+    assert_eq!(
+        items,
+        [(format!("{r}/alice"), "alice".to_owned()), (format!("{r}/bob"), "bob".to_owned())],
+        "the occupants, by nick"
+    );
+    assert_eq!(set.map(|s| s.3).as_deref(), Some("2"));
+
+    // Somebody not in the room: the static description, and no occupants.
+    let mut stranger = s.server.client("bob", "localhost").await;
+    let info = stranger.iq_raw("get", Some(&r), &info_query).await;
+    let features = disco_features(&info);
+    assert!(features.contains(&"muc_unmoderated".to_owned()) && roominfo(&info).is_none(), "{info:?}");
+    let items = stranger.iq_raw("get", Some(&r), &format!("<query xmlns='{DISCO_ITEMS}'/>")).await;
+    assert_eq!(items.attr("type"), Some("result"));
+    assert!(disco_items(&items).0.is_empty(), "{items:?}");
+}
+
+on_each_server!(server_disco_items_list_its_channels_paged_by_rsm);
+/// disco#items of `127.0.0.1@gw` lists the IRC server's channels (LIST, over the asking
+/// user's own connection, which the query opens), 25 of them paged by 10: three pages,
+/// first/last/count right, nothing missing or twice; the last page by `<before/>`.
+async fn server_disco_items_list_its_channels_paged_by_rsm(kind: ServerKind) {
+    let s = setup_on(kind);
+    // What the server lists before (ngIRCd's own `&SERVER`).
+    let mut lister = s.ircd.client("lister").await;
+    lister.send_line("LIST").await;
+    let mut expected = Vec::new();
+    loop {
+        let line = lister.wait_for("the LIST", |l| l.command == "322" || l.command == "323").await;
+        if line.command == "323" {
+            break;
+        }
+        expected.push(line.params[1].clone());
+    }
+    let mut creators = Vec::new();
+    for c in 0..5 {
+        let mut client = s.ircd.client(&format!("maker{c}")).await;
+        for i in 0..5 {
+            let channel = format!("#list{:02}", c * 5 + i);
+            client.join(&channel).await;
+            expected.push(channel);
+        }
+        creators.push(client);
+    }
+    creators[0].send_line("TOPIC #list00 :the first one").await;
+    creators[0].wait_for("the topic set", |l| l.command == "TOPIC").await;
+    expected.sort();
+    let total = expected.len();
+    assert!((25..30).contains(&total), "{expected:?}");
+    let server = format!("127.0.0.1@{GW}");
+    let mut alice = s.server.client("alice", "localhost").await;
+    // An item's channel, from its name `#chan (N users): topic`.
+    let channel_of = |name: &str| name.split(" (").next().unwrap_or_default().to_owned();
+
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    for (page, size) in [(0, 10), (1, 10), (2, total - 20)] {
+        let paging = if after.is_empty() { String::new() } else { format!("<after>{}</after>", after.replace('&', "&amp;")) };
+        let reply = alice.iq_raw("get", Some(&server), &format!("<query xmlns='{DISCO_ITEMS}'><set xmlns='{RSM}'><max>10</max>{paging}</set></query>")).await;
+        let (items, set) = disco_items(&reply);
+        assert_eq!(items.len(), size, "page {page}: {reply:?}");
+        let (first, index, last, count) = set.unwrap_or_else(|| panic!("no RSM set: {reply:?}"));
+        assert_eq!(count, total.to_string());
+        assert_eq!(index, (page * 10).to_string());
+        assert_eq!(first, channel_of(&items[0].1));
+        assert_eq!(last, channel_of(&items[size - 1].1));
+        after = last;
+        seen.extend(items);
+    }
+    let names: Vec<String> = seen.iter().map(|(_, name)| channel_of(name)).collect();
+    assert_eq!(names, expected, "every channel once, in order");
+    for (jid, name) in seen.iter().filter(|(_, name)| name.starts_with("#list")) {
+        assert_eq!(*jid, room(&channel_of(name)));
+    }
+    let first = seen.iter().find(|(jid, _)| *jid == room("#list00")).unwrap();
+    assert_eq!(first.1, "#list00 (1 user): the first one");
+
+    // The last page straight away, and past the end nothing.
+    let reply = alice.iq_raw("get", Some(&server), &format!("<query xmlns='{DISCO_ITEMS}'><set xmlns='{RSM}'><max>10</max><before/></set></query>")).await;
+    let (items, set) = disco_items(&reply);
+    assert_eq!(items.iter().map(|(_, name)| channel_of(name)).collect::<Vec<_>>(), expected[total - 10..]);
+    assert_eq!(set.map(|s| s.1), Some((total - 10).to_string()));
+    let reply = alice.iq_raw("get", Some(&server), &format!("<query xmlns='{DISCO_ITEMS}'><set xmlns='{RSM}'><max>10</max><after>{}</after></set></query>", after.replace('&', "&amp;"))).await;
+    assert!(disco_items(&reply).0.is_empty(), "{reply:?}");
+}
+
+/// An IRC server that welcomes anyone and answers LIST with two channels and never an
+/// RPL_LISTEND.
+async fn spawn_endless_list_server() -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                let mut nick = String::from("*");
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = match line.split(' ').collect::<Vec<_>>().as_slice() {
+                        ["NICK", n, ..] => {
+                            nick = (*n).to_owned();
+                            continue;
+                        }
+                        ["USER", ..] => format!(":endless 001 {nick} :Welcome\r\n"),
+                        ["LIST", ..] => format!(":endless 321 {nick} Channel :Users Name\r\n:endless 322 {nick} #one 4 :first\r\n:endless 322 {nick} #two 2 :\r\n"),
+                        ["PING", token, ..] => format!(":endless PONG endless {token}\r\n"),
+                        _ => continue,
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+on_each_server!(server_disco_items_of_a_list_that_never_ends_give_what_arrived);
+/// A server that never ends its LIST: the query is answered when the gateway stops
+/// waiting for it (15 s), with the channels that arrived.
+async fn server_disco_items_of_a_list_that_never_ends_give_what_arrived(kind: ServerKind) {
+    let server = XmppServer::start(kind);
+    let port = spawn_endless_list_server().await;
+    let _gateway = Gateway::start_irc_networks(&server, &format!("[irc.networks.\"localhost\"]\nport = {port}\ntls = false\n"));
+    let mut alice = server.client("alice", "localhost").await;
+    alice.send_raw(&format!("<iq type='get' id='endless' to='localhost@{GW}'><query xmlns='{DISCO_ITEMS}'/></iq>")).await;
+    let started = Instant::now();
+    let answer = |e: &Element| e.name() == "iq" && e.attr("id") == Some("endless");
+    while !alice.receives_within(Duration::from_secs(5), answer).await {
+        assert!(started.elapsed() < Duration::from_secs(30), "no answer after {:?}", started.elapsed());
+    }
+    let reply = alice.seen.iter().rev().find(|e| answer(e)).cloned().expect("the answer was read");
+    assert!(started.elapsed() >= Duration::from_secs(14), "answered before the LIST timed out: {reply:?}");
+    let (items, set) = disco_items(&reply);
+    assert_eq!(
+        items,
+        [(format!("#one%localhost@{GW}"), "#one (4 users): first".to_owned()), (format!("#two%localhost@{GW}"), "#two (2 users)".to_owned())]
+    );
+    assert_eq!(set.map(|s| s.3).as_deref(), Some("2"));
+}
+
 on_each_server!(invitations_go_both_ways);
 /// An IRC INVITE becomes a XEP-0249 direct invitation from the inviter; a mediated MUC
 /// invitation (XEP-0045) to an IRC user becomes an IRC INVITE; one to another XMPP user

@@ -168,11 +168,110 @@ pub enum Command {
         /// Who is invited.
         nick: String,
     },
+    /// Say what the session knows of a joined channel (service discovery): `None` when
+    /// it is not in the channel on the current connection.
+    DescribeChannel {
+        /// The channel.
+        channel: String,
+        /// Whether the occupants' nicks are wanted (room items), or only their count.
+        nicks: bool,
+        /// Where the answer goes.
+        reply: Reply<Option<ChannelInfo>>,
+    },
+    /// List the server's channels (IRC `LIST`, service discovery of the server): the
+    /// listing fetched on this session's connection, or one it fetched a moment ago.
+    ListChannels {
+        /// Where the listing goes.
+        reply: Reply<std::sync::Arc<ChannelListing>>,
+    },
     /// End the session: the user went offline, unregistered, or the gateway stops.
     Shutdown {
         /// Why, for a QUIT message or a log line.
         reason: String,
     },
+}
+
+/// Where a session sends the answer to a question of the gateway's (a `Command` that
+/// asks): sent once; a session that drops it unanswered (it ended) makes the waiter's
+/// receiver fail. Clones share one answer; equal when they do.
+pub struct Reply<T>(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<T>>>>);
+
+impl<T> Reply<T> {
+    /// A reply, and where its waiter gets the answer.
+    #[must_use]
+    pub fn new() -> (Reply<T>, tokio::sync::oneshot::Receiver<T>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Reply(std::sync::Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+
+    /// Answers (the first call only; a waiter gone meanwhile is no error).
+    pub fn send(&self, answer: T) {
+        let sender = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(sender) = sender {
+            let _ = sender.send(answer);
+        }
+    }
+}
+
+impl<T> Clone for Reply<T> {
+    fn clone(&self) -> Self {
+        Reply(std::sync::Arc::clone(&self.0))
+    }
+}
+
+impl<T> std::fmt::Debug for Reply<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
+}
+
+impl<T> PartialEq for Reply<T> {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Eq for Reply<T> {}
+
+/// What a session knows of a channel it is in, for service discovery (XEP-0045 §6.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// The channel's name as the server spells it.
+    pub name: String,
+    /// Its topic, if one is set.
+    pub topic: Option<String>,
+    /// `+m`: only voiced nicks and operators may speak.
+    pub moderated: bool,
+    /// `+k`: joining takes a key.
+    pub keyed: bool,
+    /// How many nicks are in it (the user included).
+    pub occupants: usize,
+    /// Their nicks, when asked for (`Command::DescribeChannel::nicks`); else empty.
+    pub nicks: Vec<String>,
+}
+
+/// One channel of a server's `LIST` (RPL_LIST).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedChannel {
+    /// Its name as the server spells it.
+    pub name: String,
+    /// How many users the server says are in it.
+    pub users: u32,
+    /// Its topic (empty when none; shortened when long).
+    pub topic: String,
+}
+
+/// A server's channels, as its `LIST` gave them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChannelListing {
+    /// The channels ordered by name (byte order), each name once.
+    pub channels: Vec<ListedChannel>,
+    /// Whether the server ended the list (RPL_LISTEND) within the time allowed and
+    /// every channel was kept; else it holds what arrived (up to the session's bound).
+    pub complete: bool,
+    /// The server's words when it refused to list (RPL_TRYAGAIN: "server load is
+    /// temporarily too heavy").
+    pub refused: Option<String>,
 }
 
 /// A room occupant's role (XEP-0045 §5.1), from IRC channel prefixes and modes.
@@ -519,6 +618,19 @@ mod tests {
         assert_eq!(CaseMapping::StrictRfc1459.fold(name), "#foo{}|~Ü");
         assert_eq!(CaseMapping::Rfc1459.fold("#Foo["), CaseMapping::Rfc1459.fold("#foo{"));
         assert_ne!(CaseMapping::Ascii.fold("#Foo["), CaseMapping::Ascii.fold("#foo{"));
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_answered_once_and_a_dropped_one_fails_its_waiter() {
+        let (reply, answer) = Reply::<u32>::new();
+        let copy = reply.clone();
+        assert_eq!(reply, copy);
+        copy.send(1);
+        reply.send(2);
+        assert_eq!(answer.await.unwrap(), 1, "the first answer only");
+        let (reply, answer) = Reply::<u32>::new();
+        drop(reply);
+        assert!(answer.await.is_err(), "a session that ended never answers: its waiter knows");
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! - `session`: the per-(user, server) task: login, channels, reconnection, rate limit.
 //! - `transport`: TCP/TLS and line framing (UTF-8, else Latin-1).
 //! - `text`: pure text conversions (injection-proof lines, splitting, formatting codes).
-//! - `modes`: pure channel privileges to room roles and affiliations.
+//! - `modes`: pure channel privileges to room roles and affiliations, and channel modes.
+//! - `listing`: the server's channel list (`LIST`) for discovery, fetched and kept briefly.
 
 // Protocol code reads what remote servers send: no indexing that can panic on it.
 #![cfg_attr(not(test), warn(clippy::indexing_slicing))]
 
+mod listing;
 pub mod modes;
 pub mod ircv3;
 mod session;

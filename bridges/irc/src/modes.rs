@@ -162,6 +162,8 @@ struct ChanModes {
     always: String,
     /// Type C: an argument only when set (like `l`).
     when_set: String,
+    /// Type A alone: lists, which no channel flag records.
+    lists: String,
 }
 
 impl ChanModes {
@@ -174,12 +176,58 @@ impl ChanModes {
         ChanModes {
             always: format!("{a}{b}"),
             when_set: c.to_owned(),
+            lists: a.to_owned(),
         }
     }
 
     /// Whether `mode`, being set (`adding`) or unset, takes an argument.
     fn takes_arg(&self, mode: char, adding: bool) -> bool {
         self.always.contains(mode) || (adding && self.when_set.contains(mode))
+    }
+}
+
+/// The channel's own modes that are set (`+m`, `+k`, `+n`...: every letter mode but the
+/// lists and the status modes), one bit per ASCII letter: no allocation per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChannelModes(u64);
+
+impl ChannelModes {
+    /// The bit of `mode`, for ASCII letters only.
+    fn bit(mode: char) -> Option<u64> {
+        match mode {
+            'a'..='z' => Some(1 << (mode as u32 - 'a' as u32)),
+            'A'..='Z' => Some(1 << (26 + mode as u32 - 'A' as u32)),
+            _ => None,
+        }
+    }
+
+    /// Sets or unsets `mode` (anything but an ASCII letter is ignored).
+    pub fn set(&mut self, mode: char, on: bool) {
+        if let Some(bit) = Self::bit(mode) {
+            if on {
+                self.0 |= bit;
+            } else {
+                self.0 &= !bit;
+            }
+        }
+    }
+
+    /// Whether `mode` is set.
+    #[must_use]
+    pub fn has(self, mode: char) -> bool {
+        Self::bit(mode).is_some_and(|bit| self.0 & bit != 0)
+    }
+
+    /// `+m`: only voiced nicks and operators may speak.
+    #[must_use]
+    pub fn moderated(self) -> bool {
+        self.has('m')
+    }
+
+    /// `+k`: joining takes a key.
+    #[must_use]
+    pub fn keyed(self) -> bool {
+        self.has('k')
     }
 }
 
@@ -209,6 +257,8 @@ pub struct ChannelPrivileges {
     prefixes: PrefixMap,
     /// Which other channel modes take an argument.
     chanmodes: ChanModes,
+    /// The channel's own modes (MODE changes and RPL_CHANNELMODEIS).
+    flags: ChannelModes,
 }
 
 impl Default for ChannelPrivileges {
@@ -227,6 +277,7 @@ impl ChannelPrivileges {
             mapping: CaseMapping::default(),
             prefixes: PrefixMap::default(),
             chanmodes: ChanModes::parse(DEFAULT_CHANMODES),
+            flags: ChannelModes::default(),
         }
     }
 
@@ -324,6 +375,9 @@ impl ChannelPrivileges {
                     if self.chanmodes.takes_arg(mode, adding) {
                         args.next();
                     }
+                    if !self.chanmodes.lists.contains(mode) {
+                        self.flags.set(mode, adding);
+                    }
                 }
             }
         }
@@ -334,6 +388,13 @@ impl ChannelPrivileges {
                 (before != (occupant.role, occupant.affiliation)).then_some(occupant)
             })
             .collect()
+    }
+
+    /// The channel's own modes that are set, as MODE changes (and the RPL_CHANNELMODEIS
+    /// reply, applied as a change) left them.
+    #[must_use]
+    pub fn channel_modes(&self) -> ChannelModes {
+        self.flags
     }
 
     /// Records a NICK change, keeping the nick's modes; returns whether `old` was here.
@@ -412,6 +473,27 @@ mod tests {
 
     fn occ(nick: &str, role: Role, affiliation: Affiliation) -> Occupant {
         Occupant::new(nick.to_owned(), role, affiliation)
+    }
+
+    #[test]
+    fn channel_modes_follow_changes_and_the_mode_reply_but_not_lists_or_statuses() {
+        let mut channel = ChannelPrivileges::new();
+        channel.set_from_names("@bob");
+        // RPL_CHANNELMODEIS `+ntk secret`, applied as a change.
+        channel.apply_mode("+ntk", &["secret"]);
+        let modes = channel.channel_modes();
+        assert!(modes.keyed() && modes.has('n') && modes.has('t') && !modes.moderated());
+        channel.apply_mode("+mb-k+o", &["*!*@spam", "secret", "bob"]);
+        let modes = channel.channel_modes();
+        assert!(modes.moderated() && !modes.keyed());
+        assert!(!modes.has('b') && !modes.has('o'), "a list entry and a status are not channel flags");
+        channel.apply_mode("+l-m", &["10"]);
+        let modes = channel.channel_modes();
+        assert!(modes.has('l') && !modes.moderated());
+        let mut flags = ChannelModes::default();
+        flags.set('Z', true);
+        flags.set('!', true);
+        assert!(flags.has('Z') && !flags.has('z') && !flags.has('!'));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_core::model::{
-    Affiliation, Availability, CaseMapping, Command, Credentials, Departure, Event, FailureKind, Message, MessageKind, Occupant, Peer, Role,
-    SessionKey,
+    Affiliation, Availability, CaseMapping, ChannelInfo, Command, Credentials, Departure, Event, FailureKind, Message, MessageKind, Occupant, Peer,
+    Role, SessionKey,
 };
 use bridge_core::{Commands, EventSink, Secret, SessionEvent};
 use irc::proto::{Command as IrcCommand, Message as IrcMessage, Response};
@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use bridge_core::backoff::{sleep_until_opt, Backoff};
 
 use crate::ircv3::{Batches, Cap, Caps, EchoQueue};
+use crate::listing::{self, Listing};
 use crate::modes::{ChannelPrivileges, PrefixMap};
 use crate::settings::{NetworkSettings, ServerLimits};
 use crate::text;
@@ -200,6 +201,9 @@ pub struct IrcSession {
     idle_since: Option<Instant>,
     /// Until when numeric replies are answers to the user's raw commands (and shown).
     raw_reply_until: Option<Instant>,
+    /// The server's channel list being fetched or kept a minute for discovery (boxed,
+    /// and `None` for sessions that never list and once the minute is over).
+    listing: Option<Box<Listing>>,
     /// IRCv3 capabilities offered so far on the current connection (`CAP LS` may take
     /// several lines).
     offered: Caps,
@@ -268,6 +272,7 @@ impl IrcSession {
             sasl: Sasl::NotTried,
             idle_since: None,
             raw_reply_until: None,
+            listing: None,
             offered: Caps::default(),
             caps: Caps::default(),
             v3: None,
@@ -427,6 +432,9 @@ impl IrcSession {
         self.queue.retain(|queued| queued.origin.is_some());
         self.burst_left = self.settings.flood_burst;
         self.nick = self.wanted_nick.clone();
+        // A listing of the last connection is not finished on this one: its waiters
+        // are answered that the session could not list (their replies are dropped).
+        self.listing = None;
 
         if let Err(error) = self.register(&mut write).await {
             return Outcome::Dropped(error.to_string());
@@ -443,7 +451,7 @@ impl IrcSession {
             let wait_send = (self.registered && !self.queue.is_empty()).then_some(self.next_send);
             // Nothing left to do here: linger a moment (a client "rejoin" is a leave and a
             // join back to back), then quit.
-            let unused = self.registered && self.wanted.is_empty() && self.private_peers.is_empty();
+            let unused = self.registered && self.wanted.is_empty() && self.private_peers.is_empty() && self.listing.is_none();
             let idle_until = if unused { *self.idle_since.get_or_insert_with(Instant::now) + LINGER } else {
                 self.idle_since = None;
                 deadline
@@ -454,7 +462,10 @@ impl IrcSession {
                         // Accepted: the next connection to this server may start.
                         drop(connecting.take());
                         bridge_core::counters::count(&bridge_core::counters::COUNTERS.irc_lines_in);
-                        if !rate.take(&self.settings.limits, Instant::now()) {
+                        // A LIST is a burst the server was asked for (50,000 lines on the
+                        // largest networks): not cut off while it lasts (15 s at most,
+                        // kept within `listing`'s bounds).
+                        if !rate.take(&self.settings.limits, Instant::now()) && !listing::fetching(&self.listing) {
                             bridge_core::counters::count(&bridge_core::counters::COUNTERS.irc_servers_cut_off);
                             return Outcome::Flooded(flooded(&self.server, &self.settings.limits));
                         }
@@ -479,6 +490,9 @@ impl IrcSession {
                     return self.quit(&mut write, "left every channel").await;
                 }
                 () = sleep_until_opt(wait_send) => {}
+                () = sleep_until_opt(self.listing.as_ref().map(|l| l.deadline())), if self.listing.is_some() => {
+                    listing::tick(&mut self.listing, Instant::now());
+                }
                 () = tokio::time::sleep_until(deadline), if !self.registered => {
                     return Outcome::Lost("no welcome from the server in time".into());
                 }
@@ -640,9 +654,29 @@ impl IrcSession {
                 };
                 self.send(line);
             }
+            Command::DescribeChannel { channel, nicks, reply } => reply.send(self.describe(&channel, nicks)),
+            Command::ListChannels { reply } => {
+                if listing::ask(&mut self.listing, reply, Instant::now()) {
+                    self.send("LIST".to_owned());
+                }
+            }
             Command::Shutdown { .. } => return true,
         }
         false
+    }
+
+    /// What discovery shows of a channel the user is in (reported to the gateway).
+    fn describe(&self, channel: &str, nicks: bool) -> Option<ChannelInfo> {
+        let joined = self.joined.get(self.casemapping.folded(channel).as_ref()).filter(|j| j.reported)?;
+        let modes = joined.privileges.channel_modes();
+        Some(ChannelInfo {
+            name: joined.name.clone(),
+            topic: joined.topic.clone(),
+            moderated: modes.moderated(),
+            keyed: modes.keyed(),
+            occupants: joined.privileges.len(),
+            nicks: if nicks { joined.privileges.occupants().into_iter().map(|o| o.nick).collect() } else { Vec::new() },
+        })
     }
 
     fn send_message(&mut self, message: Message) {
@@ -923,6 +957,23 @@ impl IrcSession {
                     joined.topic = Some(topic.clone());
                 }
             }
+            Response::RPL_CHANNELMODEIS => {
+                let [_, channel, modes, params @ ..] = args.as_slice() else { return None };
+                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(channel)) {
+                    let params: Vec<&str> = params.iter().map(String::as_str).collect();
+                    joined.privileges.apply_mode(modes, &params);
+                }
+            }
+            // Our LIST (a raw one of the user's, with no fetch under way, is shown).
+            Response::RPL_LISTSTART if listing::fetching(&self.listing) => {}
+            Response::RPL_LIST if listing::fetching(&self.listing) => {
+                let [_, channel, users, rest @ ..] = args.as_slice() else { return None };
+                listing::entry(&mut self.listing, channel, users, rest.last().map_or("", String::as_str));
+            }
+            Response::RPL_LISTEND if listing::fetching(&self.listing) => listing::end(&mut self.listing, Instant::now()),
+            Response::RPL_TRYAGAIN if listing::fetching(&self.listing) && args.get(1).is_some_and(|c| c.eq_ignore_ascii_case("LIST")) => {
+                listing::refused(&mut self.listing, Instant::now(), args.last().map_or("", String::as_str));
+            }
             Response::RPL_NAMREPLY => {
                 let [_, _, channel, names, ..] = args.as_slice() else { return None };
                 if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(channel)) {
@@ -1089,6 +1140,8 @@ impl IrcSession {
             }
             privileges.set_prefixes(self.prefixes.clone());
             privileges.set_mapping(self.casemapping);
+            // The channel's own modes (+m, +k: shown by discovery) come in RPL_CHANNELMODEIS.
+            self.send(format!("MODE {name}"));
             self.joined.insert(lower, Joined { name, privileges, topic: None, reported: false });
             return;
         }
