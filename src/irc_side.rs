@@ -279,9 +279,9 @@ impl IrcSide {
             }
             Outgoing::Unchanged => return self.reflect(&session, channel, None, &markup, id.as_deref(), stanza).await,
             Outgoing::Reaction { to, emojis } => {
-                self.reflect(&session, channel, None, &markup, id.as_deref(), stanza).await;
                 if emojis.is_empty() || self.policy.reactions == Reactions::Off {
-                    return;
+                    // Other resources still see it; IRC gets nothing.
+                    return self.reflect(&session, channel, None, &markup, id.as_deref(), stanza).await;
                 }
                 let to = self.reacted_to(&session.user, Conversation::Room(said_key.1.clone()), &to).await;
                 (extensions::reaction_text(&emojis, to.as_ref().map(|(who, body)| (who.as_str(), body.as_str()))), MessageKind::Action)
@@ -333,12 +333,21 @@ impl IrcSide {
             })
             .collect();
         self.send_all(echoes).await;
-        if let (Some(id), true) = (id, irc_text.is_some() && self.echoing.contains(session)) {
-            if self.reflected.len() >= MOST_PENDING {
-                self.reflected.clear();
-            }
-            self.reflected.insert((session.user.clone(), id.to_owned()));
+        if let (Some(id), true) = (id, irc_text.is_some()) {
+            self.expect_echo(session, id);
         }
+    }
+
+    /// The gateway reflected message `id` itself: where the server echoes, that echo is
+    /// dropped, not sent as a second reflection.
+    fn expect_echo(&mut self, session: &SessionKey, id: &str) {
+        if !self.echoing.contains(session) {
+            return;
+        }
+        if self.reflected.len() >= MOST_PENDING {
+            self.reflected.clear();
+        }
+        self.reflected.insert((session.user.clone(), id.to_owned()));
     }
 
     /// Hands a room's command to the session, or refuses the stanza that asked for it.

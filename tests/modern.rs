@@ -213,6 +213,7 @@ async fn corrections_replies_reactions_and_links_arrive_on_irc_as_text(kind: Ser
     assert_eq!(said_on_irc(&mut bob, "#feat", "the reaction").await, "\u{1}ACTION reacted 👍 to bob: \"is it up?\"\u{1}");
     let reacted = alice.wait_for("the reaction's reflection", |e| is_groupchat_from(e, &own) && e.attr("id") == Some("x1")).await;
     assert!(reacted.get_child("reactions", "urn:xmpp:reactions:0").is_some());
+    assert!(!alice.receives_within(Duration::from_millis(1000), |e| is_groupchat_from(e, &own) && e.attr("id") == Some("x1")).await, "one reflection of the reaction: not twice, and not its echo");
 
     // A link from an upload: added to the caption.
     alice
