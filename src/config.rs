@@ -127,6 +127,10 @@ pub struct LimitsConfig {
     /// Members shown per IRC channel; nicks past it are not.
     #[serde(default = "default_irc_channel_members")]
     pub irc_channel_members: u32,
+    /// Channels kept of an IRC server's list (discovery of the server); the rest of a
+    /// longer list is not shown.
+    #[serde(default = "default_irc_list_channels")]
+    pub irc_list_channels: u32,
     /// Mails larger than this are announced with their header, not fetched.
     #[serde(default = "default_mail_fetch_bytes")]
     pub mail_fetch_bytes: u32,
@@ -181,6 +185,9 @@ fn default_irc_lines_burst() -> u32 {
 fn default_irc_channel_members() -> u32 {
     bridge_irc::ServerLimits::default().channel_members
 }
+fn default_irc_list_channels() -> u32 {
+    bridge_irc::ServerLimits::default().list_channels
+}
 
 fn default_stanza_bytes() -> usize {
     crate::xml_stream::StanzaLimits::default().bytes
@@ -214,6 +221,7 @@ impl LimitsConfig {
             lines_per_second: self.irc_lines_per_second,
             lines_burst: self.irc_lines_burst,
             channel_members: self.irc_channel_members,
+            list_channels: self.irc_list_channels,
         }
     }
 }
@@ -244,6 +252,7 @@ impl Default for LimitsConfig {
             irc_lines_per_second: default_irc_lines_per_second(),
             irc_lines_burst: default_irc_lines_burst(),
             irc_channel_members: default_irc_channel_members(),
+            irc_list_channels: default_irc_list_channels(),
             mail_fetch_bytes: default_mail_fetch_bytes(),
             mime_depth: default_mime_depth(),
             mail_decoded_bytes: default_mail_decoded_bytes(),

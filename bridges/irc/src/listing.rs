@@ -16,9 +16,6 @@ use tokio::time::Instant;
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a listing is kept for the pages that follow the first.
 pub const LIST_KEPT: Duration = Duration::from_secs(60);
-/// The most channels kept of one listing; the rest of a larger list is dropped (the
-/// listing says it is incomplete).
-pub const MAX_CHANNELS: usize = 10_000;
 /// The most bytes of a channel's topic kept (cut on a character boundary).
 pub const MAX_TOPIC_BYTES: usize = 200;
 /// The longest channel name kept (servers allow 50 to 64); a longer one is left out, so
@@ -32,7 +29,7 @@ pub enum Listing {
     Fetching {
         /// What arrived so far, in the server's order.
         channels: Vec<ListedChannel>,
-        /// Whether a channel was dropped for [`MAX_CHANNELS`].
+        /// Whether a channel was dropped for the bound on channels.
         truncated: bool,
         /// Who waits for it.
         waiters: Vec<Reply<Arc<ChannelListing>>>,
@@ -85,10 +82,12 @@ pub fn fetching(listing: &Option<Box<Listing>>) -> bool {
 }
 
 /// An RPL_LIST line's arguments after our nick: channel, user count, topic. Kept while
-/// fetching, within [`MAX_CHANNELS`] and [`MAX_NAME_BYTES`]; a malformed count counts as 0.
-pub fn entry(listing: &mut Option<Box<Listing>>, channel: &str, users: &str, topic: &str) {
+/// fetching, within `most` channels (`ServerLimits::list_channels`; the rest of a larger
+/// list is dropped and the listing says it is incomplete) and [`MAX_NAME_BYTES`]; a
+/// malformed count counts as 0.
+pub fn entry(listing: &mut Option<Box<Listing>>, most: usize, channel: &str, users: &str, topic: &str) {
     let Some(Listing::Fetching { channels, truncated, .. }) = listing.as_deref_mut() else { return };
-    if channels.len() >= MAX_CHANNELS || channel.len() > MAX_NAME_BYTES {
+    if channels.len() >= most || channel.len() > MAX_NAME_BYTES {
         *truncated = true;
         return;
     }
@@ -147,6 +146,9 @@ fn short_topic(topic: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The default of `ServerLimits::list_channels`.
+    const MAX_CHANNELS: usize = 10_000;
+
     fn names(listing: &ChannelListing) -> Vec<&str> {
         listing.channels.iter().map(|c| c.name.as_str()).collect()
     }
@@ -160,9 +162,9 @@ mod tests {
         let (second, second_rx) = Reply::new();
         assert!(!ask(&mut listing, second, now), "a second asker waits for the same LIST");
         assert!(fetching(&listing));
-        entry(&mut listing, "#b", "3", "bee");
-        entry(&mut listing, "#a", "x", "");
-        entry(&mut listing, "#b", "3", "bee");
+        entry(&mut listing, MAX_CHANNELS, "#b", "3", "bee");
+        entry(&mut listing, MAX_CHANNELS, "#a", "x", "");
+        entry(&mut listing, MAX_CHANNELS, "#b", "3", "bee");
         end(&mut listing, now);
         let got = first_rx.await.unwrap();
         assert_eq!(names(&got), ["#a", "#b"], "sorted, each name once");
@@ -184,9 +186,9 @@ mod tests {
         let mut listing = None;
         let (reply, rx) = Reply::new();
         assert!(ask(&mut listing, reply, now));
-        entry(&mut listing, &format!("#{}", "x".repeat(MAX_NAME_BYTES)), "1", "a name too long is left out");
+        entry(&mut listing, MAX_CHANNELS, &format!("#{}", "x".repeat(MAX_NAME_BYTES)), "1", "a name too long is left out");
         for i in 0..MAX_CHANNELS + 5 {
-            entry(&mut listing, &format!("#c{i:05}"), "1", "");
+            entry(&mut listing, MAX_CHANNELS, &format!("#c{i:05}"), "1", "");
         }
         tick(&mut listing, now + LIST_TIMEOUT / 2);
         assert!(fetching(&listing), "not yet");

@@ -968,7 +968,8 @@ impl IrcSession {
             Response::RPL_LISTSTART if listing::fetching(&self.listing) => {}
             Response::RPL_LIST if listing::fetching(&self.listing) => {
                 let [_, channel, users, rest @ ..] = args.as_slice() else { return None };
-                listing::entry(&mut self.listing, channel, users, rest.last().map_or("", String::as_str));
+                let most = self.settings.limits.list_channels as usize;
+                listing::entry(&mut self.listing, most, channel, users, rest.last().map_or("", String::as_str));
             }
             Response::RPL_LISTEND if listing::fetching(&self.listing) => listing::end(&mut self.listing, Instant::now()),
             Response::RPL_TRYAGAIN if listing::fetching(&self.listing) && args.get(1).is_some_and(|c| c.eq_ignore_ascii_case("LIST")) => {

@@ -41,6 +41,9 @@ pub struct ServerLimits {
     /// Members kept per channel; nicks past it are not shown (and a NAMES reply that
     /// never ends grows nothing).
     pub channel_members: u32,
+    /// Channels kept of the server's `LIST` (discovery); the rest of a longer list is
+    /// dropped as it arrives.
+    pub list_channels: u32,
 }
 
 impl Default for ServerLimits {
@@ -48,9 +51,10 @@ impl Default for ServerLimits {
     /// burst of 10,000 (the busiest public channels see a few lines a second, and
     /// servers hold their clients far below this; the project's throughput benchmark
     /// peaks near 1,300 a second for a few seconds); 20,000 members per channel (the
-    /// largest public channels have a few thousand).
+    /// largest public channels have a few thousand); 10,000 channels of a LIST (with
+    /// names and topics of at most 200 bytes: 4 MB, for the minute it is kept).
     fn default() -> Self {
-        ServerLimits { line_bytes: 16 * 1024, lines_per_second: 1000, lines_burst: 10_000, channel_members: 20_000 }
+        ServerLimits { line_bytes: 16 * 1024, lines_per_second: 1000, lines_burst: 10_000, channel_members: 20_000, list_channels: 10_000 }
     }
 }
 
