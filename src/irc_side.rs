@@ -1516,9 +1516,8 @@ mod tests {
     #[tokio::test]
     async fn an_always_on_room_is_kept_for_nobody_rejoined_without_irc_and_left_once_turned_off() {
         let mut f = Fixture::in_room().await;
-        let persistent = crate::store::PersistentChannel { server: "irc.x".into(), channel: "#C".into() };
-        let record = UserRecord { persistent_channels: vec![persistent], ..UserRecord::default() };
-        f.side.store.put_user("u@h", &record).await.unwrap();
+        f.side.store.put_user("u@h", &UserRecord::default()).await.unwrap();
+        f.side.store.set_persistent("u@h", "irc.x", "#C", true).await.unwrap();
         let user = UserId("u@h".into());
         f.leave("a", "alice").await;
         f.side.resource_offline(&user, "u@h/a", true).await;
@@ -1535,7 +1534,7 @@ mod tests {
         assert!(matches!(f.bridge.commands(0).as_slice(), [Command::Join { .. }, ..]));
         // Turned off while nobody is in: left at once.
         f.leave("b", "alice").await;
-        f.side.store.put_user("u@h", &UserRecord::default()).await.unwrap();
+        f.side.store.set_persistent("u@h", "irc.x", "#c", false).await.unwrap();
         f.side.persistence_changed(&user, &key().network, "#c", false).await;
         assert!(matches!(f.bridge.commands(0).as_slice(), [Command::Leave { .. }]));
         assert_eq!(f.side.rooms(), 0);

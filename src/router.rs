@@ -32,7 +32,7 @@ use crate::registration::{self, Request, NS_REGISTER};
 use crate::requests::Requests;
 use crate::side::{self, internal, network_of, refuse, stanza_to, Envelope, NetworkSide};
 use crate::stanza;
-use crate::store::{self, Store, StoreError, UserRecord};
+use crate::store::{Store, StoreError, UserRecord};
 use crate::writer::Outbox;
 
 /// How long a registration may wait for the mail servers to accept a login.
@@ -503,12 +503,7 @@ impl Router {
                     Ok(persistent) => persistent,
                     Err((condition, text)) => return refuse(&self.out, stanza, condition, &text).await,
                 };
-                let mut record = record;
-                record.persistent_channels.retain(|p| !p.is(server, channel));
-                if persistent {
-                    record.persistent_channels.push(store::PersistentChannel { server: server.clone(), channel: channel.clone() });
-                }
-                let write = self.store.put_user(&envelope.user, &record);
+                let write = self.store.set_persistent(&envelope.user, server, channel, persistent);
                 let user = envelope.user_id();
                 let network = NetworkId::Irc { server: server.clone() };
                 if let Some(side) = self.side(&network) {

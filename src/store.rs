@@ -55,6 +55,10 @@ const BRIDGE_TREE: &str = "bridge_state";
 const META_TREE: &str = "meta";
 /// The message archive (`archive/sled.rs` owns its keys).
 const ARCHIVE_TREE: &str = "archive";
+/// Always-on channels, one key each (`user \0 server \0 folded channel` -> the channel as
+/// the user wrote it): turning one on or off writes a few bytes, not the user's record
+/// (which sled would keep copies of for every change).
+const PERSISTENT_TREE: &str = "persistent";
 /// Memory sled may keep of the database's pages (its default is 1 GiB, which the
 /// archive's writes would fill over the process's life: pages are read back from the
 /// file when needed).
@@ -65,6 +69,8 @@ const KEY_CHECK_KEY: &[u8] = b"key_check";
 const IRC_PASSWORDS_ASSIGNED_KEY: &[u8] = b"irc_passwords_assigned";
 /// The administrators' ban list: a JSON array of bare JIDs and domains.
 const BANS_KEY: &[u8] = b"bans";
+/// Set once always-on channels were moved out of the users' records into their tree.
+const PERSISTENT_MOVED_KEY: &[u8] = b"persistent_channels_moved";
 const KEY_CHECK_PLAINTEXT: &str = "xmpp-gateway store key check v1";
 /// Associated data of the key check value. JIDs cannot contain NUL, so this can never
 /// equal the associated data of a password (`"<field>\0<jid>"` has a field name first).
@@ -84,7 +90,9 @@ pub struct UserRecord {
     /// have not registered with the email gateway.
     pub email: Option<EmailAccount>,
     /// IRC channels the gateway stays in while none of the user's clients is (always-on,
-    /// biboumi's `persistent`): set per room by its `configure` command.
+    /// biboumi's `persistent`): set per room by its `configure` command, through
+    /// [`Store::set_persistent`] (kept apart from the record: [`Store::put_user`] ignores
+    /// this list; [`Store::user`] fills it).
     pub persistent_channels: Vec<PersistentChannel>,
 }
 
@@ -250,6 +258,8 @@ struct Inner {
     users: sled::Tree,
     /// Bridges' durable state (`BridgeStore`), keyed `user \0 key`.
     bridge_state: sled::Tree,
+    /// Users' always-on channels ([`PERSISTENT_TREE`]).
+    persistent: sled::Tree,
     /// The store's own facts (`key_check`, `irc_passwords_assigned`, `bans`).
     meta: sled::Tree,
     vault: Vault,
@@ -316,8 +326,20 @@ struct StoredUser {
     version: u32,
     irc: Option<StoredIrc>,
     email: Option<StoredEmail>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+}
+
+/// Always-on channels as records listed them before they had a tree of their own.
+#[derive(Deserialize)]
+struct LegacyChannels {
+    #[serde(default)]
     persistent_channels: Vec<PersistentChannel>,
+}
+
+/// The key of an always-on channel in [`PERSISTENT_TREE`]: the user, the server in lower
+/// case, the channel folded as RFC 1459 folds names (NUL is in neither a JID nor a name).
+fn persistent_key(bare_jid: &str, server: &str, channel: &str) -> Vec<u8> {
+    let folded = bridge_core::model::CaseMapping::Rfc1459.fold(channel);
+    [bare_jid.as_bytes(), b"\0", server.to_ascii_lowercase().as_bytes(), b"\0", folded.as_bytes()].concat()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -373,6 +395,9 @@ impl Store {
         let bridge_state = db
             .open_tree(BRIDGE_TREE)
             .map_err(|e| db_error("open", dir, e))?;
+        let persistent = db
+            .open_tree(PERSISTENT_TREE)
+            .map_err(|e| db_error("open", dir, e))?;
 
         let vault = match meta.get(KEY_CHECK_KEY).map_err(|e| db_error("read", dir, e))? {
             Some(check) => {
@@ -416,11 +441,12 @@ impl Store {
             }
         };
 
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 db,
                 users,
                 bridge_state,
+                persistent,
                 meta,
                 vault,
                 dir: dir.to_owned(),
@@ -429,7 +455,60 @@ impl Store {
                 flushed_ticket: std::sync::atomic::AtomicU64::new(0),
                 fsync_probe: FsyncProbe::default(),
             }),
-        })
+        };
+        store.move_persistent_channels_out_of_records()?;
+        Ok(store)
+    }
+
+    /// Records written before always-on channels had a tree of their own list them
+    /// inside: moved to the tree, the records rewritten without them. Done once (a
+    /// marker in `meta`).
+    fn move_persistent_channels_out_of_records(&self) -> Result<(), StoreError> {
+        if self.inner.meta.contains_key(PERSISTENT_MOVED_KEY).map_err(|e| self.db_error("read", e))? {
+            return Ok(());
+        }
+        for jid in self.user_jids()? {
+            let Some(bytes) = self.inner.users.get(jid.as_bytes()).map_err(|e| self.db_error("read", e))? else { continue };
+            let Ok(legacy) = serde_json::from_slice::<LegacyChannels>(&bytes) else { continue };
+            if legacy.persistent_channels.is_empty() {
+                continue;
+            }
+            for channel in &legacy.persistent_channels {
+                self.inner.persistent.insert(persistent_key(&jid, &channel.server, &channel.channel), channel.channel.as_bytes()).map_err(|e| self.db_error("write", e))?;
+            }
+            let record = self.decode(&jid, &bytes)?;
+            self.inner.users.insert(jid.as_bytes(), self.encode(&jid, &record)).map_err(|e| self.db_error("write", e))?;
+        }
+        self.inner.meta.insert(PERSISTENT_MOVED_KEY, b"1".as_slice()).map_err(|e| self.db_error("write", e))?;
+        self.inner.db.flush().map_err(|e| self.db_error("flush", e))?;
+        Ok(())
+    }
+
+    /// Turns `channel` on `server` always on (or off) for `bare_jid`; durable when the
+    /// future resolves. A few bytes: the user's record is not rewritten.
+    pub fn set_persistent(&self, bare_jid: &str, server: &str, channel: &str, on: bool) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
+        let key = persistent_key(bare_jid, server, channel);
+        let written = if on { self.inner.persistent.insert(key, channel.as_bytes()) } else { self.inner.persistent.remove(key) };
+        let written = written.map(drop).map_err(|e| self.db_error("write", e));
+        let store = self.clone();
+        async move {
+            written?;
+            store.flush().await
+        }
+    }
+
+    /// The always-on channels of `bare_jid`, by server then folded name.
+    fn persistent_of(&self, bare_jid: &str) -> Result<Vec<PersistentChannel>, StoreError> {
+        let prefix = [bare_jid.as_bytes(), b"\0"].concat();
+        self.inner
+            .persistent
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| self.db_error("read", e))?;
+                let server = key.get(prefix.len()..).and_then(|rest| rest.split(|&b| b == 0).next()).unwrap_or_default();
+                Ok(PersistentChannel { server: String::from_utf8_lossy(server).into_owned(), channel: String::from_utf8_lossy(&value).into_owned() })
+            })
+            .collect()
     }
 
     /// The message archive's tree in the same database (`archive/sled.rs`).
@@ -500,6 +579,11 @@ impl Store {
         for key in self.inner.bridge_state.scan_prefix(&prefix).keys() {
             let key = key.map_err(|e| self.db_error("read", e))?;
             self.inner.bridge_state.remove(key).map_err(|e| self.db_error("write", e))?;
+        }
+        let prefix = [bare_jid.as_bytes(), b"\0"].concat();
+        for key in self.inner.persistent.scan_prefix(&prefix).keys() {
+            let key = key.map_err(|e| self.db_error("read", e))?;
+            self.inner.persistent.remove(key).map_err(|e| self.db_error("write", e))?;
         }
         Ok(existed)
     }
@@ -634,7 +718,6 @@ impl Store {
                 smtp_server: email.smtp_server.clone(),
                 mark_seen: email.mark_seen,
             }),
-            persistent_channels: record.persistent_channels.clone(),
         };
         serde_json::to_vec(&stored).expect("a struct of strings always serialises to JSON")
     }
@@ -691,7 +774,7 @@ impl Store {
                     })
                 })
                 .transpose()?,
-            persistent_channels: stored.persistent_channels,
+            persistent_channels: self.persistent_of(bare_jid)?,
         })
     }
 
@@ -1031,6 +1114,50 @@ mod tests {
         }
         assert_eq!(t.open().bans().unwrap(), ["evil.example", "mallory@x.example"]);
         assert_eq!(t.open().user_count(), 0, "the ban list is no user");
+    }
+
+    #[tokio::test]
+    async fn always_on_channels_are_keys_of_their_own_kept_across_record_writes_and_removed_with_the_user() {
+        let fx = Fixture::new();
+        let store = fx.open();
+        let jid = "a@x.org";
+        store.put_user(jid, &UserRecord::default()).await.unwrap();
+        store.set_persistent(jid, "IRC.example", "#Rust[", true).await.unwrap();
+        store.set_persistent(jid, "irc.example", "#go", true).await.unwrap();
+        store.set_persistent("b@x.org", "irc.example", "#other", true).await.unwrap();
+        let record = store.user(jid).unwrap().unwrap();
+        assert!(record.is_persistent("irc.example", "#rust{"), "folded as RFC 1459: {record:?}");
+        assert!(record.is_persistent("irc.example", "#go"));
+        assert_eq!(record.persistent_channels.len(), 2, "only a@x.org's");
+        assert!(!raw_json(&store, jid).to_string().contains("persistent"), "not in the record");
+        // A record written again (registration changed) keeps them.
+        store.put_user(jid, &UserRecord { persistent_channels: Vec::new(), ..record.clone() }).await.unwrap();
+        assert_eq!(store.user(jid).unwrap().unwrap().persistent_channels.len(), 2);
+        store.set_persistent(jid, "irc.example", "#GO", false).await.unwrap();
+        assert!(!store.user(jid).unwrap().unwrap().is_persistent("irc.example", "#go"), "turned off by any spelling");
+        store.remove_user(jid).await.unwrap();
+        store.put_user(jid, &UserRecord::default()).await.unwrap();
+        assert!(store.user(jid).unwrap().unwrap().persistent_channels.is_empty(), "gone with the registration");
+        assert_eq!(store.user("b@x.org").unwrap().map(|r| r.persistent_channels.len()), None, "b has no record, only a channel key");
+    }
+
+    #[tokio::test]
+    async fn always_on_channels_listed_inside_records_are_moved_to_their_tree_once() {
+        let fx = Fixture::new();
+        let jid = "a@x.org";
+        {
+            let store = fx.open();
+            store.put_user(jid, &UserRecord::default()).await.unwrap();
+            // A record as the previous version wrote it, and no marker yet.
+            let mut legacy = raw_json(&store, jid);
+            legacy["persistent_channels"] = serde_json::json!([{ "server": "irc.example", "channel": "#Rust" }]);
+            raw_put(&store, jid, &serde_json::to_vec(&legacy).unwrap());
+            store.inner.meta.remove(PERSISTENT_MOVED_KEY).unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = fx.open();
+        assert!(store.user(jid).unwrap().unwrap().is_persistent("irc.example", "#rust"));
+        assert!(!raw_json(&store, jid).to_string().contains("persistent"), "the record rewritten without them");
     }
 
     #[tokio::test]

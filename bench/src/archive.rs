@@ -145,20 +145,25 @@ pub async fn query(peer: Peer, small_fill: usize, fill: usize, queries: usize) -
 pub fn always_on_specs() -> Vec<Spec> {
     vec![
         Spec { key: "channels", label: "always-on channels kept for a user with no client online", unit: "", decimals: 0, target: "" },
-        Spec { key: "rss_per_channel", label: "gateway RSS per always-on channel with nobody joined", unit: "KiB", decimals: 2, target: "" },
+        Spec { key: "rss_joined", label: "gateway RSS per channel, joined by the user (online)", unit: "KiB", decimals: 2, target: "" },
+        Spec { key: "rss_configured", label: "the same, after each was made always on (settings written)", unit: "KiB", decimals: 2, target: "" },
+        Spec { key: "rss_per_channel", label: "gateway RSS per always-on channel with nobody joined (user offline)", unit: "KiB", decimals: 2, target: "" },
+        Spec { key: "rss_restarted", label: "the same in a restarted gateway (channels rejoined at start, no churn)", unit: "KiB", decimals: 2, target: "" },
     ]
 }
 
 /// One run of the always-on part against `peer`: one user joins `channels` channels and
 /// makes each always on (the room's `configure` command, `persistent`, in both
 /// gateways), then goes offline; the gateway's RSS once it settled, less its RSS before
-/// the first join, per channel. An IRC observer in the first channel checks that the
-/// gateway stayed (no PART or QUIT).
+/// the first join, per channel (also after the joins and after the settings). An IRC
+/// observer in the first channel checks that the gateway stayed (no PART or QUIT). Ours
+/// is then restarted: the same channels, rejoined by a process that never saw the joins
+/// and the settings writes (biboumi is not restarted here).
 pub async fn always_on(peer: Peer, channels: usize) -> Result<Measured> {
     let mut m = Measured::default();
     let ircd = &Ngircd::start(false);
     // Past our default of 50 channels per user (biboumi has no such limit).
-    let side = XmppSide::start_with(ircd, &[peer], "[limits]\nchannels_per_user = 10000\n")?;
+    let mut side = XmppSide::start_with(ircd, &[peer], "[limits]\nchannels_per_user = 10000\n")?;
     let pid = side.peer_proc(peer)?.pid;
     let t = peer.tag();
     let user = format!("{t}keeper");
@@ -177,12 +182,20 @@ pub async fn always_on(peer: Peer, channels: usize) -> Result<Measured> {
     observer.join(&format!("#{t}keep0")).await?;
     settle().await;
     let before = procstat::sample(pid)?.rss_kib;
+    let mut phases = Vec::new();
     for i in 0..channels {
         let room = peer.room(&format!("#{t}keep{i}"));
         conn.writer.send(&peer.join_xml(&room, &user)).await?;
         wait_joined(&mut conn.reader, &room, Duration::from_secs(60)).await?;
+    }
+    settle().await;
+    phases.push(procstat::sample(pid)?.rss_kib);
+    for i in 0..channels {
+        let room = peer.room(&format!("#{t}keep{i}"));
         configure(&mut conn, &room, &[("persistent", &["1"])]).await.with_context(|| format!("making {room} always on"))?;
     }
+    settle().await;
+    phases.push(procstat::sample(pid)?.rss_kib);
     drop(conn);
     // Let the offline presences arrive and the memory settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -193,6 +206,21 @@ pub async fn always_on(peer: Peer, channels: usize) -> Result<Measured> {
         }
     }
     let after = procstat::sample(pid)?.rss_kib;
+    let per_channel = |rss: u64| rss.saturating_sub(before) as f64 / channels as f64;
+    m.set("rss_joined", per_channel(phases[0]));
+    m.set("rss_configured", per_channel(phases[1]));
+    if let (Peer::Ours, Some(gateway)) = (peer, side.gateway.as_mut()) {
+        // The same channels in a process that never saw the joins and settings writes:
+        // restarted, the gateway joins its users' always-on channels by itself.
+        gateway.signal("TERM");
+        gateway.wait_exit(Duration::from_secs(20));
+        gateway.spawn();
+        let pid = side.peer_proc(peer)?.pid;
+        observer.wait_for("the gateway back in the channel", Duration::from_secs(60), |l| l.command == "JOIN").await?;
+        // All of them: the last channel's JOIN is not seen from here; give it time.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        m.set("rss_restarted", procstat::sample(pid)?.rss_kib.saturating_sub(before) as f64 / channels as f64);
+    }
     m.set("channels", channels as f64);
     m.set("rss_per_channel", after.saturating_sub(before) as f64 / channels as f64);
     Ok(m)
