@@ -266,7 +266,7 @@ mod tests {
 
     struct Fixture {
         side: EmailSide,
-        out: tokio::sync::mpsc::Receiver<Element>,
+        out: crate::writer::TestReceiver,
         bridge: Arc<Recorder>,
         _tmp: tempfile::TempDir,
     }

@@ -136,7 +136,7 @@ const CLASSES: [Class; 256] = {
 
 /// Appends `text` escaped for element content or, if `in_attribute`, for a value in
 /// single quotes; refuses what XML 1.0 forbids. The escapes are rxml's.
-fn escape(text: &str, in_attribute: bool, out: &mut Vec<u8>) -> Result<(), Refused> {
+pub fn escape(text: &str, in_attribute: bool, out: &mut Vec<u8>) -> Result<(), Refused> {
     let bytes = text.as_bytes();
     let mut copied = 0;
     for (i, &byte) in bytes.iter().enumerate() {

@@ -463,8 +463,17 @@ impl IrcSide {
             // user's client matches to what it sent.
             let archived = self.archive.room_line(&key.user.0, &room.archive_key, room.archive_epoch, who, &body).await.map(crate::mam::id_text);
             let id = message.id.as_deref();
-            let stanzas = room.resources.entered().map(|to| muc::groupchat(&from(to), to, &body, id, archived.as_deref())).collect();
-            return self.send_all(stanzas).await;
+            // Serialised once for every resource; as an element (cleaned by the writer)
+            // only when a character XML forbids is in it.
+            let line = muc::GroupchatLine::new(&body, id, archived.as_deref());
+            for to in room.resources.entered() {
+                let from = from(to);
+                match line.as_ref().and_then(|line| line.stanza(&from, to)) {
+                    Some(bytes) => self.out.send_encoded(bytes).await,
+                    None => self.out.send(muc::groupchat(&from, to, &body, id, archived.as_deref())).await,
+                }
+            }
+            return;
         }
         let Some(from) = peer_jid(&message.peer, Some(server), None, &self.gateway) else {
             return warn!(user = %key.user.0, "a session reported a message from an address we cannot form");
@@ -1218,7 +1227,7 @@ mod tests {
     /// The IRC side with a recording bridge; its outbox; the temporary store's guard.
     struct Fixture {
         side: IrcSide,
-        out: tokio::sync::mpsc::Receiver<Element>,
+        out: crate::writer::TestReceiver,
         bridge: Arc<Recorder>,
         _tmp: tempfile::TempDir,
     }

@@ -516,12 +516,89 @@ fn groupchat_builder(from: &str, to: &str, body: Option<&str>, id: Option<&str>,
     }
 }
 
+/// A channel line as group chat messages, serialised once for every recipient: only
+/// `from`, `to` and the stanza-id's `by` differ between them, and the text is escaped
+/// once. What [`groupchat`] builds, as bytes for the writer (`Outbox::send_encoded`): the
+/// gateway's hot path, where building an element per recipient only to serialise it
+/// again cost a third of the CPU of a delivery.
+pub struct GroupchatLine {
+    /// The body, escaped for element content.
+    body: Vec<u8>,
+    /// The XMPP id (a reflection's), escaped for an attribute.
+    id: Option<Vec<u8>>,
+    /// The archive id of the line, escaped for an attribute.
+    archived: Option<Vec<u8>>,
+}
+
+impl GroupchatLine {
+    /// The line `body`, with the XMPP `id` and the archive id; `None` when a character
+    /// XML forbids is in them (the caller builds an element, which the writer cleans).
+    pub fn new(body: &str, id: Option<&str>, archived: Option<&str>) -> Option<Self> {
+        let escaped = |text: &str, in_attribute: bool| {
+            let mut out = Vec::with_capacity(text.len() + 8);
+            crate::encode::escape(text, in_attribute, &mut out).map(|()| out)
+        };
+        Some(GroupchatLine {
+            body: escaped(body, false).ok()?,
+            id: id.map(|id| escaped(id, true)).transpose().ok()?,
+            archived: archived.map(|archived| escaped(archived, true)).transpose().ok()?,
+        })
+    }
+
+    /// The message from `from` (an occupant or the room) to `to`; the stanza-id is by
+    /// the room, the bare `from`. `None` when a JID holds a character XML forbids.
+    pub fn stanza(&self, from: &str, to: &str) -> Option<Vec<u8>> {
+        use crate::encode::escape;
+        let mut out = Vec::with_capacity(200 + self.body.len());
+        out.extend_from_slice(b"<message xmlns='jabber:component:accept' type='groupchat' from='");
+        escape(from, true, &mut out).ok()?;
+        out.extend_from_slice(b"' to='");
+        escape(to, true, &mut out).ok()?;
+        out.push(b'\'');
+        if let Some(id) = &self.id {
+            out.extend_from_slice(b" id='");
+            out.extend_from_slice(id);
+            out.push(b'\'');
+        }
+        out.extend_from_slice(b"><body>");
+        out.extend_from_slice(&self.body);
+        out.extend_from_slice(b"</body>");
+        if let Some(archived) = &self.archived {
+            let room = from.split_once('/').map_or(from, |(room, _)| room);
+            out.extend_from_slice(b"<stanza-id xmlns='urn:xmpp:sid:0' id='");
+            out.extend_from_slice(archived);
+            out.extend_from_slice(b"' by='");
+            escape(room, true, &mut out).ok()?;
+            out.extend_from_slice(b"'/>");
+        }
+        out.extend_from_slice(b"</message>");
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const NS: &str = "jabber:component:accept";
     const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+
+    #[test]
+    fn a_line_serialised_once_reads_back_as_the_element_groupchat_builds() {
+        let from = "#c%irc.test@gw/bob";
+        for (body, id, archived) in [
+            ("hi <there> & 'you' \"all\"\n\ttabbed", None, Some("1796533239000001")),
+            ("plain", Some("m'1"), None),
+            ("😀 ünïcode", Some("x"), Some("42")),
+        ] {
+            let line = GroupchatLine::new(body, id, archived).unwrap();
+            let bytes = line.stanza(from, "alice@localhost/phone").unwrap();
+            let parsed: Element = std::str::from_utf8(&bytes).unwrap().parse().unwrap();
+            assert_eq!(parsed, groupchat(from, "alice@localhost/phone", body, id, archived), "{}", String::from_utf8_lossy(&bytes));
+        }
+        assert!(GroupchatLine::new("bell \u{7}", None, None).is_none(), "what XML forbids goes the element's way");
+        assert!(GroupchatLine::new("ok", None, None).unwrap().stanza("bad\u{1}@gw", "a@b").is_none());
+    }
 
     #[test]
     fn a_groupchat_message_is_what_xmpp_parsers_reads() {

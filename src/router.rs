@@ -1079,12 +1079,12 @@ mod tests {
 
     /// A router with both sides, sessions that record, a user `user@example.test`
     /// registered for IRC and email, and the outbox's receiving end.
-    fn router() -> (Router, mpsc::Receiver<Element>, tempfile::TempDir, Arc<Recorder>) {
+    fn router() -> (Router, crate::writer::TestReceiver, tempfile::TempDir, Arc<Recorder>) {
         router_with("")
     }
 
     /// [`router`], with `registration` settings added (a line each).
-    fn router_with(registration: &str) -> (Router, mpsc::Receiver<Element>, tempfile::TempDir, Arc<Recorder>) {
+    fn router_with(registration: &str) -> (Router, crate::writer::TestReceiver, tempfile::TempDir, Arc<Recorder>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gw.toml");
         std::fs::write(

@@ -409,7 +409,7 @@ pub(crate) mod testing {
     }
 
     /// Every stanza waiting in the outbox.
-    pub fn drain(rx: &mut mpsc::Receiver<Element>) -> Vec<Element> {
+    pub fn drain(rx: &mut crate::writer::TestReceiver) -> Vec<Element> {
         std::iter::from_fn(|| rx.try_recv().ok()).collect()
     }
 

@@ -28,23 +28,69 @@ const OUTBOX_CAPACITY: usize = 4096;
 /// per stanza.
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// A stanza for the writer.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// An element, serialised by the writer (`encode.rs`).
+    Stanza(Element),
+    /// A stanza already serialised, checked and escaped by whoever built it: the group
+    /// chat messages of channel lines, the gateway's hot path (`muc::GroupchatLine`), skip
+    /// building an element only to take it apart again.
+    Encoded(Vec<u8>),
+}
+
 /// Where handlers and sessions put stanzas for the server. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Outbox(mpsc::Sender<Element>);
+pub struct Outbox(mpsc::Sender<Outgoing>);
 
 impl Outbox {
     /// Queues a stanza; waits only when the writer is far behind.
     pub async fn send(&self, stanza: Element) {
-        if self.0.send(stanza).await.is_err() {
+        self.send_outgoing(Outgoing::Stanza(stanza)).await;
+    }
+
+    /// Queues a stanza already serialised (one whole, well-formed stanza whose text XML
+    /// allows: see [`Outgoing::Encoded`]).
+    pub async fn send_encoded(&self, stanza: Vec<u8>) {
+        self.send_outgoing(Outgoing::Encoded(stanza)).await;
+    }
+
+    async fn send_outgoing(&self, outgoing: Outgoing) {
+        if self.0.send(outgoing).await.is_err() {
             tracing::debug!("the writer has stopped; dropping a stanza at shutdown");
         }
     }
 
     /// An outbox whose stanzas the test reads from the receiver instead of a server.
     #[cfg(test)]
-    pub fn for_tests() -> (Outbox, mpsc::Receiver<Element>) {
+    pub fn for_tests() -> (Outbox, TestReceiver) {
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
-        (Outbox(tx), rx)
+        (Outbox(tx), TestReceiver(rx))
+    }
+}
+
+/// What a test reads from an [`Outbox::for_tests`]: every stanza as an element (those
+/// sent serialised are parsed back).
+#[cfg(test)]
+pub struct TestReceiver(mpsc::Receiver<Outgoing>);
+
+#[cfg(test)]
+impl TestReceiver {
+    /// The next stanza, waiting for it.
+    pub async fn recv(&mut self) -> Option<Element> {
+        self.0.recv().await.map(Self::element)
+    }
+
+    /// The next stanza if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Element, mpsc::error::TryRecvError> {
+        self.0.try_recv().map(Self::element)
+    }
+
+    fn element(outgoing: Outgoing) -> Element {
+        match outgoing {
+            Outgoing::Stanza(stanza) => stanza,
+            Outgoing::Encoded(bytes) => std::str::from_utf8(&bytes).expect("UTF-8").parse().expect("a well-formed stanza"),
+        }
     }
 }
 
@@ -74,15 +120,21 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, stanza: &Element) {
-        if xml_stream::append_bytes(stanza, &mut self.bytes) {
-            self.ends.push(self.bytes.len());
-            let counters = &bridge_core::counters::COUNTERS;
-            bridge_core::counters::count(&counters.stanzas_out);
-            if stanza.attr("type") == Some("error") {
-                bridge_core::counters::count(&counters.errors_out);
+    fn push(&mut self, outgoing: &Outgoing) {
+        let counters = &bridge_core::counters::COUNTERS;
+        match outgoing {
+            Outgoing::Stanza(stanza) => {
+                if !xml_stream::append_bytes(stanza, &mut self.bytes) {
+                    return;
+                }
+                if stanza.attr("type") == Some("error") {
+                    bridge_core::counters::count(&counters.errors_out);
+                }
             }
+            Outgoing::Encoded(bytes) => self.bytes.extend_from_slice(bytes),
         }
+        self.ends.push(self.bytes.len());
+        bridge_core::counters::count(&counters.stanzas_out);
     }
 
     fn is_empty(&self) -> bool {
@@ -117,7 +169,7 @@ async fn write_batch(socket: &mut (impl AsyncWrite + Unpin), batch: &mut Batch) 
 }
 
 async fn run(
-    mut outgoing: mpsc::Receiver<Element>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
     mut control: mpsc::Receiver<Control>,
     keepalive: Duration,
 ) {
@@ -207,7 +259,7 @@ mod tests {
     fn a_cut_write_keeps_the_cut_stanza_and_those_after_it() {
         let mut batch = Batch::default();
         for id in ["a", "b", "c"] {
-            batch.push(&stanza(id));
+            batch.push(&Outgoing::Stanza(stanza(id)));
         }
         let first_end = batch.ends[0];
         // The socket took `a` whole and half of `b`.
@@ -237,7 +289,9 @@ mod tests {
         const PIPE: usize = 256;
         let mut batch = Batch::default();
         for i in 0..10 {
-            batch.push(&format!("<message xmlns='jabber:component:accept' id='m{i}'>{}</message>", "x".repeat(1000)).parse().unwrap());
+            // Elements and stanzas sent serialised, alternately: both are kept whole.
+            let xml = format!("<message xmlns='jabber:component:accept' id='m{i}'>{}</message>", "x".repeat(1000));
+            batch.push(&if i % 2 == 0 { Outgoing::Stanza(xml.parse().unwrap()) } else { Outgoing::Encoded(xml.into_bytes()) });
         }
         let stanza_len = batch.ends[0];
         assert!(stanza_len > 2 * PIPE, "each stanza is larger than the pipe");
