@@ -13,6 +13,7 @@
 //! - a link (`jabber:x:oob`, as HTTP upload clients send it) is added to the text when
 //!   the body does not carry it already.
 
+use bridge_core::model::Typing;
 use minidom::Element;
 
 use crate::connection::NS_COMPONENT;
@@ -29,6 +30,8 @@ pub const NS_REACTIONS: &str = "urn:xmpp:reactions:0";
 pub const NS_OOB: &str = "jabber:x:oob";
 /// XEP-0184 Message Delivery Receipts.
 pub const NS_RECEIPTS: &str = "urn:xmpp:receipts";
+/// XEP-0085 Chat State Notifications.
+pub const NS_CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 
 /// How long a quoted excerpt of a reacted-to message may be, in characters.
 const EXCERPT_CHARS: usize = 40;
@@ -145,6 +148,27 @@ pub fn reaction_text(emojis: &[String], to: Option<(&str, &str)>) -> String {
     }
 }
 
+/// The XEP-0085 chat state of `stanza` as IRCv3 typing: `composing` is typing, `paused`
+/// paused, the others (`active`, `inactive`, `gone`) done.
+pub fn chat_state(stanza: &Element) -> Option<Typing> {
+    stanza.children().filter(|child| child.ns() == NS_CHATSTATES).find_map(|state| match state.name() {
+        "composing" => Some(Typing::Active),
+        "paused" => Some(Typing::Paused),
+        "active" | "inactive" | "gone" => Some(Typing::Done),
+        _ => None,
+    })
+}
+
+/// The chat state element of IRCv3 typing (`done` is `active`: attentive, not typing).
+pub fn chat_state_element(typing: Typing) -> Element {
+    let name = match typing {
+        Typing::Active => "composing",
+        Typing::Paused => "paused",
+        Typing::Done => "active",
+    };
+    Element::builder(name, NS_CHATSTATES).build()
+}
+
 /// Whether `stanza` asks for a XEP-0184 receipt.
 pub fn wants_receipt(stanza: &Element) -> bool {
     stanza.has_child("request", NS_RECEIPTS) && stanza.attr("id").is_some()
@@ -233,6 +257,17 @@ mod tests {
         assert_eq!(irc_text(&upload, None, false), Outgoing::Text("https://up.example/a.jpg".into()));
         let captioned = stanza("<message xmlns='jabber:component:accept' type='chat'><body>look</body><x xmlns='jabber:x:oob'><url>https://up.example/a.jpg</url></x></message>");
         assert_eq!(irc_text(&captioned, None, false), Outgoing::Text("look https://up.example/a.jpg".into()));
+    }
+
+    #[test]
+    fn chat_states_are_typing_both_ways() {
+        let state = |name: &str| stanza(&format!("<message xmlns='jabber:component:accept' type='chat'><{name} xmlns='http://jabber.org/protocol/chatstates'/></message>"));
+        assert_eq!(chat_state(&state("composing")), Some(Typing::Active));
+        assert_eq!(chat_state(&state("paused")), Some(Typing::Paused));
+        assert_eq!(chat_state(&state("gone")), Some(Typing::Done));
+        assert_eq!(chat_state(&stanza("<message xmlns='jabber:component:accept'><body>x</body></message>")), None);
+        assert!(chat_state_element(Typing::Active).is("composing", NS_CHATSTATES));
+        assert!(chat_state_element(Typing::Done).is("active", NS_CHATSTATES));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use async_trait::async_trait;
-use bridge_core::model::{Availability, CaseMapping, Command, Departure, Event, FailureKind, Message, MessageKind, NetworkId, Occupant, Peer, SessionKey, UserId};
+use bridge_core::model::{Availability, CaseMapping, Command, Departure, Event, FailureKind, Message, MessageKind, NetworkId, Occupant, Peer, SessionKey, Typing, UserId};
 use bridge_core::model::{ChannelInfo, ChannelListing, Reply};
 use minidom::Element;
 use tracing::{debug, info, warn};
@@ -273,6 +273,10 @@ impl IrcSide {
         let markup: Vec<Element> = stanza.children().filter(|child| reflected(child)).cloned().collect();
         let (body, kind) = match extensions::irc_text(stanza, self.said.get(&said_key), true) {
             Outgoing::Nothing => {
+                if let Some(typing) = extensions::chat_state(stanza) {
+                    let command = Command::Typing { peer: Peer::Channel(room.channel.clone()), typing };
+                    return self.sessions.tell(&session, command);
+                }
                 let Some(topic) = stanza.get_child("subject", NS_COMPONENT).map(Element::text) else { return };
                 let command = Command::SetTopic { channel: room.channel.clone(), topic };
                 return self.room_command(stanza, session, command).await;
@@ -674,6 +678,35 @@ impl IrcSide {
 
     /// The session ended on its own: commands it did not take start a new one; if none
     /// runs, the user's rooms on that network are closed and they are told why.
+    /// Someone typing (IRCv3 `+typing`): a chat state from the contact, or in a room from
+    /// the occupant to every resource in it.
+    async fn typing(&mut self, key: &SessionKey, server: &str, peer: Peer, sender: Option<String>, typing: Typing) {
+        let state = extensions::chat_state_element(typing);
+        if let (Peer::Channel(channel), Some(nick)) = (&peer, &sender) {
+            let Some(room) = self.rooms.get(&self.key(key, channel)) else { return };
+            let stanzas = room
+                .resources
+                .entered()
+                .map(|to| {
+                    let mut stanza = muc::groupchat_without_body(&room.occupant_jid(to, nick), to, None);
+                    stanza.append_child(state.clone());
+                    stanza
+                })
+                .collect();
+            return self.send_all(stanzas).await;
+        }
+        let Some(contact) = peer_jid(&peer, Some(server), None, &self.gateway) else { return };
+        for to in self.conversations.resources(&key.user.0, &contact) {
+            let stanza = Element::builder("message", NS_COMPONENT)
+                .attr(rxml::xml_ncname!("type").into(), "chat")
+                .attr(rxml::xml_ncname!("from").into(), contact.as_str())
+                .attr(rxml::xml_ncname!("to").into(), to.as_str())
+                .append(state.clone())
+                .build();
+            self.out.send(stanza).await;
+        }
+    }
+
     /// The server took a private message: its receipt, if its sender asked for one.
     async fn accepted(&mut self, key: &SessionKey, server: &str, peer: Peer, id: String) {
         let Some(contact) = self.receipts.remove(&(key.user.clone(), id.clone())) else { return };
@@ -821,9 +854,16 @@ impl NetworkSide for IrcSide {
         let contact = peer_jid(&peer, Some(server), None, &self.gateway);
         let user = envelope.user_id();
         let said_key = (user.clone(), contact.clone().unwrap_or_default().to_lowercase());
-        // Chat states, markers and receipts without a body: nothing to carry.
+        // Chat states (typing, where the network carries it), markers and receipts
+        // without a body: nothing else to carry, and no session started for them.
         let (body, action) = match extensions::irc_text(stanza, self.said.get(&said_key), false) {
-            Outgoing::Nothing | Outgoing::Unchanged => return,
+            Outgoing::Nothing => {
+                if let (Some(typing), Peer::Nick(_)) = (extensions::chat_state(stanza), &peer) {
+                    self.sessions.tell(&SessionKey { user, network }, Command::Typing { peer, typing });
+                }
+                return;
+            }
+            Outgoing::Unchanged => return,
             Outgoing::Reaction { emojis, .. } if emojis.is_empty() || self.policy.reactions == Reactions::Off => return,
             Outgoing::Reaction { to, emojis } => {
                 let conversation = Conversation::private(&said_key.1);
@@ -891,6 +931,7 @@ impl NetworkSide for IrcSide {
                 self.echoing.remove(&key);
             }
             Event::Accepted { peer, id } => self.accepted(&key, server, peer, id).await,
+            Event::Typing { peer, sender, typing } => self.typing(&key, server, peer, sender, typing).await,
             Event::Ended { reason, unhandled } => self.ended(key, reason, unhandled).await,
             Event::Attachment { .. } | Event::NetworkStatus { .. } | Event::WhenRouted(_) => debug!("an IRC session reported an email event"),
         }

@@ -247,3 +247,38 @@ async fn private_receipts_chat_states_and_markers_without_echo_message(kind: Ser
     assert!(!alice.receives_within(Duration::from_millis(1000), |e| e.attr("type") == Some("error")).await, "no error for a chat state or a marker");
     assert!(!alice.receives_within(Duration::from_millis(200), |e| e.get_child("received", NS_RECEIPTS).is_some()).await, "no receipt unasked");
 }
+
+on_each_server!(typing_crosses_as_chat_states_and_ircv3_typing_tags);
+/// XEP-0085 chat states and IRCv3 `+typing` (InspIRCd carries client tags between
+/// clients that asked for `message-tags`): alice composing to bob is a `TAGMSG` with
+/// `+typing=active`; bob typing to alice, or in the channel, is her `composing`.
+async fn typing_crosses_as_chat_states_and_ircv3_typing_tags(kind: ServerKind) {
+    let server = XmppServer::start(kind);
+    let ircd = Inspircd::start();
+    let _gateway = gateway_on_inspircd(&server, &ircd);
+    let mut bob = IrcClient::connect_with_caps(ircd.port, "bob", "message-tags").await;
+    bob.join("#typing").await;
+    let mut alice = server.client("alice", "localhost").await;
+    let r = room("#typing", "localhost");
+    enter(&mut alice, &r, "alice").await;
+    let contact = format!("bob%localhost@{GW}");
+    // A message first: the conversation (and the session) exist; typing starts none.
+    alice.send_raw(&format!("<message to='{contact}' type='chat' id='t0'><body>hi</body></message>")).await;
+    assert_eq!(said_on_irc(&mut bob, "bob", "alice's message").await, "hi");
+
+    alice.send_raw(&format!("<message to='{contact}' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>")).await;
+    let tagmsg = bob.wait_for("alice's typing", |l| l.command == "TAGMSG").await;
+    assert!(tagmsg.raw.starts_with("@") && tagmsg.raw.contains("+typing=active"), "{}", tagmsg.raw);
+    assert_eq!(tagmsg.prefix_nick.as_deref(), Some("alice"));
+    assert_eq!(tagmsg.params.first().map(String::as_str), Some("bob"));
+
+    let is_state = |e: &Element, from: &str, name: &str| e.attr("from") == Some(from) && e.get_child(name, "http://jabber.org/protocol/chatstates").is_some();
+    bob.send_line("@+typing=active TAGMSG alice").await;
+    let private = alice.wait_for("bob typing to alice", |e| is_state(e, &contact, "composing")).await;
+    assert_eq!(private.attr("type"), Some("chat"));
+    assert!(private.get_child("body", NS_CLIENT).is_none());
+    bob.send_line("@+typing=paused TAGMSG #typing").await;
+    let bobs = format!("{r}/bob");
+    let in_room = alice.wait_for("bob typing in the room", |e| is_state(e, &bobs, "paused")).await;
+    assert_eq!(in_room.attr("type"), Some("groupchat"));
+}

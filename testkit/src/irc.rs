@@ -105,6 +105,26 @@ impl IrcClient {
         client
     }
 
+    /// [`IrcClient::connect`], asking the server for the IRCv3 capabilities `caps`
+    /// (space-separated) first; panics unless all are acknowledged.
+    pub async fn connect_with_caps(port: u16, nick: &str, caps: &str) -> IrcClient {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to IRC on 127.0.0.1:{port}: {e}"));
+        stream.set_nodelay(true).unwrap();
+        let mut client = IrcClient::over(stream, nick);
+        client.send_line("CAP LS 302").await;
+        client.send_line(&format!("NICK {nick}")).await;
+        client.send_line(&format!("USER {nick} 0 * :test client {nick}")).await;
+        client.send_line(&format!("CAP REQ :{caps}")).await;
+        let answer = client.wait_for("the CAP REQ answer", |l| l.command == "CAP" && matches!(l.params.get(1).map(String::as_str), Some("ACK" | "NAK"))).await;
+        assert_eq!(answer.params.get(1).map(String::as_str), Some("ACK"), "{nick}'s capabilities {caps} refused: {}", answer.raw);
+        client.send_line("CAP END").await;
+        let reply = client.wait_for("registration (001)", |l| matches!(l.command.as_str(), "001" | "ERROR" | "433")).await;
+        assert_eq!(reply.command, "001", "IRC registration of {nick} failed: {}", reply.raw);
+        client
+    }
+
     /// A client named `nick` on `stream`, before anything is said.
     fn over(stream: TcpStream, nick: &str) -> IrcClient {
         let (read, writer) = stream.into_split();

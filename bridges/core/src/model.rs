@@ -168,6 +168,14 @@ pub enum Command {
         /// Who is invited.
         nick: String,
     },
+    /// The user is typing to `peer`, or stopped (XEP-0085 chat states): IRCv3 `+typing`
+    /// where the server carries client tags, nothing elsewhere.
+    Typing {
+        /// To whom: a nick or a channel.
+        peer: Peer,
+        /// How far along.
+        typing: Typing,
+    },
     /// Say what the session knows of a joined channel (service discovery): `None` when
     /// it is not in the channel on the current connection.
     DescribeChannel {
@@ -272,6 +280,17 @@ pub struct ChannelListing {
     /// The server's words when it refused to list (RPL_TRYAGAIN: "server load is
     /// temporarily too heavy").
     pub refused: Option<String>,
+}
+
+/// Typing notifications (IRCv3 `+typing`, XEP-0085 chat states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Typing {
+    /// Typing now (`composing`).
+    Active,
+    /// Stopped for a while, text still there (`paused`).
+    Paused,
+    /// Not typing any more: sent, or the text cleared (`active`, `inactive`, `gone`).
+    Done,
 }
 
 /// A room occupant's role (XEP-0045 §5.1), from IRC channel prefixes and modes.
@@ -572,6 +591,15 @@ pub enum Event {
         peer: Peer,
         /// The message's XMPP id.
         id: String,
+    },
+    /// Someone is typing to the user, or in a channel (IRCv3 `+typing`).
+    Typing {
+        /// Where: the nick (privately) or the channel.
+        peer: Peer,
+        /// Who, in a channel.
+        sender: Option<String>,
+        /// How far along.
+        typing: Typing,
     },
     /// Someone invited the user to a channel (IRC INVITE).
     Invited {

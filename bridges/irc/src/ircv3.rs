@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
+use bridge_core::model::Typing;
+
 /// A capability the gateway uses when the server offers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cap {
@@ -196,6 +198,29 @@ pub fn delay(time: Option<&str>, played_back: bool, now: SystemTime) -> Option<S
     (played_back || old).then_some(then)
 }
 
+/// The `TAGMSG` that tells `target` (a nick or a channel, already safe as a word) how
+/// far the user's typing is (IRCv3 `+typing`, needs `message-tags`).
+#[must_use]
+pub fn typing_line(target: &str, typing: Typing) -> String {
+    let value = match typing {
+        Typing::Active => "active",
+        Typing::Paused => "paused",
+        Typing::Done => "done",
+    };
+    format!("@+typing={value} TAGMSG {target}")
+}
+
+/// The `+typing` tag's value read (`None` for anything else).
+#[must_use]
+pub fn typing_of(value: Option<&str>) -> Option<Typing> {
+    match value? {
+        "active" => Some(Typing::Active),
+        "paused" => Some(Typing::Paused),
+        "done" => Some(Typing::Done),
+        _ => None,
+    }
+}
+
 /// One line of the user's, written and waiting for its `echo-message` echo.
 #[derive(Debug)]
 struct Written<O> {
@@ -310,6 +335,15 @@ mod tests {
         assert_eq!(delay(Some("2026-12-06T06:00:00+01:00"), true, now), Some(at("2026-12-06T05:00:00Z")), "any offset");
         assert_eq!(delay(Some("yesterday"), true, now), None);
         assert_eq!(delay(None, true, now), None);
+    }
+
+    #[test]
+    fn typing_is_a_client_tag_on_tagmsg_both_ways() {
+        assert_eq!(typing_line("bob", Typing::Active), "@+typing=active TAGMSG bob");
+        assert_eq!(typing_line("#c", Typing::Done), "@+typing=done TAGMSG #c");
+        assert_eq!(typing_of(Some("paused")), Some(Typing::Paused));
+        assert_eq!(typing_of(Some("typing")), None);
+        assert_eq!(typing_of(None), None);
     }
 
     #[test]

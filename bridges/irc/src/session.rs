@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bridge_core::model::{
     Affiliation, Availability, CaseMapping, ChannelInfo, Command, Credentials, Departure, Event, FailureKind, Message, MessageKind, Occupant, Peer,
-    Role, SessionKey,
+    Role, SessionKey, Typing,
 };
 use bridge_core::{Commands, EventSink, Secret, SessionEvent};
 use irc::proto::{Command as IrcCommand, Message as IrcMessage, Response};
@@ -642,6 +642,16 @@ impl IrcSession {
             }
             Command::ChangeNick { nick } => self.send(format!("NICK {}", text::sanitize_word(&nick))),
             Command::Invite { channel, nick } => self.send(format!("INVITE {} {}", text::sanitize_word(&nick), text::sanitize_word(&channel))),
+            Command::Typing { peer, typing } => {
+                // Only where the server carries client tags; a hint, never worth an error.
+                let target = match &peer {
+                    Peer::Nick(target) | Peer::Channel(target) => target,
+                    Peer::Server | Peer::EmailAddress(_) => return false,
+                };
+                if self.caps.has(Cap::MessageTags) {
+                    self.send(crate::ircv3::typing_line(&text::sanitize_word(target), typing));
+                }
+            }
             Command::SetAvailability { availability, status } => {
                 let line = match availability {
                     Availability::Available => "AWAY".to_owned(),
@@ -821,6 +831,12 @@ impl IrcSession {
             // Ours only: with invite-notify a channel operator also hears of others'.
             IrcCommand::INVITE(nick, channel) if self.casemapping.fold(&nick) == self.casemapping.fold(&self.nick) => {
                 self.emit(Event::Invited { channel, by: source }).await;
+            }
+            IrcCommand::Raw(ref command, ref args) if command == "TAGMSG" => {
+                let typing = message.tags.as_deref().and_then(|tags| tags.iter().find(|tag| tag.0 == "+typing")).and_then(|tag| crate::ircv3::typing_of(tag.1.as_deref()));
+                if let (Some(typing), Some(nick), Some(target)) = (typing, source, args.first()) {
+                    self.on_typing(nick, target, typing).await;
+                }
             }
             IrcCommand::PRIVMSG(target, body) => {
                 let delay = self.delay_of(message.tags.as_deref());
@@ -1320,6 +1336,23 @@ impl IrcSession {
                 }
             }
         }
+    }
+
+    /// Someone's `+typing`: privately to the user, or in a joined channel (not the user's
+    /// own, echoed back).
+    async fn on_typing(&mut self, nick: String, target: &str, typing: Typing) {
+        if self.is_me(&nick) {
+            return;
+        }
+        let event = if target.starts_with(['#', '&', '+', '!']) {
+            let Some(joined) = self.joined.get(self.casemapping.folded(target).as_ref()) else { return };
+            Event::Typing { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), typing }
+        } else if self.is_me(target) {
+            Event::Typing { peer: Peer::Nick(nick), sender: None, typing }
+        } else {
+            return;
+        };
+        self.emit(event).await;
     }
 
     /// Records the services account `nick` is logged in to (`None`: logged out).
