@@ -132,7 +132,7 @@ fn reply_nick(stanza: &Element) -> Option<&str> {
 }
 
 /// The action text of reactions: `reacted 👍 to bob: "hello th…"` (`to`: who said what,
-/// when known).
+/// when known; who is empty in a private conversation).
 pub fn reaction_text(emojis: &[String], to: Option<(&str, &str)>) -> String {
     let emojis = emojis.join(" ");
     match to {
@@ -142,7 +142,12 @@ pub fn reaction_text(emojis: &[String], to: Option<(&str, &str)>) -> String {
             if excerpt.len() < said.len() {
                 excerpt.push('…');
             }
-            format!("reacted {emojis} to {who}: \"{excerpt}\"")
+            if who.is_empty() {
+                // Privately: whose message it was goes without saying.
+                format!("reacted {emojis} to \"{excerpt}\"")
+            } else {
+                format!("reacted {emojis} to {who}: \"{excerpt}\"")
+            }
         }
         None => format!("reacted {emojis}"),
     }
@@ -249,6 +254,7 @@ mod tests {
             "reacted 👍 to bob: \"a message far longer than forty characte…\""
         );
         assert_eq!(reaction_text(&emojis, None), "reacted 👍");
+        assert_eq!(reaction_text(&emojis, Some(("", "hi"))), "reacted 👍 to \"hi\"", "privately");
     }
 
     #[test]

@@ -866,8 +866,9 @@ impl NetworkSide for IrcSide {
             Outgoing::Unchanged => return,
             Outgoing::Reaction { emojis, .. } if emojis.is_empty() || self.policy.reactions == Reactions::Off => return,
             Outgoing::Reaction { to, emojis } => {
-                let conversation = Conversation::private(&said_key.1);
-                let to = self.reacted_to(&user, conversation, &to).await;
+                // The archive keeps the contact as the gateway spells it (nick case kept).
+                let conversation = Conversation::private(contact.as_deref().unwrap_or_default());
+                let to = self.reacted_to(&user, conversation, &to).await.map(|(_, said)| (String::new(), said));
                 (extensions::reaction_text(&emojis, to.as_ref().map(|(who, body)| (who.as_str(), body.as_str()))), true)
             }
             Outgoing::Text(text) => {

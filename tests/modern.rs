@@ -224,10 +224,11 @@ async fn corrections_replies_reactions_and_links_arrive_on_irc_as_text(kind: Ser
     assert_eq!(said_on_irc(&mut bob, "#feat", "the link").await, "look https://upload.example.test/a.png");
 }
 
-on_each_server!(private_receipts_chat_states_and_markers_without_echo_message);
+on_each_server!(private_receipts_chat_states_markers_and_reactions_without_echo_message);
 /// ngIRCd offers no `echo-message`: a receipt means the line was written to the server.
-/// Chat states and markers cross nothing and draw no error.
-async fn private_receipts_chat_states_and_markers_without_echo_message(kind: ServerKind) {
+/// Chat states and markers cross nothing here and draw no error; a reaction quotes the
+/// private message it answers.
+async fn private_receipts_chat_states_markers_and_reactions_without_echo_message(kind: ServerKind) {
     let server = XmppServer::start(kind);
     let ircd = Ngircd::start(false);
     let _gateway = Gateway::start_irc(&server, &ircd, None);
@@ -246,6 +247,17 @@ async fn private_receipts_chat_states_and_markers_without_echo_message(kind: Ser
     assert_eq!(said_on_irc(&mut bob, "bob", "the next message").await, "still here", "nothing went to IRC for the state and the marker");
     assert!(!alice.receives_within(Duration::from_millis(1000), |e| e.attr("type") == Some("error")).await, "no error for a chat state or a marker");
     assert!(!alice.receives_within(Duration::from_millis(200), |e| e.get_child("received", NS_RECEIPTS).is_some()).await, "no receipt unasked");
+
+    // A reaction to bob's private message (by its archive id): an action quoting it.
+    bob.privmsg("alice", "lunch at noon?").await;
+    let question = alice.wait_for("bob's message", |e| e.attr("from") == Some(contact.as_str()) && e.get_child("body", NS_CLIENT).is_some()).await;
+    let stanza_id = question.get_child("stanza-id", "urn:xmpp:sid:0").and_then(|s| s.attr("id")).expect("an archive id").to_owned();
+    alice
+        .send_raw(&format!(
+            "<message to='{contact}' type='chat' id='x2'><reactions xmlns='urn:xmpp:reactions:0' id='{stanza_id}'><reaction>👍</reaction></reactions></message>"
+        ))
+        .await;
+    assert_eq!(said_on_irc(&mut bob, "bob", "the reaction").await, "\u{1}ACTION reacted 👍 to \"lunch at noon?\"\u{1}");
 }
 
 on_each_server!(typing_crosses_as_chat_states_and_ircv3_typing_tags);
