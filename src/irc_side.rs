@@ -294,14 +294,15 @@ impl IrcSide {
                 if let Some(id) = &id {
                     // A correction keeps pointing at the first message's id.
                     let first = stanza.get_child("replace", extensions::NS_CORRECT).and_then(|r| r.attr("id")).unwrap_or(id);
-                    let plain = markup.iter().all(|child| child.name() == "origin-id");
                     let said = Said { id: first.to_owned(), body: stanza.get_child("body", NS_COMPONENT).map(Element::text).unwrap_or_default() };
                     self.said.insert(said_key, said);
-                    if plain && self.echoing.contains(&session) {
-                        // The server's echo is the reflection.
-                        let message = Message { peer: Peer::Channel(self.rooms.get(&key).map(|r| r.channel.clone()).unwrap_or_default()), sender: None, kind: MessageKind::Group, body: text, subject: None, thread: None, id: Some(id.clone()), delay: None };
-                        return self.room_command(stanza, session, Command::Send(message)).await;
-                    }
+                }
+                let plain = markup.iter().all(|child| child.name() == "origin-id");
+                if plain && self.echoing.contains(&session) {
+                    // The server's echo is the reflection.
+                    let channel = self.rooms.get(&key).map(|r| r.channel.clone()).unwrap_or_default();
+                    let message = Message { peer: Peer::Channel(channel), sender: None, kind: MessageKind::Group, body: text, subject: None, thread: None, id, delay: None };
+                    return self.room_command(stanza, session, Command::Send(message)).await;
                 }
                 (text, MessageKind::Group)
             }

@@ -79,6 +79,7 @@ async fn echo_message_is_the_reflection_once_with_the_text_the_server_took(kind:
     // Every part bound (`..` would drop the servers at once).
     let OnInspircd { server: _server, ircd: _ircd, gateway: _gateway, mut bob, mut alice, room: r } = on_inspircd(kind, "#echo", |_| {}).await;
     bob.send_line("MODE #echo +G").await;
+    bob.wait_for("the word filter on", |l| l.command == "MODE" && l.raw.contains("+G")).await;
 
     alice.send_raw(&format!("<message to='{r}' type='groupchat' id='e1'><body>darn it</body></message>")).await;
     assert_eq!(said_on_irc(&mut bob, "#echo", "alice's line").await, "gosh it");
@@ -88,6 +89,11 @@ async fn echo_message_is_the_reflection_once_with_the_text_the_server_took(kind:
     assert_eq!(body(&reflection).as_deref(), Some("gosh it"), "the text the server took, from its echo");
     assert!(reflection.get_child("stanza-id", "urn:xmpp:sid:0").is_some(), "the echo is archived like any line");
     assert!(!alice.receives_within(Duration::from_millis(1500), |e| is_groupchat_from(e, &own)).await, "one reflection, not two");
+    // Without an id too.
+    alice.send_raw(&format!("<message to='{r}' type='groupchat'><body>no id</body></message>")).await;
+    let is_no_id = |e: &Element| is_groupchat_from(e, &own) && body(e).as_deref() == Some("no id");
+    alice.wait_for("the reflection of a message without an id", is_no_id).await;
+    assert!(!alice.receives_within(Duration::from_millis(1500), is_no_id).await, "one reflection of it, not two");
 
     // A private message: its receipt comes once the server echoed it.
     let contact = format!("bob%localhost@{GW}");
