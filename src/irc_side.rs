@@ -709,9 +709,8 @@ impl IrcSide {
     }
 
     /// The server took a private message: its receipt, if its sender asked for one.
-    async fn accepted(&mut self, key: &SessionKey, server: &str, peer: Peer, id: String) {
+    async fn accepted(&mut self, key: &SessionKey, id: String) {
         let Some(contact) = self.receipts.remove(&(key.user.clone(), id.clone())) else { return };
-        debug_assert_eq!(peer_jid(&peer, Some(server), None, &self.gateway).as_deref().map(str::to_lowercase), Some(contact.to_lowercase()));
         for to in self.conversations.resources(&key.user.0, &contact) {
             self.out.send(extensions::receipt(&contact, &to, &id)).await;
         }
@@ -932,7 +931,8 @@ impl NetworkSide for IrcSide {
             Event::Echoes(false) => {
                 self.echoing.remove(&key);
             }
-            Event::Accepted { peer, id } => self.accepted(&key, server, peer, id).await,
+            // The contact the receipt comes from was kept with the request.
+            Event::Accepted { id, .. } => self.accepted(&key, id).await,
             Event::Typing { peer, sender, typing } => self.typing(&key, server, peer, sender, typing).await,
             Event::Ended { reason, unhandled } => self.ended(key, reason, unhandled).await,
             Event::Attachment { .. } | Event::NetworkStatus { .. } | Event::WhenRouted(_) => debug!("an IRC session reported an email event"),

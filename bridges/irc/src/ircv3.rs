@@ -285,6 +285,10 @@ impl<O: Clone + PartialEq> EchoQueue<O> {
             .or_else(|| self.written.iter().position(to_target))?;
         let line = self.written.remove(index)?;
         let mut skipped: Vec<O> = Vec::new();
+        // The usual case: nothing to the target was waiting before it (no refusal).
+        if !self.written.iter().take(index).any(to_target) {
+            return Some(Echoed { origin: line.origin, last: line.last, skipped });
+        }
         let mut kept = VecDeque::with_capacity(self.written.len());
         for (i, waiting) in self.written.drain(..).enumerate() {
             if i < index && to_target(&waiting) {
