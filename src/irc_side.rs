@@ -122,7 +122,11 @@ impl IrcSide {
 
     /// Whether `user` keeps `channel` on `network` always on (their stored settings).
     fn is_persistent(&self, user: &UserId, network: &NetworkId, channel: &str) -> bool {
-        always_on(self.settings(user).as_ref(), network, channel)
+        let NetworkId::Irc { server } = network else { return false };
+        self.store.is_persistent(&user.0, server, channel).unwrap_or_else(|error| {
+            warn!(user = %user.0, %error, "cannot read whether a channel is always on; leaving it");
+            false
+        })
     }
 
     /// Archives a line of `user`'s and gives its id, for the live copies' stanza-id

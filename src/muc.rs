@@ -91,36 +91,39 @@ pub fn history_request(join: &Element, now: u64) -> Option<HistoryRequest> {
 /// The user's resources in a room, by full JID, each with whether it was sent the
 /// room's entry (occupants, self-presence, subject) since the IRC side last confirmed the
 /// join: occupant changes go to those only, and the others get the entry with the next
-/// `Joined`. One map rather than two sets: most rooms hold one resource, thousands of
-/// times over.
+/// `Joined`. A short list rather than a map: a room holds the few resources of one user
+/// (most often one), thousands of times over, and an always-on room none.
 #[derive(Debug, Clone, Default)]
-pub struct Resources(HashMap<String, bool>);
+pub struct Resources(Vec<(String, bool)>);
 
 impl Resources {
     /// One resource, not entered yet.
     pub fn of(resource: String) -> Self {
-        Resources(HashMap::from([(resource, false)]))
+        Resources(vec![(resource, false)])
     }
 
     /// Whether `resource` is in the room (or joining it).
     pub fn contains(&self, resource: &str) -> bool {
-        self.0.contains_key(resource)
+        self.0.iter().any(|(known, _)| known == resource)
     }
 
     /// Adds `resource`, not entered yet; false if it was there already.
     pub fn insert(&mut self, resource: String) -> bool {
-        match self.0.entry(resource) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(false);
-                true
-            }
+        if self.contains(&resource) {
+            return false;
         }
+        self.0.push((resource, false));
+        true
     }
 
-    /// Removes `resource`; false if it was not there.
+    /// Removes `resource`; false if it was not there. The last one leaving frees the list.
     pub fn remove(&mut self, resource: &str) -> bool {
-        self.0.remove(resource).is_some()
+        let Some(at) = self.0.iter().position(|(known, _)| known == resource) else { return false };
+        self.0.swap_remove(at);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        true
     }
 
     /// How many resources are in the room.
@@ -135,12 +138,12 @@ impl Resources {
 
     /// Every resource, entered or not.
     pub fn iter(&self) -> impl Iterator<Item = &String> {
-        self.0.keys()
+        self.0.iter().map(|(resource, _)| resource)
     }
 
     /// The resources that were sent the room's entry.
     pub fn entered(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().filter(|(_, entered)| **entered).map(|(resource, _)| resource)
+        self.0.iter().filter(|(_, entered)| *entered).map(|(resource, _)| resource)
     }
 
     /// Marks every resource entered; returns those that were not (they get the entry now).
@@ -157,12 +160,12 @@ impl Resources {
 
     /// Marks every resource as not entered (the join is to be confirmed again).
     pub fn forget_entries(&mut self) {
-        self.0.values_mut().for_each(|entered| *entered = false);
+        self.0.iter_mut().for_each(|(_, entered)| *entered = false);
     }
 
     /// Adds the resources of `other` that are not here yet, not entered.
     pub fn merge(&mut self, other: Resources) {
-        for resource in other.0.into_keys() {
+        for (resource, _) in other.0 {
             self.insert(resource);
         }
     }
@@ -293,18 +296,19 @@ impl hashbrown::Equivalent<RoomKey> for RoomKeyRef<'_> {
 pub struct Rooms {
     /// Rooms by (user, network, folded channel); hashbrown's map for lookups by
     /// [`RoomKeyRef`], with std's randomly seeded hasher (channel names are users' input).
-    rooms: hashbrown::HashMap<RoomKey, Room, std::hash::RandomState>,
+    /// Boxed: a room is some 400 bytes, and a table is up to half empty slots.
+    rooms: hashbrown::HashMap<RoomKey, Box<Room>, std::hash::RandomState>,
 }
 
 impl Rooms {
     /// The room, if the user is in it (or joining).
     pub fn get(&self, key: &(impl Hash + hashbrown::Equivalent<RoomKey>)) -> Option<&Room> {
-        self.rooms.get(key)
+        self.rooms.get(key).map(|room| &**room)
     }
 
     /// Mutable access.
     pub fn get_mut(&mut self, key: &(impl Hash + hashbrown::Equivalent<RoomKey>)) -> Option<&mut Room> {
-        self.rooms.get_mut(key)
+        self.rooms.get_mut(key).map(|room| &mut **room)
     }
 
     /// How many rooms are joined, over all users.
@@ -319,7 +323,7 @@ impl Rooms {
 
     /// Adds a room.
     pub fn insert(&mut self, key: RoomKey, room: Room) {
-        self.rooms.insert(key, room);
+        self.rooms.insert(key, Box::new(room));
     }
 
     /// How many rooms `user` has (joined or joining), over all networks.
@@ -329,7 +333,7 @@ impl Rooms {
 
     /// Removes a room.
     pub fn remove(&mut self, key: &(impl Hash + hashbrown::Equivalent<RoomKey>)) -> Option<Room> {
-        self.rooms.remove(key)
+        self.rooms.remove(key).map(|room| *room)
     }
 
     /// Removes and returns the rooms of `user` on `network` (every network if `None`).
@@ -339,12 +343,12 @@ impl Rooms {
 
     /// The rooms of `user`, with their network.
     pub fn of<'a>(&'a self, user: &'a UserId) -> impl Iterator<Item = (&'a NetworkId, &'a Room)> + 'a {
-        self.rooms.iter().filter(move |((u, _, _), _)| u == user).map(|((_, network, _), room)| (network, room))
+        self.rooms.iter().filter(move |((u, _, _), _)| u == user).map(|((_, network, _), room)| (network, &**room))
     }
 
     /// The rooms of `user`, with their network, to change.
     pub fn of_mut<'a>(&'a mut self, user: &'a UserId) -> impl Iterator<Item = (&'a NetworkId, &'a mut Room)> + 'a {
-        self.rooms.iter_mut().filter(move |((u, _, _), _)| u == user).map(|((_, network, _), room)| (network, room))
+        self.rooms.iter_mut().filter(move |((u, _, _), _)| u == user).map(|((_, network, _), room)| (network, &mut **room))
     }
 
     /// Keys every user's rooms on `network` again with `mapping` (the network told how it
@@ -360,8 +364,8 @@ impl Rooms {
                 Some(existing) => {
                     let jid = room.jid.clone();
                     existing.aliases.extend(room.resources.iter().filter(|_| jid != existing.jid).map(|r| (r.clone(), jid.clone())));
-                    existing.aliases.extend(room.aliases);
-                    existing.resources.merge(room.resources);
+                    existing.aliases.extend(std::mem::take(&mut room.aliases));
+                    existing.resources.merge(std::mem::take(&mut room.resources));
                 }
                 None => {
                     self.rooms.insert(key, room);
@@ -383,13 +387,13 @@ impl Rooms {
                 emptied.push(key.clone());
             }
         }
-        emptied.into_iter().filter_map(|k| self.rooms.remove(&k).map(|r| (k, r))).collect()
+        emptied.into_iter().filter_map(|k| self.rooms.remove(&k).map(|r| (k, *r))).collect()
     }
 
     /// Every room of `user` (on `network`, or on all), removed, with its key.
     pub fn take_keyed(&mut self, user: &UserId, network: Option<&NetworkId>) -> Vec<(RoomKey, Room)> {
         let keys: Vec<RoomKey> = self.rooms.keys().filter(|(u, n, _)| u == user && network.is_none_or(|network| n == network)).cloned().collect();
-        keys.into_iter().filter_map(|k| self.rooms.remove(&k).map(|room| (k, room))).collect()
+        keys.into_iter().filter_map(|k| self.rooms.remove(&k).map(|room| (k, *room))).collect()
     }
 }
 
@@ -579,6 +583,20 @@ impl GroupchatLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources_are_a_short_list_freed_when_the_last_leaves() {
+        let mut resources = Resources::of("a@x/phone".to_owned());
+        assert!(resources.insert("a@x/laptop".to_owned()));
+        assert!(!resources.insert("a@x/phone".to_owned()), "once each");
+        assert_eq!(resources.enter_all().len(), 2);
+        assert!(resources.insert("a@x/tablet".to_owned()));
+        assert_eq!(resources.entered().count(), 2, "the newcomer has not had the entry");
+        assert!(resources.remove("a@x/phone") && !resources.remove("a@x/phone"));
+        assert!(resources.remove("a@x/laptop") && resources.remove("a@x/tablet"));
+        assert!(resources.is_empty());
+        assert_eq!(resources.0.capacity(), 0, "an always-on room kept for nobody holds no list");
+    }
 
     const NS: &str = "jabber:component:accept";
     const MUC_USER: &str = "http://jabber.org/protocol/muc#user";

@@ -497,6 +497,12 @@ impl Store {
         }
     }
 
+    /// Whether `bare_jid` keeps `channel` on `server` always on: one key looked up (the
+    /// user's record is not read).
+    pub fn is_persistent(&self, bare_jid: &str, server: &str, channel: &str) -> Result<bool, StoreError> {
+        self.inner.persistent.contains_key(persistent_key(bare_jid, server, channel)).map_err(|e| self.db_error("read", e))
+    }
+
     /// The always-on channels of `bare_jid`, by server then folded name.
     fn persistent_of(&self, bare_jid: &str) -> Result<Vec<PersistentChannel>, StoreError> {
         let prefix = [bare_jid.as_bytes(), b"\0"].concat();
@@ -1129,12 +1135,15 @@ mod tests {
         assert!(record.is_persistent("irc.example", "#rust{"), "folded as RFC 1459: {record:?}");
         assert!(record.is_persistent("irc.example", "#go"));
         assert_eq!(record.persistent_channels.len(), 2, "only a@x.org's");
+        assert!(store.is_persistent(jid, "IRC.EXAMPLE", "#RUST{").unwrap(), "one key looked up, folded the same way");
+        assert!(!store.is_persistent(jid, "irc.example", "#other").unwrap(), "b@x.org's, not a@x.org's");
         assert!(!raw_json(&store, jid).to_string().contains("persistent"), "not in the record");
         // A record written again (registration changed) keeps them.
         store.put_user(jid, &UserRecord { persistent_channels: Vec::new(), ..record.clone() }).await.unwrap();
         assert_eq!(store.user(jid).unwrap().unwrap().persistent_channels.len(), 2);
         store.set_persistent(jid, "irc.example", "#GO", false).await.unwrap();
         assert!(!store.user(jid).unwrap().unwrap().is_persistent("irc.example", "#go"), "turned off by any spelling");
+        assert!(!store.is_persistent(jid, "irc.example", "#go").unwrap());
         store.remove_user(jid).await.unwrap();
         store.put_user(jid, &UserRecord::default()).await.unwrap();
         assert!(store.user(jid).unwrap().unwrap().persistent_channels.is_empty(), "gone with the registration");

@@ -28,31 +28,31 @@ const OUTBOX_CAPACITY: usize = 4096;
 /// per stanza.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// A stanza for the writer.
+/// A stanza for the writer, serialised, checked and escaped: by [`Outbox::send`] for an
+/// element, so that a queued stanza is its few hundred bytes and not an element tree
+/// several times that (a user's 200 always-on rooms left at once queue 200 presences); by
+/// whoever built it for the group chat messages of channel lines, the gateway's hot path
+/// (`muc::GroupchatLine`), which build no element at all.
 #[derive(Debug)]
-pub enum Outgoing {
-    /// An element, serialised by the writer (`encode.rs`).
-    Stanza(Element),
-    /// A stanza already serialised, checked and escaped by whoever built it: the group
-    /// chat messages of channel lines, the gateway's hot path (`muc::GroupchatLine`), skip
-    /// building an element only to take it apart again.
-    Encoded(Vec<u8>),
-}
+pub struct Outgoing(Vec<u8>);
 
 /// Where handlers and sessions put stanzas for the server. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox(mpsc::Sender<Outgoing>);
 
 impl Outbox {
-    /// Queues a stanza; waits only when the writer is far behind.
+    /// Queues a stanza, serialised now ([`xml_stream::append_bytes`]: one XML forbids is
+    /// cleaned, one that cannot be written at all is logged and dropped); waits only when
+    /// the writer is far behind.
     pub async fn send(&self, stanza: Element) {
-        self.send_outgoing(Outgoing::Stanza(stanza)).await;
+        let Some(bytes) = encoded(&stanza) else { return };
+        self.send_outgoing(Outgoing(bytes)).await;
     }
 
     /// Queues a stanza already serialised (one whole, well-formed stanza whose text XML
-    /// allows: see [`Outgoing::Encoded`]).
+    /// allows: see [`Outgoing`]).
     pub async fn send_encoded(&self, stanza: Vec<u8>) {
-        self.send_outgoing(Outgoing::Encoded(stanza)).await;
+        self.send_outgoing(Outgoing(stanza)).await;
     }
 
     async fn send_outgoing(&self, outgoing: Outgoing) {
@@ -87,11 +87,22 @@ impl TestReceiver {
     }
 
     fn element(outgoing: Outgoing) -> Element {
-        match outgoing {
-            Outgoing::Stanza(stanza) => stanza,
-            Outgoing::Encoded(bytes) => std::str::from_utf8(&bytes).expect("UTF-8").parse().expect("a well-formed stanza"),
-        }
+        let Outgoing(bytes) = outgoing;
+        std::str::from_utf8(&bytes).expect("UTF-8").parse().expect("a well-formed stanza")
     }
+}
+
+/// `stanza` as the writer sends it, `None` when it cannot be written (logged); an error
+/// stanza is counted.
+fn encoded(stanza: &Element) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    if !xml_stream::append_bytes(stanza, &mut bytes) {
+        return None;
+    }
+    if stanza.attr("type") == Some("error") {
+        bridge_core::counters::count(&bridge_core::counters::COUNTERS.errors_out);
+    }
+    Some(bytes)
 }
 
 /// Instructions from the connection supervisor.
@@ -122,17 +133,8 @@ struct Batch {
 impl Batch {
     fn push(&mut self, outgoing: &Outgoing) {
         let counters = &bridge_core::counters::COUNTERS;
-        match outgoing {
-            Outgoing::Stanza(stanza) => {
-                if !xml_stream::append_bytes(stanza, &mut self.bytes) {
-                    return;
-                }
-                if stanza.attr("type") == Some("error") {
-                    bridge_core::counters::count(&counters.errors_out);
-                }
-            }
-            Outgoing::Encoded(bytes) => self.bytes.extend_from_slice(bytes),
-        }
+        let Outgoing(bytes) = outgoing;
+        self.bytes.extend_from_slice(bytes);
         self.ends.push(self.bytes.len());
         bridge_core::counters::count(&counters.stanzas_out);
     }
@@ -259,7 +261,7 @@ mod tests {
     fn a_cut_write_keeps_the_cut_stanza_and_those_after_it() {
         let mut batch = Batch::default();
         for id in ["a", "b", "c"] {
-            batch.push(&Outgoing::Stanza(stanza(id)));
+            batch.push(&Outgoing(encoded(&stanza(id)).unwrap()));
         }
         let first_end = batch.ends[0];
         // The socket took `a` whole and half of `b`.
@@ -291,7 +293,7 @@ mod tests {
         for i in 0..10 {
             // Elements and stanzas sent serialised, alternately: both are kept whole.
             let xml = format!("<message xmlns='jabber:component:accept' id='m{i}'>{}</message>", "x".repeat(1000));
-            batch.push(&if i % 2 == 0 { Outgoing::Stanza(xml.parse().unwrap()) } else { Outgoing::Encoded(xml.into_bytes()) });
+            batch.push(&if i % 2 == 0 { Outgoing(encoded(&xml.parse().unwrap()).unwrap()) } else { Outgoing(xml.into_bytes()) });
         }
         let stanza_len = batch.ends[0];
         assert!(stanza_len > 2 * PIPE, "each stanza is larger than the pipe");

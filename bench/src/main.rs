@@ -37,6 +37,8 @@ enum Scenario {
     Email,
     MailLoad,
     Archive,
+    /// The always-on part of the archive scenario alone (also run by `archive`).
+    AlwaysOn,
 }
 
 /// Which gateways to measure.
@@ -66,7 +68,9 @@ struct Sizes {
     load_lines: usize,
     /// Archive: lines archived for the big query figures.
     archive_fill: usize,
-    /// Archive: always-on channels kept for the RSS per channel.
+    /// Archive: always-on channels kept for the RSS per channel: a thousand, so that what
+    /// a process pays once (sled's 512 KiB log buffer, touched by the first writes) is not
+    /// taken for a cost per channel.
     archive_channels: usize,
     /// Archive: lines archived for the small ones.
     archive_small_fill: usize,
@@ -87,7 +91,7 @@ impl Sizes {
             email_rounds: args.size(args.email_rounds, 3, 1),
             load_lines: args.size(args.load_lines, 500, 30),
             archive_fill: args.size(args.archive_fill, 100_000, 300),
-            archive_channels: args.size(args.archive_channels, 200, 10),
+            archive_channels: args.size(args.archive_channels, 1000, 10),
             archive_small_fill: args.size(args.archive_small_fill, 2000, 100),
             archive_queries: args.size(args.archive_queries, 1000, 20),
             runs: args.size(args.runs, 3, 2).max(1),
@@ -130,7 +134,7 @@ struct Args {
     /// Mail load: channel lines timed per phase (default 500; smoke 30).
     #[arg(long)]
     load_lines: Option<usize>,
-    /// Archive: always-on channels for the RSS per channel (default 200; smoke 10).
+    /// Archive: always-on channels for the RSS per channel (default 1000; smoke 10).
     #[arg(long)]
     archive_channels: Option<usize>,
     /// Archive: lines archived before the big query figures (default 100000; smoke 300).
@@ -309,6 +313,8 @@ async fn scenarios(args: &Args, ircd: &Ngircd, peers: &[Peer], report: &mut Repo
             }
         }
         report.scenarios.push(("archive".into(), archive::query_specs(), results));
+    }
+    if args.wants(Scenario::Archive) || args.wants(Scenario::AlwaysOn) {
         let mut results = empty();
         for run in 1..=runs {
             for &peer in &peers {

@@ -18,7 +18,10 @@
 //! A nick holding several modes gets the highest. Nicks are compared with the rfc1459
 //! case mapping (`bridge_core::model::CaseMapping`, as the server announced it).
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use bridge_core::model::{Affiliation, CaseMapping, Occupant, Role};
 
@@ -125,15 +128,13 @@ impl PrefixMap {
     /// Splits a NAMES entry into its status modes and its nick: leading prefix characters
     /// (several with `multi-prefix`) become modes, and of `nick!user@host`
     /// (`userhost-in-names`) only the nick is kept.
-    fn parse_names_entry<'a>(&self, entry: &'a str) -> (&'a str, Vec<char>) {
-        let mut modes = Vec::new();
+    fn parse_names_entry<'a>(&self, entry: &'a str) -> (&'a str, ModeSet) {
+        let mut modes = ModeSet::default();
         let mut nick = entry;
         while let Some(c) = nick.chars().next() {
             match self.mode_for_prefix(c) {
                 Some(mode) => {
-                    if !modes.contains(&mode) {
-                        modes.push(mode);
-                    }
+                    modes.set(mode, true);
                     nick = nick.get(c.len_utf8()..).unwrap_or_default();
                 }
                 None => break,
@@ -150,7 +151,7 @@ impl PrefixMap {
 #[must_use]
 pub fn occupant_from_names_entry(entry: &str, prefixes: &PrefixMap) -> Occupant {
     let (nick, modes) = prefixes.parse_names_entry(entry);
-    let (role, affiliation) = prefixes.highest(modes);
+    let (role, affiliation) = prefixes.highest(modes.letters());
     Occupant::new(nick.to_owned(), role, affiliation)
 }
 
@@ -186,12 +187,13 @@ impl ChanModes {
     }
 }
 
-/// The channel's own modes that are set (`+m`, `+k`, `+n`...: every letter mode but the
-/// lists and the status modes), one bit per ASCII letter: no allocation per channel.
+/// A set of mode letters, one bit per ASCII letter: a channel's own modes (`+m`, `+k`,
+/// `+n`...: every letter mode but the lists and the status modes), or the status modes a
+/// nick holds. No allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ChannelModes(u64);
+pub struct ModeSet(u64);
 
-impl ChannelModes {
+impl ModeSet {
     /// The bit of `mode`, for ASCII letters only.
     fn bit(mode: char) -> Option<u64> {
         match mode {
@@ -218,6 +220,11 @@ impl ChannelModes {
         Self::bit(mode).is_some_and(|bit| self.0 & bit != 0)
     }
 
+    /// The letters set, `a-z` then `A-Z`.
+    pub fn letters(self) -> impl Iterator<Item = char> {
+        ('a'..='z').chain('A'..='Z').filter(move |&mode| self.has(mode))
+    }
+
     /// `+m`: only voiced nicks and operators may speak.
     #[must_use]
     pub fn moderated(self) -> bool {
@@ -234,70 +241,42 @@ impl ChannelModes {
 /// One nick's state in a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Member {
-    /// The nick as the server last spelled it.
+    /// The nick as the server last spelled it (also what the member is found by, folded).
     nick: String,
     /// The status modes it holds.
-    modes: Vec<char>,
+    modes: ModeSet,
 }
 
-/// The status modes each nick holds in one IRC channel, and so each occupant's XEP-0045
-/// role and affiliation.
-///
-/// Holding the set of modes, not only the highest, means `-o` on a nick that is also `+v`
-/// leaves it Member/Participant. Without the `multi-prefix` capability, NAMES shows only
-/// the highest prefix, so a lower mode held under it is not known until a MODE shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelPrivileges {
-    /// By the nick folded with `mapping`. A hash map: a B-tree allocates room for eleven
-    /// members even in the one-person channels most sessions hold.
-    members: HashMap<String, Member>,
-    /// How the server compares nicks (ISUPPORT `CASEMAPPING`).
-    mapping: CaseMapping,
-    /// The server's status modes.
+/// What a server says of all its channels in ISUPPORT, shared by every channel of a
+/// session: one copy per connection, not one per channel.
+#[derive(Debug, Clone)]
+pub struct ServerModes {
+    /// The server's status modes (`PREFIX`).
     prefixes: PrefixMap,
-    /// Which other channel modes take an argument.
+    /// Which other channel modes take an argument (`CHANMODES`).
     chanmodes: ChanModes,
-    /// The channel's own modes (MODE changes and RPL_CHANNELMODEIS).
-    flags: ChannelModes,
+    /// How the server compares nicks (`CASEMAPPING`).
+    mapping: CaseMapping,
+    /// Keys the hash members are found by (IRC users choose their nicks).
+    hasher: RandomState,
 }
 
-impl Default for ChannelPrivileges {
+impl Default for ServerModes {
+    /// ngircd's: `PREFIX=(qaohv)~&@%+`, `CHANMODES=beI,k,l,imMnOPQRstVz`, `rfc1459`.
     fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ChannelPrivileges {
-    /// An empty channel with ngircd's defaults: `PREFIX=(qaohv)~&@%+` and
-    /// `CHANMODES=beI,k,l,imMnOPQRstVz`.
-    #[must_use]
-    pub fn new() -> Self {
-        ChannelPrivileges {
-            members: HashMap::new(),
-            mapping: CaseMapping::default(),
+        ServerModes {
             prefixes: PrefixMap::default(),
             chanmodes: ChanModes::parse(DEFAULT_CHANMODES),
-            flags: ChannelModes::default(),
+            mapping: CaseMapping::default(),
+            hasher: RandomState::new(),
         }
     }
+}
 
-    /// Compares nicks as the server does (ISUPPORT `CASEMAPPING`); members already known
-    /// are keyed again.
-    pub fn set_mapping(&mut self, mapping: CaseMapping) {
-        self.mapping = mapping;
-        self.members = std::mem::take(&mut self.members).into_values().map(|m| (mapping.fold(&m.nick), m)).collect();
-    }
-
-    /// Uses the server's status modes (from ISUPPORT `PREFIX`). Modes already recorded
-    /// are kept; set this before the NAMES reply.
+impl ServerModes {
+    /// Uses the server's status modes (from ISUPPORT `PREFIX`).
     pub fn set_prefixes(&mut self, prefixes: PrefixMap) {
         self.prefixes = prefixes;
-    }
-
-    /// The status modes in use.
-    #[must_use]
-    pub fn prefixes(&self) -> &PrefixMap {
-        &self.prefixes
     }
 
     /// Uses the server's ISUPPORT `CHANMODES=A,B,C,D` value (a leading `CHANMODES=` is
@@ -309,16 +288,127 @@ impl ChannelPrivileges {
         self.chanmodes = ChanModes::parse(value);
     }
 
+    /// Compares nicks as the server does (ISUPPORT `CASEMAPPING`).
+    pub fn set_mapping(&mut self, mapping: CaseMapping) {
+        self.mapping = mapping;
+    }
+
+    /// The hash `nick` is found by: of the nick folded.
+    fn hash(&self, nick: &str) -> u64 {
+        self.hasher.hash_one(self.mapping.folded(nick).as_ref())
+    }
+
+    /// Whether two nicks are one for the server.
+    fn same(&self, a: &str, b: &str) -> bool {
+        a == b || self.mapping.folded(a) == self.mapping.folded(b)
+    }
+}
+
+/// The status modes each nick holds in one IRC channel, and so each occupant's XEP-0045
+/// role and affiliation.
+///
+/// Holding the set of modes, not only the highest, means `-o` on a nick that is also `+v`
+/// leaves it Member/Participant. Without the `multi-prefix` capability, NAMES shows only
+/// the highest prefix, so a lower mode held under it is not known until a MODE shows it.
+#[derive(Debug, Clone)]
+pub struct ChannelPrivileges {
+    /// The server's ISUPPORT modes, shared with the session's other channels.
+    server: Arc<ServerModes>,
+    /// The members, found by the hash of their folded nick: each nick is kept once (not
+    /// again, folded, as a key), and a one-person channel holds one small table.
+    members: HashTable<Member>,
+    /// The channel's own modes (MODE changes and RPL_CHANNELMODEIS).
+    flags: ModeSet,
+}
+
+impl Default for ChannelPrivileges {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChannelPrivileges {
+    /// An empty channel with ngircd's defaults (see [`ServerModes::default`]).
+    #[must_use]
+    pub fn new() -> Self {
+        Self::on(Arc::default())
+    }
+
+    /// An empty channel of a server that said `server` of its channels.
+    #[must_use]
+    pub fn on(server: Arc<ServerModes>) -> Self {
+        ChannelPrivileges { server, members: HashTable::new(), flags: ModeSet::default() }
+    }
+
+    /// Takes what the server now says of its channels (the session's new copy); members
+    /// already known are found again under a new case mapping.
+    pub fn share(&mut self, server: Arc<ServerModes>) {
+        let rekey = server.mapping != self.server.mapping;
+        self.server = server;
+        if rekey {
+            let members: Vec<Member> = self.members.drain().collect();
+            for member in members {
+                self.put(member);
+            }
+        }
+    }
+
+    /// Compares nicks as the server does (ISUPPORT `CASEMAPPING`); members already known
+    /// are keyed again.
+    pub fn set_mapping(&mut self, mapping: CaseMapping) {
+        let mut server = ServerModes::clone(&self.server);
+        server.set_mapping(mapping);
+        self.share(Arc::new(server));
+    }
+
+    /// Uses the server's status modes (from ISUPPORT `PREFIX`). Modes already recorded
+    /// are kept; set this before the NAMES reply.
+    pub fn set_prefixes(&mut self, prefixes: PrefixMap) {
+        Arc::make_mut(&mut self.server).set_prefixes(prefixes);
+    }
+
+    /// The status modes in use.
+    #[must_use]
+    pub fn prefixes(&self) -> &PrefixMap {
+        &self.server.prefixes
+    }
+
+    /// [`ServerModes::set_chanmodes`] for this channel alone.
+    pub fn set_chanmodes(&mut self, value: &str) {
+        Arc::make_mut(&mut self.server).set_chanmodes(value);
+    }
+
+    /// The member `nick` is, if here.
+    fn find(&self, nick: &str) -> Option<&Member> {
+        self.members.find(self.server.hash(nick), |m| self.server.same(&m.nick, nick))
+    }
+
+    /// Records `member`, replacing what was known of the same nick.
+    fn put(&mut self, member: Member) {
+        let server = &self.server;
+        let hash = server.hash(&member.nick);
+        match self.members.find_mut(hash, |m| server.same(&m.nick, &member.nick)) {
+            Some(known) => *known = member,
+            None => {
+                self.members.insert_unique(hash, member, |m| server.hash(&m.nick));
+            }
+        }
+    }
+
+    /// Takes `nick` out, if here.
+    fn take(&mut self, nick: &str) -> Option<Member> {
+        let server = &self.server;
+        let entry = self.members.find_entry(server.hash(nick), |m| server.same(&m.nick, nick)).ok()?;
+        Some(entry.remove().0)
+    }
+
     /// Records a NAMES (353) entry (`"@+alice"`, `"alice!al@host"`), replacing what was
     /// known of that nick, and returns the occupant. A JOIN's bare nick works the same.
     pub fn set_from_names(&mut self, entry: &str) -> Occupant {
-        let (nick, modes) = self.prefixes.parse_names_entry(entry);
-        let member = Member {
-            nick: nick.to_owned(),
-            modes,
-        };
+        let (nick, modes) = self.server.prefixes.parse_names_entry(entry);
+        let member = Member { nick: nick.to_owned(), modes };
         let occupant = self.occupant_of(&member);
-        self.members.insert(self.mapping.fold(nick), member);
+        self.put(member);
         occupant
     }
 
@@ -326,10 +416,8 @@ impl ChannelPrivileges {
     /// already holds `most` members: then nothing is recorded and `None` comes back.
     pub fn add_within(&mut self, entry: &str, most: usize) -> Option<Occupant> {
         if self.members.len() >= most {
-            let (nick, _) = self.prefixes.parse_names_entry(entry);
-            if !self.members.contains_key(&self.mapping.fold(nick)) {
-                return None;
-            }
+            let (nick, _) = self.server.prefixes.parse_names_entry(entry);
+            self.find(nick)?;
         }
         Some(self.set_from_names(entry))
     }
@@ -345,37 +433,30 @@ impl ChannelPrivileges {
     pub fn apply_mode(&mut self, modes: &str, args: &[&str]) -> Vec<Occupant> {
         let mut args = args.iter();
         let mut adding = true;
-        // (key, state before this change), in the order first touched.
-        let mut touched: Vec<(String, (Role, Affiliation))> = Vec::new();
+        // (nick, state before this change), in the order first touched.
+        let mut touched: Vec<(&str, (Role, Affiliation))> = Vec::new();
         for mode in modes.chars() {
             match mode {
                 '+' => adding = true,
                 '-' => adding = false,
-                mode if self.prefixes.is_prefix_mode(mode) => {
-                    let Some(nick) = args.next() else { continue };
-                    let key = self.mapping.fold(nick);
-                    let Some(member) = self.members.get(&key) else {
+                mode if self.server.prefixes.is_prefix_mode(mode) => {
+                    let Some(&nick) = args.next() else { continue };
+                    let Some(member) = self.find(nick) else {
                         continue;
                     };
-                    if !touched.iter().any(|(k, _)| *k == key) {
-                        touched.push((key.clone(), self.prefixes.highest(member.modes.clone())));
+                    if !touched.iter().any(|(known, _)| self.server.same(known, nick)) {
+                        touched.push((nick, self.server.prefixes.highest(member.modes.letters())));
                     }
-                    let Some(member) = self.members.get_mut(&key) else {
-                        continue;
-                    };
-                    if adding {
-                        if !member.modes.contains(&mode) {
-                            member.modes.push(mode);
-                        }
-                    } else {
-                        member.modes.retain(|&m| m != mode);
+                    let server = &self.server;
+                    if let Some(member) = self.members.find_mut(server.hash(nick), |m| server.same(&m.nick, nick)) {
+                        member.modes.set(mode, adding);
                     }
                 }
                 mode => {
-                    if self.chanmodes.takes_arg(mode, adding) {
+                    if self.server.chanmodes.takes_arg(mode, adding) {
                         args.next();
                     }
-                    if !self.chanmodes.lists.contains(mode) {
+                    if !self.server.chanmodes.lists.contains(mode) {
                         self.flags.set(mode, adding);
                     }
                 }
@@ -383,8 +464,8 @@ impl ChannelPrivileges {
         }
         touched
             .into_iter()
-            .filter_map(|(key, before)| {
-                let occupant = self.occupant_of(self.members.get(&key)?);
+            .filter_map(|(nick, before)| {
+                let occupant = self.occupant_of(self.find(nick)?);
                 (before != (occupant.role, occupant.affiliation)).then_some(occupant)
             })
             .collect()
@@ -393,53 +474,47 @@ impl ChannelPrivileges {
     /// The channel's own modes that are set, as MODE changes (and the RPL_CHANNELMODEIS
     /// reply, applied as a change) left them.
     #[must_use]
-    pub fn channel_modes(&self) -> ChannelModes {
+    pub fn channel_modes(&self) -> ModeSet {
         self.flags
     }
 
     /// Records a NICK change, keeping the nick's modes; returns whether `old` was here.
     /// When `new` was already listed (a stale entry), it is replaced.
     pub fn rename(&mut self, old: &str, new: &str) -> bool {
-        let Some(mut member) = self.members.remove(&self.mapping.fold(old)) else {
+        let Some(mut member) = self.take(old) else {
             return false;
         };
         new.clone_into(&mut member.nick);
-        self.members.insert(self.mapping.fold(new), member);
+        self.put(member);
         true
     }
 
     /// Forgets a nick that left (PART, KICK, QUIT); returns its last state if it was here.
     pub fn remove(&mut self, nick: &str) -> Option<Occupant> {
-        let member = self.members.remove(&self.mapping.fold(nick))?;
+        let member = self.take(nick)?;
         Some(self.occupant_of(&member))
     }
 
     /// The occupant with this nick (compared as the server compares nicks), if here.
     #[must_use]
     pub fn occupant(&self, nick: &str) -> Option<Occupant> {
-        self.members
-            .get(&self.mapping.fold(nick))
-            .map(|m| self.occupant_of(m))
+        self.find(nick).map(|m| self.occupant_of(m))
     }
 
     /// Everybody here, ordered by their folded nick.
     #[must_use]
     pub fn occupants(&self) -> Vec<Occupant> {
-        let mut members: Vec<(&String, &Member)> = self.members.iter().collect();
-        members.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        members.into_iter().map(|(_, m)| self.occupant_of(m)).collect()
+        let mapping = self.server.mapping;
+        let mut members: Vec<&Member> = self.members.iter().collect();
+        members.sort_unstable_by(|a, b| mapping.folded(&a.nick).cmp(&mapping.folded(&b.nick)));
+        members.into_iter().map(|m| self.occupant_of(m)).collect()
     }
 
     /// The status mode letters `nick` holds, highest first; `None` if not here.
     #[must_use]
     pub fn modes_of(&self, nick: &str) -> Option<Vec<char>> {
-        let member = self.members.get(&self.mapping.fold(nick))?;
-        Some(
-            self.prefixes
-                .modes()
-                .filter(|m| member.modes.contains(m))
-                .collect(),
-        )
+        let member = self.find(nick)?;
+        Some(self.server.prefixes.modes().filter(|&m| member.modes.has(m)).collect())
     }
 
     /// How many nicks are here.
@@ -462,7 +537,7 @@ impl ChannelPrivileges {
 
     /// The occupant a member is now.
     fn occupant_of(&self, member: &Member) -> Occupant {
-        let (role, affiliation) = self.prefixes.highest(member.modes.iter().copied());
+        let (role, affiliation) = self.server.prefixes.highest(member.modes.letters());
         Occupant::new(member.nick.clone(), role, affiliation)
     }
 }
@@ -490,10 +565,45 @@ mod tests {
         channel.apply_mode("+l-m", &["10"]);
         let modes = channel.channel_modes();
         assert!(modes.has('l') && !modes.moderated());
-        let mut flags = ChannelModes::default();
+        let mut flags = ModeSet::default();
         flags.set('Z', true);
         flags.set('!', true);
         assert!(flags.has('Z') && !flags.has('z') && !flags.has('!'));
+    }
+
+    #[test]
+    fn channels_share_their_servers_modes_and_find_members_again_when_the_mapping_changes() {
+        let mut server = ServerModes::default();
+        server.set_prefixes(PrefixMap::from_isupport("(ov)@+").unwrap());
+        let server = Arc::new(server);
+        let mut one = ChannelPrivileges::on(Arc::clone(&server));
+        let mut two = ChannelPrivileges::on(Arc::clone(&server));
+        assert_eq!(Arc::strong_count(&server), 3, "one copy for the session's channels");
+        one.set_from_names("@[Bob]");
+        two.set_from_names("+carol");
+        assert_eq!(one.modes_of("{bob}"), Some(vec!['o']), "rfc1459 at first");
+        let mut ascii = ServerModes::clone(&server);
+        ascii.set_mapping(CaseMapping::Ascii);
+        let ascii = Arc::new(ascii);
+        one.share(Arc::clone(&ascii));
+        two.share(ascii);
+        assert!(one.occupant("{bob}").is_none() && one.occupant("[BOB]").is_some(), "found again under ascii");
+        assert_eq!(two.occupants(), vec![occ("carol", Role::Participant, Affiliation::Member)]);
+        assert_eq!(one.len(), 1);
+    }
+
+    #[test]
+    fn a_members_modes_are_a_set_of_letters() {
+        let mut chan = ChannelPrivileges::new();
+        chan.set_from_names("@+~alice");
+        assert_eq!(chan.modes_of("alice"), Some(vec!['q', 'o', 'v']), "highest first, as PREFIX orders them");
+        chan.apply_mode("-q-o", &["alice", "alice"]);
+        assert_eq!(chan.modes_of("alice"), Some(vec!['v']));
+        let mut set = ModeSet::default();
+        set.set('v', true);
+        set.set('Y', true);
+        set.set('v', true);
+        assert_eq!(set.letters().collect::<String>(), "vY");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use bridge_core::backoff::{sleep_until_opt, Backoff};
 
 use crate::ircv3::{Batches, Cap, Caps, EchoQueue};
 use crate::listing::{self, Listing};
-use crate::modes::{ChannelPrivileges, PrefixMap};
+use crate::modes::{ChannelPrivileges, PrefixMap, ServerModes};
 use crate::settings::{NetworkSettings, ServerLimits};
 use crate::text;
 use crate::transport::{self, IncomingRate, LineReader, Stream};
@@ -167,13 +167,12 @@ pub struct IrcSession {
     nick: String,
     /// Length of `:nick!user@host ` as the server relays our lines.
     prefix_len: usize,
-    /// PREFIX and CHANMODES of this server (ISUPPORT).
-    prefixes: PrefixMap,
+    /// PREFIX, CHANMODES and CASEMAPPING of this server (ISUPPORT), shared with every
+    /// channel's privileges (one copy per connection).
+    server_modes: Arc<ServerModes>,
     /// How this server compares channel names and nicks (ISUPPORT `CASEMAPPING`; rfc1459
     /// until it says): the keys of `wanted`, `joined`, `private_peers` and every roster.
     casemapping: CaseMapping,
-    /// CHANMODES from ISUPPORT, applied to each channel's privileges.
-    chanmodes: Option<String>,
     /// Nicks the user talked with privately; their QUIT is shown as unavailable.
     private_peers: BTreeSet<String>,
     /// What commands left to tell the gateway, told once the command is handled
@@ -258,8 +257,7 @@ impl IrcSession {
             nick: wanted_nick.clone(),
             wanted_nick,
             prefix_len: 0,
-            prefixes: PrefixMap::default(),
-            chanmodes: None,
+            server_modes: Arc::default(),
             private_peers: BTreeSet::new(),
             owed: Vec::new(),
             casemapping: CaseMapping::default(),
@@ -950,10 +948,10 @@ impl IrcSession {
                         self.emit(Event::CaseMapping(mapping)).await;
                     } else if let Some(value) = token.strip_prefix("PREFIX=") {
                         if let Some(map) = PrefixMap::from_isupport(value) {
-                            self.prefixes = map;
+                            Arc::make_mut(&mut self.server_modes).set_prefixes(map);
                         }
                     } else if let Some(value) = token.strip_prefix("CHANMODES=") {
-                        self.chanmodes = Some(value.to_owned());
+                        Arc::make_mut(&mut self.server_modes).set_chanmodes(value);
                     }
                 }
             }
@@ -1080,11 +1078,12 @@ impl IrcSession {
             return;
         }
         self.casemapping = mapping;
+        Arc::make_mut(&mut self.server_modes).set_mapping(mapping);
         self.wanted = std::mem::take(&mut self.wanted).into_values().map(|w| (mapping.fold(&w.name), w)).collect();
         self.joined = std::mem::take(&mut self.joined)
             .into_values()
             .map(|mut j| {
-                j.privileges.set_mapping(mapping);
+                j.privileges.share(Arc::clone(&self.server_modes));
                 (mapping.fold(&j.name), j)
             })
             .collect();
@@ -1151,12 +1150,7 @@ impl IrcSession {
                 // `:nick!user@host ` exactly as the server relays our lines.
                 self.prefix_len = 1 + n.len() + 1 + u.len() + 1 + h.len() + 1;
             }
-            let mut privileges = ChannelPrivileges::new();
-            if let Some(chanmodes) = &self.chanmodes {
-                privileges.set_chanmodes(chanmodes);
-            }
-            privileges.set_prefixes(self.prefixes.clone());
-            privileges.set_mapping(self.casemapping);
+            let privileges = ChannelPrivileges::on(Arc::clone(&self.server_modes));
             // The channel's own modes (+m, +k: shown by discovery) come in RPL_CHANNELMODEIS.
             self.send(format!("MODE {name}"));
             self.joined.insert(lower, Joined { name, privileges, topic: None, reported: false });
