@@ -82,6 +82,8 @@ pub fn query_specs() -> Vec<Spec> {
         Spec { key: "small_p99", label: "MAM query for the last 50 lines, p99", unit: "ms", decimals: 2, target: "<= 5 ms" },
         Spec { key: "small_bytes", label: "archive on disk per line", unit: "B", decimals: 0, target: "" },
         Spec { key: "small_rate", label: "lines archived per second while filling", unit: "/s", decimals: 0, target: "" },
+        Spec { key: "floor_p50", label: "floor: 51 stanzas of that size through the XMPP server alone (no gateway), p50", unit: "ms", decimals: 2, target: "" },
+        Spec { key: "floor_p99", label: "floor: the same, p99", unit: "ms", decimals: 2, target: "" },
         Spec { key: "fill", label: "lines archived", unit: "", decimals: 0, target: "" },
         Spec { key: "rate", label: "lines archived per second while filling", unit: "/s", decimals: 0, target: "" },
         Spec { key: "p50", label: "MAM query for the last 50 lines at that size, p50", unit: "ms", decimals: 2, target: "" },
@@ -127,6 +129,9 @@ pub async fn query(peer: Peer, small_fill: usize, fill: usize, queries: usize) -
     let (p50, p99) = time_queries(&mut conn, &room, queries).await?;
     m.set("small_p50", p50);
     m.set("small_p99", p99);
+    let (p50, p99) = time_floor(&mut conn, queries).await?;
+    m.set("floor_p50", p50);
+    m.set("floor_p99", p99);
     if fill > small_fill {
         let started = Instant::now();
         fill_lines(&mut irc, &mut conn, &channel, small_fill, fill).await?;
@@ -246,6 +251,39 @@ async fn fill_lines(irc: &mut Irc, conn: &mut XmppConn, channel: &str, from: usi
         }
     }
     Ok(())
+}
+
+/// What any query answered with 50 messages costs through the XMPP server alone: `n`
+/// rounds of 50 messages the client sends itself, each about as long as a MAM result
+/// (forwarded line, delay, ids), then a ping to its server, timed until the pong. What
+/// the server takes to route 51 stanzas to a client, with no gateway in the way.
+async fn time_floor(conn: &mut XmppConn, n: usize) -> Result<(f64, f64)> {
+    // A MAM result of the bench's lines is about 480 bytes on the wire.
+    let body = "archived line 0 with a little text after it, as people write ".repeat(6);
+    let mut times = Vec::with_capacity(n);
+    for q in 0..n {
+        let id = format!("floor{q}");
+        let started = Instant::now();
+        // Written at once, as a gateway writes its answer.
+        let mut burst: String = (0..50).map(|i| format!("<message to='{}' id='{id}-{i}' type='chat'><body>{body}</body></message>", conn.jid)).collect();
+        burst.push_str(&format!("<iq type='get' id='{id}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"));
+        conn.writer.send(&burst).await?;
+        let mut messages = 0;
+        loop {
+            let e = conn.reader.next(Instant::now() + Duration::from_secs(30)).await.with_context(|| format!("floor round {q}"))?;
+            if e.name() == "message" && e.attr("id").is_some_and(|i| i.starts_with(&format!("{id}-"))) {
+                messages += 1;
+            } else if e.name() == "iq" && e.attr("id") == Some(id.as_str()) {
+                break;
+            }
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        if messages != 50 {
+            bail!("floor round {q}: {messages} messages came back, not 50");
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((stats::quantile(&times, 0.5), stats::quantile(&times, 0.99)))
 }
 
 /// `n` queries for the last 50 lines of `room`, one after the other; p50 and p99 in ms.
