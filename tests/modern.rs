@@ -133,6 +133,36 @@ async fn away_notify_and_account_notify_show_in_occupant_presence(kind: ServerKi
     assert_eq!(status(&back).as_deref(), Some("account bobacct"));
 }
 
+on_each_server!(who_is_away_or_logged_in_before_the_user_joins_shows_on_entry);
+/// WHOX: bob logged in to services and went away before alice joined; `away-notify` and
+/// `account-notify` tell only of changes, so the gateway asks the channel once joined,
+/// and alice sees his away show and account in the presence that follows her entry.
+async fn who_is_away_or_logged_in_before_the_user_joins_shows_on_entry(kind: ServerKind) {
+    let server = XmppServer::start(kind);
+    let ircd = Inspircd::start();
+    ircd.add_account("bobacct", "bobsecret");
+    let _gateway = gateway_on_inspircd(&server, &ircd);
+    let mut bob = ircd.client("bob").await;
+    bob.join("#whox").await;
+    bob.send_line("PRIVMSG NickServ :IDENTIFY bobacct bobsecret").await;
+    bob.wait_for("bob logged in", |l| l.command == "900").await;
+    bob.send_line("AWAY :gone fishing").await;
+    bob.wait_for("bob away", |l| l.command == "306").await;
+
+    let mut alice = server.client("alice", "localhost").await;
+    let r = room("#whox", "localhost");
+    enter(&mut alice, &r, "alice").await;
+    let bob_jid = format!("{r}/bob");
+    let away = alice
+        .wait_for("bob's presence, away and logged in", |e| {
+            e.name() == "presence" && e.attr("from") == Some(bob_jid.as_str()) && e.get_child("show", NS_CLIENT).is_some()
+        })
+        .await;
+    assert_eq!(away.get_child("show", NS_CLIENT).map(|s| s.text()).as_deref(), Some("away"));
+    assert_eq!(away.get_child("status", NS_CLIENT).map(|s| s.text()).as_deref(), Some("account bobacct"), "WHO does not give the away message");
+    assert!(away.get_child("x", MUC_USER).is_some(), "an occupant presence");
+}
+
 on_each_server!(history_the_server_plays_back_on_join_keeps_its_time_as_a_delay);
 /// `server-time` + `batch`: InspIRCd's channel history (mode +H) is played back on join
 /// in a `chathistory` batch; each line reaches the user with its original time as a

@@ -221,6 +221,44 @@ pub fn typing_of(value: Option<&str>) -> Option<Typing> {
     }
 }
 
+/// The token of the gateway's WHOX queries, to tell their replies from a user's `/who`.
+const WHOX_TOKEN: &str = "152";
+
+/// Channels with more members than this are not asked who is away or logged in when
+/// joined: that many replies (and occupant updates) for one join cost more than the
+/// statuses are worth.
+pub const WHOX_MOST_MEMBERS: usize = 500;
+
+/// The WHOX query (ISUPPORT `WHOX`) that asks, once joined, what `away-notify` and
+/// `account-notify` only tell of changes: who in `channel` is away and who is logged in
+/// (token, nick, flags, account).
+#[must_use]
+pub fn whox_query(channel: &str) -> String {
+    format!("WHO {channel} %tnfa,{WHOX_TOKEN}")
+}
+
+/// A reply (354) to [`whox_query`]: one member of the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhoxMember {
+    /// Their nick.
+    pub nick: String,
+    /// Whether they are away (flags `G`, not `H`); the message is not in the reply.
+    pub away: bool,
+    /// Their services account (`None`: not logged in, `0` in the reply).
+    pub account: Option<String>,
+}
+
+/// The member a 354 reply's arguments (our nick, token, nick, flags, account) describe,
+/// if it answers the gateway's own query.
+#[must_use]
+pub fn whox_member(args: &[String]) -> Option<WhoxMember> {
+    let [_, token, nick, flags, account] = args else { return None };
+    if token != WHOX_TOKEN || nick.is_empty() {
+        return None;
+    }
+    Some(WhoxMember { nick: nick.clone(), away: flags.starts_with('G'), account: (account != "0" && !account.is_empty()).then(|| account.clone()) })
+}
+
 /// One line of the user's, written and waiting for its `echo-message` echo.
 #[derive(Debug)]
 struct Written<O> {
@@ -316,6 +354,20 @@ impl<O: Clone + PartialEq> EchoQueue<O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whox_asks_for_token_nick_flags_and_account_and_reads_only_its_own_replies() {
+        assert_eq!(whox_query("#rust"), "WHO #rust %tnfa,152");
+        let args = |line: &str| line.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            whox_member(&args("alice 152 bob G@ bobacct")),
+            Some(WhoxMember { nick: "bob".into(), away: true, account: Some("bobacct".into()) })
+        );
+        assert_eq!(whox_member(&args("alice 152 carol H 0")), Some(WhoxMember { nick: "carol".into(), away: false, account: None }));
+        assert_eq!(whox_member(&args("alice 7 bob G bobacct")), None, "a user's own /who with another token");
+        assert_eq!(whox_member(&args("alice 152 bob G")), None, "missing a field");
+        assert_eq!(whox_member(&args("alice 152 bob G acct extra")), None);
+    }
 
     #[test]
     fn requests_what_is_offered_and_used_with_sasl_only_given_a_password() {

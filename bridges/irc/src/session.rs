@@ -226,6 +226,9 @@ struct V3State {
     away: HashMap<String, String>,
     /// Services accounts of others (`account-notify`, `extended-join`), by folded nick.
     accounts: HashMap<String, String>,
+    /// The server answers WHOX (ISUPPORT `WHOX`): a joined channel's members who are
+    /// already away or logged in are asked for once (`ircv3::whox_query`).
+    whox: bool,
 }
 
 impl IrcSession {
@@ -830,6 +833,11 @@ impl IrcSession {
             IrcCommand::INVITE(nick, channel) if self.casemapping.fold(&nick) == self.casemapping.fold(&self.nick) => {
                 self.emit(Event::Invited { channel, by: source }).await;
             }
+            IrcCommand::Raw(ref command, ref args) if command == "354" => {
+                if let Some(member) = crate::ircv3::whox_member(args) {
+                    self.on_whox_member(member).await;
+                }
+            }
             IrcCommand::Raw(ref command, ref args) if command == "TAGMSG" => {
                 let typing = message.tags.as_deref().and_then(|tags| tags.iter().find(|tag| tag.0 == "+typing")).and_then(|tag| crate::ircv3::typing_of(tag.1.as_deref()));
                 if let (Some(typing), Some(nick), Some(target)) = (typing, source, args.first()) {
@@ -950,6 +958,10 @@ impl IrcSession {
                         if let Some(map) = PrefixMap::from_isupport(value) {
                             Arc::make_mut(&mut self.server_modes).set_prefixes(map);
                         }
+                    } else if token == "WHOX" {
+                        if let Some(v3) = self.v3.as_mut() {
+                            v3.whox = true;
+                        }
                     } else if let Some(value) = token.strip_prefix("CHANMODES=") {
                         Arc::make_mut(&mut self.server_modes).set_chanmodes(value);
                     }
@@ -1011,8 +1023,12 @@ impl IrcSession {
                             occupants: joined.privileges.occupants(),
                             topic: joined.topic.clone(),
                         };
+                        let (members, name) = (joined.privileges.len(), joined.name.clone());
                         let event = self.described_joined(event);
                         self.emit(event).await;
+                        if self.asks_whox(members) {
+                            self.send(crate::ircv3::whox_query(&name));
+                        }
                     }
                 }
             }
@@ -1357,6 +1373,39 @@ impl IrcSession {
             Some(account) => v3.accounts.insert(folded, account),
             None => v3.accounts.remove(&folded),
         };
+    }
+
+    /// Whether a channel just joined with `members` is asked who in it is away or logged
+    /// in: when the server answers WHOX and the session follows either.
+    fn asks_whox(&self, members: usize) -> bool {
+        let follows = self.caps.has(Cap::AwayNotify) || self.caps.has(Cap::AccountNotify);
+        follows && members <= crate::ircv3::WHOX_MOST_MEMBERS && self.v3.as_deref().is_some_and(|v3| v3.whox)
+    }
+
+    /// A member's status from the WHOX query: recorded where the session follows its
+    /// changes (an away state without `away-notify` would never be cleared), and the rooms
+    /// hear of it when it is news.
+    async fn on_whox_member(&mut self, member: crate::ircv3::WhoxMember) {
+        if self.is_me(&member.nick) {
+            return;
+        }
+        let folded = self.casemapping.fold(&member.nick);
+        let (away_notify, account_notify) = (self.caps.has(Cap::AwayNotify), self.caps.has(Cap::AccountNotify));
+        let Some(v3) = self.v3.as_mut() else { return };
+        let mut news = false;
+        if away_notify && member.away && !v3.away.contains_key(&folded) {
+            v3.away.insert(folded.clone(), String::new());
+            news = true;
+        }
+        if let Some(account) = member.account.filter(|_| account_notify) {
+            if v3.accounts.get(&folded) != Some(&account) {
+                v3.accounts.insert(folded, account);
+                news = true;
+            }
+        }
+        if news {
+            self.report_occupant(&member.nick).await;
+        }
     }
 
     /// Forgets what is kept of `nick` once they share no channel with the user.
