@@ -378,18 +378,34 @@ impl CaseMapping {
     /// for lookups on the path of every line.
     #[must_use]
     pub fn folded(self, name: &str) -> std::borrow::Cow<'_, str> {
-        let folds = |c: char| match (self, c) {
+        if !name.chars().any(|c| self.folds(c).is_some()) {
+            return std::borrow::Cow::Borrowed(name);
+        }
+        std::borrow::Cow::Owned(name.chars().map(|c| self.fold_char(c)).collect())
+    }
+
+    /// One character folded (every mapping folds characters one to one).
+    #[must_use]
+    pub fn fold_char(self, c: char) -> char {
+        self.folds(c).unwrap_or(c)
+    }
+
+    /// Whether `a` and `b` are one name, compared without folding either into a string.
+    #[must_use]
+    pub fn same(self, a: &str, b: &str) -> bool {
+        a.len() == b.len() && a.chars().map(|c| self.fold_char(c)).eq(b.chars().map(|c| self.fold_char(c)))
+    }
+
+    /// What `c` folds to, if it changes.
+    fn folds(self, c: char) -> Option<char> {
+        match (self, c) {
             (_, 'A'..='Z') => Some(c.to_ascii_lowercase()),
             (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, '[') => Some('{'),
             (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, ']') => Some('}'),
             (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, '\\') => Some('|'),
             (CaseMapping::Rfc1459, '~') => Some('^'),
             _ => None,
-        };
-        if !name.chars().any(|c| folds(c).is_some()) {
-            return std::borrow::Cow::Borrowed(name);
         }
-        std::borrow::Cow::Owned(name.chars().map(|c| folds(c).unwrap_or(c)).collect())
     }
 }
 
@@ -646,6 +662,11 @@ mod tests {
         assert_eq!(CaseMapping::StrictRfc1459.fold(name), "#foo{}|~Ü");
         assert_eq!(CaseMapping::Rfc1459.fold("#Foo["), CaseMapping::Rfc1459.fold("#foo{"));
         assert_ne!(CaseMapping::Ascii.fold("#Foo["), CaseMapping::Ascii.fold("#foo{"));
+        for mapping in [CaseMapping::Ascii, CaseMapping::Rfc1459, CaseMapping::StrictRfc1459] {
+            for (a, b) in [("#Foo[", "#foo{"), ("Bob~", "bob^"), ("Ü", "ü"), ("ab", "abc"), ("x", "x")] {
+                assert_eq!(mapping.same(a, b), mapping.fold(a) == mapping.fold(b), "{mapping:?}: {a} vs {b}");
+            }
+        }
     }
 
     #[tokio::test]

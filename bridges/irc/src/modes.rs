@@ -18,7 +18,7 @@
 //! A nick holding several modes gets the highest. Nicks are compared with the rfc1459
 //! case mapping (`bridge_core::model::CaseMapping`, as the server announced it).
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -293,14 +293,18 @@ impl ServerModes {
         self.mapping = mapping;
     }
 
-    /// The hash `nick` is found by: of the nick folded.
+    /// The hash `nick` is found by: of its characters folded (no folded copy made).
     fn hash(&self, nick: &str) -> u64 {
-        self.hasher.hash_one(self.mapping.folded(nick).as_ref())
+        let mut hasher = self.hasher.build_hasher();
+        for c in nick.chars() {
+            hasher.write_u32(u32::from(self.mapping.fold_char(c)));
+        }
+        hasher.finish()
     }
 
     /// Whether two nicks are one for the server.
     fn same(&self, a: &str, b: &str) -> bool {
-        a == b || self.mapping.folded(a) == self.mapping.folded(b)
+        self.mapping.same(a, b)
     }
 }
 
