@@ -101,7 +101,10 @@ struct Prehashed;
 
 /// Takes a `u64` key, a keyed hash already, as its own hash.
 #[derive(Debug, Default)]
-struct PrehashedHasher(u64);
+struct PrehashedHasher(
+    /// The key, which is the hash.
+    u64,
+);
 
 impl Hasher for PrehashedHasher {
     fn finish(&self) -> u64 {
