@@ -470,16 +470,16 @@ impl IrcSide {
             }
             // `id`: an echo of the user's own message (`echo-message`), which the
             // user's client matches to what it sent.
-            let archived = self.archive.room_line(&key.user.0, &room.archive_key, room.archive_epoch, who, &body).await.map(crate::mam::id_text);
+            let archived = self.archive.room_line(&key.user.0, &room.archive_key, room.archive_epoch, who, &body).await;
             let id = message.id.as_deref();
             // Serialised once for every resource; as an element (cleaned by the writer)
             // only when a character XML forbids is in it.
-            let line = muc::GroupchatLine::new(&body, id, archived.as_deref());
+            let line = muc::GroupchatLine::new(&body, id, archived);
             for to in room.resources.entered() {
                 let from = from(to);
                 match line.as_ref().and_then(|line| line.stanza(&from, to)) {
                     Some(bytes) => self.out.send_encoded(bytes).await,
-                    None => self.out.send(muc::groupchat(&from, to, &body, id, archived.as_deref())).await,
+                    None => self.out.send(muc::groupchat(&from, to, &body, id, archived.map(crate::mam::id_text).as_deref())).await,
                 }
             }
             return;

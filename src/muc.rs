@@ -530,32 +530,40 @@ pub struct GroupchatLine {
     body: Vec<u8>,
     /// The XMPP id (a reflection's), escaped for an attribute.
     id: Option<Vec<u8>>,
-    /// The archive id of the line, escaped for an attribute.
-    archived: Option<Vec<u8>>,
+    /// The archive id of the line: written as digits straight into each copy (digits
+    /// need no escaping), with no text made for it per delivery.
+    archived: Option<u64>,
 }
 
 impl GroupchatLine {
     /// The line `body`, with the XMPP `id` and the archive id; `None` when a character
     /// XML forbids is in them (the caller builds an element, which the writer cleans).
-    pub fn new(body: &str, id: Option<&str>, archived: Option<&str>) -> Option<Self> {
+    pub fn new(body: &str, id: Option<&str>, archived: Option<u64>) -> Option<Self> {
         let escaped = |text: &str, in_attribute: bool| {
             let mut out = Vec::with_capacity(text.len() + 8);
             crate::encode::escape(text, in_attribute, &mut out).map(|()| out)
         };
-        Some(GroupchatLine {
-            body: escaped(body, false).ok()?,
-            id: id.map(|id| escaped(id, true)).transpose().ok()?,
-            archived: archived.map(|archived| escaped(archived, true)).transpose().ok()?,
-        })
+        Some(GroupchatLine { body: escaped(body, false).ok()?, id: id.map(|id| escaped(id, true)).transpose().ok()?, archived })
     }
 
     /// The message from `from` (an occupant or the room) to `to`; the stanza-id is by
-    /// the room, the bare `from`. `None` when a JID holds a character XML forbids.
+    /// the room, the bare `from` (copied from `from` as escaped there). `None` when a JID
+    /// holds a character XML forbids.
     pub fn stanza(&self, from: &str, to: &str) -> Option<Vec<u8>> {
         use crate::encode::escape;
-        let mut out = Vec::with_capacity(200 + self.body.len());
+        // Room for what is written below with its JIDs unescaped (the room's twice), so
+        // that a copy is made in one allocation.
+        let archived = self.archived.map_or(0, |_| 100 + from.len());
+        let mut out = Vec::with_capacity(110 + from.len() + to.len() + self.id.as_ref().map_or(0, Vec::len) + self.body.len() + archived);
         out.extend_from_slice(b"<message xmlns='jabber:component:accept' type='groupchat' from='");
-        escape(from, true, &mut out).ok()?;
+        let (room, nick) = from.split_once('/').map_or((from, None), |(room, nick)| (room, Some(nick)));
+        let room_at = out.len();
+        escape(room, true, &mut out).ok()?;
+        let room_end = out.len();
+        if let Some(nick) = nick {
+            out.push(b'/');
+            escape(nick, true, &mut out).ok()?;
+        }
         out.extend_from_slice(b"' to='");
         escape(to, true, &mut out).ok()?;
         out.push(b'\'');
@@ -567,17 +575,31 @@ impl GroupchatLine {
         out.extend_from_slice(b"><body>");
         out.extend_from_slice(&self.body);
         out.extend_from_slice(b"</body>");
-        if let Some(archived) = &self.archived {
-            let room = from.split_once('/').map_or(from, |(room, _)| room);
+        if let Some(archived) = self.archived {
             out.extend_from_slice(b"<stanza-id xmlns='urn:xmpp:sid:0' id='");
-            out.extend_from_slice(archived);
+            push_decimal(archived, &mut out);
             out.extend_from_slice(b"' by='");
-            escape(room, true, &mut out).ok()?;
+            out.extend_from_within(room_at..room_end);
             out.extend_from_slice(b"'/>");
         }
         out.extend_from_slice(b"</message>");
         Some(out)
     }
+}
+
+/// Appends `n` in decimal, as `n.to_string()` spells it, without making a string.
+fn push_decimal(mut n: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -604,18 +626,31 @@ mod tests {
     #[test]
     fn a_line_serialised_once_reads_back_as_the_element_groupchat_builds() {
         let from = "#c%irc.test@gw/bob";
-        for (body, id, archived) in [
-            ("hi <there> & 'you' \"all\"\n\ttabbed", None, Some("1796533239000001")),
-            ("plain", Some("m'1"), None),
-            ("😀 ünïcode", Some("x"), Some("42")),
+        for (from, body, id, archived) in [
+            (from, "hi <there> & 'you' \"all\"\n\ttabbed", None, Some(1_796_533_239_000_001)),
+            (from, "plain", Some("m'1"), None),
+            (from, "😀 ünïcode", Some("x"), Some(42)),
+            ("#c'&%irc.test@gw/b<o>b/x", "from the room's own escaped name", None, Some(0)),
+            ("#c'&%irc.test@gw", "the server itself", None, Some(u64::MAX)),
         ] {
             let line = GroupchatLine::new(body, id, archived).unwrap();
             let bytes = line.stanza(from, "alice@localhost/phone").unwrap();
             let parsed: Element = std::str::from_utf8(&bytes).unwrap().parse().unwrap();
-            assert_eq!(parsed, groupchat(from, "alice@localhost/phone", body, id, archived), "{}", String::from_utf8_lossy(&bytes));
+            let archived = archived.map(crate::mam::id_text);
+            assert_eq!(parsed, groupchat(from, "alice@localhost/phone", body, id, archived.as_deref()), "{}", String::from_utf8_lossy(&bytes));
         }
+        assert!(GroupchatLine::new("ok", None, Some(1)).unwrap().stanza("#c%x@gw/bad\u{1}", "a@b").is_none());
         assert!(GroupchatLine::new("bell \u{7}", None, None).is_none(), "what XML forbids goes the element's way");
         assert!(GroupchatLine::new("ok", None, None).unwrap().stanza("bad\u{1}@gw", "a@b").is_none());
+    }
+
+    #[test]
+    fn decimals_are_spelled_as_to_string_spells_them() {
+        for n in [0, 7, 10, 99, 1_796_533_239_000_001, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(n, &mut out);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]

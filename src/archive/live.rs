@@ -15,7 +15,7 @@
 //! decides go to the archive's thread.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use super::Write;
 
@@ -26,6 +26,10 @@ const RECENT: usize = 64;
 const MATCH_WINDOW: u64 = 30_000_000;
 /// But never more than this many per channel (a flood of 10 s at the cut-off rate).
 const MOST_RECENT: usize = 16_384;
+/// Lines looked at from a reader's place before asking the index: a session gets the
+/// lines in the server's order but not its user's own (logged as sent), and lines sent
+/// by several users at once are logged in an order a little different from the server's.
+const AHEAD: usize = 4;
 
 /// The live state of every channel some user of the gateway is getting lines from.
 #[derive(Debug, Default)]
@@ -33,33 +37,98 @@ pub struct Live {
     /// By archive room key (`server/channel`); hashbrown's map to look up by `&str` and
     /// insert on a miss with one hash.
     channels: hashbrown::HashMap<String, Channel, RandomState>,
-    /// Hashes speaker and text for `Channel::index` (randomly keyed: IRC users choose
+    /// Hashes speaker and text for `Log::index` (randomly keyed: IRC users choose
     /// the text).
     hasher: RandomState,
 }
 
 #[derive(Debug, Default)]
 struct Channel {
-    /// The newest lines of the channel's log, oldest (lowest id) first: id and the hash
-    /// of speaker and text, to let go of them in order.
-    recent: VecDeque<(u64, u64)>,
-    /// The recent lines by the hash of speaker and text, ascending ids, with who took
-    /// each: one lookup finds a line without touching its text. (Two different lines
-    /// share a 64-bit keyed hash with a chance of one in 2^64: then a user's copy of one
-    /// would carry the other's id.)
-    index: HashMap<u64, Vec<Recent>>,
-    /// Each user's span in progress, with the index of their bit in `Recent::claims`.
+    /// The channel's recent lines (apart from the readers, so that a delivery borrows
+    /// its reader and the lines at once, with one lookup of each).
+    log: Log,
+    /// Each user's span in progress, with the index of their bit in `Line::claims`.
     readers: HashMap<String, Reader>,
     /// Bits given out so far (never reused while the channel is in memory).
     next_bit: usize,
 }
 
-/// A recent line as the index keeps it.
+/// The newest lines of a channel's log, and how to find one by speaker and text.
+#[derive(Debug, Default)]
+struct Log {
+    /// The lines, oldest (lowest id) first, each with who took it: one place for
+    /// everything a delivery reads and changes, next to the lines delivered just before.
+    recent: VecDeque<Line>,
+    /// The sequence number of `recent[0]` (each line pushed takes the next): how the
+    /// index names a line, whatever left the front since.
+    first: u64,
+    /// The recent lines by the hash of speaker and text (their sequence numbers,
+    /// ascending): one lookup finds a line without touching its text. The key is itself
+    /// a keyed hash, so the map uses it as it is rather than hashing it again. (Two
+    /// different lines share a 64-bit keyed hash with a chance of one in 2^64: then a
+    /// user's copy of one would carry the other's id.)
+    index: hashbrown::HashMap<u64, Seqs, Prehashed>,
+}
+
+/// A recent line.
 #[derive(Debug)]
-struct Recent {
+struct Line {
+    /// Its archive id.
     id: u64,
+    /// The hash of its speaker and text, to take it out of the index when it leaves.
+    hash: u64,
+    /// Whether an older recent line had the same hash when this one was pushed: only
+    /// then may a reader's copy of this text be an older line, so only then must the
+    /// index be asked rather than the line after the reader's last.
+    repeated: bool,
     /// Which readers took this line (bit `Reader::bit`).
     claims: Claims,
+}
+
+/// The sequence numbers of the recent lines one hash names, ascending: nearly always
+/// one (the same speaker saying the same text again is the exception), kept inline.
+#[derive(Debug)]
+struct Seqs {
+    /// The oldest.
+    first: u64,
+    /// The others, oldest first (empty, so unallocated, for a line said once).
+    more: Vec<u64>,
+}
+
+/// Builds [`PrehashedHasher`]s: for keys that already are keyed hashes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Prehashed;
+
+/// Takes a `u64` key, a keyed hash already, as its own hash.
+#[derive(Debug, Default)]
+struct PrehashedHasher(
+    /// The key, which is the hash.
+    u64,
+);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; any other is folded in, still correctly.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl BuildHasher for Prehashed {
+    type Hasher = PrehashedHasher;
+
+    fn build_hasher(&self) -> PrehashedHasher {
+        PrehashedHasher::default()
+    }
 }
 
 /// A set of reader bits, the first 64 without allocating.
@@ -105,37 +174,71 @@ struct Reader {
     persisted: u64,
     /// When the user last got a line (µs), to forget idle readers.
     touched: u64,
+    /// The sequence number (`Log::first`) after the line the user took last: sessions
+    /// get a channel's lines in the server's order, so this is nearly always the next
+    /// one they get, found without the index (whose lookups miss the cache when
+    /// sessions are thousands of lines apart).
+    next: u64,
 }
 
-impl Channel {
+impl Log {
     /// Takes for reader `bit` the oldest recent line hashed `hash`, logged at or after
-    /// `oldest`, it has not taken yet; its id.
-    fn take(&mut self, hash: u64, bit: usize, oldest: u64) -> Option<u64> {
-        let line = self.index.get_mut(&hash)?.iter_mut().find(|l| l.id >= oldest && !l.claims.has(bit))?;
-        line.claims.add(bit);
-        Some(line.id)
-    }
-
-    /// Adds the newest line `id` (hashed `hash`), taken by reader `bit`, and lets go of
-    /// the oldest ones past [`RECENT`] that are older than `oldest`, or past
-    /// [`MOST_RECENT`].
-    fn push(&mut self, id: u64, hash: u64, bit: usize, oldest: u64) {
-        let mut claims = Claims::default();
-        claims.add(bit);
-        self.index.entry(hash).or_default().push(Recent { id, claims });
-        self.recent.push_back((id, hash));
-        // One reader has nobody to match with: a flood on a channel only one user of the
-        // gateway is in costs [`RECENT`] lines, not [`MOST_RECENT`].
-        let most = if self.readers.len() > 1 { MOST_RECENT } else { RECENT };
-        while self.recent.len() > most || (self.recent.len() > RECENT && self.recent.front().is_some_and(|(id, _)| *id < oldest)) {
-            let Some((old, old_hash)) = self.recent.pop_front() else { break };
-            if let Some(lines) = self.index.get_mut(&old_hash) {
-                lines.retain(|l| l.id != old);
-                if lines.is_empty() {
-                    self.index.remove(&old_hash);
+    /// `oldest`, it has not taken yet: its id and sequence number. Looks first at the
+    /// [`AHEAD`] lines from the one numbered `next`: a line there hashed `hash` whose
+    /// text was not said shortly before (not `repeated`) is the oldest so hashed, so it
+    /// is that line if the reader has not taken it. Else asks the index.
+    fn take(&mut self, hash: u64, bit: usize, oldest: u64, next: u64) -> Option<(u64, u64)> {
+        let first = self.first;
+        let at = |seq: u64| usize::try_from(seq.checked_sub(first)?).ok();
+        if let Some(from) = at(next) {
+            for (seq, line) in (next..).zip(self.recent.range_mut(from.min(self.recent.len())..).take(AHEAD)) {
+                if line.hash == hash {
+                    if !line.repeated && line.id >= oldest && !line.claims.has(bit) {
+                        line.claims.add(bit);
+                        return Some((line.id, seq));
+                    }
+                    break;
                 }
             }
         }
+        let seqs = self.index.get(&hash)?;
+        for &seq in std::iter::once(&seqs.first).chain(&seqs.more) {
+            let Some(line) = at(seq).and_then(|at| self.recent.get_mut(at)) else { continue };
+            if line.id >= oldest && !line.claims.has(bit) {
+                line.claims.add(bit);
+                return Some((line.id, seq));
+            }
+        }
+        None
+    }
+
+    /// Adds the newest line `id` (hashed `hash`), taken by reader `bit`, and lets go of
+    /// the oldest ones past [`RECENT`] that are older than `oldest`, or past `most`; its
+    /// sequence number.
+    fn push(&mut self, id: u64, hash: u64, bit: usize, oldest: u64, most: usize) -> u64 {
+        let mut claims = Claims::default();
+        claims.add(bit);
+        let seq = self.first + self.recent.len() as u64;
+        let mut repeated = true;
+        self.index.entry(hash).and_modify(|seqs| seqs.more.push(seq)).or_insert_with(|| {
+            repeated = false;
+            Seqs { first: seq, more: Vec::new() }
+        });
+        self.recent.push_back(Line { id, hash, repeated, claims });
+        while self.recent.len() > most || (self.recent.len() > RECENT && self.recent.front().is_some_and(|line| line.id < oldest)) {
+            let Some(old) = self.recent.pop_front() else { break };
+            // The oldest line is the first its hash names.
+            if let hashbrown::hash_map::Entry::Occupied(mut seqs) = self.index.entry(old.hash) {
+                if seqs.get().more.is_empty() {
+                    seqs.remove();
+                } else {
+                    let seqs = seqs.get_mut();
+                    seqs.first = seqs.more.remove(0);
+                }
+            }
+            self.first += 1;
+        }
+        seq
     }
 }
 
@@ -146,38 +249,41 @@ impl Live {
     /// pushed to `writes`.
     #[allow(clippy::too_many_arguments, reason = "each is one fact of the line")]
     pub fn saw(&mut self, room: &str, user: &str, epoch: u64, who: &str, body: &str, now: u64, new_id: impl FnOnce() -> u64, writes: &mut Vec<Write>) -> u64 {
-        let channel = self.channels.entry_ref(room).or_default();
-        let bit = match channel.readers.get(user) {
-            Some(reader) => reader.bit,
-            None => channel.next_bit,
-        };
         let hash = self.hasher.hash_one((who, body));
         let oldest = now.saturating_sub(MATCH_WINDOW);
-        let id = match channel.take(hash, bit, oldest) {
-            Some(id) => id,
+        let Channel { log, readers, next_bit } = self.channels.entry_ref(room).or_default();
+        // One reader has nobody to match with: a flood on a channel only one user of the
+        // gateway is in costs [`RECENT`] lines, not [`MOST_RECENT`].
+        let most = if readers.len() > 1 { MOST_RECENT } else { RECENT };
+        let reader = readers.get_mut(user);
+        let (bit, next) = reader.as_ref().map_or((*next_bit, 0), |reader| (reader.bit, reader.next));
+        let (id, seq) = match log.take(hash, bit, oldest, next) {
+            Some(taken) => taken,
             None => {
                 let id = new_id();
-                channel.push(id, hash, bit, oldest);
+                let seq = log.push(id, hash, bit, oldest, most);
                 writes.push(Write::Line { room: room.to_owned(), id, who: who.to_owned(), body: body.to_owned() });
-                id
+                (id, seq)
             }
         };
-        match channel.readers.get_mut(user) {
+        let next = seq + 1;
+        match reader {
             Some(reader) if reader.epoch == epoch => {
                 reader.end = reader.end.max(id);
                 reader.start = reader.start.min(id);
                 reader.touched = now;
+                reader.next = next;
             }
             Some(reader) => {
                 if reader.end > reader.persisted {
                     writes.push(Write::Span { room: room.to_owned(), user: user.to_owned(), start: reader.start, end: reader.end });
                 }
-                *reader = Reader { bit, epoch, start: id, end: id, persisted: id, touched: now };
+                *reader = Reader { bit, epoch, start: id, end: id, persisted: id, touched: now, next };
                 writes.push(Write::Span { room: room.to_owned(), user: user.to_owned(), start: id, end: id });
             }
             None => {
-                channel.next_bit += 1;
-                channel.readers.insert(user.to_owned(), Reader { bit, epoch, start: id, end: id, persisted: id, touched: now });
+                *next_bit += 1;
+                readers.insert(user.to_owned(), Reader { bit, epoch, start: id, end: id, persisted: id, touched: now, next });
                 writes.push(Write::Span { room: room.to_owned(), user: user.to_owned(), start: id, end: id });
             }
         }
@@ -324,8 +430,9 @@ mod tests {
         writes.clear();
         live.saw("s/#c", "slow", 1, "bob", "1", NOW, || clock.next(), &mut writes);
         assert_eq!(lines(&writes), 1, "line 1 left the recent lines: logged again for the slow session");
-        assert_eq!(live.channels["s/#c"].recent.len(), MOST_RECENT);
-        assert_eq!(live.channels["s/#c"].index.values().map(Vec::len).sum::<usize>(), MOST_RECENT, "the index follows");
+        let log = &live.channels["s/#c"].log;
+        assert_eq!(log.recent.len(), MOST_RECENT);
+        assert_eq!(log.index.values().map(|seqs| 1 + seqs.more.len()).sum::<usize>(), MOST_RECENT, "the index follows");
     }
 
     #[test]
@@ -341,6 +448,45 @@ mod tests {
         writes.clear();
         live.forget_user("b", &mut writes);
         assert!(live.channels["s/#d"].readers.is_empty());
+    }
+
+    #[test]
+    fn the_same_text_said_again_and_again_leaves_the_index_in_step_with_the_lines() {
+        let (mut live, mut clock, mut writes) = (Live::default(), Clock(NOW), Vec::new());
+        // Two readers: a keeps far ahead, b takes the copies it got later, oldest first.
+        let said: Vec<u64> = (0..RECENT + 40).map(|_| live.saw("s/#c", "a", 1, "bob", "again", NOW, || clock.next(), &mut writes)).collect();
+        let log = &live.channels["s/#c"].log;
+        assert_eq!(log.recent.len(), RECENT, "one reader: the last few kept");
+        assert_eq!(log.index.len(), 1);
+        assert_eq!(log.index.values().map(|seqs| 1 + seqs.more.len()).sum::<usize>(), RECENT);
+        writes.clear();
+        assert_eq!(live.saw("s/#c", "b", 1, "bob", "again", NOW, || clock.next(), &mut writes), said[40], "the oldest kept copy b has not taken");
+        assert_eq!(live.saw("s/#c", "b", 1, "bob", "again", NOW, || clock.next(), &mut writes), said[41]);
+        assert_eq!(lines(&writes), 0);
+    }
+
+    #[test]
+    fn a_reader_finds_the_next_lines_past_its_own_and_a_repeated_text_still_takes_the_oldest_copy() {
+        let (mut live, mut clock, mut writes) = (Live::default(), Clock(NOW), Vec::new());
+        let one = live.saw("s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
+        // b says something (logged as sent), then gets the lines a got, in order.
+        let own = live.saw("s/#c", "b", 1, "b", "mine", NOW, || clock.next(), &mut writes);
+        let two = live.saw("s/#c", "a", 1, "bob", "two", NOW, || clock.next(), &mut writes);
+        let again = live.saw("s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
+        assert_eq!(live.saw("s/#c", "b", 1, "bob", "one", NOW, || clock.next(), &mut writes), one);
+        assert_eq!(live.saw("s/#c", "b", 1, "bob", "two", NOW, || clock.next(), &mut writes), two, "past b's own line");
+        assert_eq!(live.saw("s/#c", "b", 1, "bob", "one", NOW, || clock.next(), &mut writes), again);
+        assert_eq!(live.saw("s/#c", "a", 1, "b", "mine", NOW, || clock.next(), &mut writes), own);
+        // c joins late and gets "one" said again: the oldest copy it has not taken.
+        assert_eq!(live.saw("s/#c", "c", 1, "bob", "one", NOW, || clock.next(), &mut writes), one);
+        assert_eq!(live.saw("s/#c", "c", 1, "bob", "one", NOW, || clock.next(), &mut writes), again);
+        assert_eq!(lines(&writes), 4);
+    }
+
+    #[test]
+    fn a_prehashed_key_is_its_own_hash() {
+        assert_eq!(Prehashed.hash_one(0xdead_beef_u64), 0xdead_beef);
+        assert_ne!(Prehashed.hash_one("text"), Prehashed.hash_one("texu"), "other keys still hash");
     }
 
     #[test]

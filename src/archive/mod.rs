@@ -245,6 +245,12 @@ struct Shared {
     drain_asked: Arc<AtomicBool>,
     /// The last id given out.
     last_id: AtomicU64,
+    /// Microseconds since the epoch, as of the last id given out or the last tick of the
+    /// spans' ticker (at most [`SPANS_EVERY`] old while the runtime keeps up): the live
+    /// path needs the time only to within seconds (its match window, idle readers), and
+    /// reading it here rather than the system clock for each delivery saves a clock read
+    /// per recipient of a line.
+    clock: AtomicU64,
     /// Which lines each user got (only the router's thread takes it, briefly).
     live: Mutex<live::Live>,
 }
@@ -252,9 +258,16 @@ struct Shared {
 impl Shared {
     /// The id of the next entry (see [`Archive::next_id`]).
     fn next_id(&self) -> u64 {
-        let now = now_micros();
+        let now = self.tick();
         let previous = self.last_id.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1))).unwrap_or_default();
         now.max(previous + 1)
+    }
+
+    /// Reads the system clock into `clock`; the time now (µs).
+    fn tick(&self) -> u64 {
+        let now = now_micros();
+        self.clock.fetch_max(now, Ordering::Relaxed);
+        now
     }
 
     /// Works on the live state and queues the writes it decided.
@@ -300,7 +313,7 @@ impl Archive {
             .name("archive".into())
             .spawn(move || serve(backend, writes_rx, control_rx, &asked, retention))
             .map_err(|e| ArchiveError::Backend { action: "start its thread", message: e.to_string() })?;
-        let shared = Arc::new(Shared { writes, control, drain_asked, last_id: AtomicU64::new(last_id), live: Mutex::default() });
+        let shared = Arc::new(Shared { writes, control, drain_asked, last_id: AtomicU64::new(last_id), clock: AtomicU64::new(now_micros()), live: Mutex::default() });
         // Spans are written every half second, idle cursors forgotten, and old entries
         // removed hourly (first at start), each time after the spans are written.
         let weak = Arc::downgrade(&shared);
@@ -311,6 +324,7 @@ impl Archive {
             loop {
                 every.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
+                shared.tick();
                 if swept.elapsed() >= IDLE_CURSOR / 10 {
                     swept = tokio::time::Instant::now();
                     let before = now_micros().saturating_sub(IDLE_CURSOR.as_micros() as u64);
@@ -353,7 +367,9 @@ impl Archive {
     pub async fn room_line(&self, user: &str, room: &str, epoch: u64, who: &str, body: &str) -> Option<u64> {
         let shared = self.inner.as_ref()?;
         let mut id = 0;
-        let now = now_micros();
+        // The clock as of the last new line or tick: a line's copies mostly come within
+        // the same wake-up as its first (see `Shared::clock`).
+        let now = shared.clock.load(Ordering::Relaxed);
         shared.with_live(|live, writes| id = live.saw(room, user, epoch, who, body, now, || shared.next_id(), writes)).await;
         Some(id)
     }
