@@ -205,11 +205,15 @@ pub trait ArchiveBackend: Send + 'static {
     /// One page of `query`.
     fn query(&self, query: &Query) -> Result<Page, ArchiveError>;
     /// Removes everything of `user` (their private messages, their spans, and the
-    /// channel lines no other user's span covers); how many entries.
-    fn delete_user(&mut self, user: &str) -> Result<u64, ArchiveError>;
+    /// channel lines up to `settled` no other user's span covers); how many entries.
+    ///
+    /// `settled`: every channel line up to this id is covered by the spans written
+    /// before; later lines may be in spans still in memory (`live.rs` writes them every
+    /// [`SPANS_EVERY`]) and are never collected.
+    fn delete_user(&mut self, user: &str, settled: u64) -> Result<u64, ArchiveError>;
     /// Removes what `retention` no longer keeps, as of `now` (microseconds), and channel
-    /// lines no span covers; how many.
-    fn trim(&mut self, retention: Retention, now: u64) -> Result<u64, ArchiveError>;
+    /// lines up to `settled` no span covers; how many.
+    fn trim(&mut self, retention: Retention, now: u64, settled: u64) -> Result<u64, ArchiveError>;
     /// The highest id ever written, so ids keep increasing across restarts.
     fn last_id(&self) -> Result<u64, ArchiveError>;
     /// Makes every write so far durable.
@@ -220,8 +224,10 @@ pub trait ArchiveBackend: Send + 'static {
 /// batches; each of these is done after every write queued before it.
 enum Control {
     Query(Query, oneshot::Sender<Result<Page, ArchiveError>>),
-    DeleteUser(String),
-    Trim,
+    /// A user's whole archive, with the id up to which spans were written (`settled`).
+    DeleteUser(String, u64),
+    /// Old entries, with the id up to which spans were written (`settled`).
+    Trim(u64),
     Flush(oneshot::Sender<Result<(), ArchiveError>>),
     /// The write queue is half full: write it now rather than at the next tick.
     Drain,
@@ -289,6 +295,22 @@ impl Shared {
         }
     }
 
+    /// Does `work` on the live state, then queues every span in memory: returns the last
+    /// id given out then, up to which every channel line is covered by a span queued
+    /// (for what collects uncovered lines, which must not take a line whose reader's span
+    /// is still in memory).
+    async fn settle(&self, work: impl FnOnce(&mut live::Live, &mut Vec<Write>)) -> u64 {
+        let mut settled = 0;
+        self.with_live(|live, writes| {
+            work(live, writes);
+            live.flush(None, writes);
+            // Under the lock that every channel line's id is given out under.
+            settled = self.last_id.load(Ordering::Relaxed);
+        })
+        .await;
+        settled
+    }
+
     /// Sends `control` to the thread.
     fn control(&self, control: Control) -> Result<(), ArchiveError> {
         self.control.send(control).map_err(|_| ArchiveError::Disabled)
@@ -325,16 +347,21 @@ impl Archive {
                 every.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
                 shared.tick();
-                if swept.elapsed() >= IDLE_CURSOR / 10 {
+                let sweep = swept.elapsed() >= IDLE_CURSOR / 10;
+                if sweep {
                     swept = tokio::time::Instant::now();
-                    let before = now_micros().saturating_sub(IDLE_CURSOR.as_micros() as u64);
-                    shared.with_live(|live, writes| live.forget_idle(before, writes)).await;
-                } else {
-                    shared.with_live(|live, writes| live.flush(None, writes)).await;
                 }
+                let before = now_micros().saturating_sub(IDLE_CURSOR.as_micros() as u64);
+                let settled = shared
+                    .settle(|live, writes| {
+                        if sweep {
+                            live.forget_idle(before, writes);
+                        }
+                    })
+                    .await;
                 if trimmed.is_none_or(|at| at.elapsed() >= TRIM_EVERY) {
                     trimmed = Some(tokio::time::Instant::now());
-                    let _ = shared.control(Control::Trim);
+                    let _ = shared.control(Control::Trim(settled));
                 }
             }
         });
@@ -387,12 +414,8 @@ impl Archive {
     pub async fn delete_user(&self, user: &str) {
         if let Some(shared) = &self.inner {
             // Every span written first, so that the lines others got stay.
-            shared.with_live(|live, writes| {
-                live.forget_user(user, writes);
-                live.flush(None, writes);
-            })
-            .await;
-            let _ = shared.control(Control::DeleteUser(user.to_owned()));
+            let settled = shared.settle(|live, writes| live.forget_user(user, writes)).await;
+            let _ = shared.control(Control::DeleteUser(user.to_owned(), settled));
         }
     }
 
@@ -450,11 +473,11 @@ fn run(backend: &mut impl ArchiveBackend, work: Control, retention: Retention) {
         Control::Query(query, answer) => {
             let _ = answer.send(backend.query(&query));
         }
-        Control::DeleteUser(user) => match backend.delete_user(&user) {
+        Control::DeleteUser(user, settled) => match backend.delete_user(&user, settled) {
             Ok(removed) => tracing::info!(%user, removed, "archive deleted"),
             Err(error) => tracing::warn!(%user, %error, "the archive could not be deleted"),
         },
-        Control::Trim => match backend.trim(retention, now_micros()) {
+        Control::Trim(settled) => match backend.trim(retention, now_micros(), settled) {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "old archived messages removed"),
             Err(error) => tracing::warn!(%error, "old archived messages could not be removed"),
