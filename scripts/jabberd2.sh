@@ -22,8 +22,8 @@
 #       Creates each USER@HOST (or resets its password if it exists) by writing
 #       the SQLite database directly (table authreg: username, realm = HOST,
 #       plaintext password; and table active, the sm's list of existing users).
-#       Works while the server runs (c2s reads authreg at every login) and
-#       before the first start once DIR/db exists.
+#       Works while the server runs (c2s reads authreg at every login); needs
+#       DIR/db/sqlite.db, made by the first start, not a running server.
 #
 # Verified facts (Debian 12, jabberd2 2.7.0; all found the hard way):
 # - The four daemons are /usr/sbin/jabberd2-{router,sm,c2s,s2s}, each started
@@ -37,33 +37,47 @@
 #   <router><retry> settings, so the start order only matters for speed.
 # - XEP-0114: the router accepts "jabber:component:accept" streams when
 #   router.xml has <local><secret>; that one secret is shared by every
-#   component, whatever domain it binds (no per-component secret).
+#   component, whatever domain it binds (no per-component secret). A wrong one
+#   is answered with <not-authorized/>. The router logs "[DOMAIN] online" when a
+#   component has bound its domain.
+# - What a component sees that Prosody and ejabberd never send: (1) a stream
+#   header with version='1.0' (the gateway's) is answered with the header, then
+#   <stream:features/> (SASL DIGEST-MD5), then the handshake's answer; (2) the
+#   users' stanzas arrive with xmlns='jabber:client' declared on each one, over
+#   the jabber:component:accept stream. The gateway skips (1) and reads (2) in
+#   the component namespace (src/connection.rs); before that, the handshake
+#   failed on the features and every iq was refused as malformed.
 # - One sm serves several hosts: one <id> per host in sm.xml's <local>; c2s
 #   needs an <id> per host too. The router then logs "[HOST] online".
 # - A user that exists only in authreg logs in (SASL succeeds) but the session
 #   fails: sm logs "user not found and user.auto-create not enabled, can't start
 #   session" and c2s closes the stream with <not-authorized/> "stanza sent
 #   before session start". The sm knows a user by a row in table `active`
-#   (written by mod_active on in-band registration). adduser writes both rows;
+#   (mod_active, in the user-create chain, writes it): with that row, and no
+#   auto-create, the session starts (both checked). adduser writes both rows;
 #   sm.xml also has <user><auto-create/> so that a user added to authreg alone
 #   still works.
 # - The SQLite schema comes from /usr/share/doc/jabberd2/db-setup.sqlite.gz
 #   (the sqlite3 command-line tool, package sqlite3, loads it). Minimal images
-#   whose dpkg config excludes /usr/share/doc lack it: start then fails saying
-#   so. It sets journal_mode=WAL, so adduser's writes do not wait for the
+#   whose dpkg config excludes /usr/share/doc would lack it: start then fails
+#   saying so. It sets journal_mode=WAL, so adduser's writes do not wait for the
 #   daemons' readers.
 # - c2s offers SASL mechanisms without TLS only from <authreg><mechanisms>;
 #   those in <ssl-mechanisms> need STARTTLS. No pemfile is given, so no
 #   STARTTLS is offered; c2s logs "using PEM:Default" all the same.
-# - c2s's default <io><limits><stanzas> (1000) and <stanzasize> (64 KiB) and
-#   the router's <bytes> limit throttle or cut bursts; all are off or raised here.
+# - Debian's c2s.xml sets <io><limits><stanzas>1000 and <stanzasize>65535;
+#   here <stanzas> is 0 (no rate limit, as 0 means in Debian's comments) and
+#   stanzas may be 1 MiB (as with ejabberd's max_stanza_size); the router's
+#   <bytes> and <connects> limits are 0 too.
 # - Debian's package enables systemd units (jabberd.service, jabberd-*.service)
 #   and an init script /etc/init.d/jabberd2 that its postinst starts on
 #   install through invoke-rc.d, on the default ports 5222/5269/5347 as user
 #   jabber with /etc/jabberd2: scripts/install-deps.sh creates
 #   /usr/sbin/policy-rc.d (exit 101) first, which stops that start. Without
 #   systemd running, the units do nothing.
-# - Ready in about 0.3 s (router, sm and c2s bound); idle RSS about 4 MiB each.
+# - Ready in about 0.4 s (router, sm and c2s bound); idle RSS 4-7 MiB each.
+#   TERM stops each daemon at once. A port in use: the daemon logs "unable to
+#   listen (Address already in use)" and exits 1.
 #
 # Several instances may run at once with different DIRs and ports.
 # Environment:

@@ -134,3 +134,14 @@ async fn jabberd2_a_channel_room_talks_both_ways_with_an_irc_user() {
     assert_eq!(m.attr("from"), Some(format!("{room}/bob").as_str()));
     assert_eq!(m.attr("to"), Some(alice.jid.as_str()));
 }
+
+#[tokio::test]
+async fn jabberd2_a_wrong_secret_is_refused_and_the_gateway_exits_saying_so() {
+    let server = jabberd2();
+    let mut gateway = Gateway::start_with_no_wait(&server, "not-the-secret");
+    let code = gateway.wait_exit(std::time::Duration::from_secs(10));
+    assert_eq!(code, Some(2), "log:\n{}", gateway.log_text());
+    let log = gateway.log_text();
+    assert!(log.contains("refused the component secret"), "{log}");
+    assert!(!log.contains("not-the-secret"), "the secret leaked into the log: {log}");
+}
