@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # install-deps.sh - install the Debian packages the integration tests need:
-# XMPP servers Prosody and ejabberd, the IRC servers ngIRCd and InspIRCd (with
+# XMPP servers Prosody, ejabberd and jabberd2 (with sqlite3, which creates its
+# databases), the IRC servers ngIRCd and InspIRCd (with
 # Atheme services, for SASL), the mail servers Postfix (SMTP) and Dovecot (IMAP,
 # LMTP) with swaks (an SMTP client, with the Perl TLS modules it needs for
 # STARTTLS), biboumi (the peer gateway of the benchmarks), openssl, CA certificates.
@@ -10,7 +11,9 @@
 # Idempotent and non-interactive. Must run as root (it uses apt-get), unless
 # every package is already installed, in which case it does nothing and exits 0.
 # Before installing it creates /usr/sbin/policy-rc.d ("exit 101") if absent, so
-# that package postinst scripts do not start system-wide daemons, and it
+# that package postinst scripts do not start system-wide daemons (jabberd2's runs
+# `invoke-rc.d jabberd2 start`: router, sm, c2s and s2s on 5347, 5222 and 5269; its
+# systemd units are only enabled, and nothing runs them without systemd), and it
 # preseeds debconf "postfix/main_mailer_type" = "No configuration" so that the
 # postfix package asks nothing and configures no system-wide mail server (the
 # tests run their own instances: scripts/mail.sh).
@@ -18,7 +21,7 @@
 set -euo pipefail
 
 # All packages the tests need, in one place.
-PACKAGES="prosody lua-unbound lua-event lua-sec ejabberd ngircd openssl ca-certificates \
+PACKAGES="prosody lua-unbound lua-event lua-sec ejabberd jabberd2 sqlite3 ngircd openssl ca-certificates \
 dovecot-core dovecot-imapd dovecot-lmtpd postfix swaks libnet-ssleay-perl libio-socket-ssl-perl \
 inspircd atheme-services biboumi"
 

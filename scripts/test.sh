@@ -20,7 +20,7 @@ PROG=test.sh
 
 ensure_deps "the integration tests"
 if [ "$(id -u)" -ne 0 ]; then
-    log "warning: not root; tests that start ejabberd (run as user 'ejabberd' via runuser) will fail"
+    log "warning: not root; tests that start ejabberd (run as user 'ejabberd' via runuser) or jabberd2 (its script needs root) will fail"
 fi
 
 ensure_cargo

@@ -137,8 +137,10 @@ async fn serve(
                     Ok(StreamEvent::Stanza(element)) if element.is("error", NS_STREAM) => {
                         return Ended::Lost(format!("stream error: {}", connection::stream_error_condition(&element)));
                     }
-                    Ok(StreamEvent::Stanza(element)) => router.handle_stanza(element).await,
-                    Ok(StreamEvent::TooLarge(element, reason)) => router.handle_too_large(element, &reason).await,
+                    Ok(StreamEvent::Stanza(element)) => router.handle_stanza(connection::into_component_namespace(element)).await,
+                    Ok(StreamEvent::TooLarge(element, reason)) => {
+                        router.handle_too_large(connection::into_component_namespace(element), &reason).await
+                    }
                     Ok(StreamEvent::Header(_)) => {}
                     Ok(StreamEvent::End) => return Ended::Lost("the server closed the stream".into()),
                     Err(error) => return Ended::Lost(error.to_string()),

@@ -58,6 +58,35 @@ impl ConnectError {
     }
 }
 
+/// The client namespace: jabberd2's router forwards the stanzas of its users with it
+/// declared on each one, over the component stream.
+pub const NS_CLIENT: &str = "jabber:client";
+
+/// `stanza` in the component namespace if it came in `jabber:client` (jabberd2), with its
+/// children of that namespace (`<body/>`, `<error/>`, ...) likewise; elements of other
+/// namespaces, and what is inside them (a `jabber:client` message forwarded in a
+/// XEP-0297 `<forwarded/>`), are kept as they are. Anything else is returned unchanged.
+pub fn into_component_namespace(stanza: Element) -> Element {
+    if !stanza.has_ns(NS_CLIENT) {
+        return stanza;
+    }
+    renamespaced(stanza)
+}
+
+fn renamespaced(mut element: Element) -> Element {
+    let mut moved = Element::bare(element.name(), NS_COMPONENT);
+    *moved.attrs_mut() = std::mem::take(element.attrs_mut());
+    for node in element.take_nodes() {
+        match node {
+            minidom::Node::Element(child) if child.has_ns(NS_CLIENT) => {
+                moved.append_child(renamespaced(child));
+            }
+            other => moved.append_node(other),
+        }
+    }
+    moved
+}
+
 /// The handshake digest of XEP-0114 §3: hex SHA-1 of the stream id followed by the secret.
 pub fn handshake_digest(stream_id: &str, secret: &Secret) -> String {
     let mut hasher = Sha1::new();
@@ -108,7 +137,13 @@ async fn connect_inner(server: &str, jid: &str, secret: &Secret, limits: StanzaL
     let handshake = format!("<handshake>{}</handshake>", handshake_digest(&stream_id, secret));
     writer.write_all(handshake.as_bytes()).await.map_err(io_error)?;
 
-    match next(&mut reader, server).await? {
+    // jabberd2's router answers a header with version='1.0' with <stream:features/> (its
+    // SASL mechanisms) before the handshake's answer: nothing to act on, skipped.
+    let mut event = next(&mut reader, server).await?;
+    while matches!(&event, StreamEvent::Stanza(element) if element.is("features", NS_STREAM)) {
+        event = next(&mut reader, server).await?;
+    }
+    match event {
         StreamEvent::Stanza(element) if element.name() == "handshake" => {
             Ok(Connection { reader, writer })
         }
@@ -162,6 +197,89 @@ mod tests {
             hex::encode(Sha1::digest(b"3BF96D32secret"))
         );
         assert_eq!(handshake_digest("3BF96D32", &Secret::new("secret")).len(), 40);
+    }
+
+    /// A server on a free port that answers the first connection's stream header with
+    /// `header` and its handshake with `reply`; returns its address.
+    async fn scripted_server(header: &'static str, reply: &'static str) -> String {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 1024];
+            let mut answered_header = false;
+            loop {
+                let n = socket.read(&mut buffer).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                seen.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&seen).into_owned();
+                if !answered_header && text.contains("<stream:stream") {
+                    socket.write_all(header.as_bytes()).await.unwrap();
+                    answered_header = true;
+                }
+                if text.contains("</handshake>") {
+                    socket.write_all(reply.as_bytes()).await.unwrap();
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    return;
+                }
+            }
+        });
+        address
+    }
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+        xmlns:stream='http://etherx.jabber.org/streams' id='s1' from='gw.localhost' version='1.0'>";
+
+    #[tokio::test]
+    async fn stream_features_before_the_handshake_answer_are_skipped() {
+        // What jabberd2's router sends: its SASL features, then the handshake's answer.
+        let server = scripted_server(
+            HEADER,
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+             <mechanism>DIGEST-MD5</mechanism></mechanisms></stream:features><handshake/>",
+        )
+        .await;
+        let connected =
+            connect(&server, "gw.localhost", &Secret::new("secret"), Duration::from_secs(5), StanzaLimits::default()).await;
+        assert!(connected.is_ok(), "{:?}", connected.err());
+    }
+
+    #[tokio::test]
+    async fn stream_features_then_a_refusal_is_still_a_refusal() {
+        let server = scripted_server(
+            HEADER,
+            "<stream:features/><stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+        )
+        .await;
+        let refused =
+            connect(&server, "gw.localhost", &Secret::new("wrong"), Duration::from_secs(5), StanzaLimits::default()).await;
+        assert!(matches!(refused, Err(ConnectError::NotAuthorized { .. })), "{:?}", refused.err());
+    }
+
+    #[test]
+    fn client_namespace_stanzas_are_moved_to_the_component_namespace_but_forwarded_ones_are_not() {
+        let from_jabberd2: Element = "<message xmlns='jabber:client' from='a@localhost/r' to='gw.localhost' type='chat' id='1'>\
+            <body>hi &amp; bye</body><active xmlns='http://jabber.org/protocol/chatstates'/>\
+            <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' to='x@y'><body>old</body></message></forwarded>\
+            <error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+            .parse()
+            .unwrap();
+        let moved = into_component_namespace(from_jabberd2);
+        let expected: Element = "<message xmlns='jabber:component:accept' from='a@localhost/r' to='gw.localhost' type='chat' id='1'>\
+            <body>hi &amp; bye</body><active xmlns='http://jabber.org/protocol/chatstates'/>\
+            <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' to='x@y'><body>old</body></message></forwarded>\
+            <error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+            .parse()
+            .unwrap();
+        assert_eq!(moved, expected);
+        assert_eq!(moved.get_child("body", NS_COMPONENT).map(|b| b.text()).as_deref(), Some("hi & bye"));
+
+        let component: Element = "<iq xmlns='jabber:component:accept' type='get' id='2'><ping xmlns='urn:xmpp:ping'/></iq>".parse().unwrap();
+        assert_eq!(into_component_namespace(component.clone()), component);
     }
 
     #[test]

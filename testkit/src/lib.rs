@@ -93,7 +93,8 @@ fn try_script_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Str
 /// Runs the test body `async fn $name(kind: ServerKind)` once per XMPP server, as the
 /// tests `$name::prosody` and `$name::ejabberd`: the IRC and email suites are a matrix,
 /// since the servers differ in what they route, store and echo. Written just above the
-/// function, in place of `#[tokio::test]`.
+/// function, in place of `#[tokio::test]`. jabberd2, the third server, is not in the
+/// matrix (it would add a third of every suite's time): `tests/jabberd2.rs` proves it.
 #[macro_export]
 macro_rules! on_each_server {
     ($name:ident) => {
@@ -115,6 +116,8 @@ macro_rules! on_each_server {
 pub enum ServerKind {
     Prosody,
     Ejabberd,
+    /// jabberd2's router, sm and c2s (`scripts/jabberd2.sh`).
+    Jabberd2,
 }
 
 /// What a test server offers beyond the gateway's component (Prosody only).
@@ -186,6 +189,7 @@ impl XmppServer {
         match self.kind {
             ServerKind::Prosody => "prosody.sh",
             ServerKind::Ejabberd => "ejabberd.sh",
+            ServerKind::Jabberd2 => "jabberd2.sh",
         }
     }
 
@@ -212,11 +216,13 @@ impl XmppServer {
         try_script_env(self.script(), &args, &env)
     }
 
-    /// The server's own log so far (Prosody: `prosody.log`; ejabberd: `log/ejabberd.log`).
+    /// The server's own log so far (Prosody: `prosody.log`; ejabberd: `log/ejabberd.log`;
+    /// jabberd2: its router's, `log/router.log`, where components come and go).
     pub fn log_text(&self) -> String {
         let file = match self.kind {
             ServerKind::Prosody => self.dir.path().join("prosody.log"),
             ServerKind::Ejabberd => self.dir.path().join("log").join("ejabberd.log"),
+            ServerKind::Jabberd2 => self.dir.path().join("log").join("router.log"),
         };
         std::fs::read_to_string(file).unwrap_or_default()
     }
@@ -242,7 +248,7 @@ impl Drop for XmppServer {
         // Its directory goes next: no clean shutdown needed (ejabberd's takes seconds).
         let stop = match self.kind {
             ServerKind::Prosody => "stop",
-            ServerKind::Ejabberd => "kill",
+            ServerKind::Ejabberd | ServerKind::Jabberd2 => "kill",
         };
         let _ = Command::new("bash").arg(repo().join("scripts").join(self.script())).args([stop, self.path()]).output();
     }
