@@ -41,9 +41,9 @@ pub struct Outgoing(Vec<u8>);
 pub struct Outbox(mpsc::Sender<Outgoing>);
 
 impl Outbox {
-    /// Queues a stanza, serialised now ([`xml_stream::append_bytes`]: one XML forbids is
-    /// cleaned, one that cannot be written at all is logged and dropped); waits only when
-    /// the writer is far behind.
+    /// Queues a stanza, serialised now ([`xml_stream::append_bytes`]: one holding what XML
+    /// forbids is cleaned, one that cannot be written at all is logged and dropped); waits
+    /// only when the writer is far behind.
     pub async fn send(&self, stanza: Element) {
         let Some(bytes) = encoded(&stanza) else { return };
         self.send_outgoing(Outgoing(bytes)).await;

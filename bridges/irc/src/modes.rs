@@ -505,6 +505,12 @@ impl ChannelPrivileges {
         self.find(nick).map(|m| self.occupant_of(m))
     }
 
+    /// Whether `nick` is here.
+    #[must_use]
+    pub fn contains(&self, nick: &str) -> bool {
+        self.find(nick).is_some()
+    }
+
     /// Everybody here, ordered by their folded nick.
     #[must_use]
     pub fn occupants(&self) -> Vec<Occupant> {

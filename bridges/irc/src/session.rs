@@ -1383,10 +1383,12 @@ impl IrcSession {
     }
 
     /// A member's status from the WHOX query: recorded where the session follows its
-    /// changes (an away state without `away-notify` would never be cleared), and the rooms
-    /// hear of it when it is news.
+    /// changes (an away state without `away-notify` would never be cleared) and only for
+    /// members of the user's channels, and the rooms hear of it when it is news.
     async fn on_whox_member(&mut self, member: crate::ircv3::WhoxMember) {
-        if self.is_me(&member.nick) {
+        // Only members of a channel the user is in: a server's replies nobody asked for
+        // (a million nicks) keep nothing.
+        if self.is_me(&member.nick) || !self.joined.values().any(|joined| joined.privileges.contains(&member.nick)) {
             return;
         }
         let folded = self.casemapping.fold(&member.nick);
@@ -1414,7 +1416,7 @@ impl IrcSession {
         if v3.away.is_empty() && v3.accounts.is_empty() {
             return;
         }
-        if self.joined.values().all(|joined| joined.privileges.occupant(nick).is_none()) {
+        if !self.joined.values().any(|joined| joined.privileges.contains(nick)) {
             let folded = self.casemapping.fold(nick);
             v3.away.remove(&folded);
             v3.accounts.remove(&folded);
