@@ -91,8 +91,9 @@ struct Line {
 struct Seqs {
     /// The oldest.
     first: u64,
-    /// The others, oldest first (empty, so unallocated, for a line said once).
-    more: Vec<u64>,
+    /// The others, oldest first (empty, so unallocated, for a line said once; a deque, so
+    /// that the oldest leaves at once even when a flood repeats one text 16,384 times).
+    more: VecDeque<u64>,
 }
 
 /// Builds [`PrehashedHasher`]s: for keys that already are keyed hashes.
@@ -220,20 +221,20 @@ impl Log {
         claims.add(bit);
         let seq = self.first + self.recent.len() as u64;
         let mut repeated = true;
-        self.index.entry(hash).and_modify(|seqs| seqs.more.push(seq)).or_insert_with(|| {
+        self.index.entry(hash).and_modify(|seqs| seqs.more.push_back(seq)).or_insert_with(|| {
             repeated = false;
-            Seqs { first: seq, more: Vec::new() }
+            Seqs { first: seq, more: VecDeque::new() }
         });
         self.recent.push_back(Line { id, hash, repeated, claims });
         while self.recent.len() > most || (self.recent.len() > RECENT && self.recent.front().is_some_and(|line| line.id < oldest)) {
             let Some(old) = self.recent.pop_front() else { break };
             // The oldest line is the first its hash names.
             if let hashbrown::hash_map::Entry::Occupied(mut seqs) = self.index.entry(old.hash) {
-                if seqs.get().more.is_empty() {
-                    seqs.remove();
-                } else {
-                    let seqs = seqs.get_mut();
-                    seqs.first = seqs.more.remove(0);
+                match seqs.get_mut().more.pop_front() {
+                    Some(next) => seqs.get_mut().first = next,
+                    None => {
+                        seqs.remove();
+                    }
                 }
             }
             self.first += 1;

@@ -359,6 +359,7 @@ impl ChannelPrivileges {
 
     /// Compares nicks as the server does (ISUPPORT `CASEMAPPING`); members already known
     /// are keyed again.
+    #[cfg(test)]
     pub fn set_mapping(&mut self, mapping: CaseMapping) {
         let mut server = ServerModes::clone(&self.server);
         server.set_mapping(mapping);
@@ -367,17 +368,21 @@ impl ChannelPrivileges {
 
     /// Uses the server's status modes (from ISUPPORT `PREFIX`). Modes already recorded
     /// are kept; set this before the NAMES reply.
+    #[cfg(test)]
     pub fn set_prefixes(&mut self, prefixes: PrefixMap) {
         Arc::make_mut(&mut self.server).set_prefixes(prefixes);
     }
 
     /// The status modes in use.
+    #[cfg(test)]
     #[must_use]
     pub fn prefixes(&self) -> &PrefixMap {
         &self.server.prefixes
     }
 
-    /// [`ServerModes::set_chanmodes`] for this channel alone.
+    /// [`ServerModes::set_chanmodes`] for this channel alone (tests: a session shares
+    /// one copy, [`ChannelPrivileges::on`]).
+    #[cfg(test)]
     pub fn set_chanmodes(&mut self, value: &str) {
         Arc::make_mut(&mut self.server).set_chanmodes(value);
     }
