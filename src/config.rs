@@ -2,7 +2,7 @@
 //! an environment variable `GATEWAY__SECTION__KEY`, read with the `config` crate.
 //!
 //! Keys are those of `config/gateway.example.toml`, which documents each. Only `component.jid`, `component.secret` and
-//! `storage.path` are required. An unknown key, a missing key or a bad value is a
+//! `storage.path` are required (and `storage.url` with PostgreSQL). An unknown key, a missing key or a bad value is a
 //! [`ConfigError`] whose one-line message names the key and the file.
 
 use std::collections::BTreeMap;
@@ -283,15 +283,39 @@ pub struct ComponentConfig {
     pub reconnect_max_secs: u64,
 }
 
-/// The sled store.
+/// Where the gateway keeps its data.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// The sled directory.
+    /// The engine: embedded sled (the default, nothing to install) or PostgreSQL (shared
+    /// by several instances).
+    #[serde(default)]
+    pub backend: StorageBackend,
+    /// The sled directory; with PostgreSQL, only where the key file is by default.
     pub path: PathBuf,
     /// The credentials key; `<path>/secret.key` when absent, created 0600 on first start.
+    /// Several instances on one PostgreSQL database need the same key.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// The PostgreSQL connection string (`postgres://user:password@host/db?sslmode=...`),
+    /// required with `backend = "postgres"`; a secret, as it may hold the password.
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub url: Option<Secret>,
+    /// Certificates to trust for PostgreSQL's TLS besides the webpki roots (a private CA or
+    /// the server's self-signed certificate).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The storage engines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// sled, in `storage.path`.
+    #[default]
+    Sled,
+    /// PostgreSQL, at `storage.url`.
+    Postgres,
 }
 
 /// Access control.
@@ -466,6 +490,10 @@ fn secret<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error
     String::deserialize(deserializer).map(Secret::from)
 }
 
+fn optional_secret<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Secret>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(|value| value.map(Secret::from))
+}
+
 /// Why the configuration was refused. Each message is one line naming the key and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -553,6 +581,16 @@ impl Config {
         }
         if self.component.secret.expose().is_empty() {
             return Err(invalid("component.secret", "must not be empty".into()));
+        }
+        match (self.storage.backend, &self.storage.url) {
+            (StorageBackend::Postgres, None) => return Err(invalid("storage.url", "is required with backend = \"postgres\"".into())),
+            (StorageBackend::Postgres, Some(url)) => {
+                if let Err(error) = crate::store::postgres::PgTarget::new(url.expose(), None) {
+                    return Err(invalid("storage.url", error.to_string()));
+                }
+            }
+            (StorageBackend::Sled, Some(_)) => return Err(invalid("storage.url", "is only read with backend = \"postgres\"".into())),
+            (StorageBackend::Sled, None) => {}
         }
         if let Err(message) = check_host_port(&self.component.server) {
             return Err(invalid("component.server", message));

@@ -140,10 +140,27 @@ async fn assign_unassigned_irc_passwords(config: &Config, store: &Store) -> Resu
     Ok(())
 }
 
+/// The store the configuration names: sled in `storage.path`, or PostgreSQL at
+/// `storage.url` (its schema migrated, its small trees loaded).
+pub async fn open_store(config: &Config) -> Result<Store, store::StoreError> {
+    match (config.storage.backend, &config.storage.url) {
+        (config::StorageBackend::Postgres, Some(url)) => {
+            let target = store::postgres::PgTarget::new(url.expose(), config.storage.ca_file.as_deref())
+                .map_err(|error| store::StoreError::Config(error.to_string()))?;
+            tracing::info!(store = target.name(), "opening the PostgreSQL store");
+            // Where the key file is by default, as sled creates its directory.
+            std::fs::create_dir_all(&config.storage.path)
+                .map_err(|e| store::StoreError::Config(format!("cannot create storage.path {}: {e}", config.storage.path.display())))?;
+            Store::open_postgres(target, &config.key_file()).await
+        }
+        _ => Store::open(&config.storage.path, &config.key_file()),
+    }
+}
+
 /// Runs the gateway until `shutdown` turns true (then shuts down cleanly) or a fatal
 /// error.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
-    let store = Store::open(&config.storage.path, &config.key_file())?;
+    let store = open_store(&config).await?;
     assign_unassigned_irc_passwords(&config, &store).await?;
     let archive = if config.archive.enabled {
         archive::Archive::start(store.archive()?, archive::Retention::of(&config.archive))?

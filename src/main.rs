@@ -23,6 +23,20 @@ struct Cli {
 enum Command {
     /// Validate the configuration and exit.
     CheckConfig,
+    /// Move an installation to another storage engine: copy every entry of one store into
+    /// another, empty, one and read it back (run with the gateway stopped). Needs no
+    /// configuration file.
+    MigrateStore {
+        /// The store to copy: sled:PATH or postgres:URL.
+        #[arg(long, value_name = "STORE")]
+        from: String,
+        /// The empty store to fill: sled:PATH or postgres:URL.
+        #[arg(long, value_name = "STORE")]
+        to: String,
+        /// Certificates to trust for PostgreSQL's TLS besides the webpki roots.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// Exit code for errors that a restart will not fix (configuration, secret, key).
@@ -46,6 +60,9 @@ fn main() -> ExitCode {
         let backtrace = std::backtrace::Backtrace::force_capture();
         tracing::error!(panic = %info, %backtrace, "panicked");
     }));
+    if let Some(Command::MigrateStore { from, to, ca_file }) = &cli.command {
+        return migrate_store(from, to, ca_file.as_deref());
+    }
     let Some(path) = cli.config else {
         eprintln!("error: --config FILE is required (see config/gateway.example.toml)");
         return ExitCode::from(EXIT_CONFIG);
@@ -87,6 +104,28 @@ fn run(config: Config) -> anyhow::Result<()> {
         });
         xmpp_gateway::run(config, shutdown).await.context("the gateway stopped")
     })
+}
+
+/// `migrate-store`: prints what was moved, or why not.
+fn migrate_store(from: &str, to: &str, ca_file: Option<&std::path::Path>) -> ExitCode {
+    use xmpp_gateway::store::migrate::{migrate, Location};
+    let moved = (|| -> anyhow::Result<_> {
+        let from = Location::parse(from, ca_file).context("--from")?;
+        let to = Location::parse(to, ca_file).context("--to")?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+        let moved = runtime.block_on(migrate(&from, &to)).with_context(|| format!("moving {from:?} to {to:?}"))?;
+        Ok((from, to, moved))
+    })();
+    match moved {
+        Ok((from, to, moved)) => {
+            println!("moved {from:?} to {to:?} and read it back: {moved}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

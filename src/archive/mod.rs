@@ -11,12 +11,12 @@
 //! time is a range of ids.
 //!
 //! The live path only matches a line and, when it is new, queues it: one thread of its
-//! own owns the backend ([`ArchiveBackend`], sled in `sled.rs`; another database is
-//! another implementation), writes what queued up in one batch, and answers queries in
+//! own owns the backend ([`ArchiveBackend`]: [`KeyedArchive`], keys of the store's
+//! ordered `archive` tree, on sled or PostgreSQL), writes what queued up in one batch, and answers queries in
 //! the same order, so a query sees every line archived before it was asked.
 
+mod keyed;
 mod live;
-mod sled;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use self::sled::SledArchive;
+pub use self::keyed::KeyedArchive;
 
 /// Writes waiting for the archive's thread; past it the live path waits.
 const QUEUE: usize = 4096;
@@ -217,7 +217,7 @@ pub trait ArchiveBackend: Send + 'static {
     /// The highest id ever written, so ids keep increasing across restarts.
     fn last_id(&self) -> Result<u64, ArchiveError>;
     /// Makes every write so far durable.
-    fn flush(&self) -> Result<(), ArchiveError>;
+    fn flush(&mut self) -> Result<(), ArchiveError>;
 }
 
 /// Work for the archive's thread other than writes. Writes queue apart and are taken in
@@ -325,16 +325,29 @@ pub fn now_micros() -> u64 {
 impl Archive {
     /// An archive in `backend`, served by a thread of its own, keeping what `retention`
     /// says (trimmed at start and hourly after).
+    ///
+    /// The backend is only ever used on that thread (PostgreSQL's blocking client may not
+    /// run on the runtime's): this waits for it to read the last id given out.
     pub fn start(backend: impl ArchiveBackend, retention: Retention) -> Result<Archive, ArchiveError> {
-        let last_id = backend.last_id()?;
         let (writes, writes_rx) = mpsc::channel(QUEUE);
         let (control, control_rx) = std::sync::mpsc::channel();
         let drain_asked = Arc::new(AtomicBool::new(false));
         let asked = drain_asked.clone();
+        let (started, last_id) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("archive".into())
-            .spawn(move || serve(backend, writes_rx, control_rx, &asked, retention))
+            .spawn(move || {
+                let last_id = backend.last_id();
+                let ready = last_id.is_ok();
+                let _ = started.send(last_id);
+                if ready {
+                    serve(backend, writes_rx, control_rx, &asked, retention);
+                }
+            })
             .map_err(|e| ArchiveError::Backend { action: "start its thread", message: e.to_string() })?;
+        let last_id = last_id
+            .recv()
+            .map_err(|_| ArchiveError::Backend { action: "start its thread", message: "the thread ended at once".into() })??;
         let shared = Arc::new(Shared { writes, control, drain_asked, last_id: AtomicU64::new(last_id), clock: AtomicU64::new(now_micros()), live: Mutex::default() });
         // Spans are written every half second, idle cursors forgotten, and old entries
         // removed hourly (first at start), each time after the spans are written.
@@ -506,7 +519,7 @@ mod tests {
     async fn ids_increase_even_within_one_microsecond_and_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let db = ::sled::Config::new().path(dir.path()).open().unwrap();
-        let archive = Archive::start(SledArchive::new(db.open_tree("archive").unwrap()), Retention { max_age: None, max_count: None }).unwrap();
+        let archive = Archive::start(KeyedArchive::new(Box::new(crate::store::sled::SledTree(db.open_tree("archive").unwrap()))), Retention { max_age: None, max_count: None }).unwrap();
         let ids: Vec<u64> = (0..1000).map(|_| archive.next_id().unwrap()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         let far = ids[999] + 10_000_000_000;
@@ -515,7 +528,7 @@ mod tests {
         archive.flush().await.unwrap();
         drop(archive);
         // The thread ends once its handles are gone; a new archive continues above.
-        let archive = Archive::start(SledArchive::new(db.open_tree("archive").unwrap()), Retention { max_age: None, max_count: None }).unwrap();
+        let archive = Archive::start(KeyedArchive::new(Box::new(crate::store::sled::SledTree(db.open_tree("archive").unwrap()))), Retention { max_age: None, max_count: None }).unwrap();
         assert!(archive.next_id().unwrap() > far);
     }
 
@@ -523,7 +536,7 @@ mod tests {
     async fn a_query_sees_what_was_appended_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let db = ::sled::Config::new().path(dir.path()).open().unwrap();
-        let archive = Archive::start(SledArchive::new(db.open_tree("archive").unwrap()), Retention { max_age: None, max_count: None }).unwrap();
+        let archive = Archive::start(KeyedArchive::new(Box::new(crate::store::sled::SledTree(db.open_tree("archive").unwrap()))), Retention { max_age: None, max_count: None }).unwrap();
         let Conversation::Room(room) = Conversation::room("irc.x", "#C") else { unreachable!() };
         for n in 0..2000 {
             let body = n.to_string();

@@ -8,6 +8,7 @@
 pub mod biboumi;
 pub mod irc;
 pub mod mail;
+pub mod postgres;
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -321,6 +322,29 @@ impl Gateway {
         gateway
     }
 
+    /// Like [`Gateway::start_irc`] with `fast` alone, not started yet: the configuration
+    /// can be changed (e.g. [`Gateway::set_storage`]) before [`Gateway::spawn`].
+    #[must_use]
+    pub fn prepare_irc(server: &XmppServer, fast: &irc::Ngircd) -> Gateway {
+        let networks = format!("[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n", fast.port);
+        Self::configure(server, SECRET, &networks)
+    }
+
+    /// Replaces the configuration's `[storage]` section by `section` (read at the next
+    /// start).
+    pub fn set_storage(&self, section: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let start = config.find("[storage]\n").expect("a [storage] section");
+        let end = start + config[start..].find("[registration]").expect("[registration] after [storage]");
+        std::fs::write(&self.config, format!("{}{section}{}", &config[..start], &config[end..])).unwrap();
+    }
+
+    /// The store's directory (sled's, or where the key file is with PostgreSQL).
+    #[must_use]
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("db")
+    }
+
     /// Same, with another secret, without waiting for a connection.
     pub fn start_with_no_wait(server: &XmppServer, secret: &str) -> Gateway {
         let mut gateway = Self::configure(server, secret, IRC_DEFAULT);
@@ -336,10 +360,10 @@ impl Gateway {
             format!(
                 "[component]\njid = \"{GW}\"\nsecret = \"{secret}\"\nserver = \"127.0.0.1:{}\"\n\
                  keepalive_secs = 1\nreconnect_max_secs = 2\n\
-                 [storage]\npath = \"{}\"\n\
+                 {}\
                  [registration]\nallowed_domains = [\"localhost\"]\nadmins = [\"bob@localhost\"]\n{networks}",
                 server.component_port,
-                dir.path().join("db").display()
+                storage_section(&dir.path().join("db"))
             ),
         )
         .unwrap();
@@ -764,6 +788,20 @@ pub fn register_form(fields: &[(&str, &str)]) -> String {
     }
     xml.push_str("</x></query>");
     xml
+}
+
+/// The `[storage]` section of a test gateway whose directory is `path`: sled there, or,
+/// under `GATEWAY_TEST_STORE=postgres`, a new database of this process's shared cluster
+/// (the key file still in `path`).
+#[must_use]
+pub fn storage_section(path: &Path) -> String {
+    if postgres::store_is_postgres() {
+        let cluster = postgres::shared();
+        let database = cluster.create_database();
+        format!("[storage]\nbackend = \"postgres\"\npath = \"{}\"\nurl = \"{}\"\n", path.display(), cluster.url(&database))
+    } else {
+        format!("[storage]\npath = \"{}\"\n", path.display())
+    }
 }
 
 /// Path helper for tests that look at the store directory.

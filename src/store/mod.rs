@@ -1,8 +1,10 @@
-//! Everything the gateway persists, behind one type: [`Store`]. Only this module knows sled.
+//! Everything the gateway persists, behind one type: [`Store`]. The engine under it is
+//! one of two behind one trait ([`backend::Backend`]): sled in a directory (the default,
+//! [`sled`]) or PostgreSQL ([`postgres`]); this module owns the formats, the same on both.
 //!
-//! # On-disk layout
+//! # Layout
 //!
-//! The store is a sled database in one directory, with two trees:
+//! Named trees of byte keys ([`backend::Tree`]; sled's trees, PostgreSQL's tables):
 //!
 //! * `users`: one entry per registered user, keyed by the bare JID (UTF-8 bytes, exactly as
 //!   passed in; normalising the JID is the caller's job), whose value is JSON:
@@ -22,22 +24,30 @@
 //!   network has one `password_sealed` (field `irc.password`), tied to no network: it is
 //!   read as [`IrcAccount::unassigned_password`] and sent nowhere until
 //!   [`Store::assign_unassigned_irc_passwords`] gives it to the one configured network.
+//! * `bridge_state`: the bridges' durable state (`BridgeStore`), keyed `user \0 key`.
+//! * `persistent`: always-on channels, keyed `user \0 server \0 folded channel`.
 //! * `meta`: `key_check`, a constant sealed when the store is first opened, and opened on
 //!   every later open, so that a wrong or replaced key file is caught at start-up
-//!   ([`StoreError::WrongKey`]) instead of as undecryptable records later.
+//!   ([`StoreError::WrongKey`]) instead of as undecryptable records later; the ban list.
+//! * `archive`: the message archive (`archive/keyed.rs` owns its keys).
 //!
 //! # Durability
 //!
-//! [`Store::put_user`] and [`Store::remove_user`] return only after sled has written and
-//! fsynced the change, so a record they reported as stored survives a crash or `kill -9`.
-//! They (and [`Store::flush`]) run sled's blocking flush on Tokio's blocking thread pool,
-//! so they must be called within a Tokio runtime.
+//! Writes are made (and visible) at once, in call order; [`Store::put_user`],
+//! [`Store::remove_user`] and the other writers return a future that resolves only once
+//! the change is durable (sled: written and fsynced; PostgreSQL: committed), so a record
+//! they reported as stored survives a crash or `kill -9`. They must be awaited within a
+//! Tokio runtime.
+
+pub mod backend;
+pub mod migrate;
+pub mod postgres;
+pub mod sled;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bridge_core::model::UserId;
 use bridge_core::{Secret, StoreFailure};
@@ -45,24 +55,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::vault::{Vault, VaultError};
 
+use self::backend::{Backend, BackendError, Tree};
+
 /// The version of the per-user JSON format written by this code. Records with a higher
 /// version were written by a newer gateway and are refused rather than misread.
 const FORMAT_VERSION: u32 = 1;
 
-const USERS_TREE: &str = "users";
-/// Tree of the bridges' durable state.
-const BRIDGE_TREE: &str = "bridge_state";
-const META_TREE: &str = "meta";
-/// The message archive (`archive/sled.rs` owns its keys).
-const ARCHIVE_TREE: &str = "archive";
-/// Always-on channels, one key each (`user \0 server \0 folded channel` -> the channel as
-/// the user wrote it): turning one on or off writes a few bytes, not the user's record
-/// (which sled would keep copies of for every change).
-const PERSISTENT_TREE: &str = "persistent";
-/// Memory sled may keep of the database's pages (its default is 1 GiB, which the
-/// archive's writes would fill over the process's life: pages are read back from the
-/// file when needed).
-const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 const KEY_CHECK_KEY: &[u8] = b"key_check";
 /// Set once every unassigned IRC password was given to a network: later starts need not
 /// read every record again.
@@ -187,29 +185,24 @@ pub enum StoreError {
         store: PathBuf,
     },
     /// The key file does not decrypt the store's key check value.
-    #[error(
-        "the key file {} does not match the store at {}; restore the original key file",
-        key_file.display(),
-        store.display()
-    )]
+    #[error("the key file {} does not match {store}; restore the original key file", key_file.display())]
     WrongKey {
         /// The key file given.
         key_file: PathBuf,
-        /// The store directory.
-        store: PathBuf,
+        /// The store, as [`Backend::name`] names it.
+        store: String,
     },
     /// The store has sealed data but its key file does not exist.
     #[error(
-        "the key file {} does not exist, but the store at {} was created with one; \
+        "the key file {} does not exist, but {store} was created with one; \
          restore the original key file (a new key could not decrypt the stored passwords)",
-        key_file.display(),
-        store.display()
+        key_file.display()
     )]
     KeyMissing {
         /// The key file given.
         key_file: PathBuf,
-        /// The store directory.
-        store: PathBuf,
+        /// The store, as [`Backend::name`] names it.
+        store: String,
     },
     /// The key file could not be read or created.
     #[error(transparent)]
@@ -223,26 +216,20 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A flush could not run because the Tokio runtime is shutting down.
-    #[error(
-        "the flush of the store at {} was aborted because the runtime is shutting down; \
-         the latest changes may not be durable",
-        store.display()
-    )]
-    FlushAborted {
-        /// The store directory.
-        store: PathBuf,
-    },
-    /// sled failed.
-    #[error("cannot {action} the store at {}: {source}", store.display())]
+    /// The storage settings are unusable (a connection string that does not parse, a CA
+    /// file that cannot be read); the message names the key, never the password.
+    #[error("{0}")]
+    Config(String),
+    /// The database failed.
+    #[error("cannot {action} {store}: {source}")]
     Db {
         /// What was being attempted, e.g. "open" or "flush".
         action: &'static str,
-        /// The store directory.
-        store: PathBuf,
+        /// The store, as [`Backend::name`] names it.
+        store: String,
         /// The underlying error.
         #[source]
-        source: sled::Error,
+        source: BackendError,
     },
 }
 
@@ -254,60 +241,19 @@ pub struct Store {
 }
 
 struct Inner {
-    db: sled::Db,
-    users: sled::Tree,
-    /// Bridges' durable state (`BridgeStore`), keyed `user \0 key`.
-    bridge_state: sled::Tree,
-    /// Users' always-on channels ([`PERSISTENT_TREE`]).
-    persistent: sled::Tree,
-    /// The store's own facts (`key_check`, `irc_passwords_assigned`, `bans`).
-    meta: sled::Tree,
+    /// The database engine (sled or PostgreSQL).
+    backend: Arc<dyn Backend>,
+    /// Seals and opens the passwords in user records.
     vault: Vault,
-    dir: PathBuf,
-    /// Group commit: one flush at a time, and each covers every write made before it
-    /// started, so writers waiting together share one fsync.
-    flushing: tokio::sync::Mutex<()>,
-    /// Flush tickets handed out: each writer takes one after its write.
-    flush_tickets: std::sync::atomic::AtomicU64,
-    /// The highest ticket a finished flush covered.
-    flushed_ticket: std::sync::atomic::AtomicU64,
-    /// What tests see of the fsyncs (how many, whether one is running); nothing outside tests.
-    fsync_probe: FsyncProbe,
-}
-
-/// Lets tests watch the fsyncs: that writers waiting together share one, and that the
-/// runtime's thread runs other tasks while one is in progress. Empty outside tests.
-#[derive(Default)]
-struct FsyncProbe {
-    /// How many fsyncs ran.
+    /// The sled engine itself, for tests that watch its fsyncs; `None` on PostgreSQL.
     #[cfg(test)]
-    count: std::sync::atomic::AtomicU64,
-    /// Whether one is running now.
-    #[cfg(test)]
-    running: std::sync::atomic::AtomicBool,
-}
-
-impl FsyncProbe {
-    /// Runs the fsync `sync`, seen by tests.
-    fn around<T>(&self, sync: impl FnOnce() -> T) -> T {
-        #[cfg(test)]
-        {
-            use std::sync::atomic::Ordering::SeqCst;
-            self.count.fetch_add(1, SeqCst);
-            self.running.store(true, SeqCst);
-            let result = sync();
-            self.running.store(false, SeqCst);
-            result
-        }
-        #[cfg(not(test))]
-        sync()
-    }
+    sled: Option<sled::SledBackend>,
 }
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
-            .field("dir", &self.inner.dir)
+            .field("backend", &self.inner.backend.name())
             .field("key_file", &self.inner.vault.key_file())
             .finish_non_exhaustive()
     }
@@ -375,7 +321,7 @@ fn aad(field: &str, bare_jid: &str) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`, with the credential key in
+    /// Opens (creating if needed) the sled store in `dir`, with the credential key in
     /// `key_file`.
     ///
     /// On a new store the key file is created if absent and a sealed check value is
@@ -385,30 +331,40 @@ impl Store {
     /// open `Store`) holds the store, after retrying for two seconds. Blocks on disk I/O;
     /// call it at start-up.
     pub fn open(dir: &Path, key_file: &Path) -> Result<Store, StoreError> {
-        let db = open_db(dir)?;
-        let meta = db
-            .open_tree(META_TREE)
-            .map_err(|e| db_error("open", dir, e))?;
-        let users = db
-            .open_tree(USERS_TREE)
-            .map_err(|e| db_error("open", dir, e))?;
-        let bridge_state = db
-            .open_tree(BRIDGE_TREE)
-            .map_err(|e| db_error("open", dir, e))?;
-        let persistent = db
-            .open_tree(PERSISTENT_TREE)
-            .map_err(|e| db_error("open", dir, e))?;
+        let backend = sled::SledBackend::open(dir).map_err(|error| match error {
+            sled::OpenError::Locked => StoreError::Locked { store: dir.to_owned() },
+            sled::OpenError::Db(source) => StoreError::Db { action: "open", store: format!("the store at {}", dir.display()), source: source.into() },
+        })?;
+        let store = Self::on(Arc::new(backend.clone()), key_file, |_inner| {
+            #[cfg(test)]
+            {
+                _inner.sled = Some(backend.clone());
+            }
+        })?;
+        // What opening wrote (the key check, converted records) is durable before use.
+        backend.flush_blocking().map_err(|e| store.db_error("flush", e))?;
+        Ok(store)
+    }
 
-        let vault = match meta.get(KEY_CHECK_KEY).map_err(|e| db_error("read", dir, e))? {
+    /// Opens the PostgreSQL store `target` (migrating its schema, loading its small trees),
+    /// with the credential key in `key_file`, checked as [`Store::open`] checks it.
+    pub async fn open_postgres(target: postgres::PgTarget, key_file: &Path) -> Result<Store, StoreError> {
+        let name = target.name().to_owned();
+        let backend = postgres::PgBackend::open(target).await.map_err(|source| StoreError::Db { action: "open", store: name, source })?;
+        let store = Self::on(Arc::new(backend), key_file, |_| {})?;
+        store.flush().await?;
+        Ok(store)
+    }
+
+    /// The store on `backend`: the key checked (or its check value made), old formats
+    /// converted. `finish` completes the store's fields before it is used.
+    fn on(backend: Arc<dyn Backend>, key_file: &Path, finish: impl FnOnce(&mut Inner)) -> Result<Store, StoreError> {
+        let failed = |action, source| StoreError::Db { action, store: backend.name().to_owned(), source };
+        let vault = match backend.get(Tree::Meta, KEY_CHECK_KEY).map_err(|e| failed("read", e))? {
             Some(check) => {
                 let vault = match Vault::load(key_file) {
-                    Err(VaultError::Io { source, .. })
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        return Err(StoreError::KeyMissing {
-                            key_file: key_file.to_owned(),
-                            store: dir.to_owned(),
-                        })
+                    Err(VaultError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::KeyMissing { key_file: key_file.to_owned(), store: backend.name().to_owned() })
                     }
                     other => other?,
                 };
@@ -417,70 +373,61 @@ impl Store {
                     .and_then(|check| vault.open(check, KEY_CHECK_AAD).ok())
                     .is_some_and(|plain| plain.expose() == KEY_CHECK_PLAINTEXT);
                 if !matches {
-                    return Err(StoreError::WrongKey {
-                        key_file: key_file.to_owned(),
-                        store: dir.to_owned(),
-                    });
+                    return Err(StoreError::WrongKey { key_file: key_file.to_owned(), store: backend.name().to_owned() });
                 }
                 vault
             }
             None => {
-                if !users.is_empty() {
+                if backend.len(Tree::Users) > 0 {
                     tracing::warn!(
-                        store = %dir.display(),
+                        store = backend.name(),
                         "the store has users but no key check value; records sealed with \
                          another key will read as corrupt"
                     );
                 }
                 let vault = Vault::open_or_create(key_file)?;
                 let check = vault.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_AAD);
-                meta.insert(KEY_CHECK_KEY, check.as_bytes())
-                    .map_err(|e| db_error("write", dir, e))?;
-                db.flush().map_err(|e| db_error("flush", dir, e))?;
+                backend.insert(Tree::Meta, KEY_CHECK_KEY, check.as_bytes()).map_err(|e| failed("write", e))?;
                 vault
             }
         };
-
-        let store = Store {
-            inner: Arc::new(Inner {
-                db,
-                users,
-                bridge_state,
-                persistent,
-                meta,
-                vault,
-                dir: dir.to_owned(),
-                flushing: tokio::sync::Mutex::new(()),
-                flush_tickets: std::sync::atomic::AtomicU64::new(0),
-                flushed_ticket: std::sync::atomic::AtomicU64::new(0),
-                fsync_probe: FsyncProbe::default(),
-            }),
+        let mut inner = Inner {
+            backend,
+            vault,
+            #[cfg(test)]
+            sled: None,
         };
+        finish(&mut inner);
+        let store = Store { inner: Arc::new(inner) };
         store.move_persistent_channels_out_of_records()?;
         Ok(store)
+    }
+
+    /// The engine, for `migrate-store`.
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.inner.backend
     }
 
     /// Records written before always-on channels had a tree of their own list them
     /// inside: moved to the tree, the records rewritten without them. Done once (a
     /// marker in `meta`).
     fn move_persistent_channels_out_of_records(&self) -> Result<(), StoreError> {
-        if self.inner.meta.contains_key(PERSISTENT_MOVED_KEY).map_err(|e| self.db_error("read", e))? {
+        if self.backend().get(Tree::Meta, PERSISTENT_MOVED_KEY).map_err(|e| self.db_error("read", e))?.is_some() {
             return Ok(());
         }
         for jid in self.user_jids()? {
-            let Some(bytes) = self.inner.users.get(jid.as_bytes()).map_err(|e| self.db_error("read", e))? else { continue };
+            let Some(bytes) = self.backend().get(Tree::Users, jid.as_bytes()).map_err(|e| self.db_error("read", e))? else { continue };
             let Ok(legacy) = serde_json::from_slice::<LegacyChannels>(&bytes) else { continue };
             if legacy.persistent_channels.is_empty() {
                 continue;
             }
             for channel in &legacy.persistent_channels {
-                self.inner.persistent.insert(persistent_key(&jid, &channel.server, &channel.channel), channel.channel.as_bytes()).map_err(|e| self.db_error("write", e))?;
+                self.backend().insert(Tree::Persistent, &persistent_key(&jid, &channel.server, &channel.channel), channel.channel.as_bytes()).map_err(|e| self.db_error("write", e))?;
             }
             let record = self.decode(&jid, &bytes)?;
-            self.inner.users.insert(jid.as_bytes(), self.encode(&jid, &record)).map_err(|e| self.db_error("write", e))?;
+            self.backend().insert(Tree::Users, jid.as_bytes(), &self.encode(&jid, &record)).map_err(|e| self.db_error("write", e))?;
         }
-        self.inner.meta.insert(PERSISTENT_MOVED_KEY, b"1".as_slice()).map_err(|e| self.db_error("write", e))?;
-        self.inner.db.flush().map_err(|e| self.db_error("flush", e))?;
+        self.backend().insert(Tree::Meta, PERSISTENT_MOVED_KEY, b"1").map_err(|e| self.db_error("write", e))?;
         Ok(())
     }
 
@@ -488,7 +435,7 @@ impl Store {
     /// future resolves. A few bytes: the user's record is not rewritten.
     pub fn set_persistent(&self, bare_jid: &str, server: &str, channel: &str, on: bool) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
         let key = persistent_key(bare_jid, server, channel);
-        let written = if on { self.inner.persistent.insert(key, channel.as_bytes()) } else { self.inner.persistent.remove(key) };
+        let written = if on { self.backend().insert(Tree::Persistent, &key, channel.as_bytes()) } else { self.backend().remove(Tree::Persistent, &key).map(drop) };
         let written = written.map(drop).map_err(|e| self.db_error("write", e));
         let store = self.clone();
         async move {
@@ -500,27 +447,27 @@ impl Store {
     /// Whether `bare_jid` keeps `channel` on `server` always on: one key looked up (the
     /// user's record is not read).
     pub fn is_persistent(&self, bare_jid: &str, server: &str, channel: &str) -> Result<bool, StoreError> {
-        self.inner.persistent.contains_key(persistent_key(bare_jid, server, channel)).map_err(|e| self.db_error("read", e))
+        Ok(self.backend().get(Tree::Persistent, &persistent_key(bare_jid, server, channel)).map_err(|e| self.db_error("read", e))?.is_some())
     }
 
     /// The always-on channels of `bare_jid`, by server then folded name.
     fn persistent_of(&self, bare_jid: &str) -> Result<Vec<PersistentChannel>, StoreError> {
         let prefix = [bare_jid.as_bytes(), b"\0"].concat();
-        self.inner
-            .persistent
-            .scan_prefix(&prefix)
-            .map(|entry| {
-                let (key, value) = entry.map_err(|e| self.db_error("read", e))?;
+        let entries = self.backend().scan_prefix(Tree::Persistent, &prefix).map_err(|e| self.db_error("read", e))?;
+        Ok(entries
+            .into_iter()
+            .map(|(key, value)| {
                 let server = key.get(prefix.len()..).and_then(|rest| rest.split(|&b| b == 0).next()).unwrap_or_default();
-                Ok(PersistentChannel { server: String::from_utf8_lossy(server).into_owned(), channel: String::from_utf8_lossy(&value).into_owned() })
+                PersistentChannel { server: String::from_utf8_lossy(server).into_owned(), channel: String::from_utf8_lossy(&value).into_owned() }
             })
-            .collect()
+            .collect())
     }
 
-    /// The message archive's tree in the same database (`archive/sled.rs`).
-    pub fn archive(&self) -> Result<crate::archive::SledArchive, StoreError> {
-        let tree = self.inner.db.open_tree(ARCHIVE_TREE).map_err(|e| db_error("open", &self.inner.dir, e))?;
-        Ok(crate::archive::SledArchive::new(tree))
+    /// The message archive, in the same database (`archive/keyed.rs`). On PostgreSQL this
+    /// opens the archive's own connection (blocking): call it at start-up.
+    pub fn archive(&self) -> Result<crate::archive::KeyedArchive, StoreError> {
+        let tree = self.backend().archive().map_err(|e| self.db_error("open", e))?;
+        Ok(crate::archive::KeyedArchive::new(tree))
     }
 
     /// The record of `bare_jid`, or `None` if that user is not registered.
@@ -528,12 +475,7 @@ impl Store {
     /// A record that does not decode, including one whose password does not decrypt for
     /// this JID, is [`StoreError::Corrupt`].
     pub fn user(&self, bare_jid: &str) -> Result<Option<UserRecord>, StoreError> {
-        let Some(bytes) = self
-            .inner
-            .users
-            .get(bare_jid.as_bytes())
-            .map_err(|e| self.db_error("read", e))?
-        else {
+        let Some(bytes) = self.backend().get(Tree::Users, bare_jid.as_bytes()).map_err(|e| self.db_error("read", e))? else {
             return Ok(None);
         };
         self.decode(bare_jid, &bytes).map(Some)
@@ -546,7 +488,7 @@ impl Store {
     /// durable (flushed and fsynced).
     pub fn put_user(&self, bare_jid: &str, record: &UserRecord) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
         let bytes = self.encode(bare_jid, record);
-        let written = self.inner.users.insert(bare_jid.as_bytes(), bytes).map(drop).map_err(|e| self.db_error("write", e));
+        let written = self.backend().insert(Tree::Users, bare_jid.as_bytes(), &bytes).map_err(|e| self.db_error("write", e));
         let (store, jid) = (self.clone(), bare_jid.to_owned());
         async move {
             written?;
@@ -575,21 +517,14 @@ impl Store {
     }
 
     fn remove_user_now(&self, bare_jid: &str) -> Result<bool, StoreError> {
-        let existed = self
-            .inner
-            .users
-            .remove(bare_jid.as_bytes())
-            .map_err(|e| self.db_error("write", e))?
-            .is_some();
+        let backend = self.backend();
+        let existed = backend.remove(Tree::Users, bare_jid.as_bytes()).map_err(|e| self.db_error("write", e))?;
+        // The bridges' state and the always-on channels: keys `user \0 ...`.
         let prefix = bridge_key(bare_jid, "");
-        for key in self.inner.bridge_state.scan_prefix(&prefix).keys() {
-            let key = key.map_err(|e| self.db_error("read", e))?;
-            self.inner.bridge_state.remove(key).map_err(|e| self.db_error("write", e))?;
-        }
-        let prefix = [bare_jid.as_bytes(), b"\0"].concat();
-        for key in self.inner.persistent.scan_prefix(&prefix).keys() {
-            let key = key.map_err(|e| self.db_error("read", e))?;
-            self.inner.persistent.remove(key).map_err(|e| self.db_error("write", e))?;
+        for tree in [Tree::BridgeState, Tree::Persistent] {
+            for (key, _) in backend.scan_prefix(tree, &prefix).map_err(|e| self.db_error("read", e))? {
+                backend.remove(tree, &key).map_err(|e| self.db_error("write", e))?;
+            }
         }
         Ok(existed)
     }
@@ -600,7 +535,7 @@ impl Store {
     /// once: a marker in `meta` spares later starts reading every record.
     /// With several networks configured the gateway cannot tell, and does not call this.
     pub async fn assign_unassigned_irc_passwords(&self, network: &str) -> Result<usize, StoreError> {
-        if self.inner.meta.contains_key(IRC_PASSWORDS_ASSIGNED_KEY).map_err(|e| self.db_error("read", e))? {
+        if self.backend().get(Tree::Meta, IRC_PASSWORDS_ASSIGNED_KEY).map_err(|e| self.db_error("read", e))?.is_some() {
             return Ok(0);
         }
         let mut changed = 0;
@@ -610,24 +545,24 @@ impl Store {
             let Some(password) = irc.unassigned_password.take() else { continue };
             irc.passwords.entry(network.to_ascii_lowercase()).or_insert(password);
             let bytes = self.encode(&jid, &record);
-            self.inner.users.insert(jid.as_bytes(), bytes).map_err(|e| self.db_error("write", e))?;
+            self.backend().insert(Tree::Users, jid.as_bytes(), &bytes).map_err(|e| self.db_error("write", e))?;
             changed += 1;
         }
-        self.inner.meta.insert(IRC_PASSWORDS_ASSIGNED_KEY, network.as_bytes()).map_err(|e| self.db_error("write", e))?;
+        self.backend().insert(Tree::Meta, IRC_PASSWORDS_ASSIGNED_KEY, network.as_bytes()).map_err(|e| self.db_error("write", e))?;
         self.flush().await?;
         Ok(changed)
     }
 
     /// The ban list the administrators set (bare JIDs and domains), empty if never set.
     pub fn bans(&self) -> Result<Vec<String>, StoreError> {
-        let Some(bytes) = self.inner.meta.get(BANS_KEY).map_err(|e| self.db_error("read", e))? else { return Ok(Vec::new()) };
+        let Some(bytes) = self.backend().get(Tree::Meta, BANS_KEY).map_err(|e| self.db_error("read", e))? else { return Ok(Vec::new()) };
         serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { jid: "(the ban list)".into(), reason: e.to_string() })
     }
 
     /// Replaces the ban list; the future resolves once it is durable.
     pub fn put_bans(&self, bans: &[String]) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
         let bytes = serde_json::to_vec(bans).unwrap_or_default();
-        let written = self.inner.meta.insert(BANS_KEY, bytes).map(drop).map_err(|e| self.db_error("write", e));
+        let written = self.backend().insert(Tree::Meta, BANS_KEY, &bytes).map_err(|e| self.db_error("write", e));
         let store = self.clone();
         async move {
             written?;
@@ -639,18 +574,16 @@ impl Store {
     /// the status and each metrics scrape).
     #[must_use]
     pub fn user_count(&self) -> usize {
-        self.inner.users.len()
+        self.backend().len(Tree::Users)
     }
 
     /// The bare JIDs of all registered users, in byte order.
     pub fn user_jids(&self) -> Result<Vec<String>, StoreError> {
-        self.inner
-            .users
-            .iter()
-            .keys()
-            .map(|key| {
-                let key = key.map_err(|e| self.db_error("read", e))?;
-                String::from_utf8(key.to_vec()).map_err(|e| StoreError::Corrupt {
+        let entries = self.backend().scan_prefix(Tree::Users, b"").map_err(|e| self.db_error("read", e))?;
+        entries
+            .into_iter()
+            .map(|(key, _)| {
+                String::from_utf8(key).map_err(|e| StoreError::Corrupt {
                     jid: String::from_utf8_lossy(e.as_bytes()).into_owned(),
                     reason: "the key is not UTF-8".into(),
                 })
@@ -658,41 +591,12 @@ impl Store {
             .collect()
     }
 
-    /// Writes and fsyncs everything written so far.
+    /// Makes everything written so far durable (sled: written and fsynced, writers
+    /// waiting together sharing one fsync; PostgreSQL: committed).
     ///
     /// Must be called from within a Tokio runtime (as every `async fn` here is).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        // Our writes happened before this ticket was taken; a flush that starts after
-        // it was taken covers them.
-        let ticket = self.inner.flush_tickets.fetch_add(1, SeqCst) + 1;
-        let _one_at_a_time = self.inner.flushing.lock().await;
-        if self.inner.flushed_ticket.load(SeqCst) >= ticket {
-            return Ok(());
-        }
-        let covers = self.inner.flush_tickets.load(SeqCst);
-        self.flush_now().await?;
-        self.inner.flushed_ticket.fetch_max(covers, SeqCst);
-        Ok(())
-    }
-
-    /// One flush of sled, off the runtime's thread.
-    async fn flush_now(&self) -> Result<(), StoreError> {
-        // Not sled's `flush_async`: in sled 0.34.7 it runs the flush on sled's own IO
-        // thread pool, where concurrent flushes can occupy every thread while waiting for
-        // log writes queued on that same pool, deadlocking forever (spacejam/sled#1308,
-        // fixed only on sled's unreleased main branch). A blocking flush on Tokio's
-        // blocking pool leaves sled's pool free to do the writes.
-        let inner = self.inner.clone();
-        match tokio::task::spawn_blocking(move || inner.fsync_probe.around(|| inner.db.flush())).await {
-            Ok(result) => result.map(drop).map_err(|e| self.db_error("flush", e)),
-            Err(join_error) if join_error.is_panic() => {
-                std::panic::resume_unwind(join_error.into_panic())
-            }
-            Err(_) => Err(StoreError::FlushAborted {
-                store: self.inner.dir.clone(),
-            }),
-        }
+        self.backend().flush().await.map_err(|e| self.db_error("flush", e))
     }
 
     fn encode(&self, bare_jid: &str, record: &UserRecord) -> Vec<u8> {
@@ -784,12 +688,12 @@ impl Store {
         })
     }
 
-    fn db_error(&self, action: &'static str, source: sled::Error) -> StoreError {
-        db_error(action, &self.inner.dir, source)
+    fn db_error(&self, action: &'static str, source: BackendError) -> StoreError {
+        StoreError::Db { action, store: self.backend().name().to_owned(), source }
     }
 
     /// A bridge's write made just now (`written`), durable once the future resolves.
-    fn durably(&self, written: Result<(), sled::Error>) -> bridge_core::BoxFuture<'static, Result<(), StoreFailure>> {
+    fn durably(&self, written: Result<(), BackendError>) -> bridge_core::BoxFuture<'static, Result<(), StoreFailure>> {
         let written = written.map_err(|e| StoreFailure(self.db_error("write", e).to_string()));
         let store = self.clone();
         Box::pin(async move {
@@ -810,75 +714,26 @@ fn bridge_key(user: &str, key: &str) -> Vec<u8> {
 
 impl bridge_core::BridgeStore for Store {
     fn load(&self, user: &UserId, key: &str) -> Result<Option<Vec<u8>>, StoreFailure> {
-        let value = self.inner.bridge_state.get(bridge_key(&user.0, key));
-        value.map(|v| v.map(|v| v.to_vec())).map_err(|e| StoreFailure(self.db_error("read", e).to_string()))
+        let value = self.backend().get(Tree::BridgeState, &bridge_key(&user.0, key));
+        value.map_err(|e| StoreFailure(self.db_error("read", e).to_string()))
     }
 
     fn save(&self, user: &UserId, key: &str, value: &[u8]) -> bridge_core::BoxFuture<'static, Result<(), StoreFailure>> {
-        let written = self.inner.bridge_state.insert(bridge_key(&user.0, key), value).map(drop);
+        let written = self.backend().insert(Tree::BridgeState, &bridge_key(&user.0, key), value);
         self.durably(written)
     }
 
     fn delete(&self, user: &UserId, key: &str) -> bridge_core::BoxFuture<'static, Result<(), StoreFailure>> {
-        let written = self.inner.bridge_state.remove(bridge_key(&user.0, key)).map(drop);
+        let written = self.backend().remove(Tree::BridgeState, &bridge_key(&user.0, key)).map(drop);
         self.durably(written)
     }
 
     fn list(&self, user: &UserId, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreFailure> {
         let start = user.0.len() + 1;
-        self.inner
-            .bridge_state
-            .scan_prefix(bridge_key(&user.0, prefix))
-            .map(|item| {
-                let (k, v) = item.map_err(|e| StoreFailure(self.db_error("read", e).to_string()))?;
-                Ok((String::from_utf8_lossy(&k[start..]).into_owned(), v.to_vec()))
-            })
-            .collect()
+        let entries = self.backend().scan_prefix(Tree::BridgeState, &bridge_key(&user.0, prefix));
+        let entries = entries.map_err(|e| StoreFailure(self.db_error("read", e).to_string()))?;
+        Ok(entries.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k[start..]).into_owned(), v)).collect())
     }
-}
-
-/// How long [`Store::open`] keeps retrying while the store is locked.
-const LOCK_RETRY_FOR: Duration = Duration::from_secs(2);
-const LOCK_RETRY_EVERY: Duration = Duration::from_millis(20);
-
-/// Opens the sled database, waiting up to [`LOCK_RETRY_FOR`] for its lock.
-///
-/// sled 0.34 releases its file lock only when the last of its internal handles is gone,
-/// and its IO threads may still hold some for a moment after the last `Db` was dropped;
-/// so a store closed and reopened in the same process can briefly look locked. Another
-/// process holding the lock still fails, only a little later.
-fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
-    let deadline = Instant::now() + LOCK_RETRY_FOR;
-    loop {
-        match sled::Config::new().path(dir).cache_capacity(SLED_CACHE_BYTES).open() {
-            Ok(db) => return Ok(db),
-            Err(e) if is_lock_error(&e) => {
-                if Instant::now() >= deadline {
-                    return Err(StoreError::Locked {
-                        store: dir.to_owned(),
-                    });
-                }
-                std::thread::sleep(LOCK_RETRY_EVERY);
-            }
-            Err(e) => return Err(db_error("open", dir, e)),
-        }
-    }
-}
-
-fn db_error(action: &'static str, dir: &Path, source: sled::Error) -> StoreError {
-    StoreError::Db {
-        action,
-        store: dir.to_owned(),
-        source,
-    }
-}
-
-/// Whether sled failed to open because another handle holds its file lock. sled 0.34
-/// reports this only as an `Io` error of kind `Other` with this message.
-fn is_lock_error(error: &sled::Error) -> bool {
-    matches!(error, sled::Error::Io(e)
-        if e.kind() == std::io::ErrorKind::Other
-            && e.to_string().contains("could not acquire lock"))
 }
 
 #[cfg(test)]
@@ -931,12 +786,19 @@ mod tests {
         }
     }
 
+    impl Store {
+        /// The sled engine's fsyncs.
+        fn sled_probe(&self) -> &sled::FsyncProbe {
+            self.inner.sled.as_ref().expect("a sled store").fsync_probe()
+        }
+    }
+
     fn raw_get(store: &Store, jid: &str) -> Vec<u8> {
-        store.inner.users.get(jid).unwrap().unwrap().to_vec()
+        store.backend().get(Tree::Users, jid.as_bytes()).unwrap().unwrap()
     }
 
     fn raw_put(store: &Store, jid: &str, value: &[u8]) {
-        store.inner.users.insert(jid, value).unwrap();
+        store.backend().insert(Tree::Users, jid.as_bytes(), value).unwrap();
     }
 
     fn raw_json(store: &Store, jid: &str) -> serde_json::Value {
@@ -1161,7 +1023,7 @@ mod tests {
             let mut legacy = raw_json(&store, jid);
             legacy["persistent_channels"] = serde_json::json!([{ "server": "irc.example", "channel": "#Rust" }]);
             raw_put(&store, jid, &serde_json::to_vec(&legacy).unwrap());
-            store.inner.meta.remove(PERSISTENT_MOVED_KEY).unwrap();
+            store.backend().remove(Tree::Meta, PERSISTENT_MOVED_KEY).unwrap();
             store.flush().await.unwrap();
         }
         let store = fx.open();
@@ -1235,7 +1097,7 @@ mod tests {
         match &err {
             StoreError::WrongKey { key_file, store } => {
                 assert_eq!(key_file, &other_key);
-                assert_eq!(store, &fx.db());
+                assert_eq!(store, &format!("the store at {}", fx.db().display()));
             }
             other => panic!("expected WrongKey, got {other:?}"),
         }
@@ -1441,7 +1303,7 @@ mod tests {
             let ticker = tokio::spawn(async move {
                 loop {
                     seen.0.fetch_add(1, SeqCst);
-                    if watched.inner.fsync_probe.running.load(SeqCst) {
+                    if watched.sled_probe().running.load(SeqCst) {
                         seen.1.fetch_add(1, SeqCst);
                     }
                     tokio::task::yield_now().await;
@@ -1471,10 +1333,8 @@ mod tests {
         for write in futures::future::join_all(writes).await {
             write.unwrap();
         }
-        let tickets = store.inner.flush_tickets.load(std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(store.inner.flushed_ticket.load(std::sync::atomic::Ordering::SeqCst), tickets, "every write is covered");
         // The first writer's flush starts alone; the 49 that queued behind it share the next.
-        let fsyncs = store.inner.fsync_probe.count.load(std::sync::atomic::Ordering::SeqCst);
+        let fsyncs = store.sled_probe().count.load(std::sync::atomic::Ordering::SeqCst);
         assert!(fsyncs <= 2, "50 writers waiting together took {fsyncs} fsyncs");
         assert_eq!(store.list(&a, "outbox/").unwrap().len(), 50);
     }

@@ -1,4 +1,5 @@
-//! The archive in a sled tree (the store's database, tree `archive`).
+//! The archive as keys of an ordered map: the store's `archive` tree (sled) or table
+//! (PostgreSQL), through [`Ordered`]; the same keys on both, so ids survive a move.
 //!
 //! Keys, each family one contiguous, ordered range:
 //! - `\x02 room \0 id`: a channel's log, one entry per line whatever the number of users
@@ -15,6 +16,8 @@
 
 use std::ops::Bound;
 
+use crate::store::backend::{bound_ref, scan_prefix, Batch, BackendError, Ordered};
+
 use super::{ArchiveBackend, ArchiveError, Conversation, Direction, Item, Page, Query, Retention, Write, MAX_PAGE};
 
 /// The key of the highest id written (sorts before every other key).
@@ -26,20 +29,20 @@ const LINES: u8 = 2;
 /// Every key from here on is a user's (private messages).
 const USERS_FROM: &[u8] = &[3];
 
-/// The archive in one sled tree.
-pub struct SledArchive {
-    /// The `archive` tree of the store's database.
-    tree: sled::Tree,
+/// The archive in one ordered map of the store.
+pub struct KeyedArchive {
+    /// The `archive` tree (or table) of the store's database.
+    tree: Box<dyn Ordered>,
 }
 
-impl SledArchive {
+impl KeyedArchive {
     /// The archive kept in `tree`.
-    pub fn new(tree: sled::Tree) -> Self {
-        SledArchive { tree }
+    pub fn new(tree: Box<dyn Ordered>) -> Self {
+        KeyedArchive { tree }
     }
 }
 
-fn failed(action: &'static str) -> impl Fn(sled::Error) -> ArchiveError {
+fn failed(action: &'static str) -> impl Fn(BackendError) -> ArchiveError {
     move |e| ArchiveError::Backend { action, message: e.to_string() }
 }
 
@@ -126,11 +129,11 @@ fn union(mut spans: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     merged
 }
 
-impl SledArchive {
+impl KeyedArchive {
     /// The spans of `user` in `room`.
     fn spans_of(&self, room: &str, user: &str) -> Result<Vec<(u64, u64)>, ArchiveError> {
         let mut spans = Vec::new();
-        for entry in self.tree.scan_prefix(prefix(Some(SPANS), &[room, user])) {
+        for entry in scan_prefix(&*self.tree, &prefix(Some(SPANS), &[room, user])) {
             let (k, v) = entry.map_err(failed("read"))?;
             spans.push((id_of(&k), id_of(&v)));
         }
@@ -142,7 +145,7 @@ impl SledArchive {
     fn page(&self, ranges: &[(Vec<u8>, Vec<u8>)], backward: bool, max: usize) -> Result<Page, ArchiveError> {
         // One more than the page, to know whether the page reaches the end.
         let mut items = Vec::with_capacity(max.min(64) + 1);
-        let mut take = |entry: Result<(sled::IVec, sled::IVec), sled::Error>| -> Result<bool, ArchiveError> {
+        let mut take = |entry: Result<(Vec<u8>, Vec<u8>), BackendError>| -> Result<bool, ArchiveError> {
             let (k, v) = entry.map_err(failed("read"))?;
             let id = id_of(&k);
             match decode(id, &v) {
@@ -152,18 +155,9 @@ impl SledArchive {
             Ok(items.len() > max)
         };
         'ranges: for (from, to) in ordered(ranges, backward) {
-            let range = self.tree.range::<&[u8], _>((Bound::Included(from.as_slice()), Bound::Included(to.as_slice())));
-            if backward {
-                for entry in range.rev() {
-                    if take(entry)? {
-                        break 'ranges;
-                    }
-                }
-            } else {
-                for entry in range {
-                    if take(entry)? {
-                        break 'ranges;
-                    }
+            for entry in self.tree.range(Bound::Included(from.as_slice()), Bound::Included(to.as_slice()), backward) {
+                if take(entry)? {
+                    break 'ranges;
                 }
             }
         }
@@ -178,17 +172,17 @@ impl SledArchive {
     /// Removes the lines of `room` no span of any user covers; how many.
     fn collect_garbage(&mut self, room: &str, settled: u64) -> Result<u64, ArchiveError> {
         let mut spans = Vec::new();
-        for entry in self.tree.scan_prefix(prefix(Some(SPANS), &[room])) {
+        for entry in scan_prefix(&*self.tree, &prefix(Some(SPANS), &[room])) {
             let (k, v) = entry.map_err(failed("read"))?;
             spans.push((id_of(&k), id_of(&v)));
         }
         let covered = union(spans);
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut removed = 0;
         // Both in ascending order: one walk.
         let mut spans = covered.iter().peekable();
-        for k in self.tree.scan_prefix(prefix(Some(LINES), &[room])).keys() {
-            let k = k.map_err(failed("read"))?;
+        for entry in scan_prefix(&*self.tree, &prefix(Some(LINES), &[room])) {
+            let (k, _) = entry.map_err(failed("read"))?;
             let id = id_of(&k);
             if id > settled {
                 // Its reader's span may not be written yet.
@@ -200,29 +194,29 @@ impl SledArchive {
                 removed += 1;
             }
         }
-        self.tree.apply_batch(batch).map_err(failed("delete"))?;
+        self.tree.apply(batch).map_err(failed("delete"))?;
         Ok(removed)
     }
 
     /// Removes every key of `prefix` whose id is below `oldest` (by age) or past the
     /// newest `keep` (by count); how many.
-    fn cut(&self, prefix: &[u8], oldest: Option<u64>, keep: Option<u64>) -> Result<u64, ArchiveError> {
-        let mut batch = sled::Batch::default();
+    fn cut(&mut self, prefix: &[u8], oldest: Option<u64>, keep: Option<u64>) -> Result<u64, ArchiveError> {
+        let mut batch = Batch::default();
         let mut removed = 0;
         if let Some(oldest) = oldest {
-            for k in self.tree.range(key(prefix, 0)..key(prefix, oldest)).keys() {
-                batch.remove(k.map_err(failed("read"))?);
+            for entry in self.tree.range(Bound::Included(key(prefix, 0).as_slice()), Bound::Excluded(key(prefix, oldest).as_slice()), false) {
+                batch.remove(entry.map_err(failed("read"))?.0);
                 removed += 1;
             }
         }
         if let Some(keep) = keep {
-            let newest = self.tree.range(key(prefix, oldest.unwrap_or(0))..=key(prefix, u64::MAX)).keys().rev();
-            for k in newest.skip(usize::try_from(keep).unwrap_or(usize::MAX)) {
-                batch.remove(k.map_err(failed("read"))?);
+            let newest = self.tree.range(Bound::Included(key(prefix, oldest.unwrap_or(0)).as_slice()), Bound::Included(key(prefix, u64::MAX).as_slice()), true);
+            for entry in newest.skip(usize::try_from(keep).unwrap_or(usize::MAX)) {
+                batch.remove(entry.map_err(failed("read"))?.0);
                 removed += 1;
             }
         }
-        self.tree.apply_batch(batch).map_err(failed("delete"))?;
+        self.tree.apply(batch).map_err(failed("delete"))?;
         Ok(removed)
     }
 
@@ -231,7 +225,7 @@ impl SledArchive {
     fn scopes(&self, from: &[u8], within: impl Fn(&[u8]) -> bool) -> Result<Vec<Vec<u8>>, ArchiveError> {
         let mut scopes = Vec::new();
         let mut next = Bound::Included(from.to_vec());
-        while let Some(entry) = self.tree.range((next.clone(), Bound::Unbounded)).next() {
+        while let Some(entry) = self.tree.range(bound_ref(&next), Bound::Unbounded, false).next() {
             let (first, _) = entry.map_err(failed("read"))?;
             if !within(&first) {
                 break;
@@ -253,9 +247,9 @@ fn ordered(ranges: &[(Vec<u8>, Vec<u8>)], backward: bool) -> Box<dyn Iterator<It
     }
 }
 
-impl ArchiveBackend for SledArchive {
+impl ArchiveBackend for KeyedArchive {
     fn write(&mut self, writes: &[Write]) -> Result<(), ArchiveError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut last = 0;
         for write in writes {
             match write {
@@ -270,14 +264,14 @@ impl ArchiveBackend for SledArchive {
                     last = last.max(*id);
                 }
                 Write::Span { room, user, start, end } => {
-                    batch.insert(key(&prefix(Some(SPANS), &[room, user]), *start), &end.to_be_bytes());
+                    batch.insert(key(&prefix(Some(SPANS), &[room, user]), *start), end.to_be_bytes());
                 }
             }
         }
         if last > 0 {
-            batch.insert(LAST_ID_KEY, &last.max(self.last_id()?).to_be_bytes());
+            batch.insert(LAST_ID_KEY, last.max(self.last_id()?).to_be_bytes());
         }
-        self.tree.apply_batch(batch).map_err(failed("write"))
+        self.tree.apply(batch).map_err(failed("write"))
     }
 
     fn query(&self, query: &Query) -> Result<Page, ArchiveError> {
@@ -312,14 +306,14 @@ impl ArchiveBackend for SledArchive {
 
     fn delete_user(&mut self, user: &str, settled: u64) -> Result<u64, ArchiveError> {
         let mut removed = 0;
-        let mut batch = sled::Batch::default();
-        for k in self.tree.scan_prefix(prefix(None, &[user])).keys() {
-            batch.remove(k.map_err(failed("read"))?);
+        let mut batch = Batch::default();
+        for entry in scan_prefix(&*self.tree, &prefix(None, &[user])) {
+            batch.remove(entry.map_err(failed("read"))?.0);
             removed += 1;
         }
         let mut rooms = Vec::new();
-        for k in self.tree.scan_prefix([SPANS]).keys() {
-            let k = k.map_err(failed("read"))?;
+        for entry in scan_prefix(&*self.tree, &[SPANS]) {
+            let (k, _) = entry.map_err(failed("read"))?;
             if let Some((room, owner, _)) = parse_span(&k) {
                 if owner == user.as_bytes() {
                     if !rooms.iter().any(|r: &String| r.as_bytes() == room) {
@@ -329,7 +323,7 @@ impl ArchiveBackend for SledArchive {
                 }
             }
         }
-        self.tree.apply_batch(batch).map_err(failed("delete"))?;
+        self.tree.apply(batch).map_err(failed("delete"))?;
         for room in rooms {
             removed += self.collect_garbage(&room, settled)?;
         }
@@ -347,14 +341,14 @@ impl ArchiveBackend for SledArchive {
         }
         // Spans that end before the age limit cover nothing.
         if let Some(oldest) = oldest {
-            let mut batch = sled::Batch::default();
-            for entry in self.tree.scan_prefix([SPANS]) {
+            let mut batch = Batch::default();
+            for entry in scan_prefix(&*self.tree, &[SPANS]) {
                 let (k, v) = entry.map_err(failed("read"))?;
                 if id_of(&v) < oldest {
                     batch.remove(k);
                 }
             }
-            self.tree.apply_batch(batch).map_err(failed("delete"))?;
+            self.tree.apply(batch).map_err(failed("delete"))?;
         }
         // Private conversations.
         for scope in self.scopes(USERS_FROM, |_| true)? {
@@ -365,11 +359,11 @@ impl ArchiveBackend for SledArchive {
 
     fn last_id(&self) -> Result<u64, ArchiveError> {
         let last = self.tree.get(LAST_ID_KEY).map_err(failed("read"))?;
-        Ok(last.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes))
+        Ok(last.and_then(|v| v.as_slice().try_into().ok()).map_or(0, u64::from_be_bytes))
     }
 
-    fn flush(&self) -> Result<(), ArchiveError> {
-        self.tree.flush().map(drop).map_err(failed("flush"))
+    fn flush(&mut self) -> Result<(), ArchiveError> {
+        self.tree.flush().map_err(failed("flush"))
     }
 }
 
@@ -378,10 +372,10 @@ mod tests {
     use super::super::Entry;
     use super::*;
 
-    fn archive() -> (SledArchive, tempfile::TempDir) {
+    fn archive() -> (KeyedArchive, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        (SledArchive::new(db.open_tree("archive").unwrap()), dir)
+        (KeyedArchive::new(Box::new(crate::store::sled::SledTree(db.open_tree("archive").unwrap()))), dir)
     }
 
     fn room() -> String {
@@ -407,7 +401,7 @@ mod tests {
 
     /// Lines 10..=250 of #rust; alice got them all, bob 100..=150 and 200..=250;
     /// another room and a user whose JID is a prefix of alice's around.
-    fn filled() -> (SledArchive, tempfile::TempDir) {
+    fn filled() -> (KeyedArchive, tempfile::TempDir) {
         let (mut archive, dir) = archive();
         let mut writes: Vec<Write> = (1..=25).map(|n| line(&room(), n * 10, &format!("line {n}"))).collect();
         writes.push(span(&room(), "alice@x", 10, 250));
@@ -534,8 +528,10 @@ mod tests {
 
     #[test]
     fn an_unreadable_value_is_skipped_not_fatal() {
-        let (archive, _dir) = filled();
-        archive.tree.insert(key(&prefix(Some(LINES), &[&room()]), 15), &[9u8][..]).unwrap();
+        let (mut archive, _dir) = filled();
+        let mut batch = Batch::default();
+        batch.insert(key(&prefix(Some(LINES), &[&room()]), 15), [9u8]);
+        archive.tree.apply(batch).unwrap();
         let page = archive.query(&Query { max: 3, ..query(Conversation::Room(room())) }).unwrap();
         assert_eq!(ids(&page), [10, 20, 30]);
     }
