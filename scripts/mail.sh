@@ -251,6 +251,13 @@ namespace inbox {
   inbox = yes
 }
 
+# Room for 1,000 and more IMAP IDLE sessions at once (the bench's email scenario at
+# --email-users 1000, issue 12): each session is an imap process of its own (the
+# default limit is 100), and each process is also a client of the log, anvil and
+# config services (the default client limit is 1,000).
+default_process_limit = 2500
+default_client_limit = 10000
+
 service imap-login {
   inet_listener imap {
     address = 127.0.0.1

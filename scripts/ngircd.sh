@@ -145,6 +145,11 @@ $identity
 MaxConnections = 0
 MaxConnectionsIP = 0
 MaxJoins = 0
+# No PING to idle clients for an hour: with 10,000 clients (the bench's scale scenario,
+# issue 12) ngIRCd reads their PONGs slower than its 20 s PongTimeout, then drops them
+# one by one at seconds each.
+PingTimeout = 3600
+PongTimeout = 600
 $penalty
 
 [Options]

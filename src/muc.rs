@@ -5,7 +5,6 @@
 //! side of it. Only `irc_side.rs` changes room state.
 
 use std::collections::HashMap;
-use std::hash::Hash;
 
 use bridge_core::model::{Affiliation, CaseMapping, NetworkId, Occupant, Role, UserId};
 use minidom::Element;
@@ -262,8 +261,7 @@ pub fn room_key(user: &UserId, network: &NetworkId, channel: &str, mapping: Case
 
 /// A [`RoomKey`] borrowed from what an event carries, to look a room up without copying
 /// the user, the network and the channel on the path of every line a channel delivers.
-/// Hashes as the tuple it stands for (fields in the same order, each as the owned type).
-#[derive(Debug, Hash)]
+#[derive(Debug)]
 pub struct RoomKeyRef<'a> {
     /// Whose room.
     pub user: &'a UserId,
@@ -285,55 +283,119 @@ impl<'a> RoomKeyRef<'a> {
     }
 }
 
-impl hashbrown::Equivalent<RoomKey> for RoomKeyRef<'_> {
-    fn equivalent(&self, key: &RoomKey) -> bool {
-        *self.user == key.0 && *self.network == key.1 && *self.channel == key.2
+/// What names a room for a lookup: an owned [`RoomKey`] or a borrowed [`RoomKeyRef`].
+pub trait RoomLookup {
+    /// Whose room.
+    fn user(&self) -> &UserId;
+    /// On which network.
+    fn network(&self) -> &NetworkId;
+    /// The channel, folded with the network's case mapping.
+    fn channel(&self) -> &str;
+}
+
+impl RoomLookup for RoomKey {
+    fn user(&self) -> &UserId {
+        &self.0
+    }
+    fn network(&self) -> &NetworkId {
+        &self.1
+    }
+    fn channel(&self) -> &str {
+        &self.2
     }
 }
 
-/// Every room of every user.
+impl RoomLookup for RoomKeyRef<'_> {
+    fn user(&self) -> &UserId {
+        self.user
+    }
+    fn network(&self) -> &NetworkId {
+        self.network
+    }
+    fn channel(&self) -> &str {
+        &self.channel
+    }
+}
+
+/// One room of a user, in [`Rooms`]: where it is and what it is.
+#[derive(Debug)]
+struct UserRoom {
+    /// The network of the channel.
+    network: NetworkId,
+    /// The channel, folded with the network's case mapping (the key's last part).
+    folded: String,
+    /// The room. Boxed: a room is some 400 bytes, and a user's list is moved around
+    /// as it grows.
+    room: Box<Room>,
+}
+
+/// Every room of every user, by user: what concerns one user's rooms (the count checked
+/// at each join, a logout, a registration change) looks at that user's rooms only, so
+/// its cost does not grow with the number of users on the gateway (issue 12: 10,000).
 #[derive(Debug, Default)]
 pub struct Rooms {
-    /// Rooms by (user, network, folded channel); hashbrown's map for lookups by
-    /// [`RoomKeyRef`], with std's randomly seeded hasher (channel names are users' input).
-    /// Boxed: a room is some 400 bytes, and a table is up to half empty slots.
-    rooms: hashbrown::HashMap<RoomKey, Box<Room>, std::hash::RandomState>,
+    /// Each user's rooms; std's randomly seeded hasher (JIDs are users' input). A user
+    /// without a room has no entry.
+    users: HashMap<UserId, Vec<UserRoom>>,
+    /// How many rooms in all (the statistics read it without a walk over every user).
+    count: usize,
 }
 
 impl Rooms {
     /// The room, if the user is in it (or joining).
-    pub fn get(&self, key: &(impl Hash + hashbrown::Equivalent<RoomKey>)) -> Option<&Room> {
-        self.rooms.get(key).map(|room| &**room)
+    pub fn get(&self, key: &impl RoomLookup) -> Option<&Room> {
+        let list = self.users.get(key.user())?;
+        list.iter().find(|r| r.folded == key.channel() && r.network == *key.network()).map(|r| &*r.room)
     }
 
     /// Mutable access.
-    pub fn get_mut(&mut self, key: &(impl Hash + hashbrown::Equivalent<RoomKey>)) -> Option<&mut Room> {
-        self.rooms.get_mut(key).map(|room| &mut **room)
+    pub fn get_mut(&mut self, key: &impl RoomLookup) -> Option<&mut Room> {
+        let list = self.users.get_mut(key.user())?;
+        list.iter_mut().find(|r| r.folded == key.channel() && r.network == *key.network()).map(|r| &mut *r.room)
     }
 
     /// How many rooms are joined, over all users.
     pub fn len(&self) -> usize {
-        self.rooms.len()
+        self.count
     }
 
     /// Whether no room is joined.
     pub fn is_empty(&self) -> bool {
-        self.rooms.is_empty()
+        self.count == 0
     }
 
-    /// Adds a room.
+    /// Adds a room (replacing the one of the same key, as a map would).
     pub fn insert(&mut self, key: RoomKey, room: Room) {
-        self.rooms.insert(key, Box::new(room));
+        let (user, network, folded) = key;
+        let list = self.users.entry(user).or_default();
+        if let Some(existing) = list.iter_mut().find(|r| r.folded == folded && r.network == network) {
+            *existing.room = room;
+            return;
+        }
+        // Grown one at a time: most users are in a room or two, and a list's spare
+        // capacity would be paid by every one of thousands of users.
+        list.reserve_exact(1);
+        list.push(UserRoom { network, folded, room: Box::new(room) });
+        self.count += 1;
     }
 
-    /// How many rooms `user` has (joined or joining), over all networks.
+    /// How many rooms `user` is in (or joining), over all networks.
     pub fn count_of(&self, user: &UserId) -> usize {
-        self.rooms.keys().filter(|(u, _, _)| u == user).count()
+        self.users.get(user).map_or(0, Vec::len)
     }
 
     /// Removes a room.
-    pub fn remove(&mut self, key: &(impl Hash + hashbrown::Equivalent<RoomKey>)) -> Option<Room> {
-        self.rooms.remove(key).map(|room| *room)
+    pub fn remove(&mut self, key: &impl RoomLookup) -> Option<Room> {
+        let list = self.users.get_mut(key.user())?;
+        let at = list.iter().position(|r| r.folded == key.channel() && r.network == *key.network())?;
+        let removed = list.swap_remove(at);
+        if list.is_empty() {
+            self.users.remove(key.user());
+        } else {
+            list.shrink_to_fit();
+        }
+        self.count -= 1;
+        Some(*removed.room)
     }
 
     /// Removes and returns the rooms of `user` on `network` (every network if `None`).
@@ -342,58 +404,84 @@ impl Rooms {
     }
 
     /// The rooms of `user`, with their network.
-    pub fn of<'a>(&'a self, user: &'a UserId) -> impl Iterator<Item = (&'a NetworkId, &'a Room)> + 'a {
-        self.rooms.iter().filter(move |((u, _, _), _)| u == user).map(|((_, network, _), room)| (network, &**room))
+    pub fn of<'a>(&'a self, user: &UserId) -> impl Iterator<Item = (&'a NetworkId, &'a Room)> + 'a {
+        self.users.get(user).into_iter().flatten().map(|r| (&r.network, &*r.room))
     }
 
     /// The rooms of `user`, with their network, to change.
-    pub fn of_mut<'a>(&'a mut self, user: &'a UserId) -> impl Iterator<Item = (&'a NetworkId, &'a mut Room)> + 'a {
-        self.rooms.iter_mut().filter(move |((u, _, _), _)| u == user).map(|((_, network, _), room)| (network, &mut **room))
+    pub fn of_mut<'a>(&'a mut self, user: &UserId) -> impl Iterator<Item = (&'a NetworkId, &'a mut Room)> + 'a {
+        self.users.get_mut(user).into_iter().flatten().map(|r| (&r.network, &mut *r.room))
     }
 
     /// Keys every user's rooms on `network` again with `mapping` (the network told how it
     /// compares names). Rooms of one user that turn out to be one channel become one room
     /// with the resources of both.
     pub fn rekey(&mut self, network: &NetworkId, mapping: CaseMapping) {
-        let keys: Vec<RoomKey> = self.rooms.keys().filter(|(_, n, _)| n == network).cloned().collect();
-        for old in keys {
-            let Some(mut room) = self.rooms.remove(&old) else { continue };
-            room.mapping = mapping;
-            let key = room_key(&old.0, network, &room.channel, mapping);
-            match self.rooms.get_mut(&key) {
-                Some(existing) => {
-                    let jid = room.jid.clone();
-                    existing.aliases.extend(room.resources.iter().filter(|_| jid != existing.jid).map(|r| (r.clone(), jid.clone())));
-                    existing.aliases.extend(std::mem::take(&mut room.aliases));
-                    existing.resources.merge(std::mem::take(&mut room.resources));
+        for list in self.users.values_mut() {
+            let mut kept: Vec<UserRoom> = Vec::with_capacity(list.len());
+            for mut entry in std::mem::take(list) {
+                if entry.network != *network {
+                    kept.push(entry);
+                    continue;
                 }
-                None => {
-                    self.rooms.insert(key, room);
+                entry.room.mapping = mapping;
+                entry.folded = mapping.fold(&entry.room.channel);
+                match kept.iter_mut().find(|r| r.folded == entry.folded && r.network == *network) {
+                    Some(existing) => {
+                        let (existing, room) = (&mut existing.room, &mut entry.room);
+                        let jid = room.jid.clone();
+                        existing.aliases.extend(room.resources.iter().filter(|_| jid != existing.jid).map(|r| (r.clone(), jid.clone())));
+                        existing.aliases.extend(std::mem::take(&mut room.aliases));
+                        existing.resources.merge(std::mem::take(&mut room.resources));
+                        self.count -= 1;
+                    }
+                    None => kept.push(entry),
                 }
             }
+            kept.shrink_to_fit();
+            *list = kept;
         }
     }
 
     /// Removes `resource` (a full JID) of `user` from every room; returns the rooms left
     /// empty, which the IRC side should leave.
     pub fn remove_resource(&mut self, user: &UserId, resource: &str) -> Vec<(RoomKey, Room)> {
+        let Some(list) = self.users.get_mut(user) else { return Vec::new() };
         let mut emptied = Vec::new();
-        for (key, room) in self.rooms.iter_mut().filter(|((u, _, _), _)| u == user) {
+        let mut at = 0;
+        while let Some(entry) = list.get_mut(at) {
+            let room = &mut entry.room;
             room.aliases.remove(resource);
             room.history.retain(|(r, _)| r != resource);
             // Only the rooms this resource was the last in: an always-on room kept for
             // nobody is not emptied again.
             if room.resources.remove(resource) && room.resources.is_empty() {
-                emptied.push(key.clone());
+                let gone = list.swap_remove(at);
+                emptied.push(((user.clone(), gone.network, gone.folded), *gone.room));
+            } else {
+                at += 1;
             }
         }
-        emptied.into_iter().filter_map(|k| self.rooms.remove(&k).map(|r| (k, *r))).collect()
+        self.count -= emptied.len();
+        if list.is_empty() {
+            self.users.remove(user);
+        } else if !emptied.is_empty() {
+            list.shrink_to_fit();
+        }
+        emptied
     }
 
     /// Every room of `user` (on `network`, or on all), removed, with its key.
     pub fn take_keyed(&mut self, user: &UserId, network: Option<&NetworkId>) -> Vec<(RoomKey, Room)> {
-        let keys: Vec<RoomKey> = self.rooms.keys().filter(|(u, n, _)| u == user && network.is_none_or(|network| n == network)).cloned().collect();
-        keys.into_iter().filter_map(|k| self.rooms.remove(&k).map(|room| (k, *room))).collect()
+        let Some(list) = self.users.get_mut(user) else { return Vec::new() };
+        let (taken, kept): (Vec<UserRoom>, Vec<UserRoom>) = std::mem::take(list).into_iter().partition(|r| network.is_none_or(|network| r.network == *network));
+        self.count -= taken.len();
+        if kept.is_empty() {
+            self.users.remove(user);
+        } else {
+            *list = kept;
+        }
+        taken.into_iter().map(|r| ((user.clone(), r.network, r.folded), *r.room)).collect()
     }
 }
 

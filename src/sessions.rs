@@ -12,12 +12,19 @@ use bridge_core::{Bridge, EventSink, Session};
 #[error("this gateway has no bridge for {0:?}")]
 pub struct NoBridge(pub NetworkId);
 
-/// Every live session, by key.
+/// One user's live sessions, with their network.
+type UserSessions = Vec<(NetworkId, Box<dyn Session>)>;
+
+/// Every live session, by user.
 pub struct Sessions {
     /// The bridges, asked in order which one serves a network.
     bridges: Vec<Arc<dyn Bridge>>,
-    /// Live sessions. A closed one is replaced on the next command.
-    live: HashMap<SessionKey, Box<dyn Session>>,
+    /// Live sessions, by user, then network: what concerns one user (a join's session
+    /// count, an availability change told to their IRC sessions, a logout) looks at that
+    /// user's sessions only, so its cost stays flat with 10,000 users (issue 12). A user
+    /// has a session or a few; one without any has no entry. A closed session is replaced
+    /// on the next command.
+    live: HashMap<UserId, UserSessions>,
     /// Handed to each new session for its events.
     events: EventSink,
 }
@@ -28,6 +35,20 @@ impl Sessions {
         Sessions { bridges, live: HashMap::new(), events }
     }
 
+    /// The session of `key`, live or closed.
+    fn get(&self, key: &SessionKey) -> Option<&dyn Session> {
+        self.live.get(&key.user)?.iter().find(|(network, _)| *network == key.network).map(|(_, session)| &**session)
+    }
+
+    /// Removes the session of `key` (its user's entry too, when it was the last).
+    fn remove(&mut self, key: &SessionKey) {
+        let Some(list) = self.live.get_mut(&key.user) else { return };
+        list.retain(|(network, _)| *network != key.network);
+        if list.is_empty() {
+            self.live.remove(&key.user);
+        }
+    }
+
     /// Hands `command` to the session of `key`, starting it with `credentials()` first if
     /// it is not running.
     pub fn dispatch(
@@ -36,21 +57,19 @@ impl Sessions {
         credentials: impl FnOnce() -> Credentials,
         command: Command,
     ) -> Result<(), NoBridge> {
-        if let Some(session) = self.live.get(&key) {
+        if let Some(session) = self.get(&key) {
             if session.send(command.clone()).is_ok() {
                 return Ok(());
             }
-            self.live.remove(&key);
+            self.remove(&key);
         }
-        let session = self.start(key, credentials())?;
         // A session that dies at once reports it through its events; nothing to do here.
-        let _ = session.send(command);
-        Ok(())
+        self.start(key, credentials(), Some(command))
     }
 
-    /// Starts the session of `key` with the bridge that serves its network; returns it,
-    /// now live.
-    fn start(&mut self, key: SessionKey, credentials: Credentials) -> Result<&dyn Session, NoBridge> {
+    /// Starts the session of `key` with the bridge that serves its network, hands it
+    /// `first` if given, and keeps it as live.
+    fn start(&mut self, key: SessionKey, credentials: Credentials, first: Option<Command>) -> Result<(), NoBridge> {
         let bridge = self
             .bridges
             .iter()
@@ -58,27 +77,29 @@ impl Sessions {
             .ok_or_else(|| NoBridge(key.network.clone()))?;
         tracing::info!(user = %key.user.0, network = ?key.network, "starting a session");
         let session = bridge.start(key.clone(), credentials, self.events.clone());
-        let slot = match self.live.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut entry) => {
-                entry.insert(session);
-                entry.into_mut()
-            }
-            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(session),
-        };
-        Ok(&**slot)
+        if let Some(command) = first {
+            let _ = session.send(command);
+        }
+        let SessionKey { user, network } = key;
+        let list = self.live.entry(user).or_default();
+        match list.iter_mut().find(|(known, _)| *known == network) {
+            Some((_, slot)) => *slot = session,
+            None => list.push((network, session)),
+        }
+        Ok(())
     }
 
     /// Hands `command` to the session of `key` if it is live; starts none.
     pub fn tell(&mut self, key: &SessionKey, command: Command) {
-        if let Some(session) = self.live.get(key) {
+        if let Some(session) = self.get(key) {
             let _ = session.send(command);
         }
     }
 
     /// Hands `command` to every live session of `user` on an IRC server, starting none.
     pub fn tell_irc_sessions(&mut self, user: &UserId, command: &Command) {
-        for (key, session) in &self.live {
-            if &key.user == user && matches!(key.network, NetworkId::Irc { .. }) {
+        for (network, session) in self.live.get(user).into_iter().flatten() {
+            if matches!(network, NetworkId::Irc { .. }) {
                 let _ = session.send(command.clone());
             }
         }
@@ -86,41 +107,46 @@ impl Sessions {
 
     /// Starts the session of `key` if it is not running.
     pub fn ensure(&mut self, key: SessionKey, credentials: Credentials) -> Result<(), NoBridge> {
-        if self.live.get(&key).is_some_and(|s| !s.is_closed()) {
+        if self.get(&key).is_some_and(|s| !s.is_closed()) {
             return Ok(());
         }
-        self.start(key, credentials).map(drop)
+        self.start(key, credentials, None)
     }
 
     /// Ends the IRC sessions of `user` (they went offline; email keeps watching, so mail
     /// reaches their offline storage).
     pub fn end_user_irc(&mut self, user: &UserId, reason: &str) {
-        self.end_where(|key| &key.user == user && matches!(key.network, NetworkId::Irc { .. }), reason);
+        self.end_where(user, |network| matches!(network, NetworkId::Irc { .. }), reason);
     }
 
     /// Ends the IRC sessions of `user` except those on `keep` (always-on channels there).
     pub fn end_user_irc_except(&mut self, user: &UserId, keep: &std::collections::HashSet<NetworkId>, reason: &str) {
-        self.end_where(|key| &key.user == user && matches!(key.network, NetworkId::Irc { .. }) && !keep.contains(&key.network), reason);
+        self.end_where(user, |network| matches!(network, NetworkId::Irc { .. }) && !keep.contains(network), reason);
     }
 
     /// Ends every session of `user`.
     pub fn end_user(&mut self, user: &UserId, reason: &str) {
-        self.end_where(|key| &key.user == user, reason);
+        self.end_where(user, |_| true, reason);
     }
 
-    fn end_where(&mut self, mut matches: impl FnMut(&SessionKey) -> bool, reason: &str) {
-        self.live.retain(|key, session| {
-            if !matches(key) {
+    /// Ends the sessions of `user` on the networks that `matches`.
+    fn end_where(&mut self, user: &UserId, mut matches: impl FnMut(&NetworkId) -> bool, reason: &str) {
+        let Some(list) = self.live.get_mut(user) else { return };
+        list.retain(|(network, session)| {
+            if !matches(network) {
                 return true;
             }
             let _ = session.send(Command::Shutdown { reason: reason.to_owned() });
             false
         });
+        if list.is_empty() {
+            self.live.remove(user);
+        }
     }
 
     /// Ends every session.
     pub fn end_all(&mut self, reason: &str) {
-        for (_, session) in self.live.drain() {
+        for (_, session) in self.live.drain().flat_map(|(_, list)| list) {
             let _ = session.send(Command::Shutdown { reason: reason.to_owned() });
         }
     }
@@ -128,46 +154,48 @@ impl Sessions {
     /// Drops a session that reported its own end. A session started since under the
     /// same key (after a registration change) is live and stays: only a closed one goes.
     pub fn forget(&mut self, key: &SessionKey) {
-        if self.live.get(key).is_some_and(|s| s.is_closed()) {
-            self.live.remove(key);
+        if self.get(key).is_some_and(|s| s.is_closed()) {
+            self.remove(key);
         }
     }
 
     /// Whether the session of `key` is running.
     pub fn is_live(&self, key: &SessionKey) -> bool {
-        self.live.get(key).is_some_and(|s| !s.is_closed())
+        self.get(key).is_some_and(|s| !s.is_closed())
     }
 
     /// Whether any user's session on `network` is running (one pass over the sessions:
     /// asked when a session ends, not per line).
     pub fn any_on(&self, network: &NetworkId) -> bool {
-        self.live.iter().any(|(key, session)| key.network == *network && !session.is_closed())
+        self.live.values().flatten().any(|(known, session)| known == network && !session.is_closed())
     }
 
     /// How many IRC sessions of `user` are running.
     pub fn irc_sessions_of(&self, user: &UserId) -> usize {
         self.live
-            .iter()
-            .filter(|(key, session)| key.user == *user && matches!(key.network, NetworkId::Irc { .. }) && !session.is_closed())
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|(network, session)| matches!(network, NetworkId::Irc { .. }) && !session.is_closed())
             .count()
     }
 
     /// The users with a running session.
     pub fn users(&self) -> impl Iterator<Item = &UserId> {
-        self.live.iter().filter(|(_, session)| !session.is_closed()).map(|(key, _)| &key.user)
+        self.live.iter().filter(|(_, list)| list.iter().any(|(_, session)| !session.is_closed())).map(|(user, _)| user)
     }
 
     /// The networks `user` has a running session on (for the administrators' list).
     pub fn networks_of(&self, user: &UserId) -> Vec<&NetworkId> {
         let mut networks: Vec<&NetworkId> =
-            self.live.iter().filter(|(key, session)| key.user == *user && !session.is_closed()).map(|(key, _)| &key.network).collect();
+            self.live.get(user).into_iter().flatten().filter(|(_, session)| !session.is_closed()).map(|(network, _)| network).collect();
         networks.sort_by_key(|network| format!("{network:?}"));
         networks
     }
 
     /// How many sessions are live.
     pub fn len(&self) -> usize {
-        self.live.len()
+        self.live.values().map(Vec::len).sum()
     }
 
     /// Whether no session is live.

@@ -3,6 +3,12 @@
 //! gateway attached (Prosody stays slower after many logins). Logins (and biboumi's
 //! per-user configuration) happen before the clock starts; then every join is sent at
 //! once and the clock stops at the last self-presence.
+//!
+//! Then the cost of a delivery with every user there (issue 12: flat from 1,000 to 10,000
+//! users): one IRC client joins [`SAMPLE`] of the users' channels, spread over all of
+//! them, and sends lines to them in turn (one delivery to one XMPP user each); then those
+//! users write to their rooms (one IRC line each, plus the reflection), counted at the IRC
+//! client. About [`DELIVERIES`] each way; the gateway's CPU over each phase per delivery.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,25 +17,39 @@ use anyhow::{anyhow, Context, Result};
 use testkit::irc::Ngircd;
 use tokio::time::Instant;
 
+use crate::irc::Irc;
 use crate::peers::{wait_joined, Peer};
 use crate::procstat;
 use crate::report::{Measured, Spec};
-use crate::rig::{names, run_limited, XmppSide, SETUP_CONCURRENCY};
+use crate::rig::{names, run_limited, settle, XmppSide, SETUP_CONCURRENCY};
+use crate::xmpp::body;
+
+/// How many users' channels the delivery phases reach (fewer when there are fewer users).
+const SAMPLE: usize = 100;
+/// Deliveries per phase, about: enough CPU time that the clock's 10 ms ticks matter
+/// little (some 0.1 CPU-s of the gateway), few enough that ngIRCd, whose every line costs
+/// more with more clients, is not the whole run.
+const DELIVERIES: usize = 5_000;
+/// How long a delivery phase may take before the run fails.
+const DELIVERY_WAIT: Duration = Duration::from_secs(300);
 
 /// The figures of this scenario.
 pub fn specs() -> Vec<Spec> {
     vec![
-        Spec { key: "join_all", label: "time until every user has joined", unit: "s", decimals: 2, target: "1,000 joins <= 3 s (biboumi 5.9 s)" },
-        Spec { key: "rss_per_conn", label: "gateway RSS per bridged IRC connection", unit: "KiB", decimals: 1, target: "<= biboumi (biboumi 11.7 KiB)" },
-        Spec { key: "cpu_per_join", label: "gateway CPU per join", unit: "ms", decimals: 3, target: "" },
+        Spec { key: "join_all", label: "time until every user has joined", unit: "s", decimals: 2, target: "10,000 joins <= 15 s (issue 12); 1,000 <= 3 s" },
+        Spec { key: "rss_per_conn", label: "gateway RSS per bridged IRC connection", unit: "KiB", decimals: 1, target: "<= 8 KiB (issue 12; biboumi 11.8)" },
+        Spec { key: "cpu_per_join", label: "gateway CPU per join", unit: "ms", decimals: 3, target: "<= 0.2 ms (issue 12)" },
         Spec { key: "prosody_cpu_per_join", label: "Prosody CPU per join", unit: "ms", decimals: 3, target: "" },
-        Spec { key: "rss_after", label: "gateway RSS with every user joined", unit: "MiB", decimals: 1, target: "" },
+        Spec { key: "ngircd_cpu_per_join", label: "ngIRCd CPU per join (connection + registration + JOIN)", unit: "ms", decimals: 3, target: "" },
+        Spec { key: "rss_after", label: "gateway RSS with every user joined", unit: "MiB", decimals: 1, target: "<= 100 MiB at 10,000 (issue 12)" },
+        Spec { key: "i2x_cpu", label: "gateway CPU per IRC->XMPP delivery, every user joined", unit: "us", decimals: 1, target: "flat from 1,000 users on (issue 12)" },
+        Spec { key: "x2i_cpu", label: "gateway CPU per XMPP->IRC message (incl. reflection), every user joined", unit: "us", decimals: 1, target: "flat from 1,000 users on (issue 12)" },
     ]
 }
 
 /// Runs the scenario against `peer` with its own Prosody.
-pub async fn run(ircd: &Ngircd, peer: Peer, users: usize) -> Result<Measured> {
-    let side = XmppSide::start(ircd, &[peer])?;
+pub async fn run(ircd: Ngircd, peer: Peer, users: usize) -> Result<Measured> {
+    let side = XmppSide::start(&ircd, &[peer])?;
     let t = peer.tag();
     let user_names = names(&format!("{t}s"), users);
     side.add_accounts(&user_names)?;
@@ -50,7 +70,7 @@ pub async fn run(ircd: &Ngircd, peer: Peer, users: usize) -> Result<Measured> {
     let prepare = prepared.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let procs = side.procs(peer, ircd)?;
+    let procs = side.procs(peer, &ircd)?;
     procstat::reset_peak(procs[0].pid);
     let before = procstat::snapshot(&procs);
     let started = Instant::now();
@@ -94,6 +114,7 @@ pub async fn run(ircd: &Ngircd, peer: Peer, users: usize) -> Result<Measured> {
     m.set("rss_per_conn", (after[0].rss_kib as f64 - before[0].rss_kib as f64) / users as f64);
     m.set("cpu_per_join", usage[0].cpu_s * 1000.0 / users as f64);
     m.set("prosody_cpu_per_join", usage[1].cpu_s * 1000.0 / users as f64);
+    m.set("ngircd_cpu_per_join", usage[2].cpu_s * 1000.0 / users as f64);
     m.set("rss_after", after[0].rss_kib as f64 / 1024.0);
     m.notes.push(format!(
         "{users} users, one channel each; logins took {:.1} s{} (not timed); gateway RSS {:.1} -> {:.1} MiB",
@@ -106,7 +127,99 @@ pub async fn run(ircd: &Ngircd, peer: Peer, users: usize) -> Result<Measured> {
         m.notes.push(format!("{retries} join attempt(s) were refused (IRC connect reset: ngIRCd's listen backlog is 10) and retried by the bench; the retries' time counts"));
     }
     m.usage.push((format!("{users} joins"), usage));
-    drop(slots);
+    deliveries(&mut m, &ircd, peer, &procs, &slots, &user_names).await.context("the delivery phases")?;
+    // ngIRCd goes first (TERM, KILL after 5 s): with 10,000 clients it spends seconds on
+    // each one that leaves, and would otherwise see every user quit one by one.
+    drop(ircd);
     drop(side);
+    drop(slots);
     Ok(m)
+}
+
+/// The delivery phases (see the module's doc): IRC->XMPP, then XMPP->IRC, on
+/// [`SAMPLE`] users' channels spread over all `names`.
+async fn deliveries(m: &mut Measured, ircd: &Ngircd, peer: Peer, procs: &[procstat::Proc], slots: &Arc<Vec<tokio::sync::Mutex<crate::xmpp::XmppConn>>>, names: &[String]) -> Result<()> {
+    let users = names.len();
+    let sample: Vec<usize> = (0..SAMPLE.min(users)).map(|k| k * users / SAMPLE.min(users)).collect();
+    // Ten per user at most: the smoke run's 20 users stay quick.
+    let per_channel = DELIVERIES.min(10 * users).div_ceil(sample.len());
+    let mut irc = Irc::connect(ircd.port, &format!("{}fan", peer.tag())).await?;
+    for &i in &sample {
+        irc.join(&format!("#{}", names[i])).await?;
+    }
+    settle().await;
+
+    // IRC -> XMPP: each sampled user waits for its lines.
+    let readers: Vec<_> = sample
+        .iter()
+        .map(|&i| {
+            let (slots, room) = (slots.clone(), peer.room(&format!("#{}", names[i])));
+            tokio::spawn(async move { wait_messages(&mut slots[i].lock().await.reader, &room, "i ", per_channel).await })
+        })
+        .collect();
+    let before = procstat::snapshot(procs);
+    for k in 0..per_channel {
+        for &i in &sample {
+            irc.queue(&format!("PRIVMSG #{} :i {k}\r\n", names[i])).await?;
+        }
+        irc.flush().await?;
+    }
+    for reader in readers {
+        reader.await??;
+    }
+    let after = procstat::snapshot(procs);
+    let usage = procstat::usage(procs, &before, &after);
+    let delivered = per_channel * sample.len();
+    m.set("i2x_cpu", usage[0].cpu_s * 1e6 / delivered as f64);
+    m.usage.push((format!("{delivered} IRC->XMPP deliveries"), usage));
+    settle().await;
+
+    // XMPP -> IRC: each sampled user writes its lines (and reads their reflections); the
+    // IRC client counts them.
+    let before = procstat::snapshot(procs);
+    let writers: Vec<_> = sample
+        .iter()
+        .map(|&i| {
+            let (slots, room) = (slots.clone(), peer.room(&format!("#{}", names[i])));
+            tokio::spawn(async move {
+                let mut conn = slots[i].lock().await;
+                let mut xml = String::new();
+                for k in 0..per_channel {
+                    xml.push_str(&format!("<message to='{room}' type='groupchat'><body>x {k}</body></message>"));
+                }
+                conn.writer.send(&xml).await?;
+                wait_messages(&mut conn.reader, &room, "x ", per_channel).await
+            })
+        })
+        .collect();
+    let goal = per_channel * sample.len();
+    let mut received = 0;
+    let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+    while received < goal {
+        match irc.next_until(deadline).await? {
+            Some(line) if line.command == "PRIVMSG" && line.text().starts_with("x ") => received += 1,
+            Some(_) => {}
+            None => anyhow::bail!("{received} of {goal} XMPP->IRC lines arrived within {DELIVERY_WAIT:?}"),
+        }
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    let after = procstat::snapshot(procs);
+    let usage = procstat::usage(procs, &before, &after);
+    m.set("x2i_cpu", usage[0].cpu_s * 1e6 / goal as f64);
+    m.usage.push((format!("{goal} XMPP->IRC messages"), usage));
+    m.notes.push(format!("deliveries: {} channels of the {users} (every {}th user), {per_channel} lines each way in each", sample.len(), users / sample.len()));
+    Ok(())
+}
+
+/// Reads `reader` until `count` messages whose body starts with `prefix` have come (the
+/// user is in `room` only); fails after [`DELIVERY_WAIT`] for one of them.
+async fn wait_messages(reader: &mut crate::xmpp::XmppReader, room: &str, prefix: &str, count: usize) -> Result<()> {
+    for got in 0..count {
+        reader
+            .wait_for(&format!("message {got} ({prefix:?}) in {room}"), DELIVERY_WAIT, |e| e.name() == "message" && body(e).is_some_and(|b| b.starts_with(prefix)))
+            .await?;
+    }
+    Ok(())
 }

@@ -232,20 +232,25 @@ impl Watcher {
     }
 
     /// One connection's life: log in, catch up, IDLE, repeat. Returns only on errors.
+    ///
+    /// The steps that run now and then (login, catching up, a mail's delivery) are boxed
+    /// while they run: a task is as large as its largest state, and this one spends its
+    /// life in IDLE, once per user (issue 12: 1,000 IDLE sessions).
     async fn watch(&self, healthy: &mut Option<bool>) -> Result<(), ImapError> {
-        let mut session = login(&self.account, &self.settings).await?;
-        let mailbox = session.select("INBOX").await?;
+        let mut session = Box::pin(login(&self.account, &self.settings)).await?;
+        // Only what is read of it is kept across the awaits below.
+        let (uid_validity, uid_next) = Box::pin(session.select("INBOX")).await.map(|mailbox| (mailbox.uid_validity, mailbox.uid_next))?;
         if *healthy != Some(true) {
             *healthy = Some(true);
             self.emit(Event::NetworkStatus { online: true, reason: None }).await;
         }
         let saved = load_checkpoint(self.store.as_ref(), &self.key.user);
         let id = mailbox_id(&self.account);
-        let mut checkpoint = match resume_point(saved.clone(), &id, mailbox.uid_validity.unwrap_or(0), mailbox.uid_next, Matching::SameUidValidity) {
+        let mut checkpoint = match resume_point(saved.clone(), &id, uid_validity.unwrap_or(0), uid_next, Matching::SameUidValidity) {
             Resume::Saved(resumed) => {
                 if saved.is_some_and(|saved| saved.mailbox != resumed.mailbox) {
                     // Named after this account from now on (see `superseded`).
-                    self.save_checkpoint(&resumed).await?;
+                    Box::pin(self.save_checkpoint(&resumed)).await?;
                 }
                 resumed
             }
@@ -253,24 +258,28 @@ impl Watcher {
                 if replaced.is_some() {
                     warn!(user = %self.key.user.0, "UIDVALIDITY or account changed; starting from the newest mail");
                 }
-                self.save_checkpoint(&start).await?;
+                Box::pin(self.save_checkpoint(&start)).await?;
                 start
             }
         };
-        let has_idle = session.capabilities().await?.has_str("IDLE");
+        let has_idle = Box::pin(session.capabilities()).await?.has_str("IDLE");
         info!(user = %self.key.user.0, has_idle, last_uid = checkpoint.last_uid, "watching INBOX");
         loop {
-            session = self.deliver_new(session, &mut checkpoint).await?;
+            session = Box::pin(self.deliver_new(session, &mut checkpoint)).await?;
+            // What the server said unasked (FETCH flags, RECENT...) waits in the session's
+            // queue until read, each holding the buffer it was read into (4 KiB); new mail
+            // is found by the FETCH above whatever it said.
+            while session.unsolicited_responses.try_recv().is_ok() {}
             if has_idle {
                 let mut idle = session.idle();
-                idle.init().await?;
+                Box::pin(idle.init()).await?;
                 let (wait, _interrupt) = idle.wait_with_timeout(self.settings.idle_timeout);
                 let response = wait.await?;
                 debug!(?response, "IDLE returned");
-                session = idle.done().await?;
+                session = Box::pin(idle.done()).await?;
             } else {
                 tokio::time::sleep(self.settings.poll_interval).await;
-                session.noop().await?;
+                Box::pin(session.noop()).await?;
             }
         }
     }
@@ -426,5 +435,56 @@ mod tests {
         };
         assert_eq!(mailbox_id(&account), "alice@imap.example.test:993/INBOX");
         assert!(!mailbox_id(&account).contains("pw"));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use bridge_core::model::NetworkId;
+    use bridge_core::{BoxFuture, StoreFailure};
+
+    struct NoStore;
+
+    impl BridgeStore for NoStore {
+        fn load(&self, _: &UserId, _: &str) -> Result<Option<Vec<u8>>, StoreFailure> {
+            Ok(None)
+        }
+        fn save(&self, _: &UserId, _: &str, _: &[u8]) -> BoxFuture<'static, Result<(), StoreFailure>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn delete(&self, _: &UserId, _: &str) -> BoxFuture<'static, Result<(), StoreFailure>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn list(&self, _: &UserId, _: &str) -> Result<Vec<(String, Vec<u8>)>, StoreFailure> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Each registered user's watcher is a task that lives in IDLE: its size is paid once
+    /// per user (issue 12: 1,000 IDLE sessions; bench/ measures the RSS per session).
+    #[test]
+    fn a_watcher_task_stays_small() {
+        let account = Account {
+            address: "a@b".into(),
+            login: "a".into(),
+            password: bridge_core::Secret::new("pw"),
+            imap: crate::Endpoint::parse("127.0.0.1:1143", None).unwrap(),
+            smtp: crate::Endpoint::parse("127.0.0.1:1587", None).unwrap(),
+            mark_seen: false,
+        };
+        let (events, _) = tokio::sync::mpsc::channel(1);
+        let watcher = Watcher {
+            key: SessionKey { user: UserId("a@b".into()), network: NetworkId::Email },
+            account,
+            settings: Arc::new(EmailSettings::default()),
+            store: Arc::new(NoStore),
+            events,
+        };
+        let (_stop, stopped) = oneshot::channel();
+        let task = watcher.run(stopped);
+        let size = std::mem::size_of_val(&task);
+        // 2,768 bytes before issue 12 boxed the steps that run now and then; 1,744 after.
+        assert!(size <= 1800, "an IMAP watcher's task takes {size} bytes");
     }
 }
