@@ -52,32 +52,45 @@
 #   epmd that outlives the test and that `epmd -kill` of another job would end).
 #   Two clusters (parallel tests) thus never share an epmd, and may reuse the node
 #   names.
-# - Both nodes need the same cookie (DIR/cookie copied into each node's HOME):
-#   with different cookies join_cluster fails with "nodedown"/"not connected".
+# - Both nodes need the same cookie (DIR/cookie copied into each node's HOME): the
+#   Erlang distribution refuses a node with another one.
 # - The node name is in the Mnesia spool: never rename a node of an existing DIR.
 # - join_cluster (on node 2, naming node 1) wipes node 2's own Mnesia data and
 #   copies node 1's, then restarts ejabberd's applications on node 2: its
 #   listeners close and reopen (about 3-4 s); wait for them again before use.
 # - A killed node started again rejoins by itself, whichever it is: its schema
 #   lists the other node, and Mnesia loads the tables from the running one. Start
-#   the nodes of a cold cluster together (as `start` does): a node whose tables
-#   were last written while the other was down waits for that other node.
+#   the nodes of a cold cluster together (as `start` does): after node 1 then
+#   node 2 were killed, node 1 started alone did not open its ports in 60 s (Mnesia
+#   waits for node 2, which has the newer tables); it came up once node 2 started.
 # - `ejabberdctl list_cluster` lists the running nodes only: a killed node drops
 #   out of it and comes back when started again.
 # - Routing to several component connections of one domain (measured by
-#   tests/cluster.rs; bench/results/issue12-ejabberd-cluster.md has the details):
-#   routes are cluster-wide, so a component attached to node 1 receives the
-#   stanzas of users connected to node 2 (and answers them). Without
-#   domain_balancing a stanza goes to a component connection on the sender's own
-#   node if there is one (a random one of them, per stanza), else to a random
-#   connection on the other node. With `bare_source` + component_number N every
-#   user is pinned, whatever node it is on, to one of N slots; a slot whose
-#   connection is gone drops its users' stanzas silently until a new connection
-#   (of either node) takes that slot.
-# - When a node is killed its component connections close at once (the gateways
-#   see EOF and keep trying to reconnect to that node's port) and its c2s users
-#   are disconnected; the surviving node drops the dead node's routes, so its users
-#   keep reaching the components attached to it.
+#   tests/cluster.rs; bench/results/issue12-ejabberd-cluster.md has the figures):
+#   routes live in Mnesia's `route` table, which both nodes share, so a component
+#   attached to node 1 receives the stanzas of users connected to node 2 and its
+#   answers reach them. Without domain_balancing a stanza goes to a component
+#   connection on the sender's own node if there is one (a random one of them, per
+#   stanza), else to one on the other node; a closed connection's route is removed
+#   at once, so the rest take over. With `bare_source` + component_number N each
+#   connection takes a free slot 1..N and every user is pinned, from either node,
+#   to one slot by the hash of its bare JID; a closed connection leaves its slot
+#   vacant: its users' stanzas are dropped silently (no error comes back) until a
+#   new connection, to either node, takes that slot. A connection beyond N is
+#   accepted but gets no slot and no stanza.
+# - When a node is killed its component connections close at once (gateways see
+#   EOF and retry that node's port: "Connection refused") and its c2s users lose
+#   their streams; the surviving node drops the dead node's routes (no balancing)
+#   or keeps their slots vacant (bare_source), and it sends no unavailable
+#   presence for the dead node's users: a gateway keeps them "online".
+# - A keepalive ping a component sends to its own domain is routed like any other
+#   stanza: where several connections share the domain it may reach, and be
+#   answered to, another one. An idle gateway whose ping went elsewhere reconnects
+#   after 2 x keepalive_secs (the tests run theirs with keepalive_secs = 3600).
+# - Logging in with the same full JID on node 2 right after closing that session's
+#   TCP connection on node 1 was once refused with the stream error <conflict/>
+#   "Replaced by new connection" (the old session still being closed): the tests
+#   use another resource when a user moves to the other node.
 set -euo pipefail
 
 PROG=ejabberd-cluster.sh

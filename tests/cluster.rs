@@ -45,26 +45,60 @@ async fn register(client: &mut Client, nick: &str, gateways: &[&Gateway]) -> usi
     }
 }
 
+/// Adds users `u1`..`uN` (password `pw`) to `cluster`; their names.
+fn add_numbered_users(cluster: &EjabberdCluster, count: usize) -> Vec<String> {
+    let users: Vec<String> = (1..=count).map(|i| format!("u{i}")).collect();
+    cluster.add_users(&users.iter().map(|u| (u.as_str(), "localhost")).collect::<Vec<_>>());
+    users
+}
+
+/// Logs every one of `users` in on `node` and registers it: each client with the index in
+/// `gateways` of the instance that handled its registration.
+async fn registered_clients(cluster: &EjabberdCluster, node: usize, users: &[String], gateways: &[&Gateway]) -> Vec<(Client, usize)> {
+    let mut clients = Vec::new();
+    for user in users {
+        let mut client = cluster.client(node, user, "localhost").await;
+        let pinned = register(&mut client, "first", gateways).await;
+        clients.push((client, pinned));
+    }
+    clients
+}
+
+/// A new id for a ping of the gateway.
+fn probe_id() -> String {
+    static PROBES: AtomicUsize = AtomicUsize::new(0);
+    format!("probe{}", PROBES.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Sends a ping of the gateway with `id`.
+async fn send_ping(client: &mut Client, id: &str) {
+    client.send_raw(&format!("<iq type='get' id='{id}' to='{GW}'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
+}
+
 /// The answer to a ping of the gateway if one comes within `within` (a dropped stanza
 /// gets none): a result, or an error bounced by the server.
 async fn ping(client: &mut Client, within: Duration) -> Option<Element> {
-    static PROBES: AtomicUsize = AtomicUsize::new(0);
-    let id = format!("probe{}", PROBES.fetch_add(1, Ordering::Relaxed));
-    client.send_raw(&format!("<iq type='get' id='{id}' to='{GW}'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
+    let id = probe_id();
+    send_ping(client, &id).await;
     client.receive_within(within, |e| e.name() == "iq" && e.attr("id") == Some(id.as_str())).await
 }
 
-/// Pings the gateway every second until one is answered with a result; returns how many
-/// went unanswered before (a component connection that has just died takes the stanzas
-/// routed to it with it, until the server notices).
+/// Pings the gateway every second until one of the pings is answered with a result;
+/// returns how many were sent before the first one answered (a component connection that
+/// has just died takes the stanzas routed to it along, until the server notices).
 async fn pings_lost_until_answered(client: &mut Client) -> usize {
-    for lost in 0..20 {
-        if let Some(reply) = ping(client, Duration::from_secs(1)).await {
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut ids = Vec::new();
+    while std::time::Instant::now() < deadline {
+        ids.push(probe_id());
+        send_ping(client, ids.last().unwrap()).await;
+        let answer = |e: &Element| e.name() == "iq" && ids.iter().any(|id| e.attr("id") == Some(id.as_str()));
+        if let Some(reply) = client.receive_within(Duration::from_secs(1), answer).await {
             assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
-            return lost;
+            return ids.iter().position(|id| reply.attr("id") == Some(id.as_str())).unwrap();
         }
     }
-    panic!("{}: no ping answered within 20 s", client.bare());
+    panic!("{}: no ping answered within {WAIT:?}", client.bare());
 }
 
 #[tokio::test]
@@ -131,8 +165,7 @@ async fn without_balancing_a_node_without_a_gateway_routes_to_the_other_nodes() 
 #[tokio::test]
 async fn with_bare_source_thirty_users_are_each_pinned_to_one_of_three_gateways() {
     let cluster = EjabberdCluster::start_bare_source(3);
-    let users: Vec<String> = (1..=30).map(|i| format!("u{i}")).collect();
-    cluster.add_users(&users.iter().map(|u| (u.as_str(), "localhost")).collect::<Vec<_>>());
+    let users = add_numbered_users(&cluster, 30);
     let gateways =
         [gateway(cluster.component_port(1)), gateway(cluster.component_port(2)), gateway(cluster.component_port(1))];
     let gateways: Vec<&Gateway> = gateways.iter().collect();
@@ -208,18 +241,12 @@ async fn after_a_node_is_killed_users_on_the_other_node_still_reach_a_gateway() 
 #[tokio::test]
 async fn with_bare_source_a_killed_nodes_gateway_slot_drops_its_users_until_it_reconnects() {
     let cluster = EjabberdCluster::start_bare_source(2);
-    let users: Vec<String> = (1..=8).map(|i| format!("u{i}")).collect();
-    cluster.add_users(&users.iter().map(|u| (u.as_str(), "localhost")).collect::<Vec<_>>());
+    let users = add_numbered_users(&cluster, 8);
     let on_1 = gateway(cluster.component_port(1));
     let on_2 = gateway(cluster.component_port(2));
     let gateways = [&on_1, &on_2];
     // Users on node 2, pinned to either gateway.
-    let mut clients = Vec::new();
-    for user in &users {
-        let mut client = cluster.client(2, user, "localhost").await;
-        let pinned = register(&mut client, "first", &gateways).await;
-        clients.push((client, pinned));
-    }
+    let mut clients = registered_clients(&cluster, 2, &users, &gateways).await;
     eprintln!("pinned: {:?}", clients.iter().map(|(_, p)| *p).collect::<Vec<_>>());
     assert!(clients.iter().any(|(_, p)| *p == 0) && clients.iter().any(|(_, p)| *p == 1));
 
@@ -228,7 +255,9 @@ async fn with_bare_source_a_killed_nodes_gateway_slot_drops_its_users_until_it_r
     // While node 1 is down its gateway's slot stays (vacant): the users pinned to it get
     // nothing back, the others are served by node 2's gateway as before.
     for (client, pinned) in &mut clients {
-        let reply = ping(client, Duration::from_secs(1)).await;
+        // (Nothing within 3 s stands for "dropped"; an answer may take as long as it needs.)
+        let within = if *pinned == 0 { Duration::from_secs(3) } else { WAIT };
+        let reply = ping(client, within).await;
         eprintln!("node 1 down: {} pinned to gateway {pinned}: answered {}", client.bare(), reply.is_some());
         match pinned {
             0 => assert!(reply.is_none(), "{}: {reply:?}", client.bare()),
@@ -242,4 +271,90 @@ async fn with_bare_source_a_killed_nodes_gateway_slot_drops_its_users_until_it_r
         let lost = pings_lost_until_answered(client).await;
         assert_eq!(register(client, "back", &gateways).await, *pinned, "{} after {lost} pings lost", client.bare());
     }
+}
+
+#[tokio::test]
+async fn a_killed_nodes_users_go_offline_without_a_presence_to_the_gateway() {
+    let cluster = EjabberdCluster::start();
+    let on_2 = gateway(cluster.component_port(2));
+    let mut alice = cluster.client(1, "alice", "localhost").await;
+    register(&mut alice, "alice_irc", &[&on_2]).await;
+    // Alice accepts the gateway's subscription (XEP-0100): her presence now reaches it.
+    alice
+        .wait_for("the gateway's subscription request", |e| {
+            e.name() == "presence" && e.attr("type") == Some("subscribe") && e.attr("from") == Some(GW)
+        })
+        .await;
+    // (Her presence reaches the gateway on the approval itself, or on the next broadcast.)
+    let online = on_2.log_lines_with(&["user online", "user=alice@localhost"]);
+    alice.send_raw(&format!("<presence to='{GW}' type='subscribed'/>")).await;
+    alice.send_raw("<presence/>").await;
+    on_2.wait_log("alice online", &["user online", "user=alice@localhost"], online).await;
+    // A clean logout on node 1 is reported...
+    let offline = on_2.log_lines_with(&["user offline", "user=alice@localhost"]);
+    drop(alice);
+    on_2.wait_log("alice offline", &["user offline", "user=alice@localhost"], offline).await;
+
+    // ...but when node 1 dies, nobody tells the gateway that its users are gone.
+    let mut alice = cluster.client(1, "alice", "localhost").await;
+    let online = on_2.log_lines_with(&["user online", "user=alice@localhost"]);
+    on_2.wait_log("alice online again", &["user online", "user=alice@localhost"], online).await;
+    let offline = on_2.log_lines_with(&["user offline", "user=alice@localhost"]);
+    cluster.kill_node(1);
+    // Her stream on node 1 is gone...
+    assert!(alice.ends_within(WAIT).await);
+    // ...and node 2 says nothing about her to the gateway: it still thinks her online.
+    let mut bob = cluster.client(2, "bob", "localhost").await;
+    assert!(ping(&mut bob, WAIT).await.is_some());
+    let quiet = std::time::Instant::now();
+    while quiet.elapsed() < Duration::from_secs(5) {
+        assert_eq!(on_2.log_lines_with(&["user offline", "user=alice@localhost"]), offline, "{}", on_2.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_bare_source_a_connection_to_the_surviving_node_takes_the_dead_nodes_slot() {
+    let cluster = EjabberdCluster::start_bare_source(2);
+    let users = add_numbered_users(&cluster, 8);
+    let on_1 = gateway(cluster.component_port(1));
+    let on_2 = gateway(cluster.component_port(2));
+    let mut clients = registered_clients(&cluster, 2, &users, &[&on_1, &on_2]).await;
+    let connections = on_1.connections();
+    cluster.kill_node(1);
+    // A spare instance attached to node 2 takes the slot node 1's gateway left.
+    let spare = gateway(cluster.component_port(2));
+    let gateways = [&on_1, &on_2, &spare];
+    for (client, pinned) in &mut clients {
+        let lost = pings_lost_until_answered(client).await;
+        let now = register(client, "spare", &gateways).await;
+        eprintln!("node 1 down, spare up: {} pinned to {pinned}, now served by {now} ({lost} pings lost)", client.bare());
+        assert_eq!(now, if *pinned == 0 { 2 } else { 1 }, "{}", client.bare());
+    }
+    // Node 1 back: its gateway connects again, a third connection for two slots. It is
+    // accepted but gets no slot: nothing moves back to it.
+    cluster.start_node(1);
+    on_1.wait_connected(connections + 1, WAIT);
+    let mut served = [0; 3];
+    for (client, pinned) in &mut clients {
+        let lost = pings_lost_until_answered(client).await;
+        let now = register(client, "back", &gateways).await;
+        eprintln!("node 1 back: {} pinned to {pinned}, now served by {now} ({lost} pings lost)", client.bare());
+        assert_eq!(now, if *pinned == 0 { 2 } else { 1 }, "{}", client.bare());
+        served[now] += 1;
+    }
+    eprintln!("node 1 back, served by [node 1's, node 2's, spare]: {served:?}");
+}
+
+#[tokio::test]
+async fn a_stanza_to_a_domain_no_connection_serves_is_bounced_with_an_error() {
+    // What a forward to a dead instance's own domain (`<instance>.gw.localhost`) meets.
+    let cluster = EjabberdCluster::start();
+    let _gateway = gateway(cluster.component_port(1));
+    let mut alice = cluster.client(2, "alice", "localhost").await;
+    let reply = alice.iq_raw("get", Some("instance1.gw.localhost"), "<ping xmlns='urn:xmpp:ping'/>").await;
+    // Bounced at once: no route, and s2s is off here (`s2s_access: none`), so ejabberd
+    // refuses it as it would refuse any remote domain.
+    assert_eq!(reply.attr("type"), Some("error"), "{reply:?}");
+    assert_eq!(error_condition(&reply).as_deref(), Some("forbidden"), "{reply:?}");
 }

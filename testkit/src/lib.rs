@@ -761,6 +761,19 @@ impl Client {
         }
     }
 
+    /// Whether the stream ends (closed, broken, or ended by a stream error) within
+    /// `within`; stanzas read meanwhile are kept.
+    pub async fn ends_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.read(deadline).await {
+                Ok(Some(e)) => self.backlog.push_back(e),
+                Ok(None) => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
     /// Whether a stanza matching `pred` arrives within `within`. Panics if the stream
     /// ends or breaks meanwhile: a dead stream receives nothing, so "nothing arrived"
     /// read from it would pass for the wrong reason.
