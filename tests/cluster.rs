@@ -358,3 +358,29 @@ async fn a_stanza_to_a_domain_no_connection_serves_is_bounced_with_an_error() {
     assert_eq!(reply.attr("type"), Some("error"), "{reply:?}");
     assert_eq!(error_condition(&reply).as_deref(), Some("forbidden"), "{reply:?}");
 }
+
+#[tokio::test]
+async fn three_instances_thirty_users_one_node_killed_the_other_nodes_users_keep_working() {
+    // The setting of issue 12's proof, without leases yet: each instance has its own store.
+    let cluster = EjabberdCluster::start();
+    let users = add_numbered_users(&cluster, 30);
+    let instances = [gateway(cluster.component_port(1)), gateway(cluster.component_port(1)), gateway(cluster.component_port(2))];
+    let gateways: Vec<&Gateway> = instances.iter().collect();
+    let (on_1, on_2): (Vec<String>, Vec<String>) = users.iter().cloned().partition(|u| u[1..].parse::<usize>().unwrap() % 2 == 1);
+    let mut clients_1 = registered_clients(&cluster, 1, &on_1, &gateways).await;
+    let mut clients_2 = registered_clients(&cluster, 2, &on_2, &gateways).await;
+    assert!(clients_1.iter().all(|(_, g)| *g < 2) && clients_2.iter().all(|(_, g)| *g == 2));
+
+    cluster.kill_node(1);
+    for (client, _) in &mut clients_2 {
+        assert_eq!(register(client, "after", &gateways).await, 2, "{}", client.bare());
+    }
+    // Node 1's users lost their streams; logged in on node 2 they are served there.
+    for (client, _) in &mut clients_1 {
+        assert!(client.ends_within(WAIT).await, "{}", client.bare());
+    }
+    for user in &on_1 {
+        let mut client = cluster.client_as(2, user, "localhost", "moved").await;
+        assert_eq!(register(&mut client, "moved", &gateways).await, 2, "{user}");
+    }
+}
