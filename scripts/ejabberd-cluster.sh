@@ -182,7 +182,7 @@ start_epmd() {
     pid=$!
     printf '%s\n' "$pid" >"$dir/epmd.pid"
     for ((i = 0; i < 100; i++)); do
-        pid_alive "$pid" || { show_logs "$dir/epmd.out"; die "epmd on port $EPMD_PORT exited at once"; }
+        pid_alive "$pid" || { show_logs "$dir/epmd.out"; die "epmd on port $EPMD_PORT exited at once (port in use by another program?)"; }
         ERL_EPMD_PORT=$EPMD_PORT epmd -names >/dev/null 2>&1 && return 0
         sleep 0.05
     done
