@@ -22,6 +22,9 @@
 #       Registers each USER@HOST (or resets the password if USER exists), all at
 #       once (each ejabberdctl call starts an Erlang VM: about 0.6 s). Needs the
 #       instance to be running.
+#   scripts/ejabberd.sh ctl DIR ARGS...
+#       Runs `ejabberdctl ARGS...` against DIR's instance (as the ejabberd user,
+#       with its HOME and config; killed after 120 s) and exits with its status.
 #
 # Instances are independent: the Erlang node name is derived from DIR
 # (gw<hash>@localhost) and epmd is not used (ERL_DIST_PORT: a free port in
@@ -33,6 +36,13 @@
 #                       (default info)
 #   HARNESS_OWNER_PID   optional pid (e.g. the test process): when that process
 #                       exits while the server runs, the server is stopped.
+#   EJABBERD_EPMD_PORT  (start; set by scripts/ejabberd-cluster.sh) the port of an
+#                       epmd that the caller runs: the node registers there instead
+#                       of using ERL_DIST_PORT, so that nodes can find each other.
+#   EJABBERD_EXTRA_CONFIG  (start) YAML appended to ejabberd.yml as top-level
+#                       options, e.g. a domain_balancing section.
+# A file DIR/node-name, if present before the first start, names the Erlang node
+# (scripts/ejabberd-cluster.sh writes it).
 # Files in DIR: etc/ (ejabberd.yml, ejabberdctl.cfg, cert.pem), spool/ (Mnesia),
 # log/ (ejabberd.log, error.log), run/ (ejabberd.pid), home/ (.erlang.cookie),
 # ejabberd.out (console).
@@ -54,6 +64,7 @@ usage: ejabberd.sh start DIR C2S_PORT COMPONENT_PORT COMPONENT_JID SECRET
        ejabberd.sh stop DIR
        ejabberd.sh kill DIR
        ejabberd.sh adduser DIR USER HOST PASSWORD [USER HOST PASSWORD]...
+       ejabberd.sh ctl DIR ARGS...
 EOF
     exit 2
 }
@@ -65,9 +76,14 @@ need_root() {
 }
 
 # node_name DIR - the Erlang node of DIR's instance (fixed per DIR: it is baked
-# into the Mnesia spool).
+# into the Mnesia spool): the name in DIR/node-name if that file exists (written
+# by scripts/ejabberd-cluster.sh before the first start), else gw<hash>@localhost.
 node_name() {
-    printf 'gw%s@localhost\n' "$(printf '%s' "$1" | sha1sum | cut -c1-12)"
+    if [ -s "$1/node-name" ]; then
+        head -n 1 "$1/node-name"
+    else
+        printf 'gw%s@localhost\n' "$(printf '%s' "$1" | sha1sum | cut -c1-12)"
+    fi
 }
 
 # ctl SECONDS DIR ARGS... - run ejabberdctl for DIR's instance as the ejabberd
@@ -92,30 +108,6 @@ running_pid() {
     fi
 }
 
-# True if a TCP socket is bound to PORT (any state, any address); used to pick
-# the Erlang distribution port.
-port_bound() {
-    local porthex
-    porthex=$(printf '%04X' "$1")
-    awk -v p=":$porthex" 'substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
-        /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-
-# pick_dist_port C2S_PORT COMPONENT_PORT - a free port in 20000-29999 (below
-# the usual ephemeral range 32768-60999, where tests pick their ports), derived
-# from the component port, moving up while taken or equal to one of our ports.
-pick_dist_port() {
-    local base=$((($2 + 1) % 10000)) i p
-    for ((i = 0; i < 10000; i++)); do
-        p=$((20000 + (base + i) % 10000))
-        [ "$p" != "$1" ] && [ "$p" != "$2" ] && ! port_bound "$p" && {
-            printf '%s\n' "$p"
-            return 0
-        }
-    done
-    die "no free port in 20000-29999 for the Erlang distribution"
-}
-
 make_certs() {
     local dir=$1 pem=$1/etc/cert.pem tmp
     [ -s "$pem" ] && return 0
@@ -133,24 +125,37 @@ make_certs() {
 }
 
 write_config() {
-    local dir=$1 c2s=$2 comp=$3 jid=$4 secret=$5 dist_port=$6 node level=${EJABBERD_LOG_LEVEL:-info}
+    local dir=$1 c2s=$2 comp=$3 jid=$4 secret=$5 dist_port=$6 node level=${EJABBERD_LOG_LEVEL:-info} dist
+    local no_epmd=''
     node=$(node_name "$dir")
     case "$level" in
         none | emergency | alert | critical | error | warning | notice | info | debug) ;;
         *) die "EJABBERD_LOG_LEVEL must be one of none emergency alert critical error warning notice info debug, got '$level'" ;;
     esac
 
+    if [ -n "${EJABBERD_EPMD_PORT:-}" ]; then
+        # A cluster's node (scripts/ejabberd-cluster.sh): with ERL_DIST_PORT a node
+        # expects every other node on that same port, so two nodes on one machine
+        # cannot meet; they register with the cluster's own epmd instead, which
+        # the cluster script runs (an erl must not start one of its own).
+        dist="# Nodes find each other through the cluster's private epmd on this port.
+ERL_EPMD_PORT=$EJABBERD_EPMD_PORT
+export ERL_EPMD_PORT"
+        no_epmd=' -start_epmd false'
+    else
+        dist="# The node listens on this port and ejabberdctl connects to it directly: no epmd.
+ERL_DIST_PORT=$dist_port"
+    fi
     cat >"$dir/etc/ejabberdctl.cfg" <<EOF
 # Written by scripts/ejabberd.sh (rewritten on start). Sourced by ejabberdctl.
 ERLANG_NODE=$node
 EJABBERD_CONFIG_PATH=$dir/etc/ejabberd.yml
 EJABBERD_PID_PATH=$dir/run/ejabberd.pid
 ERL_EPMD_ADDRESS=127.0.0.1
-# The node listens on this port and ejabberdctl connects to it directly: no epmd.
-ERL_DIST_PORT=$dist_port
+$dist
 # Distribution on 127.0.0.1 only. Given here rather than as INET_DIST_INTERFACE,
 # which makes every ejabberdctl call run an extra erl (about 0.15 s) to parse it.
-ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 -kernel inet_dist_use_interface {127,0,0,1}"
+ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 -kernel inet_dist_use_interface {127,0,0,1}$no_epmd"
 CONTRIB_MODULES_PATH=$dir/home/.ejabberd-modules
 CONTRIB_MODULES_CONF_DIR=$dir/etc/modules.d
 EJABBERD_BYPASS_WARNINGS=true
@@ -205,6 +210,9 @@ modules:
   mod_roster: {}
   mod_ping: {}
   mod_offline: {}
+${EJABBERD_EXTRA_CONFIG:+
+# From EJABBERD_EXTRA_CONFIG:
+$EJABBERD_EXTRA_CONFIG}
 EOF
     cp -f /etc/ejabberd/inetrc "$dir/etc/inetrc" 2>/dev/null \
         || printf '{lookup,["file","native"]}.\n{host,{127,0,0,1}, ["localhost"]}.\n' >"$dir/etc/inetrc"
@@ -289,7 +297,8 @@ cmd_start() {
     chown "$EJ_USER:" "$dir/home/.erlang.cookie"
     chmod 400 "$dir/home/.erlang.cookie"
 
-    dist_port=$(pick_dist_port "$c2s" "$comp")
+    dist_port=
+    [ -n "${EJABBERD_EPMD_PORT:-}" ] || dist_port=$(pick_dist_port "$c2s" "$comp")
     make_certs "$dir"
     write_config "$dir" "$c2s" "$comp" "$jid" "$secret" "$dist_port"
     rm -f "$dir/run/ejabberd.pid"
@@ -337,7 +346,7 @@ cmd_start() {
     done
     trap - INT TERM HUP
     start_watchdog "$dir" "$pid" bash "$SELF" stop "$dir"
-    log "ejabberd ready in $(($(now_ms) - t0)) ms: c2s 127.0.0.1:$c2s, component $jid on 127.0.0.1:$comp, node $(node_name "$dir") (dist port $dist_port), dir $dir"
+    log "ejabberd ready in $(($(now_ms) - t0)) ms: c2s 127.0.0.1:$c2s, component $jid on 127.0.0.1:$comp, node $(node_name "$dir") (${dist_port:+dist port $dist_port}${EJABBERD_EPMD_PORT:+epmd port $EJABBERD_EPMD_PORT}), dir $dir"
     printf '%s\n' "$pid"
 }
 
@@ -402,6 +411,15 @@ cmd_adduser() {
     [ "$failed" -eq 0 ] || die "could not register every user"
 }
 
+cmd_ctl() {
+    [ $# -ge 2 ] || usage
+    local dir
+    dir=$(abs_dir "$1")
+    shift
+    need_root
+    ctl 120 "$dir" "$@"
+}
+
 # add_user DIR USER HOST PASSWORD - registers one user, or sets its password.
 add_user() {
     local dir=$1 user=$2 host=$3 password=$4 out
@@ -425,6 +443,7 @@ case "$cmd" in
     stop) cmd_stop "$@" ;;
     kill) cmd_kill "$@" ;;
     adduser) cmd_adduser "$@" ;;
+    ctl) cmd_ctl "$@" ;;
     -h | --help | help) usage ;;
     *) log "unknown subcommand '$cmd'"; usage ;;
 esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-deps.sh - install the Debian packages the integration tests need:
-# XMPP servers Prosody, ejabberd and jabberd2 (with sqlite3, which creates its
-# databases), the IRC servers ngIRCd and InspIRCd (with
+# XMPP servers Prosody, ejabberd (whose dependency erlang-base brings epmd, which
+# scripts/ejabberd-cluster.sh runs privately for its two nodes) and jabberd2 (with
+# sqlite3, which creates its databases), the IRC servers ngIRCd and InspIRCd (with
 # Atheme services, for SASL), the mail servers Postfix (SMTP) and Dovecot (IMAP,
 # LMTP) with swaks (an SMTP client, with the Perl TLS modules it needs for
 # STARTTLS), biboumi (the peer gateway of the benchmarks), openssl, CA certificates.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# lib.sh - helpers shared by the server scripts (prosody.sh, ejabberd.sh).
+# lib.sh - helpers shared by the server scripts (prosody.sh, ejabberd.sh, ...).
 #
 # Usage: source "$(dirname "$0")/lib.sh"   (not meant to be run directly)
 #
@@ -65,6 +65,32 @@ pid_listens() {
         done
     done
     return 1
+}
+
+# port_bound PORT - true if a TCP socket is bound to PORT (any state, any address); used to pick
+# the Erlang distribution port.
+port_bound() {
+    local porthex
+    porthex=$(printf '%04X' "$1")
+    awk -v p=":$porthex" 'substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
+# pick_dist_port PORT1 PORT2 - a free port in 20000-29999 (below
+# the usual ephemeral range 32768-60999, where tests pick their ports), derived
+# from PORT2, moving up while taken or equal to PORT1 or PORT2. For an
+# Erlang node's distribution port (ejabberd.sh) or a private epmd's
+# (ejabberd-cluster.sh).
+pick_dist_port() {
+    local base=$((($2 + 1) % 10000)) i p
+    for ((i = 0; i < 10000; i++)); do
+        p=$((20000 + (base + i) % 10000))
+        [ "$p" != "$1" ] && [ "$p" != "$2" ] && ! port_bound "$p" && {
+            printf '%s\n' "$p"
+            return 0
+        }
+    done
+    die "no free port in 20000-29999 for the Erlang distribution"
 }
 
 # now_ms - milliseconds since the epoch.

@@ -255,6 +255,137 @@ impl Drop for XmppServer {
     }
 }
 
+/// A private two-node ejabberd cluster (`scripts/ejabberd-cluster.sh`): nodes
+/// `ejabberd1@localhost` and `ejabberd2@localhost` in one Mnesia cluster, each with its own
+/// c2s and component ports, both serving `localhost` and `other.localhost` and accepting the
+/// component [`GW`]; killed on drop. Nodes are numbered 1 and 2.
+pub struct EjabberdCluster {
+    /// The cluster's directory (`node1/`, `node2/`, its epmd's files).
+    pub dir: tempfile::TempDir,
+    /// The c2s ports of node 1 and node 2.
+    pub c2s_ports: [u16; 2],
+    /// The component (XEP-0114) ports of node 1 and node 2.
+    pub component_ports: [u16; 2],
+}
+
+impl EjabberdCluster {
+    /// Starts a cluster without `domain_balancing` (ejabberd's default routing), with the
+    /// users of [`XmppServer::start`]: `alice`, `bob` (localhost), `eve` (other.localhost).
+    pub fn start() -> EjabberdCluster {
+        Self::start_with_balancing(None)
+    }
+
+    /// Same, with `domain_balancing` for [`GW`] of type `bare_source` and
+    /// `component_number` = `components` (2 or more): each user pinned to one slot.
+    pub fn start_bare_source(components: usize) -> EjabberdCluster {
+        Self::start_with_balancing(Some(format!("bare_source:{components}")))
+    }
+
+    fn start_with_balancing(balancing: Option<String>) -> EjabberdCluster {
+        let dir = tempfile::Builder::new().prefix("gw-cluster-").tempdir().unwrap();
+        let mut cluster = EjabberdCluster { dir, c2s_ports: [0; 2], component_ports: [0; 2] };
+        let balancing = balancing.unwrap_or_default();
+        // A port found free can be taken by a parallel test before the server binds it.
+        for attempt in 1.. {
+            cluster.c2s_ports = [free_port(), free_port()];
+            cluster.component_ports = [free_port(), free_port()];
+            let ports: Vec<String> = [cluster.c2s_ports[0], cluster.component_ports[0], cluster.c2s_ports[1], cluster.component_ports[1]]
+                .iter()
+                .map(u16::to_string)
+                .collect();
+            let mut args = vec!["start", cluster.path()];
+            args.extend(ports.iter().map(String::as_str));
+            args.extend([GW, SECRET]);
+            match try_script_env("ejabberd-cluster.sh", &args, &[("EJABBERD_DOMAIN_BALANCING", balancing.as_str())]) {
+                Ok(_) => break,
+                Err(error) if attempt < 5 && error.contains("in use") => cluster.kill(),
+                Err(error) => panic!("{error}"),
+            }
+        }
+        cluster.add_users(&[("alice", "localhost"), ("bob", "localhost"), ("eve", "other.localhost")]);
+        cluster
+    }
+
+    fn path(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    /// Adds users (password `pw`); both nodes know them (Mnesia is shared).
+    pub fn add_users(&self, users: &[(&str, &str)]) {
+        let mut adduser = vec!["adduser", self.path()];
+        for (user, host) in users {
+            adduser.extend([*user, *host, "pw"]);
+        }
+        script("ejabberd-cluster.sh", &adduser);
+    }
+
+    /// The c2s port of `node` (1 or 2).
+    pub fn c2s_port(&self, node: usize) -> u16 {
+        self.c2s_ports[Self::index(node)]
+    }
+
+    /// The component port of `node` (1 or 2).
+    pub fn component_port(&self, node: usize) -> u16 {
+        self.component_ports[Self::index(node)]
+    }
+
+    fn index(node: usize) -> usize {
+        assert!(node == 1 || node == 2, "a cluster has nodes 1 and 2, not {node}");
+        node - 1
+    }
+
+    /// `node` as the script's argument N.
+    fn node_arg(node: usize) -> String {
+        (Self::index(node) + 1).to_string()
+    }
+
+    /// kill -9 of `node`'s Erlang VM: the crash of one node; the other keeps running.
+    pub fn kill_node(&self, node: usize) {
+        script("ejabberd-cluster.sh", &["kill", self.path(), &Self::node_arg(node)]);
+    }
+
+    /// Starts `node` again (after [`EjabberdCluster::kill_node`]); it rejoins the cluster.
+    pub fn start_node(&self, node: usize) {
+        script("ejabberd-cluster.sh", &["start-node", self.path(), &Self::node_arg(node)]);
+    }
+
+    /// `ejabberdctl ARGS` on `node`: its output.
+    pub fn ctl(&self, node: usize, args: &[&str]) -> String {
+        let node = Self::node_arg(node);
+        let mut all = vec!["ctl", self.path(), &node];
+        all.extend(args);
+        script("ejabberd-cluster.sh", &all)
+    }
+
+    /// `node`'s own log so far (`nodeN/log/ejabberd.log`).
+    pub fn log_text(&self, node: usize) -> String {
+        let file = self.dir.path().join(format!("node{}", Self::node_arg(node))).join("log").join("ejabberd.log");
+        std::fs::read_to_string(file).unwrap_or_default()
+    }
+
+    /// A logged-in client for `user@host` (password `pw`) on `node`, resource `test`.
+    pub async fn client(&self, node: usize, user: &str, host: &str) -> Client {
+        self.client_as(node, user, host, "test").await
+    }
+
+    /// A logged-in client for `user@host/resource` on `node`.
+    pub async fn client_as(&self, node: usize, user: &str, host: &str, resource: &str) -> Client {
+        Client::connect(self.c2s_port(node), user, host, "pw", resource).await
+    }
+
+    /// Both nodes and the epmd, at once.
+    fn kill(&self) {
+        let _ = Command::new("bash").arg(repo().join("scripts").join("ejabberd-cluster.sh")).args(["kill", self.path()]).output();
+    }
+}
+
+impl Drop for EjabberdCluster {
+    fn drop(&mut self) {
+        // Its directory goes next: no clean shutdown needed.
+        self.kill();
+    }
+}
+
 /// The real gateway binary, attached to a test server; killed on drop.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
@@ -268,7 +399,7 @@ pub struct Gateway {
 impl Gateway {
     /// Writes a config for `server` and starts the gateway; waits until it is connected.
     pub fn start(server: &XmppServer) -> Gateway {
-        let mut gateway = Self::configure(server, SECRET, IRC_DEFAULT);
+        let mut gateway = Self::configure(server.component_port, SECRET, IRC_DEFAULT);
         gateway.spawn();
         gateway
     }
@@ -293,7 +424,7 @@ impl Gateway {
     /// Attached to `server`, with `networks` as the whole `[irc.networks."..."]` part of
     /// its configuration (TOML), e.g. a TLS network with a `ca_file`, or a fake server.
     pub fn start_irc_networks(server: &XmppServer, networks: &str) -> Gateway {
-        let mut gateway = Self::configure(server, SECRET, networks);
+        let mut gateway = Self::configure(server.component_port, SECRET, networks);
         gateway.spawn();
         gateway
     }
@@ -317,7 +448,7 @@ impl Gateway {
                 mail.imap_port, mail.submission_port
             )
         };
-        let mut gateway = Self::configure(server, SECRET, &format!("{IRC_DEFAULT}{section}"));
+        let mut gateway = Self::configure(server.component_port, SECRET, &format!("{IRC_DEFAULT}{section}"));
         gateway.spawn();
         gateway
     }
@@ -327,7 +458,7 @@ impl Gateway {
     #[must_use]
     pub fn prepare_irc(server: &XmppServer, fast: &irc::Ngircd) -> Gateway {
         let networks = format!("[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n", fast.port);
-        Self::configure(server, SECRET, &networks)
+        Self::configure(server.component_port, SECRET, &networks)
     }
 
     /// Replaces the configuration's `[storage]` section by `section` (read at the next
@@ -347,28 +478,43 @@ impl Gateway {
 
     /// Same, with another secret, without waiting for a connection.
     pub fn start_with_no_wait(server: &XmppServer, secret: &str) -> Gateway {
-        let mut gateway = Self::configure(server, secret, IRC_DEFAULT);
+        let mut gateway = Self::configure(server.component_port, secret, IRC_DEFAULT);
         gateway.spawn_no_wait();
         gateway
     }
 
-    fn configure(server: &XmppServer, secret: &str, networks: &str) -> Gateway {
+    /// Attached to the component port `component_port` of any server (e.g. one node of an
+    /// [`EjabberdCluster`]), as [`Gateway::start`] does but with a keepalive ping every
+    /// `keepalive_secs` of silence; waits until it is connected. (Where several instances
+    /// share the domain, the server routes an instance's ping to itself to any of them, so
+    /// an idle instance whose ping went elsewhere reconnects after twice that time.)
+    pub fn start_at(component_port: u16, keepalive_secs: u64) -> Gateway {
+        let mut gateway = Self::configure_keepalive(component_port, SECRET, IRC_DEFAULT, keepalive_secs);
+        gateway.spawn();
+        gateway
+    }
+
+    fn configure(component_port: u16, secret: &str, networks: &str) -> Gateway {
+        Self::configure_keepalive(component_port, secret, networks, 1)
+    }
+
+    fn configure_keepalive(component_port: u16, secret: &str, networks: &str, keepalive_secs: u64) -> Gateway {
         let dir = tempfile::Builder::new().prefix("gw-data-").tempdir().unwrap();
         let config = dir.path().join("gateway.toml");
         std::fs::write(
             &config,
             format!(
                 "[component]\njid = \"{GW}\"\nsecret = \"{secret}\"\nserver = \"127.0.0.1:{}\"\n\
-                 keepalive_secs = 1\nreconnect_max_secs = 2\n\
+                 keepalive_secs = {keepalive_secs}\nreconnect_max_secs = 2\n\
                  {}\
                  [registration]\nallowed_domains = [\"localhost\"]\nadmins = [\"bob@localhost\"]\n{networks}",
-                server.component_port,
+                component_port,
                 storage_section(&dir.path().join("db"))
             ),
         )
         .unwrap();
         let log = dir.path().join("gateway.log");
-        Gateway { dir, config, child: None, log, component_port: server.component_port }
+        Gateway { dir, config, child: None, log, component_port }
     }
 
     /// Starts the binary (again) and waits for its next "connected" log line.
@@ -618,6 +764,36 @@ impl Client {
                 Ok(Some(e)) => self.backlog.push_back(e),
                 Err(other) => panic!("stream ended while waiting for {what}: {other}"),
                 Ok(None) => panic!("no {what} within {WAIT:?}; got meanwhile: {:?}", self.backlog),
+            }
+        }
+    }
+
+    /// The first stanza matching `pred` (taken from those kept, or read within `within`),
+    /// or `None` if none came. Panics if the stream ends or breaks meanwhile.
+    pub async fn receive_within(&mut self, within: Duration, pred: impl Fn(&Element) -> bool) -> Option<Element> {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.read(deadline).await {
+                Ok(Some(e)) if pred(&e) => return Some(e),
+                Ok(Some(e)) => self.backlog.push_back(e),
+                Ok(None) => return None,
+                Err(other) => panic!("{}: stream ended while watching for a stanza: {other}", self.jid),
+            }
+        }
+    }
+
+    /// Whether the stream ends (closed, broken, or ended by a stream error) within
+    /// `within`; stanzas read meanwhile are kept.
+    pub async fn ends_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.read(deadline).await {
+                Ok(Some(e)) => self.backlog.push_back(e),
+                Ok(None) => return false,
+                Err(_) => return true,
             }
         }
     }
