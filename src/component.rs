@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use bridge_core::backoff::Backoff;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::connection::{self, ConnectError};
 use crate::router::Router;
@@ -42,6 +43,7 @@ enum Ended {
 pub async fn supervise(
     config: &Config,
     router: &mut Router,
+    cluster: &mut Cluster,
     control: mpsc::Sender<Control>,
     mut events: mpsc::Receiver<SessionEvent>,
     mut shutdown: watch::Receiver<bool>,
@@ -50,9 +52,12 @@ pub async fn supervise(
         FIRST_RETRY,
         Duration::from_secs(config.component.reconnect_max_secs),
     );
-    let server = &config.component.server;
+    let servers: Vec<&str> = config.servers().collect();
+    // The server tried next: the same after a success, the next after a failure.
+    let mut next_server = 0;
     let jid = &config.component.jid;
     loop {
+        let server = servers[next_server % servers.len()];
         let started = Instant::now();
         let attempt = tokio::select! {
             attempt = connection::connect(server, jid, &config.component.secret, CONNECT_TIMEOUT, config.limits.stanza_limits()) => attempt,
@@ -69,7 +74,7 @@ pub async fn supervise(
                 }
                 router.on_connected().await;
                 let mut reader = conn.reader;
-                let ended = serve(config, router, &mut reader, &mut events, &mut shutdown).await;
+                let ended = serve(config, router, cluster, &mut reader, &mut events, &mut shutdown).await;
                 if matches!(ended, Ended::Lost(_)) {
                     close(&reader.into_inner());
                 }
@@ -79,6 +84,7 @@ pub async fn supervise(
         match ended {
             Ended::Shutdown => {
                 router.on_shutdown().await;
+                cluster.leave().await;
                 let (done, closed) = oneshot::channel();
                 if control.send(Control::Close(done)).await.is_ok() {
                     let _ = tokio::time::timeout(Duration::from_secs(5), closed).await;
@@ -86,12 +92,14 @@ pub async fn supervise(
                 return Ok(());
             }
             Ended::Lost(reason) => {
-                let delay = backoff.next_delay();
+                next_server += 1;
+                let delay = if servers.len() > 1 && next_server % servers.len() != 0 { FIRST_RETRY } else { backoff.next_delay() };
                 warn!(%server, %reason, retry_in_ms = delay.as_millis() as u64, "XMPP server connection lost");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     _ = shutdown.wait_for(|stop| *stop) => {
                         router.on_shutdown().await;
+                        cluster.leave().await;
                         return Ok(());
                     }
                 }
@@ -116,6 +124,7 @@ fn close(read: &tokio::net::tcp::OwnedReadHalf) {
 async fn serve(
     config: &Config,
     router: &mut Router,
+    cluster: &mut Cluster,
     reader: &mut crate::xml_stream::StanzaReader<tokio::net::tcp::OwnedReadHalf>,
     events: &mut mpsc::Receiver<SessionEvent>,
     shutdown: &mut watch::Receiver<bool>,
@@ -137,7 +146,12 @@ async fn serve(
                     Ok(StreamEvent::Stanza(element)) if element.is("error", NS_STREAM) => {
                         return Ended::Lost(format!("stream error: {}", connection::stream_error_condition(&element)));
                     }
-                    Ok(StreamEvent::Stanza(element)) => router.handle_stanza(connection::into_component_namespace(element)).await,
+                    Ok(StreamEvent::Stanza(element)) => {
+                        // In a cluster, another instance's user's stanza goes to it.
+                        if let Some(element) = cluster.gate(connection::into_component_namespace(element)).await {
+                            router.handle_stanza(element).await;
+                        }
+                    }
                     Ok(StreamEvent::TooLarge(element, reason)) => {
                         router.handle_too_large(connection::into_component_namespace(element), &reason).await
                     }
@@ -147,6 +161,7 @@ async fn serve(
                 }
             }
             Some(event) = events.recv() => router.handle_event(event).await,
+            work = cluster.next() => router.handle_cluster_work(work).await,
             task = router.next_task() => router.handle_task(task).await,
             _ = ticker.tick() => {
                 if last_read.elapsed() < keepalive {

@@ -46,6 +46,40 @@ pub struct Config {
     /// The message archive (XEP-0313) of channels and private conversations.
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// Several instances on one domain (off unless `listen` is set).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// Several gateway instances serving one domain: an ejabberd cluster routes to all of
+/// them, PostgreSQL (`storage.backend = "postgres"`) says which serves which user, and
+/// each hands the others' users' stanzas to them over a peer link (`src/cluster/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Where this instance listens for the other instances' peer links (`host:port`);
+    /// setting it turns the cluster mode on.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The address the others dial to reach this one (default: the bound `listen`
+    /// address, which then must not be a wildcard).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Seconds an instance that cannot reach the database keeps its users; it ends their
+    /// sessions itself 3 s before, and the others take them after. A killed instance's
+    /// users move within about 3 s whatever this is.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { listen: None, advertise: None, lease_secs: default_lease_secs() }
+    }
+}
+
+fn default_lease_secs() -> u64 {
+    10
 }
 
 /// What the gateway keeps of what was said, for clients to fetch (XEP-0313).
@@ -272,7 +306,8 @@ pub struct ComponentConfig {
     /// The shared secret of the XEP-0114 handshake; never logged.
     #[serde(deserialize_with = "secret")]
     pub secret: Secret,
-    /// The server's component port (`host:port`).
+    /// The server's component port (`host:port`), or several separated by commas (the
+    /// nodes of a cluster): after a lost connection the next one is tried.
     #[serde(default = "default_server")]
     pub server: String,
     /// Seconds of silence after which we check that the server is still there.
@@ -281,6 +316,13 @@ pub struct ComponentConfig {
     /// Upper bound of the reconnection backoff, in seconds.
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_secs: u64,
+}
+
+impl ComponentConfig {
+    /// The servers of `server`, in the order they are tried.
+    pub fn servers(&self) -> impl Iterator<Item = &str> {
+        self.server.split(',').map(str::trim).filter(|s| !s.is_empty())
+    }
 }
 
 /// Where the gateway keeps its data.
@@ -592,8 +634,29 @@ impl Config {
             (StorageBackend::Sled, Some(_)) => return Err(invalid("storage.url", "is only read with backend = \"postgres\"".into())),
             (StorageBackend::Sled, None) => {}
         }
-        if let Err(message) = check_host_port(&self.component.server) {
-            return Err(invalid("component.server", message));
+        if self.component.servers().next().is_none() {
+            return Err(invalid("component.server", "names no server; expected host:port, such as \"127.0.0.1:5347\"".into()));
+        }
+        for server in self.component.servers() {
+            if let Err(message) = check_host_port(server) {
+                return Err(invalid("component.server", message));
+            }
+        }
+        if let Some(listen) = &self.cluster.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid("cluster.listen", format!("{listen:?} is not an address and port such as \"10.0.0.5:5390\"")));
+            }
+            if self.storage.backend != StorageBackend::Postgres {
+                return Err(invalid("cluster.listen", "several instances share their state in PostgreSQL: set storage.backend = \"postgres\"".into()));
+            }
+            if self.cluster.lease_secs < 5 {
+                return Err(invalid("cluster.lease_secs", "must be at least 5 (an instance ends its sessions 3 s before its lease runs out)".into()));
+            }
+        }
+        if let Some(advertise) = &self.cluster.advertise {
+            if let Err(message) = check_host_port(advertise) {
+                return Err(invalid("cluster.advertise", message));
+            }
         }
         if self.component.keepalive_secs == 0 {
             return Err(invalid("component.keepalive_secs", "must be at least 1".into()));
@@ -643,6 +706,11 @@ impl Config {
             .key_file
             .clone()
             .unwrap_or_else(|| self.storage.path.join("secret.key"))
+    }
+
+    /// The XMPP servers to connect to, in the order they are tried.
+    pub fn servers(&self) -> impl Iterator<Item = &str> {
+        self.component.servers()
     }
 
     /// How long the connection may stay silent before we check on the server.

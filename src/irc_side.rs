@@ -26,7 +26,7 @@ use crate::disco::{self, Refusal};
 use crate::extensions::{self, Outgoing, Said};
 use crate::muc::{self, room_key, Room, RoomKeyRef, Rooms};
 use crate::sessions::Sessions;
-use crate::side::{self, peer_jid, refuse, stanza_to, Conversations, Envelope, NetworkSide};
+use crate::side::{self, peer_jid, refuse, stanza_to, Conversations, Envelope, NetworkSide, SavedRoom};
 use crate::stanza;
 use crate::store::{Store, UserRecord};
 use crate::writer::Outbox;
@@ -1137,6 +1137,62 @@ impl NetworkSide for IrcSide {
 
     fn rooms(&self) -> usize {
         self.rooms.len()
+    }
+
+    fn saved_rooms(&self) -> Vec<(UserId, Vec<SavedRoom>)> {
+        let mut by_user: HashMap<UserId, Vec<SavedRoom>> = HashMap::new();
+        for (user, network, room) in self.rooms.all() {
+            if room.resources.is_empty() {
+                continue; // always on for nobody: the user's settings bring it back
+            }
+            let NetworkId::Irc { server } = network else { continue };
+            by_user.entry(user.clone()).or_default().push(SavedRoom {
+                network: server.clone(),
+                channel: room.channel.clone(),
+                nick: room.requested_nick.clone(),
+                resources: room.resources.iter().cloned().collect(),
+            });
+        }
+        by_user.into_iter().collect()
+    }
+
+    async fn restore_rooms(&mut self, user: &UserId, rooms: Vec<SavedRoom>) {
+        for saved in rooms {
+            let mut resources = saved.resources.into_iter();
+            let Some(first) = resources.next() else { continue };
+            let network = NetworkId::Irc { server: saved.network.clone() };
+            let session = SessionKey { user: user.clone(), network: network.clone() };
+            let key = self.key(&session, &saved.channel).to_owned_key();
+            if self.rooms.get(&key).is_some() {
+                continue;
+            }
+            let address = Address::IrcChannel { channel: saved.channel.clone(), server: saved.network.clone() };
+            let jid = format!("{}@{}", address::format_localpart(&address), self.gateway);
+            let mut room = Room::new(jid, saved.channel.clone(), first, saved.nick.clone());
+            for resource in resources {
+                room.resources.insert(resource);
+            }
+            room.archive_key = crate::archive::room_key(&saved.network, &saved.channel);
+            room.archive_epoch = self.next_epoch();
+            room.mapping = self.mapping(&session);
+            self.rooms.insert(key.clone(), room);
+            let join = Command::Join { channel: saved.channel.clone(), nick: saved.nick, password: None };
+            if let Err((_, text)) = self.hand_to_session(user, network, join) {
+                warn!(user = %user.0, channel = %saved.channel, %text, "a room taken over cannot be joined again");
+                if let Some(room) = self.rooms.remove(&key) {
+                    self.close_rooms(vec![room], &text).await;
+                }
+            }
+        }
+    }
+
+    async fn release_user(&mut self, user: &UserId) {
+        // No goodbye to the user's resources: the new owner joins the rooms again and
+        // they see their own presence there, not a departure.
+        drop(self.rooms.take(user, None));
+        self.conversations.forget_user(&user.0);
+        self.forget_said(user);
+        self.sessions.end_user(user, "moving to another gateway instance");
     }
 }
 

@@ -7,6 +7,7 @@ pub mod adhoc;
 pub mod admin;
 pub mod address;
 pub mod archive;
+pub mod cluster;
 pub mod component;
 pub mod config;
 pub mod connection;
@@ -66,6 +67,9 @@ pub enum RunError {
     /// The message archive could not be started.
     #[error(transparent)]
     Archive(#[from] archive::ArchiveError),
+    /// The cluster's peer listener cannot be set up.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// The metrics endpoint's address cannot be listened on.
     #[error("cannot listen on metrics.listen = {address}: {source}")]
     Metrics {
@@ -171,7 +175,24 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let (out, control, writer) = writer::spawn(config.keepalive());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let email = Arc::new(email_bridge(&config, Arc::new(store.clone())));
-    let requests = Requests::default();
+    // Several instances on one domain: the peer listener is bound before anything else
+    // runs, so a wrong address stops the start at once.
+    let membership = match (&config.cluster.listen, &config.storage.url) {
+        (Some(listen), Some(url)) => {
+            let (listener, advertised) = cluster::bind(listen, config.cluster.advertise.as_deref()).await?;
+            let target = store::postgres::PgTarget::new(url.expose(), config.storage.ca_file.as_deref())
+                .map_err(|error| store::StoreError::Config(error.to_string()))?;
+            let id = cluster::new_instance_id();
+            tracing::info!(instance = %id, peer = %advertised, "starting as one instance of a cluster");
+            let lease = cluster::lease::Lease::new(target, id, advertised, std::time::Duration::from_secs(config.cluster.lease_secs));
+            Some(cluster::Membership { lease, listener })
+        }
+        _ => None,
+    };
+    let requests = match &membership {
+        Some(membership) => Requests::of_instance(&cluster::id_prefix(membership.lease.me())),
+        None => Requests::default(),
+    };
     let gateway = config.component.jid.to_ascii_lowercase();
     let uploads = match Uploader::new(&gateway, out.clone(), requests.clone(), config.registration.allowed_domains.clone()) {
         Ok(uploader) => Some(UploadQueues::new(Arc::new(uploader), out.clone())),
@@ -193,7 +214,15 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         )),
         Box::new(EmailSide::new(&gateway, out.clone(), store.clone(), Sessions::new(vec![email.clone()], events_tx), uploads, config.limits.message_bytes_email)),
     ];
-    let mut router = Router::new(config.clone(), store.clone(), out, sides, email, requests, archive.clone());
+    let mut router = Router::new(config.clone(), store.clone(), out.clone(), sides, email, requests, archive.clone());
+    let mut cluster = match membership {
+        Some(membership) => {
+            router.join_cluster(membership.lease.clone());
+            let max_bytes = config.limits.stanza_limits().bytes;
+            cluster::Cluster::join(membership, &gateway, config.component.secret.clone(), out, max_bytes)
+        }
+        None => cluster::Cluster::single(),
+    };
     let metrics = match &config.metrics.listen {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
@@ -208,7 +237,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     // process exits non-zero rather than live on with nobody writing.
     let mut writer = writer;
     let (result, writer_done) = {
-        let supervise = component::supervise(&config, &mut router, control, events_rx, shutdown);
+        let supervise = component::supervise(&config, &mut router, &mut cluster, control, events_rx, shutdown);
         tokio::pin!(supervise);
         tokio::select! {
             result = &mut supervise => (result, false),

@@ -408,6 +408,11 @@ impl Rooms {
         self.users.get(user).into_iter().flatten().map(|r| (&r.network, &*r.room))
     }
 
+    /// Every room of every user, with its user and network.
+    pub fn all(&self) -> impl Iterator<Item = (&UserId, &NetworkId, &Room)> + '_ {
+        self.users.iter().flat_map(|(user, list)| list.iter().map(move |r| (user, &r.network, &*r.room)))
+    }
+
     /// The rooms of `user`, with their network, to change.
     pub fn of_mut<'a>(&'a mut self, user: &UserId) -> impl Iterator<Item = (&'a NetworkId, &'a mut Room)> + 'a {
         self.users.get_mut(user).into_iter().flatten().map(|r| (&r.network, &mut *r.room))

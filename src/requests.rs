@@ -56,13 +56,21 @@ pub struct Requests {
     waiting: Arc<Mutex<HashMap<String, Waiter>>>,
     /// Source of unique ids.
     counter: Arc<AtomicU64>,
+    /// Before [`ID_PREFIX`] in every id: this instance's tag in a cluster
+    /// (`cluster::id_prefix`), so that the answer finds its way back here.
+    instance: Arc<str>,
 }
 
 impl Requests {
+    /// Requests whose ids carry `instance` (`cluster::id_prefix`) before [`ID_PREFIX`].
+    pub fn of_instance(instance: &str) -> Requests {
+        Requests { instance: instance.into(), ..Requests::default() }
+    }
+
     /// Sends `iq` (a get or set, its id replaced by ours) through `out` and waits for
     /// its answer; the answer's payload (`result`) or why there is none.
     pub async fn ask(&self, out: &Outbox, iq: Iq, timeout: Duration) -> Result<Option<Element>, RequestError> {
-        let id = format!("{ID_PREFIX}{}", self.counter.fetch_add(1, Ordering::Relaxed));
+        let id = format!("{}{ID_PREFIX}{}", self.instance, self.counter.fetch_add(1, Ordering::Relaxed));
         let iq: Element = iq.with_id(id.clone()).into();
         let to = iq.attr("to").unwrap_or_default().to_owned();
         let (tx, rx) = oneshot::channel();
@@ -80,7 +88,9 @@ impl Requests {
     /// Hands an `<iq type='result|error'/>` to the task that asked for it. `false` when
     /// it answers nothing we asked, or comes from someone we did not ask.
     pub fn resolve(&self, stanza: Element) -> bool {
-        let Some(id) = stanza.attr("id").filter(|id| id.starts_with(ID_PREFIX)) else { return false };
+        let Some(id) = stanza.attr("id").filter(|id| id.strip_prefix(&*self.instance).is_some_and(|rest| rest.starts_with(ID_PREFIX))) else {
+            return false;
+        };
         let from = stanza.attr("from").unwrap_or_default().to_ascii_lowercase();
         let mut waiting = self.lock();
         if waiting.get(id).is_none_or(|waiter| waiter.asked != from) {

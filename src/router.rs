@@ -84,7 +84,22 @@ pub struct Router {
     new_registrations: registration::NewRegistrations,
     /// What was said in users' channels and private conversations (XEP-0313 queries).
     archive: Archive,
+    /// This instance's part in a cluster (several instances on one domain), if any.
+    cluster: Option<ClusterPart>,
 }
+
+/// What the router keeps as one instance of a cluster.
+struct ClusterPart {
+    /// Ownership in the database: which users this instance serves.
+    lease: Arc<crate::cluster::lease::Lease>,
+    /// Before our keepalive ids (`cluster::id_prefix`), so the answer comes back here.
+    id_prefix: String,
+    /// The rooms each user was last saved in (the stored bytes), to write only changes.
+    saved_rooms: std::collections::HashMap<UserId, Vec<u8>>,
+}
+
+/// Where an instance saves the rooms a user is in (bridge state of the user).
+const SAVED_ROOMS_KEY: &str = "cluster-rooms";
 
 /// Work finished outside the router's task.
 pub enum RouterTask {
@@ -177,7 +192,15 @@ impl Router {
             tasks_rx,
             requests,
             archive,
+            cluster: None,
         }
+    }
+
+    /// Makes this router one instance of a cluster: it serves only the users `lease`
+    /// gives it, and saves their rooms for a successor.
+    pub fn join_cluster(&mut self, lease: Arc<crate::cluster::lease::Lease>) {
+        let id_prefix = crate::cluster::id_prefix(lease.me());
+        self.cluster = Some(ClusterPart { lease, id_prefix, saved_rooms: std::collections::HashMap::new() });
     }
 
     /// The next piece of work finished by a spawned task.
@@ -252,7 +275,7 @@ impl Router {
             if self.requests.resolve(stanza) {
                 return;
             }
-            if !id.starts_with(KEEPALIVE_ID) {
+            if !id.contains(KEEPALIVE_ID) {
                 debug!(%id, kind, "unexpected iq response");
             }
             return;
@@ -992,6 +1015,17 @@ impl Router {
             Ok(users) => users,
             Err(error) => return warn!(%error, "cannot list registered users to probe"),
         };
+        // In a cluster, only our users (and those nobody serves yet, taken now).
+        let users = match &self.cluster {
+            None => users,
+            Some(cluster) => match cluster.lease.claim(&users).await {
+                Ok(ours) => ours,
+                Err(error) => {
+                    warn!(%error, "cannot tell which users are this instance's; each starts with their next stanza");
+                    Vec::new()
+                }
+            },
+        };
         for user in users {
             self.send_presence(Presence::probe(), &user).await;
             let Ok(Some(record)) = self.store.user(&user) else { continue };
@@ -1000,6 +1034,91 @@ impl Router {
                 side.connected(&user_id, &record).await;
             }
         }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Several instances (cluster)
+    // ---------------------------------------------------------------------------------
+
+    /// Work from the cluster: a stanza handed over by another instance (or one whose
+    /// owner was looked up), users taken over or taken away, the rooms to save.
+    pub async fn handle_cluster_work(&mut self, work: crate::cluster::Work) {
+        use crate::cluster::Work;
+        match work {
+            Work::Stanza(stanza) => self.handle_stanza(stanza).await,
+            Work::Adopt(users) => self.adopt(users).await,
+            Work::Release(users) => self.release(users).await,
+            Work::SaveRooms => self.save_rooms(),
+        }
+    }
+
+    /// Users taken over from a dead instance: their stored state is read again (the dead
+    /// one wrote it), the rooms it saved are joined again, their always-on channels and
+    /// presence come back as at a start.
+    async fn adopt(&mut self, users: Vec<String>) {
+        info!(users = users.len(), "starting the sessions of users taken over");
+        for user in users {
+            if let Err(error) = self.store.reload_user(&user).await {
+                warn!(%user, %error, "cannot read a user taken over again; using what this instance has");
+            }
+            let user_id = UserId(user.clone());
+            let saved: Vec<side::SavedRoom> = match bridge_core::BridgeStore::load(&self.store, &user_id, SAVED_ROOMS_KEY) {
+                Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            for side in &mut self.sides {
+                side.restore_rooms(&user_id, saved.clone()).await;
+            }
+            if let Ok(Some(record)) = self.store.user(&user) {
+                for side in &mut self.sides {
+                    side.connected(&user_id, &record).await;
+                }
+            }
+            if let Some(cluster) = &mut self.cluster {
+                cluster.saved_rooms.remove(&user_id);
+            }
+            self.send_presence(Presence::probe(), &user).await;
+        }
+    }
+
+    /// Users now served by another instance: their sessions end here, quietly.
+    async fn release(&mut self, users: Vec<String>) {
+        info!(users = users.len(), "ending the sessions of users another instance serves now");
+        for user in users {
+            let user_id = UserId(user.clone());
+            for side in &mut self.sides {
+                side.release_user(&user_id).await;
+            }
+            self.online.unavailable(&user, None);
+            if let Some(cluster) = &mut self.cluster {
+                // Not deleted: the new owner writes them from now on.
+                cluster.saved_rooms.remove(&user_id);
+            }
+        }
+    }
+
+    /// Saves the rooms each user is in, where they changed, for whoever takes the users
+    /// over if this instance dies (not awaited: a lost save costs the latest joins only).
+    fn save_rooms(&mut self) {
+        let Some(cluster) = &mut self.cluster else { return };
+        let mut now: std::collections::HashMap<UserId, Vec<u8>> = std::collections::HashMap::new();
+        for side in &self.sides {
+            for (user, rooms) in side.saved_rooms() {
+                let mut list: Vec<side::SavedRoom> = now.remove(&user).map(|b| serde_json::from_slice(&b).unwrap_or_default()).unwrap_or_default();
+                list.extend(rooms);
+                list.sort_by(|a, b| (&a.network, &a.channel).cmp(&(&b.network, &b.channel)));
+                now.insert(user, serde_json::to_vec(&list).unwrap_or_default());
+            }
+        }
+        for (user, bytes) in &now {
+            if cluster.saved_rooms.get(user) != Some(bytes) {
+                drop(bridge_core::BridgeStore::save(&self.store, user, SAVED_ROOMS_KEY, bytes));
+            }
+        }
+        for user in cluster.saved_rooms.keys().filter(|user| !now.contains_key(*user)) {
+            drop(bridge_core::BridgeStore::delete(&self.store, user, SAVED_ROOMS_KEY));
+        }
+        cluster.saved_rooms = now;
     }
 
     /// The gateway stops: tell online users, end sessions, make the store durable.
@@ -1022,7 +1141,8 @@ impl Router {
     pub async fn send_keepalive_ping(&mut self) {
         self.pings_sent += 1;
         let Ok(gateway) = self.gateway.parse::<Jid>() else { return };
-        let ping = Iq::from_get(format!("{KEEPALIVE_ID}{}", self.pings_sent), xmpp_parsers::ping::Ping)
+        let prefix = self.cluster.as_ref().map_or("", |cluster| cluster.id_prefix.as_str());
+        let ping = Iq::from_get(format!("{prefix}{KEEPALIVE_ID}{}", self.pings_sent), xmpp_parsers::ping::Ping)
             .with_to(gateway.clone())
             .with_from(gateway);
         self.out.send(ping.into()).await;

@@ -117,6 +117,35 @@ pub trait NetworkSide {
     fn rooms(&self) -> usize {
         0
     }
+
+    /// The rooms each user's resources are in, for another instance to restore if this
+    /// one dies (several instances: `cluster`). Users in none are left out.
+    fn saved_rooms(&self) -> Vec<(UserId, Vec<SavedRoom>)> {
+        Vec::new()
+    }
+
+    /// This instance took `user` over from a dead one: the rooms it saved are joined
+    /// again, and their resources get the room's entry once joined.
+    async fn restore_rooms(&mut self, _user: &UserId, _rooms: Vec<SavedRoom>) {}
+
+    /// `user` now belongs to another instance: end their sessions without a word to
+    /// them (the new owner takes the rooms over).
+    async fn release_user(&mut self, user: &UserId) {
+        self.disconnect_user(user, "your sessions moved to another instance of the gateway").await;
+    }
+}
+
+/// A room a user is in, as an instance saves it for its successor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedRoom {
+    /// The network's name (an IRC server).
+    pub network: String,
+    /// The channel, as the user spelled it.
+    pub channel: String,
+    /// The user's nick there.
+    pub nick: String,
+    /// The user's full JIDs in the room.
+    pub resources: Vec<String>,
 }
 
 /// The answer to a discovery query, once the session has told what it knows.

@@ -94,6 +94,13 @@ pub trait Backend: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'static, Result<(), BackendError>>;
     /// The message archive of the same database.
     fn archive(&self) -> Result<Box<dyn Ordered>, BackendError>;
+
+    /// Reads again from the database the rows under each prefix (one tree each), as
+    /// another process may have written them: an instance taking over a user from a dead
+    /// one. Nothing to do where this process is the database's only user (sled).
+    fn reload(&self, _prefixes: Vec<(Tree, Vec<u8>)>) -> BoxFuture<'static, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Writes applied together: all or none, in order (a later write of a key wins).

@@ -470,6 +470,14 @@ impl Store {
         Ok(crate::archive::KeyedArchive::new(tree))
     }
 
+    /// Reads `bare_jid`'s record, settings and bridge state again from the database: they
+    /// may have been written by another instance (a takeover in a cluster).
+    pub async fn reload_user(&self, bare_jid: &str) -> Result<(), StoreError> {
+        let under = [bare_jid.as_bytes(), b"\0"].concat();
+        let prefixes = vec![(Tree::Users, bare_jid.as_bytes().to_vec()), (Tree::BridgeState, under.clone()), (Tree::Persistent, under)];
+        self.backend().reload(prefixes).await.map_err(|e| self.db_error("read", e))
+    }
+
     /// The record of `bare_jid`, or `None` if that user is not registered.
     ///
     /// A record that does not decode, including one whose password does not decrypt for

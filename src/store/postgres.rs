@@ -37,7 +37,10 @@ use super::backend::{Backend, BackendError, Batch, Entries, Entry, Ordered, Tree
 
 /// The schema's migrations, in order: (version, name, SQL). Never edit one that shipped:
 /// add the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "trees", include_str!("../../migrations/postgres/0001_trees.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "trees", include_str!("../../migrations/postgres/0001_trees.sql")),
+    (2, "cluster", include_str!("../../migrations/postgres/0002_cluster.sql")),
+];
 /// The advisory lock the migrations run under (any constant; "xgw" and 1).
 const MIGRATION_LOCK: i64 = 0x7867_7700_0000_0001;
 /// Writes of the small trees per transaction, at most.
@@ -265,6 +268,37 @@ impl Backend for PgBackend {
 
     fn archive(&self) -> Result<Box<dyn Ordered>, BackendError> {
         Ok(Box::new(PgArchive::new(self.shared.target.clone())))
+    }
+
+    fn reload(&self, prefixes: Vec<(Tree, Vec<u8>)>) -> BoxFuture<'static, Result<(), BackendError>> {
+        let flushed = self.flush();
+        let backend = self.clone();
+        Box::pin(async move {
+            // Our own writes first, so that what we read back is not older than them.
+            flushed.await?;
+            let client = backend.shared.target.connect().await?;
+            for (tree, prefix) in prefixes {
+                let (_, upper) = super::backend::prefix_bounds(&prefix);
+                let rows = match &upper {
+                    Bound::Excluded(end) => {
+                        let sql = format!("SELECT key, value FROM {} WHERE key >= $1 AND key < $2", tree.name());
+                        client.query(&sql, &[&prefix, end]).await?
+                    }
+                    _ => client.query(&format!("SELECT key, value FROM {} WHERE key >= $1", tree.name()), &[&prefix]).await?,
+                };
+                let mut mirror = backend.shared.mirror.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let rows_of_tree = &mut mirror.trees[tree.index()];
+                let stale: Vec<Vec<u8>> = rows_of_tree
+                    .range::<[u8], _>((Bound::Included(prefix.as_slice()), super::backend::bound_ref(&upper)))
+                    .map(|(key, _)| key.clone())
+                    .collect();
+                for key in stale {
+                    rows_of_tree.remove(&key);
+                }
+                rows_of_tree.extend(rows.into_iter().map(|row| (row.get(0), row.get(1))));
+            }
+            Ok(())
+        })
     }
 }
 

@@ -494,6 +494,45 @@ impl Gateway {
         gateway
     }
 
+    /// One instance of a cluster (`[cluster]`), not started: attached to the component
+    /// ports `servers` (tried in that order), sharing `database` of `postgres` and the
+    /// credentials key `key_file` with the other instances, its peer link on a free port of
+    /// 127.0.0.1, with `extra` (TOML: IRC networks, mail providers) at the end.
+    #[must_use]
+    pub fn prepare_cluster_instance(servers: &[u16], postgres: &postgres::Postgres, database: &str, key_file: &Path, extra: &str) -> Gateway {
+        let dir = tempfile::Builder::new().prefix("gw-data-").tempdir().unwrap();
+        let config = dir.path().join("gateway.toml");
+        let servers: Vec<String> = servers.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "[component]\njid = \"{GW}\"\nsecret = \"{SECRET}\"\nserver = \"{}\"\n\
+                 keepalive_secs = 2\nreconnect_max_secs = 2\n\
+                 [storage]\nbackend = \"postgres\"\npath = \"{}\"\nkey_file = \"{}\"\nurl = \"{}\"\n\
+                 [registration]\nallowed_domains = [\"localhost\"]\nadmins = [\"bob@localhost\"]\n\
+                 [cluster]\nlisten = \"127.0.0.1:{}\"\n{extra}",
+                servers.join(","),
+                dir.path().join("db").display(),
+                key_file.display(),
+                postgres.url(database),
+                free_port(),
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("gateway.log");
+        let component_port = servers.first().and_then(|s| s.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap_or(0);
+        Gateway { dir, config, child: None, log, component_port }
+    }
+
+    /// The instance id a cluster instance logged at its start.
+    #[must_use]
+    pub fn instance_id(&self) -> Option<String> {
+        let log = self.log_text();
+        let line = log.lines().find(|line| line.contains("starting as one instance of a cluster"))?;
+        let field = line.split_whitespace().find_map(|word| word.strip_prefix("instance="))?;
+        Some(field.trim_matches('"').to_owned())
+    }
+
     fn configure(component_port: u16, secret: &str, networks: &str) -> Gateway {
         Self::configure_keepalive(component_port, secret, networks, 1)
     }
