@@ -13,12 +13,21 @@ pub struct Proc {
     pub name: String,
     /// Its process id.
     pub pid: u32,
+    /// Whether the CPU of its child processes is counted with its own (a PostgreSQL
+    /// server: the postmaster, its background workers and one backend per connection).
+    pub children: bool,
 }
 
 impl Proc {
     /// A named process.
     pub fn new(name: &str, pid: u32) -> Proc {
-        Proc { name: name.to_owned(), pid }
+        Proc { name: name.to_owned(), pid, children: false }
+    }
+
+    /// A process whose children's CPU (utime + stime of those alive at each reading) is
+    /// added to its own; memory is its own.
+    pub fn with_children(name: &str, pid: u32) -> Proc {
+        Proc { name: name.to_owned(), pid, children: true }
     }
 
     /// This benchmark process itself (its load clients).
@@ -92,7 +101,52 @@ pub fn reset_peak(pid: u32) {
 
 /// Reads every process of `procs` (a process that is gone reads as zeros).
 pub fn snapshot(procs: &[Proc]) -> Vec<Sample> {
-    procs.iter().map(|p| sample(p.pid).unwrap_or_default()).collect()
+    procs
+        .iter()
+        .map(|p| {
+            let mut s = sample(p.pid).unwrap_or_default();
+            if p.children {
+                s.cpu_s += children(p.pid).iter().map(|&c| sample(c).map(|c| c.cpu_s).unwrap_or(0.0)).sum::<f64>();
+            }
+            s
+        })
+        .collect()
+}
+
+/// The processes whose parent is `pid`, from `/proc/*/stat`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&c| {
+            std::fs::read_to_string(format!("/proc/{c}/stat"))
+                .ok()
+                .and_then(|stat| stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<u32>().ok()))
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// CPU seconds of each thread of `pid` so far, summed by thread name (`comm`).
+pub fn threads(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
+    for tid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        *by_name.entry(stat[open + 1..close].to_owned()).or_insert(0.0) += (ticks(11) + ticks(12)) / clk_tck();
+    }
+    by_name
+}
+
+/// The CPU each thread name used between two [`threads`] readings, largest first, as
+/// `name 1.23 s` items.
+pub fn thread_usage(before: &std::collections::BTreeMap<String, f64>, after: &std::collections::BTreeMap<String, f64>) -> String {
+    let mut used: Vec<(&String, f64)> = after.iter().map(|(name, a)| (name, a - before.get(name).copied().unwrap_or(0.0))).collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used.iter().filter(|(_, s)| *s >= 0.005).map(|(name, s)| format!("{name} {s:.2} s")).collect::<Vec<_>>().join(", ")
 }
 
 /// What each process used between `before` and `after` (both from [`snapshot`]).

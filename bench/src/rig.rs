@@ -75,7 +75,11 @@ impl XmppSide {
     /// The processes to report for a scenario against `peer`: the gateway, Prosody,
     /// ngIRCd and the bench itself.
     pub fn procs(&self, peer: Peer, ircd: &Ngircd) -> Result<Vec<Proc>> {
-        Ok(vec![self.peer_proc(peer)?, self.prosody_proc()?, ngircd_proc(ircd)?, Proc::bench()])
+        let mut procs = vec![self.peer_proc(peer)?, self.prosody_proc()?, ngircd_proc(ircd)?, Proc::bench()];
+        if peer == Peer::Ours && testkit::postgres::store_is_postgres() {
+            procs.push(postgres_proc()?);
+        }
+        Ok(procs)
     }
 
     /// Creates the accounts `names`@localhost (password [`PASSWORD`]) at once: Prosody
@@ -151,4 +155,17 @@ pub fn names(prefix: &str, n: usize) -> Vec<String> {
 /// Sleeps briefly so stragglers of a set-up phase settle before a measurement.
 pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// The PostgreSQL cluster our gateways share under `GATEWAY_TEST_STORE=postgres`
+/// (testkit's, started by the first gateway): the postmaster with its children (background
+/// workers and one backend per connection), whose CPU is the database's side of the
+/// gateway's writes and reads.
+pub fn postgres_proc() -> Result<Proc> {
+    let cluster = testkit::postgres::shared();
+    let path = cluster.dir.join("data").join("postmaster.pid");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    // Its first line is the postmaster's pid (then the data directory, start time, port...).
+    let pid = text.lines().next().unwrap_or_default().trim().parse().with_context(|| format!("no pid in {}", path.display()))?;
+    Ok(Proc::with_children("PostgreSQL (server + backends)", pid))
 }

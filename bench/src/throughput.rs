@@ -46,6 +46,10 @@ pub fn specs() -> Vec<Spec> {
         Spec { key: "i2x_lost", label: "IRC->XMPP deliveries lost", unit: "", decimals: 0, target: "0" },
         Spec { key: "i2x_cpu", label: "gateway CPU per 1,000 IRC->XMPP deliveries", unit: "CPU-s", decimals: 4, target: "<= half of biboumi (biboumi 0.020 CPU-s)" },
         Spec { key: "i2x_prosody_cpu", label: "Prosody CPU per 1,000 IRC->XMPP deliveries", unit: "CPU-s", decimals: 4, target: "" },
+        Spec { key: "x2i_pg_cpu", label: "PostgreSQL CPU (server + backends) per 1,000 XMPP->IRC messages (GATEWAY_TEST_STORE=postgres only)", unit: "CPU-s", decimals: 3, target: "" },
+        Spec { key: "x2i_gw_pg_cpu", label: "gateway + PostgreSQL CPU per 1,000 XMPP->IRC messages", unit: "CPU-s", decimals: 3, target: "" },
+        Spec { key: "i2x_pg_cpu", label: "PostgreSQL CPU (server + backends) per 1,000 IRC->XMPP deliveries (GATEWAY_TEST_STORE=postgres only)", unit: "CPU-s", decimals: 4, target: "" },
+        Spec { key: "i2x_gw_pg_cpu", label: "gateway + PostgreSQL CPU per 1,000 IRC->XMPP deliveries", unit: "CPU-s", decimals: 4, target: "" },
         Spec { key: "peak_rss", label: "gateway peak RSS (whole throughput run)", unit: "MiB", decimals: 1, target: "<= biboumi (biboumi 130 MB)" },
     ]
 }
@@ -165,7 +169,12 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
     let procs = side.procs(peer, ircd)?;
     procstat::reset_peak(procs[0].pid);
 
+    // The PostgreSQL cluster, when the gateway runs on it, is the last of `procs`.
+    let pg = procs.iter().position(|p| p.children);
+    let gw_pid = procs[0].pid;
+
     // XMPP -> IRC.
+    let threads_before = procstat::threads(gw_pid);
     let before = procstat::snapshot(&procs);
     let started = Instant::now();
     let irc_counter = tokio::spawn(async move {
@@ -218,6 +227,11 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
     m.set("x2i_fanout_lost", fanout_goal.saturating_sub(fanout) as f64);
     m.set("x2i_cpu", usage[0].cpu_s / thousands);
     m.set("x2i_prosody_cpu", usage[1].cpu_s / thousands);
+    if let Some(pg) = pg {
+        m.set("x2i_pg_cpu", usage[pg].cpu_s / thousands);
+        m.set("x2i_gw_pg_cpu", (usage[0].cpu_s + usage[pg].cpu_s) / thousands);
+    }
+    m.notes.push(format!("XMPP->IRC: gateway CPU by thread: {}", procstat::thread_usage(&threads_before, &procstat::threads(gw_pid))));
     m.notes.push(format!(
         "XMPP->IRC: {messages} messages from {users} users (window {WINDOW} unreflected each), sent in {:.2} s, last received at the IRC client after {:.2} s; fan-out {fanout}/{fanout_goal}",
         sent_in.as_secs_f64(),
@@ -228,6 +242,7 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
 
     // IRC -> XMPP.
     let goal = (messages * users) as u64;
+    let threads_before = procstat::threads(gw_pid);
     let before = procstat::snapshot(&procs);
     *base.lock().map_err(|_| anyhow!("poisoned"))? = Instant::now();
     counters.last_ns.store(0, Ordering::Relaxed);
@@ -252,6 +267,11 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
     m.set("i2x_lost", goal.saturating_sub(delivered) as f64);
     m.set("i2x_cpu", usage[0].cpu_s / thousands);
     m.set("i2x_prosody_cpu", usage[1].cpu_s / thousands);
+    if let Some(pg) = pg {
+        m.set("i2x_pg_cpu", usage[pg].cpu_s / thousands);
+        m.set("i2x_gw_pg_cpu", (usage[0].cpu_s + usage[pg].cpu_s) / thousands);
+    }
+    m.notes.push(format!("IRC->XMPP: gateway CPU by thread: {}", procstat::thread_usage(&threads_before, &procstat::threads(gw_pid))));
     m.set("peak_rss", usage[0].hwm_kib as f64 / 1024.0);
     m.notes.push(format!(
         "IRC->XMPP: {messages} lines sent in {:.2} s, {delivered}/{goal} deliveries, the last after {:.2} s",
