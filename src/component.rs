@@ -58,6 +58,11 @@ pub async fn supervise(
     let jid = &config.component.jid;
     loop {
         let server = servers[next_server % servers.len()];
+        // A fenced instance of a cluster stays away until it may serve again.
+        tokio::select! {
+            () = cluster.unfenced() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        }
         let started = Instant::now();
         let attempt = tokio::select! {
             attempt = connection::connect(server, jid, &config.component.secret, CONNECT_TIMEOUT, config.limits.stanza_limits()) => attempt,
@@ -161,7 +166,11 @@ async fn serve(
                 }
             }
             Some(event) = events.recv() => router.handle_event(event).await,
-            work = cluster.next() => router.handle_cluster_work(work).await,
+            work = cluster.next() => match work {
+                // Fenced: the others get this node's stanzas once our route is gone.
+                crate::cluster::Work::Leave => return Ended::Lost("fenced: this instance cannot reach its database".into()),
+                work => router.handle_cluster_work(work).await,
+            },
             task = router.next_task() => router.handle_task(task).await,
             _ = ticker.tick() => {
                 if last_read.elapsed() < keepalive {

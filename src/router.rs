@@ -1049,6 +1049,7 @@ impl Router {
             Work::Adopt(users) => self.adopt(users).await,
             Work::Release(users) => self.release(users).await,
             Work::SaveRooms => self.save_rooms(),
+            Work::Leave => {}
         }
     }
 
@@ -1066,6 +1067,7 @@ impl Router {
                 Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
                 _ => Vec::new(),
             };
+            debug!(%user, rooms = saved.len(), "restoring the rooms of a user taken over");
             for side in &mut self.sides {
                 side.restore_rooms(&user_id, saved.clone()).await;
             }
@@ -1112,6 +1114,7 @@ impl Router {
         }
         for (user, bytes) in &now {
             if cluster.saved_rooms.get(user) != Some(bytes) {
+                debug!(user = %user.0, "saving the rooms of a user for a successor");
                 drop(bridge_core::BridgeStore::save(&self.store, user, SAVED_ROOMS_KEY, bytes));
             }
         }

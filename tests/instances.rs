@@ -5,6 +5,7 @@
 //! instance's users are taken over by the others.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,13 +48,28 @@ impl Setup {
 
     /// [`Setup::instance`] with `more` (TOML) in its configuration.
     fn instance_with(&self, node: usize, more: &str) -> Gateway {
+        let mut gateway = self.prepared(node, more);
+        gateway.spawn();
+        gateway
+    }
+
+    /// [`Setup::instance`] reaching PostgreSQL through `relay`.
+    fn instance_through(&self, node: usize, relay: &Relay) -> Gateway {
+        let mut gateway = self.prepared(node, "");
+        let config = std::fs::read_to_string(&gateway.config).unwrap();
+        let direct = format!("127.0.0.1:{}/", self.postgres.port);
+        assert!(config.contains(&direct), "{config}");
+        std::fs::write(&gateway.config, config.replace(&direct, &format!("127.0.0.1:{}/", relay.port))).unwrap();
+        gateway.spawn();
+        gateway
+    }
+
+    fn prepared(&self, node: usize, more: &str) -> Gateway {
         let ports = [self.ejabberd.component_port(1), self.ejabberd.component_port(2)];
         let servers = if node == 1 { ports } else { [ports[1], ports[0]] };
         let extra = format!("[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n{more}", self.ircd.port);
         let key_file = self.keys.path().join("secret.key");
-        let mut gateway = Gateway::prepare_cluster_instance(&servers, &self.postgres, &self.database, &key_file, &extra);
-        gateway.spawn();
-        gateway
+        Gateway::prepare_cluster_instance(&servers, &self.postgres, &self.database, &key_file, &extra)
     }
 
     /// Which instance owns each user, as the database says.
@@ -130,6 +146,16 @@ impl Watcher {
             .next()
     }
 
+    /// When `nick` was first seen quitting after `since`.
+    fn quit_after(&self, nick: &str, since: Instant) -> Option<Instant> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|(at, l)| *at >= since && matches!(l.command.as_str(), "QUIT" | "PART") && l.prefix_nick.as_deref() == Some(nick))
+            .map(|(at, _)| *at)
+            .next()
+    }
+
     async fn wait_texts(&self, texts: &[String], within: Duration) {
         let deadline = Instant::now() + within;
         loop {
@@ -184,7 +210,7 @@ async fn errors_of(user: &mut User, within: Duration) -> HashSet<String> {
 async fn three_instances_serve_thirty_users_and_a_killed_ones_users_are_back_in_their_channels_within_5_s() {
     let setup = Setup::start();
     // Two instances on node 1, one on node 2; each tries the other node when its own fails.
-    let mut gateways = vec![setup.instance(1), setup.instance(1), setup.instance(2)];
+    let mut gateways = [setup.instance(1), setup.instance(1), setup.instance(2)];
     let ids: Vec<String> = gateways.iter().map(|g| g.instance_id().expect("an instance id in the log")).collect();
     let channels: Vec<String> = (0..5).map(|c| format!("#r{c}")).collect();
     let watcher = Watcher::start(&setup.ircd, &channels).await;
@@ -380,7 +406,7 @@ async fn mail_reaches_the_users_of_every_instance_and_comes_once_after_a_takeove
         "[email.providers.\"example.test\"]\nimap = \"127.0.0.1:{}\"\nimap_security = \"plain\"\nsmtp = \"127.0.0.1:{}\"\nsmtp_security = \"plain\"\n",
         mail.imap_port, mail.submission_port
     );
-    let mut gateways = vec![setup.instance_with(1, &provider), setup.instance_with(2, &provider)];
+    let mut gateways = [setup.instance_with(1, &provider), setup.instance_with(2, &provider)];
     let ids: Vec<String> = gateways.iter().map(|g| g.instance_id().unwrap()).collect();
     let names: Vec<String> = (0..4).map(|i| format!("m{i}")).collect();
     setup.ejabberd.add_users(&names.iter().map(|u| (u.as_str(), "localhost")).collect::<Vec<_>>());
@@ -433,4 +459,145 @@ async fn mail_reaches_the_users_of_every_instance_and_comes_once_after_a_takeove
             "{name} got the first mail again"
         );
     }
+}
+
+/// A TCP relay to PostgreSQL that can go silent the way a network cut does: nothing is
+/// closed, bytes just stop (both ends keep their connections, PostgreSQL keeps the
+/// instance's lock). `heal` closes every relayed connection and relays new ones again.
+struct Relay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Relay {
+    /// Runs on a thread of its own: the tests' runtime blocks while a gateway starts.
+    fn start(upstream: u16) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (cut_, generation_) = (cut.clone(), generation.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((client, _)) = listener.accept().await {
+                    let (cut, generation) = (cut_.clone(), generation_.clone());
+                    tokio::spawn(async move {
+                        let born = generation.load(Ordering::SeqCst);
+                        // During a cut a new connection is held, never answered.
+                        while cut.load(Ordering::SeqCst) {
+                            if generation.load(Ordering::SeqCst) != born {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                        relay(client, server, &cut, &generation, born).await;
+                    });
+                }
+            });
+        });
+        Relay { port, cut, generation }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies both ways until either side closes or the relay heals; drops what comes while
+/// cut.
+async fn relay(a: tokio::net::TcpStream, b: tokio::net::TcpStream, cut: &AtomicBool, generation: &AtomicU64, born: u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut a_read, mut a_write) = a.into_split();
+    let (mut b_read, mut b_write) = b.into_split();
+    let (mut a_buf, mut b_buf) = (vec![0u8; 16384], vec![0u8; 16384]);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while generation.load(Ordering::SeqCst) == born {
+        tokio::select! {
+            n = a_read.read(&mut a_buf) => {
+                let Ok(n @ 1..) = n else { return };
+                if !cut.load(Ordering::SeqCst) && b_write.write_all(&a_buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            n = b_read.read(&mut b_buf) => {
+                let Ok(n @ 1..) = n else { return };
+                if !cut.load(Ordering::SeqCst) && a_write.write_all(&b_buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_instance_cut_off_from_postgresql_ends_its_sessions_before_another_takes_its_users() {
+    let setup = Setup::start();
+    let relay = Relay::start(setup.postgres.port);
+    let channels = vec!["#s".to_owned()];
+    // The instance to be cut off alone first, so that it owns the users.
+    let cut_off = setup.instance_through(1, &relay);
+    let cut_off_id = cut_off.instance_id().unwrap();
+    let watcher = Watcher::start(&setup.ircd, &channels).await;
+    let mut users = users_in_channels(&setup, "s", 4, &channels, &[1]).await;
+    let other = setup.instance(2);
+    assert!(setup.owners().values().all(|owner| *owner == cut_off_id), "{:?}", setup.owners());
+
+    // The owner saves its users' rooms every second: wait until they are in the database
+    // (joins of the last second before a cut are not restored).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while setup.postgres.psql(&setup.database, "SELECT count(*) FROM bridge_state WHERE position('cluster-rooms'::bytea IN key) > 0") != "4" {
+        assert!(Instant::now() < deadline, "the rooms were not saved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.cut();
+    let cut_at = Instant::now();
+    // Within the lease (10 s) the cut-off instance ends its sessions itself, then the
+    // other takes the users over: their nick leaves IRC before it comes back, never twice.
+    for user in &users {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let back = loop {
+            if let Some(at) = watcher.joined_after(&user.nick, cut_at) {
+                break at;
+            }
+            assert!(Instant::now() < deadline, "{} not back on IRC 20 s after the cut:\n{}\n{}", user.nick, cut_off.log_text(), other.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let quit = watcher.quit_after(&user.nick, cut_at).unwrap_or_else(|| panic!("{} never left IRC", user.nick));
+        eprintln!("{}: left {:?} and back {:?} after the cut", user.nick, quit - cut_at, back - cut_at);
+        assert!(quit < back, "{}: the new session joined before the old one ended", user.nick);
+        assert!(back - cut_at <= Duration::from_secs(13), "{} took {:?}", user.nick, back - cut_at);
+    }
+    assert!(cut_off.log_lines_with(&["no heartbeat for too long"]) > 0, "{}", cut_off.log_text());
+    assert!(other.log_lines_with(&["took over the users of a dead instance", &format!("dead={cut_off_id}")]) > 0, "{}", other.log_text());
+    // The users talk through the other instance now (the cut-off one left the server).
+    for user in &mut users {
+        say(&mut user.client, &user.room, "after-cut", &format!("after the cut from {}", user.nick)).await;
+    }
+    let after: Vec<String> = users.iter().map(|u| format!("after the cut from {}", u.nick)).collect();
+    watcher.wait_texts(&after, Duration::from_secs(10)).await;
+
+    // Healed: the cut-off instance comes back serving nobody, and nothing moves back.
+    let rejoined = cut_off.log_lines_with(&["the database answers again"]);
+    relay.heal();
+    cut_off.wait_log("the database again", &["the database answers again"], rejoined).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let owners = setup.owners();
+    assert!(owners.values().all(|owner| *owner == other.instance_id().unwrap()), "{owners:?}");
+    for user in &mut users {
+        say(&mut user.client, &user.room, "healed", &format!("healed from {}", user.nick)).await;
+    }
+    let healed: Vec<String> = users.iter().map(|u| format!("healed from {}", u.nick)).collect();
+    watcher.wait_texts(&healed, Duration::from_secs(10)).await;
+    watcher.stop();
 }

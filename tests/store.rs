@@ -180,7 +180,8 @@ async fn a_database_of_a_newer_schema_is_refused_with_a_clear_message() {
     gateway.spawn();
     gateway.signal("TERM");
     gateway.wait_exit(Duration::from_secs(10));
-    assert_eq!(cluster.psql(&database, "SELECT max(version) FROM schema_migrations"), "1");
+    let applied = cluster.psql(&database, "SELECT count(*) = max(version) AND max(version) >= 2 FROM schema_migrations");
+    assert_eq!(applied, "t", "every migration applied once, in order");
     let _ = cluster.psql(&database, "INSERT INTO schema_migrations (version, name) VALUES (999, 'future')");
     gateway.spawn_no_wait();
     let code = gateway.wait_exit(Duration::from_secs(20));

@@ -34,6 +34,14 @@ pub const GRACE: Duration = Duration::from_secs(2);
 pub const WATCH: Duration = Duration::from_millis(500);
 /// An instance fences itself this long before its lease can expire.
 pub const FENCE_MARGIN: Duration = Duration::from_secs(3);
+/// How long one conversation with the database may take (connecting, a statement):
+/// a database that went silent, rather than refusing, must not hold anything forever.
+pub const DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `work`, or a timeout error after [`DB_TIMEOUT`].
+async fn timely<T>(work: impl std::future::Future<Output = Result<T, BackendError>>) -> Result<T, BackendError> {
+    tokio::time::timeout(DB_TIMEOUT, work).await.map_err(|_| BackendError::Timeout(DB_TIMEOUT))?
+}
 
 /// What the lease tasks tell the instance.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,6 +79,9 @@ pub struct Lease {
     /// The connection for resolutions and the watcher (the heartbeat has its own: its lock
     /// must live exactly as long as it does). Reopened when it breaks.
     client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+    /// Whether we are fenced (our sessions ended, waiting for the database): then this
+    /// instance takes no stanza, from the server or from the others.
+    fenced: tokio::sync::watch::Sender<bool>,
 }
 
 /// The advisory lock key of an instance: a hash of its id in a range of our own.
@@ -88,7 +99,20 @@ fn secs(d: Duration) -> f64 {
 impl Lease {
     /// The lease of instance `me`, whose peer link listens at `peer`.
     pub fn new(target: PgTarget, me: String, peer: String, lease: Duration) -> Arc<Lease> {
-        Arc::new(Lease { target, me, peer, lease, client: tokio::sync::Mutex::new(None) })
+        let (fenced, _) = tokio::sync::watch::channel(false);
+        Arc::new(Lease { target, me, peer, lease, client: tokio::sync::Mutex::new(None), fenced })
+    }
+
+    /// Whether we are fenced, as it changes.
+    pub fn fenced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.fenced.subscribe()
+    }
+
+    /// We fence ourselves: our sessions end and we take no stanza until the database
+    /// answers again.
+    fn fence(&self, events: &mpsc::UnboundedSender<LeaseEvent>) {
+        self.fenced.send_replace(true);
+        let _ = events.send(LeaseEvent::Fenced);
     }
 
     /// Our instance id.
@@ -108,6 +132,10 @@ impl Lease {
 
     /// The owner of `user`, taken by us if it has none.
     pub async fn resolve(&self, user: &str) -> Result<OwnerRow, BackendError> {
+        timely(self.resolve_now(user)).await
+    }
+
+    async fn resolve_now(&self, user: &str) -> Result<OwnerRow, BackendError> {
         let client = self.client().await?;
         let row = client
             .query_one(
@@ -122,6 +150,10 @@ impl Lease {
 
     /// Of `users`, those we own, taking those nobody owns.
     pub async fn claim(&self, users: &[String]) -> Result<Vec<String>, BackendError> {
+        timely(self.claim_now(users)).await
+    }
+
+    async fn claim_now(&self, users: &[String]) -> Result<Vec<String>, BackendError> {
         let client = self.client().await?;
         client
             .execute(
@@ -136,11 +168,14 @@ impl Lease {
     /// We stop cleanly: our heartbeat is made old, so that the others take our users at
     /// their next look instead of after the lease.
     pub async fn leave(&self) -> Result<(), BackendError> {
-        let client = self.client().await?;
-        client
-            .execute("UPDATE cluster_instances SET heartbeat = now() - interval '1 day' WHERE id = $1", &[&self.me])
-            .await?;
-        Ok(())
+        timely(async {
+            let client = self.client().await?;
+            client
+                .execute("UPDATE cluster_instances SET heartbeat = now() - interval '1 day' WHERE id = $1", &[&self.me])
+                .await?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -168,13 +203,13 @@ pub async fn heartbeat(lease: Arc<Lease>, events: mpsc::UnboundedSender<LeaseEve
             let owned = client.query("SELECT jid FROM cluster_owners WHERE instance = $1", &[&lease.me]).await?;
             Ok::<_, BackendError>((client, inserted, owned.iter().map(|row| row.get(0)).collect::<HashSet<String>>()))
         };
-        let (client, inserted, owned) = match connected.await {
+        let (client, inserted, owned) = match timely(connected).await {
             Ok(connected) => connected,
             Err(error) => {
                 if !fenced && last_renewal.elapsed() > fence_after {
                     warn!(%error, "no heartbeat for too long: ending this instance's sessions before another takes its users");
                     fenced = true;
-                    let _ = events.send(LeaseEvent::Fenced);
+                    lease.fence(&events);
                 }
                 debug!(%error, "cluster heartbeat: database unreachable");
                 tokio::time::sleep(retry).await;
@@ -186,7 +221,7 @@ pub async fn heartbeat(lease: Arc<Lease>, events: mpsc::UnboundedSender<LeaseEve
         if registered_once && inserted && !fenced {
             // Our row was gone: the others judged us dead and took our users.
             warn!("this instance was taken for dead while away from the database; ending its sessions");
-            let _ = events.send(LeaseEvent::Fenced);
+            lease.fence(&events);
         }
         let reconnected = registered_once;
         if registered_once {
@@ -196,6 +231,7 @@ pub async fn heartbeat(lease: Arc<Lease>, events: mpsc::UnboundedSender<LeaseEve
         }
         registered_once = true;
         fenced = false;
+        lease.fenced.send_replace(false);
         last_renewal = Instant::now();
         // After a reconnection only: at the first registration nothing is ours yet, and
         // users claimed meanwhile must not look taken.
@@ -205,13 +241,13 @@ pub async fn heartbeat(lease: Arc<Lease>, events: mpsc::UnboundedSender<LeaseEve
         let mut ticker = tokio::time::interval(HEARTBEAT);
         loop {
             ticker.tick().await;
-            let renewed = tokio::time::timeout(HEARTBEAT * 2, client.execute("UPDATE cluster_instances SET heartbeat = now() WHERE id = $1", &[&lease.me])).await;
+            let renewed = tokio::time::timeout(DB_TIMEOUT, client.execute("UPDATE cluster_instances SET heartbeat = now() WHERE id = $1", &[&lease.me])).await;
             match renewed {
                 Ok(Ok(1)) => last_renewal = Instant::now(),
                 Ok(Ok(_)) => {
                     warn!("this instance's row was removed by the others; ending its sessions");
                     fenced = true;
-                    let _ = events.send(LeaseEvent::Fenced);
+                    lease.fence(&events);
                     break;
                 }
                 Ok(Err(error)) => {
@@ -223,8 +259,9 @@ pub async fn heartbeat(lease: Arc<Lease>, events: mpsc::UnboundedSender<LeaseEve
             }
         }
         if !fenced && last_renewal.elapsed() > fence_after {
+            warn!("no heartbeat for too long: ending this instance's sessions before another takes its users");
             fenced = true;
-            let _ = events.send(LeaseEvent::Fenced);
+            lease.fence(&events);
         }
     }
 }
@@ -235,8 +272,11 @@ pub async fn watch(lease: Arc<Lease>, events: mpsc::UnboundedSender<LeaseEvent>)
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(error) = look(&lease, &events).await {
+        if let Err(error) = timely(look(&lease, &events)).await {
             debug!(%error, "cluster watch: database unreachable");
+            // A look cut short may hold a dead instance's lock: the connection goes,
+            // and the lock with it.
+            *lease.client.lock().await = None;
         }
     }
 }

@@ -54,6 +54,10 @@ pub enum Work {
     Release(Vec<String>),
     /// Save the rooms the users are in, for whoever takes them over.
     SaveRooms,
+    /// We are fenced, our users' sessions ended (the `Release` came first): leave the XMPP
+    /// server, so that the others get the stanzas we can no longer serve, and come back
+    /// once [`Cluster::unfenced`].
+    Leave,
 }
 
 /// This instance's place in a cluster, or nothing for a single instance.
@@ -99,6 +103,8 @@ struct Node {
     failed_tx: mpsc::UnboundedSender<LinkFailed>,
     /// Ticks of [`Work::SaveRooms`].
     save_rooms: tokio::time::Interval,
+    /// Whether we are fenced (`Lease::fenced`).
+    fenced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An owner lookup's answer.
@@ -205,7 +211,8 @@ impl Cluster {
         tokio::spawn(lease::heartbeat(lease.clone(), lease_tx.clone()));
         tokio::spawn(lease::watch(lease.clone(), lease_tx));
         let (forwarded_tx, forwarded) = mpsc::channel(FORWARDED_QUEUE);
-        tokio::spawn(peer::serve(listener, secret.clone(), max_stanza_bytes, forwarded_tx));
+        tokio::spawn(peer::serve(listener, secret.clone(), max_stanza_bytes, forwarded_tx, lease.fenced()));
+        let fenced = lease.fenced();
         let (resolved_tx, resolved) = mpsc::unbounded_channel();
         let (failed_tx, failed) = mpsc::unbounded_channel();
         let mut save_rooms = tokio::time::interval(SAVE_ROOMS);
@@ -229,6 +236,7 @@ impl Cluster {
                 failed,
                 failed_tx,
                 save_rooms,
+                fenced,
             })),
         }
     }
@@ -247,6 +255,16 @@ impl Cluster {
         }
     }
 
+    /// Resolves once this instance is not fenced (at once, for a single instance).
+    pub async fn unfenced(&mut self) {
+        if let Some(node) = &mut self.node {
+            if *node.fenced.borrow() {
+                info!("fenced: staying away from the XMPP server until the database answers");
+            }
+            drop(node.fenced.wait_for(|fenced| !*fenced).await);
+        }
+    }
+
     /// The next piece of work for the router (never, for a single instance).
     pub async fn next(&mut self) -> Work {
         let Some(node) = &mut self.node else { return std::future::pending().await };
@@ -254,6 +272,7 @@ impl Cluster {
             if let Some(work) = node.ready.pop_front() {
                 return work;
             }
+            let mut fenced = node.fenced.clone();
             tokio::select! {
                 Some(forwarded) = node.forwarded.recv() => {
                     if let Some(stanza) = node.route(forwarded.stanza, forwarded.hops).await {
@@ -264,6 +283,13 @@ impl Cluster {
                 Some(failed) = node.failed.recv() => node.on_link_failed(failed).await,
                 Some(event) = node.lease_events.recv() => node.on_lease_event(event),
                 _ = node.save_rooms.tick() => return Work::SaveRooms,
+                _ = fenced.wait_for(|fenced| *fenced) => {
+                    // What the lease said before the fence (its Release) goes first.
+                    while let Ok(event) = node.lease_events.try_recv() {
+                        node.on_lease_event(event);
+                    }
+                    return node.ready.pop_front().unwrap_or(Work::Leave);
+                }
             }
         }
     }

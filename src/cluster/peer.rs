@@ -28,7 +28,7 @@ use minidom::Element;
 use ring::hmac;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 /// What the HMAC covers besides the nonce and the id, so that the tag means nothing
@@ -93,8 +93,9 @@ pub async fn bind(address: &str) -> Result<TcpListener, ListenError> {
 }
 
 /// Accepts links from other instances and hands what they forward to `inbound`, with at
-/// most `max_bytes` per stanza.
-pub async fn serve(listener: TcpListener, secret: Secret, max_bytes: usize, inbound: mpsc::Sender<Forwarded>) {
+/// most `max_bytes` per stanza. While `fenced` is true, links are closed and nothing is
+/// acknowledged: the senders keep their stanzas for the next owner.
+pub async fn serve(listener: TcpListener, secret: Secret, max_bytes: usize, inbound: mpsc::Sender<Forwarded>, fenced: watch::Receiver<bool>) {
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -104,10 +105,15 @@ pub async fn serve(listener: TcpListener, secret: Secret, max_bytes: usize, inbo
                 continue;
             }
         };
+        if *fenced.borrow() {
+            drop(stream);
+            continue;
+        }
         let secret = secret.clone();
         let inbound = inbound.clone();
+        let fenced = fenced.clone();
         tokio::spawn(async move {
-            match accept(stream, &secret, max_bytes, inbound).await {
+            match accept(stream, &secret, max_bytes, inbound, fenced).await {
                 Ok(peer) => debug!(%from, %peer, "peer link closed"),
                 Err(error) => debug!(%from, %error, "peer link ended"),
             }
@@ -116,7 +122,7 @@ pub async fn serve(listener: TcpListener, secret: Secret, max_bytes: usize, inbo
 }
 
 /// One accepted link: the handshake, then frames until it closes.
-async fn accept(mut stream: TcpStream, secret: &Secret, max_bytes: usize, inbound: mpsc::Sender<Forwarded>) -> std::io::Result<String> {
+async fn accept(mut stream: TcpStream, secret: &Secret, max_bytes: usize, inbound: mpsc::Sender<Forwarded>, fenced: watch::Receiver<bool>) -> std::io::Result<String> {
     stream.set_nodelay(true)?;
     let nonce: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
         .map_err(|_| std::io::Error::other("no randomness for a nonce"))?
@@ -156,6 +162,9 @@ async fn accept(mut stream: TcpStream, secret: &Secret, max_bytes: usize, inboun
             .ok()
             .and_then(|xml| xml.parse::<Element>().ok())
             .ok_or_else(|| std::io::Error::other(format!("a frame from {peer} is not a stanza")))?;
+        if *fenced.borrow() {
+            return Err(std::io::Error::other("fenced: this instance serves nobody until the database answers"));
+        }
         if inbound.send(Forwarded { stanza, hops }).await.is_err() {
             return Ok(peer);
         }
@@ -275,7 +284,7 @@ mod tests {
         let listener = bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (inbound_tx, mut inbound) = mpsc::channel(16);
-        tokio::spawn(serve(listener, secret("s"), 10_000, inbound_tx));
+        tokio::spawn(serve(listener, secret("s"), 10_000, inbound_tx, watch::channel(false).1));
         let (failed_tx, mut failed) = mpsc::unbounded_channel();
         let link = connect("a".into(), "b".into(), address, secret("s"), failed_tx);
         for n in 0..5 {
@@ -296,7 +305,7 @@ mod tests {
         let listener = bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (inbound_tx, mut inbound) = mpsc::channel(16);
-        tokio::spawn(serve(listener, secret("right"), 10_000, inbound_tx));
+        tokio::spawn(serve(listener, secret("right"), 10_000, inbound_tx, watch::channel(false).1));
         let (failed_tx, mut failed) = mpsc::unbounded_channel();
         let link = connect("a".into(), "b".into(), address, secret("wrong"), failed_tx);
         link.send((message(1), 0)).unwrap();

@@ -69,6 +69,9 @@ pub enum BackendError {
     /// The database is of a newer schema than this gateway knows, or not ours.
     #[error("{0}")]
     Schema(String),
+    /// The database did not answer in time (it went silent rather than refuse).
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// A flush could not run: the runtime is shutting down.
     #[error("the flush was aborted because the runtime is shutting down; the latest changes may not be durable")]
     Aborted,
