@@ -169,7 +169,15 @@ async fn serve(
             work = cluster.next() => match work {
                 // Fenced: the others get this node's stanzas once our route is gone.
                 crate::cluster::Work::Leave => return Ended::Lost("fenced: this instance cannot reach its database".into()),
-                work => router.handle_cluster_work(work).await,
+                work => {
+                    // Our keepalive ping came back, through another instance: the
+                    // server took it from us and routed it.
+                    if matches!(&work, crate::cluster::Work::Stanza(stanza) if crate::router::is_keepalive_answer(stanza)) {
+                        last_read = tokio::time::Instant::now();
+                        ping_pending = false;
+                    }
+                    router.handle_cluster_work(work).await;
+                }
             },
             task = router.next_task() => router.handle_task(task).await,
             _ = ticker.tick() => {

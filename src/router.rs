@@ -1179,6 +1179,11 @@ impl Router {
     }
 }
 
+/// Whether `stanza` answers one of our keepalive pings.
+pub fn is_keepalive_answer(stanza: &Element) -> bool {
+    stanza.name() == "iq" && matches!(stanza.attr("type"), Some("result" | "error")) && stanza.attr("id").is_some_and(|id| id.contains(KEEPALIVE_ID))
+}
+
 /// Splits a JID string into (localpart, domain, resource) without normalising, so that
 /// channel and nick case survive.
 pub fn split_jid(jid: &str) -> (Option<&str>, &str, Option<&str>) {

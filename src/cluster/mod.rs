@@ -505,6 +505,124 @@ impl Node {
 mod tests {
     use super::*;
 
+    const ME: &str = "aaaaaaaa";
+    const OTHER: &str = "bbbbbbbb";
+
+    /// A node that never reaches a database (none of these tests asks it anything).
+    fn node() -> Node {
+        let target = crate::store::postgres::PgTarget::new("postgres://u:p@127.0.0.1:1/db", None).unwrap();
+        let lease = Lease::new(target, ME.into(), "127.0.0.1:1".into(), Duration::from_secs(10));
+        let (out, _) = Outbox::for_tests();
+        let (resolved_tx, resolved) = mpsc::unbounded_channel();
+        let (failed_tx, failed) = mpsc::unbounded_channel();
+        let (_, lease_events) = mpsc::unbounded_channel();
+        let (_, forwarded) = mpsc::channel(1);
+        Node {
+            fenced: lease.fenced(),
+            lease,
+            gateway: "gw.localhost".into(),
+            secret: Secret::new("s".to_owned()),
+            out,
+            owners: HashMap::new(),
+            pending: HashMap::new(),
+            addresses: HashMap::new(),
+            links: HashMap::new(),
+            suspects: HashMap::new(),
+            ready: VecDeque::new(),
+            resolved,
+            resolved_tx,
+            lease_events,
+            forwarded,
+            failed,
+            failed_tx,
+            save_rooms: tokio::time::interval(SAVE_ROOMS),
+        }
+    }
+
+    fn users(list: &[&str]) -> Vec<String> {
+        let mut users: Vec<String> = list.iter().map(|u| (*u).to_owned()).collect();
+        users.sort();
+        users
+    }
+
+    fn sorted(work: Option<Work>) -> (String, Vec<String>) {
+        match work {
+            Some(Work::Adopt(mut u)) => {
+                u.sort();
+                ("adopt".into(), u)
+            }
+            Some(Work::Release(mut u)) => {
+                u.sort();
+                ("release".into(), u)
+            }
+            other => (format!("{other:?}"), Vec::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_reconnection_users_moved_away_are_released_and_ours_started() {
+        let mut node = node();
+        node.owners.insert("u1@h".into(), ME.into());
+        node.owners.insert("u2@h".into(), ME.into());
+        node.owners.insert("u3@h".into(), OTHER.into());
+        node.on_lease_event(LeaseEvent::Owned(["u2@h", "u4@h"].iter().map(|u| (*u).to_owned()).collect()));
+        assert_eq!(sorted(node.ready.pop_front()), ("release".into(), users(&["u1@h"])));
+        assert_eq!(sorted(node.ready.pop_front()), ("adopt".into(), users(&["u4@h"])));
+        assert_eq!(node.owners.get("u4@h").map(String::as_str), Some(ME));
+        assert_eq!(node.owners.get("u1@h"), None);
+        assert_eq!(node.owners.get("u3@h").map(String::as_str), Some(OTHER));
+    }
+
+    #[tokio::test]
+    async fn a_fence_releases_every_user_of_ours_and_forgets_all_owners() {
+        let mut node = node();
+        node.owners.insert("u1@h".into(), ME.into());
+        node.owners.insert("u2@h".into(), OTHER.into());
+        node.on_lease_event(LeaseEvent::Fenced);
+        assert_eq!(sorted(node.ready.pop_front()), ("release".into(), users(&["u1@h"])));
+        assert!(node.owners.is_empty());
+    }
+
+    #[tokio::test]
+    async fn owners_gone_from_the_instances_are_forgotten_but_we_are_not() {
+        let mut node = node();
+        node.owners.insert("u1@h".into(), ME.into());
+        node.owners.insert("u2@h".into(), OTHER.into());
+        node.on_lease_event(LeaseEvent::Instances(HashMap::new()));
+        assert_eq!(node.owners.get("u1@h").map(String::as_str), Some(ME));
+        assert_eq!(node.owners.get("u2@h"), None, "a dead owner's users are looked up again");
+    }
+
+    #[tokio::test]
+    async fn adopted_users_are_ours_and_started() {
+        let mut node = node();
+        node.on_lease_event(LeaseEvent::Adopted(vec!["u1@h".into()]));
+        assert_eq!(sorted(node.ready.pop_front()), ("adopt".into(), users(&["u1@h"])));
+        assert_eq!(node.owners.get("u1@h").map(String::as_str), Some(ME));
+    }
+
+    #[tokio::test]
+    async fn a_users_stanzas_wait_in_order_behind_the_lookup_of_their_owner() {
+        let mut node = node();
+        let first = parse("<message xmlns='jabber:component:accept' from='u@h/r' to='#c%irc@gw.localhost' id='1'/>");
+        let second = parse("<message xmlns='jabber:component:accept' from='u@h/r' to='#c%irc@gw.localhost' id='2'/>");
+        assert!(node.route(first, 0).await.is_none());
+        assert!(node.route(second, 0).await.is_none());
+        let waiting: Vec<_> = node.pending["u@h"].iter().map(|(s, _)| s.attr("id").unwrap().to_owned()).collect();
+        assert_eq!(waiting, ["1", "2"]);
+        // The owner turns out to be us: both go to the router, in order.
+        let owner = Ok(OwnerRow { instance: ME.into(), peer: Some("127.0.0.1:1".into()) });
+        node.on_resolved(Resolved { user: "u@h".into(), owner, after_failure: false }).await;
+        let ids: Vec<_> = node.ready.iter().map(|w| match w {
+            Work::Stanza(s) => s.attr("id").unwrap().to_owned(),
+            other => format!("{other:?}"),
+        }).collect();
+        assert_eq!(ids, ["1", "2"]);
+        // And the next one passes straight through.
+        let third = parse("<message xmlns='jabber:component:accept' from='u@h/r' to='#c%irc@gw.localhost' id='3'/>");
+        assert!(node.route(third, 0).await.is_some());
+    }
+
     fn parse(xml: &str) -> Element {
         xml.parse().unwrap()
     }
