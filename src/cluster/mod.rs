@@ -212,33 +212,7 @@ impl Cluster {
         tokio::spawn(lease::watch(lease.clone(), lease_tx));
         let (forwarded_tx, forwarded) = mpsc::channel(FORWARDED_QUEUE);
         tokio::spawn(peer::serve(listener, secret.clone(), max_stanza_bytes, forwarded_tx, lease.fenced()));
-        let fenced = lease.fenced();
-        let (resolved_tx, resolved) = mpsc::unbounded_channel();
-        let (failed_tx, failed) = mpsc::unbounded_channel();
-        let mut save_rooms = tokio::time::interval(SAVE_ROOMS);
-        save_rooms.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Cluster {
-            node: Some(Box::new(Node {
-                lease,
-                gateway: gateway.to_ascii_lowercase(),
-                secret,
-                out,
-                owners: HashMap::new(),
-                pending: HashMap::new(),
-                addresses: HashMap::new(),
-                links: HashMap::new(),
-                suspects: HashMap::new(),
-                ready: VecDeque::new(),
-                resolved,
-                resolved_tx,
-                lease_events,
-                forwarded,
-                failed,
-                failed_tx,
-                save_rooms,
-                fenced,
-            })),
-        }
+        Cluster { node: Some(Box::new(Node::new(lease, gateway, secret, out, lease_events, forwarded))) }
     }
 
     /// The database side, when in a cluster.
@@ -305,6 +279,41 @@ impl Cluster {
 }
 
 impl Node {
+    /// A node knowing no owner yet, fed by the lease tasks and the peer listener.
+    fn new(
+        lease: Arc<Lease>,
+        gateway: &str,
+        secret: Secret,
+        out: Outbox,
+        lease_events: mpsc::UnboundedReceiver<LeaseEvent>,
+        forwarded: mpsc::Receiver<Forwarded>,
+    ) -> Node {
+        let (resolved_tx, resolved) = mpsc::unbounded_channel();
+        let (failed_tx, failed) = mpsc::unbounded_channel();
+        let mut save_rooms = tokio::time::interval(SAVE_ROOMS);
+        save_rooms.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Node {
+            fenced: lease.fenced(),
+            lease,
+            gateway: gateway.to_ascii_lowercase(),
+            secret,
+            out,
+            owners: HashMap::new(),
+            pending: HashMap::new(),
+            addresses: HashMap::new(),
+            links: HashMap::new(),
+            suspects: HashMap::new(),
+            ready: VecDeque::new(),
+            resolved,
+            resolved_tx,
+            lease_events,
+            forwarded,
+            failed,
+            failed_tx,
+            save_rooms,
+        }
+    }
+
     fn me(&self) -> &str {
         self.lease.me()
     }
@@ -513,30 +522,9 @@ mod tests {
         let target = crate::store::postgres::PgTarget::new("postgres://u:p@127.0.0.1:1/db", None).unwrap();
         let lease = Lease::new(target, ME.into(), "127.0.0.1:1".into(), Duration::from_secs(10));
         let (out, _) = Outbox::for_tests();
-        let (resolved_tx, resolved) = mpsc::unbounded_channel();
-        let (failed_tx, failed) = mpsc::unbounded_channel();
         let (_, lease_events) = mpsc::unbounded_channel();
         let (_, forwarded) = mpsc::channel(1);
-        Node {
-            fenced: lease.fenced(),
-            lease,
-            gateway: "gw.localhost".into(),
-            secret: Secret::new("s".to_owned()),
-            out,
-            owners: HashMap::new(),
-            pending: HashMap::new(),
-            addresses: HashMap::new(),
-            links: HashMap::new(),
-            suspects: HashMap::new(),
-            ready: VecDeque::new(),
-            resolved,
-            resolved_tx,
-            lease_events,
-            forwarded,
-            failed,
-            failed_tx,
-            save_rooms: tokio::time::interval(SAVE_ROOMS),
-        }
+        Node::new(lease, "gw.localhost", Secret::new("s".to_owned()), out, lease_events, forwarded)
     }
 
     fn users(list: &[&str]) -> Vec<String> {
