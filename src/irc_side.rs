@@ -265,7 +265,7 @@ impl IrcSide {
         let session = SessionKey { user: envelope.user_id(), network: NetworkId::Irc { server: server.to_owned() } };
         let key = self.key(&session, channel);
         let full = envelope.from.to_string();
-        let Some(room) = self.rooms.get(&key).filter(|r| r.joined && r.resources.contains(&full)) else {
+        let Some(room) = self.rooms.get(&key).filter(|r| (r.joined || r.rejoining) && r.resources.contains(&full)) else {
             let text = "you are not in this room: join it first";
             return refuse(&self.out, stanza, DefinedCondition::NotAcceptable, text).await;
         };
@@ -531,6 +531,7 @@ impl IrcSide {
     async fn joined(&mut self, key: &SessionKey, channel: &str, nick: String, occupants: Vec<Occupant>, topic: Option<String>) {
         let Some(room) = self.rooms.get_mut(&self.key(key, channel)) else { return };
         room.joined = true;
+        room.rejoining = false;
         room.nick = nick;
         room.topic = topic;
         if let Some(me) = occupants.iter().find(|o| room.is_me(&o.nick)) {
@@ -1175,6 +1176,7 @@ impl NetworkSide for IrcSide {
             room.archive_key = crate::archive::room_key(&saved.network, &saved.channel);
             room.archive_epoch = self.next_epoch();
             room.mapping = self.mapping(&session);
+            room.rejoining = true;
             self.rooms.insert(key.clone(), room);
             let join = Command::Join { channel: saved.channel.clone(), nick: saved.nick, password: None };
             if let Err((_, text)) = self.hand_to_session(user, network, join) {
@@ -1412,6 +1414,36 @@ mod tests {
         assert_eq!(codes(&entry[1]), ["110"]);
         assert_eq!(entry[2].get_child("subject", NS_COMPONENT).map(Element::text).as_deref(), Some("welcome"));
         assert_eq!(f.side.rooms(), 1);
+    }
+
+    #[tokio::test]
+    async fn saved_rooms_are_joined_again_elsewhere_and_their_messages_follow_the_join() {
+        let f = Fixture::in_room().await;
+        let saved = f.side.saved_rooms();
+        assert_eq!(saved.len(), 1);
+        let (user, rooms) = &saved[0];
+        assert_eq!(user.0, "u@h");
+        assert_eq!(rooms, &[SavedRoom { network: "irc.x".into(), channel: "#c".into(), nick: "alice".into(), resources: vec!["u@h/a".into()] }]);
+        // Another instance restores them: the session joins, and the resource's message
+        // goes after the JOIN without waiting for the confirmation.
+        let mut other = fixture();
+        other.side.restore_rooms(user, rooms.clone()).await;
+        assert!(matches!(other.bridge.commands(0).first(), Some(Command::Join { channel, nick, .. }) if channel == "#c" && nick == "alice"));
+        other.say("a", "still here").await;
+        assert!(drain(&mut other.out).iter().all(|s| s.attr("type") != Some("error")), "not refused");
+        assert!(matches!(other.bridge.commands(0).last(), Some(Command::Send { .. })), "{:?}", other.bridge.commands(0));
+        // Once joined, the resource gets the room's entry again.
+        other.side.event(key(), joined("alice")).await;
+        let entry = drain(&mut other.out);
+        assert!(entry.iter().any(|s| codes(s) == ["110"]), "{entry:?}");
+    }
+
+    #[tokio::test]
+    async fn a_released_user_leaves_no_room_and_no_word() {
+        let mut f = Fixture::in_room().await;
+        f.side.release_user(&UserId("u@h".into())).await;
+        assert_eq!(f.side.rooms(), 0);
+        assert!(drain(&mut f.out).is_empty(), "no departure: the new owner sends the entry");
     }
 
     #[tokio::test]

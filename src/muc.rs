@@ -31,6 +31,10 @@ pub struct Room {
     pub requested_nick: String,
     /// Whether the IRC side confirmed the join (else resources wait for it).
     pub joined: bool,
+    /// Joined again after a takeover from another instance (`cluster`): the resources
+    /// were in the room all along, so their messages go to the session (which sends them
+    /// after its JOIN) instead of being refused until the join is confirmed.
+    pub rejoining: bool,
     /// The user's own role and affiliation, for the presences about themselves.
     pub me: Occupant,
     /// The current subject.
@@ -181,6 +185,7 @@ impl Room {
             me: Occupant::new(nick.clone(), Role::Participant, Affiliation::None),
             nick,
             joined: false,
+            rejoining: false,
             topic: None,
             mapping: CaseMapping::default(),
             key: None,

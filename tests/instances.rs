@@ -197,20 +197,24 @@ async fn users_in_channels(setup: &Setup, prefix: &str, count: usize, channels: 
     users
 }
 
-/// Every error a user got for one of their messages, by message id.
-async fn errors_of(user: &mut User, within: Duration) -> HashSet<String> {
-    let mut errors = HashSet::new();
+/// Every error a user got for one of their messages: message id -> condition and text.
+async fn errors_of(user: &mut User, within: Duration) -> HashMap<String, String> {
+    let mut errors = HashMap::new();
     while let Some(error) = user.client.receive_within(within, |e| e.name() == "message" && e.attr("type") == Some("error")).await {
-        errors.insert(error.attr("id").unwrap_or_default().to_owned());
+        let why = format!("{}: {}", error_condition(&error).unwrap_or_default(), error_text(&error));
+        errors.insert(error.attr("id").unwrap_or_default().to_owned(), why);
     }
     errors
 }
 
 #[tokio::test]
-async fn three_instances_serve_thirty_users_and_a_killed_ones_users_are_back_in_their_channels_within_5_s() {
+async fn three_instances_serve_thirty_users_who_talk_and_read_mail_and_a_killed_ones_users_are_back_in_their_channels_within_5_s() {
     let setup = Setup::start();
+    let mail = MailServer::start();
+    mail.add_user("bob@example.test", "bob-mail-pw");
+    let provider = mail_provider(&mail);
     // Two instances on node 1, one on node 2; each tries the other node when its own fails.
-    let mut gateways = [setup.instance(1), setup.instance(1), setup.instance(2)];
+    let mut gateways = [setup.instance_with(1, &provider), setup.instance_with(1, &provider), setup.instance_with(2, &provider)];
     let ids: Vec<String> = gateways.iter().map(|g| g.instance_id().expect("an instance id in the log")).collect();
     let channels: Vec<String> = (0..5).map(|c| format!("#r{c}")).collect();
     let watcher = Watcher::start(&setup.ircd, &channels).await;
@@ -224,6 +228,26 @@ async fn three_instances_serve_thirty_users_and_a_killed_ones_users_are_back_in_
         hello.push(text);
     }
     watcher.wait_texts(&hello, Duration::from_secs(10)).await;
+
+    // Everyone registers a mailbox, reads a mail and sends one, whichever instance owns them.
+    for user in &mut users {
+        let address = format!("{}@example.test", user.nick);
+        mail.add_user(&address, "mail-pw");
+        let set = user.client.iq("set", &register_form(&[("email_address", &address), ("email_password", "mail-pw")])).await;
+        assert_eq!(set.attr("type"), Some("result"), "{set:?}");
+    }
+    for user in &mut users {
+        let address = format!("{}@example.test", user.nick);
+        wait_watched(&gateways, user.client.bare()).await;
+        mail.send_raw("bob@example.test", &address, &mail_from_bob(&address, "hi", &format!("a mail to {}", user.nick)));
+    }
+    for user in &mut users {
+        let text = format!("a mail to {}", user.nick);
+        user.client.wait_for("the mail", |e| is_mail_with(e, &text)).await;
+        user.client.send_raw(&format!("<message to='bob\\40example.test@{GW}' type='chat'><body>mail from {}</body></message>", user.nick)).await;
+    }
+    let inbox = mail.wait_inbox("bob@example.test", "bob-mail-pw", users.len(), Duration::from_secs(30));
+    assert_eq!(inbox.len(), users.len(), "one mail from each user");
 
     // One owner per user, and the users spread over the instances (the server hands a
     // user's first stanza to any instance on the user's node).
@@ -277,13 +301,13 @@ async fn three_instances_serve_thirty_users_and_a_killed_ones_users_are_back_in_
     // Every line either reached IRC or was answered with an error: none vanished.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let on_irc = watcher.texts();
-    let mut errors = HashSet::new();
+    let mut errors = HashMap::new();
     for user in &mut users {
         errors.extend(errors_of(user, Duration::from_millis(200)).await);
     }
     let delivered = sent.iter().filter(|(_, text, _)| on_irc.contains(text)).count();
-    let refused = sent.iter().filter(|(id, text, _)| !on_irc.contains(text) && errors.contains(id)).count();
-    let vanished: Vec<&String> = sent.iter().filter(|(id, text, _)| !on_irc.contains(text) && !errors.contains(id)).map(|(id, ..)| id).collect();
+    let refused: Vec<(&String, &String)> = sent.iter().filter(|(_, text, _)| !on_irc.contains(text)).filter_map(|(id, ..)| errors.get_key_value(id)).collect();
+    let vanished: Vec<&String> = sent.iter().filter(|(id, text, _)| !on_irc.contains(text) && !errors.contains_key(id)).map(|(id, ..)| id).collect();
     let twice = {
         let lines = watcher.lines.lock().unwrap();
         let mut counts: HashMap<&str, usize> = HashMap::new();
@@ -292,7 +316,7 @@ async fn three_instances_serve_thirty_users_and_a_killed_ones_users_are_back_in_
         }
         sent.iter().filter(|(_, text, _)| counts.get(text.as_str()).is_some_and(|n| *n > 1)).count()
     };
-    eprintln!("{} lines sent: {delivered} delivered ({twice} of them twice), {refused} answered with an error, {} vanished", sent.len(), vanished.len());
+    eprintln!("{} lines sent: {delivered} delivered ({twice} of them twice), {} answered with an error {refused:?}, {} vanished", sent.len(), refused.len(), vanished.len());
     assert!(vanished.is_empty(), "lines neither delivered nor refused: {vanished:?}");
 
     // The survivors' keepalive pings (every 2 s of silence) came back to them each time,
@@ -385,6 +409,25 @@ async fn postgresql_restarted_under_two_instances_they_wait_and_go_on_without_en
     watcher.stop();
 }
 
+/// The `[email.providers]` preset of example.test on `mail`.
+fn mail_provider(mail: &MailServer) -> String {
+    format!(
+        "[email.providers.\"example.test\"]\nimap = \"127.0.0.1:{}\"\nimap_security = \"plain\"\nsmtp = \"127.0.0.1:{}\"\nsmtp_security = \"plain\"\n",
+        mail.imap_port, mail.submission_port
+    )
+}
+
+/// Waits until one of `gateways` watches `user`'s INBOX (IDLE): mail sent from then on is
+/// pushed.
+async fn wait_watched(gateways: &[Gateway], user: &str) {
+    let field = format!("user={user}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gateways.iter().map(|g| g.log_lines_with(&["watching INBOX", &field])).sum::<usize>() == 0 {
+        assert!(Instant::now() < deadline, "nobody watches {user}'s INBOX");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A mail from bob to `to`.
 fn mail_from_bob(to: &str, subject: &str, text: &str) -> Vec<u8> {
     format!(
@@ -403,10 +446,7 @@ async fn mail_reaches_the_users_of_every_instance_and_comes_once_after_a_takeove
     let setup = Setup::start();
     let mail = MailServer::start();
     mail.add_user("bob@example.test", "bob-mail-pw");
-    let provider = format!(
-        "[email.providers.\"example.test\"]\nimap = \"127.0.0.1:{}\"\nimap_security = \"plain\"\nsmtp = \"127.0.0.1:{}\"\nsmtp_security = \"plain\"\n",
-        mail.imap_port, mail.submission_port
-    );
+    let provider = mail_provider(&mail);
     let mut gateways = [setup.instance_with(1, &provider), setup.instance_with(2, &provider)];
     let ids: Vec<String> = gateways.iter().map(|g| g.instance_id().unwrap()).collect();
     let names: Vec<String> = (0..4).map(|i| format!("m{i}")).collect();
@@ -420,18 +460,9 @@ async fn mail_reaches_the_users_of_every_instance_and_comes_once_after_a_takeove
         assert_eq!(set.attr("type"), Some("result"), "{set:?}");
         clients.push(client);
     }
-    // Each mailbox is watched (IDLE) by its owner alone.
+    // Each mailbox is watched (IDLE) by its owner.
     for name in &names {
-        let field = format!("user={name}@localhost");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let watching: usize = gateways.iter().map(|g| g.log_lines_with(&["watching INBOX", &field])).sum();
-            if watching >= 1 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "nobody watches {name}'s INBOX");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_watched(&gateways, &format!("{name}@localhost")).await;
     }
     let owners = setup.owners();
     eprintln!("owners: {owners:?}");

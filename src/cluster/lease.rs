@@ -64,6 +64,9 @@ pub struct OwnerRow {
     pub instance: String,
     /// Its peer link's address, when it still has an instance row.
     pub peer: Option<String>,
+    /// How many times the user changed owner, plus one: above one, the owner took the
+    /// user over from a dead instance.
+    pub epoch: i64,
 }
 
 /// The database side of the cluster, for one instance.
@@ -139,13 +142,13 @@ impl Lease {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "WITH ins AS (INSERT INTO cluster_owners (jid, instance) VALUES ($1, $2) ON CONFLICT (jid) DO NOTHING RETURNING instance),
-                      own AS (SELECT instance FROM ins UNION ALL SELECT instance FROM cluster_owners WHERE jid = $1 LIMIT 1)
-                 SELECT own.instance, i.peer FROM own LEFT JOIN cluster_instances i ON i.id = own.instance",
+                "WITH ins AS (INSERT INTO cluster_owners (jid, instance) VALUES ($1, $2) ON CONFLICT (jid) DO NOTHING RETURNING instance, epoch),
+                      own AS (SELECT instance, epoch FROM ins UNION ALL SELECT instance, epoch FROM cluster_owners WHERE jid = $1 LIMIT 1)
+                 SELECT own.instance, i.peer, own.epoch FROM own LEFT JOIN cluster_instances i ON i.id = own.instance",
                 &[&user, &self.me],
             )
             .await?;
-        Ok(OwnerRow { instance: row.get(0), peer: row.get(1) })
+        Ok(OwnerRow { instance: row.get(0), peer: row.get(1), epoch: row.get(2) })
     }
 
     /// Of `users`, those we own, taking those nobody owns.

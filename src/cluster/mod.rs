@@ -390,8 +390,10 @@ impl Node {
                     self.addresses.insert(row.instance.clone(), peer.clone());
                 }
                 let mine = row.instance == self.me();
-                if mine && after_failure {
-                    // Taken from a dead owner by our watcher: start the sessions first.
+                let known_mine = self.owners.get(&user).is_some_and(|owner| owner == self.me());
+                if mine && !known_mine && (after_failure || row.epoch > 1) {
+                    // Taken from a dead owner by our watcher, whose word may not have
+                    // come yet: start the sessions before the stanzas.
                     self.ready.push_back(Work::Adopt(vec![user.clone()]));
                 }
                 self.owners.insert(user, row.instance.clone());
@@ -475,10 +477,14 @@ impl Node {
             }
             LeaseEvent::Adopted(users) => {
                 let me = self.me().to_owned();
+                // Those a lookup found ours first are started already.
+                let users: Vec<String> = users.into_iter().filter(|user| self.owners.get(user) != Some(&me)).collect();
                 for user in &users {
                     self.owners.insert(user.clone(), me.clone());
                 }
-                self.ready.push_back(Work::Adopt(users));
+                if !users.is_empty() {
+                    self.ready.push_back(Work::Adopt(users));
+                }
             }
             LeaseEvent::Owned(owned) => {
                 let me = self.me().to_owned();
@@ -590,6 +596,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_user_a_lookup_finds_taken_over_by_us_is_started_before_its_stanza_and_once() {
+        let mut node = node();
+        let stanza = parse("<message xmlns='jabber:component:accept' from='u@h/r' to='#c%irc@gw.localhost' id='1'/>");
+        assert!(node.route(stanza, 0).await.is_none());
+        // The watcher took the user over (epoch 2) but its word comes after the lookup's.
+        let owner = Ok(OwnerRow { instance: ME.into(), peer: Some("127.0.0.1:1".into()), epoch: 2 });
+        node.on_resolved(Resolved { user: "u@h".into(), owner, after_failure: false }).await;
+        assert_eq!(sorted(node.ready.pop_front()), ("adopt".into(), users(&["u@h"])));
+        assert!(matches!(node.ready.pop_front(), Some(Work::Stanza(_))));
+        node.on_lease_event(LeaseEvent::Adopted(vec!["u@h".into()]));
+        assert!(node.ready.is_empty(), "not started twice");
+    }
+
+    #[tokio::test]
     async fn a_users_stanzas_wait_in_order_behind_the_lookup_of_their_owner() {
         let mut node = node();
         let first = parse("<message xmlns='jabber:component:accept' from='u@h/r' to='#c%irc@gw.localhost' id='1'/>");
@@ -599,7 +619,7 @@ mod tests {
         let waiting: Vec<_> = node.pending["u@h"].iter().map(|(s, _)| s.attr("id").unwrap().to_owned()).collect();
         assert_eq!(waiting, ["1", "2"]);
         // The owner turns out to be us: both go to the router, in order.
-        let owner = Ok(OwnerRow { instance: ME.into(), peer: Some("127.0.0.1:1".into()) });
+        let owner = Ok(OwnerRow { instance: ME.into(), peer: Some("127.0.0.1:1".into()), epoch: 1 });
         node.on_resolved(Resolved { user: "u@h".into(), owner, after_failure: false }).await;
         let ids: Vec<_> = node.ready.iter().map(|w| match w {
             Work::Stanza(s) => s.attr("id").unwrap().to_owned(),
