@@ -1015,16 +1015,24 @@ impl Router {
             Ok(users) => users,
             Err(error) => return warn!(%error, "cannot list registered users to probe"),
         };
-        // In a cluster, only our users (and those nobody serves yet, taken now).
+        // In a cluster, only our users with sessions that run while they are offline
+        // (always-on channels, a mailbox), taking those nobody serves yet; the others are
+        // taken by whichever instance gets their next stanza, which spreads them.
         let users = match &self.cluster {
             None => users,
-            Some(cluster) => match cluster.lease.claim(&users).await {
-                Ok(ours) => ours,
-                Err(error) => {
-                    warn!(%error, "cannot tell which users are this instance's; each starts with their next stanza");
-                    Vec::new()
+            Some(cluster) => {
+                let with_sessions: Vec<String> = users
+                    .into_iter()
+                    .filter(|user| self.store.user(user).ok().flatten().is_some_and(|r| r.email.is_some() || !r.persistent_channels.is_empty()))
+                    .collect();
+                match cluster.lease.claim(&with_sessions).await {
+                    Ok(ours) => ours,
+                    Err(error) => {
+                        warn!(%error, "cannot tell which users are this instance's; each starts with their next stanza");
+                        Vec::new()
+                    }
                 }
-            },
+            }
         };
         for user in users {
             self.send_presence(Presence::probe(), &user).await;
