@@ -33,6 +33,10 @@ const QUEUE: usize = 4096;
 const WRITE_EVERY: Duration = Duration::from_millis(50);
 /// Entries written in one batch at most.
 const BATCH: usize = 512;
+/// How long a batch whose write failed (the database away) is kept and tried again, and
+/// how many writes may wait so: past either, the batch is given up, and counted.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+const RETRY_AT_MOST: usize = 16 * BATCH;
 /// How often old entries are removed.
 const TRIM_EVERY: Duration = Duration::from_secs(3600);
 /// How often the spans users' sessions extended are written (a crash loses at most
@@ -449,20 +453,27 @@ impl Archive {
 fn serve(mut backend: impl ArchiveBackend, mut writes: mpsc::Receiver<Write>, control: std::sync::mpsc::Receiver<Control>, drain_asked: &AtomicBool, retention: Retention) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut failing = Failing::default();
     loop {
         let next = control.recv_timeout(WRITE_EVERY);
         drain_asked.store(false, Ordering::Relaxed);
         while let Ok(write) = writes.try_recv() {
             batch.push(write);
-            if batch.len() == BATCH {
-                write_batch(&mut backend, &mut batch);
+            if batch.len() % BATCH == 0 {
+                write_batch(&mut backend, &mut batch, &mut failing);
             }
         }
-        write_batch(&mut backend, &mut batch);
+        write_batch(&mut backend, &mut batch, &mut failing);
         match next {
             Ok(Control::Drain) | Err(RecvTimeoutError::Timeout) => {}
             Ok(work) => run(&mut backend, work, retention),
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if !batch.is_empty() {
+        // Lines kept through a failure: one last try.
+        if let Err(error) = backend.write(&batch) {
+            tracing::warn!(%error, lost = batch.len(), "messages could not be archived");
         }
     }
     if let Err(error) = backend.flush() {
@@ -470,14 +481,40 @@ fn serve(mut backend: impl ArchiveBackend, mut writes: mpsc::Receiver<Write>, co
     }
 }
 
-fn write_batch(backend: &mut impl ArchiveBackend, batch: &mut Vec<Write>) {
+/// Since when the archive's writes fail, if they do.
+#[derive(Default)]
+struct Failing {
+    since: Option<std::time::Instant>,
+}
+
+/// Writes `batch` and empties it. A failed write (the database away: a PostgreSQL archive
+/// reads before it writes, and a lost connection fails the read) is kept and tried again
+/// at the next round, for [`RETRY_FOR`] and up to [`RETRY_AT_MOST`] writes; writing a
+/// batch again is harmless (every write puts a value under its key). Past that, what
+/// waits is given up, and counted in the log.
+fn write_batch(backend: &mut impl ArchiveBackend, batch: &mut Vec<Write>, failing: &mut Failing) {
     if batch.is_empty() {
         return;
     }
-    if let Err(error) = backend.write(batch) {
-        tracing::warn!(%error, lost = batch.len(), "messages could not be archived");
+    match backend.write(batch) {
+        Ok(()) => {
+            if let Some(since) = failing.since.take() {
+                tracing::info!(after_ms = since.elapsed().as_millis() as u64, written = batch.len(), "the archive writes again");
+            }
+            batch.clear();
+        }
+        Err(error) => {
+            let since = *failing.since.get_or_insert_with(|| {
+                tracing::warn!(%error, waiting = batch.len(), "the archive cannot write; keeping its lines and trying again");
+                std::time::Instant::now()
+            });
+            if since.elapsed() > RETRY_FOR || batch.len() >= RETRY_AT_MOST {
+                tracing::warn!(%error, lost = batch.len(), "messages could not be archived");
+                failing.since = None;
+                batch.clear();
+            }
+        }
     }
-    batch.clear();
 }
 
 fn run(backend: &mut impl ArchiveBackend, work: Control, retention: Retention) {
@@ -514,6 +551,68 @@ impl Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backend whose first `failures` writes fail, as a PostgreSQL archive's do while
+    /// the database is away; counts what it wrote.
+    struct Flaky {
+        failures: usize,
+        written: usize,
+    }
+
+    impl ArchiveBackend for Flaky {
+        fn write(&mut self, writes: &[Write]) -> Result<(), ArchiveError> {
+            if self.failures > 0 {
+                self.failures -= 1;
+                return Err(ArchiveError::Backend { action: "read", message: "connection closed".into() });
+            }
+            self.written += writes.len();
+            Ok(())
+        }
+        fn query(&self, _: &Query) -> Result<Page, ArchiveError> {
+            Ok(Page { items: Vec::new(), complete: true })
+        }
+        fn delete_user(&mut self, _: &str, _: u64) -> Result<u64, ArchiveError> {
+            Ok(0)
+        }
+        fn trim(&mut self, _: Retention, _: u64, _: u64) -> Result<u64, ArchiveError> {
+            Ok(0)
+        }
+        fn last_id(&self) -> Result<u64, ArchiveError> {
+            Ok(0)
+        }
+        fn flush(&mut self) -> Result<(), ArchiveError> {
+            Ok(())
+        }
+    }
+
+    fn line(id: u64) -> Write {
+        Write::Line { room: "irc.x/#c".into(), id, who: "n".into(), body: "b".into() }
+    }
+
+    #[test]
+    fn lines_whose_write_failed_are_kept_and_written_once_the_database_answers() {
+        let mut backend = Flaky { failures: 3, written: 0 };
+        let mut failing = Failing::default();
+        let mut batch = vec![line(1), line(2)];
+        for _ in 0..3 {
+            write_batch(&mut backend, &mut batch, &mut failing);
+            assert_eq!(batch.len(), 2, "kept while the writes fail");
+        }
+        batch.push(line(3));
+        write_batch(&mut backend, &mut batch, &mut failing);
+        assert!(batch.is_empty());
+        assert_eq!(backend.written, 3, "every line written, once");
+        assert!(failing.since.is_none());
+    }
+
+    #[test]
+    fn a_failing_archive_gives_up_past_its_bound_rather_than_grow() {
+        let mut backend = Flaky { failures: usize::MAX, written: 0 };
+        let mut failing = Failing::default();
+        let mut batch: Vec<Write> = (0..RETRY_AT_MOST as u64).map(line).collect();
+        write_batch(&mut backend, &mut batch, &mut failing);
+        assert!(batch.is_empty(), "given up (and counted in the log)");
+    }
 
     #[tokio::test]
     async fn ids_increase_even_within_one_microsecond_and_after_a_restart() {
