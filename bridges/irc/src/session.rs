@@ -304,6 +304,10 @@ impl IrcSession {
             return;
         }
         let mut end_reason = "session closed".to_owned();
+        // What runs only when a connection ends (failures reported, `Disconnected`, the
+        // session's end) is boxed below: those futures hold an event being sent (`emit`,
+        // 792 bytes; `fail_everything` 1,232), and inline they would size the task that
+        // every idle session keeps while `serve` waits for lines.
         loop {
             let outcome = {
                 // Held until the server's first line, or given back here if the connection
@@ -321,14 +325,14 @@ impl IrcSession {
                 Outcome::Finished => break,
                 Outcome::Refused(reason) => {
                     warn!(server = %self.server, %reason, "IRC server refused by the network policy");
-                    self.fail_everything(FailureKind::NotAllowed, &reason).await;
+                    Box::pin(self.fail_everything(FailureKind::NotAllowed, &reason)).await;
                     break;
                 }
                 Outcome::Flooded(reason) => {
                     warn!(server = %self.server, %reason, "IRC server cut off");
                     // Channels still being joined fail; joined ones close with the reason.
                     self.wanted.retain(|lower, _| !self.joined.contains_key(lower));
-                    self.fail_everything(FailureKind::Unavailable, &reason).await;
+                    Box::pin(self.fail_everything(FailureKind::Unavailable, &reason)).await;
                     end_reason = reason;
                     break;
                 }
@@ -338,7 +342,7 @@ impl IrcSession {
                     tokio::time::sleep(first_backoff.next_delay()).await;
                 }
                 Outcome::Lost(reason) | Outcome::Dropped(reason) if !self.ever_registered => {
-                    self.fail_everything(FailureKind::Unavailable, &format!("cannot use IRC server {}: {reason}", self.server)).await;
+                    Box::pin(self.fail_everything(FailureKind::Unavailable, &format!("cannot use IRC server {}: {reason}", self.server))).await;
                     break;
                 }
                 Outcome::Lost(reason) | Outcome::Dropped(reason) => {
@@ -357,7 +361,7 @@ impl IrcSession {
                         backoff.reset();
                     }
                     self.registered = false;
-                    self.emit(Event::Disconnected { channels, reason: reason.clone() }).await;
+                    Box::pin(self.emit(Event::Disconnected { channels, reason: reason.clone() })).await;
                     tokio::select! {
                         () = tokio::time::sleep(backoff.next_delay()) => {}
                         command = self.commands.recv() => match command {
@@ -368,7 +372,7 @@ impl IrcSession {
                 }
             }
         }
-        self.report_unsent("not sent to IRC: the session ended").await;
+        Box::pin(self.report_unsent("not sent to IRC: the session ended")).await;
         // Nothing more is taken; what arrived meanwhile goes back to the gateway.
         self.commands.close();
         let mut unhandled = std::mem::take(&mut self.pending);
@@ -377,7 +381,7 @@ impl IrcSession {
                 unhandled.push(command);
             }
         }
-        self.emit(Event::Ended { reason: end_reason, unhandled }).await;
+        Box::pin(self.emit(Event::Ended { reason: end_reason, unhandled })).await;
     }
 
     /// Handles the command that opened the session; false if it ends it at once.
@@ -457,6 +461,13 @@ impl IrcSession {
                 self.idle_since = None;
                 deadline
             };
+            // One timer for the four deadlines (linger, rate limit, listing, welcome),
+            // told apart once it fires: every branch's future lives in the task while it
+            // waits, enabled or not, and a `Sleep` is 112 bytes of every idle session.
+            let wake = [unused.then_some(idle_until), wait_send, self.listing.as_ref().map(|l| l.deadline()), (!self.registered).then_some(deadline)]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 line = reader.next_line() => match line {
                     Ok(Some(line)) => {
@@ -477,25 +488,31 @@ impl IrcSession {
                     Ok(None) => return Outcome::Dropped("the server closed the connection".into()),
                     Err(error) => return Outcome::Dropped(error.to_string()),
                 },
+                // `quit` and `report_owed` boxed: they hold an event being sent (`emit`,
+                // 792 bytes) and run once per session or only with something owed; inline,
+                // every idle session's task would be sized for them.
                 command = self.commands.recv(), if self.registered => match command {
-                    None => return self.quit(&mut write, "gateway shutting down").await,
-                    Some(Command::Shutdown { reason }) => return self.quit(&mut write, &reason).await,
+                    None => return Box::pin(self.quit(&mut write, "gateway shutting down")).await,
+                    Some(Command::Shutdown { reason }) => return Box::pin(self.quit(&mut write, &reason)).await,
                     Some(command) => {
                         if self.on_command(command) {
-                            return self.quit(&mut write, "gateway shutting down").await;
+                            return Box::pin(self.quit(&mut write, "gateway shutting down")).await;
                         }
-                        self.report_owed().await;
+                        if !self.owed.is_empty() {
+                            Box::pin(self.report_owed()).await;
+                        }
                     }
                 },
-                () = tokio::time::sleep_until(idle_until), if unused => {
-                    return self.quit(&mut write, "left every channel").await;
-                }
-                () = sleep_until_opt(wait_send) => {}
-                () = sleep_until_opt(self.listing.as_ref().map(|l| l.deadline())), if self.listing.is_some() => {
-                    listing::tick(&mut self.listing, Instant::now());
-                }
-                () = tokio::time::sleep_until(deadline), if !self.registered => {
-                    return Outcome::Lost("no welcome from the server in time".into());
+                () = sleep_until_opt(wake) => {
+                    let now = Instant::now();
+                    if !self.registered && now >= deadline {
+                        return Outcome::Lost("no welcome from the server in time".into());
+                    }
+                    if unused && now >= idle_until {
+                        return Box::pin(self.quit(&mut write, "left every channel")).await;
+                    }
+                    listing::tick(&mut self.listing, now);
+                    // Else the rate limit's next line is due: the loop's top sends it.
                 }
             }
         }
