@@ -38,8 +38,6 @@ const MAX_HOPS: u8 = 2;
 const SAVE_ROOMS: Duration = Duration::from_secs(1);
 /// Stanzas other instances may have handed us before the router takes them.
 const FORWARDED_QUEUE: usize = 1024;
-/// How long after a link broke its instance is avoided while the database still names it.
-const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
 /// What the router must do next, from the cluster.
 #[derive(Debug)]
@@ -86,9 +84,6 @@ struct Node {
     addresses: HashMap<String, String>,
     /// Open links by instance.
     links: HashMap<String, mpsc::UnboundedSender<(Element, u8)>>,
-    /// Instances whose link broke, and when: not forwarded to while the database names
-    /// them, until they are declared dead (their users then move).
-    suspects: HashMap<String, Instant>,
     /// Work ready for the router, in order.
     ready: VecDeque<Work>,
     /// Results of owner lookups.
@@ -302,7 +297,6 @@ impl Node {
             pending: HashMap::new(),
             addresses: HashMap::new(),
             links: HashMap::new(),
-            suspects: HashMap::new(),
             ready: VecDeque::new(),
             resolved,
             resolved_tx,
@@ -448,7 +442,6 @@ impl Node {
     /// Stanzas that could not reach instance `from`: their users' owners are looked up
     /// again, avoiding it.
     fn reroute(&mut self, from: &str, stanzas: Vec<(Element, u8)>) {
-        self.suspects.insert(from.to_owned(), Instant::now());
         self.owners.retain(|_, owner| owner != from);
         for (stanza, hops) in stanzas {
             let Destination::User(user) = destination(&stanza, &self.gateway) else {
@@ -468,7 +461,6 @@ impl Node {
     fn on_lease_event(&mut self, event: LeaseEvent) {
         match event {
             LeaseEvent::Instances(addresses) => {
-                self.suspects.retain(|id, since| addresses.contains_key(id) && since.elapsed() < SUSPECT_FOR);
                 // Owners gone from the table died and their users moved: forget them (we
                 // are ours even before our row is written).
                 let me = self.me().to_owned();
