@@ -348,7 +348,8 @@ impl Node {
     }
 
     /// Starts looking up `user`'s owner, avoiding `avoid` (whose link just broke) until
-    /// the database names another or the lease runs out.
+    /// the database names another; past 10 s (five times the grace after which a killed
+    /// owner's users move) the user's waiting stanzas are refused.
     fn look_up(&self, user: String, avoid: Option<String>) {
         let lease = self.lease.clone();
         let results = self.resolved_tx.clone();
