@@ -1111,15 +1111,20 @@ impl Router {
     /// over if this instance dies (not awaited: a lost save costs the latest joins only).
     fn save_rooms(&mut self) {
         let Some(cluster) = &mut self.cluster else { return };
-        let mut now: std::collections::HashMap<UserId, Vec<u8>> = std::collections::HashMap::new();
+        let mut rooms: std::collections::HashMap<UserId, Vec<side::SavedRoom>> = std::collections::HashMap::new();
         for side in &self.sides {
-            for (user, rooms) in side.saved_rooms() {
-                let mut list: Vec<side::SavedRoom> = now.remove(&user).map(|b| serde_json::from_slice(&b).unwrap_or_default()).unwrap_or_default();
-                list.extend(rooms);
-                list.sort_by(|a, b| (&a.network, &a.channel).cmp(&(&b.network, &b.channel)));
-                now.insert(user, serde_json::to_vec(&list).unwrap_or_default());
+            for (user, list) in side.saved_rooms() {
+                rooms.entry(user).or_default().extend(list);
             }
         }
+        // Sorted, so that the same rooms give the same bytes and are not written again.
+        let now: std::collections::HashMap<UserId, Vec<u8>> = rooms
+            .into_iter()
+            .map(|(user, mut list)| {
+                list.sort_by(|a, b| (&a.network, &a.channel).cmp(&(&b.network, &b.channel)));
+                (user, serde_json::to_vec(&list).unwrap_or_default())
+            })
+            .collect();
         for (user, bytes) in &now {
             if cluster.saved_rooms.get(user) != Some(bytes) {
                 debug!(user = %user.0, "saving the rooms of a user for a successor");

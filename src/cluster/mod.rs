@@ -210,11 +210,6 @@ impl Cluster {
         Cluster { node: Some(Box::new(Node::new(lease, gateway, secret, out, lease_events, forwarded))) }
     }
 
-    /// The database side, when in a cluster.
-    pub fn lease(&self) -> Option<Arc<Lease>> {
-        self.node.as_ref().map(|node| node.lease.clone())
-    }
-
     /// A stanza from the server: `Some` when it is ours to handle now; otherwise it was
     /// handed to its owner, or waits for the owner to be known.
     pub async fn gate(&mut self, stanza: Element) -> Option<Element> {
