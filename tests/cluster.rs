@@ -296,8 +296,9 @@ async fn a_killed_nodes_users_go_offline_without_a_presence_to_the_gateway() {
     on_2.wait_log("alice offline", &["user offline", "user=alice@localhost"], offline).await;
 
     // ...but when node 1 dies, nobody tells the gateway that its users are gone.
-    let mut alice = cluster.client(1, "alice", "localhost").await;
+    // (Counted before she connects: her presence may reach the gateway before `client` returns.)
     let online = on_2.log_lines_with(&["user online", "user=alice@localhost"]);
+    let mut alice = cluster.client(1, "alice", "localhost").await;
     on_2.wait_log("alice online again", &["user online", "user=alice@localhost"], online).await;
     let offline = on_2.log_lines_with(&["user offline", "user=alice@localhost"]);
     cluster.kill_node(1);
