@@ -520,10 +520,9 @@ impl IrcSession {
 
     /// CAP negotiation (IRCv3 capabilities, SASL), NICK and USER.
     async fn register(&mut self, write: &mut WriteHalf<Stream>) -> std::io::Result<()> {
-        transport::write_line(write, "CAP LS 302").await?;
-        transport::write_line(write, &format!("NICK {}", self.nick)).await?;
-        let user = text::sanitize_word(&self.wanted_nick);
-        transport::write_line(write, &format!("USER {user} 0 * :xmpp-gateway user")).await?;
+        let nick = format!("NICK {}", self.nick);
+        let user = format!("USER {} 0 * :xmpp-gateway user", text::sanitize_word(&self.wanted_nick));
+        transport::write_lines(write, ["CAP LS 302", &nick, &user]).await?;
         write.flush().await
     }
 
@@ -558,8 +557,11 @@ impl IrcSession {
             return Ok(());
         }
         let unlimited = self.settings.flood_burst == 0;
-        let mut wrote = false;
-        while let Some(Queued { line, .. }) = self.queue.front() {
+        // How many lines at the queue's front the rate limit lets out now: written
+        // together, then taken off the queue (a failed write leaves them queued, for
+        // `report_unsent`).
+        let mut due = 0;
+        while due < self.queue.len() {
             let now = Instant::now();
             if !unlimited {
                 if self.burst_left == 0 && now < self.next_send {
@@ -574,14 +576,17 @@ impl IrcSession {
                 self.burst_left -= 1;
                 self.next_send = now + self.settings.flood_interval;
             }
-            transport::write_line(write, line).await?;
+            due += 1;
+        }
+        if due == 0 {
+            return Ok(());
+        }
+        transport::write_lines(write, self.queue.iter().take(due).map(|queued| queued.line.as_str())).await?;
+        write.flush().await?;
+        for _ in 0..due {
             if let Some(queued) = self.queue.pop_front() {
                 self.written(queued);
             }
-            wrote = true;
-        }
-        if wrote {
-            write.flush().await?;
         }
         Ok(())
     }

@@ -127,12 +127,27 @@ impl IncomingRate {
 
 /// Writes one line, adding CR LF. The caller guarantees `line` holds no CR, LF or NUL.
 pub async fn write_line<W: AsyncWrite + Unpin>(writer: &mut W, line: &str) -> io::Result<()> {
-    debug_assert!(!line.contains(['\r', '\n', '\0']), "unsafe IRC line: {line:?}");
-    let mut bytes = Vec::with_capacity(line.len() + 2);
-    bytes.extend_from_slice(line.as_bytes());
-    bytes.extend_from_slice(b"\r\n");
-    bridge_core::counters::count(&bridge_core::counters::COUNTERS.irc_lines_out);
-    writer.write_all(&bytes).await
+    write_lines(writer, [line]).await
+}
+
+/// Writes `lines`, each with CR LF, in one write: one system call and one TCP segment
+/// for what would be one each (registration, a burst of queued lines), which the IRC
+/// server then also reads at once. The caller guarantees no line holds CR, LF or NUL.
+pub async fn write_lines<'a, W: AsyncWrite + Unpin>(writer: &mut W, lines: impl IntoIterator<Item = &'a str>) -> io::Result<()> {
+    writer.write_all(&joined_lines(lines)).await
+}
+
+/// `lines` as they go on the wire, each ended by CR LF (counted as lines sent).
+fn joined_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for line in lines {
+        debug_assert!(!line.contains(['\r', '\n', '\0']), "unsafe IRC line: {line:?}");
+        bytes.reserve(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        bridge_core::counters::count(&bridge_core::counters::COUNTERS.irc_lines_out);
+    }
+    bytes
 }
 
 #[cfg(test)]
@@ -140,6 +155,12 @@ mod tests {
     use super::*;
 
     const MAX_LINE: usize = 16 * 1024;
+
+    #[test]
+    fn lines_written_together_each_end_with_cr_lf() {
+        assert_eq!(joined_lines(["CAP LS 302", "NICK alice", "USER alice 0 * :x"]), b"CAP LS 302\r\nNICK alice\r\nUSER alice 0 * :x\r\n");
+        assert_eq!(joined_lines([]), b"");
+    }
 
     async fn lines(input: &[u8]) -> Vec<String> {
         let mut reader = LineReader::new(input, MAX_LINE);
