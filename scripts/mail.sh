@@ -249,6 +249,12 @@ mail_location = maildir:~/Maildir
 
 namespace inbox {
   inbox = yes
+  # As Debian's own 15-mailboxes.conf: the Sent folder is marked for clients
+  # (RFC 6154 SPECIAL-USE), where the gateway files its copies of mail sent.
+  mailbox Sent {
+    special_use = \Sent
+    auto = subscribe
+  }
 }
 
 # Room for 1,000 and more IMAP IDLE sessions at once (the bench's email scenario at

@@ -320,6 +320,8 @@ mod tests {
             imap_server: None,
             smtp_server: None,
             mark_seen: false,
+            save_sent: false,
+            display_name: None,
         }), ..UserRecord::default()  };
         f.side.store.put_user("u@h", &record).await.unwrap();
         let mail = stanza(&format!("<message from='u@h/phone' to='{BOB}' id='m1' type='chat'><body>hi</body><subject>s</subject></message>"));

@@ -52,7 +52,12 @@ const EMAIL_FIELDS: &[(&str, FieldType, &str)] = &[
     ("imap_server", FieldType::TextSingle, "IMAP server host:port, if not preset"),
     ("smtp_server", FieldType::TextSingle, "SMTP server host:port, if not preset"),
     ("email_mark_seen", FieldType::Boolean, "Mark mail read in the mailbox once delivered here"),
+    ("email_save_sent", FieldType::Boolean, "Keep a copy of mail sent from here in the mailbox's Sent folder"),
+    ("email_display_name", FieldType::TextSingle, "Your name, shown beside your address on mail sent"),
 ];
+
+/// The most characters of a display name (`email_display_name`).
+const DISPLAY_NAME_MAX: usize = 100;
 
 /// Instructions shown above the form.
 const INSTRUCTIONS: &str = "Give your IRC nick and your password on each IRC network \
@@ -111,6 +116,9 @@ pub fn query_for(record: Option<&UserRecord>, config: &Config) -> Element {
             "imap_server" => email.and_then(|e| e.imap_server.clone()),
             "smtp_server" => email.and_then(|e| e.smtp_server.clone()),
             "email_mark_seen" => email.map(|e| if e.mark_seen { "1" } else { "0" }.to_owned()),
+            // Shown checked on a blank form too: a client submits what it shows.
+            "email_save_sent" => Some(if email.is_none_or(|e| e.save_sent) { "1" } else { "0" }.to_owned()),
+            "email_display_name" => email.and_then(|e| e.display_name.clone()),
             _ => None,
         }
     };
@@ -177,6 +185,29 @@ pub fn parse_request(query: &Element, config: &Config) -> Result<Request, FieldE
         *value = value.trim().to_owned();
     }
     Ok(Request::Submit(values))
+}
+
+/// A boolean field's value: `default` when absent.
+fn boolean(value: Option<&str>, var: &str, default: bool) -> Result<bool, FieldError> {
+    match value {
+        None => Ok(default),
+        Some("0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(other) => Err(field_error(var, format!("{other:?} is not a boolean (0, 1, false, true)"))),
+    }
+}
+
+/// A display name as given, trimmed: at most [`DISPLAY_NAME_MAX`] characters, no control
+/// characters (it goes into a mail header; lettre encodes the rest).
+fn display_name(value: &str) -> Result<String, FieldError> {
+    let name = value.trim();
+    if name.chars().any(char::is_control) {
+        return Err(field_error("email_display_name", "a name cannot hold line breaks or control characters"));
+    }
+    if name.chars().count() > DISPLAY_NAME_MAX {
+        return Err(field_error("email_display_name", format!("at most {DISPLAY_NAME_MAX} characters")));
+    }
+    Ok(name.to_owned())
 }
 
 /// Merges a submission into the stored record (if any), validating every value. Empty
@@ -246,11 +277,9 @@ pub fn apply(
                 return Err(field_error("smtp_server", format!("required: there is no preset for {domain}")));
             }
         }
-        let mark_seen = match get("email_mark_seen") {
-            None | Some("0" | "false") => false,
-            Some("1" | "true") => true,
-            Some(other) => return Err(field_error("email_mark_seen", format!("{other:?} is not a boolean (0, 1, false, true)"))),
-        };
+        let mark_seen = boolean(get("email_mark_seen"), "email_mark_seen", false)?;
+        let save_sent = boolean(get("email_save_sent"), "email_save_sent", true)?;
+        let display_name = get("email_display_name").map(display_name).transpose()?;
         record.email = Some(EmailAccount {
             address,
             password,
@@ -258,8 +287,10 @@ pub fn apply(
             imap_server,
             smtp_server,
             mark_seen,
+            save_sent,
+            display_name,
         });
-    } else if let Some(var) = ["email_password", "email_login", "imap_server", "smtp_server", "email_mark_seen"]
+    } else if let Some(var) = ["email_password", "email_login", "imap_server", "smtp_server", "email_mark_seen", "email_display_name"]
         .into_iter()
         .find(|v| get(v).is_some())
     {
@@ -406,7 +437,7 @@ mod tests {
         let form = DataForm::try_from(q.get_child("x", NS_DATA).unwrap().clone()).unwrap();
         assert_eq!(form.form_type(), Some(NS_REGISTER));
         let vars: Vec<_> = form.fields.iter().filter_map(|f| f.var.clone()).collect();
-        for var in ["irc_nick", "irc_password/irc.one", "irc_password/irc.two", "irc_network", "irc_network_password", "email_address", "email_mark_seen"] {
+        for var in ["irc_nick", "irc_password/irc.one", "irc_password/irc.two", "irc_network", "irc_network_password", "email_address", "email_mark_seen", "email_save_sent", "email_display_name"] {
             assert!(vars.iter().any(|v| v == var), "{var} in {vars:?}");
         }
         assert!(!vars.iter().any(|v| v == "irc_password"), "no password for every network at once");
@@ -423,12 +454,14 @@ mod tests {
                 imap_server: None,
                 smtp_server: None,
                 mark_seen: false,
+                save_sent: true,
+                display_name: Some("Alice Liddell".into()),
             }), ..UserRecord::default() 
         };
         let q = query_for(Some(&record), &config());
         assert!(q.has_child("registered", NS_REGISTER));
         let xml = String::from_utf8(crate::xml_stream::to_bytes(&q)).unwrap();
-        assert!(xml.contains("alice@example.test") && xml.contains(">alice<"), "{xml}");
+        assert!(xml.contains("alice@example.test") && xml.contains(">alice<") && xml.contains(">Alice Liddell<"), "{xml}");
         assert!(!xml.contains("irc-pw") && !xml.contains("mail-pw"), "{xml}");
     }
 
@@ -529,6 +562,10 @@ mod tests {
             (&[("email_address", "a@elsewhere.org"), ("email_password", "x"), ("imap_server", "imap.elsewhere.org:22"), ("smtp_server", "smtp.elsewhere.org:465")], "imap_server"),
             (&[("email_address", "a@elsewhere.org"), ("email_password", "x"), ("imap_server", "imap.elsewhere.org:993"), ("smtp_server", "127.0.0.1:6379")], "smtp_server"),
             (&[], "irc_nick"),
+            (&[("email_address", "a@example.test"), ("email_password", "x"), ("email_display_name", "Eve\r\nBcc: all@x")], "email_display_name"),
+            (&[("email_address", "a@example.test"), ("email_password", "x"), ("email_display_name", &"x".repeat(101))], "email_display_name"),
+            (&[("email_address", "a@example.test"), ("email_password", "x"), ("email_save_sent", "maybe")], "email_save_sent"),
+            (&[("irc_nick", "alice"), ("email_display_name", "Alice")], "email_address"),
         ];
         for (values, field) in cases {
             let err = apply(None, &submit(values), &c).unwrap_err();
@@ -545,7 +582,15 @@ mod tests {
             &c,
         )
         .unwrap();
-        assert_eq!(ok.email.unwrap().address, "A@elsewhere.org");
+        let email = ok.email.unwrap();
+        assert_eq!(email.address, "A@elsewhere.org");
+        assert!(email.save_sent && email.display_name.is_none(), "a copy in Sent unless asked otherwise");
+        let named = submit(&[("email_address", "a@example.test"), ("email_password", "x"), ("email_save_sent", "0"), ("email_display_name", " Alice Liddell ")]);
+        let email = apply(None, &named, &c).unwrap().email.unwrap();
+        assert!(!email.save_sent);
+        assert_eq!(email.display_name.as_deref(), Some("Alice Liddell"));
+        // The blank form's checked box, submitted by an IRC-only user, needs no address.
+        assert!(apply(None, &submit(&[("irc_nick", "alice"), ("email_save_sent", "1")]), &c).is_ok());
         // A preset's own server may use its port, also when a user names it.
         let preset = submit(&[("email_address", "a@elsewhere.org"), ("email_password", "x"), ("imap_server", "127.0.0.1:1143"), ("smtp_server", "127.0.0.1:2525")]);
         assert!(apply(None, &preset, &c).is_ok());

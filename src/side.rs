@@ -180,6 +180,8 @@ pub fn credentials_for(record: Option<&UserRecord>, network: &NetworkId) -> Resu
                 imap_server: e.imap_server.clone(),
                 smtp_server: e.smtp_server.clone(),
                 mark_seen: e.mark_seen,
+                save_sent: e.save_sent,
+                display_name: e.display_name.clone(),
             })
             .ok_or_else(|| "register your email account with the gateway first".to_owned()),
     }
@@ -230,7 +232,9 @@ pub fn peer_jid(peer: &Peer, server: Option<&str>, sender: Option<&str>, gateway
     })
 }
 
-/// A one-to-one message from a network contact (`from`) to the user's bare JID.
+/// A one-to-one message from a network contact (`from`) to the user's bare JID; the
+/// contact's name (`sender`: a mail's From display name) as its XEP-0172 nick, which
+/// clients show for a contact not in the roster and offer when it is added.
 pub fn chat_from(from: &str, user: &str, message: Message) -> Option<Element> {
     let body = match message.kind {
         MessageKind::Action => format!("/me {}", message.body),
@@ -247,17 +251,28 @@ pub fn chat_from(from: &str, user: &str, message: Message) -> Option<Element> {
     if let Some(thread) = message.thread {
         stanza.thread = Some(xmpp_parsers::message::Thread { parent: None, id: thread });
     }
+    if let Some(name) = message.sender.filter(|name| !name.trim().is_empty()) {
+        stanza.payloads.push(xmpp_parsers::nick::Nick(name).into());
+    }
     Some(stanza.into())
 }
 
+/// The XEP-0172 nick a stanza carries (the writer's chosen name), if not blank.
+fn nick_of(stanza: &Element) -> Option<String> {
+    let nick = stanza.get_child("nick", xmpp_parsers::ns::NICK)?.text();
+    let nick = nick.trim();
+    (!nick.is_empty()).then(|| nick.to_owned())
+}
+
 /// The neutral form of a user's one-to-one message (`stanza`, whose body is `body`) to
-/// `peer`: subject, thread and id carried along.
+/// `peer`: subject, thread and id carried along, and the user's XEP-0172 nick as
+/// `sender` (the name a mail shows beside their address when they set none).
 pub fn chat_to(stanza: &Element, peer: Peer, body: String) -> Message {
     let ns = crate::connection::NS_COMPONENT;
     Message {
         kind: MessageKind::Chat,
         peer,
-        sender: None,
+        sender: nick_of(stanza),
         body,
         subject: stanza.get_child("subject", ns).map(Element::text),
         thread: stanza.get_child("thread", ns).map(Element::text),
@@ -464,6 +479,32 @@ mod tests {
         assert_eq!(peer_jid(&Peer::Server, irc, None, "gw").unwrap(), "irc.x@gw");
         assert_eq!(peer_jid(&Peer::EmailAddress("a@b.org".into()), None, None, "gw").unwrap(), "a\\40b.org@gw");
         assert!(peer_jid(&Peer::Server, None, None, "gw").is_none());
+    }
+
+    #[test]
+    fn a_contacts_name_travels_as_an_xep_0172_nick_both_ways() {
+        let message = |sender: Option<&str>| Message {
+            peer: Peer::EmailAddress("bob@example.org".into()),
+            sender: sender.map(str::to_owned),
+            kind: MessageKind::Chat,
+            body: "hi".into(),
+            subject: None,
+            thread: None,
+            id: None,
+            delay: None,
+        };
+        let stanza = chat_from("bob\\40example.org@gw", "u@h", message(Some("Bob Dylan"))).unwrap();
+        assert_eq!(nick_of(&stanza).as_deref(), Some("Bob Dylan"), "{}", String::from_utf8_lossy(&crate::xml_stream::to_bytes(&stanza)));
+        for blank in [None, Some(""), Some("  ")] {
+            assert!(!chat_from("b@gw", "u@h", message(blank)).unwrap().has_child("nick", xmpp_parsers::ns::NICK));
+        }
+        let from_user: Element = "<message xmlns='jabber:component:accept' to='b@gw' type='chat'><body>x</body>\
+            <nick xmlns='http://jabber.org/protocol/nick'> Alice L. </nick></message>"
+            .parse()
+            .unwrap();
+        assert_eq!(chat_to(&from_user, Peer::EmailAddress("b@x".into()), "x".into()).sender.as_deref(), Some("Alice L."));
+        let without: Element = "<message xmlns='jabber:component:accept' to='b@gw'><body>x</body></message>".parse().unwrap();
+        assert_eq!(chat_to(&without, Peer::EmailAddress("b@x".into()), "x".into()).sender, None);
     }
 
     #[test]

@@ -396,10 +396,15 @@ async fn email_contacts_show_the_accounts_health(kind: ServerKind) {
 
 /// The IMAP flags of every mail in `address`'s INBOX, read with doveadm.
 fn inbox_flags(mail: &MailServer, address: &str) -> Vec<String> {
+    folder_flags(mail, address, "INBOX")
+}
+
+/// The IMAP flags of every mail in `folder` of `address`, read with doveadm.
+fn folder_flags(mail: &MailServer, address: &str, folder: &str) -> Vec<String> {
     let out = std::process::Command::new("doveadm")
         .arg("-c")
         .arg(mail.dir.path().join("dovecot.conf"))
-        .args(["fetch", "-u", address, "flags", "mailbox", "INBOX", "all"])
+        .args(["fetch", "-u", address, "flags", "mailbox", folder, "all"])
         .output()
         .expect("doveadm");
     assert!(out.status.success(), "doveadm: {}", String::from_utf8_lossy(&out.stderr));
@@ -437,6 +442,66 @@ async fn mailbox_flags_are_left_alone_unless_the_user_asks(kind: ServerKind) {
     assert_eq!(flags.len(), 2, "{flags:?}");
     assert!(flags[1].contains("\\Seen"), "{flags:?}");
     assert!(!flags[0].contains("\\Seen"), "older mail is not touched: {flags:?}");
+}
+
+/// Waits until `folder` of alice's mailbox holds `count` mails, and returns them.
+async fn wait_alice_folder(s: &Setup, folder: &str, count: usize) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mails = s.mail.folder(ALICE, "alice-mail-pw", folder);
+        if mails.len() >= count {
+            return mails;
+        }
+        assert!(Instant::now() < deadline, "{folder} holds {} mails, not {count}:\n{}", mails.len(), s.gateway.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn mail_sent_is_filed_in_the_sent_folder_read_and_carries_the_display_name() {
+    // (Names both ways: a mail's From name is the contact's XEP-0172 nick; the user's
+    // own nick names them on mail when they set no display name.)
+    let s = setup(false);
+    let mut alice = s.server.client("alice", "localhost").await;
+    let form = register_form(&[("email_address", ALICE), ("email_password", "alice-mail-pw"), ("email_display_name", "Alice Liddell")]);
+    assert_eq!(alice.iq("set", &form).await.attr("type"), Some("result"), "{}", s.gateway.log_text());
+    let send = |subject: &str| format!("<message to='{}' type='chat'><subject>{subject}</subject><body>text of {subject}</body></message>", email_jid(BOB));
+    alice.send_raw(&send("First")).await;
+
+    // Bob gets it from "Alice Liddell"; alice's Sent folder (the one Dovecot marks
+    // \Sent) holds the very same mail, flagged read.
+    let received = s.mail.wait_inbox(BOB, "bob-mail-pw", 1, Duration::from_secs(20));
+    let from = header(&received[0], "From").unwrap();
+    assert!(from.contains("Alice Liddell") && from.contains("<alice@example.test>"), "{from}");
+    let filed = wait_alice_folder(&s, "Sent", 1).await;
+    assert_eq!(header(&filed[0], "Message-ID"), header(&received[0], "Message-ID"));
+    assert_eq!(header(&filed[0], "Subject").as_deref(), Some("First"));
+    assert_eq!(header(&filed[0], "From"), Some(from));
+    assert!(folder_flags(&s.mail, ALICE, "Sent")[0].contains("\\Seen"), "filed as read");
+
+    // Turned off (a provider that files sent mail itself): no copy.
+    let off = register_form(&[("email_address", ALICE), ("email_save_sent", "0")]);
+    assert_eq!(alice.iq("set", &off).await.attr("type"), Some("result"));
+    alice.send_raw(&send("Second")).await;
+    let received = s.mail.wait_inbox(BOB, "bob-mail-pw", 2, Duration::from_secs(20));
+    // No display name any more (the form above gave none) and no nick: the address alone.
+    assert_eq!(header(&received[1], "From").as_deref(), Some(ALICE));
+    // On again: the third is filed, right after the first; the second never was.
+    let on = register_form(&[("email_address", ALICE), ("email_save_sent", "1")]);
+    assert_eq!(alice.iq("set", &on).await.attr("type"), Some("result"));
+    let with_nick = send("Third").replace("</message>", "<nick xmlns='http://jabber.org/protocol/nick'>Alice L.</nick></message>");
+    alice.send_raw(&with_nick).await;
+    let filed = wait_alice_folder(&s, "Sent", 2).await;
+    let subjects: Vec<_> = filed.iter().map(|m| header(m, "Subject").unwrap_or_default()).collect();
+    assert_eq!(subjects, ["First", "Third"]);
+    assert!(header(&filed[1], "From").unwrap().contains("Alice L."), "{:?}", header(&filed[1], "From"));
+    assert_eq!(s.mail.inbox(BOB, "bob-mail-pw").len(), 3, "each mail sent once");
+
+    // Bob's name comes with his mail.
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("Named", "", "text/plain", "x"));
+    let got = alice.wait_for("bob's mail", |e| child_text(e, "subject").as_deref() == Some("Named")).await;
+    let nick = got.get_child("nick", "http://jabber.org/protocol/nick").map(Element::text);
+    assert_eq!(nick.as_deref(), Some("Bob"), "{got:?}");
 }
 
 /// A TCP proxy on 127.0.0.1 in front of one of the mail servers' ports: the first

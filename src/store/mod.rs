@@ -167,6 +167,11 @@ pub struct EmailAccount {
     /// Whether mail delivered to XMPP is marked read (`\Seen`) in the mailbox; off by
     /// default, so the user's mailbox flags are left alone.
     pub mark_seen: bool,
+    /// Whether a copy of every mail sent is appended to the mailbox's Sent folder, as a
+    /// mail client does; on by default, off where the provider files sent mail itself.
+    pub save_sent: bool,
+    /// The name shown beside the address in the From of mail sent, if the user gave one.
+    pub display_name: Option<String>,
 }
 
 /// Why the store could not be opened, read or written.
@@ -308,6 +313,15 @@ struct StoredEmail {
     smtp_server: Option<String>,
     #[serde(default)]
     mark_seen: bool,
+    /// Absent from records written before the setting existed: on, the default.
+    #[serde(default = "yes")]
+    save_sent: bool,
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The field of the IRC password for `network`.
@@ -635,6 +649,8 @@ impl Store {
                 imap_server: email.imap_server.clone(),
                 smtp_server: email.smtp_server.clone(),
                 mark_seen: email.mark_seen,
+                save_sent: email.save_sent,
+                display_name: email.display_name.clone(),
             }),
         };
         serde_json::to_vec(&stored).expect("a struct of strings always serialises to JSON")
@@ -689,6 +705,8 @@ impl Store {
                         imap_server: email.imap_server,
                         smtp_server: email.smtp_server,
                         mark_seen: email.mark_seen,
+                        save_sent: email.save_sent,
+                        display_name: email.display_name,
                     })
                 })
                 .transpose()?,
@@ -768,6 +786,8 @@ mod tests {
                 imap_server: Some("imap.mail.example:993".into()),
                 smtp_server: Some("smtp.mail.example:465".into()),
                 mark_seen: false,
+                save_sent: true,
+                display_name: None,
             }), ..UserRecord::default() 
         }
     }
@@ -866,6 +886,8 @@ mod tests {
                 imap_server: None,
                 smtp_server: None,
                 mark_seen: false,
+                save_sent: true,
+                display_name: None,
             }), ..UserRecord::default() 
         };
         let cases = [

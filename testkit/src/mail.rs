@@ -189,11 +189,16 @@ impl MailServer {
     /// `UID FETCH 1:* BODY.PEEK[]` returns it (CRLF line ends; flags unchanged).
     /// Panics if the login or a command fails.
     pub fn inbox(&self, address: &str, password: &str) -> Vec<Vec<u8>> {
-        self.try_inbox(address, password)
-            .unwrap_or_else(|e| panic!("reading the INBOX of {address} failed: {e}\n{}", self.log_tail()))
+        self.folder(address, password, "INBOX")
     }
 
-    fn try_inbox(&self, address: &str, password: &str) -> Result<Vec<Vec<u8>>, String> {
+    /// Every message in `folder` of `address`, as [`MailServer::inbox`] reads the INBOX.
+    pub fn folder(&self, address: &str, password: &str, folder: &str) -> Vec<Vec<u8>> {
+        self.try_folder(address, password, folder)
+            .unwrap_or_else(|e| panic!("reading {folder} of {address} failed: {e}\n{}", self.log_tail()))
+    }
+
+    fn try_folder(&self, address: &str, password: &str, folder: &str) -> Result<Vec<Vec<u8>>, String> {
         let stream = TcpStream::connect(("127.0.0.1", self.imap_port))
             .map_err(|e| format!("cannot connect to IMAP on 127.0.0.1:{}: {e}", self.imap_port))?;
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -205,7 +210,7 @@ impl MailServer {
             return Err(format!("IMAP greeting: {}", String::from_utf8_lossy(&greeting)));
         }
         imap.command("a1", &format!("LOGIN {} {}", quoted(address), quoted(password)))?;
-        imap.command("a2", "SELECT INBOX")?;
+        imap.command("a2", &format!("SELECT {}", quoted(folder)))?;
         let messages = imap.command("a3", "UID FETCH 1:* (BODY.PEEK[])")?;
         let _ = imap.command("a4", "LOGOUT");
         Ok(messages)

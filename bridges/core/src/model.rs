@@ -118,6 +118,11 @@ pub enum Credentials {
         smtp_server: Option<String>,
         /// Whether delivered mail is marked read in the mailbox.
         mark_seen: bool,
+        /// Whether a copy of each mail sent goes to the mailbox's Sent folder.
+        save_sent: bool,
+        /// The name shown with the address in the From of mail sent (`None`: the
+        /// address alone).
+        display_name: Option<String>,
     },
 }
 

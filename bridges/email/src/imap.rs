@@ -18,7 +18,7 @@ use crate::incoming;
 use crate::settings::{Account, EmailSettings, Security};
 
 /// The IMAP session type over our stream.
-type ImapSession = async_imap::Session<Stream>;
+pub(crate) type ImapSession = async_imap::Session<Stream>;
 
 /// Where the last delivered mail is recorded (per user).
 const STATE_KEY: &str = "imap/state";
@@ -432,6 +432,8 @@ mod tests {
             imap: crate::Endpoint::parse("imap.example.test:993", None).unwrap(),
             smtp: crate::Endpoint::parse("smtp.example.test:465", None).unwrap(),
             mark_seen: false,
+            save_sent: false,
+            display_name: None,
         };
         assert_eq!(mailbox_id(&account), "alice@imap.example.test:993/INBOX");
         assert!(!mailbox_id(&account).contains("pw"));
@@ -472,6 +474,8 @@ mod size_tests {
             imap: crate::Endpoint::parse("127.0.0.1:1143", None).unwrap(),
             smtp: crate::Endpoint::parse("127.0.0.1:1587", None).unwrap(),
             mark_seen: false,
+            save_sent: false,
+            display_name: None,
         };
         let (events, _) = tokio::sync::mpsc::channel(1);
         let watcher = Watcher {

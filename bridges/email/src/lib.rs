@@ -14,6 +14,7 @@
 pub mod imap;
 pub mod incoming;
 pub mod outgoing;
+pub mod sent;
 mod session;
 pub mod settings;
 pub mod smtp;
@@ -47,7 +48,7 @@ impl EmailBridge {
     /// The account of registered email credentials: servers the user gave (TLS or
     /// STARTTLS, never plain), else the preset of their domain.
     pub fn account(&self, credentials: &Credentials) -> Result<Account, String> {
-        let Credentials::Email { address, password, login, imap_server, smtp_server, mark_seen } = credentials else {
+        let Credentials::Email { address, password, login, imap_server, smtp_server, mark_seen, save_sent, display_name } = credentials else {
             return Err("no email account registered".into());
         };
         let domain = address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
@@ -73,6 +74,8 @@ impl EmailBridge {
             imap: endpoint(imap_server, preset.map(|p| &p.imap), "IMAP server")?,
             smtp: endpoint(smtp_server, preset.map(|p| &p.smtp), "SMTP server")?,
             mark_seen: *mark_seen,
+            save_sent: *save_sent,
+            display_name: display_name.clone(),
         })
     }
 }

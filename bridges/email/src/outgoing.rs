@@ -22,6 +22,9 @@ const LAST_DATE: Duration = Duration::from_secs(253_402_300_800);
 pub struct OutgoingMail {
     /// The user's own address, a bare `local@domain` (see [`validate_address`]).
     pub from: String,
+    /// The user's name, shown beside `from` (`"Alice Liddell" <alice@...>`); controls
+    /// and line breaks become spaces, and lettre quotes or encodes the rest.
+    pub from_name: Option<String>,
     /// The recipient, a bare `local@domain`.
     pub to: String,
     /// The subject as the user wrote it; controls and line breaks become spaces.
@@ -127,7 +130,7 @@ pub fn build(mail: &OutgoingMail, date: SystemTime) -> Result<lettre::Message, O
     }
 
     let mut builder = lettre::Message::builder()
-        .from(Mailbox::new(None, from))
+        .from(Mailbox::new(mail.from_name.as_deref().map(sanitize_header_text).filter(|n| !n.is_empty()), from))
         .to(Mailbox::new(None, to))
         .subject(sanitize_header_text(&mail.subject))
         .date(date)
@@ -227,6 +230,7 @@ mod tests {
     fn mail() -> OutgoingMail {
         OutgoingMail {
             from: "alice@example.org".into(),
+            from_name: None,
             to: "bob@example.net".into(),
             subject: "Lunch?".into(),
             body: "Shall we have lunch?\n\n-- \nAlice\n".into(),
@@ -302,6 +306,22 @@ mod tests {
         assert!(line.contains("=?utf-8?"), "{line}");
         let parsed = MessageParser::default().parse(raw.as_bytes()).unwrap();
         assert_eq!(parsed.subject(), Some(subject));
+    }
+
+    #[test]
+    fn the_display_name_is_shown_quoted_or_encoded_and_cannot_add_a_header() {
+        for name in ["Alice Liddell", "Liddell, Alice \"Al\"", "Zoë Ångström", "Eve\r\nBcc: all@evil.example"] {
+            let (raw, headers) = render(&OutgoingMail { from_name: Some(name.into()), ..mail() });
+            assert!(header_lines(&headers, "Bcc").is_empty(), "{headers}");
+            let parsed = MessageParser::default().parse(raw.as_bytes()).unwrap();
+            let from = parsed.from().and_then(|a| a.first()).unwrap();
+            assert_eq!(from.address(), Some("alice@example.org"), "{headers}");
+            assert_eq!(from.name(), Some(sanitize_header_text(name).as_str()), "{headers}");
+        }
+        // Blank: the address alone.
+        let (raw, _) = render(&OutgoingMail { from_name: Some(" \t".into()), ..mail() });
+        let parsed = MessageParser::default().parse(raw.as_bytes()).unwrap();
+        assert_eq!(parsed.from().and_then(|a| a.first()).unwrap().name(), None);
     }
 
     #[test]

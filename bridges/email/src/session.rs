@@ -14,11 +14,15 @@ use tracing::{info, warn, Instrument};
 
 use crate::imap::Watcher;
 use crate::outgoing::{self, OutgoingMail};
+use crate::sent::{AppendError, SentFolder};
 use crate::settings::{Account, EmailSettings};
 use crate::smtp::{self, Transport};
 
 /// Prefix of outbox keys in the bridge store.
 const OUTBOX: &str = "outbox/";
+/// Prefix of the copies of sent mail waiting to be appended to the Sent folder (the
+/// same suffix as the outbox entry they were, so they keep its order).
+const SENT_COPIES: &str = "sent-copy/";
 /// First and last retry delays of the outbox.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(600);
@@ -137,7 +141,7 @@ impl EmailSession {
                         }
                     }
                     retry_at = match &transport {
-                        Some(transport) if self.flush_outbox(transport).await => {
+                        Some(transport) if self.flush_outbox(transport).await && self.file_sent_copies().await => {
                             retries.reset();
                             None
                         }
@@ -164,6 +168,8 @@ impl EmailSession {
         let domain = self.account.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost");
         let mail = OutgoingMail {
             from: self.account.address.clone(),
+            // The name the user set, else the one their client gave (XEP-0172).
+            from_name: self.account.display_name.clone().or_else(|| message.sender.clone()),
             to: to.clone(),
             subject: message.subject.clone().unwrap_or_else(|| self.settings.default_subject.clone()),
             body: message.body.clone(),
@@ -261,7 +267,12 @@ impl EmailSession {
             match result {
                 Ok(()) => {
                     info!(to = %entry.to, "mail sent");
+                    // Out of the outbox first: a crash in between loses the copy, never
+                    // sends the mail twice.
                     let _ = self.store.delete(&self.key.user, &key).await;
+                    if self.account.save_sent {
+                        self.keep_sent_copy(&key, &entry.raw).await;
+                    }
                 }
                 Err(error) if error.permanent => {
                     warn!(to = %entry.to, %error, "mail refused");
@@ -275,6 +286,57 @@ impl EmailSession {
                 }
             }
         }
+        true
+    }
+}
+
+impl EmailSession {
+    /// Keeps the copy of a mail just sent (outbox entry `key`) until it is in the Sent
+    /// folder; skipped, with a warning, when as many copies as the outbox holds mails
+    /// already wait (an IMAP server down for long must not fill the store).
+    async fn keep_sent_copy(&self, key: &str, raw: &[u8]) {
+        let waiting = self.store.list(&self.key.user, SENT_COPIES).map(|copies| copies.len()).unwrap_or(0);
+        if waiting >= self.settings.outbox.mails {
+            warn!(waiting, "too many copies wait for the Sent folder; this one is not kept");
+            return;
+        }
+        let suffix = key.strip_prefix(OUTBOX).unwrap_or(key);
+        if let Err(error) = self.store.save(&self.key.user, &format!("{SENT_COPIES}{suffix}"), raw).await {
+            warn!(%error, "cannot keep the copy for the Sent folder");
+        }
+    }
+
+    /// Appends the waiting copies of sent mail to the Sent folder, oldest first; true
+    /// when none waits any more (a copy the server refuses is dropped with a warning:
+    /// the mail itself went out).
+    async fn file_sent_copies(&self) -> bool {
+        let copies = match self.store.list(&self.key.user, SENT_COPIES) {
+            Ok(copies) if copies.is_empty() => return true,
+            Ok(copies) => copies,
+            Err(error) => {
+                warn!(%error, "cannot read the copies for the Sent folder");
+                return false;
+            }
+        };
+        let mut folder = match SentFolder::open(&self.account, &self.settings).await {
+            Ok(folder) => folder,
+            Err(error) => {
+                warn!(%error, waiting = copies.len(), "no Sent folder yet; the copies wait");
+                return false;
+            }
+        };
+        for (key, raw) in copies {
+            match folder.append(&raw).await {
+                Ok(()) => info!(folder = %folder.name(), "copy of a sent mail filed"),
+                Err(AppendError::Refused(text)) => warn!(folder = %folder.name(), %text, "the Sent folder refused a copy; dropped"),
+                Err(error @ AppendError::Failed(_)) => {
+                    warn!(%error, "filing a copy in the Sent folder failed; it waits");
+                    return false;
+                }
+            }
+            let _ = self.store.delete(&self.key.user, &key).await;
+        }
+        folder.close().await;
         true
     }
 }

@@ -77,6 +77,10 @@ pub struct Account {
     /// Whether delivered mail is flagged `\Seen`; otherwise flags are left alone
     /// (mail is fetched with BODY.PEEK).
     pub mark_seen: bool,
+    /// Whether a copy of every mail sent is appended to the Sent folder.
+    pub save_sent: bool,
+    /// The name shown beside the address in the From of mail sent.
+    pub display_name: Option<String>,
 }
 
 /// Settings of the whole email bridge.
