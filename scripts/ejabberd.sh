@@ -39,6 +39,9 @@
 #   EJABBERD_EPMD_PORT  (start; set by scripts/ejabberd-cluster.sh) the port of an
 #                       epmd that the caller runs: the node registers there instead
 #                       of using ERL_DIST_PORT, so that nodes can find each other.
+#   EJABBERD_PRIVILEGE  (start) 1: the component is a privileged entity (XEP-0356,
+#                       mod_privilege) with roster "both" and message "outgoing":
+#                       it may put contacts into the users' rosters.
 #   EJABBERD_EXTRA_CONFIG  (start) YAML appended to ejabberd.yml as top-level
 #                       options, e.g. a domain_balancing section.
 # A file DIR/node-name, if present before the first start, names the Erlang node
@@ -55,6 +58,7 @@ SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/$(basename "${BASH_SOURCE[
 
 START_TIMEOUT=60 # seconds
 STOP_TIMEOUT=10  # seconds for a clean stop before TERM/KILL
+ADDUSER_PARALLEL=4 # ejabberdctl calls at once in adduser
 EJ_USER=ejabberd
 EJABBERDCTL=/usr/sbin/ejabberdctl
 
@@ -161,6 +165,27 @@ CONTRIB_MODULES_CONF_DIR=$dir/etc/modules.d
 EJABBERD_BYPASS_WARNINGS=true
 EOF
 
+    local privilege_acl="" privilege_module=""
+    case "${EJABBERD_PRIVILEGE:-}" in
+        "" | 0) ;;
+        1)
+            # mod_privilege takes access rules (an ACL name alone matches nothing).
+            privilege_acl="
+acl:
+  gateway:
+    server: \"$jid\"
+access_rules:
+  gateway_privilege:
+    allow: gateway
+"
+            privilege_module="  mod_privilege:
+    roster:
+      both: gateway_privilege
+    message:
+      outgoing: gateway_privilege"
+            ;;
+        *) die "EJABBERD_PRIVILEGE must be 0 or 1, got '$EJABBERD_PRIVILEGE'" ;;
+    esac
     cat >"$dir/etc/ejabberd.yml" <<EOF
 # Written by scripts/ejabberd.sh: a private test instance (rewritten on start).
 hosts:
@@ -196,7 +221,7 @@ listen:
 
 auth_method: internal
 s2s_access: none
-
+${privilege_acl}
 api_permissions:
   "console commands":
     from:
@@ -210,6 +235,7 @@ modules:
   mod_roster: {}
   mod_ping: {}
   mod_offline: {}
+${privilege_module}
 ${EJABBERD_EXTRA_CONFIG:+
 # From EJABBERD_EXTRA_CONFIG:
 $EJABBERD_EXTRA_CONFIG}
@@ -400,9 +426,15 @@ cmd_adduser() {
     for ((i = 1; i <= $#; i++)); do check_word "USER/HOST/PASSWORD" "${!i}"; done
     need_root
     [ -n "$(running_pid "$dir")" ] || die "ejabberd of $dir is not running; run '$0 start $dir ...' first"
+    # At most ADDUSER_PARALLEL at once: each is an Erlang VM of its own (ejabberdctl),
+    # and thirty of them at once on a busy 2-core machine ran past their timeout.
     while [ $# -ge 3 ]; do
         add_user "$dir" "$1" "$2" "$3" &
         pids+=("$!")
+        if [ "${#pids[@]}" -ge "$ADDUSER_PARALLEL" ]; then
+            wait "${pids[0]}" || failed=1
+            pids=("${pids[@]:1}")
+        fi
         shift 3
     done
     for i in "${pids[@]}"; do
@@ -423,10 +455,10 @@ cmd_ctl() {
 # add_user DIR USER HOST PASSWORD - registers one user, or sets its password.
 add_user() {
     local dir=$1 user=$2 host=$3 password=$4 out
-    if out=$(ctl 30 "$dir" register "$user" "$host" "$password" 2>&1); then
+    if out=$(ctl 60 "$dir" register "$user" "$host" "$password" 2>&1); then
         log "user $user@$host registered"
     elif printf '%s' "$out" | grep -q -i 'already registered'; then
-        out=$(ctl 30 "$dir" change_password "$user" "$host" "$password" 2>&1) \
+        out=$(ctl 60 "$dir" change_password "$user" "$host" "$password" 2>&1) \
             || { printf '%s\n' "$out" >&2; die "could not set the password of $user@$host"; }
         log "user $user@$host existed; password set"
     else

@@ -22,7 +22,7 @@
 set -euo pipefail
 
 # All packages the tests need, in one place.
-PACKAGES="prosody lua-unbound lua-event lua-sec ejabberd jabberd2 sqlite3 ngircd openssl ca-certificates \
+PACKAGES="prosody prosody-modules lua-unbound lua-event lua-sec ejabberd jabberd2 sqlite3 ngircd openssl ca-certificates \
 dovecot-core dovecot-imapd dovecot-lmtpd postfix swaks libnet-ssleay-perl libio-socket-ssl-perl \
 inspircd atheme-services biboumi postgresql postgresql-client"
 

@@ -26,6 +26,10 @@
 #                      served on http://127.0.0.1:PORT/ and open to the users of
 #                      localhost and to the components (the gateway uploads mail
 #                      attachments there). Listed in the disco#items of localhost.
+#   PROSODY_PRIVILEGE  1: the first component (the gateway) is a privileged entity
+#                      (XEP-0356, mod_privilege from Debian's prosody-modules) with
+#                      roster "both" and message "outgoing" on localhost: it may
+#                      put contacts into the users' rosters.
 #   HARNESS_OWNER_PID  optional pid (e.g. the test process): when that process
 #                      exits while the server runs, the server is stopped.
 # Files in DIR: prosody.cfg.lua, prosody.pid, prosody.log, prosody.err,
@@ -73,10 +77,22 @@ make_certs() {
 
 write_config() {
     local dir=$1 c2s=$2 comp=$3 level=${PROSODY_LOG_LEVEL:-info} http=${PROSODY_HTTP_PORT:-} access=""
+    local privilege=${PROSODY_PRIVILEGE:-} privileged_modules="" privileged_host="" privileged_component=""
     shift 3 # the rest: JID SECRET pairs
     case "$level" in
         debug | info | warn | error) ;;
         *) die "PROSODY_LOG_LEVEL must be debug, info, warn or error, got '$level'" ;;
+    esac
+    case "$privilege" in
+        "" | 0) ;;
+        1)
+            [ -f /usr/lib/prosody/modules/mod_privilege/mod_privilege.lua ] \
+                || die "mod_privilege not found (package prosody-modules); run scripts/install-deps.sh as root"
+            privileged_modules=' "privilege";'
+            privileged_host="    privileged_entities = { [\"$1\"] = { roster = \"both\"; message = \"outgoing\"; } }"
+            privileged_component='    modules_enabled = { "privilege" }'
+            ;;
+        *) die "PROSODY_PRIVILEGE must be 0 or 1, got '$privilege'" ;;
     esac
     cat >"$dir/prosody.cfg.lua.tmp" <<EOF
 -- Written by scripts/prosody.sh: a private test instance. Do not edit (rewritten on start).
@@ -92,7 +108,7 @@ log = {
 
 -- No "limits" (it would throttle clients to 10 kB/s), no in-band registration, no s2s.
 modules_enabled = {
-    "roster"; "saslauth"; "tls"; "disco"; "ping"; "posix";
+    "roster"; "saslauth"; "tls"; "disco"; "ping"; "posix";$privileged_modules
 }
 modules_disabled = { "s2s" }
 
@@ -112,10 +128,15 @@ allow_unencrypted_plain_auth = true
 network_settings = { nagle = false; tcp_backlog = 1024 }
 
 VirtualHost "localhost"
+$privileged_host
 VirtualHost "other.localhost"
 EOF
     while [ $# -ge 2 ]; do
         printf '\nComponent "%s"\n    component_secret = "%s"\n' "$1" "$2" >>"$dir/prosody.cfg.lua.tmp"
+        if [ -n "$privileged_component" ]; then
+            printf '%s\n' "$privileged_component" >>"$dir/prosody.cfg.lua.tmp"
+            privileged_component=""
+        fi
         access="$access \"$1\";"
         shift 2
     done

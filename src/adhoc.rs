@@ -12,6 +12,9 @@ use crate::disco::{Refusal, NS_COMMANDS};
 
 /// The settings command: the registration form, filled in.
 pub const NODE_CONFIGURE: &str = "configure";
+/// The user's command that lists the network contacts the gateway gave their roster and
+/// puts them there again (`roster.rs`).
+pub const NODE_CONTACTS: &str = "contacts";
 /// Data forms.
 const NS_DATA: &str = "jabber:x:data";
 
@@ -60,11 +63,10 @@ pub fn parse(command: &Element) -> Result<Request, Refusal> {
 
 /// The commands `user` may run, for disco#items on the commands node.
 pub fn items(gateway: &Jid, is_admin: bool) -> Vec<Item> {
-    let mut items = vec![Item {
-        jid: gateway.clone(),
-        node: Some(NODE_CONFIGURE.to_owned()),
-        name: Some("Configure IRC and email accounts".to_owned()),
-    }];
+    let mut items = vec![
+        Item { jid: gateway.clone(), node: Some(NODE_CONFIGURE.to_owned()), name: Some("Configure IRC and email accounts".to_owned()) },
+        Item { jid: gateway.clone(), node: Some(NODE_CONTACTS.to_owned()), name: Some("List my contacts and put them in my roster again".to_owned()) },
+    ];
     if is_admin {
         items.extend(crate::admin::COMMANDS.iter().map(|(node, name)| Item {
             jid: gateway.clone(),
@@ -180,9 +182,10 @@ mod tests {
     #[test]
     fn admins_see_their_commands() {
         let gw: Jid = "gw.localhost".parse().unwrap();
-        assert_eq!(items(&gw, false).len(), 1);
+        let users: Vec<_> = items(&gw, false).into_iter().filter_map(|i| i.node).collect();
+        assert_eq!(users, [NODE_CONFIGURE, NODE_CONTACTS]);
         let nodes: Vec<_> = items(&gw, true).into_iter().filter_map(|i| i.node).collect();
-        assert_eq!(nodes.len(), 1 + crate::admin::COMMANDS.len());
+        assert_eq!(nodes.len(), 2 + crate::admin::COMMANDS.len());
         assert!(nodes.iter().any(|n| n == "status") && nodes.iter().any(|n| n.ends_with("#announce")));
     }
 

@@ -18,6 +18,7 @@ use xmpp_parsers::presence::Presence;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
 use crate::address::Address;
+use crate::roster::{self, Contact, Roster};
 use crate::connection::NS_COMPONENT;
 use crate::sessions::Sessions;
 use crate::side::{self, peer_jid, refuse, stanza_to, Conversations, Envelope, NetworkSide};
@@ -53,6 +54,8 @@ pub struct EmailSide {
     uploads: Option<UploadQueues>,
     /// Bytes of one message body to email (`[limits] message_bytes_email`).
     message_bytes: usize,
+    /// Puts correspondents into the users' rosters (none in unit tests).
+    roster: Option<Roster>,
 }
 
 impl EmailSide {
@@ -68,6 +71,20 @@ impl EmailSide {
             conversations: Conversations::default(),
             uploads,
             message_bytes,
+            roster: None,
+        }
+    }
+
+    /// The same side, offering every correspondent to the user's roster.
+    #[must_use]
+    pub fn with_roster(self, roster: Roster) -> Self {
+        EmailSide { roster: Some(roster), ..self }
+    }
+
+    /// Offers the address behind `jid` to `user`'s roster (once), named `name`.
+    async fn offer_contact(&self, user: &str, jid: &str, name: Option<String>) {
+        if let Some(roster) = &self.roster {
+            roster.contact(user, Contact { jid: jid.to_owned(), name, group: roster::GROUP_EMAIL }).await;
         }
     }
 
@@ -176,8 +193,13 @@ impl NetworkSide for EmailSide {
         let message = side::chat_to(stanza, Peer::EmailAddress(address.clone()), body);
         self.conversations.note(stanza, envelope);
         let result = side::hand_to_session(&mut self.sessions, &self.store, &envelope.user_id(), NetworkId::Email, Command::Send(message));
-        if let Err((condition, text)) = result {
-            refuse(&self.out, stanza, condition, &text).await;
+        match result {
+            Err((condition, text)) => refuse(&self.out, stanza, condition, &text).await,
+            Ok(()) => {
+                if let Some(contact) = stanza_to(stanza) {
+                    self.offer_contact(&envelope.user, &contact.to_bare().to_string(), None).await;
+                }
+            }
         }
     }
 
@@ -188,6 +210,8 @@ impl NetworkSide for EmailSide {
                 let Some(from) = peer_jid(&message.peer, None, None, &self.gateway) else {
                     return warn!(%user, "an email session reported a message from an address we cannot form");
                 };
+                // In the roster first, so the message comes from a named contact.
+                self.offer_contact(&user, &from, message.sender.clone()).await;
                 if let Some(stanza) = side::chat_from(&from, &user, message) {
                     self.out.send(stanza).await;
                 }

@@ -25,6 +25,7 @@ use crate::connection::NS_COMPONENT;
 use crate::disco::{self, Refusal};
 use crate::extensions::{self, Outgoing, Said};
 use crate::muc::{self, room_key, Room, RoomKeyRef, Rooms};
+use crate::roster::{self, Contact, Roster};
 use crate::sessions::Sessions;
 use crate::side::{self, peer_jid, refuse, stanza_to, Conversations, Envelope, NetworkSide, SavedRoom};
 use crate::stanza;
@@ -68,6 +69,9 @@ pub struct IrcSide {
     /// Private messages whose senders asked for a XEP-0184 receipt, by (user, XMPP id),
     /// with the contact JID the receipt comes from, until the server takes them.
     receipts: HashMap<(UserId, String), String>,
+    /// Puts the IRC users a user talks with privately into their roster (none in unit
+    /// tests).
+    roster: Option<Roster>,
 }
 
 /// Entries [`IrcSide`]'s per-message maps (`reflected`, `receipts`) hold at most: a server
@@ -102,6 +106,21 @@ impl IrcSide {
             reflected: HashSet::new(),
             said: HashMap::new(),
             receipts: HashMap::new(),
+            roster: None,
+        }
+    }
+
+    /// The same side, offering every IRC user the user talks with privately to their
+    /// roster.
+    #[must_use]
+    pub fn with_roster(self, roster: Roster) -> Self {
+        IrcSide { roster: Some(roster), ..self }
+    }
+
+    /// Offers `nick` (whose JID is `jid`) to `user`'s roster, once.
+    async fn offer_contact(&self, user: &str, jid: &str, nick: &str) {
+        if let Some(roster) = &self.roster {
+            roster.contact(user, Contact { jid: jid.to_owned(), name: Some(nick.to_owned()), group: roster::GROUP_IRC }).await;
         }
     }
 
@@ -492,6 +511,10 @@ impl IrcSide {
             _ => message.body.clone(),
         };
         let delay = message.delay;
+        // A person writing (not the server, not a service's notice): a contact.
+        if let (Peer::Nick(nick), MessageKind::Chat | MessageKind::Action) = (&message.peer, &message.kind) {
+            self.offer_contact(&key.user.0, &from, nick).await;
+        }
         let archived = match delay {
             None => self.archive(&key.user, Conversation::private(&from), Direction::FromContact, &from, &body).await,
             Some(_) => None,
@@ -895,6 +918,9 @@ impl NetworkSide for IrcSide {
         match self.hand_to_session(&user, network, Command::Send(message)) {
             Err((condition, text)) => refuse(&self.out, stanza, condition, &text).await,
             Ok(()) => {
+                if let (Address::IrcUser { nick, .. }, Some(contact)) = (&envelope.target, &contact) {
+                    self.offer_contact(&envelope.user, contact, nick).await;
+                }
                 if let (true, Some(id), Some(contact)) = receipt {
                     if self.receipts.len() >= MOST_PENDING {
                         self.receipts.clear();

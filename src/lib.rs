@@ -22,6 +22,7 @@ pub mod muc;
 pub mod presence;
 pub mod registration;
 pub mod requests;
+pub mod roster;
 pub mod router;
 pub mod sanitize;
 pub mod sessions;
@@ -201,20 +202,28 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             None
         }
     };
+    let roster = roster::Roster::new(&gateway, out.clone(), requests.clone(), store.clone());
     // One XMPP side per kind of network, each with the sessions of its bridge: a new
     // network is one more line here.
     let sides: Vec<Box<dyn NetworkSide>> = vec![
-        Box::new(IrcSide::new(
-            &gateway,
-            out.clone(),
-            store.clone(),
-            Sessions::new(vec![Arc::new(irc_bridge(&config))], events_tx.clone()),
-            irc_side::IrcPolicy::of(&config),
-            archive.clone(),
-        )),
-        Box::new(EmailSide::new(&gateway, out.clone(), store.clone(), Sessions::new(vec![email.clone()], events_tx), uploads, config.limits.message_bytes_email)),
+        Box::new(
+            IrcSide::new(
+                &gateway,
+                out.clone(),
+                store.clone(),
+                Sessions::new(vec![Arc::new(irc_bridge(&config))], events_tx.clone()),
+                irc_side::IrcPolicy::of(&config),
+                archive.clone(),
+            )
+            .with_roster(roster.clone()),
+        ),
+        Box::new(
+            EmailSide::new(&gateway, out.clone(), store.clone(), Sessions::new(vec![email.clone()], events_tx), uploads, config.limits.message_bytes_email)
+                .with_roster(roster.clone()),
+        ),
     ];
     let mut router = Router::new(config.clone(), store.clone(), out.clone(), sides, email, requests, archive.clone());
+    router.keep_rosters(roster);
     let mut cluster = match membership {
         Some(membership) => {
             router.join_cluster(membership.lease.clone());

@@ -30,6 +30,7 @@ use crate::mam;
 use crate::presence::{Change, OnlineUsers};
 use crate::registration::{self, Request, NS_REGISTER};
 use crate::requests::Requests;
+use crate::roster::Roster;
 use crate::side::{self, internal, network_of, refuse, stanza_to, Envelope, NetworkSide};
 use crate::stanza;
 use crate::store::{Store, StoreError, UserRecord};
@@ -86,6 +87,12 @@ pub struct Router {
     archive: Archive,
     /// This instance's part in a cluster (several instances on one domain), if any.
     cluster: Option<ClusterPart>,
+    /// Puts network contacts into users' rosters (XEP-0356 where granted); takes the
+    /// server's grants. `None` until [`Router::keep_rosters`].
+    roster: Option<Roster>,
+    /// The contacts pushed into each user being unregistered, read before their records
+    /// go, taken out of the roster once the removal is durable.
+    leaving: std::collections::HashMap<String, Vec<String>>,
 }
 
 /// What the router keeps as one instance of a cluster.
@@ -193,6 +200,22 @@ impl Router {
             requests,
             archive,
             cluster: None,
+            roster: None,
+            leaving: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Has `roster` take the servers' XEP-0356 grants and clean up after unregistered
+    /// users (the sides offer it contacts).
+    pub fn keep_rosters(&mut self, roster: Roster) {
+        self.roster = Some(roster);
+    }
+
+    /// Reads what was pushed into `user`'s roster, before their records are removed.
+    fn note_leaving(&mut self, user: &str) {
+        if let Some(roster) = &self.roster {
+            let jids = roster.offered(user).into_iter().map(|contact| contact.jid).collect();
+            self.leaving.insert(user.to_owned(), jids);
         }
     }
 
@@ -480,6 +503,26 @@ impl Router {
                 let session = format!("{:016x}", fastrand::u64(..));
                 self.reply(stanza, Some(adhoc::executing(&node, &session, form))).await;
             }
+            adhoc::Request::Execute { node } if node == adhoc::NODE_CONTACTS => {
+                let (Some(roster), Ok(Some(_))) = (&self.roster, self.store.user(&user)) else {
+                    return refuse(&self.out, stanza, DefinedCondition::RegistrationRequired, "register with the gateway first").await;
+                };
+                let contacts = roster.offered(&user);
+                let lines: Vec<String> = contacts
+                    .iter()
+                    .map(|c| format!("{} <{}> ({})", c.name.as_deref().unwrap_or("(no name)"), c.jid, c.group))
+                    .collect();
+                let note = match lines.len() {
+                    0 => "No contacts yet: people you write to or who write to you through the gateway are added.".to_owned(),
+                    1 => format!("1 contact, put in your roster again:\n{}", lines[0]),
+                    n => format!("{n} contacts, put in your roster again:\n{}", lines.join("\n")),
+                };
+                for contact in contacts {
+                    roster.offer(&user, contact).await;
+                }
+                let session = format!("{:016x}", fastrand::u64(..));
+                self.reply(stanza, Some(adhoc::completed(&node, &session, &note, None))).await;
+            }
             adhoc::Request::Complete { node, session, form } if node == adhoc::NODE_CONFIGURE => {
                 let query = Element::builder("query", NS_REGISTER).append(form).build();
                 let done = adhoc::completed(&node, &session, "Settings saved.", None);
@@ -594,6 +637,9 @@ impl Router {
             }
             (admin::NODE_DELETE_USERS, Some(form)) => match admin::jids(&form, admin::FIELD_JIDS) {
                 Ok(users) => {
+                    for user in &users {
+                        self.note_leaving(user);
+                    }
                     let removals: Vec<_> = users.iter().map(|user| (user.clone(), self.store.remove_user(user))).collect();
                     let (tasks, stanza, done) = (self.tasks_tx.clone(), stanza.clone(), done("Registrations deleted", None));
                     tokio::spawn(async move {
@@ -743,6 +789,7 @@ impl Router {
                 if existing.is_none() {
                     return Err((DefinedCondition::RegistrationRequired, "you are not registered".into()));
                 }
+                self.note_leaving(user);
                 let removal = self.store.remove_user(user);
                 let (tasks, stanza, user) = (self.tasks_tx.clone(), stanza.clone(), user.to_owned());
                 tokio::spawn(async move {
@@ -872,6 +919,9 @@ impl Router {
         for type_ in [PresenceType::Unsubscribe, PresenceType::Unsubscribed, PresenceType::Unavailable] {
             self.send_presence(Presence::new(type_), user).await;
         }
+        if let (Some(roster), Some(jids)) = (&self.roster, self.leaving.remove(user)) {
+            roster.remove(user, jids).await;
+        }
     }
 
     /// Where the metrics endpoint asks for gauges ([`RouterTask::Gauges`]).
@@ -947,6 +997,10 @@ impl Router {
     }
 
     async fn handle_message(&mut self, stanza: Element, envelope: Envelope) {
+        // The server saying what it grants the gateway (XEP-0356), on each connection.
+        if self.roster.as_ref().is_some_and(|roster| roster.advertised(&stanza)) {
+            return;
+        }
         let kind = stanza.attr("type").unwrap_or("normal");
         if kind == "error" {
             return debug!(user = %envelope.user, "error message ignored");

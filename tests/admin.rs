@@ -122,8 +122,8 @@ async fn administrators_list_disconnect_ban_delete_and_announce_and_nobody_else_
             .unwrap_or_default()
     };
     let list = format!("<query xmlns='http://jabber.org/protocol/disco#items' node='{CMD}'/>");
-    assert_eq!(items(&alice.iq("get", &list).await), ["configure"]);
-    assert_eq!(items(&bob.iq("get", &list).await).len(), 8, "configure and seven administrators' commands");
+    assert_eq!(items(&alice.iq("get", &list).await), ["configure", "contacts"]);
+    assert_eq!(items(&bob.iq("get", &list).await).len(), 9, "configure, contacts and seven administrators' commands");
 
     // Lists: registered users, online users with what they have open.
     let users = execute(&mut bob, "http://jabber.org/protocol/admin#get-registered-users-list").await;

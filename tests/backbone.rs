@@ -347,7 +347,7 @@ async fn ad_hoc_commands_configure_settings_and_show_status_to_admins() {
         .children()
         .filter_map(|i| i.attr("node").map(str::to_owned))
         .collect();
-    assert_eq!(nodes, vec!["configure"], "alice is no admin");
+    assert_eq!(nodes, vec!["configure", "contacts"], "alice is no admin");
 
     let started = alice.iq("set", &format!("<command xmlns='{CMD}' node='configure' action='execute'/>")).await;
     let command = started.get_child("command", CMD).expect("a command");

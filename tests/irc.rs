@@ -287,6 +287,9 @@ async fn private_conversation_both_ways_and_quit_shows_offline(kind: ServerKind)
     let reply = alice.wait_for("bob's reply", |e| body(e).as_deref() == Some("hi alice")).await;
     assert_eq!(reply.attr("from"), Some(bob_jid.as_str()));
     assert_eq!(reply.attr("type"), Some("chat"));
+    // Bob is a contact now: without a roster grant, he asks for a subscription, named.
+    let request = alice.wait_for("bob's subscription request", |e| is_presence_from(e, &bob_jid) && e.attr("type") == Some("subscribe")).await;
+    assert_eq!(request.get_child("nick", "http://jabber.org/protocol/nick").map(|n| n.text()).as_deref(), Some("bob"));
 
     // IRC shows a QUIT only to those who share a channel with the quitter.
     join(&mut alice, &room("#common"), "alice").await;

@@ -132,6 +132,9 @@ pub struct ServerOptions {
     /// stanza it receives (`Received[component]: <iq ...>`): evidence of what the gateway
     /// sent that no client sees, such as its keepalive pings to itself.
     pub debug_log: bool,
+    /// Whether the gateway is a privileged entity (XEP-0356) with write access to the
+    /// rosters of localhost's users.
+    pub roster_privilege: bool,
 }
 
 /// A private XMPP server with its own directory and ports; stopped on drop.
@@ -156,7 +159,8 @@ impl XmppServer {
     /// Same, with more components or an upload service (Prosody only).
     pub fn start_with(kind: ServerKind, options: ServerOptions) -> XmppServer {
         let plain = options.extra_components.is_empty() && !options.http_upload && !options.debug_log;
-        assert!(kind == ServerKind::Prosody || plain, "only the Prosody script takes server options");
+        assert!(kind == ServerKind::Prosody || plain, "only the Prosody script takes server options (but roster_privilege)");
+        assert!(kind != ServerKind::Jabberd2 || !options.roster_privilege, "jabberd2 has no XEP-0356");
         let dir = tempfile::Builder::new().prefix("gw-test-").tempdir().unwrap();
         let mut server = XmppServer { kind, dir, c2s_port: 0, component_port: 0, http_port: None, options };
         // A port found free can be taken by a parallel test before the server binds it.
@@ -213,6 +217,10 @@ impl XmppServer {
         let mut env = vec![("PROSODY_HTTP_PORT", http.as_str())];
         if self.options.debug_log {
             env.push(("PROSODY_LOG_LEVEL", "debug"));
+        }
+        if self.options.roster_privilege {
+            env.push(("PROSODY_PRIVILEGE", "1"));
+            env.push(("EJABBERD_PRIVILEGE", "1"));
         }
         try_script_env(self.script(), &args, &env)
     }
