@@ -325,8 +325,14 @@ async fn three_instances_serve_thirty_users_who_talk_and_read_mail_and_a_killed_
         }
         sent.iter().filter(|(_, text, _)| counts.get(text.as_str()).is_some_and(|n| *n > 1)).count()
     };
-    eprintln!("{} lines sent: {delivered} delivered ({twice} of them twice), {} answered with an error {refused:?}, {} vanished", sent.len(), refused.len(), vanished.len());
-    assert!(vanished.is_empty(), "lines neither delivered nor refused: {vanished:?}");
+    eprintln!("{} lines sent: {delivered} delivered ({twice} of them twice), {} answered with an error {refused:?}, {} vanished {vanished:?}", sent.len(), refused.len(), vanished.len());
+    // What XEP-0114 cannot give: a stanza the server wrote into the killed instance's
+    // connection before it saw the connection close is gone with the process (the
+    // protocol has no acknowledgements, and the server does not bounce it). So the one
+    // round said right after the kill, by the victim's users, may be lost; nothing else.
+    let dying_round: Vec<String> = victims.iter().map(|&i| format!("m4-{}", users[i].nick)).collect();
+    let lost_elsewhere: Vec<&&String> = vanished.iter().filter(|id| !dying_round.contains(id)).collect();
+    assert!(lost_elsewhere.is_empty(), "lines neither delivered nor refused besides the dying connection's: {lost_elsewhere:?}");
 
     // The survivors' keepalive pings (every 2 s of silence) came back to them each time,
     // whichever instance the server handed them to.
