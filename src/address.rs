@@ -12,6 +12,7 @@
 //! | `nick%irc.example.org`    | [`Address::IrcUser`]                          |
 //! | `irc.example.org`         | [`Address::IrcServer`]                        |
 //! | `alice\40example.org`     | [`Address::Email`]                            |
+//! | `a\40x.org,b\40y.org`     | [`Address::EmailGroup`] (one mail to all)     |
 //!
 //! How a localpart is read, after XEP-0106 unescaping:
 //!
@@ -19,7 +20,8 @@
 //! 2. an `@` after the last `%` (or an `@` and no `%` at all): an email address. An IRC
 //!    server name can never hold an `@`, so this reading only applies to localparts that
 //!    would otherwise be invalid IRC addresses; it lets email addresses with a `%` in
-//!    their local part (XEP-0106's own example `here's_a_wild_&_/cr%zy/_address`) through;
+//!    their local part (XEP-0106's own example `here's_a_wild_&_/cr%zy/_address`) through.
+//!    Commas separate the addresses of a group (no address holds one);
 //! 3. otherwise, with a `%`: IRC. The text is split at the **last** `%` into a name and a
 //!    server; a name starting with `#` or `&` is a channel, any other a nick;
 //! 4. otherwise: an IRC server (a hostname or an IPv4 address). A lone `#chan` or `&chan`
@@ -53,6 +55,9 @@ pub const MAX_LABEL_LEN: usize = 63;
 pub const MAX_EMAIL_LOCAL_LEN: usize = 64;
 /// Longest email address, in bytes (RFC 5321 path limit less the angle brackets).
 pub const MAX_EMAIL_LEN: usize = 254;
+/// Most addresses in one group address (`a\40x.org,b\40y.org@gw`): one mail goes to
+/// all of them.
+pub const MAX_GROUP_ADDRESSES: usize = 20;
 
 /// The forms [`from_legacy_prompt`] accepts, for the `<desc>` of an XEP-0100
 /// `jabber:iq:gateway` answer and for error messages.
@@ -95,6 +100,12 @@ pub enum Address {
         /// The address, unescaped, local part as given, domain lower-cased:
         /// `alice@example.org`.
         address: String,
+    },
+    /// Several email addresses, separated by commas in the localpart
+    /// (`bob\40example.org,carol\40example.net`): one conversation with all of them.
+    EmailGroup {
+        /// Two or more addresses as [`Address::Email`] holds one, sorted, without repeats.
+        addresses: Vec<String>,
     },
 }
 
@@ -356,6 +367,12 @@ pub enum AddressError {
         address: String,
         /// What is wrong with it.
         problem: EmailProblem,
+    },
+    /// A group of email addresses with more than [`MAX_GROUP_ADDRESSES`] of them.
+    #[error("{count} addresses is more than the {MAX_GROUP_ADDRESSES} one group of email addresses may have")]
+    TooManyAddresses {
+        /// How many the group has.
+        count: usize,
     },
     /// An `irc://` or `ircs://` URL typed at the prompt that cannot be used.
     #[error(
@@ -689,6 +706,27 @@ fn irc_address(input: &str, name: &str, server: &str) -> Result<Address, Address
     })
 }
 
+/// Builds an email address, or a group of them when `text` holds commas (an address
+/// never does: a comma is no `atext`), from unescaped text.
+fn email_address_or_group(text: &str) -> Result<Address, AddressError> {
+    if !text.contains(',') {
+        return email_address(text);
+    }
+    let mut addresses = Vec::new();
+    for member in text.split(',') {
+        if let Address::Email { address } = email_address(member)? {
+            addresses.push(address);
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    match addresses.len() {
+        1 => Ok(Address::Email { address: addresses.remove(0) }),
+        count if count > MAX_GROUP_ADDRESSES => Err(AddressError::TooManyAddresses { count }),
+        _ => Ok(Address::EmailGroup { addresses }),
+    }
+}
+
 /// Builds an email address from unescaped text.
 fn email_address(address: &str) -> Result<Address, AddressError> {
     normalize_email(address)
@@ -722,7 +760,7 @@ pub fn parse_localpart(local: &str) -> Result<Address, AddressError> {
     let last_at = text.rfind('@');
     match (last_percent, last_at) {
         // An `@` after the last `%` can only be an email address: a server has no `@`.
-        (_, Some(at)) if last_percent.is_none_or(|percent| percent < at) => email_address(&text),
+        (_, Some(at)) if last_percent.is_none_or(|percent| percent < at) => email_address_or_group(&text),
         (Some(percent), _) => irc_address(&text, &text[..percent], &text[percent + 1..]),
         (None, _) if is_channel_name(&text) => Err(AddressError::MissingServer { name: text }),
         (None, _) => normalize_server(&text)
@@ -761,6 +799,11 @@ pub fn format_localpart(address: &Address) -> String {
             }
             None => escape_localpart(address),
         },
+        Address::EmailGroup { addresses } => addresses
+            .iter()
+            .map(|address| format_localpart(&Address::Email { address: address.clone() }))
+            .collect::<Vec<_>>()
+            .join(","),
     }
 }
 
@@ -821,6 +864,10 @@ pub fn from_legacy_prompt(prompt: &str) -> Result<Address, AddressError> {
         .or_else(|| strip_prefix_ignore_ascii_case(text, "ircs://"))
     {
         return parse_irc_url(text, rest);
+    }
+    // Several email addresses, comma-separated (spaces after the commas allowed).
+    if text.contains(',') && text.contains('@') && !text.contains('%') {
+        return email_address_or_group(&text.split(',').map(str::trim).collect::<Vec<_>>().join(","));
     }
     if text.contains(char::is_whitespace) {
         let mut words = text.split_whitespace();
@@ -1272,6 +1319,30 @@ mod tests {
     }
 
     #[test]
+    fn email_groups() {
+        let group = |addresses: &[&str]| Address::EmailGroup { addresses: addresses.iter().map(|a| (*a).to_owned()).collect() };
+        // Sorted and without repeats, so one group has one JID.
+        assert_both_ways("bob\\40b.example,carol\\40c.example", group(&["bob@b.example", "carol@c.example"]));
+        assert_eq!(
+            parse_localpart("carol\\40C.example,bob\\40b.example,carol\\40c.example"),
+            Ok(group(&["bob@b.example", "carol@c.example"]))
+        );
+        // One address, written twice, is that address.
+        assert_eq!(parse_localpart("bob\\40b.example,bob\\40B.example"), Ok(email("bob@b.example")));
+        // Each member is checked, and named when wrong.
+        assert!(matches!(
+            parse_localpart("bob\\40b.example,carol"),
+            Err(AddressError::InvalidEmail { address, .. }) if address == "carol"
+        ));
+        assert!(matches!(parse_localpart("bob\\40b.example,"), Err(AddressError::InvalidEmail { .. })));
+        let many: Vec<String> = (0..=MAX_GROUP_ADDRESSES).map(|i| format!("u{i}\\40x.example")).collect();
+        assert_eq!(parse_localpart(&many.join(",")), Err(AddressError::TooManyAddresses { count: MAX_GROUP_ADDRESSES + 1 }));
+        assert!(matches!(parse_localpart(&many[1..].join(",")), Ok(Address::EmailGroup { addresses }) if addresses.len() == MAX_GROUP_ADDRESSES));
+        // Typed at the prompt, with spaces after the commas.
+        assert_eq!(from_legacy_prompt("carol@c.example, bob@b.example"), Ok(group(&["bob@b.example", "carol@c.example"])));
+    }
+
+    #[test]
     fn email_length_limits() {
         let local = "a".repeat(MAX_EMAIL_LOCAL_LEN);
         let ok = format!("{local}@example.org");
@@ -1439,12 +1510,14 @@ mod tests {
             LocalPartTooLong
         );
         for c in [
-            '<', '>', ',', ';', '"', '(', ')', '[', ']', '\\', ' ', ':', '\t', '\r', '\n', '\0',
+            '<', '>', ';', '"', '(', ')', '[', ']', '\\', ' ', ':', '\t', '\r', '\n', '\0',
             'é',
         ] {
             let local = escape_localpart(&format!("a{c}b@example.org"));
             assert_eq!(email_error(&local), ForbiddenChar(c), "{c:?}");
         }
+        // A comma separates the addresses of a group: `a` is the one at fault.
+        assert_eq!(email_error(&escape_localpart("a,b@example.org")), NoAt);
         assert_eq!(email_error(".alice\\40example.org"), MisplacedDot);
         assert_eq!(email_error("alice.\\40example.org"), MisplacedDot);
         assert_eq!(email_error("al..ice\\40example.org"), MisplacedDot);

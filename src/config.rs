@@ -141,6 +141,10 @@ pub struct LimitsConfig {
     /// Bytes of one message's body to email.
     #[serde(default = "default_message_bytes_email")]
     pub message_bytes_email: usize,
+    /// Bytes of one file a user links to (XEP-0066/XEP-0363) that is fetched from their
+    /// upload service and attached to their mail; a larger one is refused.
+    #[serde(default = "default_attachment_bytes_email")]
+    pub attachment_bytes_email: usize,
     /// Bytes of one stanza from the XMPP server; a bigger one is skipped as it is read
     /// (never held) and its sender told.
     #[serde(default = "default_stanza_bytes")]
@@ -272,6 +276,9 @@ fn default_message_bytes_irc() -> usize {
 fn default_message_bytes_email() -> usize {
     1024 * 1024
 }
+fn default_attachment_bytes_email() -> usize {
+    10 * 1024 * 1024
+}
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -280,6 +287,7 @@ impl Default for LimitsConfig {
             channels_per_user: default_channels_per_user(),
             message_bytes_irc: default_message_bytes_irc(),
             message_bytes_email: default_message_bytes_email(),
+            attachment_bytes_email: default_attachment_bytes_email(),
             stanza_bytes: default_stanza_bytes(),
             xml_depth: default_xml_depth(),
             irc_line_bytes: default_irc_line_bytes(),

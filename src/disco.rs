@@ -39,6 +39,7 @@ const GATEWAY_FEATURES: &[&str] = &[
     NS_PING,
     NS_VERSION,
     NS_COMMANDS,
+    crate::multicast::NS_ADDRESS,
 ];
 
 /// An answer that is an error: the condition and a text for the user.
@@ -84,6 +85,9 @@ pub fn info(address: &Address, node: Option<&str>, extra: Features) -> Result<Di
         }
         Address::Email { address } => {
             (vec![Identity::new("client", "pc", "en", address.clone())], &[NS_DISCO_INFO])
+        }
+        Address::EmailGroup { addresses } => {
+            (vec![Identity::new("client", "pc", "en", addresses.join(", "))], &[NS_DISCO_INFO])
         }
     };
     let archived = match address {

@@ -29,6 +29,8 @@ use crate::writer::Outbox;
 /// How many email contacts per user are remembered to be told of the account's status;
 /// beyond that the oldest are forgotten (their server probes again at the next login).
 const CONTACTS_PER_USER: usize = 1024;
+/// Files one message may link to that are attached to its mail.
+const LINKS_PER_MESSAGE: usize = 10;
 
 /// The XMPP side of the users' email accounts.
 pub struct EmailSide {
@@ -183,21 +185,31 @@ impl NetworkSide for EmailSide {
     }
 
     async fn message(&mut self, stanza: &Element, envelope: &Envelope, _kind: &str) {
-        let Address::Email { address } = &envelope.target else { return };
+        let peer = match &envelope.target {
+            Address::Email { address } => Peer::EmailAddress(address.clone()),
+            Address::EmailGroup { addresses } => Peer::EmailGroup(addresses.clone()),
+            _ => return,
+        };
         // Chat states and receipts without a body: nothing to mail.
         let Some(body) = stanza.get_child("body", NS_COMPONENT).map(Element::text) else { return };
         if body.len() > self.message_bytes {
             let text = format!("a message to email may have at most {} bytes; this one has {}", self.message_bytes, body.len());
             return refuse(&self.out, stanza, DefinedCondition::PolicyViolation, &text).await;
         }
-        let message = side::chat_to(stanza, Peer::EmailAddress(address.clone()), body);
-        self.conversations.note(stanza, envelope);
+        let mut message = side::chat_to(stanza, peer.clone(), body);
+        message.links = linked_files(stanza);
+        // Keyed by the address written to (not the gateway, for XEP-0033 addressing), which
+        // a failure comes back from.
+        let contact = peer_jid(&peer, None, None, &self.gateway);
+        if let Some(contact) = &contact {
+            self.conversations.wrote(&envelope.user, contact.clone(), envelope.from.to_string());
+        }
         let result = side::hand_to_session(&mut self.sessions, &self.store, &envelope.user_id(), NetworkId::Email, Command::Send(message));
         match result {
             Err((condition, text)) => refuse(&self.out, stanza, condition, &text).await,
             Ok(()) => {
-                if let Some(contact) = stanza_to(stanza) {
-                    self.offer_contact(&envelope.user, &contact.to_bare().to_string(), None).await;
+                if let Some(contact) = contact {
+                    self.offer_contact(&envelope.user, &contact, None).await;
                 }
             }
         }
@@ -275,6 +287,21 @@ impl NetworkSide for EmailSide {
     fn sessions(&self) -> usize {
         self.sessions.len()
     }
+}
+
+/// The URLs of the files a message links to (XEP-0066 `<x xmlns='jabber:x:oob'/>`, as
+/// XEP-0363 clients share their uploads), at most [`LINKS_PER_MESSAGE`].
+fn linked_files(stanza: &Element) -> Vec<String> {
+    let mut links: Vec<String> = Vec::new();
+    for payload in stanza.children().filter(|child| child.is("x", xmpp_parsers::ns::OOB)) {
+        if let Ok(oob) = xmpp_parsers::oob::Oob::try_from(payload.clone()) {
+            let url = oob.url.trim().to_owned();
+            if !url.is_empty() && !links.contains(&url) && links.len() < LINKS_PER_MESSAGE {
+                links.push(url);
+            }
+        }
+    }
+    links
 }
 
 #[cfg(test)]

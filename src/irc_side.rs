@@ -324,7 +324,7 @@ impl IrcSide {
                 if plain && self.echoing.contains(&session) {
                     // The server's echo is the reflection.
                     let channel = self.rooms.get(&key).map(|r| r.channel.clone()).unwrap_or_default();
-                    let message = Message { peer: Peer::Channel(channel), sender: None, kind: MessageKind::Group, body: text, subject: None, thread: None, id, delay: None };
+                    let message = Message { peer: Peer::Channel(channel), sender: None, kind: MessageKind::Group, body: text, subject: None, thread: None, id, delay: None, links: Vec::new() };
                     return self.room_command(stanza, session, Command::Send(message)).await;
                 }
                 (text, MessageKind::Group)
@@ -332,7 +332,7 @@ impl IrcSide {
         };
         self.reflect(&session, channel, Some(&body), &markup, id.as_deref(), stanza).await;
         let Some(room) = self.rooms.get(&self.key(&session, channel)) else { return };
-        let message = Message { peer: Peer::Channel(room.channel.clone()), sender: None, kind, body, subject: None, thread: None, id, delay: None };
+        let message = Message { peer: Peer::Channel(room.channel.clone()), sender: None, kind, body, subject: None, thread: None, id, delay: None, links: Vec::new() };
         self.room_command(stanza, session, Command::Send(message)).await;
     }
 
@@ -1483,7 +1483,7 @@ mod tests {
         let entry = drain(&mut f.out);
         assert_eq!(to(&entry), ["u@h/b"; 3], "the first resource is not sent the entry twice");
         // From now on both get the channel.
-        let line = Message { peer: Peer::Channel("#c".into()), sender: Some("bob".into()), kind: MessageKind::Group, body: "hi".into(), subject: None, thread: None, id: None, delay: None };
+        let line = Message { peer: Peer::Channel("#c".into()), sender: Some("bob".into()), kind: MessageKind::Group, body: "hi".into(), subject: None, thread: None, id: None, delay: None, links: Vec::new() };
         f.side.event(key(), Event::Message(line)).await;
         let mut got = to(&drain(&mut f.out)).into_iter().map(str::to_owned).collect::<Vec<_>>();
         got.sort();
@@ -1530,7 +1530,7 @@ mod tests {
     async fn a_session_end_hands_unhandled_commands_to_a_new_session_else_closes_the_rooms() {
         let mut f = Fixture::in_room().await;
         f.bridge.end(0);
-        let late = Command::Send(Message { peer: Peer::Channel("#c".into()), sender: None, kind: MessageKind::Group, body: "late".into(), subject: None, thread: None, id: None, delay: None });
+        let late = Command::Send(Message { peer: Peer::Channel("#c".into()), sender: None, kind: MessageKind::Group, body: "late".into(), subject: None, thread: None, id: None, delay: None, links: Vec::new() });
         f.side.event(key(), Event::Ended { reason: "lingered".into(), unhandled: vec![late.clone()] }).await;
         assert_eq!(f.bridge.started(), 2, "a new session takes the command");
         assert_eq!(f.bridge.commands(1), [late]);
@@ -1695,7 +1695,7 @@ mod tests {
         assert!(f.bridge.commands(0).is_empty(), "no PART, no QUIT");
         assert_eq!(f.side.rooms(), 1, "kept for nobody");
         // A line meanwhile goes to nobody (and to the archive).
-        let line = Message { peer: Peer::Channel("#c".into()), sender: Some("bob".into()), kind: MessageKind::Group, body: "hi".into(), subject: None, thread: None, id: None, delay: None };
+        let line = Message { peer: Peer::Channel("#c".into()), sender: Some("bob".into()), kind: MessageKind::Group, body: "hi".into(), subject: None, thread: None, id: None, delay: None, links: Vec::new() };
         f.side.event(key(), Event::Message(line)).await;
         assert!(drain(&mut f.out).is_empty());
         // Back: the session replays the room (no new session, a Join it answers itself).

@@ -12,6 +12,7 @@ pub mod component;
 pub mod config;
 pub mod connection;
 pub mod disco;
+pub mod download;
 pub mod encode;
 pub mod extensions;
 pub mod email_side;
@@ -19,6 +20,7 @@ pub mod irc_side;
 pub mod mam;
 pub mod metrics;
 pub mod muc;
+pub mod multicast;
 pub mod presence;
 pub mod registration;
 pub mod requests;
@@ -128,6 +130,7 @@ fn email_bridge(config: &Config, store: Arc<dyn bridge_core::BridgeStore>) -> br
         ca_file: config.email.ca_file.clone(),
         limits: config.limits.mail_limits(),
         outbox: bridge_email::OutboxLimits { mails: config.limits.outbox_mails_per_user, bytes: config.limits.outbox_bytes_per_user },
+        attachment_bytes: config.limits.attachment_bytes_email,
         ..bridge_email::EmailSettings::default()
     };
     bridge_email::EmailBridge::new(providers, settings, store)
@@ -175,7 +178,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let config = Arc::new(config);
     let (out, control, writer) = writer::spawn(config.keepalive());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let email = Arc::new(email_bridge(&config, Arc::new(store.clone())));
     // Several instances on one domain: the peer listener is bound before anything else
     // runs, so a wrong address stops the start at once.
     let membership = match (&config.cluster.listen, &config.storage.url) {
@@ -195,13 +197,19 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         None => Requests::default(),
     };
     let gateway = config.component.jid.to_ascii_lowercase();
-    let uploads = match Uploader::new(&gateway, out.clone(), requests.clone(), config.registration.allowed_domains.clone()) {
-        Ok(uploader) => Some(UploadQueues::new(Arc::new(uploader), out.clone())),
+    let uploader = match Uploader::new(&gateway, out.clone(), requests.clone(), config.registration.allowed_domains.clone()) {
+        Ok(uploader) => Some(Arc::new(uploader)),
         Err(error) => {
-            tracing::warn!(%error, "attachments will not be uploaded");
+            tracing::warn!(%error, "attachments will not be uploaded, nor linked files attached");
             None
         }
     };
+    let uploads = uploader.clone().map(|uploader| UploadQueues::new(uploader, out.clone()));
+    let mut email = email_bridge(&config, Arc::new(store.clone()));
+    if let Some(uploader) = uploader {
+        email = email.with_files(Arc::new(download::LinkedFiles::new(uploader)));
+    }
+    let email = Arc::new(email);
     let roster = roster::Roster::new(&gateway, out.clone(), requests.clone(), store.clone());
     // One XMPP side per kind of network, each with the sessions of its bridge: a new
     // network is one more line here.

@@ -996,7 +996,7 @@ impl Router {
         }
     }
 
-    async fn handle_message(&mut self, stanza: Element, envelope: Envelope) {
+    async fn handle_message(&mut self, stanza: Element, mut envelope: Envelope) {
         // The server saying what it grants the gateway (XEP-0356), on each connection.
         if self.roster.as_ref().is_some_and(|roster| roster.advertised(&stanza)) {
             return;
@@ -1004,6 +1004,14 @@ impl Router {
         let kind = stanza.attr("type").unwrap_or("normal");
         if kind == "error" {
             return debug!(user = %envelope.user, "error message ignored");
+        }
+        // XEP-0033: one message to several email addresses is one mail to all of them.
+        let multicast = matches!(envelope.target, Address::Gateway | Address::Email { .. } | Address::EmailGroup { .. });
+        if let Some(addresses) = stanza.get_child("addresses", crate::multicast::NS_ADDRESS).filter(|_| multicast) {
+            match crate::multicast::email_target(&envelope.target, addresses, &self.gateway) {
+                Ok(target) => envelope.target = target,
+                Err((condition, text)) => return refuse(&self.out, &stanza, condition, &text).await,
+            }
         }
         let Some(network) = network_of(&envelope.target) else {
             if stanza.get_child("body", crate::connection::NS_COMPONENT).is_some() {

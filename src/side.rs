@@ -157,7 +157,7 @@ pub fn network_of(target: &Address) -> Option<NetworkId> {
         Address::IrcChannel { server, .. } | Address::IrcUser { server, .. } | Address::IrcServer { server } => {
             Some(NetworkId::Irc { server: server.clone() })
         }
-        Address::Email { .. } => Some(NetworkId::Email),
+        Address::Email { .. } | Address::EmailGroup { .. } => Some(NetworkId::Email),
         Address::Gateway => None,
     }
 }
@@ -223,6 +223,7 @@ pub fn peer_jid(peer: &Peer, server: Option<&str>, sender: Option<&str>, gateway
         (Peer::Nick(nick), Some(server)) => Address::IrcUser { nick: nick.clone(), server: server.to_owned() },
         (Peer::Server, Some(server)) => Address::IrcServer { server: server.to_owned() },
         (Peer::EmailAddress(address), None) => Address::Email { address: address.clone() },
+        (Peer::EmailGroup(addresses), None) => Address::EmailGroup { addresses: addresses.clone() },
         _ => return None,
     };
     let bare = format!("{}@{gateway}", address::format_localpart(&address));
@@ -278,6 +279,7 @@ pub fn chat_to(stanza: &Element, peer: Peer, body: String) -> Message {
         thread: stanza.get_child("thread", ns).map(Element::text),
         id: stanza.attr("id").map(str::to_owned),
         delay: None,
+        links: Vec::new(),
     }
 }
 
@@ -492,6 +494,7 @@ mod tests {
             thread: None,
             id: None,
             delay: None,
+            links: Vec::new(),
         };
         let stanza = chat_from("bob\\40example.org@gw", "u@h", message(Some("Bob Dylan"))).unwrap();
         assert_eq!(nick_of(&stanza).as_deref(), Some("Bob Dylan"), "{}", String::from_utf8_lossy(&crate::xml_stream::to_bytes(&stanza)));

@@ -103,7 +103,14 @@ pub struct Uploader {
     trusted_domains: Vec<String>,
     /// Domain -> its upload service (or none) and when that was learnt.
     services: Mutex<HashMap<String, (Instant, Option<Service>)>>,
+    /// Domain -> where its upload service serves files (`scheme://host:port` of the GET
+    /// URLs of its slots): the only places a file a user links to is fetched from,
+    /// besides the domain and its subdomains. At most [`ORIGINS_PER_DOMAIN`] each.
+    origins: Mutex<HashMap<String, Vec<String>>>,
 }
+
+/// Origins remembered per domain's upload service.
+const ORIGINS_PER_DOMAIN: usize = 4;
 
 impl Uploader {
     /// An uploader asking as `gateway` through `out`.
@@ -114,7 +121,16 @@ impl Uploader {
     pub fn new(gateway: &str, out: Outbox, requests: Requests, trusted_domains: Vec<String>) -> Result<Uploader, UploadError> {
         let gateway = gateway.parse::<Jid>().map_err(|e| UploadError::Setup(format!("{gateway}: {e}")))?;
         let http = client_builder().build().map_err(|e| UploadError::Setup(e.without_url().to_string()))?;
-        Ok(Uploader { gateway, out, requests, http, public_http: std::sync::OnceLock::new(), trusted_domains, services: Mutex::default() })
+        Ok(Uploader {
+            gateway,
+            out,
+            requests,
+            http,
+            public_http: std::sync::OnceLock::new(),
+            trusted_domains,
+            services: Mutex::default(),
+            origins: Mutex::default(),
+        })
     }
 
     /// Uploads `file` to the upload service of `domain`; the URL to share.
@@ -144,10 +160,11 @@ impl Uploader {
         let slot = payload
             .ok_or_else(|| UploadError::BadSlot("no <slot/>".into()))
             .and_then(|p| SlotResult::try_from(p).map_err(|e| UploadError::BadSlot(e.to_string())))?;
-        let trusted = self.trusted_domains.iter().any(|trusted| trusted.eq_ignore_ascii_case(domain));
+        let trusted = self.is_trusted(domain);
         check_url(&slot.put.url, trusted)?;
         check_url(&slot.get.url, trusted)?;
-        let http = if trusted { &self.http } else { self.public_http()? };
+        self.note_origin(domain, &slot.get.url);
+        let http = self.client_for(domain)?;
         let mut put = http
             .put(&slot.put.url)
             .header(reqwest::header::CONTENT_TYPE, &file.content_type)
@@ -160,6 +177,61 @@ impl Uploader {
             return Err(UploadError::Http(format!("the server answered {}", response.status())));
         }
         Ok(slot.get.url)
+    }
+
+    /// Whether the administrator trusts `domain`'s servers as written
+    /// (`registration.allowed_domains`).
+    pub fn is_trusted(&self, domain: &str) -> bool {
+        self.trusted_domains.iter().any(|trusted| trusted.eq_ignore_ascii_case(domain))
+    }
+
+    /// The HTTP client for `domain`'s services: the one that reaches only public
+    /// addresses unless the administrator trusts the domain.
+    ///
+    /// # Errors
+    /// [`UploadError::Setup`] when the client cannot be built.
+    pub fn client_for(&self, domain: &str) -> Result<&reqwest::Client, UploadError> {
+        if self.is_trusted(domain) { Ok(&self.http) } else { self.public_http() }
+    }
+
+    /// Where `domain`'s upload service serves files (`scheme://host:port`): the origins
+    /// of the slots it gave, else learnt now by asking it for one small slot that is
+    /// never used (no file is stored until a PUT). Empty when it has no service or gives
+    /// the gateway no slot.
+    pub async fn download_origins(&self, domain: &str) -> Vec<String> {
+        let known = self.origins_lock().get(domain).cloned().unwrap_or_default();
+        if !known.is_empty() {
+            return known;
+        }
+        let Ok(service) = self.service(domain).await else { return Vec::new() };
+        let request = SlotRequest { filename: "origin-probe.txt".into(), size: 1, content_type: Some("text/plain".into()) };
+        let iq = self.iq(service.jid, Iq::from_get("", request));
+        match self.requests.ask(&self.out, iq, IQ_TIMEOUT).await {
+            Ok(Some(payload)) => match SlotResult::try_from(payload) {
+                Ok(slot) => self.note_origin(domain, &slot.get.url),
+                Err(error) => debug!(%domain, %error, "a malformed slot: no download origin learnt"),
+            },
+            Ok(None) => {}
+            Err(error) => debug!(%domain, %error, "no slot: no download origin learnt"),
+        }
+        self.origins_lock().get(domain).cloned().unwrap_or_default()
+    }
+
+    /// Remembers the origin of `url`, a GET URL of `domain`'s upload service.
+    fn note_origin(&self, domain: &str, url: &str) {
+        let Some(origin) = origin_of(url) else { return };
+        let mut origins = self.origins_lock();
+        let known = origins.entry(domain.to_owned()).or_default();
+        if !known.contains(&origin) {
+            if known.len() >= ORIGINS_PER_DOMAIN {
+                known.remove(0);
+            }
+            known.push(origin);
+        }
+    }
+
+    fn origins_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
+        self.origins.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The client for untrusted servers, built on first use.
@@ -370,8 +442,17 @@ pub fn slot_filename(name: &str) -> String {
     if extension.is_empty() { stem } else { format!("{stem}.{extension}") }
 }
 
+/// `scheme://host:port` of an http(s) URL (the port always written), lower-cased.
+pub fn origin_of(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return None;
+    }
+    Some(format!("{}://{}:{}", url.scheme(), url.host_str()?.to_ascii_lowercase(), url.port_or_known_default()?))
+}
+
 /// Only http(s) URLs are followed or shared.
-fn check_url(url: &str, trusted: bool) -> Result<(), UploadError> {
+pub(crate) fn check_url(url: &str, trusted: bool) -> Result<(), UploadError> {
     let url = reqwest::Url::parse(url).map_err(|e| UploadError::BadSlot(format!("a slot URL that does not parse: {e}")))?;
     if !matches!(url.scheme(), "https" | "http") {
         return Err(UploadError::BadSlot("a slot URL that is not http(s)".into()));

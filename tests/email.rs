@@ -244,6 +244,139 @@ async fn attachments_are_uploaded_to_the_users_server_and_sent_as_links() {
     }
 }
 
+/// Uploads `content` to `client`'s XEP-0363 service (Prosody's `upload.localhost`) as the
+/// client itself would; the GET URL.
+async fn upload(client: &mut Client, name: &str, content_type: &str, content: &[u8]) -> String {
+    let request = format!("<request xmlns='urn:xmpp:http:upload:0' filename='{name}' size='{}' content-type='{content_type}'/>", content.len());
+    let slot = client.iq_raw("get", Some("upload.localhost"), &request).await;
+    assert_eq!(slot.attr("type"), Some("result"), "{slot:?}");
+    let slot = slot.get_child("slot", "urn:xmpp:http:upload:0").unwrap();
+    let url = |name: &str| slot.get_child(name, "urn:xmpp:http:upload:0").and_then(|e| e.attr("url")).unwrap().to_owned();
+    let mut put = reqwest::Client::new().put(url("put")).header("content-type", content_type).body(content.to_vec());
+    // The slot's own headers (Prosody's: an Authorization token).
+    for header in slot.get_child("put", "urn:xmpp:http:upload:0").unwrap().children() {
+        put = put.header(header.attr("name").unwrap(), header.text());
+    }
+    let put = put.send().await.unwrap();
+    assert!(put.status().is_success(), "PUT: {}", put.status());
+    url("get")
+}
+
+/// A message sharing `url` as XEP-0363 clients do: the URL as the body and as an
+/// XEP-0066 link.
+fn link_message(to: &str, id: &str, url: &str) -> String {
+    format!("<message to='{to}' id='{id}' type='chat'><subject>Photo</subject><body>{url}</body><x xmlns='{NS_OOB}'><url>{url}</url></x></message>")
+}
+
+// Prosody only, like the test above: the upload service is its mod_http_file_share.
+#[tokio::test]
+async fn a_file_shared_by_http_upload_arrives_as_an_attachment_with_the_same_bytes() {
+    let s = setup_with(ServerKind::Prosody, false, ServerOptions { http_upload: true, ..ServerOptions::default() });
+    let mut alice = alice_registered(&s).await;
+    let photo: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let url = upload(&mut alice, "beach photo.jpg", "image/jpeg", &photo).await;
+    alice.send_raw(&link_message(&email_jid(BOB), "p1", &url)).await;
+
+    let mails = s.mail.wait_inbox(BOB, "bob-mail-pw", 1, Duration::from_secs(30));
+    let parsed = mail_parser::MessageParser::default().parse(&mails[0]).unwrap();
+    use mail_parser::MimeHeaders;
+    let files: Vec<_> = parsed.attachments().collect();
+    assert_eq!(files.len(), 1, "{}", String::from_utf8_lossy(&mails[0]));
+    assert_eq!(files[0].attachment_name(), Some("beach photo.jpg"));
+    assert_eq!(files[0].content_type().map(|c| (c.ctype().to_owned(), c.subtype().map(str::to_owned))), Some(("image".into(), Some("jpeg".into()))));
+    assert_eq!(files[0].contents(), photo.as_slice(), "the same bytes");
+    assert!(!parsed.body_text(0).unwrap_or_default().contains("http"), "the link left the text: {:?}", parsed.body_text(0));
+
+    // A link anywhere else is not followed: the message is refused, no mail goes out.
+    alice.send_raw(&link_message(&email_jid(BOB), "p2", "http://127.0.0.1:9/secret.txt")).await;
+    let refused = alice.wait_for("the refusal", |e| e.attr("id") == Some("p2") && e.attr("type") == Some("error")).await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("not-allowed"), "{refused:?}");
+    // Nor a file past the limit (10 MiB by default).
+    let large = vec![b'x'; 10 * 1024 * 1024 + 1];
+    let url = upload(&mut alice, "large.bin", "application/octet-stream", &large).await;
+    alice.send_raw(&link_message(&email_jid(BOB), "p3", &url)).await;
+    let refused = alice.wait_for("the refusal", |e| e.attr("id") == Some("p3") && e.attr("type") == Some("error")).await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("resource-constraint"), "{refused:?}");
+    // The first mail went once; the refused ones never.
+    alice.send_raw(&format!("<message to='{}' type='chat'><subject>After</subject><body>done</body></message>", email_jid(BOB))).await;
+    let mails = s.mail.wait_inbox(BOB, "bob-mail-pw", 2, Duration::from_secs(20));
+    assert_eq!(mails.len(), 2);
+    assert_eq!(header(&mails[1], "Subject").as_deref(), Some("After"));
+}
+
+const CAROL: &str = "carol@example.test";
+const DAVE: &str = "dave@example.test";
+
+on_each_server!(a_mail_to_three_reaches_each_once_and_a_reply_to_all_stays_in_the_thread);
+async fn a_mail_to_three_reaches_each_once_and_a_reply_to_all_stays_in_the_thread(kind: ServerKind) {
+    let s = setup_on(kind, false);
+    s.mail.add_user(CAROL, "carol-mail-pw");
+    s.mail.add_user(DAVE, "dave-mail-pw");
+    let mut alice = alice_registered(&s).await;
+    wait_inbox_watched(&s.gateway, 0).await;
+    let to_of = |raw: &[u8]| -> Vec<String> {
+        let parsed = mail_parser::MessageParser::default().parse(raw).unwrap();
+        let mut to: Vec<String> = parsed.to().unwrap().iter().filter_map(|a| a.address()).map(str::to_owned).collect();
+        to.sort();
+        to
+    };
+    let three = vec![BOB.to_owned(), CAROL.to_owned(), DAVE.to_owned()];
+
+    // A group address: the three addresses, comma-separated, in any order.
+    let group = format!("{},{},{}@{GW}", DAVE.replace('@', "\\40"), BOB.replace('@', "\\40"), CAROL.replace('@', "\\40"));
+    alice.send_raw(&format!("<message to='{group}' type='chat'><subject>Picnic</subject><thread>picnic-7</thread><body>Saturday?</body></message>")).await;
+    // XEP-0033: to the gateway, one `to` and two `cc`.
+    let addresses = format!(
+        "<addresses xmlns='http://jabber.org/protocol/address'><address type='to' jid='{}'/><address type='cc' jid='{}'/><address type='cc' uri='mailto:{DAVE}'/></addresses>",
+        email_jid(BOB),
+        email_jid(CAROL)
+    );
+    alice.send_raw(&format!("<message to='{GW}' type='chat'><subject>Budget</subject><body>10 each</body>{addresses}</message>")).await;
+
+    let mut picnic_id = String::new();
+    for (address, password) in [(BOB, "bob-mail-pw"), (CAROL, "carol-mail-pw"), (DAVE, "dave-mail-pw")] {
+        let mails = s.mail.wait_inbox(address, password, 2, Duration::from_secs(30));
+        let subjects: Vec<_> = mails.iter().map(|m| header(m, "Subject").unwrap_or_default()).collect();
+        assert_eq!(subjects, ["Picnic", "Budget"], "{address}");
+        for mail in &mails {
+            assert_eq!(to_of(mail), three, "{address}: one mail to all three");
+        }
+        picnic_id = header(&mails[0], "Message-ID").unwrap();
+    }
+
+    // Bob answers all: alice gets it from the same group, in her client's thread.
+    let reply = format!(
+        "From: Bob <{BOB}>\r\nTo: {ALICE}, {CAROL}, {DAVE}\r\nSubject: Re: Picnic\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <bob-reply-1@example.test>\r\nIn-Reply-To: {picnic_id}\r\nReferences: {picnic_id}\r\n\r\nYes, noon.\r\n"
+    );
+    s.mail.send_raw(BOB, ALICE, reply.as_bytes());
+    let got = alice.wait_for("bob's reply to all", |e| child_text(e, "subject").as_deref() == Some("Re: Picnic")).await;
+    let sorted_group = format!("{},{},{}@{GW}", BOB.replace('@', "\\40"), CAROL.replace('@', "\\40"), DAVE.replace('@', "\\40"));
+    assert_eq!(got.attr("from"), Some(sorted_group.as_str()), "{got:?}");
+    assert_eq!(child_text(&got, "thread").as_deref(), Some("picnic-7"));
+    assert_eq!(body(&got).as_deref(), Some("Bob <bob@example.test>:\nYes, noon."));
+
+    // Alice answers in the thread: a reply to bob's mail, to all three again.
+    alice.send_raw(&format!("<message to='{sorted_group}' type='chat'><subject>Re: Picnic</subject><thread>picnic-7</thread><body>Noon it is.</body></message>")).await;
+    let carols = s.mail.wait_inbox(CAROL, "carol-mail-pw", 3, Duration::from_secs(30));
+    let answer = &carols[2];
+    assert_eq!(to_of(answer), three);
+    assert_eq!(header(answer, "In-Reply-To").as_deref(), Some("<bob-reply-1@example.test>"));
+    assert!(header(answer, "References").unwrap().contains(picnic_id.trim_matches(['<', '>'])), "{:?}", header(answer, "References"));
+    assert_eq!(s.mail.inbox(BOB, "bob-mail-pw").len(), 3, "each mail once");
+
+    // A list's mail comes from the list, named after it, and says who wrote.
+    let list_mail = format!(
+        "From: Carol <{CAROL}>\r\nTo: picnic-list@example.test\r\nSubject: [picnic] Drinks\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <carol-1@example.test>\r\nList-Id: Picnic planning <picnic.example.test>\r\nList-Post: <mailto:picnic-list@example.test>\r\n\r\nI bring juice.\r\n"
+    );
+    s.mail.send_raw(CAROL, ALICE, list_mail.as_bytes());
+    let got = alice.wait_for("the list's mail", |e| child_text(e, "subject").as_deref() == Some("[picnic] Drinks")).await;
+    assert_eq!(got.attr("from"), Some(email_jid("picnic-list@example.test").as_str()));
+    assert_eq!(got.get_child("nick", "http://jabber.org/protocol/nick").map(Element::text).as_deref(), Some("Picnic planning"));
+    assert_eq!(body(&got).as_deref(), Some("Carol <carol@example.test>:\nI bring juice."));
+}
+
 on_each_server!(a_thread_round_trip_stays_in_one_email_thread);
 async fn a_thread_round_trip_stays_in_one_email_thread(kind: ServerKind) {
     let s = setup_on(kind, false);

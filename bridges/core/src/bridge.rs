@@ -6,7 +6,7 @@ use std::pin::Pin;
 
 use tokio::sync::mpsc;
 
-use crate::model::{Command, Credentials, Event, NetworkId, SessionKey, UserId};
+use crate::model::{Attachment, Command, Credentials, Event, FailureKind, NetworkId, SessionKey, UserId};
 
 /// A boxed future, so that the traits stay object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -68,6 +68,26 @@ pub trait BridgeStore: Send + Sync + 'static {
     fn delete(&self, user: &UserId, key: &str) -> BoxFuture<'static, Result<(), StoreFailure>>;
     /// Every (key, value) of `user` whose key starts with `prefix`, in key order.
     fn list(&self, user: &UserId, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreFailure>;
+}
+
+/// Fetches the files users send as links (XEP-0066), for a bridge that carries files (a
+/// mail's attachments). The gateway decides where a file may come from (the user's own
+/// upload service, through the network policy); a bridge never fetches a URL itself.
+pub trait FileFetcher: Send + Sync + 'static {
+    /// The file at `url`, which `user` sent, if it is at most `max_bytes` long.
+    fn fetch(&self, user: &UserId, url: &str, max_bytes: usize) -> BoxFuture<'static, Result<Attachment, FetchError>>;
+}
+
+/// Why a linked file was not fetched: the kind becomes the XMPP error condition of the
+/// message that linked it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text}")]
+pub struct FetchError {
+    /// `NotAllowed` for a place files may not come from, `ResourceConstraint` for a file
+    /// too large, `Unavailable` for a server that did not give it.
+    pub kind: FailureKind,
+    /// What went wrong, for the user (never the URL's secret parts).
+    pub text: String,
 }
 
 /// A live (user, network) session, driven by commands.

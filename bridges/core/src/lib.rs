@@ -15,7 +15,8 @@ mod secret;
 mod supervise;
 
 pub use bridge::{
-    command_queue, BoxFuture, Bridge, BridgeStore, CommandQueue, Commands, EventSink, Session, SessionClosed, SessionEvent, StoreFailure,
+    command_queue, BoxFuture, Bridge, BridgeStore, CommandQueue, Commands, EventSink, FetchError, FileFetcher, Session, SessionClosed, SessionEvent,
+    StoreFailure,
 };
 pub use secret::Secret;
 pub use supervise::{catch_panic, end_if_panicked, spawn_session};

@@ -40,6 +40,9 @@ pub enum Peer {
     Server,
     /// An email address (`alice@example.org`).
     EmailAddress(String),
+    /// Several email addresses at once, sorted and without repeats: a mail to all of
+    /// them going out, a mail to the user and others (reply to all) coming in.
+    EmailGroup(Vec<String>),
 }
 
 /// How a message is meant, which decides how each side renders it.
@@ -77,6 +80,11 @@ pub struct Message {
     /// channel's history played back on join, with IRC `server-time`): that time, for a
     /// XEP-0203 delay. `None` for live messages.
     pub delay: Option<std::time::SystemTime>,
+    /// Going out, the URLs of files the user sent (XEP-0066, as XEP-0363 clients share
+    /// uploads): a bridge that carries files fetches them ([`crate::FileFetcher`]) and
+    /// sends them as files (a mail's attachments). Empty coming in (a mail's files come
+    /// as [`Event::Attachment`]s after its message).
+    pub links: Vec<String>,
 }
 
 /// Availability of the XMPP user, which a bridge may reflect (IRC AWAY).

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bridge_core::model::{Attachment, Event, Peer, RoutedAck, SessionKey, UserId};
+use bridge_core::model::{Attachment, Event, RoutedAck, SessionKey, UserId};
 use bridge_core::backoff::Backoff;
 use bridge_core::{BridgeStore, EventSink, SessionEvent};
 use bridge_net::Stream;
@@ -183,6 +183,9 @@ pub struct Watcher {
     pub store: Arc<dyn BridgeStore>,
     /// Events to the gateway.
     pub events: EventSink,
+    /// The last mail of each of the user's threads, shared with the session that sends:
+    /// a reply arriving here is what the user's next mail in the thread answers.
+    pub threads: Arc<crate::thread::ThreadMemory>,
 }
 
 impl Watcher {
@@ -218,7 +221,7 @@ impl Watcher {
             warn!(user = %self.key.user.0, %reason, "IMAP session failed");
             if healthy != Some(false) {
                 healthy = Some(false);
-                self.emit(Event::NetworkStatus { online: false, reason: Some(reason) }).await;
+                Box::pin(self.emit(Event::NetworkStatus { online: false, reason: Some(reason) })).await;
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
@@ -242,7 +245,7 @@ impl Watcher {
         let (uid_validity, uid_next) = Box::pin(session.select("INBOX")).await.map(|mailbox| (mailbox.uid_validity, mailbox.uid_next))?;
         if *healthy != Some(true) {
             *healthy = Some(true);
-            self.emit(Event::NetworkStatus { online: true, reason: None }).await;
+            Box::pin(self.emit(Event::NetworkStatus { online: true, reason: None })).await;
         }
         let saved = load_checkpoint(self.store.as_ref(), &self.key.user);
         let id = mailbox_id(&self.account);
@@ -315,8 +318,13 @@ impl Watcher {
                         mail.notes.push(format!("[this mail is {} MiB: too large to fetch; read it in your mail client]", size / (1024 * 1024)));
                     }
                     bridge_core::counters::count(&bridge_core::counters::COUNTERS.mails_in);
-                    let peer = Peer::EmailAddress(mail.from.clone());
-                    let message = mail.to_message(|| format!("imap-{}-{uid}", checkpoint.uid_validity));
+                    let message = mail.to_message(&self.account.address, || format!("imap-{}-{uid}", checkpoint.uid_validity));
+                    if let (Some(root), Some(id)) = (&mail.thread, &message.id) {
+                        if let Some(thread) = crate::thread::client_thread(root) {
+                            self.threads.note(&thread, root, id);
+                        }
+                    }
+                    let peer = message.peer.clone();
                     self.emit(Event::Message(message)).await;
                     for file in mail.attachments.into_iter().filter(|file| !file.is_withheld()) {
                         let attachment = Attachment { name: file.name, content_type: file.content_type, content: file.content };
@@ -484,6 +492,7 @@ mod size_tests {
             settings: Arc::new(EmailSettings::default()),
             store: Arc::new(NoStore),
             events,
+            threads: Arc::default(),
         };
         let (_stop, stopped) = oneshot::channel();
         let task = watcher.run(stopped);

@@ -23,6 +23,10 @@ pub const MAX_BODY_CHARS: usize = 20_000;
 
 /// The most attachments [`parse_mail`] lists; a note counts the others.
 pub const MAX_ATTACHMENTS: usize = 100;
+/// Most addresses one conversation groups (the gateway's own limit on a group address).
+pub const MAX_GROUP: usize = 20;
+/// Most `To` and most `Cc` addresses read from one mail.
+const MAX_RECIPIENTS: usize = 100;
 
 /// The longest one-line text kept (subject, display name, file name), in characters; a
 /// longer one is cut and ends with `…`.
@@ -86,6 +90,22 @@ pub struct IncomingMail {
     pub attachments: Vec<Attachment>,
     /// Remarks for the user about how the mail was read (truncated, malformed).
     pub notes: Vec<String>,
+    /// The other addresses it went to (`To`, then `Cc`), with their display names: a
+    /// reply to all goes to them too.
+    pub recipients: Vec<(String, Option<String>)>,
+    /// Where the sender wants replies (`Reply-To`), when that is not the From address.
+    pub reply_to: Vec<String>,
+    /// The mailing list it came through, if any (`List-Id`).
+    pub list: Option<MailingList>,
+}
+
+/// A mailing list (RFC 2919 `List-Id`, RFC 2369 `List-Post`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailingList {
+    /// What the list calls itself: the `List-Id` phrase, else the id.
+    pub name: String,
+    /// Where a post to the list goes (`List-Post: <mailto:...>`), if it takes posts.
+    pub post: Option<String>,
 }
 
 /// A part of a mail that is not shown as text: a file, an inline image, a forwarded mail.
@@ -121,21 +141,71 @@ pub enum IncomingError {
 }
 
 impl IncomingMail {
-    /// The neutral message for the gateway: a chat message from
-    /// `Peer::EmailAddress(from)` (sender: the From display name), with [`render_body`] as
-    /// its body, the subject and the thread, and as its id the mail's Message-ID, else
-    /// `fallback_id`: stable, so that a mail delivered again after a crash is recognised.
+    /// Whom the user answers by replying, as a mail client's "reply to all" would, not
+    /// counting the user's own address `own`, and what to call them:
+    ///
+    /// 1. a list that takes posts: the list's address, named after the list;
+    /// 2. else `Reply-To`, when it names someone else than the sender;
+    /// 3. else the sender and every other recipient, as one group (up to
+    ///    [`MAX_GROUP`] addresses, each of the plain form an XMPP address can hold);
+    /// 4. else the sender, by their display name.
     #[must_use]
-    pub fn to_message(&self, fallback_id: impl FnOnce() -> String) -> Message {
+    pub fn conversation(&self, own: &str) -> (Peer, Option<String>) {
+        let others = |addresses: Vec<(String, Option<String>)>| -> Vec<(String, Option<String>)> {
+            let mut kept: Vec<(String, Option<String>)> = Vec::new();
+            for (address, name) in addresses {
+                if !address.eq_ignore_ascii_case(own) && is_plain_address(&address) && !kept.iter().any(|(a, _)| *a == address) {
+                    kept.push((address, name));
+                }
+            }
+            kept.sort();
+            kept
+        };
+        if let Some(MailingList { name, post: Some(post) }) = &self.list {
+            return (Peer::EmailAddress(post.clone()), Some(name.clone()));
+        }
+        let reply_to = others(self.reply_to.iter().map(|a| (a.clone(), None)).collect());
+        let everyone = others(std::iter::once((self.from.clone(), self.from_name.clone())).chain(self.recipients.iter().cloned()).collect());
+        let chosen = if reply_to.is_empty() { everyone } else { reply_to };
+        match chosen.as_slice() {
+            [(address, name)] if *address != self.from => (Peer::EmailAddress(address.clone()), name.clone().or_else(|| self.from_name.clone())),
+            group if (2..=MAX_GROUP).contains(&group.len()) => {
+                let names = group.iter().map(|(address, name)| name.clone().unwrap_or_else(|| address.clone())).collect::<Vec<_>>();
+                (Peer::EmailGroup(group.iter().map(|(address, _)| address.clone()).collect()), Some(names.join(", ")))
+            }
+            _ => (Peer::EmailAddress(self.from.clone()), self.from_name.clone()),
+        }
+    }
+
+    /// The neutral message for the gateway: a chat message from the
+    /// [`conversation`](Self::conversation) of the user `own` (sender: its name), with
+    /// [`render_body`] as its body (after a line naming the writer when the conversation
+    /// is not with them alone), the subject, the thread (the client's own thread when
+    /// the mail answers one of the user's, see `thread`), and as its id the mail's
+    /// Message-ID, else `fallback_id`: stable, so that a mail delivered again after a
+    /// crash is recognised.
+    #[must_use]
+    pub fn to_message(&self, own: &str, fallback_id: impl FnOnce() -> String) -> Message {
+        let (peer, sender) = self.conversation(own);
+        let body = if peer == Peer::EmailAddress(self.from.clone()) {
+            render_body(self)
+        } else {
+            let writer = match &self.from_name {
+                Some(name) => format!("{name} <{}>", self.from),
+                None => self.from.clone(),
+            };
+            format!("{writer}:\n{}", render_body(self))
+        };
         Message {
-            peer: Peer::EmailAddress(self.from.clone()),
-            sender: self.from_name.clone(),
+            peer,
+            sender,
             kind: MessageKind::Chat,
-            body: render_body(self),
+            body,
             subject: self.subject.clone(),
-            thread: self.thread.clone(),
+            thread: self.thread.as_deref().map(|root| crate::thread::client_thread(root).unwrap_or_else(|| root.to_owned())),
             id: Some(self.message_id.clone().unwrap_or_else(fallback_id)),
             delay: None,
+            links: Vec::new(),
         }
     }
 }
@@ -205,6 +275,21 @@ fn headers_of(message: &mail_parser::Message<'_>) -> Result<IncomingMail, Incomi
         .or_else(|| first_id(message.in_reply_to()))
         .or_else(|| message_id.clone());
     let subject = message.subject().map(clean_line).filter(|s| !s.is_empty());
+    let named = |address: Option<&mail_parser::Address<'_>>| -> Vec<(String, Option<String>)> {
+        address
+            .into_iter()
+            .flat_map(mail_parser::Address::iter)
+            .filter_map(|addr| {
+                let address = bare_address(addr.address()?)?;
+                let name = addr.name().map(clean_line).filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(&address));
+                Some((address, name))
+            })
+            .take(MAX_RECIPIENTS)
+            .collect()
+    };
+    let mut recipients = named(message.to());
+    recipients.extend(named(message.cc()));
+    let reply_to: Vec<String> = named(message.reply_to()).into_iter().map(|(address, _)| address).filter(|a| *a != from).collect();
     Ok(IncomingMail {
         from,
         from_name,
@@ -214,6 +299,9 @@ fn headers_of(message: &mail_parser::Message<'_>) -> Result<IncomingMail, Incomi
         message_id,
         attachments: Vec::new(),
         notes: Vec::new(),
+        recipients,
+        reply_to,
+        list: mailing_list(message),
     })
 }
 
@@ -407,6 +495,36 @@ fn sender(message: &mail_parser::Message<'_>) -> Result<(String, Option<String>)
         .ok_or(IncomingError::NoFromAddress)
 }
 
+/// The list a mail came through: `List-Id` (`Rust users <rust-users.lists.example>`),
+/// and where posts go (`List-Post: <mailto:rust-users@lists.example>`; `NO` or an
+/// HTTP URL: nowhere).
+fn mailing_list(message: &mail_parser::Message<'_>) -> Option<MailingList> {
+    let first = |value: &HeaderValue<'_>| value.as_address().and_then(|a| a.first()).map(|addr| (addr.name().map(clean_line), addr.address().map(str::to_owned)));
+    let (name, id) = first(message.list_id())?;
+    let id = id.map(|id| clean_line(&id)).filter(|id| !id.is_empty());
+    let name = name.filter(|n| !n.is_empty()).or(id)?;
+    let post = first(message.list_post())
+        .and_then(|(_, address)| address)
+        .and_then(|address| address.strip_prefix("mailto:").map(|a| a.split('?').next().unwrap_or_default().to_owned()))
+        .and_then(|address| bare_address(&address))
+        .filter(|address| is_plain_address(address));
+    Some(MailingList { name, post })
+}
+
+/// Whether `address` is a plain `dot-atom@hostname`, as an XMPP address of the gateway
+/// can hold it (the rule of the gateway's address module): a reply can go back to it.
+fn is_plain_address(address: &str) -> bool {
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c);
+    let Some((local, domain)) = address.rsplit_once('@') else { return false };
+    !local.is_empty()
+        && local.chars().all(atext)
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && !domain.is_empty()
+        && domain.split('.').all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+}
+
 /// `local@domain` with the domain lower-cased, if `text` is an address of that form
 /// with no whitespace, control characters or angle brackets.
 fn bare_address(text: &str) -> Option<String> {
@@ -594,7 +712,7 @@ mod tests {
     #[test]
     fn to_message_is_a_chat_from_the_address() {
         let mail = parse("From: carol@example.org\nSubject: Hi\nMessage-ID: <m1@x>\n\nHello\n");
-        let message = mail.to_message(|| unreachable!("the mail has a Message-ID"));
+        let message = mail.to_message("alice@example.org", || unreachable!("the mail has a Message-ID"));
         assert_eq!(message.peer, Peer::EmailAddress("carol@example.org".into()));
         assert_eq!(message.kind, MessageKind::Chat);
         assert_eq!(message.sender, None);
@@ -604,9 +722,65 @@ mod tests {
         assert_eq!(message.id.as_deref(), Some("m1@x"));
         assert_eq!(mail.from_name, None);
         let named = parse("From: Carol <carol@example.org>\nSubject: Hi\n\nHello\n");
-        let message = named.to_message(|| "imap-7-42".into());
+        let message = named.to_message("alice@example.org", || "imap-7-42".into());
         assert_eq!(message.sender.as_deref(), Some("Carol"));
         assert_eq!(message.id.as_deref(), Some("imap-7-42"), "no Message-ID: the fallback");
+    }
+
+    #[test]
+    fn a_mail_to_several_comes_from_the_group_of_the_others_with_its_writer_named() {
+        let mail = parse(
+            "From: Bob <bob@b.example>\n\
+             To: Alice <Alice@Example.org>, carol@c.example\n\
+             Cc: Dave <dave@d.example>, \"odd\\\"one\"@x.example\n\
+             Subject: Re: plans\n\n\
+             Fine by me\n",
+        );
+        let (peer, name) = mail.conversation("alice@example.org");
+        assert_eq!(peer, Peer::EmailGroup(vec!["bob@b.example".into(), "carol@c.example".into(), "dave@d.example".into()]));
+        assert_eq!(name.as_deref(), Some("Bob, carol@c.example, Dave"));
+        let message = mail.to_message("alice@example.org", || "id".into());
+        assert_eq!(message.body, "Bob <bob@b.example>:\nFine by me");
+        // To the user alone: from the writer, as before.
+        let alone = parse("From: Bob <bob@b.example>\nTo: alice@example.org\n\nHi\n");
+        assert_eq!(alone.conversation("alice@example.org"), (Peer::EmailAddress("bob@b.example".into()), Some("Bob".into())));
+        assert_eq!(alone.to_message("alice@example.org", || "id".into()).body, "Hi");
+    }
+
+    #[test]
+    fn list_mail_comes_from_the_list_and_reply_to_is_honoured() {
+        let list = parse(
+            "From: Bob <bob@b.example>\n\
+             To: rust-users@lists.example\n\
+             List-Id: Rust users <rust-users.lists.example>\n\
+             List-Post: <mailto:rust-users@lists.example>\n\
+             Subject: [rust-users] Lifetimes\n\n\
+             Why?\n",
+        );
+        assert_eq!(list.list, Some(MailingList { name: "Rust users".into(), post: Some("rust-users@lists.example".into()) }));
+        let message = list.to_message("alice@example.org", || "id".into());
+        assert_eq!(message.peer, Peer::EmailAddress("rust-users@lists.example".into()));
+        assert_eq!(message.sender.as_deref(), Some("Rust users"));
+        assert_eq!(message.body, "Bob <bob@b.example>:\nWhy?");
+        // A list that takes no posts: the mail is the writer's.
+        let announce = parse("From: news@b.example\nList-Id: <announce.b.example>\nList-Post: NO\n\nNews\n");
+        assert_eq!(announce.list, Some(MailingList { name: "announce.b.example".into(), post: None }));
+        assert_eq!(announce.conversation("alice@example.org").0, Peer::EmailAddress("news@b.example".into()));
+        // Reply-To names where answers go.
+        let support = parse("From: Bob <noreply@b.example>\nReply-To: help@b.example\nTo: alice@example.org\n\nTicket 7\n");
+        let message = support.to_message("alice@example.org", || "id".into());
+        assert_eq!(message.peer, Peer::EmailAddress("help@b.example".into()));
+        assert_eq!(message.body, "Bob <noreply@b.example>:\nTicket 7");
+    }
+
+    #[test]
+    fn a_reply_to_the_users_mail_comes_back_in_the_clients_thread() {
+        let sent = crate::thread::message_id_in("xgw.1a2b@example.org", "client-thread-7");
+        let reply = parse(&format!(
+            "From: bob@b.example\nMessage-ID: <r1@b.example>\nIn-Reply-To: <{sent}>\nReferences: <{sent}>\n\nYes\n"
+        ));
+        assert_eq!(reply.thread.as_deref(), Some(sent.as_str()), "the mail's thread stays the root id");
+        assert_eq!(reply.to_message("alice@example.org", || "id".into()).thread.as_deref(), Some("client-thread-7"));
     }
 
     #[test]
@@ -844,6 +1018,9 @@ mod tests {
             body: String::new(),
             thread: None,
             message_id: None,
+            recipients: Vec::new(),
+            reply_to: Vec::new(),
+            list: None,
             attachments: vec![
                 Attachment { name: "a".into(), content_type: "image/jpeg".into(), size: 12_595, content: Vec::new() },
                 Attachment { name: "b".into(), content_type: "video/mp4".into(), size: 5 * 1024 * 1024 + 1, content: Vec::new() },

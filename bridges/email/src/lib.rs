@@ -5,8 +5,10 @@
 //! - `session`: one task per user: the durable outbox and SMTP sending.
 //! - `imap`: the INBOX watcher (IDLE, checkpoints: each mail delivered at least once, a repeat under the same id).
 //! - `smtp`: lettre transport, verified TLS.
+//! - `sent`: copies of sent mail filed in the Sent folder (SPECIAL-USE `\Sent`).
 //! - `incoming` / `outgoing`: pure MIME conversions (mail-parser, html2text, lettre).
 //! - `settings`: accounts, servers, presets.
+//! - `thread`: XMPP threads kept across mail replies (the client's thread in the Message-ID).
 
 // Protocol code reads what remote servers send: no indexing that can panic on it.
 #![cfg_attr(not(test), warn(clippy::indexing_slicing))]
@@ -18,12 +20,13 @@ pub mod sent;
 mod session;
 pub mod settings;
 pub mod smtp;
+pub mod thread;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bridge_core::model::{Credentials, NetworkId, SessionKey, UserId};
-use bridge_core::{BoxFuture, Bridge, BridgeStore, EventSink, Session};
+use bridge_core::{BoxFuture, Bridge, BridgeStore, EventSink, FileFetcher, Session};
 use tracing::Instrument;
 
 pub use settings::{Account, EmailSettings, Endpoint, OutboxLimits, Provider, Security};
@@ -36,13 +39,22 @@ pub struct EmailBridge {
     settings: Arc<EmailSettings>,
     /// Durable state: outboxes and IMAP checkpoints.
     store: Arc<dyn BridgeStore>,
+    /// Fetches the files users link to, attached to their mails; `None`: links stay
+    /// links in the text.
+    files: Option<Arc<dyn FileFetcher>>,
 }
 
 impl EmailBridge {
     /// A bridge with the administrator's presets and settings.
     pub fn new(providers: BTreeMap<String, Provider>, settings: EmailSettings, store: Arc<dyn BridgeStore>) -> Self {
         let providers = providers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
-        EmailBridge { providers, settings: Arc::new(settings), store }
+        EmailBridge { providers, settings: Arc::new(settings), store, files: None }
+    }
+
+    /// The same bridge, attaching the files users link to, fetched by `files`.
+    #[must_use]
+    pub fn with_files(self, files: Arc<dyn FileFetcher>) -> Self {
+        EmailBridge { files: Some(files), ..self }
     }
 
     /// The account of registered email credentials: servers the user gave (TLS or
@@ -95,9 +107,9 @@ impl Bridge for EmailBridge {
             }
         };
         let span = tracing::info_span!("email", user = %key.user.0);
-        let (settings, store) = (self.settings.clone(), self.store.clone());
+        let (settings, store, files) = (self.settings.clone(), self.store.clone(), self.files.clone());
         let queue = bridge_core::spawn_session(|commands| {
-            session::EmailSession::new(key, account, settings, store, events, commands).run().instrument(span)
+            session::EmailSession::new(key, account, settings, store, events, commands).with_files(files).run().instrument(span)
         });
         Box::new(queue)
     }

@@ -2,7 +2,8 @@
 //! Pure functions, no I/O (but [`new_message_id`] reads the clock and a random number).
 //!
 //! [`build`] makes a `text/plain; charset=utf-8` message with From, To, Subject, Date,
-//! Message-ID and, for a reply, In-Reply-To and References. Nothing the user typed can add
+//! Message-ID and, for a reply, In-Reply-To and References; with attachments, a
+//! `multipart/mixed` of that text and one part per file. Nothing the user typed can add
 //! a header: the subject goes through [`sanitize_header_text`], addresses through
 //! [`validate_address`], and message ids are checked to be one printable ASCII token
 //! each. Non-ASCII subjects are encoded as RFC 2047 words by lettre.
@@ -10,7 +11,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lettre::message::{Mailbox, SinglePart};
+use bridge_core::model::Attachment;
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Mailboxes, MultiPart, SinglePart};
 use lettre::Address;
 
 /// The first instant after the last one a `Date` header can show (year 10000); lettre's
@@ -25,8 +28,8 @@ pub struct OutgoingMail {
     /// The user's name, shown beside `from` (`"Alice Liddell" <alice@...>`); controls
     /// and line breaks become spaces, and lettre quotes or encodes the rest.
     pub from_name: Option<String>,
-    /// The recipient, a bare `local@domain`.
-    pub to: String,
+    /// The recipients, one or more bare `local@domain`, all in `To`.
+    pub to: Vec<String>,
     /// The subject as the user wrote it; controls and line breaks become spaces.
     pub subject: String,
     /// The text; any line ends (`\n`, `\r\n`, `\r`) become CRLF on the wire.
@@ -39,6 +42,8 @@ pub struct OutgoingMail {
     pub references: Vec<String>,
     /// This mail's own Message-ID, without angle brackets: see [`new_message_id`].
     pub message_id: String,
+    /// Files attached after the text, each with its name and content type.
+    pub attachments: Vec<Attachment>,
 }
 
 /// Why a mail could not be built. Each message names the header field at fault.
@@ -105,7 +110,13 @@ pub fn new_message_id(domain: &str) -> String {
 /// date the header cannot show, [`OutgoingError::Build`] if lettre refuses anyway.
 pub fn build(mail: &OutgoingMail, date: SystemTime) -> Result<lettre::Message, OutgoingError> {
     let from = check_address("From", &mail.from)?;
-    let to = check_address("To", &mail.to)?;
+    if mail.to.is_empty() {
+        return Err(OutgoingError::InvalidAddress { field: "To", address: String::new(), reason: "there is no recipient".into() });
+    }
+    let mut to = Mailboxes::new();
+    for address in &mail.to {
+        to.push(Mailbox::new(None, check_address("To", address)?));
+    }
     match date.duration_since(UNIX_EPOCH) {
         Ok(since) if since < LAST_DATE => {}
         _ => return Err(OutgoingError::InvalidDate(date)),
@@ -131,7 +142,7 @@ pub fn build(mail: &OutgoingMail, date: SystemTime) -> Result<lettre::Message, O
 
     let mut builder = lettre::Message::builder()
         .from(Mailbox::new(mail.from_name.as_deref().map(sanitize_header_text).filter(|n| !n.is_empty()), from))
-        .to(Mailbox::new(None, to))
+        .mailbox(lettre::message::header::To::from(to))
         .subject(sanitize_header_text(&mail.subject))
         .date(date)
         .message_id(Some(message_id));
@@ -141,9 +152,28 @@ pub fn build(mail: &OutgoingMail, date: SystemTime) -> Result<lettre::Message, O
     if !references.is_empty() {
         builder = builder.references(references.join(" "));
     }
-    builder
-        .singlepart(SinglePart::plain(normalize_line_ends(&mail.body)))
-        .map_err(|e| OutgoingError::Build(e.to_string()))
+    let text = SinglePart::plain(normalize_line_ends(&mail.body));
+    let built = if mail.attachments.is_empty() {
+        builder.singlepart(text)
+    } else {
+        let mut parts = MultiPart::mixed().singlepart(text);
+        for file in &mail.attachments {
+            parts = parts.singlepart(attachment_part(file));
+        }
+        builder.multipart(parts)
+    };
+    built.map_err(|e| OutgoingError::Build(e.to_string()))
+}
+
+/// The MIME part of one file: `Content-Disposition: attachment` with its name (lettre
+/// encodes a name that is not plain ASCII), its content type (`application/octet-stream`
+/// when it does not parse), base64 unless the bytes are plain text lines.
+fn attachment_part(file: &Attachment) -> SinglePart {
+    let content_type = ContentType::parse(&file.content_type)
+        .unwrap_or_else(|_| ContentType::parse("application/octet-stream").expect("a valid content type"));
+    let name = sanitize_header_text(&file.name.replace(['/', '\\', '"'], "_"));
+    let name = if name.is_empty() { "attachment".to_owned() } else { name };
+    lettre::message::Attachment::new(name).body(file.content.clone(), content_type)
 }
 
 /// Text made safe for one header field: CR, LF, TAB and every other control character
@@ -218,7 +248,7 @@ fn normalize_line_ends(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mail_parser::{HeaderValue, MessageParser};
+    use mail_parser::{HeaderValue, MessageParser, MimeHeaders};
     use proptest::prelude::*;
     use std::collections::HashSet;
 
@@ -231,12 +261,13 @@ mod tests {
         OutgoingMail {
             from: "alice@example.org".into(),
             from_name: None,
-            to: "bob@example.net".into(),
+            to: vec!["bob@example.net".into()],
             subject: "Lunch?".into(),
             body: "Shall we have lunch?\n\n-- \nAlice\n".into(),
             in_reply_to: None,
             references: Vec::new(),
             message_id: "xgw.1234abcd@example.org".into(),
+            attachments: Vec::new(),
         }
     }
 
@@ -295,6 +326,45 @@ mod tests {
         assert_eq!(parsed.message_id(), Some("xgw.1234abcd@example.org"));
         assert_eq!(parsed.date().unwrap().to_timestamp(), 1_709_296_496);
         assert_eq!(body_of(&parsed), "Shall we have lunch?\n\n-- \nAlice");
+    }
+
+    #[test]
+    fn several_recipients_share_one_to_header() {
+        let to = vec!["bob@example.net".to_owned(), "carol@example.com".to_owned(), "dave@example.org".to_owned()];
+        let (raw, headers) = render(&OutgoingMail { to: to.clone(), ..mail() });
+        assert_eq!(header_lines(&headers, "To").len(), 1, "{headers}");
+        let parsed = MessageParser::default().parse(raw.as_bytes()).unwrap();
+        let got: Vec<&str> = parsed.to().unwrap().iter().filter_map(|a| a.address()).collect();
+        assert_eq!(got, to);
+        let err = build(&OutgoingMail { to: Vec::new(), ..mail() }, date()).unwrap_err();
+        assert!(err.to_string().starts_with("invalid To address"), "{err}");
+        let err = build(&OutgoingMail { to: vec!["bob@example.net".into(), "x\r\nBcc: e@v.il".into()], ..mail() }, date()).unwrap_err();
+        assert!(matches!(err, OutgoingError::InvalidAddress { field: "To", .. }), "{err}");
+    }
+
+    #[test]
+    fn attachments_become_named_parts_with_the_same_bytes() {
+        let photo: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let files = vec![
+            Attachment { name: "photo.jpg".into(), content_type: "image/jpeg".into(), content: photo.clone() },
+            Attachment { name: "Grüße\r\nBcc: x@y.z/../a\"b.txt".into(), content_type: "not a type".into(), content: b"plain".to_vec() },
+        ];
+        let (raw, headers) = render(&OutgoingMail { attachments: files, ..mail() });
+        assert!(header_lines(&headers, "Content-Type")[0].starts_with("Content-Type: multipart/mixed"), "{headers}");
+        assert!(!raw.contains("\r\nBcc:"), "{raw}");
+        let parsed = MessageParser::default().parse(raw.as_bytes()).unwrap();
+        assert_eq!(body_of(&parsed), "Shall we have lunch?\n\n-- \nAlice");
+        let attachments: Vec<_> = parsed.attachments().collect();
+        assert_eq!(attachments.len(), 2);
+        assert_eq!(attachments[0].attachment_name(), Some("photo.jpg"));
+        assert_eq!(attachments[0].content_type().map(|c| (c.ctype(), c.subtype())), Some(("image", Some("jpeg"))));
+        assert_eq!(attachments[0].contents(), &photo[..]);
+        assert_eq!(attachments[1].attachment_name(), Some("Grüße Bcc: x@y.z_.._a_b.txt"));
+        assert_eq!(attachments[1].content_type().map(|c| c.ctype()), Some("application"));
+        assert_eq!(attachments[1].contents(), b"plain");
+        // And the gateway reading it back lists them.
+        let incoming = crate::incoming::parse_mail(raw.as_bytes()).unwrap();
+        assert_eq!(incoming.attachments.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["photo.jpg", "Grüße Bcc: x@y.z_.._a_b.txt"]);
     }
 
     #[test]
@@ -377,7 +447,7 @@ mod tests {
 
     #[test]
     fn build_names_the_bad_field() {
-        let err = build(&OutgoingMail { to: "x\r\nBcc: e@v.il".into(), ..mail() }, date()).unwrap_err();
+        let err = build(&OutgoingMail { to: vec!["x\r\nBcc: e@v.il".into()], ..mail() }, date()).unwrap_err();
         assert!(matches!(err, OutgoingError::InvalidAddress { field: "To", .. }), "{err}");
         assert!(err.to_string().starts_with("invalid To address"), "{err}");
         let err = build(&OutgoingMail { from: "Alice <alice@example.org>".into(), ..mail() }, date()).unwrap_err();

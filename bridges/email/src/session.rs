@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bridge_core::model::{Command, Event, FailureKind, Message, Peer, SessionKey};
+use bridge_core::model::{Attachment, Command, Event, FailureKind, Message, Peer, SessionKey};
 use bridge_core::backoff::{sleep_until_opt, Backoff};
-use bridge_core::{BridgeStore, Commands, EventSink, SessionEvent};
+use bridge_core::{BridgeStore, Commands, EventSink, FileFetcher, SessionEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -33,8 +33,11 @@ const RETRY_MAX: Duration = Duration::from_secs(600);
 struct OutboxEntry {
     /// Envelope sender.
     from: String,
-    /// Envelope recipient.
+    /// Envelope recipient (the first, in entries from before groups).
     to: String,
+    /// Every envelope recipient, when the mail went to several.
+    #[serde(default)]
+    recipients: Vec<String>,
     /// The formatted message.
     raw: Vec<u8>,
     /// The XMPP id of the message it came from, for an error that points at it.
@@ -56,6 +59,25 @@ pub struct EmailSession {
     events: EventSink,
     /// Commands from the gateway.
     commands: Commands,
+    /// The last mail of each of the user's threads (the watcher notes replies).
+    threads: Arc<crate::thread::ThreadMemory>,
+    /// Fetches the files the user links to, to attach them; `None`: links stay text.
+    files: Option<Arc<dyn FileFetcher>>,
+}
+
+impl OutboxEntry {
+    /// Every recipient of the mail.
+    fn recipients(&self) -> Vec<String> {
+        if self.recipients.is_empty() { vec![self.to.clone()] } else { self.recipients.clone() }
+    }
+
+    /// Whom the mail was for, as the user addressed them: an error comes back from there.
+    fn peer(&self) -> Peer {
+        match self.recipients() {
+            group if group.len() > 1 => Peer::EmailGroup(group),
+            _ => Peer::EmailAddress(self.to.clone()),
+        }
+    }
 }
 
 impl EmailSession {
@@ -68,7 +90,13 @@ impl EmailSession {
         events: EventSink,
         commands: Commands,
     ) -> Self {
-        EmailSession { key, account, settings, store, events, commands }
+        EmailSession { key, account, settings, store, events, commands, threads: Arc::default(), files: None }
+    }
+
+    /// The same session, attaching the files the user links to, fetched by `files`.
+    #[must_use]
+    pub fn with_files(self, files: Option<Arc<dyn FileFetcher>>) -> Self {
+        EmailSession { files, ..self }
     }
 
     /// Runs until shut down.
@@ -93,6 +121,7 @@ impl EmailSession {
             settings: self.settings.clone(),
             store: self.store.clone(),
             events: self.events.clone(),
+            threads: self.threads.clone(),
         };
         let mut watching = tokio::spawn(watcher.run(stopped).in_current_span());
         // The watcher stops on its own only when a newer registration supersedes it; the
@@ -164,18 +193,41 @@ impl EmailSession {
 
     /// Turns a message into a mail in the outbox; false if it was refused at once.
     async fn enqueue(&self, message: Message) -> bool {
-        let Peer::EmailAddress(to) = &message.peer else { return false };
+        let to = match &message.peer {
+            Peer::EmailAddress(to) => vec![to.clone()],
+            Peer::EmailGroup(group) => group.clone(),
+            _ => return false,
+        };
+        let Some((body, attachments)) = self.fetch_links(&message).await else { return false };
         let domain = self.account.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost");
+        let unique = outgoing::new_message_id(domain);
+        // A thread that is a mail's id is answered; a client's own thread goes into the
+        // Message-ID (replies bring it back), answering its last mail when remembered.
+        let (in_reply_to, references, message_id) = match message.thread.as_deref() {
+            Some(thread) => match as_message_id(thread) {
+                Some(id) => (Some(id.clone()), vec![id], unique),
+                None => {
+                    let ends = self.threads.ends_of(thread);
+                    let message_id = crate::thread::message_id_in(&unique, thread);
+                    match ends {
+                        Some((root, last)) => (Some(last), vec![root], message_id),
+                        None => (None, Vec::new(), message_id),
+                    }
+                }
+            },
+            None => (None, Vec::new(), unique),
+        };
         let mail = OutgoingMail {
             from: self.account.address.clone(),
             // The name the user set, else the one their client gave (XEP-0172).
             from_name: self.account.display_name.clone().or_else(|| message.sender.clone()),
-            to: to.clone(),
+            to,
             subject: message.subject.clone().unwrap_or_else(|| self.settings.default_subject.clone()),
-            body: message.body.clone(),
-            in_reply_to: message.thread.as_deref().and_then(as_message_id),
-            references: message.thread.as_deref().and_then(as_message_id).into_iter().collect(),
-            message_id: outgoing::new_message_id(domain),
+            body,
+            in_reply_to,
+            references,
+            message_id,
+            attachments,
         };
         let built = match outgoing::build(&mail, SystemTime::now()) {
             Ok(built) => built,
@@ -184,7 +236,13 @@ impl EmailSession {
                 return false;
             }
         };
-        let entry = OutboxEntry { from: mail.from.clone(), to: mail.to.clone(), raw: built.formatted(), xmpp_id: message.id.clone() };
+        if let Some(thread) = message.thread.as_deref().filter(|thread| as_message_id(thread).is_none()) {
+            let root = mail.references.first().cloned().unwrap_or_else(|| mail.message_id.clone());
+            self.threads.note(thread, &root, &mail.message_id);
+        }
+        let recipients = if mail.to.len() > 1 { mail.to.clone() } else { Vec::new() };
+        let first = mail.to.first().cloned().unwrap_or_default();
+        let entry = OutboxEntry { from: mail.from.clone(), to: first, recipients, raw: built.formatted(), xmpp_id: message.id.clone() };
         let key = format!(
             "{OUTBOX}{:020}-{:08x}",
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
@@ -208,13 +266,37 @@ impl EmailSession {
         true
     }
 
+    /// The files `message` links to, fetched, and its body without the links (the files
+    /// are attached instead); `None` when one cannot be fetched, which is reported: the
+    /// mail is not sent without it. Without a fetcher, the body and no files.
+    async fn fetch_links(&self, message: &Message) -> Option<(String, Vec<Attachment>)> {
+        let Some(files) = self.files.as_ref().filter(|_| !message.links.is_empty()) else {
+            return Some((message.body.clone(), Vec::new()));
+        };
+        let mut attachments = Vec::new();
+        for url in &message.links {
+            match files.fetch(&self.key.user, url, self.settings.attachment_bytes).await {
+                Ok(file) => {
+                    info!(name = %file.name, size = file.content.len(), "linked file attached");
+                    attachments.push(file);
+                }
+                Err(error) => {
+                    let text = format!("not sent: the file you linked could not be attached: {}", error.text);
+                    self.fail(message.peer.clone(), message.id.clone(), error.kind, text).await;
+                    return None;
+                }
+            }
+        }
+        Some((body_without_links(&message.body, &message.links), attachments))
+    }
+
     /// Reports every mail in the outbox as not sent (`not-allowed`, `text`), and drops it.
     async fn refuse_outbox(&self, text: &str) {
         for (key, bytes) in self.store.list(&self.key.user, OUTBOX).unwrap_or_default() {
             let _ = self.store.delete(&self.key.user, &key).await;
             if let Ok(entry) = serde_json::from_slice::<OutboxEntry>(&bytes) {
                 let text = format!("not sent: {text}");
-                self.fail(Peer::EmailAddress(entry.to), entry.xmpp_id, FailureKind::NotAllowed, text).await;
+                self.fail(entry.peer(), entry.xmpp_id, FailureKind::NotAllowed, text).await;
             }
         }
     }
@@ -256,8 +338,9 @@ impl EmailSession {
                 let _ = self.store.delete(&self.key.user, &key).await;
                 continue;
             };
-            let envelope = match (entry.from.parse(), entry.to.parse()) {
-                (Ok(from), Ok(to)) => lettre::address::Envelope::new(Some(from), vec![to]),
+            let to: Result<Vec<lettre::Address>, _> = entry.recipients().iter().map(|to| to.parse()).collect();
+            let envelope = match (entry.from.parse(), to) {
+                (Ok(from), Ok(to)) => lettre::address::Envelope::new(Some(from), to),
                 _ => Err(lettre::error::Error::MissingTo),
             };
             let result = match envelope {
@@ -278,7 +361,7 @@ impl EmailSession {
                     warn!(to = %entry.to, %error, "mail refused");
                     let _ = self.store.delete(&self.key.user, &key).await;
                     let text = format!("your mail server refused the mail: {}", error.text);
-                    self.fail(Peer::EmailAddress(entry.to.clone()), entry.xmpp_id.clone(), FailureKind::NotAcceptable, text).await;
+                    self.fail(entry.peer(), entry.xmpp_id.clone(), FailureKind::NotAcceptable, text).await;
                 }
                 Err(error) => {
                     warn!(to = %entry.to, %error, "mail not sent yet; will retry");
@@ -341,6 +424,12 @@ impl EmailSession {
     }
 }
 
+/// `body` without the lines that are only one of `links` (XEP-0363 clients send the
+/// link as the whole body), trimmed.
+fn body_without_links(body: &str, links: &[String]) -> String {
+    body.lines().filter(|line| !links.iter().any(|link| line.trim() == link)).collect::<Vec<_>>().join("\n").trim().to_owned()
+}
+
 /// A thread id usable as a Message-ID reference: ids that came from mail look like
 /// `local@domain`; a client's own random thread id is no mail's id and starts a new thread.
 fn as_message_id(thread: &str) -> Option<String> {
@@ -353,6 +442,14 @@ fn as_message_id(thread: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_leave_the_body_when_their_files_are_attached() {
+        let links = vec!["https://up.example.org/a/photo.jpg".to_owned()];
+        assert_eq!(body_without_links("https://up.example.org/a/photo.jpg", &links), "");
+        assert_eq!(body_without_links("Look:\n https://up.example.org/a/photo.jpg \nnice", &links), "Look:\nnice");
+        assert_eq!(body_without_links("see https://up.example.org/a/photo.jpg", &links), "see https://up.example.org/a/photo.jpg");
+    }
 
     #[test]
     fn only_mail_ids_become_references() {

@@ -98,6 +98,9 @@ pub struct EmailSettings {
     pub limits: crate::incoming::MailLimits,
     /// What one user's outbox may hold while their SMTP server does not take it.
     pub outbox: OutboxLimits,
+    /// Bytes of one file a user links to that is attached to their mail; a larger one is
+    /// refused (`resource-constraint`).
+    pub attachment_bytes: usize,
 }
 
 /// How much mail one user may have waiting for their SMTP server; past it a message is
@@ -126,6 +129,7 @@ impl Default for EmailSettings {
             idle_timeout: Duration::from_secs(25 * 60),
             limits: crate::incoming::MailLimits::default(),
             outbox: OutboxLimits::default(),
+            attachment_bytes: 10 * 1024 * 1024,
         }
     }
 }

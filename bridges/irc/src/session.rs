@@ -669,7 +669,7 @@ impl IrcSession {
                 // Only where the server carries client tags; a hint, never worth an error.
                 let target = match &peer {
                     Peer::Nick(target) | Peer::Channel(target) => target,
-                    Peer::Server | Peer::EmailAddress(_) => return false,
+                    Peer::Server | Peer::EmailAddress(_) | Peer::EmailGroup(_) => return false,
                 };
                 if self.caps.has(Cap::MessageTags) {
                     self.send(crate::ircv3::typing_line(&text::sanitize_word(target), typing));
@@ -728,7 +728,7 @@ impl IrcSession {
                 self.raw_reply_until = Some(Instant::now() + RAW_REPLY_WINDOW);
                 return;
             }
-            Peer::EmailAddress(_) => return,
+            Peer::EmailAddress(_) | Peer::EmailGroup(_) => return,
         };
         let (body, action) = match (message.kind, text::me_command(&message.body)) {
             (MessageKind::Action, _) => (message.body.as_str(), true),
@@ -967,7 +967,7 @@ impl IrcSession {
                 // Said as the server, since no request of the user's failed: the
                 // connection goes on without an account (and NickServ is not tried).
                 let body = format!("SASL login as {} failed: {text}", self.wanted_nick);
-                let message = Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay: None };
+                let message = Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay: None, links: Vec::new() };
                 self.emit(Event::Message(message)).await;
             }
             Response::RPL_ISUPPORT => {
@@ -1099,7 +1099,7 @@ impl IrcSession {
                 let body = args.iter().skip(1).map(String::as_str).collect::<Vec<_>>().join(" ");
                 let body = text::strip_formatting(&body);
                 if !body.trim().is_empty() {
-                    let message = Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay: None };
+                    let message = Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay: None, links: Vec::new() };
                     self.emit(Event::Message(message)).await;
                 }
             }
@@ -1298,17 +1298,17 @@ impl IrcSession {
         let body = body.to_owned();
         let message = match source {
             // A server notice (no nick prefix, or before we know anyone).
-            None => Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay },
+            None => Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay, links: Vec::new() },
             Some(nick) if is_channel => {
                 let Some(joined) = self.joined.get(self.casemapping.folded(target).as_ref()) else { return };
-                Message { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), kind, body, subject: None, thread: None, id: None, delay }
+                Message { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), kind, body, subject: None, thread: None, id: None, delay, links: Vec::new() }
             }
             Some(nick) if !self.registered || nick.contains('.') => {
-                Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay }
+                Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay, links: Vec::new() }
             }
             Some(nick) => {
                 self.private_peers.insert(self.casemapping.fold(&nick));
-                Message { peer: Peer::Nick(nick), sender: None, kind, body, subject: None, thread: None, id: None, delay }
+                Message { peer: Peer::Nick(nick), sender: None, kind, body, subject: None, thread: None, id: None, delay, links: Vec::new() }
             }
         };
         self.emit(Event::Message(message)).await;
@@ -1359,7 +1359,7 @@ impl IrcSession {
                 let channel = self.joined.get(&folded).map_or(channel, |joined| joined.name.clone());
                 let kind = if action { MessageKind::Action } else { MessageKind::Group };
                 let sender = Some(self.nick.clone());
-                let message = Message { peer: Peer::Channel(channel), sender, kind, body, subject: None, thread: None, id: echoed.origin.id, delay: None };
+                let message = Message { peer: Peer::Channel(channel), sender, kind, body, subject: None, thread: None, id: echoed.origin.id, delay: None, links: Vec::new() };
                 self.emit(Event::Message(message)).await;
             }
             peer => {
