@@ -190,8 +190,16 @@ impl NetworkSide for EmailSide {
             Address::EmailGroup { addresses } => Peer::EmailGroup(addresses.clone()),
             _ => return,
         };
-        // Chat states and receipts without a body: nothing to mail.
-        let Some(body) = stanza.get_child("body", NS_COMPONENT).map(Element::text) else { return };
+        // Chat states and receipts without a body: nothing to mail; a mail shown to the
+        // user may be marked read in the mailbox (the session knows whether they want it).
+        let Some(body) = stanza.get_child("body", NS_COMPONENT).map(Element::text) else {
+            if let Some(id) = displayed_marker(stanza) {
+                let command = Command::MarkRead { peer, id };
+                let key = SessionKey { user: envelope.user_id(), network: NetworkId::Email };
+                self.sessions.tell(&key, command);
+            }
+            return;
+        };
         if body.len() > self.message_bytes {
             let text = format!("a message to email may have at most {} bytes; this one has {}", self.message_bytes, body.len());
             return refuse(&self.out, stanza, DefinedCondition::PolicyViolation, &text).await;
@@ -226,6 +234,14 @@ impl NetworkSide for EmailSide {
                 self.offer_contact(&user, &from, message.sender.clone()).await;
                 if let Some(stanza) = side::chat_from(&from, &user, message) {
                     self.out.send(stanza).await;
+                }
+            }
+            Event::Correspondents(correspondents) => {
+                info!(%user, count = correspondents.len(), "correspondents imported for the roster");
+                for (address, name) in correspondents {
+                    if let Some(jid) = peer_jid(&Peer::EmailAddress(address), None, None, &self.gateway) {
+                        self.offer_contact(&user, &jid, name).await;
+                    }
                 }
             }
             Event::Attachment { peer, attachment } => {
@@ -287,6 +303,12 @@ impl NetworkSide for EmailSide {
     fn sessions(&self) -> usize {
         self.sessions.len()
     }
+}
+
+/// The id of the message an XEP-0333 `<displayed/>` marker says the user saw.
+fn displayed_marker(stanza: &Element) -> Option<String> {
+    let marker = stanza.get_child("displayed", "urn:xmpp:chat-markers:0")?;
+    marker.attr("id").map(str::to_owned).filter(|id| !id.is_empty())
 }
 
 /// The URLs of the files a message links to (XEP-0066 `<x xmlns='jabber:x:oob'/>`, as
@@ -373,6 +395,9 @@ mod tests {
             mark_seen: false,
             save_sent: false,
             display_name: None,
+            mark_displayed: false,
+            import_contacts: 0,
+            folders: Vec::new(),
         }), ..UserRecord::default()  };
         f.side.store.put_user("u@h", &record).await.unwrap();
         let mail = stanza(&format!("<message from='u@h/phone' to='{BOB}' id='m1' type='chat'><body>hi</body><subject>s</subject></message>"));

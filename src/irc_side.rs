@@ -966,7 +966,9 @@ impl NetworkSide for IrcSide {
             Event::Accepted { id, .. } => self.accepted(&key, id).await,
             Event::Typing { peer, sender, typing } => self.typing(&key, server, peer, sender, typing).await,
             Event::Ended { reason, unhandled } => self.ended(key, reason, unhandled).await,
-            Event::Attachment { .. } | Event::NetworkStatus { .. } | Event::WhenRouted(_) => debug!("an IRC session reported an email event"),
+            Event::Attachment { .. } | Event::NetworkStatus { .. } | Event::WhenRouted(_) | Event::Correspondents(_) => {
+                debug!("an IRC session reported an email event");
+            }
         }
     }
 

@@ -54,7 +54,15 @@ const EMAIL_FIELDS: &[(&str, FieldType, &str)] = &[
     ("email_mark_seen", FieldType::Boolean, "Mark mail read in the mailbox once delivered here"),
     ("email_save_sent", FieldType::Boolean, "Keep a copy of mail sent from here in the mailbox's Sent folder"),
     ("email_display_name", FieldType::TextSingle, "Your name, shown beside your address on mail sent"),
+    ("email_mark_displayed", FieldType::Boolean, "Mark mail read in the mailbox when your client shows it read"),
+    ("email_folders", FieldType::TextSingle, "Folders to watch besides INBOX, comma-separated"),
+    ("email_import_contacts", FieldType::TextSingle, "Add the people of your last N mails to your roster (0: none)"),
 ];
+
+/// Most folders watched besides INBOX (`email_folders`): each is one more IMAP connection.
+const EXTRA_FOLDERS_MAX: usize = 4;
+/// Most mails whose correspondents are imported (`email_import_contacts`).
+const IMPORT_CONTACTS_MAX: u32 = 500;
 
 /// The most characters of a display name (`email_display_name`).
 const DISPLAY_NAME_MAX: usize = 100;
@@ -119,6 +127,9 @@ pub fn query_for(record: Option<&UserRecord>, config: &Config) -> Element {
             // Shown checked on a blank form too: a client submits what it shows.
             "email_save_sent" => Some(if email.is_none_or(|e| e.save_sent) { "1" } else { "0" }.to_owned()),
             "email_display_name" => email.and_then(|e| e.display_name.clone()),
+            "email_mark_displayed" => email.map(|e| if e.mark_displayed { "1" } else { "0" }.to_owned()),
+            "email_folders" => email.map(|e| e.folders.join(", ")).filter(|f| !f.is_empty()),
+            "email_import_contacts" => email.map(|e| e.import_contacts.to_string()),
             _ => None,
         }
     };
@@ -210,6 +221,33 @@ fn display_name(value: &str) -> Result<String, FieldError> {
     Ok(name.to_owned())
 }
 
+/// The folders to watch besides INBOX, from a comma-separated list: trimmed, INBOX and
+/// repeats left out, at most [`EXTRA_FOLDERS_MAX`], each a name IMAP can carry (no
+/// control characters, `"` or `\\`, at most 200 bytes).
+fn folders(value: &str) -> Result<Vec<String>, FieldError> {
+    let mut folders: Vec<String> = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+        if name.chars().any(|c| c.is_control() || c == '"' || c == '\\') || name.len() > 200 {
+            return Err(field_error("email_folders", format!("{name:?} is not a folder name this gateway can watch (no quotes, backslashes or control characters, at most 200 bytes)")));
+        }
+        if !name.eq_ignore_ascii_case("INBOX") && !folders.iter().any(|known| known == name) {
+            folders.push(name.to_owned());
+        }
+    }
+    if folders.len() > EXTRA_FOLDERS_MAX {
+        return Err(field_error("email_folders", format!("at most {EXTRA_FOLDERS_MAX} folders besides INBOX")));
+    }
+    Ok(folders)
+}
+
+/// How many mails' correspondents to import: a whole number up to [`IMPORT_CONTACTS_MAX`].
+fn import_count(value: &str) -> Result<u32, FieldError> {
+    match value.trim().parse::<u32>() {
+        Ok(count) if count <= IMPORT_CONTACTS_MAX => Ok(count),
+        _ => Err(field_error("email_import_contacts", format!("{value:?} is not a number of mails from 0 to {IMPORT_CONTACTS_MAX}"))),
+    }
+}
+
 /// Merges a submission into the stored record (if any), validating every value. Empty
 /// passwords keep the stored password of the same account.
 pub fn apply(
@@ -280,6 +318,9 @@ pub fn apply(
         let mark_seen = boolean(get("email_mark_seen"), "email_mark_seen", false)?;
         let save_sent = boolean(get("email_save_sent"), "email_save_sent", true)?;
         let display_name = get("email_display_name").map(display_name).transpose()?;
+        let mark_displayed = boolean(get("email_mark_displayed"), "email_mark_displayed", false)?;
+        let folders = get("email_folders").map(folders).transpose()?.unwrap_or_default();
+        let import_contacts = get("email_import_contacts").map(import_count).transpose()?.unwrap_or(0);
         record.email = Some(EmailAccount {
             address,
             password,
@@ -289,8 +330,21 @@ pub fn apply(
             mark_seen,
             save_sent,
             display_name,
+            mark_displayed,
+            import_contacts,
+            folders,
         });
-    } else if let Some(var) = ["email_password", "email_login", "imap_server", "smtp_server", "email_mark_seen", "email_display_name"]
+    } else if let Some(var) = [
+        "email_password",
+        "email_login",
+        "imap_server",
+        "smtp_server",
+        "email_mark_seen",
+        "email_display_name",
+        "email_mark_displayed",
+        "email_folders",
+        "email_import_contacts",
+    ]
         .into_iter()
         .find(|v| get(v).is_some())
     {
@@ -456,6 +510,9 @@ mod tests {
                 mark_seen: false,
                 save_sent: true,
                 display_name: Some("Alice Liddell".into()),
+                mark_displayed: false,
+                import_contacts: 0,
+                folders: vec!["Lists".into()],
             }), ..UserRecord::default() 
         };
         let q = query_for(Some(&record), &config());
@@ -566,6 +623,11 @@ mod tests {
             (&[("email_address", "a@example.test"), ("email_password", "x"), ("email_display_name", &"x".repeat(101))], "email_display_name"),
             (&[("email_address", "a@example.test"), ("email_password", "x"), ("email_save_sent", "maybe")], "email_save_sent"),
             (&[("irc_nick", "alice"), ("email_display_name", "Alice")], "email_address"),
+            (&[("email_address", "a@example.test"), ("email_password", "x"), ("email_folders", "Lists, \"quoted\"")], "email_folders"),
+            (&[("email_address", "a@example.test"), ("email_password", "x"), ("email_folders", "a, b, c, d, e")], "email_folders"),
+            (&[("email_address", "a@example.test"), ("email_password", "x"), ("email_import_contacts", "501")], "email_import_contacts"),
+            (&[("email_address", "a@example.test"), ("email_password", "x"), ("email_import_contacts", "-1")], "email_import_contacts"),
+            (&[("irc_nick", "alice"), ("email_folders", "Lists")], "email_address"),
         ];
         for (values, field) in cases {
             let err = apply(None, &submit(values), &c).unwrap_err();
@@ -585,6 +647,24 @@ mod tests {
         let email = ok.email.unwrap();
         assert_eq!(email.address, "A@elsewhere.org");
         assert!(email.save_sent && email.display_name.is_none(), "a copy in Sent unless asked otherwise");
+        assert!(!email.mark_displayed && email.import_contacts == 0 && email.folders.is_empty(), "read state, imports and folders off unless asked");
+        let more = apply(
+            None,
+            &submit(&[
+                ("email_address", "a@example.test"),
+                ("email_password", "x"),
+                ("email_mark_displayed", "1"),
+                ("email_folders", " Lists/rust , INBOX, Archive,Lists/rust,"),
+                ("email_import_contacts", "50"),
+            ]),
+            &c,
+        )
+        .unwrap()
+        .email
+        .unwrap();
+        assert!(more.mark_displayed);
+        assert_eq!(more.folders, ["Lists/rust", "Archive"], "INBOX and repeats left out");
+        assert_eq!(more.import_contacts, 50);
         let named = submit(&[("email_address", "a@example.test"), ("email_password", "x"), ("email_save_sent", "0"), ("email_display_name", " Alice Liddell ")]);
         let email = apply(None, &named, &c).unwrap().email.unwrap();
         assert!(!email.save_sent);

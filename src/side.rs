@@ -182,6 +182,9 @@ pub fn credentials_for(record: Option<&UserRecord>, network: &NetworkId) -> Resu
                 mark_seen: e.mark_seen,
                 save_sent: e.save_sent,
                 display_name: e.display_name.clone(),
+                mark_displayed: e.mark_displayed,
+                import_contacts: e.import_contacts,
+                folders: e.folders.clone(),
             })
             .ok_or_else(|| "register your email account with the gateway first".to_owned()),
     }

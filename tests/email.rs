@@ -544,6 +544,65 @@ fn folder_flags(mail: &MailServer, address: &str, folder: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_prefix("flags:")).map(|f| f.trim().to_owned()).collect()
 }
 
+// Prosody only: what is tested is the mailbox's side; both servers carry these stanzas
+// as they carry every other message.
+#[tokio::test]
+async fn read_marks_set_seen_other_folders_are_watched_and_recent_correspondents_imported() {
+    let s = setup(false);
+    // Mail from before the registration: not delivered, but its people are imported.
+    s.mail.send_raw(BOB, ALICE, format!("From: Bob <{BOB}>\r\nTo: {ALICE}\r\nCc: Carol <carol@example.test>\r\nSubject: Old one\r\n\r\nx\r\n").as_bytes());
+    s.mail.send_raw(BOB, ALICE, format!("From: Dave <dave@example.test>\r\nTo: {ALICE}\r\nSubject: Old two\r\n\r\nx\r\n").as_bytes());
+    s.mail.wait_inbox(ALICE, "alice-mail-pw", 2, Duration::from_secs(20));
+    s.mail.create_folder(ALICE, "Lists");
+    let mut alice = s.server.client("alice", "localhost").await;
+    let form = register_form(&[
+        ("email_address", ALICE),
+        ("email_password", "alice-mail-pw"),
+        ("email_mark_displayed", "1"),
+        ("email_folders", "Lists"),
+        ("email_import_contacts", "10"),
+    ]);
+    assert_eq!(alice.iq("set", &form).await.attr("type"), Some("result"), "{}", s.gateway.log_text());
+
+    // Each correspondent asks to join the roster once, named (no roster privilege here).
+    for (address, name) in [(BOB, "Bob"), ("carol@example.test", "Carol"), ("dave@example.test", "Dave")] {
+        let jid = email_jid(address);
+        let asked = alice.wait_for("a correspondent's subscription request", |e| e.name() == "presence" && e.attr("type") == Some("subscribe") && e.attr("from") == Some(jid.as_str())).await;
+        assert_eq!(asked.get_child("nick", "http://jabber.org/protocol/nick").map(Element::text).as_deref(), Some(name));
+    }
+
+    // Mail filed into another folder is delivered as well.
+    s.gateway.wait_log("the Lists folder watched", &["watching Lists"], 0).await;
+    s.mail.save_in_folder(ALICE, "Lists", format!("From: Carol <carol@example.test>\r\nTo: {ALICE}\r\nSubject: In Lists\r\nMessage-ID: <lists-1@example.test>\r\n\r\ny\r\n").as_bytes());
+    let listed = alice.wait_for("the mail in Lists", |e| child_text(e, "subject").as_deref() == Some("In Lists")).await;
+    wait_inbox_watched(&s.gateway, 0).await;
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("Read me", "", "text/plain", "z"));
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("Not yet", "", "text/plain", "z"));
+    let read = alice.wait_for("bob's mail", |e| child_text(e, "subject").as_deref() == Some("Read me")).await;
+    alice.wait_for("bob's second mail", |e| child_text(e, "subject").as_deref() == Some("Not yet")).await;
+    assert_eq!(inbox_flags(&s.mail, ALICE), ["", "", "", ""], "delivered, not read");
+
+    // The client shows two of them: those two are \Seen in their folders, nothing else.
+    for shown in [&read, &listed] {
+        let marker = format!(
+            "<message to='{}'><displayed xmlns='urn:xmpp:chat-markers:0' id='{}'/></message>",
+            shown.attr("from").unwrap(),
+            shown.attr("id").unwrap()
+        );
+        alice.send_raw(&marker).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(inbox_flags(&s.mail, ALICE)[2].contains("\\Seen") && folder_flags(&s.mail, ALICE, "Lists")[0].contains("\\Seen")) {
+        assert!(Instant::now() < deadline, "not marked read: {:?} {:?}\n{}", inbox_flags(&s.mail, ALICE), folder_flags(&s.mail, ALICE, "Lists"), s.gateway.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flags = inbox_flags(&s.mail, ALICE);
+    assert!(!flags[0].contains("\\Seen") && !flags[1].contains("\\Seen") && !flags[3].contains("\\Seen"), "{flags:?}");
+    // Mail from before the registration was imported, not delivered (it would have come
+    // before what came after it).
+    assert!(!alice.seen.iter().any(|e| child_text(e, "subject").is_some_and(|s| s.starts_with("Old"))), "old mail is not delivered");
+}
+
 on_each_server!(mailbox_flags_are_left_alone_unless_the_user_asks);
 async fn mailbox_flags_are_left_alone_unless_the_user_asks(kind: ServerKind) {
     let s = setup_on(kind, false);

@@ -172,6 +172,13 @@ pub struct EmailAccount {
     pub save_sent: bool,
     /// The name shown beside the address in the From of mail sent, if the user gave one.
     pub display_name: Option<String>,
+    /// Whether mail the user's client reports displayed (XEP-0333) is marked `\Seen`.
+    pub mark_displayed: bool,
+    /// How many of the newest mails' correspondents go into the roster when the session
+    /// first opens the account; 0 (the default): none.
+    pub import_contacts: u32,
+    /// Folders watched for new mail besides INBOX.
+    pub folders: Vec<String>,
 }
 
 /// Why the store could not be opened, read or written.
@@ -318,6 +325,12 @@ struct StoredEmail {
     save_sent: bool,
     #[serde(default)]
     display_name: Option<String>,
+    #[serde(default)]
+    mark_displayed: bool,
+    #[serde(default)]
+    import_contacts: u32,
+    #[serde(default)]
+    folders: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -651,6 +664,9 @@ impl Store {
                 mark_seen: email.mark_seen,
                 save_sent: email.save_sent,
                 display_name: email.display_name.clone(),
+                mark_displayed: email.mark_displayed,
+                import_contacts: email.import_contacts,
+                folders: email.folders.clone(),
             }),
         };
         serde_json::to_vec(&stored).expect("a struct of strings always serialises to JSON")
@@ -707,6 +723,9 @@ impl Store {
                         mark_seen: email.mark_seen,
                         save_sent: email.save_sent,
                         display_name: email.display_name,
+                        mark_displayed: email.mark_displayed,
+                        import_contacts: email.import_contacts,
+                        folders: email.folders,
                     })
                 })
                 .transpose()?,
@@ -788,6 +807,9 @@ mod tests {
                 mark_seen: false,
                 save_sent: true,
                 display_name: None,
+                mark_displayed: false,
+                import_contacts: 0,
+                folders: Vec::new(),
             }), ..UserRecord::default() 
         }
     }
@@ -888,6 +910,9 @@ mod tests {
                 mark_seen: false,
                 save_sent: true,
                 display_name: None,
+                mark_displayed: false,
+                import_contacts: 0,
+                folders: Vec::new(),
             }), ..UserRecord::default() 
         };
         let cases = [

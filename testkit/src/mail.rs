@@ -131,6 +131,32 @@ impl MailServer {
         }
     }
 
+    /// Puts `raw_message` into `folder` of `address` as a mail filter or another client
+    /// would (`doveadm save`), creating the folder first if needed (the server must be
+    /// running).
+    pub fn save_in_folder(&self, address: &str, folder: &str, raw_message: &[u8]) {
+        self.create_folder(address, folder);
+        let config = self.dir.path().join("dovecot.conf");
+        let mut child = Command::new("doveadm")
+            .arg("-c")
+            .arg(&config)
+            .args(["save", "-u", address, "-m", folder])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot run doveadm");
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), raw_message).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "doveadm save: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Creates `folder` in the mailbox of `address` unless it exists.
+    pub fn create_folder(&self, address: &str, folder: &str) {
+        let config = self.dir.path().join("dovecot.conf");
+        // Fails when the folder exists, which is as good.
+        let _ = Command::new("doveadm").arg("-c").arg(&config).args(["mailbox", "create", "-u", address, folder]).output();
+    }
+
     /// The self-signed certificate (PEM) of every TLS port, to trust as a root.
     pub fn cert_path(&self) -> PathBuf {
         self.dir.path().join("tls").join("cert.pem")

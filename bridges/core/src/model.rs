@@ -131,6 +131,13 @@ pub enum Credentials {
         /// The name shown with the address in the From of mail sent (`None`: the
         /// address alone).
         display_name: Option<String>,
+        /// Whether mail the user's client marks displayed (XEP-0333) is marked read.
+        mark_displayed: bool,
+        /// How many of the newest mails' correspondents join the user's roster when the
+        /// session first opens this account (0: none).
+        import_contacts: u32,
+        /// Folders watched besides INBOX.
+        folders: Vec<String>,
     },
 }
 
@@ -204,6 +211,14 @@ pub enum Command {
     ListChannels {
         /// Where the listing goes.
         reply: Reply<std::sync::Arc<ChannelListing>>,
+    },
+    /// The user's client showed the message `id` from `peer` to them (XEP-0333
+    /// `displayed`): a mailbox marks that mail read, if the user chose so.
+    MarkRead {
+        /// Whom the message came from.
+        peer: Peer,
+        /// The message's id as the gateway gave it (a mail's Message-ID).
+        id: String,
     },
     /// End the session: the user went offline, unregistered, or the gateway stops.
     Shutdown {
@@ -516,6 +531,9 @@ impl std::fmt::Debug for Attachment {
 pub enum Event {
     /// A message arrived from the network.
     Message(Message),
+    /// People the user corresponded with (the addresses of their latest mails, with
+    /// names), for the roster: reported once, when the user asked for an import.
+    Correspondents(Vec<(String, Option<String>)>),
     /// A file came with the last message from `peer` (already listed in its body): the
     /// gateway shares it by HTTP upload (XEP-0363) where the user's server offers that.
     Attachment {

@@ -1,6 +1,7 @@
-//! Mail in: one IMAP connection per user, IDLE on INBOX (polling where the server has no
-//! IDLE), each new mail delivered, the last delivered UID kept durably once the XMPP server
-//! routed it (at least once: after a crash, the one mail in flight may come again, same id).
+//! Mail in: one IMAP connection per user and watched folder (INBOX, and those the user
+//! listed), IDLE on it (polling where the server has no IDLE), each new mail delivered,
+//! the last delivered UID kept durably, per folder, once the XMPP server routed it (at
+//! least once: after a crash, the one mail in flight may come again, same id).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,14 @@ use crate::settings::{Account, EmailSettings, Security};
 /// The IMAP session type over our stream.
 pub(crate) type ImapSession = async_imap::Session<Stream>;
 
-/// Where the last delivered mail is recorded (per user).
+/// Where the last delivered mail of INBOX is recorded (per user); another folder's is
+/// below it (`imap/state/<folder>`).
 const STATE_KEY: &str = "imap/state";
+/// The folder every account has, watched always.
+pub const INBOX: &str = "INBOX";
+/// Where the account whose correspondents were imported is recorded (its INBOX's
+/// [`mailbox_id`]): once per account.
+const IMPORTED_KEY: &str = "imap/correspondents-imported";
 /// How long to wait before trying again after the server refused the password.
 const AUTH_RETRY: Duration = Duration::from_secs(300);
 
@@ -67,7 +74,35 @@ pub struct Checkpoint {
 /// What names an account's INBOX across registrations: the login and the IMAP server.
 #[must_use]
 pub fn mailbox_id(account: &Account) -> String {
-    format!("{}@{}:{}/INBOX", account.login, account.imap.host, account.imap.port)
+    folder_id(account, INBOX)
+}
+
+/// What names one folder of an account: [`mailbox_id`] with the folder's name.
+#[must_use]
+pub fn folder_id(account: &Account, folder: &str) -> String {
+    format!("{}@{}:{}/{folder}", account.login, account.imap.host, account.imap.port)
+}
+
+/// The id of a mail without a Message-ID, stable across deliveries: its UID in its
+/// folder (`imap-<uidvalidity>-<uid>` in INBOX, with `-<folder>` after it elsewhere).
+#[must_use]
+pub fn fallback_id(folder: &str, uid_validity: u32, uid: u32) -> String {
+    if folder == INBOX { format!("imap-{uid_validity}-{uid}") } else { format!("imap-{uid_validity}-{uid}-{folder}") }
+}
+
+/// The folder, UIDVALIDITY and UID of a [`fallback_id`].
+#[must_use]
+pub fn parse_fallback_id(id: &str) -> Option<(String, u32, u32)> {
+    let mut parts = id.strip_prefix("imap-")?.splitn(3, '-');
+    let uid_validity = parts.next()?.parse().ok()?;
+    let uid = parts.next()?.parse().ok()?;
+    let folder = parts.next().unwrap_or(INBOX).to_owned();
+    Some((folder, uid_validity, uid))
+}
+
+/// Where a folder's checkpoint is kept.
+fn state_key(folder: &str) -> String {
+    if folder == INBOX { STATE_KEY.to_owned() } else { format!("{STATE_KEY}/{folder}") }
 }
 
 /// Where delivery goes on from in a mailbox just selected.
@@ -118,11 +153,11 @@ pub fn resume_point(saved: Option<Checkpoint>, mailbox: &str, uid_validity: u32,
 /// Records where the mailbox ends now as `user`'s checkpoint, unless one for this
 /// mailbox (same account and UIDVALIDITY) is already there: their session starts from it.
 pub async fn record_start(session: &mut ImapSession, account: &Account, store: &dyn BridgeStore, user: &UserId) -> Result<(), ImapError> {
-    let mailbox = session.select("INBOX").await?;
-    let saved = load_checkpoint(store, user);
+    let mailbox = session.select(INBOX).await?;
+    let saved = load_checkpoint(store, user, INBOX);
     match resume_point(saved, &mailbox_id(account), mailbox.uid_validity.unwrap_or(0), mailbox.uid_next, Matching::SameAccount) {
         Resume::Saved(_) => Ok(()),
-        Resume::Fresh { start, .. } => save_checkpoint(store, user, &start)
+        Resume::Fresh { start, .. } => save_checkpoint(store, user, INBOX, &start)
             .await
             .map_err(|e| ImapError::Protocol(format!("cannot record the mailbox's start: {e}"))),
     }
@@ -135,14 +170,14 @@ pub fn superseded(stored: Option<&Checkpoint>, mine: &Checkpoint) -> bool {
     stored.is_some_and(|stored| stored.mailbox.is_some() && stored.mailbox != mine.mailbox)
 }
 
-fn load_checkpoint(store: &dyn BridgeStore, user: &UserId) -> Option<Checkpoint> {
-    let bytes = store.load(user, STATE_KEY).ok()??;
+fn load_checkpoint(store: &dyn BridgeStore, user: &UserId, folder: &str) -> Option<Checkpoint> {
+    let bytes = store.load(user, &state_key(folder)).ok()??;
     serde_json::from_slice(&bytes).ok()
 }
 
-async fn save_checkpoint(store: &dyn BridgeStore, user: &UserId, checkpoint: &Checkpoint) -> Result<(), String> {
+async fn save_checkpoint(store: &dyn BridgeStore, user: &UserId, folder: &str, checkpoint: &Checkpoint) -> Result<(), String> {
     let bytes = serde_json::to_vec(checkpoint).map_err(|e| e.to_string())?;
-    store.save(user, STATE_KEY, &bytes).await.map_err(|e| e.to_string())
+    store.save(user, &state_key(folder), &bytes).await.map_err(|e| e.to_string())
 }
 
 /// Connects and logs in: implicit TLS, STARTTLS (required) or plain, as configured.
@@ -183,6 +218,9 @@ pub struct Watcher {
     pub store: Arc<dyn BridgeStore>,
     /// Events to the gateway.
     pub events: EventSink,
+    /// The folder watched: INBOX (whose watcher also reports the account's health and
+    /// imports correspondents) or one the user listed.
+    pub folder: String,
     /// The last mail of each of the user's threads, shared with the session that sends:
     /// a reply arriving here is what the user's next mail in the thread answers.
     pub threads: Arc<crate::thread::ThreadMemory>,
@@ -221,7 +259,9 @@ impl Watcher {
             warn!(user = %self.key.user.0, %reason, "IMAP session failed");
             if healthy != Some(false) {
                 healthy = Some(false);
-                Box::pin(self.emit(Event::NetworkStatus { online: false, reason: Some(reason) })).await;
+                if self.folder == INBOX {
+                    Box::pin(self.emit(Event::NetworkStatus { online: false, reason: Some(reason) })).await;
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
@@ -242,13 +282,19 @@ impl Watcher {
     async fn watch(&self, healthy: &mut Option<bool>) -> Result<(), ImapError> {
         let mut session = Box::pin(login(&self.account, &self.settings)).await?;
         // Only what is read of it is kept across the awaits below.
-        let (uid_validity, uid_next) = Box::pin(session.select("INBOX")).await.map(|mailbox| (mailbox.uid_validity, mailbox.uid_next))?;
+        let (uid_validity, uid_next) = Box::pin(session.select(&self.folder)).await.map(|mailbox| (mailbox.uid_validity, mailbox.uid_next))?;
+        let inbox = self.folder == INBOX;
         if *healthy != Some(true) {
             *healthy = Some(true);
-            Box::pin(self.emit(Event::NetworkStatus { online: true, reason: None })).await;
+            if inbox {
+                Box::pin(self.emit(Event::NetworkStatus { online: true, reason: None })).await;
+            }
         }
-        let saved = load_checkpoint(self.store.as_ref(), &self.key.user);
-        let id = mailbox_id(&self.account);
+        if inbox && self.account.import_contacts > 0 {
+            Box::pin(self.import_correspondents(&mut session, uid_next)).await?;
+        }
+        let saved = load_checkpoint(self.store.as_ref(), &self.key.user, &self.folder);
+        let id = folder_id(&self.account, &self.folder);
         let mut checkpoint = match resume_point(saved.clone(), &id, uid_validity.unwrap_or(0), uid_next, Matching::SameUidValidity) {
             Resume::Saved(resumed) => {
                 if saved.is_some_and(|saved| saved.mailbox != resumed.mailbox) {
@@ -266,7 +312,7 @@ impl Watcher {
             }
         };
         let has_idle = Box::pin(session.capabilities()).await?.has_str("IDLE");
-        info!(user = %self.key.user.0, has_idle, last_uid = checkpoint.last_uid, "watching INBOX");
+        info!(user = %self.key.user.0, has_idle, last_uid = checkpoint.last_uid, "watching {}", self.folder);
         loop {
             session = Box::pin(self.deliver_new(session, &mut checkpoint)).await?;
             // What the server said unasked (FETCH flags, RECENT...) waits in the session's
@@ -318,7 +364,7 @@ impl Watcher {
                         mail.notes.push(format!("[this mail is {} MiB: too large to fetch; read it in your mail client]", size / (1024 * 1024)));
                     }
                     bridge_core::counters::count(&bridge_core::counters::COUNTERS.mails_in);
-                    let message = mail.to_message(&self.account.address, || format!("imap-{}-{uid}", checkpoint.uid_validity));
+                    let message = mail.to_message(&self.account.address, || fallback_id(&self.folder, checkpoint.uid_validity, uid));
                     if let (Some(root), Some(id)) = (&mail.thread, &message.id) {
                         if let Some(thread) = crate::thread::client_thread(root) {
                             self.threads.note(&thread, root, id);
@@ -346,7 +392,7 @@ impl Watcher {
             checkpoint.last_uid = uid;
             // Checked and written with no await in between: on the gateway's one thread,
             // a registration's login check cannot slip its record in between.
-            if superseded(load_checkpoint(self.store.as_ref(), &self.key.user).as_ref(), checkpoint) {
+            if superseded(load_checkpoint(self.store.as_ref(), &self.key.user, &self.folder).as_ref(), checkpoint) {
                 return Err(ImapError::Superseded);
             }
             self.save_checkpoint(checkpoint).await?;
@@ -354,8 +400,42 @@ impl Watcher {
         Ok(session)
     }
 
+    /// Reports the people of the newest `import_contacts` mails of INBOX (`From`, `To`,
+    /// `Cc`, the user's own address left out) once per account, for the user's roster.
+    async fn import_correspondents(&self, session: &mut ImapSession, uid_next: Option<u32>) -> Result<(), ImapError> {
+        let account = mailbox_id(&self.account);
+        if self.store.load(&self.key.user, IMPORTED_KEY).ok().flatten().as_deref() == Some(account.as_bytes()) {
+            return Ok(());
+        }
+        let mut uids: Vec<u32> = session.uid_search("ALL").await?.into_iter().filter(|uid| uid_next.is_none_or(|next| *uid < next)).collect();
+        uids.sort_unstable();
+        let newest = uids.get(uids.len().saturating_sub(self.account.import_contacts as usize)..).unwrap_or_default();
+        let mut people: Vec<(String, Option<String>)> = Vec::new();
+        if !newest.is_empty() {
+            let set = newest.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+            let fetched: Vec<_> = session.uid_fetch(&set, "(UID BODY.PEEK[HEADER.FIELDS (FROM TO CC)])").await?.try_collect().await?;
+            // Newest first, so a name seen twice is the latest one.
+            for fetch in fetched.iter().rev() {
+                let Some(header) = fetch.header().or_else(|| fetch.body()) else { continue };
+                for (address, name) in incoming::correspondents(header, &self.account.address) {
+                    if !people.iter().any(|(known, _)| *known == address) {
+                        people.push((address, name));
+                    }
+                }
+            }
+        }
+        info!(user = %self.key.user.0, mails = newest.len(), people = people.len(), "correspondents of the latest mails imported");
+        if !people.is_empty() {
+            self.emit(Event::Correspondents(people)).await;
+        }
+        self.store
+            .save(&self.key.user, IMPORTED_KEY, account.as_bytes())
+            .await
+            .map_err(|e| ImapError::Protocol(format!("cannot record the import: {e}")))
+    }
+
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ImapError> {
-        save_checkpoint(self.store.as_ref(), &self.key.user, checkpoint)
+        save_checkpoint(self.store.as_ref(), &self.key.user, &self.folder, checkpoint)
             .await
             .map_err(|e| ImapError::Protocol(format!("cannot record delivery: {e}")))
     }
@@ -369,6 +449,19 @@ mod tests {
 
     fn at(mailbox: Option<&str>, uid_validity: u32, last_uid: u32) -> Checkpoint {
         Checkpoint { mailbox: mailbox.map(str::to_owned), uid_validity, last_uid }
+    }
+
+    #[test]
+    fn fallback_ids_name_the_folder_outside_inbox_and_parse_back() {
+        assert_eq!(fallback_id(INBOX, 7, 42), "imap-7-42", "as before folders");
+        assert_eq!(parse_fallback_id("imap-7-42"), Some((INBOX.to_owned(), 7, 42)));
+        let id = fallback_id("Lists/rust-users", 7, 42);
+        assert_eq!(parse_fallback_id(&id), Some(("Lists/rust-users".to_owned(), 7, 42)));
+        for other in ["m1@example.org", "imap-x-1", "imap-7", "imap--1"] {
+            assert_eq!(parse_fallback_id(other), None, "{other}");
+        }
+        assert_eq!(state_key(INBOX), "imap/state");
+        assert_eq!(state_key("Lists"), "imap/state/Lists");
     }
 
     #[test]
@@ -442,6 +535,9 @@ mod tests {
             mark_seen: false,
             save_sent: false,
             display_name: None,
+            mark_displayed: false,
+            import_contacts: 0,
+            folders: Vec::new(),
         };
         assert_eq!(mailbox_id(&account), "alice@imap.example.test:993/INBOX");
         assert!(!mailbox_id(&account).contains("pw"));
@@ -484,6 +580,9 @@ mod size_tests {
             mark_seen: false,
             save_sent: false,
             display_name: None,
+            mark_displayed: false,
+            import_contacts: 0,
+            folders: Vec::new(),
         };
         let (events, _) = tokio::sync::mpsc::channel(1);
         let watcher = Watcher {
@@ -492,6 +591,7 @@ mod size_tests {
             settings: Arc::new(EmailSettings::default()),
             store: Arc::new(NoStore),
             events,
+            folder: INBOX.to_owned(),
             threads: Arc::default(),
         };
         let (_stop, stopped) = oneshot::channel();

@@ -495,6 +495,25 @@ fn sender(message: &mail_parser::Message<'_>) -> Result<(String, Option<String>)
         .ok_or(IncomingError::NoFromAddress)
 }
 
+/// The people of a mail's `From`, `To` and `Cc` (any of the header block `raw`), with
+/// their names, in that order, without `own` and repeats: whom the user corresponds with.
+#[must_use]
+pub fn correspondents(raw: &[u8], own: &str) -> Vec<(String, Option<String>)> {
+    let Some(message) = MessageParser::default().parse_headers(raw) else { return Vec::new() };
+    let mut people: Vec<(String, Option<String>)> = Vec::new();
+    for header in [message.from(), message.to(), message.cc()] {
+        for addr in header.into_iter().flat_map(mail_parser::Address::iter) {
+            let Some(address) = addr.address().and_then(bare_address).filter(|a| is_plain_address(a)) else { continue };
+            if address.eq_ignore_ascii_case(own) || people.iter().any(|(known, _)| *known == address) {
+                continue;
+            }
+            let name = addr.name().map(clean_line).filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(&address));
+            people.push((address, name));
+        }
+    }
+    people
+}
+
 /// The list a mail came through: `List-Id` (`Rust users <rust-users.lists.example>`),
 /// and where posts go (`List-Post: <mailto:rust-users@lists.example>`; `NO` or an
 /// HTTP URL: nowhere).
@@ -771,6 +790,16 @@ mod tests {
         let message = support.to_message("alice@example.org", || "id".into());
         assert_eq!(message.peer, Peer::EmailAddress("help@b.example".into()));
         assert_eq!(message.body, "Bob <noreply@b.example>:\nTicket 7");
+    }
+
+    #[test]
+    fn correspondents_are_everyone_but_the_user_once_with_names() {
+        let raw = b"From: Bob <bob@b.example>\r\nTo: alice@example.org, Carol <carol@c.example>\r\nCc: bob@b.example, odd <not an address>\r\nSubject: x\r\n\r\n";
+        assert_eq!(
+            correspondents(raw, "Alice@example.org"),
+            [("bob@b.example".to_owned(), Some("Bob".to_owned())), ("carol@c.example".to_owned(), Some("Carol".to_owned()))]
+        );
+        assert!(correspondents(b"", "a@b").is_empty());
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! INBOX is a message from it, pushed by IMAP IDLE.
 //!
 //! - `session`: one task per user: the durable outbox and SMTP sending.
-//! - `imap`: the INBOX watcher (IDLE, checkpoints: each mail delivered at least once, a repeat under the same id).
+//! - `imap`: the folder watchers, INBOX and those the user listed (IDLE, checkpoints: each mail delivered at least once, a repeat under the same id).
 //! - `smtp`: lettre transport, verified TLS.
 //! - `sent`: copies of sent mail filed in the Sent folder (SPECIAL-USE `\Sent`).
+//! - `read_state`: mail the user's client showed them marked `\Seen` (XEP-0333), if they chose so.
 //! - `incoming` / `outgoing`: pure MIME conversions (mail-parser, html2text, lettre).
 //! - `settings`: accounts, servers, presets.
 //! - `thread`: XMPP threads kept across mail replies (the client's thread in the Message-ID).
@@ -16,6 +17,7 @@
 pub mod imap;
 pub mod incoming;
 pub mod outgoing;
+pub mod read_state;
 pub mod sent;
 mod session;
 pub mod settings;
@@ -60,7 +62,9 @@ impl EmailBridge {
     /// The account of registered email credentials: servers the user gave (TLS or
     /// STARTTLS, never plain), else the preset of their domain.
     pub fn account(&self, credentials: &Credentials) -> Result<Account, String> {
-        let Credentials::Email { address, password, login, imap_server, smtp_server, mark_seen, save_sent, display_name } = credentials else {
+        let Credentials::Email { address, password, login, imap_server, smtp_server, mark_seen, save_sent, display_name, mark_displayed, import_contacts, folders } =
+            credentials
+        else {
             return Err("no email account registered".into());
         };
         let domain = address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
@@ -88,6 +92,9 @@ impl EmailBridge {
             mark_seen: *mark_seen,
             save_sent: *save_sent,
             display_name: display_name.clone(),
+            mark_displayed: *mark_displayed,
+            import_contacts: *import_contacts,
+            folders: folders.clone(),
         })
     }
 }

@@ -26,6 +26,13 @@ const SENT_COPIES: &str = "sent-copy/";
 /// First and last retry delays of the outbox.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(600);
+/// How long the mails a user read wait to be marked together (one IMAP login for a
+/// client that marks every message of a conversation).
+const READ_DELAY: Duration = Duration::from_secs(2);
+/// When marking failed (the IMAP server away), how long until the next try.
+const READ_RETRY: Duration = Duration::from_secs(60);
+/// Most ids of read mail waiting to be marked; the oldest goes first.
+const READS_WAITING: usize = 1000;
 
 /// A mail accepted from the user and not yet accepted by their SMTP server. Stored
 /// formatted, so a retry after a restart sends the very same bytes (same Message-ID).
@@ -115,15 +122,20 @@ impl EmailSession {
     /// The session's life: what `run` does.
     async fn serve_until_ended(&mut self) {
         let (stop, stopped) = oneshot::channel();
-        let watcher = Watcher {
-            key: self.key.clone(),
-            account: self.account.clone(),
-            settings: self.settings.clone(),
-            store: self.store.clone(),
-            events: self.events.clone(),
-            threads: self.threads.clone(),
-        };
-        let mut watching = tokio::spawn(watcher.run(stopped).in_current_span());
+        let mut watching = tokio::spawn(self.watcher(crate::imap::INBOX).run(stopped).in_current_span());
+        // The other folders the user listed, each watched on a connection of its own.
+        let folders: Vec<_> = self
+            .account
+            .folders
+            .iter()
+            .map(|folder| {
+                let (stop, stopped) = oneshot::channel();
+                (stop, tokio::spawn(self.watcher(folder).run(stopped).in_current_span()))
+            })
+            .collect();
+        // Ids of mail the user's client showed them, marked read together a moment later.
+        let mut reads: Vec<String> = Vec::new();
+        let mut read_at: Option<Instant> = None;
         // The watcher stops on its own only when a newer registration supersedes it; the
         // session then goes on sending mail.
         let mut watcher_stopped = false;
@@ -142,8 +154,28 @@ impl EmailSession {
                             retry_at = Some(Instant::now());
                         }
                     }
+                    Some(Command::MarkRead { id, .. }) if self.account.mark_displayed => {
+                        if reads.len() >= READS_WAITING {
+                            reads.remove(0);
+                        }
+                        reads.push(id);
+                        read_at = read_at.or_else(|| Some(Instant::now() + READ_DELAY));
+                    }
                     Some(_) => {}
                 },
+                () = sleep_until_opt(read_at) => {
+                    match Box::pin(crate::read_state::mark_read(&self.account, &self.settings, &reads)).await {
+                        Ok(marked) => {
+                            info!(asked = reads.len(), marked, "mail the user read marked \\Seen");
+                            reads.clear();
+                            read_at = None;
+                        }
+                        Err(error) => {
+                            warn!(%error, waiting = reads.len(), "marking mail read failed; tried again later");
+                            read_at = Some(Instant::now() + READ_RETRY);
+                        }
+                    }
+                }
                 joined = &mut watching, if !watcher_stopped => {
                     watcher_stopped = true;
                     if let Err(error) = joined {
@@ -183,7 +215,24 @@ impl EmailSession {
         if !watcher_stopped {
             let _ = watching.await;
         }
+        for (stop, watching) in folders {
+            let _ = stop.send(());
+            let _ = watching.await;
+        }
         let _ = self.events.send(SessionEvent { key: self.key.clone(), event: Event::Ended { reason: "session closed".into(), unhandled: Vec::new() } }).await;
+    }
+
+    /// The watcher of `folder`.
+    fn watcher(&self, folder: &str) -> Watcher {
+        Watcher {
+            key: self.key.clone(),
+            account: self.account.clone(),
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            events: self.events.clone(),
+            folder: folder.to_owned(),
+            threads: self.threads.clone(),
+        }
     }
 
     async fn fail(&self, peer: Peer, id: Option<String>, kind: FailureKind, text: String) {

@@ -81,6 +81,13 @@ pub struct Account {
     pub save_sent: bool,
     /// The name shown beside the address in the From of mail sent.
     pub display_name: Option<String>,
+    /// Whether mail the user's client reports displayed (XEP-0333) is marked `\Seen`.
+    pub mark_displayed: bool,
+    /// How many of the newest mails' correspondents are reported once
+    /// (`Event::Correspondents`), for the roster; 0: none.
+    pub import_contacts: u32,
+    /// Folders watched besides INBOX, each by a watcher of its own.
+    pub folders: Vec<String>,
 }
 
 /// Settings of the whole email bridge.

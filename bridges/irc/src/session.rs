@@ -151,8 +151,10 @@ pub struct IrcSession {
     /// Shared by the sessions to this server: a permit is held from connecting until the
     /// server's first line, so that only so many connections wait to be accepted.
     connecting: Arc<Semaphore>,
-    /// Registered nick and password, or anonymous.
-    credentials: Credentials,
+    /// The registered password for this network (SASL PLAIN or NickServ), if any: all the
+    /// session keeps of the credentials (the nick is in `nick`), not the whole
+    /// `Credentials`, whose email variant would make every IRC session larger.
+    password: Option<Secret>,
     /// Events to the gateway.
     events: EventSink,
     /// Commands from the gateway.
@@ -242,9 +244,9 @@ impl IrcSession {
         events: EventSink,
         commands: Commands,
     ) -> Self {
-        let wanted_nick = match &credentials {
-            Credentials::Irc { nick, .. } => nick.clone(),
-            _ => String::new(),
+        let (wanted_nick, password) = match credentials {
+            Credentials::Irc { nick, password } => (nick, password),
+            _ => (String::new(), None),
         };
         let burst = settings.flood_burst;
         IrcSession {
@@ -252,7 +254,7 @@ impl IrcSession {
             server,
             settings,
             connecting,
-            credentials,
+            password,
             events,
             commands,
             wanted: HashMap::new(),
@@ -527,10 +529,7 @@ impl IrcSession {
     }
 
     fn password(&self) -> Option<&Secret> {
-        match &self.credentials {
-            Credentials::Irc { password, .. } => password.as_ref(),
-            _ => None,
-        }
+        self.password.as_ref()
     }
 
     /// Sends what is still queued (a PART with its reason, say), then QUIT, and ends.
@@ -693,6 +692,8 @@ impl IrcSession {
                     self.send("LIST".to_owned());
                 }
             }
+            // IRC has no read state.
+            Command::MarkRead { .. } => {}
             Command::Shutdown { .. } => return true,
         }
         false
