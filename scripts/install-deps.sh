@@ -5,7 +5,8 @@
 # sqlite3, which creates its databases), the IRC servers ngIRCd and InspIRCd (with
 # Atheme services, for SASL), the mail servers Postfix (SMTP) and Dovecot (IMAP,
 # LMTP) with swaks (an SMTP client, with the Perl TLS modules it needs for
-# STARTTLS), biboumi (the peer gateway of the benchmarks), openssl, CA certificates.
+# STARTTLS), biboumi (the peer gateway of the benchmarks), slixmpp (a real client
+# library for the roster tests: tests/clients/), openssl, CA certificates.
 #
 # Usage: scripts/install-deps.sh
 #
@@ -22,7 +23,7 @@
 set -euo pipefail
 
 # All packages the tests need, in one place.
-PACKAGES="prosody prosody-modules lua-unbound lua-event lua-sec ejabberd jabberd2 sqlite3 ngircd openssl ca-certificates \
+PACKAGES="prosody prosody-modules python3-slixmpp lua-unbound lua-event lua-sec ejabberd jabberd2 sqlite3 ngircd openssl ca-certificates \
 dovecot-core dovecot-imapd dovecot-lmtpd postfix swaks libnet-ssleay-perl libio-socket-ssl-perl \
 inspircd atheme-services biboumi postgresql postgresql-client"
 

@@ -66,6 +66,11 @@ impl OnlineUsers {
         self.resources.contains_key(bare)
     }
 
+    /// The online resources of `bare`.
+    pub fn resources_of(&self, bare: &str) -> Vec<String> {
+        self.resources.get(bare).map(|set| set.iter().cloned().collect()).unwrap_or_default()
+    }
+
     /// Every online (bare JID, resource) pair, for the goodbye presences at shutdown.
     pub fn all(&self) -> impl Iterator<Item = (&str, &str)> {
         self.resources

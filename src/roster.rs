@@ -6,14 +6,17 @@
 //!   pushed into the roster with a name, in a group per network ("Email", "IRC"),
 //!   subscribed both ways. The server says what it grants in a `<message/>` right after
 //!   the component connects ([`granted_roster_host`]).
-//! - Elsewhere the contact asks the user for a subscription (`<presence type='subscribe'/>`
-//!   from the contact's JID, with its name as an XEP-0172 nick), which every client shows.
+//! - Elsewhere, the user's online clients that take XEP-0144 roster item exchange (asked
+//!   once per resource by disco#info, through the router's list of online resources)
+//!   get a suggestion to add the contact, named and grouped;
+//! - else (offline, or no client takes suggestions) the contact asks the user for a
+//!   subscription (`<presence type='subscribe'/>` from the contact's JID, with its name
+//!   as an XEP-0172 nick), which every client shows.
 //!
 //! Which contacts: every email correspondent (mail in or out) and every IRC user the user
 //! has a private conversation with; each is offered once (recorded in the user's bridge
 //! state under `roster/`, so also across restarts and instances). Unregistering removes
-//! what was pushed. XEP-0144 roster item exchange is not sent: a client's support for it
-//! is unknown without asking each resource, and a subscription request reaches all.
+//! what was pushed.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -123,6 +126,27 @@ pub fn subscription_request(user: &BareJid, contact: &Contact) -> Option<Element
     Some(presence.into())
 }
 
+/// A XEP-0144 suggestion to the client `full` to add `contact` (named, grouped), with a
+/// line of text saying so.
+#[must_use]
+pub fn suggestion(gateway: &Jid, full: &str, contact: &Contact) -> Option<Element> {
+    let to = full.parse::<Jid>().ok()?;
+    contact.jid.parse::<Jid>().ok()?;
+    let mut item = Element::builder("item", NS_ROSTERX)
+        .attr(rxml::xml_ncname!("action").into(), "add")
+        .attr(rxml::xml_ncname!("jid").into(), contact.jid.as_str());
+    if let Some(name) = &contact.name {
+        item = item.attr(rxml::xml_ncname!("name").into(), name.as_str());
+    }
+    let item = item.append(Element::builder("group", NS_ROSTERX).append(contact.group).build()).build();
+    let mut message = xmpp_parsers::message::Message::new(Some(to));
+    message.from = Some(gateway.clone());
+    let shown = contact.name.as_ref().map_or_else(|| contact.jid.clone(), |name| format!("{name} ({})", contact.jid));
+    message.bodies.insert(xmpp_parsers::message::Lang::new(), format!("Add {shown} to your contacts?"));
+    message.payloads.push(Element::builder("x", NS_ROSTERX).append(item).build());
+    Some(message.into())
+}
+
 /// The roster keeper: which servers grant roster access, and who was offered to whom.
 /// Shared by the router and the sides (cheap to clone).
 #[derive(Clone)]
@@ -130,6 +154,13 @@ pub struct Roster {
     /// What is shared.
     inner: Arc<Inner>,
 }
+
+/// XEP-0144 roster item exchange.
+pub const NS_ROSTERX: &str = "http://jabber.org/protocol/rosterx";
+/// How long a client may take to say whether it takes roster item exchange.
+const DISCO_TIMEOUT: Duration = Duration::from_secs(3);
+/// Client resources whose answer (takes XEP-0144 or not) is remembered.
+const RESOURCES_REMEMBERED: usize = 10_000;
 
 /// The state behind [`Roster`].
 struct Inner {
@@ -146,6 +177,11 @@ struct Inner {
     /// (user, contact) pairs known to be offered, a cache of the store, by hash (no
     /// allocation per message; a collision, one in 2^64, leaves a contact unoffered).
     offered: Mutex<HashSet<u64>>,
+    /// Where to ask which resources of a user are online (the router), set once.
+    router: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::router::RouterTask>>,
+    /// Full JIDs of clients asked whether they take XEP-0144 suggestions, with the
+    /// answer (no answer in time: no). Bounded by [`RESOURCES_REMEMBERED`].
+    rosterx: Mutex<std::collections::HashMap<String, bool>>,
 }
 
 impl Roster {
@@ -158,8 +194,22 @@ impl Roster {
     pub fn new(gateway: &str, out: Outbox, requests: Requests, store: Store) -> Self {
         let gateway = gateway.parse().expect("the component's JID is validated with the configuration");
         Roster {
-            inner: Arc::new(Inner { gateway, out, requests, store, granted: Mutex::default(), offered: Mutex::default() }),
+            inner: Arc::new(Inner {
+                gateway,
+                out,
+                requests,
+                store,
+                granted: Mutex::default(),
+                offered: Mutex::default(),
+                router: std::sync::OnceLock::new(),
+                rosterx: Mutex::default(),
+            }),
         }
+    }
+
+    /// Has the keeper ask `router` which resources of a user are online.
+    pub fn ask_resources_of(&self, router: tokio::sync::mpsc::Sender<crate::router::RouterTask>) {
+        let _ = self.inner.router.set(router);
     }
 
     /// Takes a server's XEP-0356 advertisement; `false` if `stanza` is none.
@@ -212,15 +262,15 @@ impl Roster {
         self.offer(user, contact).await;
     }
 
-    /// Puts `contact` into `user`'s roster: a push, else (no grant, or the push
-    /// refused) a subscription request.
+    /// Puts `contact` into `user`'s roster, best method first: a push (XEP-0356), else
+    /// (no grant, or the push refused) a suggestion to the user's clients that take
+    /// XEP-0144 roster item exchange, else a subscription request.
     pub async fn offer(&self, user: &str, contact: Contact) {
         let Ok(bare) = user.parse::<BareJid>() else { return };
         let push = self.may_push(&bare).then(|| push(&self.inner.gateway, &bare, &contact)).flatten();
         let Some(iq) = push else {
-            if let Some(request) = subscription_request(&bare, &contact) {
-                self.inner.out.send(request).await;
-            }
+            let this = self.clone();
+            tokio::spawn(async move { this.suggest_or_ask(&bare, &contact).await });
             return;
         };
         let this = self.clone();
@@ -233,12 +283,62 @@ impl Roster {
                     // again at the next connection's grant, not at every contact.
                     warn!(user = %bare, %error, "the roster push failed; contacts of this server ask for subscriptions from now on");
                     this.inner.granted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&bare.domain().as_str().to_ascii_lowercase());
-                    if let Some(request) = subscription_request(&bare, &contact) {
-                        this.inner.out.send(request).await;
-                    }
+                    this.suggest_or_ask(&bare, &contact).await;
                 }
             }
         });
+    }
+
+    /// Without roster access: a XEP-0144 suggestion to each online client of `user` that
+    /// takes them, else (none online, or none takes them) `contact`'s subscription request.
+    async fn suggest_or_ask(&self, user: &BareJid, contact: &Contact) {
+        let mut takers = Vec::new();
+        for full in self.resources_of(user).await {
+            if self.takes_suggestions(&full).await {
+                takers.push(full);
+            }
+        }
+        if takers.is_empty() {
+            if let Some(request) = subscription_request(user, contact) {
+                self.inner.out.send(request).await;
+            }
+            return;
+        }
+        for full in takers {
+            if let Some(message) = suggestion(&self.inner.gateway, &full, contact) {
+                debug!(client = %full, contact = %contact.jid, "contact suggested (XEP-0144)");
+                self.inner.out.send(message).await;
+            }
+        }
+    }
+
+    /// The full JIDs of `user`'s online resources, as the router knows them.
+    async fn resources_of(&self, user: &BareJid) -> Vec<String> {
+        let Some(router) = self.inner.router.get() else { return Vec::new() };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if router.send(crate::router::RouterTask::Resources { user: user.to_string(), reply }).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Whether the client `full` takes XEP-0144 suggestions (asked once by disco#info).
+    async fn takes_suggestions(&self, full: &str) -> bool {
+        if let Some(known) = self.inner.rosterx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(full) {
+            return *known;
+        }
+        let Ok(to) = full.parse::<Jid>() else { return false };
+        let iq = Iq::from_get("", xmpp_parsers::disco::DiscoInfoQuery { node: None }).with_to(to).with_from(self.inner.gateway.clone());
+        let takes = match self.inner.requests.ask(&self.inner.out, iq, DISCO_TIMEOUT).await {
+            Ok(Some(payload)) => xmpp_parsers::disco::DiscoInfoResult::try_from(payload).is_ok_and(|info| info.features.contains(NS_ROSTERX)),
+            _ => false,
+        };
+        let mut known = self.inner.rosterx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.len() >= RESOURCES_REMEMBERED {
+            known.clear();
+        }
+        known.insert(full.to_owned(), takes);
+        takes
     }
 
     /// The contacts offered to `user` so far, in JID order.
@@ -390,6 +490,18 @@ mod tests {
         let iq = removal(&"gw".parse().unwrap(), &user, "bob\\40mail.example@gw").unwrap();
         assert_eq!(Element::from(iq.clone()).attr("from"), Some("gw"));
         assert_eq!(item_of(iq).subscription, Subscription::Remove);
+    }
+
+    #[test]
+    fn a_suggestion_names_and_groups_the_contact_for_one_client() {
+        let gateway: Jid = "gw".parse().unwrap();
+        let contact = Contact { jid: "bob\\40example.org@gw".into(), name: Some("Bob".into()), group: GROUP_EMAIL };
+        let message = suggestion(&gateway, "u@h/phone", &contact).unwrap();
+        assert_eq!((message.attr("from"), message.attr("to")), (Some("gw"), Some("u@h/phone")));
+        let item = message.get_child("x", NS_ROSTERX).and_then(|x| x.get_child("item", NS_ROSTERX)).unwrap();
+        assert_eq!((item.attr("action"), item.attr("jid"), item.attr("name")), (Some("add"), Some("bob\\40example.org@gw"), Some("Bob")));
+        assert_eq!(item.get_child("group", NS_ROSTERX).map(Element::text).as_deref(), Some("Email"));
+        assert!(suggestion(&gateway, "not a jid@@", &contact).is_none());
     }
 
     #[test]

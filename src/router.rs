@@ -151,6 +151,14 @@ pub enum RouterTask {
     },
     /// The metrics endpoint asks for the current gauges.
     Gauges(tokio::sync::oneshot::Sender<Gauges>),
+    /// The roster keeper asks which resources of a user are online (to offer a contact
+    /// by XEP-0144 to the clients that take that).
+    Resources {
+        /// The user's bare JID.
+        user: String,
+        /// Where their full JIDs go.
+        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// A registration on its way: checked, then stored, then answered.
@@ -208,6 +216,7 @@ impl Router {
     /// Has `roster` take the servers' XEP-0356 grants and clean up after unregistered
     /// users (the sides offer it contacts).
     pub fn keep_rosters(&mut self, roster: Roster) {
+        roster.ask_resources_of(self.tasks_tx.clone());
         self.roster = Some(roster);
     }
 
@@ -903,6 +912,10 @@ impl Router {
             }
             RouterTask::Gauges(answer) => {
                 let _ = answer.send(self.gauges());
+            }
+            RouterTask::Resources { user, reply } => {
+                let full = self.online.resources_of(&user).into_iter().map(|resource| format!("{user}/{resource}")).collect();
+                let _ = reply.send(full);
             }
         }
     }

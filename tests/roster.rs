@@ -133,6 +133,40 @@ async fn without_privilege_the_correspondent_asks_for_a_subscription_once(kind: 
     assert!(!alice.receives_within(Duration::from_millis(300), |e| e.name() == "presence" && e.attr("type") == Some("subscribe") && e.attr("from") == Some(BOB_JID)).await);
 }
 
+/// Without roster access, a client that says it takes XEP-0144 roster item exchange
+/// (asked by disco#info once it is online to the gateway) gets a suggestion, named and
+/// grouped, instead of a subscription request.
+#[tokio::test]
+async fn a_client_taking_roster_item_exchange_gets_a_suggestion_instead_of_a_request() {
+    let s = setup(ServerKind::Prosody, false);
+    let mut alice = alice_registered(&s).await;
+    alice.send_raw(&format!("<presence to='{GW}'/>")).await;
+    s.gateway.wait_log("alice online to the gateway", &["user online", "user=alice@localhost"], 0).await;
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("first"));
+    let disco = alice
+        .wait_for("the gateway asking what the client takes", |e| {
+            e.name() == "iq" && e.attr("type") == Some("get") && e.has_child("query", "http://jabber.org/protocol/disco#info")
+        })
+        .await;
+    assert_eq!(disco.attr("from"), Some(GW));
+    alice
+        .send_raw(&format!(
+            "<iq type='result' id='{}' to='{GW}'><query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='client' type='pc' name='test'/><feature var='http://jabber.org/protocol/disco#info'/>\
+             <feature var='http://jabber.org/protocol/rosterx'/></query></iq>",
+            disco.attr("id").unwrap()
+        ))
+        .await;
+    let suggestion = alice.wait_for("the suggestion", |e| e.name() == "message" && e.has_child("x", "http://jabber.org/protocol/rosterx")).await;
+    assert_eq!(suggestion.attr("from"), Some(GW));
+    let item = suggestion.get_child("x", "http://jabber.org/protocol/rosterx").and_then(|x| x.get_child("item", "http://jabber.org/protocol/rosterx")).unwrap();
+    assert_eq!((item.attr("action"), item.attr("jid"), item.attr("name")), (Some("add"), Some(BOB_JID), Some("Bob")));
+    assert_eq!(item.get_child("group", "http://jabber.org/protocol/rosterx").map(Element::text).as_deref(), Some("Email"));
+    alice.wait_for("bob's mail", |e| e.name() == "message" && e.attr("from") == Some(BOB_JID)).await;
+    let asked = |e: &Element| e.name() == "presence" && e.attr("type") == Some("subscribe") && e.attr("from") == Some(BOB_JID);
+    assert!(!alice.seen.iter().any(asked) && !alice.receives_within(Duration::from_millis(300), asked).await, "a suggestion, not also a request");
+}
+
 /// ejabberd 23.01 (Debian 12) grants roster access, then fails every roster set of a
 /// component (`internal-server-error`: its mod_roster looks the component's domain up as
 /// one of its hosts). The contact asks for a subscription instead, the stream stays up,
@@ -168,4 +202,87 @@ async fn an_irc_user_in_a_private_conversation_joins_the_irc_group() {
     assert_eq!(item.attr("name"), Some("bob"));
     let groups: Vec<String> = item.children().filter(|c| c.name() == "group").map(Element::text).collect();
     assert_eq!(groups, ["IRC"]);
+}
+
+/// Debian's slixmpp, a real client library, running `tests/clients/roster_client.py` as
+/// alice: it prints its roster whenever it changes.
+struct Slixmpp {
+    /// The client process (killed when dropped).
+    _child: tokio::process::Child,
+    /// Its output, line by line.
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Slixmpp {
+    /// Logs alice in with slixmpp and waits until it says it is ready.
+    async fn alice(server: &XmppServer) -> Slixmpp {
+        use tokio::io::AsyncBufReadExt;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/roster_client.py");
+        // Debian's interpreter, where its python3-slixmpp is (not one of a version manager).
+        let mut child = tokio::process::Command::new("/usr/bin/python3")
+            .arg(script)
+            .args([&server.c2s_port.to_string(), "alice@localhost", "pw"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 with slixmpp (Debian's python3-slixmpp, installed by scripts/install-deps.sh)");
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut client = Slixmpp { _child: child, lines };
+        client.line_where("slixmpp's login", |line| line == "ready").await;
+        client
+    }
+
+    /// The next line that `pred` accepts (within `testkit::WAIT`).
+    async fn line_where(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.lines.next_line().await.expect("slixmpp's output") {
+                if pred(&line) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("slixmpp ended before {what}"),
+            Err(_) => panic!("no {what} from slixmpp within {WAIT:?}"),
+        }
+    }
+
+    /// The first roster slixmpp prints whose item `jid` `pred` accepts.
+    async fn roster_item_where(&mut self, what: &str, jid: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let line = self
+            .line_where(what, |line| {
+                let Some(json) = line.strip_prefix("roster ") else { return false };
+                serde_json::from_str::<serde_json::Value>(json).ok().and_then(|roster| roster.get(jid).cloned()).is_some_and(|item| pred(&item))
+            })
+            .await;
+        let roster: serde_json::Value = serde_json::from_str(line.strip_prefix("roster ").unwrap()).unwrap();
+        roster[jid].clone()
+    }
+}
+
+#[tokio::test]
+async fn slixmpp_shows_the_pushed_contact_named_in_its_group() {
+    let s = setup(ServerKind::Prosody, true);
+    s.gateway.wait_log("the server's grant", &["put contacts into its users' rosters", "host=localhost"], 0).await;
+    drop(alice_registered(&s).await);
+    let mut slixmpp = Slixmpp::alice(&s.server).await;
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("first"));
+    let bob = slixmpp.roster_item_where("bob in the roster", BOB_JID, |_| true).await;
+    assert_eq!(bob["name"], "Bob", "{bob}");
+    assert_eq!(bob["groups"], serde_json::json!(["Email"]), "{bob}");
+    assert_eq!(bob["subscription"], "both", "{bob}");
+}
+
+#[tokio::test]
+async fn slixmpp_accepts_the_subscription_request_and_the_contact_becomes_mutual() {
+    let s = setup(ServerKind::Prosody, false);
+    drop(alice_registered(&s).await);
+    let mut slixmpp = Slixmpp::alice(&s.server).await;
+    s.mail.send_raw(BOB, ALICE, &mail_from_bob("first"));
+    // slixmpp accepts a request and asks back; the gateway answers for bob's address.
+    let bob = slixmpp.roster_item_where("bob subscribed both ways", BOB_JID, |item| item["subscription"] == "both").await;
+    assert_eq!(bob["subscription"], "both", "{bob}");
 }
