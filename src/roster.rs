@@ -182,6 +182,9 @@ struct Inner {
     /// Full JIDs of clients asked whether they take XEP-0144 suggestions, with the
     /// answer (no answer in time: no). Bounded by [`RESOURCES_REMEMBERED`].
     rosterx: Mutex<std::collections::HashMap<String, bool>>,
+    /// Held while a client is asked: contacts offered at once (an import) wait for the
+    /// first answer instead of asking the same client hundreds of times.
+    asking: tokio::sync::Mutex<()>,
 }
 
 impl Roster {
@@ -203,6 +206,7 @@ impl Roster {
                 offered: Mutex::default(),
                 router: std::sync::OnceLock::new(),
                 rosterx: Mutex::default(),
+                asking: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -324,6 +328,7 @@ impl Roster {
 
     /// Whether the client `full` takes XEP-0144 suggestions (asked once by disco#info).
     async fn takes_suggestions(&self, full: &str) -> bool {
+        let _asking = self.inner.asking.lock().await;
         if let Some(known) = self.inner.rosterx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(full) {
             return *known;
         }

@@ -273,7 +273,8 @@ fn link_message(to: &str, id: &str, url: &str) -> String {
 async fn a_file_shared_by_http_upload_arrives_as_an_attachment_with_the_same_bytes() {
     let s = setup_with(ServerKind::Prosody, false, ServerOptions { http_upload: true, ..ServerOptions::default() });
     let mut alice = alice_registered(&s).await;
-    let photo: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    // 6 MiB: 8 MiB of base64 in the mail, which must fit the outbox (25 MiB) as stored.
+    let photo: Vec<u8> = (0..=255u8).cycle().take(6 * 1024 * 1024).collect();
     let url = upload(&mut alice, "beach photo.jpg", "image/jpeg", &photo).await;
     alice.send_raw(&link_message(&email_jid(BOB), "p1", &url)).await;
 

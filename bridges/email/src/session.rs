@@ -45,7 +45,8 @@ struct OutboxEntry {
     /// Every envelope recipient, when the mail went to several.
     #[serde(default)]
     recipients: Vec<String>,
-    /// The formatted message.
+    /// The formatted message: a JSON string in the store (see [`raw_mail`]).
+    #[serde(with = "raw_mail")]
     raw: Vec<u8>,
     /// The XMPP id of the message it came from, for an error that points at it.
     #[serde(default)]
@@ -473,6 +474,36 @@ impl EmailSession {
     }
 }
 
+/// How an outbox entry's formatted mail is stored: as a JSON string when it is UTF-8,
+/// which lettre's output always is (every part 7bit, quoted-printable or base64), so a
+/// mail takes about its own size in the store; as an array of numbers otherwise, as
+/// entries written before did (3 to 4 bytes a byte: a 10 MiB attachment would have
+/// filled the outbox's 25 MiB alone). Both forms are read.
+mod raw_mail {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(raw: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(raw) {
+            Ok(text) => serializer.serialize_str(text),
+            Err(_) => serializer.collect_seq(raw),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        /// Either form.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Text(String),
+            Bytes(Vec<u8>),
+        }
+        Ok(match Stored::deserialize(deserializer)? {
+            Stored::Text(text) => text.into_bytes(),
+            Stored::Bytes(bytes) => bytes,
+        })
+    }
+}
+
 /// `body` without the lines that are only one of `links` (XEP-0363 clients send the
 /// link as the whole body), trimmed.
 fn body_without_links(body: &str, links: &[String]) -> String {
@@ -491,6 +522,23 @@ fn as_message_id(thread: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mail_takes_about_its_own_size_in_the_outbox_and_old_entries_still_read() {
+        let line = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n";
+        let raw = line.repeat(1024 * 1024 / line.len()).into_bytes();
+        let entry = OutboxEntry { from: "a@x".into(), to: "b@y".into(), recipients: Vec::new(), raw: raw.clone(), xmpp_id: None };
+        let stored = serde_json::to_vec(&entry).unwrap();
+        assert!(stored.len() < raw.len() + raw.len() / 20, "{} bytes stored for {}", stored.len(), raw.len());
+        let back: OutboxEntry = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(back.raw, raw);
+        // An entry written before: the mail as an array of numbers, no recipients field.
+        let old: OutboxEntry = serde_json::from_str(r#"{"from":"a@x","to":"b@y","raw":[72,105,13,10],"xmpp_id":"m1"}"#).unwrap();
+        assert_eq!((old.raw.as_slice(), old.recipients(), old.xmpp_id.as_deref()), (&b"Hi\r\n"[..], vec!["b@y".to_owned()], Some("m1")));
+        // Bytes that are no UTF-8 keep the array form and read back the same.
+        let odd = OutboxEntry { raw: vec![0xff, 0x00, 0x41], ..old };
+        assert_eq!(serde_json::from_slice::<OutboxEntry>(&serde_json::to_vec(&odd).unwrap()).unwrap().raw, vec![0xff, 0x00, 0x41]);
+    }
 
     #[test]
     fn links_leave_the_body_when_their_files_are_attached() {
