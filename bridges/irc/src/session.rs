@@ -198,6 +198,10 @@ pub struct IrcSession {
     /// to the challenge of the exchange we started, and a failed SASL is not followed by
     /// NickServ.
     sasl: Sasl,
+    /// The away state the server holds for this connection: 0 when not away, else a hash
+    /// of the `AWAY` line sent. Each join tells the user's availability again; a line
+    /// that would change nothing is not sent (one `AWAY` and its reply less per join).
+    away_sent: u64,
     /// Since when the session has had no channel and no private conversation.
     idle_since: Option<Instant>,
     /// Until when numeric replies are answers to the user's raw commands (and shown).
@@ -273,6 +277,7 @@ impl IrcSession {
             ever_registered: false,
             pending: Vec::new(),
             sasl: Sasl::NotTried,
+            away_sent: 0,
             idle_since: None,
             raw_reply_until: None,
             listing: None,
@@ -431,6 +436,7 @@ impl IrcSession {
         let mut rate = IncomingRate::new(&self.settings.limits, Instant::now());
         self.registered = false;
         self.sasl = Sasl::NotTried;
+        self.away_sent = 0;
         self.offered = Caps::default();
         self.caps = Caps::default();
         self.v3 = None;
@@ -640,6 +646,10 @@ impl IrcSession {
                         None => format!("JOIN {channel}"),
                     };
                     self.send(line);
+                    // The channel's own modes (+m, +k: shown by discovery) come in
+                    // RPL_CHANNELMODEIS, after the JOIN's replies; asked in the JOIN's
+                    // write (a refused JOIN's answer is ignored: not joined).
+                    self.send(format!("MODE {channel}"));
                 }
                 self.wanted.insert(lower, Wanted { name: channel, key: password });
             }
@@ -684,7 +694,11 @@ impl IrcSession {
                         format!("AWAY :{status}")
                     }
                 };
-                self.send(line);
+                let sent = away_line_hash(&line);
+                if sent != self.away_sent {
+                    self.away_sent = sent;
+                    self.send(line);
+                }
             }
             Command::DescribeChannel { channel, nicks, reply } => reply.send(self.describe(&channel, nicks)),
             Command::ListChannels { reply } => {
@@ -724,6 +738,10 @@ impl IrcSession {
                 // Raw commands from the user, one per line, on their own connection; the
                 // server's numeric answers are shown for a while.
                 for line in text::to_irc_lines(&message.body) {
+                    if line.get(..4).is_some_and(|command| command.eq_ignore_ascii_case("AWAY")) {
+                        // Whatever it set, the next availability is sent as it is.
+                        self.away_sent = u64::MAX;
+                    }
                     self.send(line);
                 }
                 self.raw_reply_until = Some(Instant::now() + RAW_REPLY_WINDOW);
@@ -896,7 +914,17 @@ impl IrcSession {
                 if wanted.has(Cap::Sasl) && self.sasl == Sasl::NotTried {
                     self.sasl = Sasl::Requested;
                 }
-                wanted.request_line().unwrap_or_else(|| "CAP END".to_owned())
+                match wanted.request_line() {
+                    // Without SASL nothing waits for the answer: the request and the end
+                    // of negotiation go in one write, a round trip less per connection
+                    // (the server handles them in order; ACK or NAK, registration goes on).
+                    Some(request) if self.sasl == Sasl::NotTried => {
+                        let _ = transport::write_lines(write, [request.as_str(), "CAP END"]).await;
+                        return;
+                    }
+                    Some(request) => request,
+                    None => "CAP END".to_owned(),
+                }
             }
             Sub::ACK => {
                 self.caps = self.caps.union(list);
@@ -909,17 +937,21 @@ impl IrcSession {
                         "AUTHENTICATE PLAIN".to_owned()
                     }
                     _ if self.registered => return,
+                    // CAP END went with the request (no SASL asked).
+                    (_, Sasl::NotTried) => return,
                     _ => "CAP END".to_owned(),
                 }
             }
             // The whole request refused: SASL alone is worth another try.
             Sub::NAK if self.sasl == Sasl::Requested && list != Caps::only(Cap::Sasl) && !self.registered => "CAP REQ :sasl".to_owned(),
             Sub::NAK => {
-                if self.sasl == Sasl::Requested {
+                let sasl_requested = self.sasl == Sasl::Requested;
+                if sasl_requested {
                     // The server took back its offer: as if it had made none.
                     self.sasl = Sasl::NotTried;
                 }
-                if self.registered {
+                if !sasl_requested || self.registered {
+                    // CAP END went with a request without SASL.
                     return;
                 }
                 "CAP END".to_owned()
@@ -1110,6 +1142,18 @@ impl IrcSession {
     }
 }
 
+/// What [`IrcSession::away_sent`] keeps of an `AWAY` line: 0 for the bare `AWAY` (not
+/// away, as every connection starts), else a hash of the line.
+fn away_line_hash(line: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    if line == "AWAY" {
+        return 0;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    line.hash(&mut hasher);
+    hasher.finish().clamp(1, u64::MAX - 1)
+}
+
 impl IrcSession {
     /// Compares names as `mapping` says from now on; what is kept by name is keyed again.
     fn set_casemapping(&mut self, mapping: CaseMapping) {
@@ -1190,8 +1234,6 @@ impl IrcSession {
                 self.prefix_len = 1 + n.len() + 1 + u.len() + 1 + h.len() + 1;
             }
             let privileges = ChannelPrivileges::on(Arc::clone(&self.server_modes));
-            // The channel's own modes (+m, +k: shown by discovery) come in RPL_CHANNELMODEIS.
-            self.send(format!("MODE {name}"));
             self.joined.insert(lower, Joined { name, privileges, topic: None, reported: false });
             return;
         }
