@@ -1207,10 +1207,19 @@ impl NetworkSide for IrcSide {
             room.rejoining = true;
             self.rooms.insert(key.clone(), room);
             let join = Command::Join { channel: saved.channel.clone(), nick: saved.nick, password: None };
-            if let Err((_, text)) = self.hand_to_session(user, network, join) {
-                warn!(user = %user.0, channel = %saved.channel, %text, "a room taken over cannot be joined again");
-                if let Some(room) = self.rooms.remove(&key) {
-                    self.close_rooms(vec![room], &text).await;
+            match self.hand_to_session(user, network, join) {
+                Err((_, text)) => {
+                    warn!(user = %user.0, channel = %saved.channel, %text, "a room taken over cannot be joined again");
+                    if let Some(room) = self.rooms.remove(&key) {
+                        self.close_rooms(vec![room], &text).await;
+                    }
+                }
+                Ok(()) => {
+                    // What the server wrote into the last instance's connection as it died
+                    // is gone without a trace (XEP-0114 has no acknowledgements): the room
+                    // says so, so that nothing is lost silently.
+                    let notices = self.rooms.get(&key).map(|room| room.resources.iter().map(|to| muc::groupchat(room.jid_for(to), to, TAKEOVER_NOTICE, None, None)).collect());
+                    self.send_all(notices.unwrap_or_default()).await;
                 }
             }
         }
@@ -1225,6 +1234,10 @@ impl NetworkSide for IrcSide {
         self.sessions.end_user(user, "moving to another gateway instance");
     }
 }
+
+/// Told in each room of a user taken over from another instance (`restore_rooms`).
+pub const TAKEOVER_NOTICE: &str = "This room is served by another instance of the gateway now: the one before stopped. \
+    What you sent here in the seconds before may not have reached IRC; check your last messages.";
 
 /// Whether `settings` keep `channel` on `network` always on.
 fn always_on(settings: Option<&UserRecord>, network: &NetworkId, channel: &str) -> bool {
@@ -1457,6 +1470,12 @@ mod tests {
         let mut other = fixture();
         other.side.restore_rooms(user, rooms.clone()).await;
         assert!(matches!(other.bridge.commands(0).first(), Some(Command::Join { channel, nick, .. }) if channel == "#c" && nick == "alice"));
+        // The resource is told that what it sent as the last instance died may be lost.
+        let told = drain(&mut other.out);
+        assert!(
+            told.iter().any(|s| s.attr("to") == Some("u@h/a") && s.attr("type") == Some("groupchat") && s.get_child("body", xmpp_parsers::ns::DEFAULT_NS).is_some_and(|b| b.text() == TAKEOVER_NOTICE)),
+            "{told:?}"
+        );
         other.say("a", "still here").await;
         assert!(drain(&mut other.out).iter().all(|s| s.attr("type") != Some("error")), "not refused");
         assert!(matches!(other.bridge.commands(0).last(), Some(Command::Send { .. })), "{:?}", other.bridge.commands(0));

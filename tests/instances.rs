@@ -101,6 +101,11 @@ fn is_self_presence(stanza: &Element, room: &str) -> bool {
             .is_some_and(|x| x.children().any(|c| c.name() == "status" && c.attr("code") == Some("110")))
 }
 
+/// A group chat message from the room itself (no occupant) saying `text`.
+fn is_room_notice(stanza: &Element, room: &str, text: &str) -> bool {
+    stanza.name() == "message" && stanza.attr("type") == Some("groupchat") && stanza.attr("from") == Some(room) && stanza.children().any(|c| c.name() == "body" && c.text() == text)
+}
+
 async fn join(client: &mut Client, room: &str, nick: &str) {
     client.send_raw(&format!("<presence to='{room}/{nick}'><x xmlns='{MUC}'/></presence>")).await;
     client.wait_for("the self-presence", |e| is_self_presence(e, room)).await;
@@ -304,6 +309,20 @@ async fn three_instances_serve_thirty_users_who_talk_and_read_mail_and_a_killed_
         assert!(
             users[i].client.receive_within(Duration::from_secs(1), |e| is_self_presence(e, &room)).await.is_some(),
             "{nick}'s client was not shown the room again"
+        );
+        // And told, in the room, that what it sent as the instance died may be lost: the
+        // one loss XEP-0114 leaves (below) is not a silent one.
+        assert!(
+            users[i].client.receive_within(Duration::from_secs(1), |e| is_room_notice(e, &room, xmpp_gateway::irc_side::TAKEOVER_NOTICE)).await.is_some(),
+            "{nick}'s client was not told in {room} that its last lines may be lost"
+        );
+    }
+    // The other users' rooms say nothing of it.
+    for (i, user) in users.iter_mut().enumerate().filter(|(i, _)| !victims.contains(i)) {
+        let room = user.room.clone();
+        assert!(
+            user.client.receive_within(Duration::from_millis(100), |e| is_room_notice(e, &room, xmpp_gateway::irc_side::TAKEOVER_NOTICE)).await.is_none(),
+            "user {i} was told of a takeover that was not theirs"
         );
     }
 

@@ -9,6 +9,8 @@
 //! them, and sends lines to them in turn (one delivery to one XMPP user each); then those
 //! users write to their rooms (one IRC line each, plus the reflection), counted at the IRC
 //! client. About [`DELIVERIES`] each way; the gateway's CPU over each phase per delivery.
+//! Between the two, [`PACED`] IRC lines one at a time, each waiting for the last to
+//! arrive, so that no size batches more than another.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,11 @@ const SAMPLE: usize = 100;
 /// little (some 0.1 CPU-s of the gateway), few enough that ngIRCd, whose every line costs
 /// more with more clients, is not the whole run.
 const DELIVERIES: usize = 5_000;
+/// Deliveries of the phase that sends one line at a time (a 10 ms clock tick is some 5%
+/// of the gateway's CPU over them).
+const PACED: usize = 3_000;
+/// How long the gateway's idle CPU is measured, every user joined.
+const QUIET: Duration = Duration::from_secs(5);
 /// How long a delivery phase may take before the run fails.
 const DELIVERY_WAIT: Duration = Duration::from_secs(300);
 
@@ -43,6 +50,10 @@ pub fn specs() -> Vec<Spec> {
         Spec { key: "ngircd_cpu_per_join", label: "ngIRCd CPU per join (connection + registration + JOIN)", unit: "ms", decimals: 3, target: "" },
         Spec { key: "rss_after", label: "gateway RSS with every user joined", unit: "MiB", decimals: 1, target: "<= 100 MiB at 10,000 (issue 12)" },
         Spec { key: "i2x_cpu", label: "gateway CPU per IRC->XMPP delivery, every user joined", unit: "us", decimals: 1, target: "flat from 1,000 users on (issue 12)" },
+        Spec { key: "i2x_paced_cpu", label: "the same, one line at a time (each waits for the last to arrive: no batching at any size)", unit: "us", decimals: 1, target: "flat from 1,000 users on (issue 12)" },
+        Spec { key: "i2x_paced_busy_cpu", label: "the same, less the gateway's idle CPU over the phase's time", unit: "us", decimals: 1, target: "" },
+        Spec { key: "i2x_paced_ms", label: "time per line one at a time (IRC client -> ngIRCd -> gateway -> Prosody -> XMPP client)", unit: "ms", decimals: 2, target: "" },
+        Spec { key: "idle_cpu", label: "gateway CPU with every user joined and nothing said, per second", unit: "ms/s", decimals: 2, target: "" },
         Spec { key: "x2i_cpu", label: "gateway CPU per XMPP->IRC message (incl. reflection), every user joined", unit: "us", decimals: 1, target: "flat from 1,000 users on (issue 12)" },
     ]
 }
@@ -172,6 +183,37 @@ async fn deliveries(m: &mut Measured, ircd: &Ngircd, peer: Peer, procs: &[procst
     let delivered = per_channel * sample.len();
     m.set("i2x_cpu", usage[0].cpu_s * 1e6 / delivered as f64);
     m.usage.push((format!("{delivered} IRC->XMPP deliveries"), usage));
+    settle().await;
+
+    // What the gateway spends with every user joined and nothing said (timers, the
+    // archive's flushes), per second: the paced phase below lasts longer at 10,000 users
+    // (the IRC server is slower per line), so this part of its figure grows with the time.
+    let before = procstat::snapshot(procs);
+    let quiet = Instant::now();
+    tokio::time::sleep(QUIET).await;
+    let after = procstat::snapshot(procs);
+    let idle_per_s = procstat::usage(procs, &before, &after)[0].cpu_s / quiet.elapsed().as_secs_f64();
+    m.set("idle_cpu", idle_per_s * 1e3);
+
+    // IRC -> XMPP again, one line at a time: how many lines come per read and per write
+    // to the XMPP server depends on how fast the IRC server hands them out (ngIRCd's cost
+    // per line grows with its clients), so the phase above batches more at 1,000 users
+    // than at 10,000. Here every size pays for each line alone.
+    let before = procstat::snapshot(procs);
+    let paced = Instant::now();
+    for k in 0..PACED {
+        let i = sample[k % sample.len()];
+        let room = peer.room(&format!("#{}", names[i]));
+        irc.queue(&format!("PRIVMSG #{} :p {k}\r\n", names[i])).await?;
+        irc.flush().await?;
+        wait_messages(&mut slots[i].lock().await.reader, &room, "p ", 1).await?;
+    }
+    let after = procstat::snapshot(procs);
+    let usage = procstat::usage(procs, &before, &after);
+    m.set("i2x_paced_cpu", usage[0].cpu_s * 1e6 / PACED as f64);
+    m.set("i2x_paced_busy_cpu", (usage[0].cpu_s - idle_per_s * paced.elapsed().as_secs_f64()).max(0.0) * 1e6 / PACED as f64);
+    m.set("i2x_paced_ms", paced.elapsed().as_secs_f64() * 1e3 / PACED as f64);
+    m.usage.push((format!("{PACED} IRC->XMPP deliveries one at a time"), usage));
     settle().await;
 
     // XMPP -> IRC: each sampled user writes its lines (and reads their reflections); the

@@ -545,12 +545,13 @@ mod tests {
 }
 
 #[cfg(test)]
-mod size_tests {
+pub(crate) mod size_tests {
     use super::*;
     use bridge_core::model::NetworkId;
     use bridge_core::{BoxFuture, StoreFailure};
 
-    struct NoStore;
+    /// A store that keeps nothing (tasks' sizes only).
+    pub(crate) struct NoStore;
 
     impl BridgeStore for NoStore {
         fn load(&self, _: &UserId, _: &str) -> Result<Option<Vec<u8>>, StoreFailure> {
@@ -567,11 +568,9 @@ mod size_tests {
         }
     }
 
-    /// Each registered user's watcher is a task that lives in IDLE: its size is paid once
-    /// per user (issue 12: 1,000 IDLE sessions; bench/ measures the RSS per session).
-    #[test]
-    fn a_watcher_task_stays_small() {
-        let account = Account {
+    /// An account on local servers, every option off (tasks' sizes only).
+    pub(crate) fn account() -> Account {
+        Account {
             address: "a@b".into(),
             login: "a".into(),
             password: bridge_core::Secret::new("pw"),
@@ -583,7 +582,14 @@ mod size_tests {
             mark_displayed: false,
             import_contacts: 0,
             folders: Vec::new(),
-        };
+        }
+    }
+
+    /// Each registered user's watcher is a task that lives in IDLE: its size is paid once
+    /// per user (issue 12: 1,000 IDLE sessions; bench/ measures the RSS per session).
+    #[test]
+    fn a_watcher_task_stays_small() {
+        let account = account();
         let (events, _) = tokio::sync::mpsc::channel(1);
         let watcher = Watcher {
             key: SessionKey { user: UserId("a@b".into()), network: NetworkId::Email },

@@ -151,7 +151,10 @@ impl EmailSession {
                 command = self.commands.recv() => match command {
                     None | Some(Command::Shutdown { .. }) => break,
                     Some(Command::Send(message)) => {
-                        if self.enqueue(message).await {
+                        // Boxed, as every step below that runs now and then: the task
+                        // lives in this `select!` for the user's whole registration, and
+                        // an inline future would be paid for by every idle session.
+                        if Box::pin(self.enqueue(message)).await {
                             retry_at = Some(Instant::now());
                         }
                     }
@@ -190,12 +193,12 @@ impl EmailSession {
                 }
                 () = sleep_until_opt(retry_at) => {
                     if transport.is_none() {
-                        match smtp::transport(&self.account, &self.settings).await {
-                            Ok(built) => transport = Some(built),
+                        match Box::pin(smtp::transport(&self.account, &self.settings)).await {
+                            Ok(built) => transport = Some(Box::new(built)),
                             Err(error @ smtp::TransportError::Refused(_)) => {
                                 // It will not change by waiting: each mail is reported.
                                 warn!(%error, "the SMTP server is refused by the network policy");
-                                self.refuse_outbox(&error.to_string()).await;
+                                Box::pin(self.refuse_outbox(&error.to_string())).await;
                                 retry_at = None;
                                 continue;
                             }
@@ -203,7 +206,7 @@ impl EmailSession {
                         }
                     }
                     retry_at = match &transport {
-                        Some(transport) if self.flush_outbox(transport).await && self.file_sent_copies().await => {
+                        Some(transport) if Box::pin(self.flush_outbox(transport)).await && Box::pin(self.file_sent_copies()).await => {
                             retries.reset();
                             None
                         }
@@ -220,7 +223,8 @@ impl EmailSession {
             let _ = stop.send(());
             let _ = watching.await;
         }
-        let _ = self.events.send(SessionEvent { key: self.key.clone(), event: Event::Ended { reason: "session closed".into(), unhandled: Vec::new() } }).await;
+        let ended = SessionEvent { key: self.key.clone(), event: Event::Ended { reason: "session closed".into(), unhandled: Vec::new() } };
+        let _ = Box::pin(self.events.send(ended)).await;
     }
 
     /// The watcher of `folder`.
@@ -522,6 +526,22 @@ fn as_message_id(thread: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each registered user's session is a task that waits most of its life: its size is
+    /// paid once per user, beside the watcher's (issue 12: RSS per IDLE session).
+    #[test]
+    fn a_session_task_stays_small() {
+        let account = crate::imap::size_tests::account();
+        let (events, _) = tokio::sync::mpsc::channel(1);
+        let (_queue, commands) = bridge_core::command_queue();
+        let key = SessionKey { user: bridge_core::model::UserId("a@b".into()), network: bridge_core::model::NetworkId::Email };
+        let session = EmailSession::new(key, account, Arc::new(EmailSettings::default()), Arc::new(crate::imap::size_tests::NoStore), events, commands);
+        let task = session.run();
+        let size = std::mem::size_of_val(&task);
+        // 3,224 bytes before the steps that run now and then (a mail queued or sent, the
+        // transport built, the end) were boxed; 1,224 after.
+        assert!(size <= 1300, "an email session's task takes {size} bytes");
+    }
 
     #[test]
     fn a_mail_takes_about_its_own_size_in_the_outbox_and_old_entries_still_read() {
