@@ -1162,6 +1162,12 @@ impl Router {
             if let Some(cluster) = &mut self.cluster {
                 cluster.saved_rooms.remove(&user_id);
             }
+            // Also for what went to IRC users and mail contacts: nobody can say which
+            // stanzas died with the last instance (each room says so too).
+            let notice = bridge_core::model::Message { peer: bridge_core::model::Peer::Server, sender: None, kind: bridge_core::model::MessageKind::Notice, body: TAKEOVER_NOTICE.to_owned(), subject: None, thread: None, id: None, delay: None, links: Vec::new() };
+            if let Some(stanza) = side::chat_from(&self.gateway, &user, notice) {
+                self.out.send(stanza).await;
+            }
             self.send_presence(Presence::probe(), &user).await;
         }
     }
@@ -1266,6 +1272,10 @@ impl Router {
         self.out.send(presence.with_to(to).with_from(from).into()).await;
     }
 }
+
+/// What the gateway tells a user it took over from another instance (`adopt`).
+pub const TAKEOVER_NOTICE: &str = "The gateway instance that served you stopped and this one took over: \
+    messages you sent through the gateway in the seconds before may not have been delivered; check your last ones.";
 
 /// Whether `stanza` answers one of our keepalive pings.
 pub fn is_keepalive_answer(stanza: &Element) -> bool {

@@ -106,6 +106,11 @@ fn is_room_notice(stanza: &Element, room: &str, text: &str) -> bool {
     stanza.name() == "message" && stanza.attr("type") == Some("groupchat") && stanza.attr("from") == Some(room) && stanza.children().any(|c| c.name() == "body" && c.text() == text)
 }
 
+/// A chat message from the gateway's own JID saying `text`.
+fn is_gateway_notice(stanza: &Element, text: &str) -> bool {
+    stanza.name() == "message" && stanza.attr("type") == Some("chat") && stanza.attr("from") == Some(GW) && stanza.children().any(|c| c.name() == "body" && c.text() == text)
+}
+
 async fn join(client: &mut Client, room: &str, nick: &str) {
     client.send_raw(&format!("<presence to='{room}/{nick}'><x xmlns='{MUC}'/></presence>")).await;
     client.wait_for("the self-presence", |e| is_self_presence(e, room)).await;
@@ -316,12 +321,20 @@ async fn three_instances_serve_thirty_users_who_talk_and_read_mail_and_a_killed_
             users[i].client.receive_within(Duration::from_secs(1), |e| is_room_notice(e, &room, xmpp_gateway::irc_side::TAKEOVER_NOTICE)).await.is_some(),
             "{nick}'s client was not told in {room} that its last lines may be lost"
         );
+        // And by the gateway itself, for what went elsewhere (IRC users, mail).
+        assert!(
+            users[i].client.receive_within(Duration::from_secs(1), |e| is_gateway_notice(e, xmpp_gateway::router::TAKEOVER_NOTICE)).await.is_some(),
+            "{nick}'s client was not told by the gateway that its last messages may be lost"
+        );
     }
-    // The other users' rooms say nothing of it.
+    // The other users hear nothing of it.
     for (i, user) in users.iter_mut().enumerate().filter(|(i, _)| !victims.contains(i)) {
         let room = user.room.clone();
         assert!(
-            user.client.receive_within(Duration::from_millis(100), |e| is_room_notice(e, &room, xmpp_gateway::irc_side::TAKEOVER_NOTICE)).await.is_none(),
+            user.client
+                .receive_within(Duration::from_millis(100), |e| is_room_notice(e, &room, xmpp_gateway::irc_side::TAKEOVER_NOTICE) || is_gateway_notice(e, xmpp_gateway::router::TAKEOVER_NOTICE))
+                .await
+                .is_none(),
             "user {i} was told of a takeover that was not theirs"
         );
     }
@@ -617,6 +630,7 @@ async fn an_instance_cut_off_from_postgresql_ends_its_sessions_before_another_ta
     let cut_off = setup.instance_through(1, &relay);
     let cut_off_id = cut_off.instance_id().unwrap();
     let watcher = Watcher::start(&setup.ircd, &channels).await;
+    let joins_from = Instant::now();
     let mut users = users_in_channels(&setup, "s", 4, &channels, &[1]).await;
     let other = setup.instance(2);
     assert!(setup.owners().values().all(|owner| *owner == cut_off_id), "{:?}", setup.owners());
@@ -627,6 +641,13 @@ async fn an_instance_cut_off_from_postgresql_ends_its_sessions_before_another_ta
     while setup.postgres.psql(&setup.database, "SELECT count(*) FROM bridge_state WHERE position('cluster-rooms'::bytea IN key) > 0") != "4" {
         assert!(Instant::now() < deadline, "the rooms were not saved");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The watcher stamps lines as it reads them, and the blocking calls above (starting
+    // an instance, psql) hold this test's one thread: every first JOIN must be read
+    // before the cut, or it would pass for a return after it.
+    while users.iter().any(|user| watcher.joined_after(&user.nick, joins_from).is_none()) {
+        assert!(Instant::now() < deadline, "the watcher did not see every user join");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     relay.cut();
     let cut_at = Instant::now();
