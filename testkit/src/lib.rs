@@ -37,7 +37,16 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct ports free right now on 127.0.0.1: every listener is held until all are
+/// found, so the kernel cannot hand the same port out twice (two `free_port()` calls in
+/// a row can, and a server given the same port for two listeners refuses to start).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [TcpListener; N] = std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|listener| listener.local_addr().unwrap().port())
 }
 
 /// The repository's root (this crate lives in `testkit/`).
@@ -165,8 +174,9 @@ impl XmppServer {
         let mut server = XmppServer { kind, dir, c2s_port: 0, component_port: 0, http_port: None, options };
         // A port found free can be taken by a parallel test before the server binds it.
         for attempt in 1.. {
-            (server.c2s_port, server.component_port) = (free_port(), free_port());
-            server.http_port = server.options.http_upload.then(free_port);
+            let [c2s, component, http] = free_ports();
+            (server.c2s_port, server.component_port) = (c2s, component);
+            server.http_port = server.options.http_upload.then_some(http);
             match server.try_start() {
                 Ok(_) => break,
                 Err(error) if attempt < 5 && error.contains("in use") => {}
@@ -295,8 +305,9 @@ impl EjabberdCluster {
         let balancing = balancing.unwrap_or_default();
         // A port found free can be taken by a parallel test before the server binds it.
         for attempt in 1.. {
-            cluster.c2s_ports = [free_port(), free_port()];
-            cluster.component_ports = [free_port(), free_port()];
+            let [c2s_a, c2s_b, component_a, component_b] = free_ports();
+            cluster.c2s_ports = [c2s_a, c2s_b];
+            cluster.component_ports = [component_a, component_b];
             let ports: Vec<String> = [cluster.c2s_ports[0], cluster.component_ports[0], cluster.c2s_ports[1], cluster.component_ports[1]]
                 .iter()
                 .map(u16::to_string)
