@@ -180,11 +180,11 @@ struct Inner {
     /// Where to ask which resources of a user are online (the router), set once.
     router: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::router::RouterTask>>,
     /// Full JIDs of clients asked whether they take XEP-0144 suggestions, with the
-    /// answer (no answer in time: no). Bounded by [`RESOURCES_REMEMBERED`].
-    rosterx: Mutex<std::collections::HashMap<String, bool>>,
-    /// Held while a client is asked: contacts offered at once (an import) wait for the
-    /// first answer instead of asking the same client hundreds of times.
-    asking: tokio::sync::Mutex<()>,
+    /// answer (no answer in time: no) once it came. A cell being filled makes the
+    /// contacts offered at once to one client (an import) wait for its first answer
+    /// instead of asking it hundreds of times, without holding up other clients' checks.
+    /// Bounded by [`RESOURCES_REMEMBERED`].
+    rosterx: Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>,
 }
 
 impl Roster {
@@ -206,7 +206,6 @@ impl Roster {
                 offered: Mutex::default(),
                 router: std::sync::OnceLock::new(),
                 rosterx: Mutex::default(),
-                asking: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -328,22 +327,23 @@ impl Roster {
 
     /// Whether the client `full` takes XEP-0144 suggestions (asked once by disco#info).
     async fn takes_suggestions(&self, full: &str) -> bool {
-        let _asking = self.inner.asking.lock().await;
-        if let Some(known) = self.inner.rosterx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(full) {
-            return *known;
-        }
         let Ok(to) = full.parse::<Jid>() else { return false };
-        let iq = Iq::from_get("", xmpp_parsers::disco::DiscoInfoQuery { node: None }).with_to(to).with_from(self.inner.gateway.clone());
-        let takes = match self.inner.requests.ask(&self.inner.out, iq, DISCO_TIMEOUT).await {
-            Ok(Some(payload)) => xmpp_parsers::disco::DiscoInfoResult::try_from(payload).is_ok_and(|info| info.features.contains(NS_ROSTERX)),
-            _ => false,
+        let answer = {
+            let mut known = self.inner.rosterx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if known.len() >= RESOURCES_REMEMBERED && !known.contains_key(full) {
+                known.clear();
+            }
+            Arc::clone(known.entry(full.to_owned()).or_default())
         };
-        let mut known = self.inner.rosterx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if known.len() >= RESOURCES_REMEMBERED {
-            known.clear();
-        }
-        known.insert(full.to_owned(), takes);
-        takes
+        *answer
+            .get_or_init(|| async {
+                let iq = Iq::from_get("", xmpp_parsers::disco::DiscoInfoQuery { node: None }).with_to(to).with_from(self.inner.gateway.clone());
+                match self.inner.requests.ask(&self.inner.out, iq, DISCO_TIMEOUT).await {
+                    Ok(Some(payload)) => xmpp_parsers::disco::DiscoInfoResult::try_from(payload).is_ok_and(|info| info.features.contains(NS_ROSTERX)),
+                    _ => false,
+                }
+            })
+            .await
     }
 
     /// The contacts offered to `user` so far, in JID order.
@@ -518,5 +518,41 @@ mod tests {
         assert_eq!(request.attr("from"), Some("bob\\40mail.example@gw"));
         assert_eq!(request.attr("to"), Some("alice@example.org"));
         assert_eq!(request.get_child("nick", xmpp_parsers::ns::NICK).map(Element::text).as_deref(), Some("Bob"));
+    }
+
+    #[tokio::test]
+    async fn a_slow_client_holds_up_only_the_checks_of_that_client() {
+        let (out, mut written) = crate::writer::Outbox::for_tests();
+        let (store, _tmp) = crate::side::testing::store();
+        let requests = Requests::default();
+        let roster = Roster::new("gw.example.org", out, requests.clone(), store);
+        let slow = "alice@example.org/phone";
+        let asks = |full: &'static str| {
+            let roster = roster.clone();
+            tokio::spawn(async move { roster.takes_suggestions(full).await })
+        };
+        // An import: three contacts offered at once to the slow client, then one to another.
+        let slow_checks = [asks(slow), asks(slow), asks(slow)];
+        let first = written.recv().await.unwrap();
+        assert_eq!(first.attr("to"), Some(slow));
+        let other = asks("bob@example.org/desktop");
+        let second = written.recv().await.unwrap();
+        assert_eq!(second.attr("to"), Some("bob@example.org/desktop"), "the other client is asked while the slow one is silent");
+        let answer = |asked: &Element, features: &str| {
+            format!(
+                "<iq xmlns='jabber:component:accept' type='result' id='{}' from='{}'>\
+                 <query xmlns='http://jabber.org/protocol/disco#info'><identity category='client' type='pc'/>{features}</query></iq>",
+                asked.attr("id").unwrap(),
+                asked.attr("to").unwrap()
+            )
+        };
+        assert!(requests.resolve(parse(&answer(&second, ""))));
+        assert!(!other.await.unwrap(), "answered without the feature");
+        assert!(requests.resolve(parse(&answer(&first, &format!("<feature var='{NS_ROSTERX}'/>")))));
+        for check in slow_checks {
+            assert!(check.await.unwrap(), "every check of the slow client has its one answer");
+        }
+        assert!(written.try_recv().is_err(), "the slow client was asked once");
+        assert!(roster.takes_suggestions(slow).await, "and its answer is remembered");
     }
 }
