@@ -262,7 +262,7 @@ impl IrcSide {
                 if !room.resources.remove(&full) {
                     return;
                 }
-                let goodbye = muc::departure_presence(&room.occupant_jid(&full, &room.nick), &full, &room.me, &[Status::SelfPresence], None, None);
+                let goodbye = muc::departure_presence(&room.occupant_jid(&full, room.nick()), &full, &room.me, &[Status::SelfPresence], None, None);
                 room.aliases.remove(&full);
                 room.history.retain(|(r, _)| *r != full);
                 let emptied = room.resources.is_empty();
@@ -342,7 +342,7 @@ impl IrcSide {
     async fn reflect(&mut self, session: &SessionKey, channel: &str, irc_text: Option<&str>, markup: &[Element], id: Option<&str>, stanza: &Element) {
         let Some(room) = self.rooms.get(&self.key(session, channel)) else { return };
         let archived = match irc_text {
-            Some(text) => self.archive.room_line(&session.user.0, &room.archive_key, room.archive_epoch, &room.nick, text).await.map(crate::mam::id_text),
+            Some(text) => self.archive.room_line(&session.user.0, &room.archive_key, room.archive_epoch, room.nick(), text).await.map(crate::mam::id_text),
             None => None,
         };
         let body = stanza.get_child("body", NS_COMPONENT).map(Element::text);
@@ -351,8 +351,8 @@ impl IrcSide {
             .iter()
             .map(|to| {
                 let mut echo = match &body {
-                    Some(body) => muc::groupchat(&room.occupant_jid(to, &room.nick), to, body, id, archived.as_deref()),
-                    None => muc::groupchat_without_body(&room.occupant_jid(to, &room.nick), to, id),
+                    Some(body) => muc::groupchat(&room.occupant_jid(to, room.nick()), to, body, id, archived.as_deref()),
+                    None => muc::groupchat_without_body(&room.occupant_jid(to, room.nick()), to, id),
                 };
                 for child in markup {
                     echo.append_child(child.clone());
@@ -555,12 +555,13 @@ impl IrcSide {
         let Some(room) = self.rooms.get_mut(&self.key(key, channel)) else { return };
         room.joined = true;
         room.rejoining = false;
-        room.nick = nick;
+        room.given_nick(nick);
         room.topic = topic;
         if let Some(me) = occupants.iter().find(|o| room.is_me(&o.nick)) {
-            room.me = me.clone();
+            // Its role and affiliation; the nick as the server gave it to us.
+            let nick = std::mem::take(&mut room.me.nick);
+            room.me = Occupant { nick, ..me.clone() };
         }
-        room.me.nick.clone_from(&room.nick);
         let newcomers = room.resources.enter_all();
         let asked = std::mem::take(&mut room.history);
         // The history each newcomer asked for, read from the archive before its entry
@@ -637,9 +638,7 @@ impl IrcSide {
             .map(|to| muc::departure_presence(&room.occupant_jid(to, old), to, &before, codes, Some(&occupant.nick), None))
             .collect();
         if me {
-            room.nick.clone_from(&occupant.nick);
-            room.requested_nick.clone_from(&occupant.nick);
-            room.me = occupant.clone();
+            room.renamed(occupant.clone());
         }
         let back_codes: &[Status] = if me { &[Status::SelfPresence] } else { &[] };
         stanzas.extend(room.resources.entered().map(|to| muc::occupant_presence(&room.occupant_jid(to, &occupant.nick), to, &occupant, back_codes)));
@@ -1070,7 +1069,7 @@ impl NetworkSide for IrcSide {
             room.archive_epoch = self.epochs;
             room.joined = false;
             room.resources.forget_entries();
-            joins.push((network.clone(), room.channel.clone(), room.requested_nick.clone(), room.key.clone()));
+            joins.push((network.clone(), room.channel.clone(), room.requested_nick().to_owned(), room.key.clone()));
         }
         self.send_all(stanzas).await;
         for (network, channel, nick, password) in joins {
@@ -1178,7 +1177,7 @@ impl NetworkSide for IrcSide {
             by_user.entry(user.clone()).or_default().push(SavedRoom {
                 network: server.clone(),
                 channel: room.channel.clone(),
-                nick: room.requested_nick.clone(),
+                nick: room.requested_nick().to_owned(),
                 resources: room.resources.iter().cloned().collect(),
             });
         }
@@ -1331,7 +1330,7 @@ fn join_errors(room: &Room, condition: DefinedCondition, text: &str) -> Vec<Elem
         .iter()
         .filter_map(|to| {
             let mut presence = Presence::new(PresenceType::Error).with_to(to.parse::<Jid>().ok()?);
-            presence.from = room.occupant_jid(to, &room.requested_nick).parse().ok();
+            presence.from = room.occupant_jid(to, room.requested_nick()).parse().ok();
             presence.payloads.push(stanza::stanza_error(condition.clone(), text).into());
             Some(presence.into())
         })

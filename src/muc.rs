@@ -25,17 +25,17 @@ pub struct Room {
     /// The user's resources in the room (or joining it), and which of them were sent
     /// the room's entry since the IRC side last confirmed the join.
     pub resources: Resources,
-    /// The user's nick in the room: asked for until joined, then as the server gave it.
-    pub nick: String,
-    /// The nick the user asked for, to tell them (status 210) when the server changed it.
-    pub requested_nick: String,
+    /// The nick the user asked for, when the server gave another (status 210 tells
+    /// them; a rejoin asks for it again); `None` while it is the one in `me`.
+    requested_nick: Option<Box<str>>,
     /// Whether the IRC side confirmed the join (else resources wait for it).
     pub joined: bool,
     /// Joined again after a takeover from another instance (`cluster`): the resources
     /// were in the room all along, so their messages go to the session (which sends them
     /// after its JOIN) instead of being refused until the join is confirmed.
     pub rejoining: bool,
-    /// The user's own role and affiliation, for the presences about themselves.
+    /// The user as an occupant: their nick in the room (asked for until joined, then as
+    /// the server gave it), role and affiliation, for the presences about themselves.
     pub me: Occupant,
     /// The current subject.
     pub topic: Option<String>,
@@ -181,9 +181,8 @@ impl Room {
             jid,
             channel,
             resources: Resources::of(resource),
-            requested_nick: nick.clone(),
-            me: Occupant::new(nick.clone(), Role::Participant, Affiliation::None),
-            nick,
+            requested_nick: None,
+            me: Occupant::new(nick, Role::Participant, Affiliation::None),
             joined: false,
             rejoining: false,
             topic: None,
@@ -222,7 +221,34 @@ impl Room {
 
     /// Whether `nick` is the user's, compared as the network compares nicks.
     pub fn is_me(&self, nick: &str) -> bool {
-        self.mapping.fold(nick) == self.mapping.fold(&self.nick)
+        self.mapping.fold(nick) == self.mapping.fold(self.nick())
+    }
+
+    /// The user's nick in the room.
+    pub fn nick(&self) -> &str {
+        &self.me.nick
+    }
+
+    /// The nick the user asked for (the one the server gave, unless it gave another).
+    pub fn requested_nick(&self) -> &str {
+        self.requested_nick.as_deref().unwrap_or(&self.me.nick)
+    }
+
+    /// The server gave the user `nick` in the channel (joining it): the nick asked for is
+    /// kept when it differs.
+    pub fn given_nick(&mut self, nick: String) {
+        if nick != self.requested_nick() {
+            self.requested_nick.get_or_insert_with(|| self.me.nick.clone().into_boxed_str());
+        } else {
+            self.requested_nick = None;
+        }
+        self.me.nick = nick;
+    }
+
+    /// The user changed their nick (or their status) to `me`'s: now the one asked for.
+    pub fn renamed(&mut self, me: Occupant) {
+        self.me = me;
+        self.requested_nick = None;
     }
 
     /// Everything a resource needs on (re)entering: others' presences, then the user's
@@ -237,10 +263,10 @@ impl Room {
             .filter(|o| !self.is_me(&o.nick))
             .map(move |o| occupant_presence(&self.occupant_jid(to, &o.nick), to, o, &[]));
         let mut codes = vec![Status::SelfPresence];
-        if self.nick != self.requested_nick {
+        if self.requested_nick.is_some() {
             codes.push(Status::AssignedNick);
         }
-        let own = std::iter::once_with(move || occupant_presence(&self.occupant_jid(to, &self.nick), to, &self.me, &codes));
+        let own = std::iter::once_with(move || occupant_presence(&self.occupant_jid(to, self.nick()), to, &self.me, &codes));
         let history = history.iter().map(move |item| crate::mam::history_message(self.jid_for(to), to, item));
         let subject = std::iter::once_with(move || subject_message(self.jid_for(to), to, self.topic.as_deref().unwrap_or("")));
         others.chain(own).chain(history).chain(subject)
@@ -251,7 +277,7 @@ impl Room {
     pub fn self_departures(&self, codes: &[Status], reason: Option<&str>) -> Vec<Element> {
         let mut all = vec![Status::SelfPresence];
         all.extend_from_slice(codes);
-        self.resources.entered().map(|to| departure_presence(&self.occupant_jid(to, &self.nick), to, &self.me, &all, None, reason)).collect()
+        self.resources.entered().map(|to| departure_presence(&self.occupant_jid(to, self.nick()), to, &self.me, &all, None, reason)).collect()
     }
 }
 
@@ -782,7 +808,7 @@ mod tests {
 
     fn joined_room() -> (Room, Vec<Occupant>) {
         let mut room = Room::new("#r%irc.x@gw".into(), "#r".into(), "u@h/a".into(), "alice".into());
-        room.nick = "alice_".into();
+        room.given_nick("alice_".into());
         room.joined = true;
         room.topic = Some("welcome".into());
         let occupants = vec![occupant("alice_", Role::Participant, Affiliation::None), occupant("bob", Role::Moderator, Affiliation::Admin)];

@@ -10,6 +10,7 @@
 // Protocol code reads what remote servers send: no indexing that can panic on it.
 #![cfg_attr(not(test), warn(clippy::indexing_slicing))]
 
+mod channels;
 mod listing;
 pub mod modes;
 pub mod ircv3;

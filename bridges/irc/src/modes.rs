@@ -293,8 +293,9 @@ impl ServerModes {
         self.mapping = mapping;
     }
 
-    /// The hash `nick` is found by: of its characters folded (no folded copy made).
-    fn hash(&self, nick: &str) -> u64 {
+    /// The hash `nick` (or a channel name) is found by: of its characters folded (no
+    /// folded copy made).
+    pub(crate) fn hash(&self, nick: &str) -> u64 {
         let mut hasher = self.hasher.build_hasher();
         for c in nick.chars() {
             hasher.write_u32(u32::from(self.mapping.fold_char(c)));
@@ -302,8 +303,8 @@ impl ServerModes {
         hasher.finish()
     }
 
-    /// Whether two nicks are one for the server.
-    fn same(&self, a: &str, b: &str) -> bool {
+    /// Whether two nicks (or channel names) are one for the server.
+    pub(crate) fn same(&self, a: &str, b: &str) -> bool {
         self.mapping.same(a, b)
     }
 }

@@ -23,7 +23,8 @@ use bridge_core::backoff::{sleep_until_opt, Backoff};
 
 use crate::ircv3::{Batches, Cap, Caps, EchoQueue};
 use crate::listing::{self, Listing};
-use crate::modes::{ChannelPrivileges, PrefixMap, ServerModes};
+use crate::channels::{Channels, State};
+use crate::modes::{PrefixMap, ServerModes};
 use crate::settings::{NetworkSettings, ServerLimits};
 use crate::text;
 use crate::transport::{self, IncomingRate, LineReader, Stream};
@@ -49,28 +50,6 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 const FIRST_CONNECTION_RETRIES: u32 = 4;
 /// The delay before the first of those, doubled each time and jittered.
 const FIRST_CONNECTION_RETRY: Duration = Duration::from_millis(100);
-
-/// A channel the user wants to be in.
-#[derive(Debug, Clone)]
-struct Wanted {
-    /// The channel name as the user wrote it.
-    name: String,
-    /// Its key, if any.
-    key: Option<Secret>,
-}
-
-/// A channel joined on the current connection.
-#[derive(Debug)]
-struct Joined {
-    /// Name as the server spells it.
-    name: String,
-    /// Occupants and their privileges.
-    privileges: ChannelPrivileges,
-    /// Topic (RPL_TOPIC or TOPIC).
-    topic: Option<String>,
-    /// Whether `Event::Joined` was sent (after RPL_ENDOFNAMES).
-    reported: bool,
-}
 
 /// A line waiting to be written.
 #[derive(Debug)]
@@ -107,7 +86,7 @@ fn unsent_messages(queue: VecDeque<Queued>) -> Vec<Origin> {
 enum Owed {
     /// A joined channel whose `Event::Joined` a repeated `Command::Join` asked for again
     /// (another XMPP resource of the user entering the room): the gateway keeps no
-    /// occupant list of its own, so the session reports the current one (by folded name).
+    /// occupant list of its own, so the session reports the current one (by name).
     Replay(String),
     /// A message refused for a full send queue.
     Refused(Origin),
@@ -159,10 +138,9 @@ pub struct IrcSession {
     events: EventSink,
     /// Commands from the gateway.
     commands: Commands,
-    /// Channels the user wants, by lower-cased name; rejoined after a reconnection.
-    wanted: HashMap<String, Wanted>,
-    /// Channels joined on the current connection, by lower-cased name.
-    joined: HashMap<String, Joined>,
+    /// Channels the user wants (rejoined after a reconnection), and where each stands
+    /// on the current connection.
+    channels: Channels,
     /// The nick to ask for at registration.
     wanted_nick: String,
     /// Our current nick on the server.
@@ -173,7 +151,8 @@ pub struct IrcSession {
     /// channel's privileges (one copy per connection).
     server_modes: Arc<ServerModes>,
     /// How this server compares channel names and nicks (ISUPPORT `CASEMAPPING`; rfc1459
-    /// until it says): the keys of `wanted`, `joined`, `private_peers` and every roster.
+    /// until it says): the keys of `private_peers` (`server_modes` has it too, for
+    /// `channels` and every roster).
     casemapping: CaseMapping,
     /// Nicks the user talked with privately; their QUIT is shown as unavailable.
     private_peers: BTreeSet<String>,
@@ -261,8 +240,7 @@ impl IrcSession {
             password,
             events,
             commands,
-            wanted: HashMap::new(),
-            joined: HashMap::new(),
+            channels: Channels::default(),
             nick: wanted_nick.clone(),
             wanted_nick,
             prefix_len: 0,
@@ -338,7 +316,7 @@ impl IrcSession {
                 Outcome::Flooded(reason) => {
                     warn!(server = %self.server, %reason, "IRC server cut off");
                     // Channels still being joined fail; joined ones close with the reason.
-                    self.wanted.retain(|lower, _| !self.joined.contains_key(lower));
+                    self.channels.retain(|channel| !channel.is_joined());
                     Box::pin(self.fail_everything(FailureKind::Unavailable, &reason)).await;
                     end_reason = reason;
                     break;
@@ -356,13 +334,10 @@ impl IrcSession {
                     warn!(server = %self.server, %reason, "IRC connection lost; reconnecting");
                     // Joined channels, and those still being joined: the user hears about
                     // both, and gets them back after the reconnection.
-                    let mut channels: Vec<String> = self.joined.values().map(|j| j.name.clone()).collect();
-                    for wanted in self.wanted.values() {
-                        if !self.joined.contains_key(&self.casemapping.fold(&wanted.name)) {
-                            channels.push(wanted.name.clone());
-                        }
+                    let channels: Vec<String> = self.channels.iter().map(|c| c.name.clone()).collect();
+                    for channel in self.channels.iter_joined_mut() {
+                        channel.unjoin();
                     }
-                    self.joined.clear();
                     if self.registered {
                         // The connection worked: the next one starts from the first delay.
                         backoff.reset();
@@ -420,8 +395,9 @@ impl IrcSession {
             };
             self.emit(event).await;
         }
-        for (_, wanted) in std::mem::take(&mut self.wanted) {
-            self.emit(Event::JoinFailed { channel: wanted.name, kind, text: text.to_owned() }).await;
+        let channels: Vec<String> = self.channels.take_all().map(|c| c.name).collect();
+        for channel in channels {
+            self.emit(Event::JoinFailed { channel, kind, text: text.to_owned() }).await;
         }
     }
 
@@ -464,7 +440,7 @@ impl IrcSession {
             let wait_send = (self.registered && !self.queue.is_empty()).then_some(self.next_send);
             // Nothing left to do here: linger a moment (a client "rejoin" is a leave and a
             // join back to back), then quit.
-            let unused = self.registered && self.wanted.is_empty() && self.private_peers.is_empty() && self.listing.is_none();
+            let unused = self.registered && self.channels.is_empty() && self.private_peers.is_empty() && self.listing.is_none();
             let idle_until = if unused { *self.idle_since.get_or_insert_with(Instant::now) + LINGER } else {
                 self.idle_since = None;
                 deadline
@@ -633,14 +609,14 @@ impl IrcSession {
         match command {
             Command::Send(message) => self.send_message(message),
             Command::Join { channel, nick: _, password } => {
-                let lower = self.casemapping.fold(&channel);
-                if self.joined.get(&lower).is_some_and(|j| j.reported) {
+                let known = self.channels.get(&self.server_modes, &channel);
+                if known.is_some_and(|c| c.is_reported()) {
                     // Another resource entering: the channel (and the key it was joined
                     // with, for rejoins) stays as it is.
-                    self.owed.push(Owed::Replay(lower));
+                    self.owed.push(Owed::Replay(channel));
                     return false;
                 }
-                if !self.joined.contains_key(&lower) {
+                if !known.is_some_and(|c| c.is_joined()) {
                     let line = match &password {
                         Some(key) => format!("JOIN {channel} {}", text::sanitize_word(key.expose())),
                         None => format!("JOIN {channel}"),
@@ -651,14 +627,12 @@ impl IrcSession {
                     // write (a refused JOIN's answer is ignored: not joined).
                     self.send(format!("MODE {channel}"));
                 }
-                self.wanted.insert(lower, Wanted { name: channel, key: password });
+                self.channels.want(&self.server_modes, channel, password);
             }
             Command::Leave { channel, reason } => {
-                let lower = self.casemapping.fold(&channel);
-                self.wanted.remove(&lower);
                 // Forgotten at once, not when the server echoes the PART: a join that
                 // follows straight away must send a new JOIN.
-                if self.joined.remove(&lower).is_some() {
+                if self.channels.remove(&self.server_modes, &channel).is_some_and(|c| c.is_joined()) {
                     let reason = reason.and_then(|r| text::to_irc_lines(&r).into_iter().next());
                     self.send(match reason {
                         Some(reason) => format!("PART {channel} :{reason}"),
@@ -715,7 +689,7 @@ impl IrcSession {
 
     /// What discovery shows of a channel the user is in (reported to the gateway).
     fn describe(&self, channel: &str, nicks: bool) -> Option<ChannelInfo> {
-        let joined = self.joined.get(self.casemapping.folded(channel).as_ref()).filter(|j| j.reported)?;
+        let joined = self.channels.get(&self.server_modes, channel).filter(|c| c.is_reported())?;
         let modes = joined.privileges.channel_modes();
         Some(ChannelInfo {
             name: joined.name.clone(),
@@ -860,7 +834,7 @@ impl IrcSession {
                 }
             }
             IrcCommand::TOPIC(channel, Some(topic)) => {
-                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(&channel)) {
+                if let Some(joined) = self.channels.joined_mut(&self.server_modes, &channel) {
                     joined.topic = Some(topic.clone());
                     let channel = joined.name.clone();
                     self.emit(Event::Topic { channel, topic, by: source }).await;
@@ -1034,13 +1008,13 @@ impl IrcSession {
             }
             Response::RPL_TOPIC => {
                 let [_, channel, topic, ..] = args.as_slice() else { return None };
-                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(channel)) {
+                if let Some(joined) = self.channels.joined_mut(&self.server_modes, channel) {
                     joined.topic = Some(topic.clone());
                 }
             }
             Response::RPL_CHANNELMODEIS => {
                 let [_, channel, modes, params @ ..] = args.as_slice() else { return None };
-                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(channel)) {
+                if let Some(joined) = self.channels.joined_mut(&self.server_modes, channel) {
                     let params: Vec<&str> = params.iter().map(String::as_str).collect();
                     joined.privileges.apply_mode(modes, &params);
                 }
@@ -1058,7 +1032,7 @@ impl IrcSession {
             }
             Response::RPL_NAMREPLY => {
                 let [_, _, channel, names, ..] = args.as_slice() else { return None };
-                if let Some(joined) = self.joined.get_mut(&self.casemapping.fold(channel)) {
+                if let Some(joined) = self.channels.joined_mut(&self.server_modes, channel) {
                     let most = self.settings.limits.channel_members as usize;
                     for entry in names.split(' ').filter(|e| !e.is_empty()) {
                         joined.privileges.add_within(entry, most);
@@ -1067,11 +1041,10 @@ impl IrcSession {
             }
             Response::RPL_ENDOFNAMES => {
                 let [_, channel, ..] = args.as_slice() else { return None };
-                let lower = self.casemapping.fold(channel);
                 let nick = self.nick.clone();
-                if let Some(joined) = self.joined.get_mut(&lower) {
-                    if !joined.reported {
-                        joined.reported = true;
+                if let Some(joined) = self.channels.joined_mut(&self.server_modes, channel) {
+                    if !joined.is_reported() {
+                        joined.state = State::Reported;
                         let event = Event::Joined {
                             channel: joined.name.clone(),
                             nick,
@@ -1095,8 +1068,10 @@ impl IrcSession {
             | Response::ERR_TOOMANYCHANNELS
             | Response::ERR_BADCHANMASK => {
                 let [_, channel, ..] = args.as_slice() else { return None };
-                let lower = self.casemapping.fold(channel);
-                if let Some(wanted) = self.wanted.remove(&lower) {
+                // A channel being joined (a joined one's JOIN is behind it).
+                if let Some(wanted) = self.channels.get(&self.server_modes, channel).filter(|c| !c.is_joined()) {
+                    let name = wanted.name.clone();
+                    self.channels.remove(&self.server_modes, channel);
                     let kind = match response {
                         Response::ERR_BANNEDFROMCHAN => FailureKind::Forbidden,
                         Response::ERR_INVITEONLYCHAN => FailureKind::RegistrationRequired,
@@ -1105,7 +1080,7 @@ impl IrcSession {
                         _ => FailureKind::Unavailable,
                     };
                     let text = args.last().cloned().unwrap_or_default();
-                    self.emit(Event::JoinFailed { channel: wanted.name, kind, text }).await;
+                    self.emit(Event::JoinFailed { channel: name, kind, text }).await;
                 }
             }
             // A line the channel refused (moderated, banned, not joined).
@@ -1117,7 +1092,7 @@ impl IrcSession {
                 let (peer, id) = match refused {
                     Some(Origin { peer, id }) => (peer, id),
                     // Without echoes the message is not known: the room says so anyway.
-                    None => (Peer::Channel(self.joined.get(&folded).map_or_else(|| channel.clone(), |j| j.name.clone())), None),
+                    None => (Peer::Channel(self.channels.joined(&self.server_modes, channel).map_or_else(|| channel.clone(), |j| j.name.clone())), None),
                 };
                 self.emit(Event::Failure { peer: Some(peer), id, kind: FailureKind::Forbidden, text }).await;
             }
@@ -1162,14 +1137,7 @@ impl IrcSession {
         }
         self.casemapping = mapping;
         Arc::make_mut(&mut self.server_modes).set_mapping(mapping);
-        self.wanted = std::mem::take(&mut self.wanted).into_values().map(|w| (mapping.fold(&w.name), w)).collect();
-        self.joined = std::mem::take(&mut self.joined)
-            .into_values()
-            .map(|mut j| {
-                j.privileges.share(Arc::clone(&self.server_modes));
-                (mapping.fold(&j.name), j)
-            })
-            .collect();
+        self.channels.rekey(&self.server_modes);
         self.private_peers = std::mem::take(&mut self.private_peers).iter().map(|p| mapping.fold(p)).collect();
     }
 
@@ -1177,8 +1145,8 @@ impl IrcSession {
     async fn report_owed(&mut self) {
         for owed in std::mem::take(&mut self.owed) {
             match owed {
-                Owed::Replay(lower) => {
-                    let Some(joined) = self.joined.get(&lower) else { continue };
+                Owed::Replay(channel) => {
+                    let Some(joined) = self.channels.joined(&self.server_modes, &channel) else { continue };
                     let event = Event::Joined {
                         channel: joined.name.clone(),
                         nick: self.nick.clone(),
@@ -1205,9 +1173,9 @@ impl IrcSession {
         // Messages kept from the last connection go after the rejoins, or a channel
         // would refuse them.
         let kept = std::mem::take(&mut self.queue);
-        let rejoin: Vec<Wanted> = self.wanted.values().cloned().collect();
-        for wanted in rejoin {
-            self.on_command(Command::Join { channel: wanted.name, nick: String::new(), password: wanted.key });
+        let rejoin: Vec<(String, Option<Secret>)> = self.channels.iter().map(|c| (c.name.clone(), c.key.clone())).collect();
+        for (channel, password) in rejoin {
+            self.on_command(Command::Join { channel, nick: String::new(), password });
         }
         self.queue.extend(kept);
         for command in std::mem::take(&mut self.pending) {
@@ -1221,25 +1189,23 @@ impl IrcSession {
 
     async fn on_join(&mut self, source: Option<String>, channel: &str, prefix: Option<&irc::proto::Prefix>) {
         let Some(nick) = source else { return };
-        let lower = self.casemapping.fold(channel);
         if self.is_me(&nick) {
             // Only channels the user asked for: a server joining us to others (forwards,
             // SAJOIN, a hostile server joining us to a million) costs nothing.
-            let Some(name) = self.wanted.get(&lower).map(|w| w.name.clone()) else {
+            let Some(wanted) = self.channels.get_mut(&self.server_modes, channel) else {
                 debug!(server = %self.server, %channel, "joined to a channel nobody asked for; ignored");
                 return;
             };
+            wanted.join(&self.server_modes);
             if let Some(irc::proto::Prefix::Nickname(n, u, h)) = prefix {
                 // `:nick!user@host ` exactly as the server relays our lines.
                 self.prefix_len = 1 + n.len() + 1 + u.len() + 1 + h.len() + 1;
             }
-            let privileges = ChannelPrivileges::on(Arc::clone(&self.server_modes));
-            self.joined.insert(lower, Joined { name, privileges, topic: None, reported: false });
             return;
         }
-        if let Some(joined) = self.joined.get_mut(&lower) {
+        if let Some(joined) = self.channels.joined_mut(&self.server_modes, channel) {
             let Some(occupant) = joined.privileges.add_within(&nick, self.settings.limits.channel_members as usize) else { return };
-            if joined.reported {
+            if joined.is_reported() {
                 let channel = joined.name.clone();
                 let occupant = self.described(occupant);
                 self.emit(Event::Occupant { channel, occupant }).await;
@@ -1248,13 +1214,11 @@ impl IrcSession {
     }
 
     async fn on_departure(&mut self, channel: &str, nick: &str, departure: Departure, reason: Option<String>) {
-        let lower = self.casemapping.fold(channel);
-        let Some(joined) = self.joined.get_mut(&lower) else { return };
+        let Some(joined) = self.channels.joined_mut(&self.server_modes, channel) else { return };
         let occupant = joined.privileges.remove(nick).unwrap_or_else(|| ordinary(nick));
         let name = joined.name.clone();
         if self.is_me(nick) {
-            self.joined.remove(&lower);
-            self.wanted.remove(&lower);
+            self.channels.remove(&self.server_modes, channel);
         }
         let reason = reason.map(|r| text::strip_formatting(&r)).filter(|r| !r.is_empty());
         self.emit(Event::Left { channel: name, occupant, departure, reason }).await;
@@ -1264,7 +1228,7 @@ impl IrcSession {
     async fn on_quit(&mut self, nick: &str, reason: Option<String>) {
         let reason = reason.map(|r| text::strip_formatting(&r)).filter(|r| !r.is_empty());
         let mut departures = Vec::new();
-        for joined in self.joined.values_mut() {
+        for joined in self.channels.iter_joined_mut() {
             if let Some(occupant) = joined.privileges.remove(nick) {
                 departures.push((joined.name.clone(), occupant));
             }
@@ -1282,7 +1246,7 @@ impl IrcSession {
             self.nick = new.to_owned();
         }
         let mut changes = Vec::new();
-        for joined in self.joined.values_mut() {
+        for joined in self.channels.iter_joined_mut() {
             if joined.privileges.rename(old, new) {
                 if let Some(occupant) = joined.privileges.occupant(new) {
                     changes.push((joined.name.clone(), occupant));
@@ -1309,7 +1273,7 @@ impl IrcSession {
         let mut words = raw.split(' ').skip(1);
         let (Some(channel), Some(modes)) = (words.next(), words.next()) else { return };
         let args: Vec<&str> = words.collect();
-        let Some(joined) = self.joined.get_mut(&self.casemapping.fold(channel)) else { return };
+        let Some(joined) = self.channels.joined_mut(&self.server_modes, channel) else { return };
         let changed = joined.privileges.apply_mode(modes, &args);
         let name = joined.name.clone();
         for occupant in changed {
@@ -1343,7 +1307,7 @@ impl IrcSession {
             // A server notice (no nick prefix, or before we know anyone).
             None => Message { peer: Peer::Server, sender: None, kind: MessageKind::Notice, body, subject: None, thread: None, id: None, delay, links: Vec::new() },
             Some(nick) if is_channel => {
-                let Some(joined) = self.joined.get(self.casemapping.folded(target).as_ref()) else { return };
+                let Some(joined) = self.channels.joined(&self.server_modes, target) else { return };
                 Message { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), kind, body, subject: None, thread: None, id: None, delay, links: Vec::new() }
             }
             Some(nick) if !self.registered || nick.contains('.') => {
@@ -1399,7 +1363,7 @@ impl IrcSession {
         }
         match echoed.origin.peer {
             Peer::Channel(channel) => {
-                let channel = self.joined.get(&folded).map_or(channel, |joined| joined.name.clone());
+                let channel = self.channels.joined(&self.server_modes, &channel).map_or(channel.clone(), |joined| joined.name.clone());
                 let kind = if action { MessageKind::Action } else { MessageKind::Group };
                 let sender = Some(self.nick.clone());
                 let message = Message { peer: Peer::Channel(channel), sender, kind, body, subject: None, thread: None, id: echoed.origin.id, delay: None, links: Vec::new() };
@@ -1420,7 +1384,7 @@ impl IrcSession {
             return;
         }
         let event = if target.starts_with(['#', '&', '+', '!']) {
-            let Some(joined) = self.joined.get(self.casemapping.folded(target).as_ref()) else { return };
+            let Some(joined) = self.channels.joined(&self.server_modes, target) else { return };
             Event::Typing { peer: Peer::Channel(joined.name.clone()), sender: Some(nick), typing }
         } else if self.is_me(target) {
             Event::Typing { peer: Peer::Nick(nick), sender: None, typing }
@@ -1453,7 +1417,7 @@ impl IrcSession {
     async fn on_whox_member(&mut self, member: crate::ircv3::WhoxMember) {
         // Only members of a channel the user is in: a server's replies nobody asked for
         // (a million nicks) keep nothing.
-        if self.is_me(&member.nick) || !self.joined.values().any(|joined| joined.privileges.contains(&member.nick)) {
+        if self.is_me(&member.nick) || !self.channels.iter_joined().any(|joined| joined.privileges.contains(&member.nick)) {
             return;
         }
         let folded = self.casemapping.fold(&member.nick);
@@ -1481,7 +1445,7 @@ impl IrcSession {
         if v3.away.is_empty() && v3.accounts.is_empty() {
             return;
         }
-        if !self.joined.values().any(|joined| joined.privileges.contains(nick)) {
+        if !self.channels.iter_joined().any(|joined| joined.privileges.contains(nick)) {
             let folded = self.casemapping.fold(nick);
             v3.away.remove(&folded);
             v3.accounts.remove(&folded);
@@ -1512,7 +1476,7 @@ impl IrcSession {
     /// `nick`'s presence changed (away, account): the rooms they are in hear of it.
     async fn report_occupant(&mut self, nick: &str) {
         let in_channels: Vec<(String, Occupant)> =
-            self.joined.values().filter(|joined| joined.reported).filter_map(|joined| Some((joined.name.clone(), joined.privileges.occupant(nick)?))).collect();
+            self.channels.iter_joined().filter(|joined| joined.is_reported()).filter_map(|joined| Some((joined.name.clone(), joined.privileges.occupant(nick)?))).collect();
         for (channel, occupant) in in_channels {
             let occupant = self.described(occupant);
             self.emit(Event::Occupant { channel, occupant }).await;
