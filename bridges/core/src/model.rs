@@ -406,7 +406,7 @@ impl CaseMapping {
     /// for lookups on the path of every line.
     #[must_use]
     pub fn folded(self, name: &str) -> std::borrow::Cow<'_, str> {
-        if !name.chars().any(|c| self.folds(c).is_some()) {
+        if !name.bytes().any(|b| self.fold_byte(b) != b) {
             return std::borrow::Cow::Borrowed(name);
         }
         std::borrow::Cow::Owned(name.chars().map(|c| self.fold_char(c)).collect())
@@ -421,19 +421,29 @@ impl CaseMapping {
     /// Whether `a` and `b` are one name, compared without folding either into a string.
     #[must_use]
     pub fn same(self, a: &str, b: &str) -> bool {
-        a.len() == b.len() && a.chars().map(|c| self.fold_char(c)).eq(b.chars().map(|c| self.fold_char(c)))
+        a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| self.fold_byte(x) == self.fold_byte(y))
+    }
+
+    /// One byte of a UTF-8 name folded. Every mapping folds ASCII characters to ASCII
+    /// characters and leaves the others alone, so a name folds byte by byte: what the
+    /// lookups on the path of every line use (no character decoding).
+    #[must_use]
+    pub fn fold_byte(self, b: u8) -> u8 {
+        match (self, b) {
+            (_, b'A'..=b'Z') => b.to_ascii_lowercase(),
+            (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, b'[') => b'{',
+            (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, b']') => b'}',
+            (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, b'\\') => b'|',
+            (CaseMapping::Rfc1459, b'~') => b'^',
+            _ => b,
+        }
     }
 
     /// What `c` folds to, if it changes.
     fn folds(self, c: char) -> Option<char> {
-        match (self, c) {
-            (_, 'A'..='Z') => Some(c.to_ascii_lowercase()),
-            (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, '[') => Some('{'),
-            (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, ']') => Some('}'),
-            (CaseMapping::Rfc1459 | CaseMapping::StrictRfc1459, '\\') => Some('|'),
-            (CaseMapping::Rfc1459, '~') => Some('^'),
-            _ => None,
-        }
+        let b = u8::try_from(c).ok().filter(u8::is_ascii)?;
+        let folded = self.fold_byte(b);
+        (folded != b).then_some(char::from(folded))
     }
 }
 
@@ -694,8 +704,15 @@ mod tests {
         assert_eq!(CaseMapping::Rfc1459.fold("#Foo["), CaseMapping::Rfc1459.fold("#foo{"));
         assert_ne!(CaseMapping::Ascii.fold("#Foo["), CaseMapping::Ascii.fold("#foo{"));
         for mapping in [CaseMapping::Ascii, CaseMapping::Rfc1459, CaseMapping::StrictRfc1459] {
-            for (a, b) in [("#Foo[", "#foo{"), ("Bob~", "bob^"), ("Ü", "ü"), ("ab", "abc"), ("x", "x")] {
+            for (a, b) in [("#Foo[", "#foo{"), ("Bob~", "bob^"), ("Ü", "ü"), ("ab", "abc"), ("x", "x"), ("#Ü[", "#Ü{"), ("Ā", "ā"), ("é~", "é^")] {
                 assert_eq!(mapping.same(a, b), mapping.fold(a) == mapping.fold(b), "{mapping:?}: {a} vs {b}");
+            }
+            // Byte by byte is character by character: no byte of another character is
+            // ASCII, and none is changed.
+            for c in ['A', 'z', '[', '~', '\\', 'Ü', 'ā', '€', '\u{10FFFF}'] {
+                let mut utf8 = [0; 4];
+                let folded: Vec<u8> = c.encode_utf8(&mut utf8).bytes().map(|b| mapping.fold_byte(b)).collect();
+                assert_eq!(folded, mapping.fold_char(c).to_string().into_bytes(), "{mapping:?}: {c}");
             }
         }
     }

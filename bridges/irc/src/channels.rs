@@ -180,10 +180,14 @@ mod tests {
         channels.want(&server, "#Foo[".into(), None);
         assert_eq!(channels.get(&server, "#foo{").map(|c| c.name.as_str()), Some("#Foo["));
         assert!(channels.get(&server, "#foo").is_none());
+        // Longer than a chunk of the hash's folding, with characters beyond ASCII.
+        let long = format!("#Ünïcode[{}]", "X".repeat(70));
+        channels.want(&server, long.clone(), None);
+        assert_eq!(channels.get(&server, &long.to_ascii_lowercase().replace('[', "{").replace(']', "}")).map(|c| c.name.as_str()), Some(long.as_str()));
         assert!(channels.joined(&server, "#FOO[").is_none(), "wanted, not joined yet");
         channels.get_mut(&server, "#FOO[").unwrap().join(&server);
         assert!(channels.joined(&server, "#foo{").is_some());
-        assert_eq!(channels.iter().count(), 1);
+        assert_eq!(channels.iter().count(), 2);
     }
 
     #[test]

@@ -297,8 +297,14 @@ impl ServerModes {
     /// folded copy made).
     pub(crate) fn hash(&self, nick: &str) -> u64 {
         let mut hasher = self.hasher.build_hasher();
-        for c in nick.chars() {
-            hasher.write_u32(u32::from(self.mapping.fold_char(c)));
+        // Folded a chunk at a time on the stack, and hashed as one write per chunk
+        // (a nick or channel name is nearly always one).
+        let mut chunk = [0; 32];
+        for part in nick.as_bytes().chunks(chunk.len()) {
+            for (to, from) in chunk.iter_mut().zip(part) {
+                *to = self.mapping.fold_byte(*from);
+            }
+            hasher.write(chunk.get(..part.len()).unwrap_or_default());
         }
         hasher.finish()
     }
