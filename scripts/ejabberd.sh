@@ -349,6 +349,12 @@ cmd_start() {
     while :; do
         if ! pid_alive "$launcher"; then
             wait "$launcher" 2>/dev/null || true
+            # The Erlang distribution's port (picked free a moment ago) taken meanwhile
+            # by another instance starting at the same time: said as such, so that a
+            # caller that retries on a port in use tries other ports.
+            if grep -q eaddrinuse "$dir/ejabberd.out" 2>/dev/null; then
+                fail_start "$dir" "ejabberd could not listen: a port it needs (c2s $c2s, component $comp${dist_port:+, Erlang distribution $dist_port}) is in use"
+            fi
             fail_start "$dir" "ejabberd exited during start-up (see $dir/log/ejabberd.log)"
         fi
         [ -n "$pid" ] || pid=$(running_pid "$dir")
