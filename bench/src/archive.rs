@@ -71,6 +71,10 @@ pub async fn cost(users: usize, messages: usize) -> Result<Measured> {
     m.set("i2x_prosody_off", get(off, "i2x_prosody_cpu")?);
     m.set("i2x_prosody_on", get(on, "i2x_prosody_cpu")?);
     m.set("i2x_lost", get(on, "i2x_lost")?);
+    // Where the CPU went, by thread (the archive's own thread among them).
+    for (figures, archive) in figures.iter().zip(["off", "on"]) {
+        m.notes.extend(figures.notes.iter().map(|note| format!("archive {archive}: {note}")));
+    }
     Ok(m)
 }
 

@@ -13,6 +13,16 @@
 //! range scan per span. Value of an entry: the direction (one byte), the length of `who`
 //! (two bytes), `who`, then the body. JIDs, room keys and nicks hold no NUL, and a JID
 //! starts with neither `\x01` nor `\x02`.
+//!
+//! The lines of one channel written in one batch share one value, a block, under the
+//! first one's id: a busy channel costs the database one write per batch rather than
+//! one per line (sled's insert was three quarters of the archive thread's time). A
+//! block is [`BLOCK`], then per line its id (8 bytes), the length of its entry (4 bytes)
+//! and the entry as above; a line alone is written as an entry. A block's lines are in
+//! id order and within [`BLOCK_SPAN`] of its first, which is how a read from id `x` knows
+//! to start at the key of `x - BLOCK_SPAN`; blocks of different batches may overlap (a
+//! line can reach the thread after later ones did), so a read puts what it reads in
+//! order before handing it out.
 
 use std::ops::Bound;
 
@@ -28,6 +38,13 @@ const SPANS: u8 = 1;
 const LINES: u8 = 2;
 /// Every key from here on is a user's (private messages).
 const USERS_FROM: &[u8] = &[3];
+/// The first byte of a block's value (an entry's first byte is its direction, 0 to 2).
+const BLOCK: u8 = 0x10;
+/// A block's lines are at most this many µs of id after its first.
+const BLOCK_SPAN: u64 = 1_000_000;
+/// Lines in one block at most, and its size at most: a query reads whole blocks.
+const BLOCK_LINES: usize = 64;
+const BLOCK_BYTES: usize = 16 * 1024;
 
 /// The archive in one ordered map of the store.
 pub struct KeyedArchive {
@@ -116,6 +133,123 @@ fn decode(id: u64, value: &[u8]) -> Option<Item> {
     Some(Item { id, direction, who: String::from_utf8_lossy(who).into_owned(), body: String::from_utf8_lossy(body).into_owned() })
 }
 
+/// A line of a log (or a private entry): its id and its entry as [`encode`] wrote it.
+type Raw<'a> = (u64, &'a [u8]);
+
+/// The lines of the value under a key whose id is `first`, in id order: the entry itself,
+/// or a block's lines. `None` when a block cannot be read.
+fn lines_of(first: u64, value: &[u8]) -> Option<Vec<Raw<'_>>> {
+    let Some(mut rest) = value.strip_prefix(&[BLOCK]) else { return Some(vec![(first, value)]) };
+    let mut lines = Vec::new();
+    while !rest.is_empty() {
+        let id = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+        let length = usize::try_from(u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?)).ok()?;
+        let end = length.checked_add(12)?;
+        lines.push((id, rest.get(12..end)?));
+        rest = rest.get(end..)?;
+    }
+    Some(lines)
+}
+
+/// The value holding `lines` (in id order, at least one): the entry when alone, else a
+/// block.
+fn value_of(lines: &[Raw<'_>]) -> Vec<u8> {
+    if let [(_, entry)] = lines {
+        return entry.to_vec();
+    }
+    let mut value = Vec::with_capacity(1 + lines.iter().map(|(_, entry)| 12 + entry.len()).sum::<usize>());
+    value.push(BLOCK);
+    for (id, entry) in lines {
+        value.extend_from_slice(&id.to_be_bytes());
+        // An entry is a nick and one message: far below 4 GiB.
+        value.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+        value.extend_from_slice(entry);
+    }
+    value
+}
+
+/// `lines` (one log's, in id order) cut into blocks: runs within [`BLOCK_SPAN`] of their
+/// first line, of at most [`BLOCK_LINES`] lines and [`BLOCK_BYTES`] (or one line).
+fn blocks<'a, 'b>(lines: &'a [Raw<'b>]) -> Vec<&'a [Raw<'b>]> {
+    let mut blocks = Vec::new();
+    let mut rest = lines;
+    while let Some(&(first, _)) = rest.first() {
+        let mut bytes = 0;
+        let length = rest
+            .iter()
+            .take(BLOCK_LINES)
+            .take_while(|(id, entry)| {
+                bytes += 12 + entry.len();
+                id.saturating_sub(first) <= BLOCK_SPAN && bytes <= BLOCK_BYTES
+            })
+            .count()
+            .max(1);
+        let (block, after) = rest.split_at(length);
+        blocks.push(block);
+        rest = after;
+    }
+    blocks
+}
+
+/// Puts under `scope` the lines of a value (key `key`, lines `lines`) that are kept,
+/// `kept`, in place of the value: under the first kept line's id, or none when none is.
+/// How many lines went.
+fn replace(batch: &mut Batch, scope: &[u8], key_now: Vec<u8>, lines: usize, kept: &[Raw<'_>]) -> u64 {
+    if kept.len() == lines {
+        return 0;
+    }
+    // A later write of the same key wins: removing then putting it again is a rewrite.
+    batch.remove(key_now);
+    if let Some(&(first, _)) = kept.first() {
+        batch.insert(key(scope, first), value_of(kept));
+    }
+    (lines - kept.len()) as u64
+}
+
+/// Lines read but not yet handed out by a query, because a value read later may hold one
+/// that comes between them (see the module's documentation).
+#[derive(Default)]
+struct Waiting {
+    /// The values read so far, which the lines point into.
+    values: Vec<Vec<u8>>,
+    /// Each line's id, value (index in `values`) and the place of its entry there.
+    lines: Vec<(u64, usize, std::ops::Range<usize>)>,
+}
+
+impl Waiting {
+    /// Keeps the lines of `value` (the value under `first`) whose ids are within `ids`.
+    fn add(&mut self, first: u64, value: Vec<u8>, ids: std::ops::RangeInclusive<u64>) {
+        let Some(lines) = lines_of(first, &value) else {
+            return tracing::warn!(first, "an archived block cannot be read; skipped");
+        };
+        let at = self.values.len();
+        let start = value.as_ptr() as usize;
+        let wanted = lines.iter().filter(|(id, _)| ids.contains(id));
+        let places: Vec<_> = wanted.map(|(id, entry)| (*id, at, entry.as_ptr() as usize - start..entry.as_ptr() as usize - start + entry.len())).collect();
+        if !places.is_empty() {
+            self.lines.extend(places);
+            self.values.push(value);
+        }
+    }
+
+    /// Hands out to `items`, in reading order (descending when `backward`), the lines no
+    /// value still to be read can come before (those `ready` says so of), until `items`
+    /// holds `up_to`.
+    fn release(&mut self, items: &mut Vec<Item>, up_to: usize, backward: bool, ready: impl Fn(u64) -> bool) {
+        self.lines.sort_unstable_by_key(|&(id, ..)| if backward { u64::MAX - id } else { id });
+        let count = self.lines.iter().take_while(|(id, ..)| ready(*id)).count().min(up_to.saturating_sub(items.len()));
+        for (id, value, place) in self.lines.drain(..count) {
+            match self.values.get(value).and_then(|value| value.get(place)).and_then(|entry| decode(id, entry)) {
+                Some(item) => items.push(item),
+                None => tracing::warn!(id, "an archived message cannot be read; skipped"),
+            }
+        }
+        if self.lines.is_empty() {
+            self.values.clear();
+        }
+    }
+}
+
 /// Sorted, non-overlapping intervals covering `spans`.
 fn union(mut spans: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     spans.sort_unstable();
@@ -140,25 +274,31 @@ impl KeyedArchive {
         Ok(union(spans))
     }
 
-    /// One page over the key ranges `ranges` (ascending, inclusive), read backward when
-    /// `backward` (the last page first).
-    fn page(&self, ranges: &[(Vec<u8>, Vec<u8>)], backward: bool, max: usize) -> Result<Page, ArchiveError> {
+    /// One page of the lines of `scope` (a log or a private conversation) whose ids are
+    /// within `ranges` (ascending, disjoint, inclusive), read backward when `backward`
+    /// (the last page first).
+    fn page(&self, scope: &[u8], ranges: &[(u64, u64)], backward: bool, max: usize) -> Result<Page, ArchiveError> {
         // One more than the page, to know whether the page reaches the end.
-        let mut items = Vec::with_capacity(max.min(64) + 1);
-        let mut take = |entry: Result<(Vec<u8>, Vec<u8>), BackendError>| -> Result<bool, ArchiveError> {
-            let (k, v) = entry.map_err(failed("read"))?;
-            let id = id_of(&k);
-            match decode(id, &v) {
-                Some(item) => items.push(item),
-                None => tracing::warn!(id, "an archived message cannot be read; skipped"),
-            }
-            Ok(items.len() > max)
-        };
-        'ranges: for (from, to) in ordered(ranges, backward) {
-            for entry in self.tree.range(Bound::Included(from.as_slice()), Bound::Included(to.as_slice()), backward) {
-                if take(entry)? {
-                    break 'ranges;
+        let up_to = max + 1;
+        let mut items = Vec::with_capacity(up_to.min(65));
+        let mut waiting = Waiting::default();
+        for &(from, to) in ordered(ranges, backward) {
+            let (low, high) = (key(scope, from.saturating_sub(BLOCK_SPAN)), key(scope, to));
+            for entry in self.tree.range(Bound::Included(&low), Bound::Included(&high), backward) {
+                let (k, value) = entry.map_err(failed("read"))?;
+                let first = id_of(&k);
+                // Every value from here on holds lines from `first` on (reading forward),
+                // or up to `first + BLOCK_SPAN` (backward): the waiting lines past that
+                // are in their place.
+                waiting.release(&mut items, up_to, backward, |id| if backward { id > first.saturating_add(BLOCK_SPAN) } else { id < first });
+                if items.len() >= up_to {
+                    break;
                 }
+                waiting.add(first, value, from..=to);
+            }
+            waiting.release(&mut items, up_to, backward, |_| true);
+            if items.len() >= up_to {
+                break;
             }
         }
         let complete = items.len() <= max;
@@ -177,44 +317,46 @@ impl KeyedArchive {
             spans.push((id_of(&k), id_of(&v)));
         }
         let covered = union(spans);
+        let log = prefix(Some(LINES), &[room]);
         let mut batch = Batch::default();
         let mut removed = 0;
-        // Both in ascending order: one walk.
-        let mut spans = covered.iter().peekable();
-        for entry in scan_prefix(&*self.tree, &prefix(Some(LINES), &[room])) {
-            let (k, _) = entry.map_err(failed("read"))?;
-            let id = id_of(&k);
-            if id > settled {
-                // Its reader's span may not be written yet.
+        for entry in scan_prefix(&*self.tree, &log) {
+            let (k, value) = entry.map_err(failed("read"))?;
+            let first = id_of(&k);
+            if first > settled {
+                // Its readers' spans may not be written yet (and so every later value's).
                 break;
             }
-            while spans.next_if(|(_, end)| *end < id).is_some() {}
-            if spans.peek().is_none_or(|(start, _)| *start > id) {
-                batch.remove(k);
-                removed += 1;
-            }
+            let is_covered = |id: u64| covered.get(covered.partition_point(|(_, end)| *end < id)).is_some_and(|(start, _)| *start <= id);
+            let lines = lines_of(first, &value).unwrap_or_else(|| vec![(first, value.as_slice())]);
+            let kept: Vec<Raw<'_>> = lines.iter().copied().filter(|&(id, _)| id > settled || is_covered(id)).collect();
+            removed += replace(&mut batch, &log, k, lines.len(), &kept);
         }
         self.tree.apply(batch).map_err(failed("delete"))?;
         Ok(removed)
     }
 
-    /// Removes every key of `prefix` whose id is below `oldest` (by age) or past the
-    /// newest `keep` (by count); how many.
-    fn cut(&mut self, prefix: &[u8], oldest: Option<u64>, keep: Option<u64>) -> Result<u64, ArchiveError> {
+    /// Removes the lines of `scope` older than `oldest` (by age) or past the newest `keep`
+    /// (by count); how many. (Counted newest value first: a line that reached the
+    /// archive late, in a value of its own, counts as newer than the lines of the value
+    /// it came between.)
+    fn cut(&mut self, scope: &[u8], oldest: Option<u64>, keep: Option<u64>) -> Result<u64, ArchiveError> {
+        let oldest = oldest.unwrap_or(0);
         let mut batch = Batch::default();
         let mut removed = 0;
-        if let Some(oldest) = oldest {
-            for entry in self.tree.range(Bound::Included(key(prefix, 0).as_slice()), Bound::Excluded(key(prefix, oldest).as_slice()), false) {
-                batch.remove(entry.map_err(failed("read"))?.0);
-                removed += 1;
-            }
-        }
-        if let Some(keep) = keep {
-            let newest = self.tree.range(Bound::Included(key(prefix, oldest.unwrap_or(0)).as_slice()), Bound::Included(key(prefix, u64::MAX).as_slice()), true);
-            for entry in newest.skip(usize::try_from(keep).unwrap_or(usize::MAX)) {
-                batch.remove(entry.map_err(failed("read"))?.0);
-                removed += 1;
-            }
+        // Without a count, only the values that may hold lines too old.
+        let newest = key(scope, if keep.is_some() { u64::MAX } else { oldest });
+        let mut left = keep.map_or(usize::MAX, |keep| usize::try_from(keep).unwrap_or(usize::MAX));
+        for entry in self.tree.range(Bound::Included(&key(scope, 0)), Bound::Included(&newest), true) {
+            let (k, value) = entry.map_err(failed("read"))?;
+            let first = id_of(&k);
+            let lines = lines_of(first, &value).unwrap_or_else(|| vec![(first, value.as_slice())]);
+            // In id order: the old ones first, the newest last.
+            let young = lines.partition_point(|&(id, _)| id < oldest);
+            let from = young.max(lines.len().saturating_sub(left));
+            let kept = lines.get(from..).unwrap_or_default();
+            left -= kept.len();
+            removed += replace(&mut batch, scope, k, lines.len(), kept);
         }
         self.tree.apply(batch).map_err(failed("delete"))?;
         Ok(removed)
@@ -239,7 +381,7 @@ impl KeyedArchive {
 }
 
 /// `ranges` in reading order.
-fn ordered(ranges: &[(Vec<u8>, Vec<u8>)], backward: bool) -> Box<dyn Iterator<Item = &(Vec<u8>, Vec<u8>)> + '_> {
+fn ordered(ranges: &[(u64, u64)], backward: bool) -> Box<dyn Iterator<Item = &(u64, u64)> + '_> {
     if backward {
         Box::new(ranges.iter().rev())
     } else {
@@ -251,6 +393,8 @@ impl ArchiveBackend for KeyedArchive {
     fn write(&mut self, writes: &[Write]) -> Result<(), ArchiveError> {
         let mut batch = Batch::default();
         let mut last = 0;
+        // Channel lines, gathered into blocks per log.
+        let mut lines: Vec<(&str, u64, Vec<u8>)> = Vec::new();
         for write in writes {
             match write {
                 Write::Private(entry) => {
@@ -260,11 +404,22 @@ impl ArchiveBackend for KeyedArchive {
                     last = last.max(entry.id);
                 }
                 Write::Line { room, id, who, body } => {
-                    batch.insert(key(&prefix(Some(LINES), &[room]), *id), encode(Direction::Room, who, body));
+                    lines.push((room.as_str(), *id, encode(Direction::Room, who, body)));
                     last = last.max(*id);
                 }
                 Write::Span { room, user, start, end } => {
                     batch.insert(key(&prefix(Some(SPANS), &[room, user]), *start), end.to_be_bytes());
+                }
+            }
+        }
+        lines.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for same_log in lines.chunk_by(|a, b| a.0 == b.0) {
+            let Some(&(room, ..)) = same_log.first() else { continue };
+            let log = prefix(Some(LINES), &[room]);
+            let raw: Vec<Raw<'_>> = same_log.iter().map(|(_, id, entry)| (*id, entry.as_slice())).collect();
+            for block in blocks(&raw) {
+                if let Some(&(first, _)) = block.first() {
+                    batch.insert(key(&log, first), value_of(block));
                 }
             }
         }
@@ -285,23 +440,18 @@ impl ArchiveBackend for KeyedArchive {
         if low > high || query.before == Some(Some(0)) {
             return Ok(Page { items: Vec::new(), complete: true });
         }
-        let ranges: Vec<(Vec<u8>, Vec<u8>)> = match &query.conversation {
+        let (scope, ranges) = match &query.conversation {
             Conversation::Room(room) => {
-                let log = prefix(Some(LINES), &[room]);
-                self.spans_of(room, &query.user)?
-                    .into_iter()
-                    .filter_map(|(start, end)| {
-                        let (from, to) = (start.max(low), end.min(high));
-                        (from <= to).then(|| (key(&log, from), key(&log, to)))
-                    })
-                    .collect()
+                let spans = self.spans_of(room, &query.user)?;
+                let within = spans.into_iter().filter_map(|(start, end)| {
+                    let (from, to) = (start.max(low), end.min(high));
+                    (from <= to).then_some((from, to))
+                });
+                (prefix(Some(LINES), &[room]), within.collect())
             }
-            private => {
-                let scope = private_scope(&query.user, private);
-                vec![(key(&scope, low), key(&scope, high))]
-            }
+            private => (private_scope(&query.user, private), vec![(low, high)]),
         };
-        self.page(&ranges, query.before.is_some(), max)
+        self.page(&scope, &ranges, query.before.is_some(), max)
     }
 
     fn delete_user(&mut self, user: &str, settled: u64) -> Result<u64, ArchiveError> {
@@ -534,6 +684,114 @@ mod tests {
         archive.tree.apply(batch).unwrap();
         let page = archive.query(&Query { max: 3, ..query(Conversation::Room(room())) }).unwrap();
         assert_eq!(ids(&page), [10, 20, 30]);
+    }
+
+    /// How many values `room`'s log takes in the tree.
+    fn values(archive: &KeyedArchive, room: &str) -> usize {
+        scan_prefix(&*archive.tree, &prefix(Some(LINES), &[room])).count()
+    }
+
+    #[test]
+    fn the_lines_of_one_batch_share_a_value_cut_by_span_count_and_size() {
+        let (archive, _dir) = filled();
+        assert_eq!(values(&archive, &room()), 1, "25 lines of one batch, one value");
+        let entry = encode(Direction::Room, "nick", "hi");
+        let close: Vec<Raw<'_>> = (0..200).map(|n| (1_000 + n, entry.as_slice())).collect();
+        let sizes: Vec<usize> = blocks(&close).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [64, 64, 64, 8]);
+        let spread: Vec<Raw<'_>> = [0, 10, BLOCK_SPAN, BLOCK_SPAN + 1, 3 * BLOCK_SPAN].iter().map(|&id| (id, entry.as_slice())).collect();
+        let sizes: Vec<usize> = blocks(&spread).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [3, 1, 1]);
+        let big = vec![b'x'; BLOCK_BYTES / 3];
+        let heavy: Vec<Raw<'_>> = (0..5).map(|n| (n, big.as_slice())).collect();
+        let sizes: Vec<usize> = blocks(&heavy).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        let huge = vec![b'x'; 2 * BLOCK_BYTES];
+        assert_eq!(blocks(&[(1, huge.as_slice())]).len(), 1, "a line bigger than a block is a block");
+        // What a value holds reads back as written, alone or in a block.
+        assert_eq!(lines_of(7, &value_of(&close[..1])), Some(vec![(7, entry.as_slice())]));
+        assert_eq!(lines_of(1_000, &value_of(&close[..3])), Some(close[..3].to_vec()));
+        assert_eq!(lines_of(1, &[BLOCK, 0, 0]), None);
+    }
+
+    #[test]
+    fn values_written_one_line_each_read_back_among_blocks() {
+        // An archive written before blocks: one value per line.
+        let (mut archive, _dir) = archive();
+        let log = prefix(Some(LINES), &[&room()]);
+        let mut batch = Batch::default();
+        for id in [10, 30, 50] {
+            batch.insert(key(&log, id), encode(Direction::Room, "old", &format!("line {id}")));
+        }
+        archive.tree.apply(batch).unwrap();
+        archive.write(&[line(&room(), 20, "new"), line(&room(), 40, "new"), line(&room(), 60, "new"), span(&room(), "alice@x", 10, 60)]).unwrap();
+        let page = archive.query(&query(Conversation::Room(room()))).unwrap();
+        assert_eq!(ids(&page), [10, 20, 30, 40, 50, 60]);
+        assert_eq!(page.items[2].who, "old");
+        let back = archive.query(&Query { before: Some(Some(50)), max: 2, ..query(Conversation::Room(room())) }).unwrap();
+        assert_eq!((ids(&back), back.complete), (vec![30, 40], false));
+    }
+
+    #[test]
+    fn trimming_and_collecting_rewrite_a_block_keeping_its_other_lines() {
+        let (mut archive, _dir) = filled();
+        // Alice leaves: bob's two spans keep 100..=150 and 200..=250, alice@xx's 10..=20.
+        assert_eq!(archive.delete_user("alice@x", u64::MAX).unwrap(), 11 + 1);
+        assert_eq!(values(&archive, &room()), 1);
+        let bob = Query { user: "bob@x".into(), max: 100, ..query(Conversation::Room(room())) };
+        assert_eq!(ids(&archive.query(&bob).unwrap()), [100, 110, 120, 130, 140, 150, 200, 210, 220, 230, 240, 250]);
+        assert_eq!(archive.trim(Retention { max_age: None, max_count: Some(3) }, 1000, u64::MAX).unwrap(), 11);
+        assert_eq!(ids(&archive.query(&bob).unwrap()), [230, 240, 250]);
+        let kept: Vec<_> = scan_prefix(&*archive.tree, &prefix(Some(LINES), &[&room()])).map(|e| id_of(&e.unwrap().0)).collect();
+        assert_eq!(kept, [230], "the block is now under its first line's id");
+    }
+
+    proptest::proptest! {
+        /// Lines reach the archive's thread a little out of order, so blocks of different
+        /// batches overlap: a query still reads every line once, in id order, page after
+        /// page both ways.
+        #[test]
+        fn lines_written_out_of_order_page_in_id_order_both_ways(
+            gaps in proptest::collection::vec(1u64..400_000, 1..120),
+            swaps in proptest::collection::vec((0usize..120, 0usize..6), 0..40),
+            cuts in proptest::collection::vec(0usize..120, 0..8),
+            max in 1usize..20,
+        ) {
+            let (mut archive, _dir) = archive();
+            let all: Vec<u64> = gaps.iter().scan(1_000u64, |id, gap| { *id += gap; Some(*id) }).collect();
+            // The order the lines reach the thread: each moved a few places.
+            let mut arrival = all.clone();
+            for (at, by) in swaps {
+                let (at, to) = (at % arrival.len(), (at + by) % arrival.len());
+                arrival.swap(at, to);
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % arrival.len()).collect();
+            cuts.extend([0, arrival.len()]);
+            cuts.sort_unstable();
+            for batch in cuts.windows(2) {
+                let writes: Vec<Write> = arrival[batch[0]..batch[1]].iter().map(|&id| line(&room(), id, &format!("{id}"))).collect();
+                archive.write(&writes).unwrap();
+            }
+            archive.write(&[span(&room(), "alice@x", 0, u64::MAX)]).unwrap();
+            let conversation = Conversation::Room(room());
+            let (mut forward, mut after) = (Vec::new(), None);
+            loop {
+                let page = archive.query(&Query { after, max, ..query(conversation.clone()) }).unwrap();
+                proptest::prop_assert!(page.items.iter().all(|item| item.body == item.id.to_string()));
+                forward.extend(ids(&page));
+                after = page.items.last().map(|item| item.id);
+                if page.complete { break; }
+            }
+            proptest::prop_assert_eq!(&forward, &all);
+            let (mut backward, mut before) = (Vec::new(), None);
+            loop {
+                let page = archive.query(&Query { before: Some(before), max, ..query(conversation.clone()) }).unwrap();
+                backward.splice(0..0, ids(&page));
+                before = page.items.first().map(|item| item.id);
+                if page.complete { break; }
+            }
+            proptest::prop_assert_eq!(&backward, &all);
+        }
     }
 
     #[test]
