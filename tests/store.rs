@@ -76,7 +76,9 @@ async fn migrate_store_moves_a_sled_installation_to_postgres_with_its_archive_id
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("read it back") && said.contains("users 1,"), "{said}");
     let archived: usize = said.rsplit("archive ").next().and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("no archive count in {said}"));
-    assert!(archived >= 5, "at least the five lines moved: {said}");
+    // The archive's entries: its highest id, alice's span, and the five lines in one to
+    // five values (lines written in one batch share one); the read-back below proves the lines.
+    assert!(archived >= 3, "the archive moved: {said}");
     assert!(!said.contains(testkit::postgres::PASSWORD), "the password was printed: {said}");
     assert_eq!(cluster.psql(&database, "SELECT count(*) FROM users"), "1");
     let (code, said) = migrate_store(&sled, &format!("postgres:{url}"));
