@@ -194,7 +194,7 @@ fn blocks<'a, 'b>(lines: &'a [Raw<'b>]) -> Vec<&'a [Raw<'b>]> {
     blocks
 }
 
-/// Puts under `scope` the lines of a value (key `key`, lines `lines`) that are kept,
+/// Puts under `scope` the lines of a value (under `key_now`, `lines` of them) that are kept,
 /// `kept`, in place of the value: under the first kept line's id, or none when none is.
 /// How many lines went.
 fn replace(batch: &mut Batch, scope: &[u8], key_now: Vec<u8>, lines: usize, kept: &[Raw<'_>]) -> u64 {
