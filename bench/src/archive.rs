@@ -6,12 +6,18 @@
 //!   then `true`, alternating, on fresh servers each run. Every IRC->XMPP delivery is
 //!   archived (each user keeps their own copy, as each has their own IRC connection);
 //!   the figures are the CPU per 1,000 of them with and without, and the ratio.
+//! - paired cost: three of our gateways at once, one archiving, each with its own users
+//!   in one channel, fed the same IRC lines in the same seconds; the archiving one's CPU
+//!   per delivery against the other two's, and theirs against each other as a control
+//!   (sequential runs on this shared machine differ by more than the archive costs).
 //! - query: one user in one channel; `small_fill` lines from IRC are archived, then
 //!   `queries` XEP-0313 queries for the room's last 50 lines, one at a time (round trip
 //!   through Prosody: p50, p99), and the bytes the archive grew on disk per line; then
 //!   the same at `fill` lines (100,000).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,10 +28,10 @@ use crate::irc::Irc;
 use crate::peers::{configure, wait_joined, Peer};
 use crate::procstat;
 use crate::report::{Measured, Spec};
-use crate::rig::{settle, XmppSide};
+use crate::rig::{names, settle, XmppSide};
 use crate::stats;
 use crate::throughput;
-use crate::xmpp::{body, XmppConn};
+use crate::xmpp::{body, XmppConn, XmppReader};
 
 const NS_MAM: &str = "urn:xmpp:mam:2";
 /// A filling IRC client waits for the deliveries to catch up this close.
@@ -76,6 +82,112 @@ pub async fn cost(users: usize, messages: usize) -> Result<Measured> {
         m.notes.extend(figures.notes.iter().map(|note| format!("archive {archive}: {note}")));
     }
     Ok(m)
+}
+
+/// Gateways the paired part runs at once: one archiving, two not (the control pair).
+const PAIRED: usize = 3;
+
+/// The figures of the paired part.
+pub fn paired_specs() -> Vec<Spec> {
+    vec![
+        Spec { key: "cpu_on", label: "gateway CPU per 1,000 IRC->XMPP deliveries, each archived", unit: "CPU-s", decimals: 4, target: "" },
+        Spec { key: "cpu_off", label: "the same, archive off (mean of the two gateways without)", unit: "CPU-s", decimals: 4, target: "" },
+        Spec { key: "ratio", label: "archived / not archived, the same lines in the same seconds", unit: "x", decimals: 2, target: "<= 1.20" },
+        Spec { key: "control", label: "control: one gateway without / the other without (what the ratio can resolve)", unit: "x", decimals: 2, target: "1.00" },
+        Spec { key: "rate", label: "IRC->XMPP deliveries/s, each gateway", unit: "/s", decimals: 0, target: "" },
+        Spec { key: "lost", label: "IRC->XMPP deliveries lost, all gateways", unit: "", decimals: 0, target: "0" },
+    ]
+}
+
+/// One run of the paired part: [`PAIRED`] of our gateways, each attached to its own
+/// Prosody, `users` users of each in one IRC channel; `messages` lines said in it reach
+/// all of them in the same seconds, so what the shared machine does to one it does to
+/// the others. One gateway archives (which one turns with `run`), the other two do not:
+/// the archive's cost is its CPU per delivery against theirs, and the two without
+/// against each other show how finely this machine resolves a ratio.
+pub async fn paired_cost(users: usize, messages: usize, run: usize) -> Result<Measured> {
+    let mut m = Measured::default();
+    let ircd = &Ngircd::start(false);
+    let channel = "#gpair";
+    let room = Peer::Ours.room(channel);
+    let archiving = run % PAIRED;
+    let mut sides = Vec::new();
+    let (mut readers, mut writers) = (Vec::new(), Vec::new());
+    let counters: Vec<Arc<AtomicU64>> = (0..PAIRED).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    for (i, counter) in counters.iter().enumerate() {
+        let side = XmppSide::start_with(ircd, &[Peer::Ours], &format!("[archive]\nenabled = {}\n", i == archiving))?;
+        // Nicks are unique on the one ngIRCd: each gateway's users get their own letter.
+        let user_names = names(&format!("gp{}", char::from(b'a' + i as u8)), users);
+        side.add_accounts(&user_names)?;
+        let (conns, retries) = throughput::join_all(&side, ircd.port, Peer::Ours, &room, &user_names).await?;
+        if retries > 0 {
+            m.notes.push(format!("gateway {i}: {retries} join(s) failed once and were retried (see stderr)"));
+        }
+        for conn in conns {
+            readers.push(tokio::spawn(count_lines(conn.reader, counter.clone())));
+            // Kept open: a closed half would end the session.
+            writers.push(conn.writer);
+        }
+        sides.push(side);
+    }
+    let mut irc = Irc::connect(ircd.port, "gpairirc").await?;
+    irc.join(channel).await?;
+    settle().await;
+
+    let mut procs = Vec::new();
+    for (i, side) in sides.iter().enumerate() {
+        let mut proc = side.peer_proc(Peer::Ours)?;
+        proc.name = format!("xmpp-gateway {i} ({})", role(i == archiving));
+        procs.push(proc);
+    }
+    let threads_before: Vec<_> = procs.iter().map(|p| procstat::threads(p.pid)).collect();
+    let before = procstat::snapshot(&procs);
+    let started = Instant::now();
+    throughput::flood(&mut irc, channel, messages).await?;
+    let goal = (messages * users) as u64;
+    let total = || counters.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
+    throughput::wait_count(goal * PAIRED as u64, Duration::from_secs(1800), total).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = procstat::snapshot(&procs);
+    let usage = procstat::usage(&procs, &before, &after);
+    let per_thousand: Vec<f64> = usage.iter().zip(&counters).map(|(u, c)| u.cpu_s / (c.load(Ordering::Relaxed).max(1) as f64 / 1000.0)).collect();
+    let off: Vec<f64> = (0..PAIRED).filter(|&i| i != archiving).filter_map(|i| per_thousand.get(i).copied()).collect();
+    let (Some(&on), [first, second]) = (per_thousand.get(archiving), off.as_slice()) else { bail!("{PAIRED} gateways measured, not {}", per_thousand.len()) };
+    m.set("cpu_on", on);
+    m.set("cpu_off", (first + second) / 2.0);
+    m.set("ratio", on / ((first + second) / 2.0));
+    m.set("control", first / second);
+    m.set("rate", goal as f64 / elapsed);
+    m.set("lost", (goal * PAIRED as u64).saturating_sub(total()) as f64);
+    for (i, (proc, before)) in procs.iter().zip(&threads_before).enumerate() {
+        m.notes.push(format!("gateway {i} ({}): CPU by thread: {}", role(i == archiving), procstat::thread_usage(before, &procstat::threads(proc.pid))));
+    }
+    m.notes.push(format!("{messages} lines to {users} users on each of {PAIRED} gateways, all delivered or given up after {elapsed:.2} s"));
+    m.usage.push((format!("IRC->XMPP {messages} lines x {users} users x {PAIRED} gateways"), usage));
+    for reader in readers {
+        reader.abort();
+    }
+    drop(writers);
+    Ok(m)
+}
+
+/// What a gateway of the paired part does with its lines.
+fn role(archiving: bool) -> &'static str {
+    if archiving {
+        "archiving"
+    } else {
+        "not archiving"
+    }
+}
+
+/// Counts one occupant's lines from IRC (bodies `i ...`) until aborted.
+async fn count_lines(mut reader: XmppReader, counter: Arc<AtomicU64>) -> Result<()> {
+    loop {
+        let Some(e) = reader.next_until(Instant::now() + Duration::from_secs(3600)).await? else { continue };
+        if e.name() == "message" && body(&e).is_some_and(|b| b.starts_with("i ")) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The figures of the query part.

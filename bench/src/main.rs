@@ -39,6 +39,9 @@ enum Scenario {
     Archive,
     /// The always-on part of the archive scenario alone (also run by `archive`).
     AlwaysOn,
+    /// The paired cost part of the archive scenario alone (also run by `archive`): three
+    /// of our gateways fed the same lines at once, one archiving.
+    ArchivePaired,
 }
 
 /// Which gateways to measure.
@@ -315,15 +318,23 @@ async fn scenarios(args: &Args, ircd: &Ngircd, peers: &[Peer], report: &mut Repo
         }
         report.scenarios.push(("mail load".into(), mailload::specs(), vec![(Peer::Ours, measured)]));
     }
-    if args.wants(Scenario::Archive) {
-        if peers.contains(&Peer::Ours) {
-            let mut measured = Vec::new();
-            for run in 1..=runs {
-                eprintln!("bench: archive cost ({users} users, {messages} messages, run {run}/{runs})");
-                measured.push(archive::cost(users, messages).await.context("archive cost")?);
-            }
-            report.scenarios.push(("archive cost".into(), archive::cost_specs(), vec![(Peer::Ours, measured)]));
+    if args.wants(Scenario::Archive) && peers.contains(&Peer::Ours) {
+        let mut measured = Vec::new();
+        for run in 1..=runs {
+            eprintln!("bench: archive cost ({users} users, {messages} messages, run {run}/{runs})");
+            measured.push(archive::cost(users, messages).await.context("archive cost")?);
         }
+        report.scenarios.push(("archive cost".into(), archive::cost_specs(), vec![(Peer::Ours, measured)]));
+    }
+    if (args.wants(Scenario::Archive) || args.wants(Scenario::ArchivePaired)) && peers.contains(&Peer::Ours) {
+        let mut measured = Vec::new();
+        for run in 1..=runs {
+            eprintln!("bench: archive cost, paired ({users} users on each gateway, {messages} lines, run {run}/{runs})");
+            measured.push(archive::paired_cost(users, messages, run).await.context("archive cost, paired")?);
+        }
+        report.scenarios.push(("archive cost, paired".into(), archive::paired_specs(), vec![(Peer::Ours, measured)]));
+    }
+    if args.wants(Scenario::Archive) {
         let mut results = empty();
         for run in 1..=runs {
             for &peer in &peers {

@@ -25,7 +25,7 @@ use crate::peers::{wait_joined, Peer};
 use crate::procstat;
 use crate::report::{Measured, Spec};
 use crate::rig::{names, run_limited, settle, XmppSide, SETUP_CONCURRENCY};
-use crate::xmpp::{body, XmppReader};
+use crate::xmpp::{body, XmppConn, XmppReader};
 
 /// Unreflected messages each XMPP sender may have in flight.
 const WINDOW: usize = 32;
@@ -92,7 +92,7 @@ async fn count(mut reader: XmppReader, own: String, window: Arc<Semaphore>, coun
 
 /// Waits until `current()` reaches `goal`, or nothing new arrived for [`IDLE`], or
 /// `cap` passed; returns the last value.
-async fn wait_count(goal: u64, cap: Duration, current: impl Fn() -> u64) -> u64 {
+pub async fn wait_count(goal: u64, cap: Duration, current: impl Fn() -> u64) -> u64 {
     let end = Instant::now() + cap;
     let (mut last, mut last_change) = (current(), Instant::now());
     while last < goal && last_change.elapsed() < IDLE && Instant::now() < end {
@@ -105,31 +105,23 @@ async fn wait_count(goal: u64, cap: Duration, current: impl Fn() -> u64) -> u64 
     last
 }
 
-/// Runs the scenario against `peer`.
-pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messages: usize) -> Result<Measured> {
-    let mut m = Measured::default();
-    let t = peer.tag();
-    let channel = format!("#{t}tp");
-    let room = peer.room(&channel);
-    let mut irc = Irc::connect(ircd.port, &format!("{t}tpirc")).await?;
-    irc.join(&channel).await?;
-
-    let user_names = names(&format!("{t}t"), users);
-    side.add_accounts(&user_names)?;
-    let conns = side.connect_all(&user_names).await?;
-    let port = ircd.port;
-    let room_for_join = room.clone();
+/// Logs in the accounts `user_names` (created already) and joins each to `room` through
+/// `peer` ([`SETUP_CONCURRENCY`] at a time, each retried once); the connections in
+/// order and how many joins needed their retry.
+pub async fn join_all(side: &XmppSide, ircd_port: u16, peer: Peer, room: &str, user_names: &[String]) -> Result<(Vec<XmppConn>, usize)> {
+    let conns = side.connect_all(user_names).await?;
     let slots: Vec<_> = conns.into_iter().map(|c| Arc::new(tokio::sync::Mutex::new(Some(c)))).collect();
     let slots_for_join = slots.clone();
-    let names_for_join = user_names.clone();
-    let retries = run_limited(users, SETUP_CONCURRENCY, move |i| {
+    let names: Arc<Vec<String>> = Arc::new(user_names.to_vec());
+    let room: Arc<str> = room.into();
+    let retries = run_limited(names.len(), SETUP_CONCURRENCY, move |i| {
         let slot = slots_for_join[i].clone();
-        let room = room_for_join.clone();
-        let nick = names_for_join[i].clone();
+        let room = room.clone();
+        let nick = names[i].clone();
         async move {
             let mut guard = slot.lock().await;
             let conn = guard.as_mut().ok_or_else(|| anyhow!("no connection"))?;
-            peer.prepare_user(conn, port).await?;
+            peer.prepare_user(conn, ircd_port).await?;
             // One retry: on this shared machine a gateway's IRC connect was once reset.
             let mut retried = 0;
             loop {
@@ -147,7 +139,43 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
         }
     })
     .await?;
-    let retries: usize = retries.iter().sum();
+    let mut conns = Vec::with_capacity(slots.len());
+    for slot in slots {
+        conns.push(slot.lock().await.take().ok_or_else(|| anyhow!("no connection"))?);
+    }
+    Ok((conns, retries.iter().sum()))
+}
+
+/// Says `messages` lines `i 0`, `i 1`... in `channel` as fast as the socket takes them;
+/// how long that took. Then checks that the sender is still connected (or a loss would
+/// be the bench's own).
+pub async fn flood(irc: &mut Irc, channel: &str, messages: usize) -> Result<Duration> {
+    let started = Instant::now();
+    for k in 0..messages {
+        irc.queue(&format!("PRIVMSG {channel} :i {k}\r\n")).await?;
+        if k % 64 == 63 {
+            irc.flush().await?;
+        }
+    }
+    irc.flush().await?;
+    let sent_in = started.elapsed();
+    irc.send("PING :bench-alive\r\n").await?;
+    irc.wait_for("the PONG after sending", Duration::from_secs(120), |l| l.command == "PONG").await.context("the IRC sender after sending")?;
+    Ok(sent_in)
+}
+
+/// Runs the scenario against `peer`.
+pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messages: usize) -> Result<Measured> {
+    let mut m = Measured::default();
+    let t = peer.tag();
+    let channel = format!("#{t}tp");
+    let room = peer.room(&channel);
+    let mut irc = Irc::connect(ircd.port, &format!("{t}tpirc")).await?;
+    irc.join(&channel).await?;
+
+    let user_names = names(&format!("{t}t"), users);
+    side.add_accounts(&user_names)?;
+    let (conns, retries) = join_all(side, ircd.port, peer, &room, &user_names).await?;
     if retries > 0 {
         m.notes.push(format!("{retries} join(s) failed once and were retried (see stderr)"));
     }
@@ -158,8 +186,7 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
     let base = Arc::new(std::sync::Mutex::new(Instant::now()));
     let mut readers = Vec::new();
     let mut writers = Vec::new();
-    for (i, slot) in slots.iter().enumerate() {
-        let conn = slot.lock().await.take().ok_or_else(|| anyhow!("no connection"))?;
+    for (i, conn) in conns.into_iter().enumerate() {
         let window = Arc::new(Semaphore::new(WINDOW));
         let own = format!("{room}/{}", user_names[i]);
         readers.push(tokio::spawn(count(conn.reader, own, window.clone(), counters.clone(), base.clone())));
@@ -246,18 +273,7 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
     let before = procstat::snapshot(&procs);
     *base.lock().map_err(|_| anyhow!("poisoned"))? = Instant::now();
     counters.last_ns.store(0, Ordering::Relaxed);
-    let started = Instant::now();
-    for k in 0..messages {
-        irc.queue(&format!("PRIVMSG {channel} :i {k}\r\n")).await?;
-        if k % 64 == 63 {
-            irc.flush().await?;
-        }
-    }
-    irc.flush().await?;
-    let sent_in = started.elapsed();
-    // The sender must still be connected, or a loss would be the bench's own.
-    irc.send("PING :bench-alive\r\n").await?;
-    irc.wait_for("the PONG after sending", Duration::from_secs(120), |l| l.command == "PONG").await.context("the IRC sender after sending")?;
+    let sent_in = flood(&mut irc, &channel, messages).await?;
     let delivered = wait_count(goal, Duration::from_secs(1800), || counters.from_irc.load(Ordering::Relaxed)).await;
     let after = procstat::snapshot(&procs);
     let usage = procstat::usage(&procs, &before, &after);
