@@ -340,11 +340,16 @@ impl IrcSide {
     /// echo would lose the markup): the XMPP body with `markup`, archived as `irc_text`
     /// (what IRC got; `None`: nothing went to IRC, nothing is archived).
     async fn reflect(&mut self, session: &SessionKey, channel: &str, irc_text: Option<&str>, markup: &[Element], id: Option<&str>, stanza: &Element) {
-        let Some(room) = self.rooms.get(&self.key(session, channel)) else { return };
+        let key = self.key(session, channel);
+        let Some(room) = self.rooms.get_mut(&key) else { return };
         let archived = match irc_text {
-            Some(text) => self.archive.room_line(&session.user.0, &room.archive_key, room.archive_epoch, room.nick(), text).await.map(crate::mam::id_text),
+            Some(text) => {
+                let nick = room.nick().to_owned();
+                self.archive.room_line(&mut room.archive_place, &session.user.0, &room.archive_key, room.archive_epoch, &nick, text).await.map(crate::mam::id_text)
+            }
             None => None,
         };
+        let room = &*room;
         let body = stanza.get_child("body", NS_COMPONENT).map(Element::text);
         let echoes: Vec<Element> = room
             .resources
@@ -467,29 +472,36 @@ impl IrcSide {
                     return;
                 }
             }
-            let Some(room) = self.rooms.get(&self.key(key, channel)) else { return };
+            let room_key = self.key(key, channel);
+            let Some(room) = self.rooms.get_mut(&room_key) else { return };
             let body = match message.kind {
                 MessageKind::Action => format!("/me {}", message.body),
                 _ => message.body,
             };
+            let who = message.sender.as_deref().unwrap_or_default();
+            // Lines played back by the server (history on join, with their time) are not
+            // archived again: the archive keeps what the gateway was there for.
+            let archived = match message.delay {
+                None => self.archive.room_line(&mut room.archive_place, &key.user.0, &room.archive_key, room.archive_epoch, who, &body).await,
+                Some(_) => None,
+            };
+            let room = &*room;
             let from = |to: &str| match &message.sender {
                 Some(nick) => room.occupant_jid(to, nick),
                 None => room.jid_for(to).to_owned(),
             };
-            let who = message.sender.as_deref().unwrap_or_default();
             if let Some(stamp) = &message.delay {
-                // Played back by the server (history on join): with its time, not archived
-                // again (the archive keeps what the gateway was there for).
+                // Played back by the server: with its time.
                 let stanzas = room.resources.entered().map(|to| {
                     let mut stanza = muc::groupchat(&from(to), to, &body, None, None);
                     stanza.append_child(muc::delay(room.jid_for(to), *stamp));
                     stanza
                 });
-                return self.send_all(stanzas.collect()).await;
+                let stanzas = stanzas.collect();
+                return self.send_all(stanzas).await;
             }
             // `id`: an echo of the user's own message (`echo-message`), which the
             // user's client matches to what it sent.
-            let archived = self.archive.room_line(&key.user.0, &room.archive_key, room.archive_epoch, who, &body).await;
             let id = message.id.as_deref();
             // Serialised once for every resource; as an element (cleaned by the writer)
             // only when a character XML forbids is in it.

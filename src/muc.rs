@@ -55,6 +55,9 @@ pub struct Room {
     /// Changes whenever the user may have missed lines of the channel (a new join, a
     /// dropped connection): the archive ends their span there (`archive/live.rs`).
     pub archive_epoch: u64,
+    /// Where the room's reader is in the archive's live state, kept so that a delivery
+    /// skips looking up the channel and the user there (`None` until the first line).
+    pub archive_place: Option<crate::archive::Place>,
 }
 
 /// The history a resource asked for when joining (XEP-0045 `<history/>`), to be sent from
@@ -192,6 +195,7 @@ impl Room {
             history: Vec::new(),
             archive_key: String::new(),
             archive_epoch: 0,
+            archive_place: None,
         }
     }
 

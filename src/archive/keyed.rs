@@ -40,8 +40,8 @@ const LINES: u8 = 2;
 const USERS_FROM: &[u8] = &[3];
 /// The first byte of a block's value (an entry's first byte is its direction, 0 to 2).
 const BLOCK: u8 = 0x10;
-/// A block's lines are at most this many µs of id after its first: about one batch's
-/// worth (the thread writes every 50 ms). A read backward holds what it read until a
+/// A block's lines are at most this many µs of id after its first (a 200 ms batch of a
+/// busy channel makes a few blocks). A read backward holds what it read until a
 /// value this much older comes, so a larger span would cost every "last 50 lines" query
 /// that much more of a busy channel's lines read.
 const BLOCK_SPAN: u64 = 60_000;

@@ -17,6 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher, RandomState};
 
+
 use super::Write;
 
 /// Lines of a channel always kept in memory for the other sessions to find.
@@ -34,23 +35,51 @@ const AHEAD: usize = 4;
 /// The live state of every channel some user of the gateway is getting lines from.
 #[derive(Debug, Default)]
 pub struct Live {
-    /// By archive room key (`server/channel`); hashbrown's map to look up by `&str` and
-    /// insert on a miss with one hash.
-    channels: hashbrown::HashMap<String, Channel, RandomState>,
+    /// The channels, each in a slot that the rooms reading it keep (their [`Place`]), so
+    /// that a delivery finds its channel and reader without hashing and comparing the
+    /// room's key and the user's JID (strings a delivery otherwise reads from cold
+    /// memory, a quarter of what the archive cost the live path).
+    slots: Vec<Option<Channel>>,
+    /// Slots whose channel was forgotten, taken again before `slots` grows.
+    free: Vec<usize>,
+    /// The slot of each channel by archive room key (`server/channel`): for a room's
+    /// first line and for places gone stale.
+    by_room: HashMap<String, usize>,
+    /// The serial the next channel put in a slot gets: a place names its channel's serial,
+    /// so a place kept across the channel's removal, and the slot's reuse, is stale.
+    next_serial: u64,
     /// Hashes speaker and text for `Log::index` (randomly keyed: IRC users choose
     /// the text).
     hasher: RandomState,
 }
 
+/// Where a room's reader is in [`Live`]: what a room keeps between deliveries (a new
+/// room starts with none; [`Live::saw`] fills it in, and looks it up again when it went
+/// stale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// The channel's slot.
+    slot: usize,
+    /// The serial of the channel in that slot when the place was given.
+    serial: u64,
+    /// The reader's bit in the channel (never given to another reader while the channel
+    /// is in memory).
+    bit: usize,
+}
+
 #[derive(Debug, Default)]
 struct Channel {
+    /// Its archive room key (for the writes, and to leave `Live::by_room`).
+    room: String,
+    /// Its serial (see [`Place::serial`]).
+    serial: u64,
     /// The channel's recent lines (apart from the readers, so that a delivery borrows
-    /// its reader and the lines at once, with one lookup of each).
+    /// its reader and the lines at once).
     log: Log,
-    /// Each user's span in progress, with the index of their bit in `Line::claims`.
-    readers: HashMap<String, Reader>,
-    /// Bits given out so far (never reused while the channel is in memory).
-    next_bit: usize,
+    /// Each user's span in progress, by bit (see `Line::claims`); `None` once forgotten.
+    readers: Vec<Option<Reader>>,
+    /// The bit of each user reading, for a place gone stale and for `flush` by user.
+    bits: HashMap<String, usize>,
 }
 
 /// The newest lines of a channel's log, and how to find one by speaker and text.
@@ -161,10 +190,10 @@ impl Claims {
 }
 
 /// A user's span in progress.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Reader {
-    /// Their bit in the lines' claims.
-    bit: usize,
+    /// The user's JID (for the span's writes).
+    user: String,
     /// The room epoch the span belongs to.
     epoch: u64,
     /// The first line of the span.
@@ -180,6 +209,16 @@ struct Reader {
     /// one they get, found without the index (whose lookups miss the cache when
     /// sessions are thousands of lines apart).
     next: u64,
+}
+
+impl Reader {
+    /// Its span, if it moved since it was last written; then it counts as written.
+    fn unwritten(&mut self, room: &str) -> Option<Write> {
+        (self.end > self.persisted).then(|| {
+            self.persisted = self.end;
+            Write::Span { room: room.to_owned(), user: self.user.clone(), start: self.start, end: self.end }
+        })
+    }
 }
 
 impl Log {
@@ -247,28 +286,36 @@ impl Live {
     /// `user` got (or said) the line `body` of `who` (empty: the server) in `room`, in
     /// the room's `epoch`, at `now` (µs): the line's id, an existing one when another
     /// user's session delivered it already, else `new_id()`. What must be written is
-    /// pushed to `writes`.
+    /// pushed to `writes`. `place` is the room's: where its reader was last time (used
+    /// when still valid, else looked up and kept there).
     #[allow(clippy::too_many_arguments, reason = "each is one fact of the line")]
-    pub fn saw(&mut self, room: &str, user: &str, epoch: u64, who: &str, body: &str, now: u64, new_id: impl FnOnce() -> u64, writes: &mut Vec<Write>) -> u64 {
+    pub fn saw(&mut self, place: &mut Option<Place>, room: &str, user: &str, epoch: u64, who: &str, body: &str, now: u64, new_id: impl FnOnce() -> u64, writes: &mut Vec<Write>) -> u64 {
         let hash = self.hasher.hash_one((who, body));
         let oldest = now.saturating_sub(MATCH_WINDOW);
-        let Channel { log, readers, next_bit } = self.channels.entry_ref(room).or_default();
+        let (slot, bit) = match place.filter(|place| self.holds(place)) {
+            Some(place) => (place.slot, Some(place.bit)),
+            None => self.find(room, user),
+        };
+        let channel = self.slots.get_mut(slot).and_then(Option::as_mut).expect("`holds` and `find` give a slot with a channel in it");
+        let Channel { room, serial, log, readers, bits } = channel;
         // One reader has nobody to match with: a flood on a channel only one user of the
         // gateway is in costs [`RECENT`] lines, not [`MOST_RECENT`].
-        let most = if readers.len() > 1 { MOST_RECENT } else { RECENT };
-        let reader = readers.get_mut(user);
-        let (bit, next) = reader.as_ref().map_or((*next_bit, 0), |reader| (reader.bit, reader.next));
+        let most = if bits.len() > 1 { MOST_RECENT } else { RECENT };
+        let (bit, next) = match bit.and_then(|bit| readers.get(bit)?.as_ref().map(|reader| (bit, reader.next))) {
+            Some(found) => found,
+            None => (readers.len(), 0),
+        };
         let (id, seq) = match log.take(hash, bit, oldest, next) {
             Some(taken) => taken,
             None => {
                 let id = new_id();
                 let seq = log.push(id, hash, bit, oldest, most);
-                writes.push(Write::Line { room: room.to_owned(), id, who: who.to_owned(), body: body.to_owned() });
+                writes.push(Write::Line { room: room.clone(), id, who: who.to_owned(), body: body.to_owned() });
                 (id, seq)
             }
         };
         let next = seq + 1;
-        match reader {
+        match readers.get_mut(bit).and_then(Option::as_mut) {
             Some(reader) if reader.epoch == epoch => {
                 reader.end = reader.end.max(id);
                 reader.start = reader.start.min(id);
@@ -276,30 +323,66 @@ impl Live {
                 reader.next = next;
             }
             Some(reader) => {
-                if reader.end > reader.persisted {
-                    writes.push(Write::Span { room: room.to_owned(), user: user.to_owned(), start: reader.start, end: reader.end });
-                }
-                *reader = Reader { bit, epoch, start: id, end: id, persisted: id, touched: now, next };
-                writes.push(Write::Span { room: room.to_owned(), user: user.to_owned(), start: id, end: id });
+                writes.extend(reader.unwritten(room));
+                *reader = Reader { user: std::mem::take(&mut reader.user), epoch, start: id, end: id, persisted: id, touched: now, next };
+                writes.push(Write::Span { room: room.clone(), user: reader.user.clone(), start: id, end: id });
             }
             None => {
-                *next_bit += 1;
-                readers.insert(user.to_owned(), Reader { bit, epoch, start: id, end: id, persisted: id, touched: now, next });
-                writes.push(Write::Span { room: room.to_owned(), user: user.to_owned(), start: id, end: id });
+                readers.push(Some(Reader { user: user.to_owned(), epoch, start: id, end: id, persisted: id, touched: now, next }));
+                bits.insert(user.to_owned(), bit);
+                writes.push(Write::Span { room: room.clone(), user: user.to_owned(), start: id, end: id });
             }
         }
+        *place = Some(Place { slot, serial: *serial, bit });
         id
+    }
+
+    /// Whether `place` still names a reader (of the channel it was given for).
+    fn holds(&self, place: &Place) -> bool {
+        matches!(self.slots.get(place.slot), Some(Some(channel)) if channel.serial == place.serial && matches!(channel.readers.get(place.bit), Some(Some(_))))
+    }
+
+    /// The slot of `room` (made for it when it has none) and `user`'s bit there, if any.
+    fn find(&mut self, room: &str, user: &str) -> (usize, Option<usize>) {
+        if let Some(&slot) = self.by_room.get(room) {
+            let bit = self.slots.get(slot).and_then(Option::as_ref).and_then(|channel| channel.bits.get(user).copied());
+            return (slot, bit);
+        }
+        self.next_serial += 1;
+        let channel = Channel { room: room.to_owned(), serial: self.next_serial, ..Channel::default() };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                if let Some(free) = self.slots.get_mut(slot) {
+                    *free = Some(channel);
+                }
+                slot
+            }
+            None => {
+                self.slots.push(Some(channel));
+                self.slots.len() - 1
+            }
+        };
+        self.by_room.insert(room.to_owned(), slot);
+        (slot, None)
+    }
+
+    /// The channels in memory.
+    fn channels(&mut self) -> impl Iterator<Item = &mut Channel> {
+        self.slots.iter_mut().flatten()
     }
 
     /// The spans of `user` (every user when `None`) whose end moved since it was last
     /// written.
     pub fn flush(&mut self, user: Option<&str>, writes: &mut Vec<Write>) {
-        for (room, channel) in &mut self.channels {
-            for (reader, state) in channel.readers.iter_mut().filter(|(reader, _)| user.is_none_or(|u| u == reader.as_str())) {
-                if state.end > state.persisted {
-                    writes.push(Write::Span { room: room.clone(), user: reader.clone(), start: state.start, end: state.end });
-                    state.persisted = state.end;
+        for channel in self.channels() {
+            let Channel { room, readers, bits, .. } = channel;
+            match user {
+                Some(user) => {
+                    if let Some(reader) = bits.get(user).and_then(|&bit| readers.get_mut(bit)?.as_mut()) {
+                        writes.extend(reader.unwritten(room));
+                    }
                 }
+                None => writes.extend(readers.iter_mut().flatten().filter_map(|reader| reader.unwritten(room))),
             }
         }
     }
@@ -307,8 +390,12 @@ impl Live {
     /// Forgets the spans of `user` (unregistered), after writing them.
     pub fn forget_user(&mut self, user: &str, writes: &mut Vec<Write>) {
         self.flush(Some(user), writes);
-        for channel in self.channels.values_mut() {
-            channel.readers.remove(user);
+        for channel in self.channels() {
+            if let Some(bit) = channel.bits.remove(user) {
+                if let Some(reader) = channel.readers.get_mut(bit) {
+                    *reader = None;
+                }
+            }
         }
     }
 
@@ -316,10 +403,21 @@ impl Live {
     /// and the channels nobody reads: memory for channels in use only.
     pub fn forget_idle(&mut self, before: u64, writes: &mut Vec<Write>) {
         self.flush(None, writes);
-        for channel in self.channels.values_mut() {
-            channel.readers.retain(|_, reader| reader.touched >= before);
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            let Some(channel) = entry else { continue };
+            for reader in &mut channel.readers {
+                if reader.as_ref().is_some_and(|reader| reader.touched < before) {
+                    if let Some(reader) = reader.take() {
+                        channel.bits.remove(&reader.user);
+                    }
+                }
+            }
+            if channel.bits.is_empty() {
+                self.by_room.remove(&channel.room);
+                *entry = None;
+                self.free.push(slot);
+            }
         }
-        self.channels.retain(|_, channel| !channel.readers.is_empty());
     }
 }
 
@@ -339,6 +437,12 @@ mod tests {
 
     const NOW: u64 = 1_000_000_000;
 
+    impl Live {
+        fn channel(&self, room: &str) -> &Channel {
+            self.by_room.get(room).and_then(|&slot| self.slots.get(slot)?.as_ref()).expect("a channel in memory")
+        }
+    }
+
     fn spans(writes: &[Write]) -> Vec<(&str, u64, u64)> {
         let mut spans: Vec<_> = writes.iter().filter_map(|w| if let Write::Span { user, start, end, .. } = w { Some((user.as_str(), *start, *end)) } else { None }).collect();
         spans.sort_unstable();
@@ -355,7 +459,7 @@ mod tests {
         let users: Vec<String> = (0..50).map(|u| format!("u{u}@x")).collect();
         for n in 0..10 {
             let body = format!("line {n}");
-            let ids: Vec<u64> = users.iter().map(|u| live.saw("s/#c", u, 1, "bob", &body, NOW, || clock.next(), &mut writes)).collect();
+            let ids: Vec<u64> = users.iter().map(|u| live.saw(&mut None, "s/#c", u, 1, "bob", &body, NOW, || clock.next(), &mut writes)).collect();
             assert!(ids.iter().all(|id| *id == ids[0]), "one id for everyone");
         }
         assert_eq!(lines(&writes), 10, "each line once");
@@ -374,14 +478,14 @@ mod tests {
         let (mut live, mut clock, mut writes) = (Live::default(), Clock(NOW), Vec::new());
         // a says "mine" (logged as sent), while b's session already got "yours" and "lol"
         // twice from the server; a gets them after.
-        let mine = live.saw("s/#c", "a", 1, "a", "mine", NOW, || clock.next(), &mut writes);
-        let yours = live.saw("s/#c", "b", 1, "c", "yours", NOW, || clock.next(), &mut writes);
-        let lol1 = live.saw("s/#c", "b", 1, "c", "lol", NOW, || clock.next(), &mut writes);
-        let lol2 = live.saw("s/#c", "b", 1, "c", "lol", NOW, || clock.next(), &mut writes);
+        let mine = live.saw(&mut None, "s/#c", "a", 1, "a", "mine", NOW, || clock.next(), &mut writes);
+        let yours = live.saw(&mut None, "s/#c", "b", 1, "c", "yours", NOW, || clock.next(), &mut writes);
+        let lol1 = live.saw(&mut None, "s/#c", "b", 1, "c", "lol", NOW, || clock.next(), &mut writes);
+        let lol2 = live.saw(&mut None, "s/#c", "b", 1, "c", "lol", NOW, || clock.next(), &mut writes);
         assert_ne!(lol1, lol2);
-        assert_eq!(live.saw("s/#c", "a", 1, "c", "yours", NOW, || clock.next(), &mut writes), yours);
-        assert_eq!(live.saw("s/#c", "b", 1, "a", "mine", NOW, || clock.next(), &mut writes), mine);
-        let a_lols = [live.saw("s/#c", "a", 1, "c", "lol", NOW, || clock.next(), &mut writes), live.saw("s/#c", "a", 1, "c", "lol", NOW, || clock.next(), &mut writes)];
+        assert_eq!(live.saw(&mut None, "s/#c", "a", 1, "c", "yours", NOW, || clock.next(), &mut writes), yours);
+        assert_eq!(live.saw(&mut None, "s/#c", "b", 1, "a", "mine", NOW, || clock.next(), &mut writes), mine);
+        let a_lols = [live.saw(&mut None, "s/#c", "a", 1, "c", "lol", NOW, || clock.next(), &mut writes), live.saw(&mut None, "s/#c", "a", 1, "c", "lol", NOW, || clock.next(), &mut writes)];
         assert!(a_lols.contains(&lol1) && a_lols.contains(&lol2), "each lol taken once");
         assert_eq!(lines(&writes), 4);
         writes.clear();
@@ -392,13 +496,13 @@ mod tests {
     #[test]
     fn a_new_epoch_ends_the_span_so_lines_missed_meanwhile_are_outside_it() {
         let (mut live, mut clock, mut writes) = (Live::default(), Clock(NOW), Vec::new());
-        let first = live.saw("s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
-        live.saw("s/#c", "b", 1, "bob", "one", NOW, || clock.next(), &mut writes);
-        live.saw("s/#c", "a", 1, "bob", "two", NOW, || clock.next(), &mut writes);
+        let first = live.saw(&mut None, "s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
+        live.saw(&mut None, "s/#c", "b", 1, "bob", "one", NOW, || clock.next(), &mut writes);
+        live.saw(&mut None, "s/#c", "a", 1, "bob", "two", NOW, || clock.next(), &mut writes);
         // b's connection dropped and came back (epoch 2): b missed "two".
-        live.saw("s/#c", "a", 1, "bob", "three", NOW, || clock.next(), &mut writes);
+        live.saw(&mut None, "s/#c", "a", 1, "bob", "three", NOW, || clock.next(), &mut writes);
         writes.clear();
-        let three = live.saw("s/#c", "b", 2, "bob", "three", NOW, || clock.next(), &mut writes);
+        let three = live.saw(&mut None, "s/#c", "b", 2, "bob", "three", NOW, || clock.next(), &mut writes);
         assert_eq!(spans(&writes), [("b", three, three)], "a new span; the old one had nothing more to write");
         writes.clear();
         live.flush(None, &mut writes);
@@ -408,30 +512,30 @@ mod tests {
     #[test]
     fn lines_older_than_the_window_or_the_recent_lines_are_not_taken() {
         let (mut live, mut clock, mut writes) = (Live::default(), Clock(NOW), Vec::new());
-        let old = live.saw("s/#c", "a", 1, "bob", "hi", NOW, || clock.next(), &mut writes);
+        let old = live.saw(&mut None, "s/#c", "a", 1, "bob", "hi", NOW, || clock.next(), &mut writes);
         // b gets "hi" long after: bob said it again.
         let later = NOW + MATCH_WINDOW + 1_000;
         clock.0 = later;
-        assert_ne!(live.saw("s/#c", "b", 1, "bob", "hi", later, || clock.next(), &mut writes), old);
+        assert_ne!(live.saw(&mut None, "s/#c", "b", 1, "bob", "hi", later, || clock.next(), &mut writes), old);
         // Within the window a session thousands of lines behind still finds them (with
         // two readers: one alone keeps only the last few)...
         let (mut live, mut writes) = (Live::default(), Vec::new());
         clock.0 = NOW;
-        live.saw("s/#c", "slow", 1, "bob", "before", NOW, || clock.next(), &mut writes);
+        live.saw(&mut None, "s/#c", "slow", 1, "bob", "before", NOW, || clock.next(), &mut writes);
         for n in 0..5000 {
-            live.saw("s/#c", "fast", 1, "bob", &n.to_string(), NOW, || clock.next(), &mut writes);
+            live.saw(&mut None, "s/#c", "fast", 1, "bob", &n.to_string(), NOW, || clock.next(), &mut writes);
         }
         writes.clear();
-        live.saw("s/#c", "slow", 1, "bob", "0", NOW, || clock.next(), &mut writes);
+        live.saw(&mut None, "s/#c", "slow", 1, "bob", "0", NOW, || clock.next(), &mut writes);
         assert_eq!(lines(&writes), 0, "5,000 lines behind, line 0 is found");
         // ...but past the most kept, a session that far behind logs its own copies.
         for n in 5000..MOST_RECENT + 10 {
-            live.saw("s/#c", "fast", 1, "bob", &n.to_string(), NOW, || clock.next(), &mut writes);
+            live.saw(&mut None, "s/#c", "fast", 1, "bob", &n.to_string(), NOW, || clock.next(), &mut writes);
         }
         writes.clear();
-        live.saw("s/#c", "slow", 1, "bob", "1", NOW, || clock.next(), &mut writes);
+        live.saw(&mut None, "s/#c", "slow", 1, "bob", "1", NOW, || clock.next(), &mut writes);
         assert_eq!(lines(&writes), 1, "line 1 left the recent lines: logged again for the slow session");
-        let log = &live.channels["s/#c"].log;
+        let log = &live.channel("s/#c").log;
         assert_eq!(log.recent.len(), MOST_RECENT);
         assert_eq!(log.index.values().map(|seqs| 1 + seqs.more.len()).sum::<usize>(), MOST_RECENT, "the index follows");
     }
@@ -439,49 +543,77 @@ mod tests {
     #[test]
     fn idle_readers_and_unread_channels_are_forgotten_after_their_spans_are_written() {
         let (mut live, mut clock, mut writes) = (Live::default(), Clock(NOW), Vec::new());
-        live.saw("s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
-        live.saw("s/#c", "a", 1, "bob", "two", NOW + 1, || clock.next(), &mut writes);
-        live.saw("s/#d", "b", 1, "bob", "one", NOW + 9, || clock.next(), &mut writes);
+        live.saw(&mut None, "s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
+        live.saw(&mut None, "s/#c", "a", 1, "bob", "two", NOW + 1, || clock.next(), &mut writes);
+        live.saw(&mut None, "s/#d", "b", 1, "bob", "one", NOW + 9, || clock.next(), &mut writes);
         writes.clear();
         live.forget_idle(NOW + 5, &mut writes);
         assert_eq!(spans(&writes).len(), 1, "a's span written before it is forgotten");
-        assert_eq!(live.channels.len(), 1);
+        assert_eq!(live.channels().count(), 1);
         writes.clear();
         live.forget_user("b", &mut writes);
-        assert!(live.channels["s/#d"].readers.is_empty());
+        assert!(live.channel("s/#d").bits.is_empty());
     }
 
     #[test]
     fn the_same_text_said_again_and_again_leaves_the_index_in_step_with_the_lines() {
         let (mut live, mut clock, mut writes) = (Live::default(), Clock(NOW), Vec::new());
         // Two readers: a keeps far ahead, b takes the copies it got later, oldest first.
-        let said: Vec<u64> = (0..RECENT + 40).map(|_| live.saw("s/#c", "a", 1, "bob", "again", NOW, || clock.next(), &mut writes)).collect();
-        let log = &live.channels["s/#c"].log;
+        let said: Vec<u64> = (0..RECENT + 40).map(|_| live.saw(&mut None, "s/#c", "a", 1, "bob", "again", NOW, || clock.next(), &mut writes)).collect();
+        let log = &live.channel("s/#c").log;
         assert_eq!(log.recent.len(), RECENT, "one reader: the last few kept");
         assert_eq!(log.index.len(), 1);
         assert_eq!(log.index.values().map(|seqs| 1 + seqs.more.len()).sum::<usize>(), RECENT);
         writes.clear();
-        assert_eq!(live.saw("s/#c", "b", 1, "bob", "again", NOW, || clock.next(), &mut writes), said[40], "the oldest kept copy b has not taken");
-        assert_eq!(live.saw("s/#c", "b", 1, "bob", "again", NOW, || clock.next(), &mut writes), said[41]);
+        assert_eq!(live.saw(&mut None, "s/#c", "b", 1, "bob", "again", NOW, || clock.next(), &mut writes), said[40], "the oldest kept copy b has not taken");
+        assert_eq!(live.saw(&mut None, "s/#c", "b", 1, "bob", "again", NOW, || clock.next(), &mut writes), said[41]);
         assert_eq!(lines(&writes), 0);
     }
 
     #[test]
     fn a_reader_finds_the_next_lines_past_its_own_and_a_repeated_text_still_takes_the_oldest_copy() {
         let (mut live, mut clock, mut writes) = (Live::default(), Clock(NOW), Vec::new());
-        let one = live.saw("s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
+        let one = live.saw(&mut None, "s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
         // b says something (logged as sent), then gets the lines a got, in order.
-        let own = live.saw("s/#c", "b", 1, "b", "mine", NOW, || clock.next(), &mut writes);
-        let two = live.saw("s/#c", "a", 1, "bob", "two", NOW, || clock.next(), &mut writes);
-        let again = live.saw("s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
-        assert_eq!(live.saw("s/#c", "b", 1, "bob", "one", NOW, || clock.next(), &mut writes), one);
-        assert_eq!(live.saw("s/#c", "b", 1, "bob", "two", NOW, || clock.next(), &mut writes), two, "past b's own line");
-        assert_eq!(live.saw("s/#c", "b", 1, "bob", "one", NOW, || clock.next(), &mut writes), again);
-        assert_eq!(live.saw("s/#c", "a", 1, "b", "mine", NOW, || clock.next(), &mut writes), own);
+        let own = live.saw(&mut None, "s/#c", "b", 1, "b", "mine", NOW, || clock.next(), &mut writes);
+        let two = live.saw(&mut None, "s/#c", "a", 1, "bob", "two", NOW, || clock.next(), &mut writes);
+        let again = live.saw(&mut None, "s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
+        assert_eq!(live.saw(&mut None, "s/#c", "b", 1, "bob", "one", NOW, || clock.next(), &mut writes), one);
+        assert_eq!(live.saw(&mut None, "s/#c", "b", 1, "bob", "two", NOW, || clock.next(), &mut writes), two, "past b's own line");
+        assert_eq!(live.saw(&mut None, "s/#c", "b", 1, "bob", "one", NOW, || clock.next(), &mut writes), again);
+        assert_eq!(live.saw(&mut None, "s/#c", "a", 1, "b", "mine", NOW, || clock.next(), &mut writes), own);
         // c joins late and gets "one" said again: the oldest copy it has not taken.
-        assert_eq!(live.saw("s/#c", "c", 1, "bob", "one", NOW, || clock.next(), &mut writes), one);
-        assert_eq!(live.saw("s/#c", "c", 1, "bob", "one", NOW, || clock.next(), &mut writes), again);
+        assert_eq!(live.saw(&mut None, "s/#c", "c", 1, "bob", "one", NOW, || clock.next(), &mut writes), one);
+        assert_eq!(live.saw(&mut None, "s/#c", "c", 1, "bob", "one", NOW, || clock.next(), &mut writes), again);
         assert_eq!(lines(&writes), 4);
+    }
+
+    #[test]
+    fn a_room_keeps_its_place_and_a_stale_place_is_looked_up_again() {
+        let (mut live, mut clock, mut writes) = (Live::default(), Clock(NOW), Vec::new());
+        let (mut a_place, mut b_place) = (None, None);
+        let one = live.saw(&mut a_place, "s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
+        let place = a_place.expect("a place given with the first line");
+        assert_eq!(live.saw(&mut b_place, "s/#c", "b", 1, "bob", "one", NOW, || clock.next(), &mut writes), one, "b's own place, the same line");
+        assert_ne!(a_place, b_place, "each reader its own bit");
+        let two = live.saw(&mut a_place, "s/#c", "a", 1, "bob", "two", NOW + 1, || clock.next(), &mut writes);
+        assert_eq!(a_place, Some(place), "kept while valid");
+        // b goes idle: #c keeps a; then a goes idle too and #c is forgotten, its slot
+        // taken by #d (read by c).
+        live.forget_idle(NOW + 1, &mut writes);
+        assert!(!live.holds(&b_place.expect("b's place")), "b forgotten");
+        assert_eq!(live.saw(&mut b_place, "s/#c", "b", 1, "bob", "two", NOW + 2, || clock.next(), &mut writes), two, "b back: a new bit, the same log");
+        live.forget_idle(NOW + 10, &mut writes);
+        assert_eq!(live.channels().count(), 0);
+        let mut c_place = None;
+        live.saw(&mut c_place, "s/#d", "c", 1, "bob", "three", NOW + 20, || clock.next(), &mut writes);
+        assert_eq!(c_place.map(|p| p.slot), Some(place.slot), "the slot taken again");
+        assert!(!live.holds(&place), "so a's old place is stale");
+        writes.clear();
+        let four = live.saw(&mut a_place, "s/#c", "a", 1, "bob", "four", NOW + 30, || clock.next(), &mut writes);
+        assert_eq!(writes.iter().filter(|w| matches!(w, Write::Line { room, .. } if room == "s/#c")).count(), 1, "a's line goes to #c, not to #d");
+        assert_eq!(spans(&writes), [("a", four, four)]);
+        assert!(a_place.is_some_and(|p| p.slot != place.slot));
     }
 
     #[test]
