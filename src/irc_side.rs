@@ -343,10 +343,8 @@ impl IrcSide {
         let key = self.key(session, channel);
         let Some(room) = self.rooms.get_mut(&key) else { return };
         let archived = match irc_text {
-            Some(text) => {
-                let nick = room.nick().to_owned();
-                self.archive.room_line(&mut room.archive_place, &session.user.0, &room.archive_key, room.archive_epoch, &nick, text).await.map(crate::mam::id_text)
-            }
+            // The nick as a field, borrowed beside the place (`nick()` would borrow the room).
+            Some(text) => self.archive.room_line(&mut room.archive_place, &session.user.0, &room.archive_key, room.archive_epoch, &room.me.nick, text).await.map(crate::mam::id_text),
             None => None,
         };
         let room = &*room;

@@ -351,7 +351,7 @@ impl Archive {
         let (control, control_rx) = std::sync::mpsc::channel();
         let drain_asked = Arc::new(AtomicBool::new(false));
         let asleep = Arc::new(AtomicBool::new(false));
-        let flags = (drain_asked.clone(), asleep.clone());
+        let (drain_asked_by_thread, asleep_for_thread) = (drain_asked.clone(), asleep.clone());
         let (started, last_id) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("archive".into())
@@ -360,7 +360,7 @@ impl Archive {
                 let ready = last_id.is_ok();
                 let _ = started.send(last_id);
                 if ready {
-                    serve(backend, writes_rx, control_rx, &flags.0, &flags.1, retention);
+                    serve(backend, writes_rx, control_rx, &drain_asked_by_thread, &asleep_for_thread, retention);
                 }
             })
             .map_err(|e| ArchiveError::Backend { action: "start its thread", message: e.to_string() })?;
