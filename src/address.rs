@@ -772,6 +772,17 @@ pub fn parse_localpart(local: &str) -> Result<Address, AddressError> {
     }
 }
 
+/// The bare JID of `address` on the `gateway`'s domain, as XMPP servers spell it: the
+/// localpart of [`format_localpart`] case-folded (nodeprep), so that what the gateway
+/// sends from a room matches the address the server routes (`#Foo%irc.x@gw` is
+/// `#foo%irc.x@gw`). Made once per room, not per stanza; an address no JID can hold is
+/// left as written.
+#[must_use]
+pub fn room_jid(address: &Address, gateway: &str) -> String {
+    let written = format!("{}@{gateway}", format_localpart(address));
+    written.parse::<xmpp_parsers::jid::BareJid>().map_or(written, |jid| jid.to_string())
+}
+
 /// Writes the localpart (XEP-0106-escaped) of the JID for `address`: the inverse of
 /// [`parse_localpart`].
 ///
@@ -1200,6 +1211,7 @@ mod tests {
             format_localpart(&channel("#RuSt", "IRC.Libera.CHAT")),
             "#RuSt%irc.libera.chat"
         );
+        assert_eq!(room_jid(&channel("#RuSt", "IRC.Libera.CHAT"), "gw.example"), "#rust%irc.libera.chat@gw.example", "as servers fold it");
     }
 
     #[test]

@@ -219,7 +219,7 @@ impl IrcSide {
                 let epoch = self.next_epoch();
                 let command = match self.rooms.get_mut(&key) {
                     None => {
-                        let jid = format!("{}@{}", address::format_localpart(&envelope.target), self.gateway);
+                        let jid = address::room_jid(&envelope.target, &self.gateway);
                         let mut room = Room::new(jid, channel.to_owned(), full.clone(), nick.to_owned());
                         room.archive_key = crate::archive::room_key(server, channel);
                         room.archive_epoch = epoch;
@@ -235,7 +235,7 @@ impl IrcSide {
                     // Another resource enters: the session reports the room again (its
                     // roster is the only one), and this resource gets the entry then.
                     Some(room) => {
-                        let jid = format!("{}@{}", address::format_localpart(&envelope.target), self.gateway);
+                        let jid = address::room_jid(&envelope.target, &self.gateway);
                         if jid != room.jid {
                             room.aliases.insert(full.clone(), jid);
                         }
@@ -1042,7 +1042,7 @@ impl NetworkSide for IrcSide {
             }
             let nick = record.irc.as_ref().map_or_else(|| user.0.split('@').next().unwrap_or_default().to_owned(), |irc| irc.nick.clone());
             let address = Address::IrcChannel { channel: persistent.channel.clone(), server: persistent.server.clone() };
-            let jid = format!("{}@{}", address::format_localpart(&address), self.gateway);
+            let jid = address::room_jid(&address, &self.gateway);
             let mut room = Room::always_on(jid, persistent.channel.clone(), nick.clone());
             room.archive_key = crate::archive::room_key(&persistent.server, &persistent.channel);
             room.archive_epoch = self.next_epoch();
@@ -1205,7 +1205,7 @@ impl NetworkSide for IrcSide {
                 continue;
             }
             let address = Address::IrcChannel { channel: saved.channel.clone(), server: saved.network.clone() };
-            let jid = format!("{}@{}", address::format_localpart(&address), self.gateway);
+            let jid = address::room_jid(&address, &self.gateway);
             let mut room = Room::new(jid, saved.channel.clone(), first, saved.nick.clone());
             for resource in resources {
                 room.resources.insert(resource);

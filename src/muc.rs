@@ -8,10 +8,7 @@ use std::collections::HashMap;
 
 use bridge_core::model::{Affiliation, CaseMapping, NetworkId, Occupant, Role, UserId};
 use minidom::Element;
-use xmpp_parsers::jid::Jid;
-use xmpp_parsers::message::{Lang, Message, MessageType};
-use xmpp_parsers::muc::user::{Affiliation as XAffiliation, Item, MucUser, Reason, Role as XRole, Status};
-use xmpp_parsers::presence::{Presence, Type as PresenceType};
+use xmpp_parsers::muc::user::Status;
 
 /// A room as one user sees it. Its occupants are not kept here: the IRC session holds the
 /// one roster of the channel and reports it in `Event::Joined` (again when another
@@ -525,33 +522,47 @@ impl Rooms {
     }
 }
 
-fn x_role(role: Role) -> XRole {
-    match role {
-        Role::Visitor => XRole::Visitor,
-        Role::Participant => XRole::Participant,
-        Role::Moderator => XRole::Moderator,
-    }
-}
-
-fn x_affiliation(affiliation: Affiliation) -> XAffiliation {
-    match affiliation {
-        Affiliation::None => XAffiliation::None,
-        Affiliation::Member => XAffiliation::Member,
-        Affiliation::Admin => XAffiliation::Admin,
-        Affiliation::Owner => XAffiliation::Owner,
-    }
-}
-
 /// An occupant's available presence, with status codes; away (`<show>away</show>`) with
 /// their away message and services account as its status, where IRC tells them.
+///
+/// On the path of every join (the self-presence, and one per occupant of a channel
+/// entered), so built as an element directly, like [`groupchat`]: going through
+/// `xmpp_parsers`' `Presence` and `MucUser` re-parsed both JIDs and built the element from
+/// a stream of events. `from` and `to` are JIDs the gateway formed itself.
 pub fn occupant_presence(from: &str, to: &str, occupant: &Occupant, codes: &[Status]) -> Element {
-    let item = Item::new(x_affiliation(occupant.affiliation), x_role(occupant.role));
+    let item = item(occupant.affiliation, role_name(occupant.role)).build();
     let status = occupant_status(occupant);
-    let mut stanza = presence(PresenceType::None, from, to, item, codes, status.as_deref());
+    let mut stanza = presence(None, from, to, item, codes, status.as_deref());
     if occupant.away.is_some() {
         stanza.append_child(Element::builder("show", xmpp_parsers::ns::DEFAULT_NS).append("away").build());
     }
     stanza
+}
+
+/// A `muc#user` `<item/>` with the occupant's affiliation and the `role` named.
+fn item(affiliation: Affiliation, role: &str) -> minidom::element::ElementBuilder {
+    Element::builder("item", xmpp_parsers::ns::MUC_USER)
+        .attr(rxml::xml_ncname!("affiliation").into(), affiliation_name(affiliation))
+        .attr(rxml::xml_ncname!("role").into(), role)
+}
+
+/// The name XEP-0045 gives a role in an `<item/>`.
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Visitor => "visitor",
+        Role::Participant => "participant",
+        Role::Moderator => "moderator",
+    }
+}
+
+/// The name XEP-0045 gives an affiliation in an `<item/>`.
+fn affiliation_name(affiliation: Affiliation) -> &'static str {
+    match affiliation {
+        Affiliation::None => "none",
+        Affiliation::Member => "member",
+        Affiliation::Admin => "admin",
+        Affiliation::Owner => "owner",
+    }
 }
 
 /// The status text of an occupant: their away message, and the account they are logged
@@ -583,29 +594,42 @@ pub fn departure_presence(
     new_nick: Option<&str>,
     reason: Option<&str>,
 ) -> Element {
-    let mut item = Item::new(x_affiliation(occupant.affiliation), XRole::None);
-    item.nick = new_nick.map(str::to_owned);
-    item.reason = reason.map(|r| Reason(r.to_owned()));
-    presence(PresenceType::Unavailable, from, to, item, codes, reason)
+    let mut item = item(occupant.affiliation, "none");
+    if let Some(nick) = new_nick {
+        item = item.attr(rxml::xml_ncname!("nick").into(), nick);
+    }
+    if let Some(reason) = reason {
+        item = item.append(Element::builder("reason", xmpp_parsers::ns::MUC_USER).append(reason));
+    }
+    presence(Some("unavailable"), from, to, item.build(), codes, reason)
 }
 
-fn presence(type_: PresenceType, from: &str, to: &str, item: Item, codes: &[Status], status: Option<&str>) -> Element {
-    let mut presence = Presence::new(type_);
-    presence.from = from.parse::<Jid>().ok();
-    presence.to = to.parse::<Jid>().ok();
-    if let Some(status) = status {
-        presence.set_status(Lang::new(), status.to_owned());
+/// A room presence of `type_` (available when `None`): the status text, then the
+/// `muc#user` payload with the status `codes` and the `item`.
+fn presence(type_: Option<&str>, from: &str, to: &str, item: Element, codes: &[Status], status: Option<&str>) -> Element {
+    use rxml::xml_ncname;
+    let ns = xmpp_parsers::ns::DEFAULT_NS;
+    let mut presence = Element::builder("presence", ns).attr(xml_ncname!("from").into(), from).attr(xml_ncname!("to").into(), to);
+    if let Some(type_) = type_ {
+        presence = presence.attr(xml_ncname!("type").into(), type_);
     }
-    presence.payloads.push(MucUser { status: codes.to_vec(), items: vec![item], invite: None, decline: None, affiliations: None }.into());
-    presence.into()
+    if let Some(status) = status {
+        presence = presence.append(Element::builder("status", ns).append(status));
+    }
+    let muc_user = Element::builder("x", xmpp_parsers::ns::MUC_USER).append_all(codes.iter().map(|code| Element::from(code.clone()))).append(item);
+    presence.append(muc_user).build()
 }
 
 /// The room subject (sent on entry, even empty, since it ends the join sequence).
 pub fn subject_message(from: &str, to: &str, subject: &str) -> Element {
-    let mut message = Message::new_with_type(MessageType::Groupchat, to.parse::<Jid>().ok());
-    message.from = from.parse::<Jid>().ok();
-    message.subjects.insert(Lang::new(), subject.to_owned());
-    message.into()
+    use rxml::xml_ncname;
+    let ns = xmpp_parsers::ns::DEFAULT_NS;
+    Element::builder("message", ns)
+        .attr(xml_ncname!("type").into(), "groupchat")
+        .attr(xml_ncname!("from").into(), from)
+        .attr(xml_ncname!("to").into(), to)
+        .append(Element::builder("subject", ns).append(subject))
+        .build()
 }
 
 /// A group chat message; `id` is kept when reflecting the user's own message, so their
@@ -733,6 +757,7 @@ fn push_decimal(mut n: u64, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xmpp_parsers::message::{Message, MessageType};
 
     #[test]
     fn resources_are_a_short_list_freed_when_the_last_leaves() {
@@ -879,6 +904,31 @@ mod tests {
         let kicked = departure_presence("#r%x@gw/bob", "u@h/a", &o, &[Status::Kicked], None, Some("spam"));
         assert_eq!(codes(&kicked), vec!["307"]);
         assert_eq!(kicked.get_child("status", NS).unwrap().text(), "spam");
+    }
+
+    #[test]
+    fn presences_and_the_subject_read_back_as_xmpp_parsers_reads_them() {
+        use xmpp_parsers::muc::user::{Affiliation as XAffiliation, MucUser, Role as XRole};
+        use xmpp_parsers::presence::{Presence, Show, Type};
+        let mut o = occupant("bob", Role::Moderator, Affiliation::Owner);
+        o.away = Some("lunch & <back>".into());
+        o.account = Some("bob_acct".into());
+        let p = Presence::try_from(occupant_presence("#r%x@gw/bob", "u@h/a", &o, &[Status::SelfPresence, Status::AssignedNick])).unwrap();
+        assert_eq!((p.from.unwrap().to_string(), p.to.unwrap().to_string()), ("#r%x@gw/bob".to_owned(), "u@h/a".to_owned()));
+        assert_eq!((p.type_, p.show), (Type::None, Some(Show::Away)));
+        assert_eq!(p.statuses[""], "lunch & <back> (account bob_acct)");
+        let x = MucUser::try_from(p.payloads[0].clone()).unwrap();
+        assert_eq!(x.status, vec![Status::SelfPresence, Status::AssignedNick]);
+        assert_eq!((x.items[0].affiliation.clone(), x.items[0].role.clone()), (XAffiliation::Owner, XRole::Moderator));
+
+        let gone = Presence::try_from(departure_presence("#r%x@gw/bob", "u@h/a", &o, &[Status::Kicked], Some("bobby"), Some("spam"))).unwrap();
+        assert_eq!((gone.type_, gone.statuses[""].as_str()), (Type::Unavailable, "spam"));
+        let x = MucUser::try_from(gone.payloads[0].clone()).unwrap();
+        assert_eq!((x.status, x.items[0].role.clone(), x.items[0].nick.as_deref()), (vec![Status::Kicked], XRole::None, Some("bobby")));
+        assert_eq!(x.items[0].reason.as_ref().map(|r| r.0.as_str()), Some("spam"));
+
+        let subject = Message::try_from(subject_message("#r%x@gw", "u@h/a", "topic <1>")).unwrap();
+        assert_eq!((subject.type_, subject.subjects[""].as_str(), subject.from.unwrap().to_string()), (MessageType::Groupchat, "topic <1>", "#r%x@gw".to_owned()));
     }
 
     #[test]
