@@ -60,8 +60,17 @@
 #     services.test is a U-line. Atheme links with the InspIRCd 2.0 protocol
 #     (CAPAB 1202), which InspIRCd 3 still accepts.
 #   - Connect class: 127.0.0.1 only, no DNS lookups (resolvehostnames=no, DNS
-#     server 127.0.0.1), no ident, 10000 connections per IP, no flood kills
+#     server 127.0.0.1), no ident, 30000 connections per IP, no flood kills
 #     (fakelag off, huge threshold and commandrate).
+#   - Sized for the bench's scale scenario against InspIRCd (10,000 bridged
+#     connections plus its own clients, issue 12): softlimit 30000 (InspIRCd
+#     raises its own soft RLIMIT_NOFILE to the hard one at start and logs no
+#     warning for a softlimit above it: with "ulimit -Hn" 20000, even from a
+#     soft 1024, it starts with "20000 max open sockets"), listen backlog
+#     (somaxconn, capped by net.core.somaxconn) 4096 for the burst of connects, and
+#     PINGs to idle clients once an hour (pingfreq 1h, as ngircd.sh's
+#     PingTimeout): a client busy writing (the bench's IRC client reads nothing
+#     during a delivery phase) or 10,000 PONGs at once must not be dropped.
 #   - Atheme: nickserv main/register/identify, saslserv main/plain, no crypto
 #     module (passwords stored in clear in the test database: fast), auth = none
 #     (no e-mail confirmation, no mail ever sent), maxlogins 1000 (Atheme's
@@ -111,12 +120,12 @@ write_inspircd_config() {
 <bind address="127.0.0.1" port="$port" type="clients">
 <bind address="127.0.0.1" port="$link_port" type="servers">
 
-<connect name="main" allow="127.0.0.1" maxchans="1000" timeout="60" pingfreq="2m"
+<connect name="main" allow="127.0.0.1" maxchans="1000" timeout="60" pingfreq="1h"
          hardsendq="16M" softsendq="1M" recvq="1M" threshold="1000000" commandrate="1000000"
-         fakelag="no" localmax="10000" globalmax="10000" maxconnwarn="no" limit="100000"
+         fakelag="no" localmax="30000" globalmax="30000" maxconnwarn="no" limit="100000"
          resolvehostnames="no" useident="no">
 
-<performance softlimit="4096" somaxconn="128" clonesonconnect="no">
+<performance softlimit="30000" somaxconn="4096" clonesonconnect="no">
 <dns server="127.0.0.1" timeout="1">
 <files motd="$dir/motd.txt">
 <log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="$dir/inspircd.log">

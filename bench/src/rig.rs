@@ -1,6 +1,7 @@
 //! The servers under and around the test: one ngIRCd (no flood protection) shared by
-//! everything, and an XMPP side (a private Prosody with our gateway and/or biboumi
-//! attached as components), plus bulk accounts and bulk logins.
+//! everything (or, for the scale scenario, InspIRCd: [`IrcKind`]), and an XMPP side (a
+//! private Prosody with our gateway and/or biboumi attached as components), plus bulk
+//! accounts and bulk logins.
 
 use std::future::Future;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use testkit::biboumi::Biboumi;
-use testkit::irc::Ngircd;
+use testkit::irc::{Inspircd, IrcServer, Ngircd};
 use testkit::{Gateway, ServerKind, ServerOptions, XmppServer, SECRET};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -36,13 +37,13 @@ pub struct XmppSide {
 impl XmppSide {
     /// Starts Prosody, then our gateway (IRC network 127.0.0.1 = `ircd`, no rate limit)
     /// and/or biboumi, as `peers` asks.
-    pub fn start(ircd: &Ngircd, peers: &[Peer]) -> Result<XmppSide> {
+    pub fn start(ircd: &dyn IrcServer, peers: &[Peer]) -> Result<XmppSide> {
         Self::start_with(ircd, peers, "")
     }
 
     /// [`XmppSide::start`] with `gateway_extra` (TOML tables) at the end of our
     /// gateway's configuration.
-    pub fn start_with(ircd: &Ngircd, peers: &[Peer], gateway_extra: &str) -> Result<XmppSide> {
+    pub fn start_with(ircd: &dyn IrcServer, peers: &[Peer], gateway_extra: &str) -> Result<XmppSide> {
         let with_biboumi = peers.contains(&Peer::Biboumi);
         let options = ServerOptions { extra_components: if with_biboumi { vec![(BIBOUMI_JID.into(), SECRET.into())] } else { vec![] }, http_upload: false, ..ServerOptions::default() };
         let server = XmppServer::start_with(ServerKind::Prosody, options);
@@ -73,9 +74,9 @@ impl XmppSide {
     }
 
     /// The processes to report for a scenario against `peer`: the gateway, Prosody,
-    /// ngIRCd and the bench itself.
-    pub fn procs(&self, peer: Peer, ircd: &Ngircd) -> Result<Vec<Proc>> {
-        let mut procs = vec![self.peer_proc(peer)?, self.prosody_proc()?, ngircd_proc(ircd)?, Proc::bench()];
+    /// the IRC server and the bench itself.
+    pub fn procs(&self, peer: Peer, ircd: &dyn IrcServer) -> Result<Vec<Proc>> {
+        let mut procs = vec![self.peer_proc(peer)?, self.prosody_proc()?, ircd_proc(ircd)?, Proc::bench()];
         if peer == Peer::Ours && testkit::postgres::store_is_postgres() {
             procs.push(postgres_proc()?);
         }
@@ -109,9 +110,45 @@ impl XmppSide {
     }
 }
 
-/// ngIRCd's process.
-pub fn ngircd_proc(ircd: &Ngircd) -> Result<Proc> {
-    Ok(Proc::new("ngIRCd", pidfile(&ircd.dir.path().join("run").join("ngircd.pid"))?))
+/// The IRC server's process, named after its software.
+pub fn ircd_proc(ircd: &dyn IrcServer) -> Result<Proc> {
+    Ok(Proc::new(ircd.name(), pidfile(&ircd.pid_file())?))
+}
+
+/// Which IRC server a scenario runs against (`--irc-server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IrcKind {
+    /// ngIRCd (scripts/ngircd.sh), no flood protection: every scenario.
+    Ngircd,
+    /// InspIRCd 3 with Atheme services (scripts/inspircd.sh; IRCv3: the gateway
+    /// negotiates echo-message, server-time...): the scale scenario only.
+    Inspircd,
+}
+
+impl IrcKind {
+    /// The software's name, as the report gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            IrcKind::Ngircd => "ngIRCd",
+            IrcKind::Inspircd => "InspIRCd",
+        }
+    }
+
+    /// Starts a fresh private server of this kind on a free port (stopped on drop);
+    /// panics with its script's output if it cannot start, as testkit does.
+    pub fn start(self) -> Box<dyn IrcServer> {
+        match self {
+            IrcKind::Ngircd => Box::new(Ngircd::start(false)),
+            IrcKind::Inspircd => Box::new(Inspircd::start()),
+        }
+    }
+}
+
+/// The last `lines` lines of `ircd`'s log, for the error output of a failed run.
+pub fn log_tail(ircd: &dyn IrcServer, lines: usize) -> String {
+    let log = std::fs::read_to_string(ircd.log_file()).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+    format!("{}'s last log lines:\n{}", ircd.name(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
 }
 
 /// The pid in a pidfile.

@@ -1,8 +1,9 @@
 //! Scale: `users` users, each joining a channel of their own through the gateway
 //! (one bridged IRC connection each), on a freshly started Prosody with only that
-//! gateway attached (Prosody stays slower after many logins). Logins (and biboumi's
-//! per-user configuration) happen before the clock starts; then every join is sent at
-//! once and the clock stops at the last self-presence.
+//! gateway attached (Prosody stays slower after many logins) and a freshly started IRC
+//! server (ngIRCd, or InspIRCd with `--irc-server inspircd`: [`IrcKind`]). Logins (and
+//! biboumi's per-user configuration) happen before the clock starts; then every join is
+//! sent at once and the clock stops at the last self-presence.
 //!
 //! Then the cost of a delivery with every user there (issue 12: flat from 1,000 to 10,000
 //! users): one IRC client joins [`SAMPLE`] of the users' channels, spread over all of
@@ -16,15 +17,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use testkit::irc::Ngircd;
+use testkit::irc::IrcServer;
 use tokio::time::Instant;
 
 use crate::irc::Irc;
 use crate::peers::{wait_joined, Peer};
 use crate::procstat;
 use crate::report::{Measured, Spec};
-use crate::rig::{names, run_limited, settle, XmppSide, SETUP_CONCURRENCY};
-use crate::xmpp::body;
+use crate::rig::{log_tail, names, run_limited, settle, IrcKind, XmppSide, SETUP_CONCURRENCY};
+use crate::xmpp::{body, XmppConn};
 
 /// How many users' channels the delivery phases reach (fewer when there are fewer users).
 const SAMPLE: usize = 100;
@@ -40,35 +41,61 @@ const QUIET: Duration = Duration::from_secs(5);
 /// How long a delivery phase may take before the run fails.
 const DELIVERY_WAIT: Duration = Duration::from_secs(300);
 
-/// The figures of this scenario.
-pub fn specs() -> Vec<Spec> {
+/// The users' XMPP connections, by user.
+type Slots = Arc<Vec<tokio::sync::Mutex<XmppConn>>>;
+
+/// The figures of this scenario, those of the IRC server named after `irc`.
+pub fn specs(irc: IrcKind) -> Vec<Spec> {
+    let (ircd_cpu_per_join, paced_ms) = match irc {
+        IrcKind::Ngircd => ("ngIRCd CPU per join (connection + registration + JOIN)", "time per line one at a time (IRC client -> ngIRCd -> gateway -> Prosody -> XMPP client)"),
+        IrcKind::Inspircd => ("InspIRCd CPU per join (connection + registration + JOIN)", "time per line one at a time (IRC client -> InspIRCd -> gateway -> Prosody -> XMPP client)"),
+    };
     vec![
         Spec { key: "join_all", label: "time until every user has joined", unit: "s", decimals: 2, target: "10,000 joins <= 15 s (issue 12); 1,000 <= 3 s" },
         Spec { key: "rss_per_conn", label: "gateway RSS per bridged IRC connection", unit: "KiB", decimals: 1, target: "<= 8 KiB (issue 12; biboumi 11.8)" },
         Spec { key: "cpu_per_join", label: "gateway CPU per join", unit: "ms", decimals: 3, target: "<= 0.2 ms (issue 12)" },
         Spec { key: "prosody_cpu_per_join", label: "Prosody CPU per join", unit: "ms", decimals: 3, target: "" },
-        Spec { key: "ngircd_cpu_per_join", label: "ngIRCd CPU per join (connection + registration + JOIN)", unit: "ms", decimals: 3, target: "" },
+        Spec { key: "ircd_cpu_per_join", label: ircd_cpu_per_join, unit: "ms", decimals: 3, target: "" },
         Spec { key: "rss_after", label: "gateway RSS with every user joined", unit: "MiB", decimals: 1, target: "<= 100 MiB at 10,000 (issue 12)" },
         Spec { key: "i2x_cpu", label: "gateway CPU per IRC->XMPP delivery, every user joined", unit: "us", decimals: 1, target: "flat from 1,000 users on (issue 12)" },
         Spec { key: "i2x_paced_cpu", label: "the same, one line at a time (each waits for the last to arrive: no batching at any size)", unit: "us", decimals: 1, target: "flat from 1,000 users on (issue 12)" },
         Spec { key: "i2x_paced_busy_cpu", label: "the same, less the gateway's idle CPU over the phase's time", unit: "us", decimals: 1, target: "" },
-        Spec { key: "i2x_paced_ms", label: "time per line one at a time (IRC client -> ngIRCd -> gateway -> Prosody -> XMPP client)", unit: "ms", decimals: 2, target: "" },
+        Spec { key: "i2x_paced_ms", label: paced_ms, unit: "ms", decimals: 2, target: "" },
         Spec { key: "idle_cpu", label: "gateway CPU with every user joined and nothing said, per second", unit: "ms/s", decimals: 2, target: "" },
         Spec { key: "x2i_cpu", label: "gateway CPU per XMPP->IRC message (incl. reflection), every user joined", unit: "us", decimals: 1, target: "flat from 1,000 users on (issue 12)" },
     ]
 }
 
-/// Runs the scenario against `peer` with its own Prosody.
-pub async fn run(ircd: Ngircd, peer: Peer, users: usize) -> Result<Measured> {
-    let side = XmppSide::start(&ircd, &[peer])?;
+/// Runs the scenario against `peer` with its own Prosody and IRC server of kind `irc`.
+pub async fn run(irc: IrcKind, peer: Peer, users: usize) -> Result<Measured> {
+    let ircd = irc.start();
+    let side = XmppSide::start(&*ircd, &[peer])?;
+    // The users' XMPP connections, kept until the IRC server is gone.
+    let mut kept = None;
+    let outcome = measure(irc, &*ircd, &side, peer, users, &mut kept).await;
+    if outcome.is_err() {
+        eprintln!("bench: {}", log_tail(&*ircd, 30));
+    }
+    // The IRC server goes first (TERM, KILL after 5 s): ngIRCd with 10,000 clients spends
+    // seconds on each one that leaves, and would otherwise see every user quit one by one.
+    drop(ircd);
+    drop(side);
+    drop(kept);
+    outcome
+}
+
+/// The scenario on servers started by [`run`]; the users' connections go to `kept` as
+/// soon as they are made.
+async fn measure(irc: IrcKind, ircd: &dyn IrcServer, side: &XmppSide, peer: Peer, users: usize, kept: &mut Option<Slots>) -> Result<Measured> {
     let t = peer.tag();
     let user_names = names(&format!("{t}s"), users);
     side.add_accounts(&user_names)?;
     let login_started = Instant::now();
     let conns = side.connect_all(&user_names).await?;
     let logins = login_started.elapsed();
-    let port = ircd.port;
-    let slots: Arc<Vec<_>> = Arc::new(conns.into_iter().map(|c| tokio::sync::Mutex::new(c)).collect());
+    let port = ircd.plain_port();
+    let slots: Slots = Arc::new(conns.into_iter().map(|c| tokio::sync::Mutex::new(c)).collect());
+    *kept = Some(slots.clone());
     let prepared = Instant::now();
     if peer == Peer::Biboumi {
         let slots = slots.clone();
@@ -81,7 +108,7 @@ pub async fn run(ircd: Ngircd, peer: Peer, users: usize) -> Result<Measured> {
     let prepare = prepared.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let procs = side.procs(peer, &ircd)?;
+    let procs = side.procs(peer, ircd)?;
     procstat::reset_peak(procs[0].pid);
     let before = procstat::snapshot(&procs);
     let started = Instant::now();
@@ -125,7 +152,7 @@ pub async fn run(ircd: Ngircd, peer: Peer, users: usize) -> Result<Measured> {
     m.set("rss_per_conn", (after[0].rss_kib as f64 - before[0].rss_kib as f64) / users as f64);
     m.set("cpu_per_join", usage[0].cpu_s * 1000.0 / users as f64);
     m.set("prosody_cpu_per_join", usage[1].cpu_s * 1000.0 / users as f64);
-    m.set("ngircd_cpu_per_join", usage[2].cpu_s * 1000.0 / users as f64);
+    m.set("ircd_cpu_per_join", usage[2].cpu_s * 1000.0 / users as f64);
     m.set("rss_after", after[0].rss_kib as f64 / 1024.0);
     m.notes.push(format!(
         "{users} users, one channel each; logins took {:.1} s{} (not timed); gateway RSS {:.1} -> {:.1} MiB",
@@ -134,27 +161,28 @@ pub async fn run(ircd: Ngircd, peer: Peer, users: usize) -> Result<Measured> {
         before[0].rss_kib as f64 / 1024.0,
         after[0].rss_kib as f64 / 1024.0
     ));
+    if irc == IrcKind::Inspircd {
+        m.notes.push(
+            "IRC server InspIRCd 3 + Atheme (scripts/inspircd.sh): it completes registrations in a once-a-second check (each about 1 s after connecting, in parallel), which the join time includes; it offers IRCv3 (echo-message, server-time, message-tags...), which xmpp-gateway negotiates: an XMPP->IRC message's reflection is then the server's echo".into(),
+        );
+    }
     if retries > 0 {
-        m.notes.push(format!("{retries} join attempt(s) were refused (IRC connect reset: ngIRCd's listen backlog is 10) and retried by the bench; the retries' time counts"));
+        let why = if irc == IrcKind::Ngircd { ": ngIRCd's listen backlog is 10" } else { "" };
+        m.notes.push(format!("{retries} join attempt(s) were refused (IRC connect reset{why}) and retried by the bench; the retries' time counts"));
     }
     m.usage.push((format!("{users} joins"), usage));
-    deliveries(&mut m, &ircd, peer, &procs, &slots, &user_names).await.context("the delivery phases")?;
-    // ngIRCd goes first (TERM, KILL after 5 s): with 10,000 clients it spends seconds on
-    // each one that leaves, and would otherwise see every user quit one by one.
-    drop(ircd);
-    drop(side);
-    drop(slots);
+    deliveries(&mut m, ircd, peer, &procs, &slots, &user_names).await.context("the delivery phases")?;
     Ok(m)
 }
 
 /// The delivery phases (see the module's doc): IRC->XMPP, then XMPP->IRC, on
 /// [`SAMPLE`] users' channels spread over all `names`.
-async fn deliveries(m: &mut Measured, ircd: &Ngircd, peer: Peer, procs: &[procstat::Proc], slots: &Arc<Vec<tokio::sync::Mutex<crate::xmpp::XmppConn>>>, names: &[String]) -> Result<()> {
+async fn deliveries(m: &mut Measured, ircd: &dyn IrcServer, peer: Peer, procs: &[procstat::Proc], slots: &Slots, names: &[String]) -> Result<()> {
     let users = names.len();
     let sample: Vec<usize> = (0..SAMPLE.min(users)).map(|k| k * users / SAMPLE.min(users)).collect();
     // Ten per user at most: the smoke run's 20 users stay quick.
     let per_channel = DELIVERIES.min(10 * users).div_ceil(sample.len());
-    let mut irc = Irc::connect(ircd.port, &format!("{}fan", peer.tag())).await?;
+    let mut irc = Irc::connect(ircd.plain_port(), &format!("{}fan", peer.tag())).await?;
     for &i in &sample {
         irc.join(&format!("#{}", names[i])).await?;
     }

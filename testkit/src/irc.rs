@@ -254,6 +254,19 @@ impl IrcClient {
     }
 }
 
+/// What a harness needs of any of the private IRC servers here (the bench measures the
+/// process, reads its log, points a gateway at it).
+pub trait IrcServer {
+    /// The server software's name, as a report names the process (e.g. `ngIRCd`).
+    fn name(&self) -> &'static str;
+    /// The plain (non-TLS) client port on 127.0.0.1.
+    fn plain_port(&self) -> u16;
+    /// The file holding the server process's pid while it runs.
+    fn pid_file(&self) -> PathBuf;
+    /// The server's log (what to show when a run against it failed).
+    fn log_file(&self) -> PathBuf;
+}
+
 /// A private ngIRCd (server name `irc.localhost`) on 127.0.0.1 with its own directory;
 /// stopped on drop. NICKLEN is 9, lines are at most 512 bytes with CR LF.
 pub struct Ngircd {
@@ -373,6 +386,24 @@ impl Ngircd {
     }
 }
 
+impl IrcServer for Ngircd {
+    fn name(&self) -> &'static str {
+        "ngIRCd"
+    }
+
+    fn plain_port(&self) -> u16 {
+        Ngircd::plain_port(self)
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("run").join("ngircd.pid")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.path().join("ngircd.out")
+    }
+}
+
 impl Drop for Ngircd {
     fn drop(&mut self) {
         let _ = Command::new("bash").arg(script_path(NGIRCD)).args(["stop", self.path()]).output();
@@ -421,6 +452,24 @@ impl Inspircd {
     /// A raw client on the server.
     pub async fn client(&self, nick: &str) -> IrcClient {
         IrcClient::connect(self.port, nick).await
+    }
+}
+
+impl IrcServer for Inspircd {
+    fn name(&self) -> &'static str {
+        "InspIRCd"
+    }
+
+    fn plain_port(&self) -> u16 {
+        self.port
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("run").join("inspircd.pid")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.path().join("inspircd.log")
     }
 }
 

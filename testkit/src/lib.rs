@@ -433,10 +433,11 @@ impl Gateway {
         Self::start_irc_networks(server, &networks)
     }
 
-    /// [`Gateway::start_irc`] with `fast` alone and `extra` (TOML tables, e.g.
-    /// `[archive]` settings) at the end of its configuration.
-    pub fn start_irc_with(server: &XmppServer, fast: &irc::Ngircd, extra: &str) -> Gateway {
-        let networks = format!("[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n{extra}", fast.port);
+    /// [`Gateway::start_irc`] with `fast` (ngIRCd, or another of the private IRC servers:
+    /// its plain port) alone and `extra` (TOML tables, e.g. `[archive]` settings) at the
+    /// end of its configuration.
+    pub fn start_irc_with(server: &XmppServer, fast: &dyn irc::IrcServer, extra: &str) -> Gateway {
+        let networks = format!("[irc.networks.\"127.0.0.1\"]\nport = {}\ntls = false\nflood_burst = 0\n{extra}", fast.plain_port());
         Self::start_irc_networks(server, &networks)
     }
 
