@@ -15,6 +15,9 @@
 #   Examples: scripts/bench.sh
 #             scripts/bench.sh --smoke
 #             scripts/bench.sh --scenario scale --scale-users 5000
+#             scripts/bench.sh --scenario scale --peers ours --scale-users 10000 --irc-server inspircd
+#                              (the scale scenario against InspIRCd 3 instead of ngIRCd, whose
+#                              CPU per client grows with its clients: issue 12's 10,000 users)
 # Exits with the runner's status: non-zero if any scenario failed (a server did not
 # start, a timeout, a lost connection); figures are never asserted.
 # A full run takes about 11 minutes on 2 cores once built (3 runs per gateway, most of it throughput).
