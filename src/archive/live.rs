@@ -45,8 +45,9 @@ pub struct Live {
     /// The slot of each channel by archive room key (`server/channel`): for a room's
     /// first line and for places gone stale.
     by_room: HashMap<String, usize>,
-    /// The serial the next channel put in a slot gets: a place names its channel's serial,
-    /// so a place kept across the channel's removal, and the slot's reuse, is stale.
+    /// The serial the next reader gets: a place names its reader's serial, so a place
+    /// kept across the reader's removal (and the reuse of its bit, or of the channel's
+    /// slot) is stale.
     next_serial: u64,
     /// Hashes speaker and text for `Log::index` (randomly keyed: IRC users choose
     /// the text).
@@ -60,10 +61,10 @@ pub struct Live {
 pub struct Place {
     /// The channel's slot.
     slot: usize,
-    /// The serial of the channel in that slot when the place was given.
+    /// The serial of the reader it was given for (see [`Live::next_serial`]).
     serial: u64,
-    /// The reader's bit in the channel (never given to another reader while the channel
-    /// is in memory).
+    /// The reader's bit in the channel (given to another reader only well after this
+    /// one is forgotten: [`Channel::retired`]).
     bit: usize,
 }
 
@@ -71,8 +72,6 @@ pub struct Place {
 struct Channel {
     /// Its archive room key (for the writes, and to leave `Live::by_room`).
     room: String,
-    /// Its serial (see [`Place::serial`]).
-    serial: u64,
     /// The channel's recent lines (apart from the readers, so that a delivery borrows
     /// its reader and the lines at once).
     log: Log,
@@ -80,6 +79,12 @@ struct Channel {
     readers: Vec<Option<Reader>>,
     /// The bit of each user reading, for a place gone stale and for `flush` by user.
     bits: HashMap<String, usize>,
+    /// The bits of readers forgotten, each with the time (µs) from which no line a new
+    /// reader can take still carries the old one's claim: then a new reader takes it, so
+    /// that `readers` and every line's claims stay as long as the users reading at once,
+    /// however many come and go while the channel stays in memory (months, for a busy
+    /// always-on channel).
+    retired: Vec<(usize, u64)>,
 }
 
 /// The newest lines of a channel's log, and how to find one by speaker and text.
@@ -192,6 +197,8 @@ impl Claims {
 /// A user's span in progress.
 #[derive(Debug, Clone)]
 struct Reader {
+    /// Its serial (see [`Place::serial`]).
+    serial: u64,
     /// The user's JID (for the span's writes).
     user: String,
     /// The room epoch the span belongs to.
@@ -212,6 +219,13 @@ struct Reader {
 }
 
 impl Reader {
+    /// When its bit may go to another reader: lines it took have ids up to about when it
+    /// took them, and a line is taken only while younger than [`MATCH_WINDOW`] (twice
+    /// that, for ids a flood ran ahead of the clock).
+    fn bit_free_at(&self) -> u64 {
+        self.end.max(self.touched).saturating_add(2 * MATCH_WINDOW)
+    }
+
     /// Its span, if it moved since it was last written; then it counts as written.
     fn unwritten(&mut self, room: &str) -> Option<Write> {
         (self.end > self.persisted).then(|| {
@@ -282,6 +296,15 @@ impl Log {
     }
 }
 
+/// The bit for a new reader of a channel with `readers` bits: one `retired` whose old
+/// claims can no longer matter at `now`, else a new one.
+fn free_bit(readers: usize, retired: &mut Vec<(usize, u64)>, now: u64) -> usize {
+    match retired.iter().position(|&(_, free_at)| free_at <= now) {
+        Some(at) => retired.swap_remove(at).0,
+        None => readers,
+    }
+}
+
 impl Live {
     /// `user` got (or said) the line `body` of `who` (empty: the server) in `room`, in
     /// the room's `epoch`, at `now` (µs): the line's id, an existing one when another
@@ -297,13 +320,13 @@ impl Live {
             None => self.find(room, user),
         };
         let channel = self.slots.get_mut(slot).and_then(Option::as_mut).expect("`holds` and `find` give a slot with a channel in it");
-        let Channel { room, serial, log, readers, bits } = channel;
+        let Channel { room, log, readers, bits, retired } = channel;
         // One reader has nobody to match with: a flood on a channel only one user of the
         // gateway is in costs [`RECENT`] lines, not [`MOST_RECENT`].
         let most = if bits.len() > 1 { MOST_RECENT } else { RECENT };
         let (bit, next) = match bit.and_then(|bit| readers.get(bit)?.as_ref().map(|reader| (bit, reader.next))) {
             Some(found) => found,
-            None => (readers.len(), 0),
+            None => (free_bit(readers.len(), retired, now), 0),
         };
         let (id, seq) = match log.take(hash, bit, oldest, next) {
             Some(taken) => taken,
@@ -315,31 +338,39 @@ impl Live {
             }
         };
         let next = seq + 1;
-        match readers.get_mut(bit).and_then(Option::as_mut) {
+        let serial = match readers.get_mut(bit).and_then(Option::as_mut) {
             Some(reader) if reader.epoch == epoch => {
                 reader.end = reader.end.max(id);
                 reader.start = reader.start.min(id);
                 reader.touched = now;
                 reader.next = next;
+                reader.serial
             }
             Some(reader) => {
                 writes.extend(reader.unwritten(room));
-                *reader = Reader { user: std::mem::take(&mut reader.user), epoch, start: id, end: id, persisted: id, touched: now, next };
+                *reader = Reader { serial: reader.serial, user: std::mem::take(&mut reader.user), epoch, start: id, end: id, persisted: id, touched: now, next };
                 writes.push(Write::Span { room: room.clone(), user: reader.user.clone(), start: id, end: id });
+                reader.serial
             }
             None => {
-                readers.push(Some(Reader { user: user.to_owned(), epoch, start: id, end: id, persisted: id, touched: now, next }));
+                self.next_serial += 1;
+                let reader = Reader { serial: self.next_serial, user: user.to_owned(), epoch, start: id, end: id, persisted: id, touched: now, next };
+                match readers.get_mut(bit) {
+                    Some(free) => *free = Some(reader),
+                    None => readers.push(Some(reader)),
+                }
                 bits.insert(user.to_owned(), bit);
                 writes.push(Write::Span { room: room.clone(), user: user.to_owned(), start: id, end: id });
+                self.next_serial
             }
-        }
-        *place = Some(Place { slot, serial: *serial, bit });
+        };
+        *place = Some(Place { slot, serial, bit });
         id
     }
 
-    /// Whether `place` still names a reader (of the channel it was given for).
+    /// Whether `place` still names the reader it was given for.
     fn holds(&self, place: &Place) -> bool {
-        matches!(self.slots.get(place.slot), Some(Some(channel)) if channel.serial == place.serial && matches!(channel.readers.get(place.bit), Some(Some(_))))
+        matches!(self.slots.get(place.slot), Some(Some(channel)) if matches!(channel.readers.get(place.bit), Some(Some(reader)) if reader.serial == place.serial))
     }
 
     /// The slot of `room` (made for it when it has none) and `user`'s bit there, if any.
@@ -348,8 +379,7 @@ impl Live {
             let bit = self.slots.get(slot).and_then(Option::as_ref).and_then(|channel| channel.bits.get(user).copied());
             return (slot, bit);
         }
-        self.next_serial += 1;
-        let channel = Channel { room: room.to_owned(), serial: self.next_serial, ..Channel::default() };
+        let channel = Channel { room: room.to_owned(), ..Channel::default() };
         let slot = match self.free.pop() {
             Some(slot) => {
                 if let Some(free) = self.slots.get_mut(slot) {
@@ -392,8 +422,8 @@ impl Live {
         self.flush(Some(user), writes);
         for channel in self.channels() {
             if let Some(bit) = channel.bits.remove(user) {
-                if let Some(reader) = channel.readers.get_mut(bit) {
-                    *reader = None;
+                if let Some(reader) = channel.readers.get_mut(bit).and_then(Option::take) {
+                    channel.retired.push((bit, reader.bit_free_at()));
                 }
             }
         }
@@ -405,10 +435,11 @@ impl Live {
         self.flush(None, writes);
         for (slot, entry) in self.slots.iter_mut().enumerate() {
             let Some(channel) = entry else { continue };
-            for reader in &mut channel.readers {
+            for (bit, reader) in channel.readers.iter_mut().enumerate() {
                 if reader.as_ref().is_some_and(|reader| reader.touched < before) {
                     if let Some(reader) = reader.take() {
                         channel.bits.remove(&reader.user);
+                        channel.retired.push((bit, reader.bit_free_at()));
                     }
                 }
             }
@@ -614,6 +645,43 @@ mod tests {
         assert_eq!(writes.iter().filter(|w| matches!(w, Write::Line { room, .. } if room == "s/#c")).count(), 1, "a's line goes to #c, not to #d");
         assert_eq!(spans(&writes), [("a", four, four)]);
         assert!(a_place.is_some_and(|p| p.slot != place.slot));
+    }
+
+    #[test]
+    fn a_forgotten_readers_bit_goes_to_a_new_reader_once_its_claims_are_too_old_to_matter() {
+        let (mut live, mut clock, mut writes) = (Live::default(), Clock(NOW), Vec::new());
+        let (mut a_place, mut p_place) = (None, None);
+        let one = live.saw(&mut a_place, "s/#c", "a", 1, "bob", "one", NOW, || clock.next(), &mut writes);
+        live.saw(&mut p_place, "s/#c", "p", 1, "bob", "one", NOW, || clock.next(), &mut writes);
+        live.forget_user("a", &mut writes);
+        // Within the window a's claim on "one" still counts: c gets a bit of its own,
+        // and takes "one" (a's old claim is not c's).
+        assert_eq!(live.saw(&mut None, "s/#c", "c", 1, "bob", "one", NOW + 1, || clock.next(), &mut writes), one);
+        assert_eq!(live.channel("s/#c").readers.len(), 3);
+        // Later, d takes a's bit; a's old place does not name d's reader.
+        let later = NOW + 3 * MATCH_WINDOW;
+        clock = Clock(later);
+        let mut d_place = None;
+        let two = live.saw(&mut d_place, "s/#c", "d", 1, "bob", "two", later, || clock.next(), &mut writes);
+        assert_eq!(live.channel("s/#c").readers.len(), 3, "a's bit again");
+        assert_eq!(d_place.map(|p| p.bit), a_place.map(|p| p.bit));
+        assert!(!live.holds(&a_place.expect("a's place")), "a's place is stale");
+        writes.clear();
+        assert_eq!(live.saw(&mut a_place, "s/#c", "a", 1, "bob", "two", later, || clock.next(), &mut writes), two, "a back: the same line as d's");
+        assert_eq!(lines(&writes), 0);
+        assert_ne!(a_place.map(|p| p.bit), d_place.map(|p| p.bit), "a a new bit, d keeps its own");
+        assert_eq!(spans(&writes), [("a", two, two)]);
+
+        // Users coming and going for months while p stays: the readers stay few.
+        for n in 0..500u64 {
+            let (user, at) = (format!("u{n}"), later + (n + 1) * 3 * MATCH_WINDOW);
+            let body = format!("line {n}");
+            clock = Clock(at);
+            let id = live.saw(&mut p_place, "s/#c", "p", 1, "bob", &body, at, || clock.next(), &mut writes);
+            assert_eq!(live.saw(&mut None, "s/#c", &user, 1, "bob", &body, at, || clock.next(), &mut writes), id);
+            live.forget_user(&user, &mut writes);
+        }
+        assert!(live.channel("s/#c").readers.len() <= 5, "bits reused: {}", live.channel("s/#c").readers.len());
     }
 
     #[test]
