@@ -491,7 +491,7 @@ fn serve(mut backend: impl ArchiveBackend, mut writes: mpsc::Receiver<Write>, co
         }
         write_batch(&mut backend, &mut batch, &mut failing);
         match next {
-            Ok(Control::Drain | Control::Wake) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Control::Drain) | Err(RecvTimeoutError::Timeout) => {}
             Ok(work) => run(&mut backend, work, retention),
             Err(RecvTimeoutError::Disconnected) => break,
         }
