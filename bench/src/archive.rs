@@ -105,7 +105,7 @@ pub fn paired_specs() -> Vec<Spec> {
 /// the others. One gateway archives (which one turns with `run`), the other two do not:
 /// the archive's cost is its CPU per delivery against theirs, and the two without
 /// against each other show how finely this machine resolves a ratio.
-pub async fn paired_cost(users: usize, messages: usize, run: usize) -> Result<Measured> {
+pub async fn paired_cost(users: usize, messages: usize, line_chars: usize, run: usize) -> Result<Measured> {
     let mut m = Measured::default();
     let ircd = &Ngircd::start(false);
     let channel = "#gpair";
@@ -143,7 +143,7 @@ pub async fn paired_cost(users: usize, messages: usize, run: usize) -> Result<Me
     let threads_before: Vec<_> = procs.iter().map(|p| procstat::threads(p.pid)).collect();
     let before = procstat::snapshot(&procs);
     let started = Instant::now();
-    throughput::flood(&mut irc, channel, messages).await?;
+    throughput::flood_padded(&mut irc, channel, messages, line_chars).await?;
     let goal = (messages * users) as u64;
     let total = || counters.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
     throughput::wait_count(goal * PAIRED as u64, Duration::from_secs(1800), total).await;
@@ -162,7 +162,8 @@ pub async fn paired_cost(users: usize, messages: usize, run: usize) -> Result<Me
     for (i, (proc, before)) in procs.iter().zip(&threads_before).enumerate() {
         m.notes.push(format!("gateway {i} ({}): CPU by thread: {}", role(i == archiving), procstat::thread_usage(before, &procstat::threads(proc.pid))));
     }
-    m.notes.push(format!("{messages} lines to {users} users on each of {PAIRED} gateways, all delivered or given up after {elapsed:.2} s"));
+    let length = if line_chars > 0 { format!("lines of {line_chars} characters or so") } else { "lines `i N`".to_owned() };
+    m.notes.push(format!("{messages} {length} to {users} users on each of {PAIRED} gateways, all delivered or given up after {elapsed:.2} s"));
     m.usage.push((format!("IRC->XMPP {messages} lines x {users} users x {PAIRED} gateways"), usage));
     for reader in readers {
         reader.abort();

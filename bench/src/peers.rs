@@ -1,10 +1,14 @@
 //! "A gateway under test": ours or biboumi. How to address a channel, and the per-user
 //! setup each needs before joining (none for ours; biboumi's two ad-hoc `configure`
-//! commands for a fair comparison, see the header of scripts/biboumi.sh).
+//! commands for a fair comparison, see the header of scripts/biboumi.sh, or the rows
+//! they write, seeded into its database for many users at once).
 
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use minidom::Element;
 
 use crate::xmpp::{has_status, XmppConn, XmppReader, NS_MUC};
@@ -87,6 +91,43 @@ impl Peer {
         configure(conn, BIBOUMI_JID, &[("record_history", &[if record { "true" } else { "false" }])]).await?;
         Ok(())
     }
+}
+
+/// biboumi's fair configuration (what [`Peer::prepare_user`] sets, record_history false)
+/// for every user of `users`@localhost, written straight into the database of the
+/// biboumi running in `dir`, in one transaction: the same rows its two `configure`
+/// commands write. For many users: biboumi looks a user's settings up by a scan of its
+/// tables (they have no index on the owner), so its commands cost it time in proportion
+/// to the users already configured, and 10,000 users' commands did not finish in ten
+/// minutes. Needs the `sqlite3` program.
+pub fn seed_fair_configuration(dir: &Path, users: &[String], ircd_port: u16) -> Result<()> {
+    let quoted = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    let server = quoted(IRC_SERVER);
+    let ports = quoted(&format!("{ircd_port};"));
+    let mut sql = String::from("BEGIN;\n");
+    for user in users {
+        let owner = quoted(&format!("{user}@localhost"));
+        sql.push_str(&format!(
+            "INSERT INTO ircserveroptions_ (owner_,server_,pass_,tlsports_,ports_,username_,realname_,verifycert_,trustedfingerprint_,encodingout_,encodingin_,maxhistorylength_,address_,nick_,saslpassword_,throttlelimit_) VALUES ({owner},{server},'','',{ports},'','',1,'','','',20,{server},'','',-1);\n\
+             INSERT INTO globaloptions_ (owner_,maxhistorylength_,recordhistory_,persistent_) VALUES ({owner},20,0,0);\n"
+        ));
+    }
+    sql.push_str("COMMIT;\n");
+    let database = dir.join("biboumi.sqlite");
+    let mut child = Command::new("sqlite3")
+        .arg("-bail")
+        .arg(&database)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running sqlite3 (apt-get install sqlite3) to configure biboumi's users")?;
+    child.stdin.take().ok_or_else(|| anyhow!("no stdin for sqlite3"))?.write_all(sql.as_bytes()).context("writing to sqlite3")?;
+    let out = child.wait_with_output().context("waiting for sqlite3")?;
+    if !out.status.success() {
+        bail!("sqlite3 on {} failed ({}): {}", database.display(), out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 /// Runs the ad-hoc command `configure` on `to`: executes it, then submits every field

@@ -2,7 +2,7 @@
 //! (one bridged IRC connection each), on a freshly started Prosody with only that
 //! gateway attached (Prosody stays slower after many logins) and a freshly started IRC
 //! server (ngIRCd, or InspIRCd with `--irc-server inspircd`: [`IrcKind`]). Logins (and
-//! biboumi's per-user configuration) happen before the clock starts; then every join is
+//! biboumi's per-user configuration, seeded into its database) happen before the clock starts; then every join is
 //! sent at once and the clock stops at the last self-presence.
 //!
 //! Then the cost of a delivery with every user there (issue 12: flat from 1,000 to 10,000
@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use testkit::irc::IrcServer;
 use tokio::time::Instant;
 
@@ -24,7 +24,7 @@ use crate::irc::Irc;
 use crate::peers::{wait_joined, Peer};
 use crate::procstat;
 use crate::report::{Measured, Spec};
-use crate::rig::{log_tail, names, run_limited, settle, IrcKind, XmppSide, SETUP_CONCURRENCY};
+use crate::rig::{log_tail, names, run_limited, settle, IrcKind, XmppSide};
 use crate::xmpp::{body, XmppConn};
 
 /// How many users' channels the delivery phases reach (fewer when there are fewer users).
@@ -98,12 +98,10 @@ async fn measure(irc: IrcKind, ircd: &dyn IrcServer, side: &XmppSide, peer: Peer
     *kept = Some(slots.clone());
     let prepared = Instant::now();
     if peer == Peer::Biboumi {
-        let slots = slots.clone();
-        run_limited(users, SETUP_CONCURRENCY, move |i| {
-            let slots = slots.clone();
-            async move { peer.prepare_user(&mut *slots[i].lock().await, port).await }
-        })
-        .await?;
+        // Written into its database: its `configure` commands take time in proportion to
+        // the users configured before (see `seed_fair_configuration`).
+        let biboumi = side.biboumi.as_ref().ok_or_else(|| anyhow!("biboumi is not running"))?;
+        crate::peers::seed_fair_configuration(biboumi.dir.path(), &user_names, port)?;
     }
     let prepare = prepared.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -113,35 +111,22 @@ async fn measure(irc: IrcKind, ircd: &dyn IrcServer, side: &XmppSide, peer: Peer
     let before = procstat::snapshot(&procs);
     let started = Instant::now();
     let within = Duration::from_secs(60 + users as u64 / 10);
-    let joins = {
+    // Each user's outcome, so that a gateway that stalls is reported with how far it got.
+    let outcomes = {
         let slots = slots.clone();
         let names = Arc::new(user_names.clone());
         run_limited(users, users, move |i| {
             let (slots, names) = (slots.clone(), names.clone());
-            async move {
-                let mut conn = slots[i].lock().await;
-                let nick = &names[i];
-                let room = peer.room(&format!("#{nick}"));
-                // ngIRCd listens with a backlog of 10: a burst of connects can be reset
-                // (ECONNRESET), and a gateway then refuses the join. Up to 5 tries,
-                // counted and reported; the clock keeps running.
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    conn.writer.send(&peer.join_xml(&room, nick)).await?;
-                    match wait_joined(&mut conn.reader, &room, within).await {
-                        Ok(()) => return Ok((started.elapsed(), tries - 1)),
-                        Err(error) if tries < 5 => {
-                            eprintln!("bench: {nick} joining {room} (try {tries}): {error:#}");
-                            tokio::time::sleep(Duration::from_millis(200 * tries as u64)).await;
-                        }
-                        Err(error) => return Err(error).with_context(|| format!("{nick} joining ({tries} tries)")),
-                    }
-                }
-            }
+            async move { Ok(join_one(&slots, &names, i, peer, started, within).await) }
         })
         .await?
     };
+    let joined = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    if let Some(error) = outcomes.iter().find_map(|outcome| outcome.as_ref().err()) {
+        let cpu = procstat::usage(&procs, &before, &procstat::snapshot(&procs)).first().map_or(0.0, |usage| usage.cpu_s);
+        bail!("{joined} of {users} users joined within {:.0} s, when {} had used {cpu:.0} s of CPU; one of the failures: {error:#}", within.as_secs_f64(), peer.name());
+    }
+    let joins: Vec<(Duration, usize)> = outcomes.into_iter().collect::<Result<_>>()?;
     let retries: usize = joins.iter().map(|j| j.1).sum();
     let all = joins.iter().map(|j| j.0).max().ok_or_else(|| anyhow!("no users"))?;
     let after = procstat::snapshot(&procs);
@@ -157,7 +142,7 @@ async fn measure(irc: IrcKind, ircd: &dyn IrcServer, side: &XmppSide, peer: Peer
     m.notes.push(format!(
         "{users} users, one channel each; logins took {:.1} s{} (not timed); gateway RSS {:.1} -> {:.1} MiB",
         logins.as_secs_f64(),
-        if peer == Peer::Biboumi { format!(", the fair per-user configuration {:.1} s", prepare.as_secs_f64()) } else { String::new() },
+        if peer == Peer::Biboumi { format!(", the fair per-user configuration written into its database in {:.1} s", prepare.as_secs_f64()) } else { String::new() },
         before[0].rss_kib as f64 / 1024.0,
         after[0].rss_kib as f64 / 1024.0
     ));
@@ -173,6 +158,32 @@ async fn measure(irc: IrcKind, ircd: &dyn IrcServer, side: &XmppSide, peer: Peer
     m.usage.push((format!("{users} joins"), usage));
     deliveries(&mut m, ircd, peer, &procs, &slots, &user_names).await.context("the delivery phases")?;
     Ok(m)
+}
+
+/// Joins user `i` of `names` to their own channel through `peer`, on the connection in
+/// `slots`: when they got in (since `started`) and how many tries were refused.
+async fn join_one(slots: &Slots, names: &[String], i: usize, peer: Peer, started: Instant, within: Duration) -> Result<(Duration, usize)> {
+    let mut conn = slots[i].lock().await;
+    let nick = &names[i];
+    let room = peer.room(&format!("#{nick}"));
+    // ngIRCd listens with a backlog of 10: a burst of connects can be reset
+    // (ECONNRESET), and a gateway then refuses the join. Up to 5 tries,
+    // counted and reported; the clock keeps running. All within `within` of
+    // the start: a gateway that stalls fails the run once, not five times.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        conn.writer.send(&peer.join_xml(&room, nick)).await?;
+        let left = within.saturating_sub(started.elapsed());
+        match wait_joined(&mut conn.reader, &room, left).await {
+            Ok(()) => return Ok((started.elapsed(), tries - 1)),
+            Err(error) if tries < 5 && started.elapsed() < within => {
+                eprintln!("bench: {nick} joining {room} (try {tries}): {error:#}");
+                tokio::time::sleep(Duration::from_millis(200 * tries as u64)).await;
+            }
+            Err(error) => return Err(error).with_context(|| format!("{nick} joining ({tries} tries)")),
+        }
+    }
 }
 
 /// The delivery phases (see the module's doc): IRC->XMPP, then XMPP->IRC, on

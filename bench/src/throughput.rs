@@ -150,9 +150,14 @@ pub async fn join_all(side: &XmppSide, ircd_port: u16, peer: Peer, room: &str, u
 /// how long that took. Then checks that the sender is still connected (or a loss would
 /// be the bench's own).
 pub async fn flood(irc: &mut Irc, channel: &str, messages: usize) -> Result<Duration> {
+    flood_padded(irc, channel, messages, 0).await
+}
+
+/// [`flood`] with lines of at least `chars` characters: `i N` then words up to that length.
+pub async fn flood_padded(irc: &mut Irc, channel: &str, messages: usize, chars: usize) -> Result<Duration> {
     let started = Instant::now();
     for k in 0..messages {
-        irc.queue(&format!("PRIVMSG {channel} :i {k}\r\n")).await?;
+        irc.queue(&format!("PRIVMSG {channel} :{}\r\n", padded_line(k, chars))).await?;
         if k % 64 == 63 {
             irc.flush().await?;
         }
@@ -162,6 +167,18 @@ pub async fn flood(irc: &mut Irc, channel: &str, messages: usize) -> Result<Dura
     irc.send("PING :bench-alive\r\n").await?;
     irc.wait_for("the PONG after sending", Duration::from_secs(120), |l| l.command == "PONG").await.context("the IRC sender after sending")?;
     Ok(sent_in)
+}
+
+/// Line `k` of a flood: `i k`, then words of ordinary text until it has `chars` characters.
+fn padded_line(k: usize, chars: usize) -> String {
+    const WORDS: &str = "so the build went green again after the fix to the parser, shall we tag the release tonight or wait for the review";
+    let mut line = format!("i {k}");
+    let mut words = WORDS.split(' ').cycle();
+    while line.len() < chars {
+        line.push(' ');
+        line.push_str(words.next().unwrap_or("x"));
+    }
+    line
 }
 
 /// Runs the scenario against `peer`.
@@ -313,4 +330,17 @@ pub async fn run(side: &XmppSide, ircd: &Ngircd, peer: Peer, users: usize, messa
     drop(writers);
     drop(irc);
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded_line;
+
+    #[test]
+    fn a_padded_line_keeps_its_number_first_and_reaches_the_length_asked() {
+        assert_eq!(padded_line(7, 0), "i 7", "no padding asked: the short line");
+        let line = padded_line(1234, 60);
+        assert!(line.starts_with("i 1234 ") && line.len() >= 60 && line.len() < 80, "{line:?}");
+        assert!(!line.contains(['\r', '\n']));
+    }
 }
