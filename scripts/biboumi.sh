@@ -56,6 +56,13 @@
 #      tls_ports = empty (no <value/>), throttle_limit = -1 (off);
 #   2. on the gateway JID COMPONENT_JID itself: record_history = false
 #      (this field is NOT in form 1; it is the user's global setting).
+# For thousands of users, the same end state can be written into DIR/biboumi.sqlite
+# while biboumi runs (the bench's scale scenario does: seed_fair_configuration in
+# bench/src/peers.rs): one row per user in ircserveroptions_ (ports_ 'PORT;',
+# tlsports_ '', throttlelimit_ -1, verifycert_ 1, maxhistorylength_ 20, address_ the
+# server) and one in globaloptions_ (recordhistory_ 0). biboumi's tables have no index
+# on owner_, so each command above scans every user configured before it: 10,000
+# users' commands took over ten minutes of biboumi's CPU without finishing.
 # biboumi answers with the form below (the <desc> of each field left out here);
 # to get it exactly right, a client can also echo back every <field var> of the
 # form it got, changing only the values above. Literal exchange, as captured
