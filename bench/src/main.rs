@@ -253,7 +253,7 @@ async fn run(args: &Args, report: &mut Report) -> Result<()> {
         args.scale_sizes().iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
         if args.smoke { " (smoke)" } else { "" }
     ));
-    report.header.push("biboumi: log level warning, fair per-user configuration (ports = ngIRCd's, no TLS ports, throttle_limit -1, record_history false except in the archive scenario), TCP_NODELAY forced by scripts/biboumi.sh's shim (BIBOUMI_TCP_NODELAY=1); xmpp-gateway: release build, log level warn, flood_burst 0".into());
+    report.header.push("biboumi: log level warning, fair per-user configuration (ports = the IRC server's, no TLS ports, throttle_limit -1, record_history false except in the archive scenario), TCP_NODELAY forced by scripts/biboumi.sh's shim (BIBOUMI_TCP_NODELAY=1); xmpp-gateway: release build, log level warn, flood_burst 0".into());
 
     if args.irc_server != IrcKind::Ngircd {
         report.header.push(format!("IRC server of the scale scenario: {} (see scripts/inspircd.sh), a fresh one per run", args.irc_server.name()));

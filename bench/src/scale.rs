@@ -147,9 +147,10 @@ async fn measure(irc: IrcKind, ircd: &dyn IrcServer, side: &XmppSide, peer: Peer
         after[0].rss_kib as f64 / 1024.0
     ));
     if irc == IrcKind::Inspircd {
-        m.notes.push(
-            "IRC server InspIRCd 3 + Atheme (scripts/inspircd.sh): it completes registrations in a once-a-second check (each about 1 s after connecting, in parallel), which the join time includes; it offers IRCv3 (echo-message, server-time, message-tags...), which xmpp-gateway negotiates: an XMPP->IRC message's reflection is then the server's echo".into(),
-        );
+        let ircv3 = if peer == Peer::Ours { "; it offers IRCv3 (echo-message, server-time, message-tags...), which xmpp-gateway negotiates: an XMPP->IRC message's reflection is then the server's echo" } else { "" };
+        m.notes.push(format!(
+            "IRC server InspIRCd 3 + Atheme (scripts/inspircd.sh): it completes registrations in a once-a-second check (each about 1 s after connecting, in parallel), which the join time includes{ircv3}"
+        ));
     }
     if retries > 0 {
         let why = if irc == IrcKind::Ngircd { ": ngIRCd's listen backlog is 10" } else { "" };
