@@ -309,12 +309,18 @@ cmd_start_node() {
 # end_cluster DIR stop|kill - ends both nodes (ejabberd.sh stop or kill, in parallel),
 # then the epmd and the watchdog.
 end_cluster() {
-    local dir=$1 how=$2 n
+    local dir=$1 how=$2 n ends=()
     stop_watchdog "$dir"
     for n in 1 2; do
-        [ ! -d "$(node_dir "$dir" "$n")" ] || bash "$EJABBERD_SH" "$how" "$(node_dir "$dir" "$n")" &
+        if [ -d "$(node_dir "$dir" "$n")" ]; then
+            bash "$EJABBERD_SH" "$how" "$(node_dir "$dir" "$n")" &
+            ends+=("$!")
+        fi
     done
-    wait
+    # Those two only: a bare `wait` would also wait for the epmd that `start` ran in
+    # the background of this same shell (a failed start ends here), which stops only
+    # below: the script then hung for ever.
+    [ "${#ends[@]}" -eq 0 ] || wait "${ends[@]}" || true
     stop_epmd "$dir"
 }
 

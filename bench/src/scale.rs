@@ -2,8 +2,8 @@
 //! (one bridged IRC connection each), on a freshly started Prosody with only that
 //! gateway attached (Prosody stays slower after many logins) and a freshly started IRC
 //! server (ngIRCd, or InspIRCd with `--irc-server inspircd`: [`IrcKind`]). Logins (and
-//! biboumi's per-user configuration, seeded into its database) happen before the clock starts; then every join is
-//! sent at once and the clock stops at the last self-presence.
+//! biboumi's per-user configuration, seeded into its database) happen before the clock
+//! starts; then every join is sent at once and the clock stops at the last self-presence.
 //!
 //! Then the cost of a delivery with every user there (issue 12: flat from 1,000 to 10,000
 //! users): one IRC client joins [`SAMPLE`] of the users' channels, spread over all of
