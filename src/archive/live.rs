@@ -87,6 +87,15 @@ struct Channel {
     retired: Vec<(usize, u64)>,
 }
 
+impl Channel {
+    /// Forgets the reader of `bit`, whose bit goes to `retired` (see there); the reader.
+    fn retire(&mut self, bit: usize) -> Option<Reader> {
+        let reader = self.readers.get_mut(bit).and_then(Option::take)?;
+        self.retired.push((bit, reader.bit_free_at()));
+        Some(reader)
+    }
+}
+
 /// The newest lines of a channel's log, and how to find one by speaker and text.
 #[derive(Debug, Default)]
 struct Log {
@@ -422,9 +431,7 @@ impl Live {
         self.flush(Some(user), writes);
         for channel in self.channels() {
             if let Some(bit) = channel.bits.remove(user) {
-                if let Some(reader) = channel.readers.get_mut(bit).and_then(Option::take) {
-                    channel.retired.push((bit, reader.bit_free_at()));
-                }
+                channel.retire(bit);
             }
         }
     }
@@ -435,11 +442,10 @@ impl Live {
         self.flush(None, writes);
         for (slot, entry) in self.slots.iter_mut().enumerate() {
             let Some(channel) = entry else { continue };
-            for (bit, reader) in channel.readers.iter_mut().enumerate() {
-                if reader.as_ref().is_some_and(|reader| reader.touched < before) {
-                    if let Some(reader) = reader.take() {
+            for bit in 0..channel.readers.len() {
+                if channel.readers.get(bit).and_then(Option::as_ref).is_some_and(|reader| reader.touched < before) {
+                    if let Some(reader) = channel.retire(bit) {
                         channel.bits.remove(&reader.user);
-                        channel.retired.push((bit, reader.bit_free_at()));
                     }
                 }
             }
