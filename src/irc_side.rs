@@ -566,7 +566,6 @@ impl IrcSide {
         room.joined = true;
         room.rejoining = false;
         room.given_nick(nick);
-        room.topic = topic;
         if let Some(me) = occupants.iter().find(|o| room.is_me(&o.nick)) {
             // Its role and affiliation; the nick as the server gave it to us.
             let nick = std::mem::take(&mut room.me.nick);
@@ -598,7 +597,7 @@ impl IrcSide {
         let Some(room) = self.rooms.get(&self.key(key, channel)) else { return };
         for to in &newcomers {
             let history = histories.get(to).map_or(&[][..], Vec::as_slice);
-            for stanza in room.entry_stanzas(to, &occupants, history) {
+            for stanza in room.entry_stanzas(to, &occupants, history, topic.as_deref()) {
                 self.out.send(stanza).await;
             }
         }
@@ -656,8 +655,7 @@ impl IrcSide {
     }
 
     async fn topic(&mut self, key: &SessionKey, channel: &str, topic: String, by: Option<String>) {
-        let Some(room) = self.rooms.get_mut(&self.key(key, channel)) else { return };
-        room.topic = Some(topic.clone());
+        let Some(room) = self.rooms.get(&self.key(key, channel)) else { return };
         let from = |to: &str| by.as_ref().map_or_else(|| room.jid_for(to).to_owned(), |nick| room.occupant_jid(to, nick));
         let stanzas = room.resources.entered().map(|to| muc::subject_message(&from(to), to, &topic)).collect();
         self.send_all(stanzas).await;

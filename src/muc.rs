@@ -34,8 +34,6 @@ pub struct Room {
     /// The user as an occupant: their nick in the room (asked for until joined, then as
     /// the server gave it), role and affiliation, for the presences about themselves.
     pub me: Occupant,
-    /// The current subject.
-    pub topic: Option<String>,
     /// How the network compares nicks (and channel names).
     pub mapping: CaseMapping,
     /// The channel key the room was joined with, for joining again (a registration
@@ -43,8 +41,8 @@ pub struct Room {
     pub key: Option<bridge_core::Secret>,
     /// Resources that joined under another spelling of the channel (`#foo{` for `#Foo[`
     /// where the network folds them together): the room JID each used, which is where it
-    /// hears the room from. Empty in practice.
-    pub aliases: HashMap<String, String>,
+    /// hears the room from. Empty in practice, so a list (half a map's size inline).
+    pub aliases: Aliases,
     /// Resources that asked for the room's history when joining, until they get the entry.
     pub history: Vec<(String, HistoryRequest)>,
     /// The channel's key in the archive (`archive::room_key`), made once.
@@ -185,10 +183,9 @@ impl Room {
             me: Occupant::new(nick, Role::Participant, Affiliation::None),
             joined: false,
             rejoining: false,
-            topic: None,
             mapping: CaseMapping::default(),
             key: None,
-            aliases: HashMap::new(),
+            aliases: Aliases::default(),
             history: Vec::new(),
             archive_key: String::new(),
             archive_epoch: 0,
@@ -212,7 +209,7 @@ impl Room {
 
     /// The room's JID as the resource `to` joined it.
     pub fn jid_for(&self, to: &str) -> &str {
-        self.aliases.get(to).map_or(&self.jid, String::as_str)
+        self.aliases.get(to).unwrap_or(&self.jid)
     }
 
     /// The occupant JID of `nick` in this room, as the resource `to` knows the room.
@@ -254,11 +251,12 @@ impl Room {
 
     /// Everything a resource needs on (re)entering: others' presences, then the user's
     /// own with 110 (and 210 when the nick was changed), then the `history` it asked for,
-    /// then the subject.
+    /// then the subject (`topic`, as the IRC side reports it with each join: the room
+    /// does not keep a second copy).
     ///
     /// Made one at a time as they are sent: a channel of 10,000 nicks would otherwise be
     /// 10,000 elements (40 MiB) held at once.
-    pub fn entry_stanzas<'a>(&'a self, to: &'a str, occupants: &'a [Occupant], history: &'a [crate::archive::Item]) -> impl Iterator<Item = Element> + 'a {
+    pub fn entry_stanzas<'a>(&'a self, to: &'a str, occupants: &'a [Occupant], history: &'a [crate::archive::Item], topic: Option<&'a str>) -> impl Iterator<Item = Element> + 'a {
         let others = occupants
             .iter()
             .filter(|o| !self.is_me(&o.nick))
@@ -269,7 +267,7 @@ impl Room {
         }
         let own = std::iter::once_with(move || occupant_presence(&self.occupant_jid(to, self.nick()), to, &self.me, &codes));
         let history = history.iter().map(move |item| crate::mam::history_message(self.jid_for(to), to, item));
-        let subject = std::iter::once_with(move || subject_message(self.jid_for(to), to, self.topic.as_deref().unwrap_or("")));
+        let subject = std::iter::once_with(move || subject_message(self.jid_for(to), to, topic.unwrap_or("")));
         others.chain(own).chain(history).chain(subject)
     }
 
@@ -279,6 +277,44 @@ impl Room {
         let mut all = vec![Status::SelfPresence];
         all.extend_from_slice(codes);
         self.resources.entered().map(|to| departure_presence(&self.occupant_jid(to, self.nick()), to, &self.me, &all, None, reason)).collect()
+    }
+}
+
+/// The room JID each resource used where it is not the room's own (see [`Room::aliases`]):
+/// a short list, by full JID.
+#[derive(Debug, Clone, Default)]
+pub struct Aliases(Vec<(String, String)>);
+
+impl Aliases {
+    /// The room JID `resource` used, if another.
+    pub fn get(&self, resource: &str) -> Option<&str> {
+        self.0.iter().find(|(r, _)| r == resource).map(|(_, jid)| jid.as_str())
+    }
+
+    /// `resource` used `jid` (replacing what it used before).
+    pub fn insert(&mut self, resource: String, jid: String) {
+        self.remove(&resource);
+        self.0.push((resource, jid));
+    }
+
+    /// `resource` is gone.
+    pub fn remove(&mut self, resource: &str) {
+        self.0.retain(|(r, _)| r != resource);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+    }
+
+    /// Every alias of `other` too (its own win).
+    pub fn merge(&mut self, other: Aliases) {
+        for (resource, jid) in other.0 {
+            self.insert(resource, jid);
+        }
+    }
+
+    /// None left.
+    pub fn clear(&mut self) {
+        self.0 = Vec::new();
     }
 }
 
@@ -467,8 +503,10 @@ impl Rooms {
                     Some(existing) => {
                         let (existing, room) = (&mut existing.room, &mut entry.room);
                         let jid = room.jid.clone();
-                        existing.aliases.extend(room.resources.iter().filter(|_| jid != existing.jid).map(|r| (r.clone(), jid.clone())));
-                        existing.aliases.extend(std::mem::take(&mut room.aliases));
+                        for resource in room.resources.iter().filter(|_| jid != existing.jid) {
+                            existing.aliases.insert(resource.clone(), jid.clone());
+                        }
+                        existing.aliases.merge(std::mem::take(&mut room.aliases));
                         existing.resources.merge(std::mem::take(&mut room.resources));
                         self.count -= 1;
                     }
@@ -773,6 +811,23 @@ mod tests {
         assert_eq!(resources.0.capacity(), 0, "an always-on room kept for nobody holds no list");
     }
 
+    #[test]
+    fn aliases_are_one_per_resource_merged_and_freed_when_the_last_goes() {
+        let mut aliases = Aliases::default();
+        aliases.insert("a@x/phone".into(), "#foo{%irc.x@gw".into());
+        aliases.insert("a@x/phone".into(), "#FOO{%irc.x@gw".into());
+        assert_eq!(aliases.get("a@x/phone"), Some("#FOO{%irc.x@gw"), "the last spelling a resource used");
+        assert_eq!(aliases.get("a@x/laptop"), None);
+        let mut other = Aliases::default();
+        other.insert("a@x/laptop".into(), "#Foo{%irc.x@gw".into());
+        other.insert("a@x/phone".into(), "#foo[%irc.x@gw".into());
+        aliases.merge(other);
+        assert_eq!((aliases.get("a@x/phone"), aliases.get("a@x/laptop")), (Some("#foo[%irc.x@gw"), Some("#Foo{%irc.x@gw")));
+        aliases.remove("a@x/phone");
+        aliases.remove("a@x/laptop");
+        assert_eq!(aliases.0.capacity(), 0, "no list kept once empty");
+    }
+
     const NS: &str = "jabber:component:accept";
     const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 
@@ -839,7 +894,6 @@ mod tests {
         let mut room = Room::new("#r%irc.x@gw".into(), "#r".into(), "u@h/a".into(), "alice".into());
         room.given_nick("alice_".into());
         room.joined = true;
-        room.topic = Some("welcome".into());
         let occupants = vec![occupant("alice_", Role::Participant, Affiliation::None), occupant("bob", Role::Moderator, Affiliation::Admin)];
         (room, occupants)
     }
@@ -847,7 +901,7 @@ mod tests {
     #[test]
     fn entry_replays_others_then_self_with_110_210_then_subject() {
         let (room, occupants) = joined_room();
-        let stanzas: Vec<Element> = room.entry_stanzas("u@h/a", &occupants, &[]).collect();
+        let stanzas: Vec<Element> = room.entry_stanzas("u@h/a", &occupants, &[], Some("welcome")).collect();
         assert_eq!(stanzas.len(), 3);
         assert_eq!(stanzas[0].attr("from"), Some("#r%irc.x@gw/bob"));
         let item = stanzas[0].get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
@@ -865,7 +919,7 @@ mod tests {
             Item { id: 1_000_000, direction: Direction::Room, who: "bob".into(), body: "earlier".into() },
             Item { id: 2_000_000, direction: Direction::Room, who: String::new(), body: "a server notice".into() },
         ];
-        let stanzas: Vec<Element> = room.entry_stanzas("u@h/a", &occupants, &history).collect();
+        let stanzas: Vec<Element> = room.entry_stanzas("u@h/a", &occupants, &history, Some("welcome")).collect();
         assert_eq!(stanzas.len(), 5);
         assert_eq!(codes(&stanzas[1]), vec!["110", "210"]);
         let line = Message::try_from(stanzas[2].clone()).unwrap();

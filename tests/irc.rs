@@ -1050,10 +1050,13 @@ async fn a_second_resource_gets_the_room_from_the_irc_sessions_roster(kind: Serv
     join(&mut phone, &r, "alice").await;
     wait_subject(&mut phone, &r).await;
     bob.wait_for("alice's JOIN", |l| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice")).await;
+    // A topic changed since the first entry: the second gets the channel's topic as it is.
+    bob.send_line("TOPIC #two :changed with the phone in").await;
+    phone.wait_for("the new subject", |e| e.get_child("subject", NS_CLIENT).is_some_and(|s| s.text() == "changed with the phone in")).await;
     let mut laptop = s.server.client_as("alice", "localhost", "laptop").await;
     join(&mut laptop, &r, "alice").await;
     let subject = wait_subject(&mut laptop, &r).await;
-    assert_eq!(subject.get_child("subject", NS_CLIENT).unwrap().text(), "two resources");
+    assert_eq!(subject.get_child("subject", NS_CLIENT).unwrap().text(), "changed with the phone in");
     let bob_seen = laptop.seen.iter().find(|e| is_presence_from(e, &format!("{r}/bob"))).expect("bob's presence in the entry");
     assert_eq!(item_attr(bob_seen, "role").as_deref(), Some("moderator"));
     // One IRC connection, one JOIN: bob sees no second one; the phone no second entry.
@@ -1061,7 +1064,7 @@ async fn a_second_resource_gets_the_room_from_the_irc_sessions_roster(kind: Serv
     laptop.wait_for("the line on the laptop", |e| body(e).as_deref() == Some("to both")).await;
     phone.wait_for("the line on the phone", |e| body(e).as_deref() == Some("to both")).await;
     let subjects = phone.seen.iter().filter(|e| e.get_child("subject", NS_CLIENT).is_some()).count();
-    assert_eq!(subjects, 1, "the phone was not sent the room's entry again");
+    assert_eq!(subjects, 2, "the phone got its entry's subject and the change, not the room's entry again");
     let alices_join = |l: &testkit::irc::IrcLine| l.command == "JOIN" && l.prefix_nick.as_deref() == Some("alice");
     assert!(!bob.receives_within(Duration::from_millis(300), alices_join).await, "no second JOIN on IRC");
 }

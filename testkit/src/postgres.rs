@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use crate::{free_port, script};
+use crate::{free_port, script, try_script};
 
 /// The superuser's password in every test cluster.
 pub const PASSWORD: &str = "pg-test-pw-4Hq9";
@@ -35,9 +35,18 @@ impl Postgres {
     #[must_use]
     pub fn start() -> Postgres {
         let dir = tempfile::Builder::new().prefix("pg-").tempdir().expect("a temporary directory").keep();
-        let port = free_port();
-        script("postgres.sh", &["start", &dir.display().to_string(), &port.to_string(), PASSWORD]);
-        Postgres { dir, port }
+        // A port found free can be taken by a parallel test before the server binds it
+        // (the server's log then says "Address already in use"): another port, the same
+        // cluster (a start rewrites the port in its configuration).
+        for attempt in 1.. {
+            let port = free_port();
+            match try_script("postgres.sh", &["start", &dir.display().to_string(), &port.to_string(), PASSWORD]) {
+                Ok(_) => return Postgres { dir, port },
+                Err(error) if attempt < 5 && error.contains("in use") => {}
+                Err(error) => panic!("{error}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     /// Starts the cluster again after [`Postgres::kill`] or [`Postgres::stop`] (its data kept).
