@@ -42,6 +42,9 @@ enum Scenario {
     /// The paired cost part of the archive scenario alone (also run by `archive`): three
     /// of our gateways fed the same lines at once, one archiving.
     ArchivePaired,
+    /// The MAM query part of the archive scenario alone (also run by `archive`): the
+    /// last 50 lines of a small and of a large archive, and the XMPP server's floor.
+    Mam,
 }
 
 /// Which gateways to measure.
@@ -366,7 +369,7 @@ async fn scenarios(args: &Args, ircd: &Ngircd, peers: &[Peer], report: &mut Repo
         }
         report.scenarios.push(("archive cost, paired".into(), archive::paired_specs(), vec![(Peer::Ours, measured)]));
     }
-    if args.wants(Scenario::Archive) {
+    if args.wants(Scenario::Archive) || args.wants(Scenario::Mam) {
         let mut results = empty();
         for run in 1..=runs {
             for &peer in &peers {
