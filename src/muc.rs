@@ -10,9 +10,9 @@ use bridge_core::model::{Affiliation, CaseMapping, NetworkId, Occupant, Role, Us
 use minidom::Element;
 use xmpp_parsers::muc::user::Status;
 
-/// A room as one user sees it. Its occupants are not kept here: the IRC session holds the
-/// one roster of the channel and reports it in `Event::Joined` (again when another
-/// resource of the user enters), so the two sides cannot disagree.
+/// A room as one user sees it. Its occupants and topic are not kept here: the IRC session
+/// holds the one roster and topic of the channel and reports them in `Event::Joined`
+/// (again when another resource of the user enters), so the two sides cannot disagree.
 #[derive(Debug, Clone)]
 pub struct Room {
     /// The room's bare JID, `#chan%server@gw`.
