@@ -283,9 +283,11 @@ impl Ngircd {
     /// throttling (3 lines/s per client), otherwise there is none.
     pub fn start(flood_protection: bool) -> Ngircd {
         let dir = tempfile::Builder::new().prefix("gw-ircd-").tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let server = Ngircd { dir, port, flood_protection, tls: false };
-        server.start_again();
+        let mut server = Ngircd { dir, port: 0, flood_protection, tls: false };
+        crate::on_free_ports(NGIRCD, || {
+            server.port = crate::free_port();
+            server.try_start_again()
+        });
         server
     }
 
@@ -293,27 +295,23 @@ impl Ngircd {
     /// `localhost` and `127.0.0.1` ([`Ngircd::cert_path`]), and whose
     /// [`Ngircd::plain_port`] (`port + 1`) is plain, for the raw test clients. No flood
     /// protection.
-    /// Two consecutive ports are likelier to be taken meanwhile by a parallel test than
-    /// one: a start that fails for that alone is tried again on other ports.
     pub fn start_tls() -> Ngircd {
         let dir = tempfile::Builder::new().prefix("gw-ircd-tls-").tempdir().unwrap();
         let mut server = Ngircd { dir, port: 0, flood_protection: false, tls: true };
-        for attempt in 1.. {
+        crate::on_free_ports(NGIRCD, || {
             server.port = free_port_pair();
-            let port = server.port.to_string();
-            match try_run_script(&["start", server.path(), &port, "--tls"]) {
-                Ok(()) => break,
-                Err(output) if attempt < 5 && (output.contains("already in use") || output.contains("could not listen")) => {
-                    eprintln!("ngIRCd with TLS: port {port} or the next taken meanwhile, trying others");
-                }
-                Err(output) => panic!("{output}"),
-            }
-        }
+            server.try_start_again()
+        });
         server
     }
 
     /// Starts the server (again) on the same directory and port (and certificate).
     pub fn start_again(&self) {
+        self.try_start_again().unwrap_or_else(|output| panic!("{output}"));
+    }
+
+    /// Same; what the script said if it failed.
+    fn try_start_again(&self) -> Result<(), String> {
         let port = self.port.to_string();
         let mut args = vec!["start", self.path(), &port];
         if self.flood_protection {
@@ -322,7 +320,7 @@ impl Ngircd {
         if self.tls {
             args.push("--tls");
         }
-        run_script(&args);
+        try_run_script(&args)
     }
 
     /// The plain port: `port`, or `port + 1` for a TLS server.
@@ -428,15 +426,10 @@ impl Inspircd {
     pub fn start() -> Inspircd {
         let dir = tempfile::Builder::new().prefix("gw-insp-").tempdir().unwrap();
         let mut server = Inspircd { dir, port: 0 };
-        for attempt in 1.. {
+        crate::on_free_ports("inspircd.sh", || {
             server.port = free_port_pair();
-            let port = server.port.to_string();
-            match try_run("inspircd.sh", &["start", server.path(), &port]) {
-                Ok(()) => break,
-                Err(output) if attempt < 5 && output.contains("in use") => {}
-                Err(output) => panic!("{output}"),
-            }
-        }
+            try_run("inspircd.sh", &["start", server.path(), &server.port.to_string()])
+        });
         server
     }
 

@@ -49,6 +49,28 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     listeners.map(|listener| listener.local_addr().unwrap().port())
 }
 
+/// How many times [`on_free_ports`] starts a server before it gives up.
+const PORT_TRIES: usize = 5;
+
+/// Runs `start`, which picks ports found free and starts a server on them, and returns
+/// what it returns. A port found free can be taken by a parallel test before the server
+/// binds it: a start whose output says so ("in use", "could not listen") runs again on
+/// other ports, [`PORT_TRIES`] times at most; any other failure, or the last, panics with
+/// the output. Every server testkit starts goes through here.
+pub fn on_free_ports<T>(what: &str, mut start: impl FnMut() -> Result<T, String>) -> T {
+    let mut attempt = 1;
+    loop {
+        match start() {
+            Ok(started) => return started,
+            Err(output) if attempt < PORT_TRIES && (output.contains("in use") || output.contains("could not listen")) => {
+                eprintln!("{what}: a port was taken meanwhile (try {attempt}), trying others");
+                attempt += 1;
+            }
+            Err(output) => panic!("{output}"),
+        }
+    }
+}
+
 /// The repository's root (this crate lives in `testkit/`).
 pub fn repo() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -172,17 +194,12 @@ impl XmppServer {
         assert!(kind != ServerKind::Jabberd2 || !options.roster_privilege, "jabberd2 has no XEP-0356");
         let dir = tempfile::Builder::new().prefix("gw-test-").tempdir().unwrap();
         let mut server = XmppServer { kind, dir, c2s_port: 0, component_port: 0, http_port: None, options };
-        // A port found free can be taken by a parallel test before the server binds it.
-        for attempt in 1.. {
+        on_free_ports(server.script(), || {
             let [c2s, component, http] = free_ports();
             (server.c2s_port, server.component_port) = (c2s, component);
             server.http_port = server.options.http_upload.then_some(http);
-            match server.try_start() {
-                Ok(_) => break,
-                Err(error) if attempt < 5 && error.contains("in use") => {}
-                Err(error) => panic!("{error}"),
-            }
-        }
+            server.try_start().map(drop)
+        });
         let mut adduser = vec!["adduser", server.path()];
         for (user, host) in [("alice", "localhost"), ("bob", "localhost"), ("eve", "other.localhost")] {
             adduser.extend([user, host, "pw"]);
@@ -303,8 +320,7 @@ impl EjabberdCluster {
         let dir = tempfile::Builder::new().prefix("gw-cluster-").tempdir().unwrap();
         let mut cluster = EjabberdCluster { dir, c2s_ports: [0; 2], component_ports: [0; 2] };
         let balancing = balancing.unwrap_or_default();
-        // A port found free can be taken by a parallel test before the server binds it.
-        for attempt in 1.. {
+        on_free_ports("ejabberd-cluster.sh", || {
             let [c2s_a, c2s_b, component_a, component_b] = free_ports();
             cluster.c2s_ports = [c2s_a, c2s_b];
             cluster.component_ports = [component_a, component_b];
@@ -315,12 +331,13 @@ impl EjabberdCluster {
             let mut args = vec!["start", cluster.path()];
             args.extend(ports.iter().map(String::as_str));
             args.extend([GW, SECRET]);
-            match try_script_env("ejabberd-cluster.sh", &args, &[("EJABBERD_DOMAIN_BALANCING", balancing.as_str())]) {
-                Ok(_) => break,
-                Err(error) if attempt < 5 && error.contains("in use") => cluster.kill(),
-                Err(error) => panic!("{error}"),
+            let started = try_script_env("ejabberd-cluster.sh", &args, &[("EJABBERD_DOMAIN_BALANCING", balancing.as_str())]);
+            if started.is_err() {
+                // A node that did start would hold its ports and node name on the next try.
+                cluster.kill();
             }
-        }
+            started.map(drop)
+        });
         cluster.add_users(&[("alice", "localhost"), ("bob", "localhost"), ("eve", "other.localhost")]);
         cluster
     }

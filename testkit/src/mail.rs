@@ -64,18 +64,11 @@ impl MailServer {
             smtp_starttls_port: 0,
             smtps_port: 0,
         };
-        // Another test may take one of the ports between our check and the bind:
-        // then try another range.
-        let attempts = 5;
-        for attempt in 1..=attempts {
+        crate::on_free_ports("mail.sh", || {
             server.set_ports(free_port_range(5));
-            match run_script(&["start", server.path(), &server.imap_port.to_string()]) {
-                Ok(_) => return server,
-                Err(out) if attempt < attempts && out.contains("in use") => continue,
-                Err(out) => panic!("{out}"),
-            }
-        }
-        unreachable!()
+            run_script(&["start", server.path(), &server.imap_port.to_string()]).map(drop)
+        });
+        server
     }
 
     fn set_ports(&mut self, base: u16) {

@@ -35,18 +35,13 @@ impl Postgres {
     #[must_use]
     pub fn start() -> Postgres {
         let dir = tempfile::Builder::new().prefix("pg-").tempdir().expect("a temporary directory").keep();
-        // A port found free can be taken by a parallel test before the server binds it
-        // (the server's log then says "Address already in use"): another port, the same
-        // cluster (a start rewrites the port in its configuration).
-        for attempt in 1.. {
+        // On another port, the same cluster: a start rewrites the port in its
+        // configuration (the server's log says "Address already in use" when taken).
+        let port = crate::on_free_ports("postgres.sh", || {
             let port = free_port();
-            match try_script("postgres.sh", &["start", &dir.display().to_string(), &port.to_string(), PASSWORD]) {
-                Ok(_) => return Postgres { dir, port },
-                Err(error) if attempt < 5 && error.contains("in use") => {}
-                Err(error) => panic!("{error}"),
-            }
-        }
-        unreachable!("the loop returns or panics")
+            try_script("postgres.sh", &["start", &dir.display().to_string(), &port.to_string(), PASSWORD]).map(|_| port)
+        });
+        Postgres { dir, port }
     }
 
     /// Starts the cluster again after [`Postgres::kill`] or [`Postgres::stop`] (its data kept).
