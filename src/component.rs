@@ -185,7 +185,7 @@ async fn serve(
                     continue;
                 }
                 if ping_pending {
-                    return Ended::Lost(format!("no answer from the server for {:?}", keepalive * 2));
+                    return Ended::Lost(format!("no answer from the server for {:?}", keepalive.saturating_mul(2)));
                 }
                 ping_pending = true;
                 last_read = tokio::time::Instant::now();

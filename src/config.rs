@@ -19,6 +19,8 @@ const ENV_PREFIX: &str = "GATEWAY";
 const ENV_SEPARATOR: &str = "__";
 /// Keys that hold lists; in the environment they are comma-separated.
 const LIST_KEYS: &[&str] = &["registration.allowed_domains", "registration.admins"];
+/// The longest a duration in seconds of the config may be (`component.keepalive_secs`...).
+const DAY_SECS: u64 = 86_400;
 
 /// Everything the gateway is told by its administrator.
 #[derive(Debug, Clone, Deserialize)]
@@ -666,11 +668,11 @@ impl Config {
                 return Err(invalid("cluster.advertise", message));
             }
         }
-        if self.component.keepalive_secs == 0 {
-            return Err(invalid("component.keepalive_secs", "must be at least 1".into()));
-        }
-        if self.component.reconnect_max_secs == 0 {
-            return Err(invalid("component.reconnect_max_secs", "must be at least 1".into()));
+        // A day at most: timers are set that far ahead (and a larger value is a typo).
+        for (key, secs) in [("component.keepalive_secs", self.component.keepalive_secs), ("component.reconnect_max_secs", self.component.reconnect_max_secs)] {
+            if !(1..=DAY_SECS).contains(&secs) {
+                return Err(invalid(key, format!("must be from 1 to {DAY_SECS} (a day), not {secs}")));
+            }
         }
         for (i, domain) in self.registration.allowed_domains.iter().enumerate() {
             if !is_domain(domain) {
@@ -836,6 +838,8 @@ mod tests {
             (MINIMAL.replace("gw.localhost", "user@gw"), "component.jid"),
             (MINIMAL.replace("s3cret", ""), "component.secret"),
             (format!("{MINIMAL}[registration]\nadmins = [\"nobody\"]\n"), "registration.admins[0]"),
+            (MINIMAL.replace("s3cret\"\n", "s3cret\"\nkeepalive_secs = 0\n"), "component.keepalive_secs"),
+            (MINIMAL.replace("s3cret\"\n", "s3cret\"\nreconnect_max_secs = 9223372036854775807\n"), "component.reconnect_max_secs"),
             (
                 format!("{MINIMAL}[email.providers.\"e.org\"]\nimap = \"e.org\"\nsmtp = \"e.org:25\"\n"),
                 "email.providers.\"e.org\".imap",

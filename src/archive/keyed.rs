@@ -378,9 +378,15 @@ impl KeyedArchive {
             if !within(&first) {
                 break;
             }
-            let Some(scope) = first.len().checked_sub(8).map(|at| first[..at].to_vec()) else { break };
-            next = Bound::Excluded(key(&scope, u64::MAX));
-            scopes.push(scope);
+            match first.len().checked_sub(8).map(|at| &first[..at]) {
+                Some(scope) if scope.len() > from.len() => {
+                    next = Bound::Excluded(key(scope, u64::MAX));
+                    scopes.push(scope.to_vec());
+                }
+                // Too short to hold a scope: not a key the archive wrote (a damaged or
+                // foreign row), passed over so the scopes after it are still found.
+                _ => next = Bound::Excluded(first.to_vec()),
+            }
         }
         Ok(scopes)
     }
@@ -492,7 +498,8 @@ impl ArchiveBackend for KeyedArchive {
         // Channel logs: by age and count, then what no span covers any more.
         for log in self.scopes(&[LINES], |k| k.first() == Some(&LINES))? {
             removed += self.cut(&log, oldest, retention.max_count)?;
-            let room = String::from_utf8_lossy(&log[1..log.len() - 1]).into_owned();
+            // `scopes` only gives logs longer than their kind byte: one byte of room at least.
+            let room = String::from_utf8_lossy(log.get(1..log.len() - 1).unwrap_or_default()).into_owned();
             removed += self.collect_garbage(&room, settled)?;
         }
         // Spans that end before the age limit cover nothing.
@@ -690,6 +697,19 @@ mod tests {
         archive.tree.apply(batch).unwrap();
         let page = archive.query(&Query { max: 3, ..query(Conversation::Room(room())) }).unwrap();
         assert_eq!(ids(&page), [10, 20, 30]);
+    }
+
+    #[test]
+    fn keys_too_short_for_a_log_are_passed_over_by_trimming() {
+        let (mut archive, _dir) = filled();
+        let mut batch = Batch::default();
+        // A log kind byte and an id, nothing between (8 and 9 bytes): no archive wrote these.
+        batch.insert([LINES, 0, 0, 0, 0, 0, 0, 0].to_vec(), [9u8]);
+        batch.insert([LINES, 0, 0, 0, 0, 0, 0, 0, 1].to_vec(), [9u8]);
+        archive.tree.apply(batch).unwrap();
+        let removed = archive.trim(Retention { max_age: None, max_count: Some(5) }, 1000, u64::MAX).unwrap();
+        assert_eq!(removed, 20, "the logs after them trimmed as before");
+        assert_eq!(ids(&archive.query(&query(Conversation::Room(room()))).unwrap()), [210, 220, 230, 240, 250]);
     }
 
     /// How many values `room`'s log takes in the tree.

@@ -152,7 +152,7 @@ async fn accept(mut stream: TcpStream, secret: &Secret, max_bytes: usize, inboun
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(peer),
             Err(error) => return Err(error),
         };
-        if length == 0 || length > max_bytes + 1 {
+        if length == 0 || length > max_bytes.saturating_add(1) {
             return Err(std::io::Error::other(format!("a frame of {length} bytes from {peer}")));
         }
         let mut frame = vec![0; length];
@@ -231,12 +231,14 @@ async fn run_link(
         tokio::select! {
             next = queue.recv() => {
                 let Some((stanza, hops)) = next else { return Ok(()) };
-                let xml = String::from(&stanza);
-                let length = u32::try_from(xml.len() + 1).map_err(|_| std::io::Error::other("stanza too large"))?;
-                let mut frame = Vec::with_capacity(xml.len() + 5);
-                frame.extend_from_slice(&length.to_be_bytes());
-                frame.push(hops);
-                frame.extend_from_slice(xml.as_bytes());
+                // Our own writer, not minidom's: minidom panics on prefixes a sender may
+                // declare (`xmlns:xml=...`), and one stanza must not end the link.
+                let mut frame = vec![0, 0, 0, 0, hops];
+                if !crate::xml_stream::append_bytes(&stanza, &mut frame) {
+                    continue;
+                }
+                let length = u32::try_from(frame.len() - 4).map_err(|_| std::io::Error::other("stanza too large"))?;
+                frame[..4].copy_from_slice(&length.to_be_bytes());
                 unacked.push_back((stanza, hops));
                 write.write_all(&frame).await?;
                 sent += 1;
@@ -269,6 +271,17 @@ mod tests {
             .unwrap()
     }
 
+    /// A link from `a` to a listening `b`, the link knowing `ours` and `b` `theirs` as
+    /// the secret: the link, what `b` took in, and what the link handed back.
+    async fn linked(ours: &str, theirs: &str) -> (mpsc::UnboundedSender<(Element, u8)>, mpsc::Receiver<Forwarded>, mpsc::UnboundedReceiver<LinkFailed>) {
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (inbound_tx, inbound) = mpsc::channel(16);
+        tokio::spawn(serve(listener, secret(theirs), 10_000, inbound_tx, watch::channel(false).1));
+        let (failed_tx, failed) = mpsc::unbounded_channel();
+        (connect("a".into(), "b".into(), address, secret(ours), failed_tx), inbound, failed)
+    }
+
     #[test]
     fn the_tag_depends_on_the_secret_the_nonce_and_the_id() {
         let nonce = [7u8; 32];
@@ -281,12 +294,7 @@ mod tests {
 
     #[tokio::test]
     async fn stanzas_cross_a_link_in_order_and_are_acknowledged() {
-        let listener = bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let (inbound_tx, mut inbound) = mpsc::channel(16);
-        tokio::spawn(serve(listener, secret("s"), 10_000, inbound_tx, watch::channel(false).1));
-        let (failed_tx, mut failed) = mpsc::unbounded_channel();
-        let link = connect("a".into(), "b".into(), address, secret("s"), failed_tx);
+        let (link, mut inbound, mut failed) = linked("s", "s").await;
         for n in 0..5 {
             link.send((message(n), 0)).unwrap();
         }
@@ -300,14 +308,41 @@ mod tests {
         assert!(!matches!(back, Ok(Some(_))), "nothing handed back: {back:?}");
     }
 
+    /// A stanza as the component stream reads it: the prefixes its sender declared kept.
+    async fn read_from_the_server(xml: &str) -> Element {
+        let input = format!("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>{xml}");
+        let mut reader = crate::xml_stream::StanzaReader::new(input.as_bytes());
+        loop {
+            if let crate::xml_stream::StreamEvent::Stanza(stanza) = reader.next().await.unwrap() {
+                return stanza;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stanza_declaring_reserved_or_clashing_prefixes_crosses_and_the_link_goes_on() {
+        let (link, mut inbound, mut failed) = linked("s", "s").await;
+        // minidom's own writer panics on both (a fixed prefix declared, one prefix bound twice).
+        let odd = [
+            "<message xmlns:xml='http://www.w3.org/XML/1998/namespace' from='u@h/r' to='#c%irc@gw' id='x1'><body>one</body></message>",
+            "<message xmlns:p='urn:1' from='u@h/r' to='#c%irc@gw' id='x2'><x xmlns:p='urn:2'/><body>two</body></message>",
+        ];
+        for xml in odd {
+            link.send((read_from_the_server(xml).await, 0)).unwrap();
+        }
+        link.send((message(3), 0)).unwrap();
+        for id in ["x1", "x2", "m3"] {
+            let got = tokio::time::timeout(Duration::from_secs(5), inbound.recv()).await.unwrap().unwrap();
+            assert_eq!(got.stanza.attr("id"), Some(id));
+        }
+        drop(link);
+        let back = tokio::time::timeout(Duration::from_millis(300), failed.recv()).await;
+        assert!(!matches!(back, Ok(Some(_))), "nothing handed back: {back:?}");
+    }
+
     #[tokio::test]
     async fn a_wrong_secret_is_refused_and_the_stanzas_are_handed_back() {
-        let listener = bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let (inbound_tx, mut inbound) = mpsc::channel(16);
-        tokio::spawn(serve(listener, secret("right"), 10_000, inbound_tx, watch::channel(false).1));
-        let (failed_tx, mut failed) = mpsc::unbounded_channel();
-        let link = connect("a".into(), "b".into(), address, secret("wrong"), failed_tx);
+        let (link, mut inbound, mut failed) = linked("wrong", "right").await;
         link.send((message(1), 0)).unwrap();
         let back = failed.recv().await.unwrap();
         assert_eq!(back.peer, "b");

@@ -137,7 +137,11 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), BackendE
                  applied_at timestamptz NOT NULL DEFAULT now())",
         )
         .await?;
-    let applied: i32 = transaction.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await?.get(0);
+    // `try_get`: a table of that name made by another tool (another column type) is an
+    // error that says so, not a panic.
+    let applied: i32 = transaction.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await?.try_get(0).map_err(|error| {
+        BackendError::Schema(format!("the table schema_migrations is not the gateway's (another tool's, in the same database?): {error}"))
+    })?;
     let known = MIGRATIONS.last().map_or(0, |(version, ..)| *version);
     if applied > known {
         return Err(BackendError::Schema(format!(

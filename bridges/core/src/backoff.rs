@@ -28,9 +28,10 @@ impl Backoff {
     /// then the step doubles.
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(self.max);
+        // Saturating: a cap near `Duration::MAX` (configured) must not overflow.
+        self.next = self.next.saturating_mul(2).min(self.max);
         let jitter = 0.75 + fastrand::f64() * 0.5;
-        base.mul_f64(jitter).min(self.max)
+        Duration::try_from_secs_f64(base.as_secs_f64() * jitter).unwrap_or(self.max).min(self.max)
     }
 
     /// Back to the first step, after a connection that worked.

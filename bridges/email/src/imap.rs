@@ -336,7 +336,9 @@ impl Watcher {
     /// Fetches and delivers every mail above the checkpoint, oldest first, moving the
     /// checkpoint after each delivery.
     async fn deliver_new(&self, mut session: ImapSession, checkpoint: &mut Checkpoint) -> Result<ImapSession, ImapError> {
-        let range = format!("{}:*", checkpoint.last_uid + 1);
+        let Some(range) = uids_above(checkpoint.last_uid) else {
+            return Ok(session);
+        };
         let mut sizes: Vec<(u32, u32)> = session
             .uid_fetch(&range, "(UID RFC822.SIZE)")
             .await?
@@ -441,6 +443,12 @@ impl Watcher {
     }
 }
 
+/// The UID set of the mails above `last_uid` (`n+1:*`); none above the largest UID
+/// (RFC 3501 allows 2^32-1, and a server could hand it out).
+fn uids_above(last_uid: u32) -> Option<String> {
+    last_uid.checked_add(1).map(|first| format!("{first}:*"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +457,13 @@ mod tests {
 
     fn at(mailbox: Option<&str>, uid_validity: u32, last_uid: u32) -> Checkpoint {
         Checkpoint { mailbox: mailbox.map(str::to_owned), uid_validity, last_uid }
+    }
+
+    #[test]
+    fn nothing_is_fetched_above_the_largest_uid() {
+        assert_eq!(uids_above(0).as_deref(), Some("1:*"));
+        assert_eq!(uids_above(41).as_deref(), Some("42:*"));
+        assert_eq!(uids_above(u32::MAX), None);
     }
 
     #[test]

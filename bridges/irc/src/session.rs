@@ -551,8 +551,10 @@ impl IrcSession {
                 if now >= self.next_send {
                     // Tokens come back at one per interval, up to the burst.
                     let elapsed = now - self.next_send;
-                    let regained = 1 + (elapsed.as_millis() / self.settings.flood_interval.as_millis().max(1)) as u32;
-                    self.burst_left = (self.burst_left + regained).min(self.settings.flood_burst);
+                    let intervals = elapsed.as_millis() / self.settings.flood_interval.as_millis().max(1);
+                    // Saturating: after weeks idle the count exceeds any burst, not wraps.
+                    let regained = u32::try_from(intervals).unwrap_or(u32::MAX).saturating_add(1);
+                    self.burst_left = self.burst_left.saturating_add(regained).min(self.settings.flood_burst);
                 }
                 self.burst_left -= 1;
                 self.next_send = now + self.settings.flood_interval;
