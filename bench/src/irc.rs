@@ -26,16 +26,22 @@ pub struct Irc {
 impl Irc {
     /// Connects to 127.0.0.1:`port` and registers as `nick` (at most 9 characters).
     pub async fn connect(port: u16, nick: &str) -> Result<Irc> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.with_context(|| format!("connecting to IRC on 127.0.0.1:{port}"))?;
-        stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
-        let mut irc = Irc { nick: nick.to_owned(), reader: BufReader::new(read), writer: BufWriter::new(write), partial: Vec::new() };
+        let mut irc = Irc::open(port, nick).await?;
         irc.send(&format!("NICK {nick}\r\nUSER {nick} 0 * :bench {nick}\r\n")).await?;
         let reply = irc.wait_for("registration (001)", SETUP_WAIT, |l| matches!(l.command.as_str(), "001" | "ERROR" | "432" | "433")).await?;
         if reply.command != "001" {
             bail!("IRC registration of {nick} failed: {}", reply.raw);
         }
         Ok(irc)
+    }
+
+    /// Connects to 127.0.0.1:`port` for `nick` and sends nothing yet (the caller
+    /// registers).
+    pub async fn open(port: u16, nick: &str) -> Result<Irc> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.with_context(|| format!("connecting to IRC on 127.0.0.1:{port}"))?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        Ok(Irc { nick: nick.to_owned(), reader: BufReader::new(read), writer: BufWriter::new(write), partial: Vec::new() })
     }
 
     /// Joins `channel` and waits for the end of NAMES.

@@ -4,6 +4,8 @@
 //! server (ngIRCd, or InspIRCd with `--irc-server inspircd`: [`IrcKind`]). Logins (and
 //! biboumi's per-user configuration, seeded into its database) happen before the clock
 //! starts; then every join is sent at once and the clock stops at the last self-presence.
+//! Before xmpp-gateway's part, the same joins against the IRC server alone
+//! ([`irc_server_alone`]): the least any gateway's joins could take there.
 //!
 //! Then the cost of a delivery with every user there (issue 12: flat from 1,000 to 10,000
 //! users): one IRC client joins [`SAMPLE`] of the users' channels, spread over all of
@@ -46,14 +48,26 @@ type Slots = Arc<Vec<tokio::sync::Mutex<XmppConn>>>;
 
 /// The figures of this scenario, those of the IRC server named after `irc`.
 pub fn specs(irc: IrcKind) -> Vec<Spec> {
-    let (ircd_cpu_per_join, paced_ms) = match irc {
-        IrcKind::Ngircd => ("ngIRCd CPU per join (connection + registration + JOIN)", "time per line one at a time (IRC client -> ngIRCd -> gateway -> Prosody -> XMPP client)"),
-        IrcKind::Inspircd => ("InspIRCd CPU per join (connection + registration + JOIN)", "time per line one at a time (IRC client -> InspIRCd -> gateway -> Prosody -> XMPP client)"),
+    let (ircd_cpu_per_join, paced_ms, alone_join_all, alone_cpu) = match irc {
+        IrcKind::Ngircd => (
+            "ngIRCd CPU per join (connection + registration + JOIN)",
+            "time per line one at a time (IRC client -> ngIRCd -> gateway -> Prosody -> XMPP client)",
+            "ngIRCd alone: the same IRC lines from the bench, no XMPP (the least any gateway could take)",
+            "ngIRCd alone: its CPU per join",
+        ),
+        IrcKind::Inspircd => (
+            "InspIRCd CPU per join (connection + registration + JOIN)",
+            "time per line one at a time (IRC client -> InspIRCd -> gateway -> Prosody -> XMPP client)",
+            "InspIRCd alone: the same IRC lines from the bench, no XMPP (the least any gateway could take)",
+            "InspIRCd alone: its CPU per join",
+        ),
     };
     vec![
         Spec { key: "join_all", label: "time until every user has joined", unit: "s", decimals: 2, target: "10,000 joins <= 15 s (issue 12); 1,000 <= 3 s" },
         Spec { key: "rss_per_conn", label: "gateway RSS per bridged IRC connection", unit: "KiB", decimals: 1, target: "<= 8 KiB (issue 12; biboumi 11.8)" },
         Spec { key: "cpu_per_join", label: "gateway CPU per join", unit: "ms", decimals: 3, target: "<= 0.2 ms (issue 12)" },
+        Spec { key: "alone_join_all", label: alone_join_all, unit: "s", decimals: 2, target: "" },
+        Spec { key: "alone_ircd_cpu_per_join", label: alone_cpu, unit: "ms", decimals: 3, target: "" },
         Spec { key: "prosody_cpu_per_join", label: "Prosody CPU per join", unit: "ms", decimals: 3, target: "" },
         Spec { key: "ircd_cpu_per_join", label: ircd_cpu_per_join, unit: "ms", decimals: 3, target: "" },
         Spec { key: "rss_after", label: "gateway RSS with every user joined", unit: "MiB", decimals: 1, target: "<= 100 MiB at 10,000 (issue 12)" },
@@ -68,6 +82,8 @@ pub fn specs(irc: IrcKind) -> Vec<Spec> {
 
 /// Runs the scenario against `peer` with its own Prosody and IRC server of kind `irc`.
 pub async fn run(irc: IrcKind, peer: Peer, users: usize) -> Result<Measured> {
+    // Once per run, with ours; alone on the machine like each gateway's part.
+    let alone = if peer == Peer::Ours { Some(irc_server_alone(irc, users).await?) } else { None };
     let ircd = irc.start();
     let side = XmppSide::start(&*ircd, &[peer])?;
     // The users' XMPP connections, kept until the IRC server is gone.
@@ -81,7 +97,12 @@ pub async fn run(irc: IrcKind, peer: Peer, users: usize) -> Result<Measured> {
     drop(ircd);
     drop(side);
     drop(kept);
-    outcome
+    let mut m = outcome?;
+    if let Some((join_all, cpu_per_join)) = alone {
+        m.set("alone_join_all", join_all);
+        m.set("alone_ircd_cpu_per_join", cpu_per_join);
+    }
+    Ok(m)
 }
 
 /// The scenario on servers started by [`run`]; the users' connections go to `kept` as
@@ -159,6 +180,73 @@ async fn measure(irc: IrcKind, ircd: &dyn IrcServer, side: &XmppSide, peer: Peer
     m.usage.push((format!("{users} joins"), usage));
     deliveries(&mut m, ircd, peer, &procs, &slots, &user_names).await.context("the delivery phases")?;
     Ok(m)
+}
+
+/// The IRC server alone, what any gateway's joins cost it at the least: `users`
+/// connections from the bench itself to a fresh server of kind `irc`, each sending the
+/// lines xmpp-gateway sends for a first join (`CAP LS 302`, `NICK`, `USER`; `CAP REQ` of
+/// the capabilities it asks for that the server offers, `CAP END`; after the welcome
+/// `JOIN` and `MODE`), [`bridge_irc::CONNECTING_AT_ONCE`] waiting for the server's first
+/// word at a time as in the gateway, every connection kept open. The time until the last
+/// has its channel (366) and the server's CPU per join (ms).
+async fn irc_server_alone(irc: IrcKind, users: usize) -> Result<(f64, f64)> {
+    let ircd = irc.start();
+    let procs = [crate::rig::ircd_proc(&*ircd)?];
+    let port = ircd.plain_port();
+    let gate = Arc::new(tokio::sync::Semaphore::new(bridge_irc::CONNECTING_AT_ONCE));
+    let before = procstat::snapshot(&procs);
+    let started = Instant::now();
+    let outcome = run_limited(users, users, move |i| {
+        let gate = gate.clone();
+        async move {
+            // Reset connections (ngIRCd's listen backlog is 10) are tried again, as the
+            // gateway's are; the clock keeps running.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match join_alone(port, &format!("f{i}"), &gate).await {
+                    Ok(irc) => return Ok(irc),
+                    Err(error) if tries < 5 => eprintln!("bench: the IRC server alone, client {i} (try {tries}): {error:#}"),
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    let usage = procstat::usage(&procs, &before, &procstat::snapshot(&procs));
+    // The server goes before its clients (see `run`).
+    drop(ircd);
+    drop(outcome.context("the IRC server alone")?);
+    Ok((took.as_secs_f64(), usage[0].cpu_s * 1000.0 / users as f64))
+}
+
+/// One connection of [`irc_server_alone`], joined to `#nick`: the lines xmpp-gateway's
+/// IRC session writes, in the same writes.
+async fn join_alone(port: u16, nick: &str, gate: &Arc<tokio::sync::Semaphore>) -> Result<Irc> {
+    use bridge_irc::ircv3::{wanted, Caps};
+    const WAIT: Duration = Duration::from_secs(120);
+    let mut permit = Some(gate.clone().acquire_owned().await?);
+    let mut irc = Irc::open(port, nick).await?;
+    irc.send(&format!("CAP LS 302\r\nNICK {nick}\r\nUSER {nick} 0 * :bench {nick}\r\n")).await?;
+    let mut offered = Caps::default();
+    loop {
+        let line = irc.wait_for("CAP LS", WAIT, |l| l.command == "CAP").await?;
+        permit.take();
+        offered = offered.union(Caps::parse(line.params.last().map_or("", String::as_str)));
+        // "CAP * LS * :..." goes on in the next line.
+        if line.params.get(2).is_none_or(|p| p != "*") || line.params.len() < 4 {
+            break;
+        }
+    }
+    match wanted(offered, false).request_line() {
+        Some(request) => irc.send(&format!("{request}\r\nCAP END\r\n")).await?,
+        None => irc.send("CAP END\r\n").await?,
+    }
+    irc.wait_for("the welcome (001)", WAIT, |l| l.command == "001").await?;
+    irc.send(&format!("JOIN #{nick}\r\nMODE #{nick}\r\n")).await?;
+    irc.wait_for("the end of NAMES (366)", WAIT, |l| l.command == "366").await?;
+    Ok(irc)
 }
 
 /// Joins user `i` of `names` to their own channel through `peer`, on the connection in
