@@ -160,6 +160,9 @@ async fn serve(
                     Ok(StreamEvent::TooLarge(element, reason)) => {
                         router.handle_too_large(connection::into_component_namespace(element), &reason).await
                     }
+                    Ok(StreamEvent::Unreadable(element, reason)) => {
+                        router.handle_unreadable(connection::into_component_namespace(element), &reason).await
+                    }
                     Ok(StreamEvent::Header(_)) => {}
                     Ok(StreamEvent::End) => return Ended::Lost("the server closed the stream".into()),
                     Err(error) => return Ended::Lost(error.to_string()),

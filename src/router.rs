@@ -260,6 +260,13 @@ impl Router {
         refuse(&self.out, &stanza, DefinedCondition::PolicyViolation, &text).await;
     }
 
+    /// A stanza the reader skipped as unreadable (`xml_stream::StreamEvent::Unreadable`):
+    /// its sender is told why, when its top element's head could be read.
+    pub async fn handle_unreadable(&mut self, stanza: Element, reason: &str) {
+        bridge_core::counters::count(&bridge_core::counters::COUNTERS.stanzas_in);
+        refuse(&self.out, &stanza, DefinedCondition::BadRequest, &format!("the stanza could not be read: {reason}")).await;
+    }
+
     /// Handles one stanza from the server. Never fails: a bad stanza gets an error reply
     /// or a log line, and nothing else is affected.
     pub async fn handle_stanza(&mut self, stanza: Element) {

@@ -50,6 +50,13 @@ pub enum StreamEvent {
     /// A stanza past [`StanzaLimits`]: its top element with the attributes it had (its
     /// children are dropped), and which limit it passed. The stream goes on.
     TooLarge(Element, String),
+    /// A stanza whose XML is well-formed but not namespace-well-formed (an element or
+    /// attribute prefix it never declares), skipped whole: its top element's head when
+    /// that could be read (else an element named `unknown` with no address), and why. The
+    /// stream goes on. Prosody and ejabberd refuse such XML from their clients (ejabberd
+    /// 23: `not-well-formed`, "unbound prefix"); a server that relays it must not cost
+    /// every user the component's connection.
+    Unreadable(Element, String),
     /// `</stream:stream>` or the socket closed.
     End,
 }
@@ -80,9 +87,12 @@ pub struct StanzaReader<R> {
     stanza_bytes: usize,
     /// Whether the builder has an element head open (its attributes being read).
     in_head: bool,
-    /// While skipping the rest of a stanza past the limits: how many of its elements are
-    /// still open, the stanza's top element, and the limit it passed.
-    skipping: Option<(usize, Element, String)>,
+    /// While skipping the rest of a stanza (past the limits, or unreadable): how many of
+    /// its elements are still open, and the event to hand out at its end.
+    skipping: Option<(usize, StreamEvent)>,
+    /// The events of the stream's header, to rebuild the tree builder from after it refused
+    /// an element's head (it is left with the namespaces of an element it did not build).
+    header_events: Vec<RawEvent>,
 }
 
 impl<R: AsyncRead + Unpin> StanzaReader<R> {
@@ -101,6 +111,7 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
             stanza_bytes: 0,
             in_head: false,
             skipping: None,
+            header_events: Vec::new(),
         }
     }
 
@@ -124,15 +135,15 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
             let Some(event) = self.reader.read().await? else {
                 return Ok(StreamEvent::End);
             };
-            if let Some((open, _, _)) = &mut self.skipping {
+            if let Some((open, _)) = &mut self.skipping {
                 match event {
                     RawEvent::ElementHeadOpen(..) => *open += 1,
                     RawEvent::ElementFoot(_) => *open -= 1,
                     _ => {}
                 }
                 if *open == 0 {
-                    if let Some((_, stanza, reason)) = self.skipping.take() {
-                        return Ok(StreamEvent::TooLarge(stanza, reason));
+                    if let Some((_, skipped)) = self.skipping.take() {
+                        return Ok(skipped);
                     }
                 }
                 continue;
@@ -176,7 +187,27 @@ impl<R: AsyncRead + Unpin> StanzaReader<R> {
             if closes_stream {
                 return Ok(StreamEvent::End);
             }
-            self.builder.process_event(event)?;
+            if !self.header_seen && depth == 0 {
+                self.header_events.push(event.clone());
+            }
+            if let Err(error) = self.builder.process_event(event) {
+                // Only an element's head fails (an undeclared prefix). The stream's own
+                // cannot be read past; a stanza's is skipped whole, the stream goes on.
+                if depth == 0 {
+                    return Err(error.into());
+                }
+                self.in_head = false;
+                let reason = match error {
+                    minidom::Error::MissingNamespace => "it uses a namespace prefix it does not declare".to_owned(),
+                    other => other.to_string(),
+                };
+                tracing::warn!(%reason, "a stanza that could not be read was skipped");
+                // The refused element is still open in the input, and those above it.
+                if let Some(skipped) = self.skip(depth, true, |stanza| StreamEvent::Unreadable(stanza, reason)) {
+                    return Ok(skipped);
+                }
+                continue;
+            }
             if closes_header && !self.header_seen {
                 self.header_seen = true;
                 if let Some(root) = self.builder.top() {
@@ -198,28 +229,48 @@ impl<R> StanzaReader<R> {
     /// passed the limit (not given to the builder) `opened` or `closed` an element. The
     /// stanza, if that event was its end.
     fn start_skipping(&mut self, opened: bool, closed: bool, reason: String) -> Option<StreamEvent> {
-        let zero = || rxml::parser::EventMetrics::new(0);
-        if self.in_head {
-            // Completes the head being read; an error (an undeclared prefix) only means
-            // there is less of it to drop.
-            let _ = self.builder.process_event(RawEvent::ElementHeadClose(zero()));
-            self.in_head = false;
-        }
+        // Completes the head being read, for its attributes. Refused (an undeclared
+        // prefix), that element was not built and is still open in the input.
+        let unbuilt = self.in_head && self.builder.process_event(RawEvent::ElementHeadClose(zero_metrics())).is_err();
+        self.in_head = false;
         // Elements of the stanza still open in the input, after the event.
-        let open = (self.builder.depth().saturating_sub(1) + usize::from(opened)).saturating_sub(usize::from(closed));
+        let open = (self.builder.depth().saturating_sub(1) + usize::from(unbuilt) + usize::from(opened)).saturating_sub(usize::from(closed));
+        tracing::warn!(%reason, "a stanza past the limits was skipped");
+        self.skip(open, unbuilt, |stanza| StreamEvent::TooLarge(stanza, reason))
+    }
+
+    /// Takes the stanza being read out of the builder (its top element's head only, or an
+    /// element named `unknown` if even that was not built) and skips the `open` elements
+    /// of it still open in the input; `refused`: the builder refused a head, and is
+    /// rebuilt from the stream's header. What `skipped` makes of the stanza, at once if
+    /// nothing is left to skip.
+    fn skip(&mut self, open: usize, refused: bool, skipped: impl FnOnce(Element) -> StreamEvent) -> Option<StreamEvent> {
         while self.builder.depth() > 1 {
-            let _ = self.builder.process_event(RawEvent::ElementFoot(zero()));
+            let _ = self.builder.process_event(RawEvent::ElementFoot(zero_metrics()));
         }
         let mut stanza = self.builder.unshift_child().unwrap_or_else(|| Element::bare("unknown", "jabber:component:accept"));
         stanza.take_nodes();
-        tracing::warn!(name = stanza.name(), %reason, "a stanza past the limits was skipped");
+        if refused {
+            // Its namespaces stack keeps a frame for the element it refused, which the
+            // next stanzas would resolve their prefixes against.
+            self.builder = TreeBuilder::new();
+            for event in &self.header_events {
+                let _ = self.builder.process_event(event.clone());
+            }
+        }
+        let skipped = skipped(stanza);
         if open == 0 {
             // The event was the stanza's end: nothing to skip.
-            return Some(StreamEvent::TooLarge(stanza, reason));
+            return Some(skipped);
         }
-        self.skipping = Some((open, stanza, reason));
+        self.skipping = Some((open, skipped));
         None
     }
+}
+
+/// Metrics for an event made up here (not read from the input).
+fn zero_metrics() -> rxml::parser::EventMetrics {
+    rxml::parser::EventMetrics::new(0)
 }
 
 /// Serialises one element for the wire.
@@ -297,6 +348,10 @@ mod tests {
                 Ok(StreamEvent::TooLarge(s, reason)) => {
                     assert!(s.children().next().is_none() && s.texts().next().is_none(), "content kept: {s:?}");
                     out.push(format!("too large {} {:?}: {reason}", s.name(), s.attr("id")))
+                }
+                Ok(StreamEvent::Unreadable(s, reason)) => {
+                    assert!(s.children().next().is_none() && s.texts().next().is_none(), "content kept: {s:?}");
+                    out.push(format!("unreadable {} {:?}: {reason}", s.name(), s.attr("id")))
                 }
                 Ok(StreamEvent::End) => {
                     out.push("end".into());
@@ -410,6 +465,56 @@ mod tests {
     const HEADER: &str = "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='s1'>";
 
     #[tokio::test]
+    async fn a_stanza_with_an_undeclared_prefix_is_skipped_and_the_stream_goes_on() {
+        // Well-formed XML a server may relay as it came (ejabberd does not check prefixes).
+        let input = format!(
+            "{HEADER}<message to='a@b' id='top' p:x='1'><body>one</body><body>two</body></message>\
+             <message to='a@b' id='ok1'><body>hi</body></message>\
+             <message to='a@b' id='nested' xmlns:q='urn:q'><x xmlns='urn:x'><y p:z='1'><w/></y>text</x><body>b</body></message>\
+             <presence to='a@b' id='ok2'/>\
+             <p:iq to='a@b' id='element'><ping xmlns='urn:xmpp:ping'/></p:iq>\
+             <iq to='a@b' id='ok3' type='get'><q:ping/></iq></stream:stream>"
+        );
+        assert_eq!(
+            events(&input).await,
+            [
+                "header id=Some(\"s1\")",
+                "unreadable unknown None: it uses a namespace prefix it does not declare",
+                "message jabber:component:accept Some(\"a@b\")",
+                "unreadable message Some(\"nested\"): it uses a namespace prefix it does not declare",
+                "presence jabber:component:accept Some(\"a@b\")",
+                "unreadable unknown None: it uses a namespace prefix it does not declare",
+                // `q` was declared by the skipped stanza only: nothing of it is left.
+                "unreadable iq Some(\"ok3\"): it uses a namespace prefix it does not declare",
+                "end",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stanza_past_the_size_limit_with_an_undeclared_prefix_is_skipped_whole() {
+        let limits = StanzaLimits { bytes: 200, depth: 32 };
+        let big = "x".repeat(300);
+        let input = format!(
+            "{HEADER}<iq to='a@b' id='bad' p:x='1' note='{big}'><ping xmlns='urn:xmpp:ping'/><x/></iq>\
+             <iq to='a@b' id='big-prefixed' p:note='{big}'/>\
+             <presence to='a@b' id='after'/></stream:stream>"
+        );
+        assert_eq!(
+            events_within(&input, limits).await,
+            [
+                "header id=Some(\"s1\")",
+                // The head could not be built: nobody to answer.
+                "too large unknown None: larger than 200 bytes",
+                // The attribute that passed the limit was not read: the head was.
+                "too large iq Some(\"big-prefixed\"): larger than 200 bytes",
+                "presence jabber:component:accept Some(\"a@b\")",
+                "end",
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_stanza_past_the_size_limit_is_skipped_and_the_next_one_arrives() {
         let limits = StanzaLimits { bytes: 200, depth: 32 };
         let big = "x".repeat(300);
@@ -482,7 +587,7 @@ mod tests {
                 for _ in 0..100 {
                     match reader.next().await {
                         Ok(StreamEvent::Stanza(stanza)) => assert!(to_bytes(&stanza).len() <= 4 * limits.bytes),
-                        Ok(StreamEvent::Header(_) | StreamEvent::TooLarge(..)) => {}
+                        Ok(StreamEvent::Header(_) | StreamEvent::TooLarge(..) | StreamEvent::Unreadable(..)) => {}
                         Ok(StreamEvent::End) | Err(_) => break,
                     }
                 }

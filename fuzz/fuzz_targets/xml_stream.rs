@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(again.name(), stanza.name());
                     }
                 }
-                Ok(StreamEvent::Header(_) | StreamEvent::TooLarge(..)) => {}
+                Ok(StreamEvent::Header(_) | StreamEvent::TooLarge(..) | StreamEvent::Unreadable(..)) => {}
                 Ok(StreamEvent::End) | Err(_) => break,
             }
         }
