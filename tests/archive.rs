@@ -386,3 +386,35 @@ async fn users_in_one_channel_share_each_lines_id_and_each_sees_only_what_they_g
     assert_eq!(bodies(&of_bob), ["for both", "from alice"], "bob's archive starts when he was there");
     assert_eq!(of_alice[1].id, of_bob[0].id);
 }
+
+/// ngIRCd compares names as ASCII (`CASEMAPPING=ascii`): `#ops[` and `#ops{` are two
+/// channels there, and the users of one never read the other's lines in the archive
+/// (RFC 1459 folding, which makes them one, is not the archive's).
+#[tokio::test]
+async fn channels_an_ascii_server_tells_apart_keep_apart_archives() {
+    let server = XmppServer::start(ServerKind::Prosody);
+    let ircd = Ngircd::start(false);
+    let _gateway = Gateway::start_irc(&server, &ircd, None);
+    let (square, curly) = (room("#ops["), room("#ops{"));
+    let mut alice = server.client("alice", "localhost").await;
+    join(&mut alice, &square, "alice").await;
+    let mut bob = server.client("bob", "localhost").await;
+    join(&mut bob, &curly, "bob").await;
+    let mut carol = ircd.client("carol").await;
+    carol.join("#ops[").await;
+    carol.join("#ops{").await;
+    // One at a time, each delivered before the next is said: the lines of the two
+    // channels alternate in the order the gateway archives them.
+    for n in 0..3 {
+        let (square_line, curly_line) = (format!("square {n}"), format!("curly {n}"));
+        carol.privmsg("#ops[", &square_line).await;
+        alice.wait_for("the line of #ops[", |e| e.name() == "message" && body(e) == square_line).await;
+        carol.privmsg("#ops{", &curly_line).await;
+        bob.wait_for("the line of #ops{", |e| e.name() == "message" && body(e) == curly_line).await;
+    }
+    let bodies = |archived: &[Archived]| archived.iter().map(Archived::body).collect::<Vec<_>>();
+    let (of_alice, _) = alice.mam(&square, &[], "<max>10</max>").await;
+    assert_eq!(bodies(&of_alice), ["square 0", "square 1", "square 2"]);
+    let (of_bob, _) = bob.mam(&curly, &[], "<max>10</max>").await;
+    assert_eq!(bodies(&of_bob), ["curly 0", "curly 1", "curly 2"]);
+}

@@ -71,8 +71,12 @@ pub enum ArchiveError {
 /// One user's conversation, as the archive keys it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Conversation {
-    /// An IRC channel: `server/channel`, the channel folded as RFC 1459 folds (a fixed
-    /// folding, so the key does not depend on what a server last said).
+    /// An IRC channel: `server/channel`, both in ASCII lower case: a fixed folding, so the
+    /// key does not depend on what a server last said, and the least any server does
+    /// (`CASEMAPPING=ascii`), so that two channels a server tells apart never share a log
+    /// (RFC 1459's `[]\~` = `{}|^` would give `#ops[` the lines of another `#ops{`
+    /// there). On an RFC 1459 server, `#ops[` and `#ops{` spelled both ways keep a log
+    /// each.
     Room(String),
     /// A private conversation with one contact, by its JID lowercased.
     Private(String),
@@ -94,7 +98,7 @@ impl Conversation {
 
 /// The key of the channel `channel` of IRC server `server` (see [`Conversation::Room`]).
 pub fn room_key(server: &str, channel: &str) -> String {
-    format!("{}/{}", server.to_ascii_lowercase(), bridge_core::model::CaseMapping::Rfc1459.fold(channel))
+    format!("{}/{}", server.to_ascii_lowercase(), channel.to_ascii_lowercase())
 }
 
 /// Who said an archived line, and which way it went.
@@ -691,6 +695,15 @@ mod tests {
         // The thread ends once its handles are gone; a new archive continues above.
         let archive = Archive::start(KeyedArchive::new(Box::new(crate::store::sled::SledTree(db.open_tree("archive").unwrap()))), Retention { max_age: None, max_count: None }).unwrap();
         assert!(archive.next_id().unwrap() > far);
+    }
+
+    #[test]
+    fn channels_a_server_tells_apart_never_share_a_log() {
+        assert_eq!(room_key("IRC.X", "#Rust"), room_key("irc.x", "#rust"));
+        // Different channels under CASEMAPPING=ascii (ngIRCd, UnrealIRCd).
+        for (a, b) in [("#ops[", "#ops{"), ("#ops]", "#ops}"), ("#ops\\", "#ops|"), ("#ops~", "#ops^")] {
+            assert_ne!(room_key("irc.x", a), room_key("irc.x", b), "{a} {b}");
+        }
     }
 
     #[tokio::test]
