@@ -875,8 +875,12 @@ impl NetworkSide for IrcSide {
             return refuse(&self.out, stanza, DefinedCondition::PolicyViolation, &refusal).await;
         }
         let (peer, server) = match (&envelope.target, envelope.resource.as_deref()) {
-            // A private message through the room goes to the nick itself.
-            (Address::IrcChannel { server, .. }, Some(nick)) => (Peer::Nick(nick.to_owned()), server),
+            // A private message through the room goes to the nick itself, checked as a
+            // join's nick is (a resource may hold a space, which would split the line).
+            (Address::IrcChannel { server, .. }, Some(nick)) => match address::parse_occupant_nick(nick) {
+                Ok(nick) => (Peer::Nick(nick), server),
+                Err(error) => return refuse(&self.out, stanza, DefinedCondition::JidMalformed, &error.to_string()).await,
+            },
             (Address::IrcChannel { .. }, None) => {
                 let text = "send group messages with type='groupchat' after joining the room";
                 return refuse(&self.out, stanza, DefinedCondition::NotAcceptable, text).await;

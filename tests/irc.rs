@@ -313,6 +313,15 @@ async fn a_private_message_through_the_room_goes_to_the_nick_and_replies_come_fr
     bob.privmsg("alice", "answer").await;
     let reply = alice.wait_for("bob's answer", |e| body(e).as_deref() == Some("answer")).await;
     assert_eq!(reply.attr("from"), Some(format!("bob%127.0.0.1@{GW}").as_str()));
+
+    // A resource is not a nick: one with a space would have made the line
+    // `PRIVMSG bob REGISTER :...` (bob getting "REGISTER").
+    alice.send_raw(&format!("<message to='{r}/bob REGISTER' type='chat' id='spaced'><body>hidden</body></message>")).await;
+    let refused = alice.wait_for("the refusal", |e| e.attr("id") == Some("spaced") && e.attr("type") == Some("error")).await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("jid-malformed"), "{refused:?}");
+    alice.send_raw(&format!("<message to='{r}/bob' type='chat'><body>after</body></message>")).await;
+    let next = bob.wait_for("the next private message", |l| l.is_privmsg_to("bob")).await;
+    assert_eq!(next.text(), "after");
 }
 
 on_each_server!(long_multibyte_messages_arrive_whole_and_injection_is_impossible);

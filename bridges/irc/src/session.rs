@@ -725,6 +725,13 @@ impl IrcSession {
             }
             Peer::EmailAddress(_) | Peer::EmailGroup(_) => return,
         };
+        let origin = Origin { peer: message.peer.clone(), id: message.id.clone() };
+        // The last guard (names are checked before they get here): a target that would
+        // split the line or name several is refused, never sent somewhere else.
+        if !text::is_one_target(&target) {
+            self.owed.push(Owed::Refused(origin));
+            return;
+        }
         let (body, action) = match (message.kind, text::me_command(&message.body)) {
             (MessageKind::Action, _) => (message.body.as_str(), true),
             (_, Some(rest)) => (rest, true),
@@ -732,7 +739,6 @@ impl IrcSession {
         };
         let own_prefix = if self.prefix_len > 0 { self.prefix_len } else { text::estimated_prefix_len(&self.nick) };
         let budget = text::privmsg_budget(&target, own_prefix, action);
-        let origin = Origin { peer: message.peer.clone(), id: message.id.clone() };
         let lines: Vec<String> = text::to_irc_lines(body)
             .iter()
             .flat_map(|line| text::split_to_fit(line, budget))

@@ -280,6 +280,12 @@ pub fn sanitize_word(word: &str) -> String {
     kept.trim_start_matches(':').to_owned()
 }
 
+/// Whether `target` can stand as the one target of a `PRIVMSG`: not empty, no space,
+/// control character or comma (several targets), not starting with `:` (the text).
+pub fn is_one_target(target: &str) -> bool {
+    !target.is_empty() && !target.starts_with(':') && !target.chars().any(|c| c == ' ' || c == ',' || is_c0(c))
+}
+
 /// Whether `c` is a C0 control character (U+0000..U+001F).
 fn is_c0(c: char) -> bool {
     c < '\x20'
@@ -499,6 +505,16 @@ mod tests {
         assert_eq!(me_command("/meow"), None);
         assert_eq!(me_command(" /me waves"), None);
         assert_eq!(me_command("hello"), None);
+    }
+
+    #[test]
+    fn one_target_is_one_word_that_is_not_the_text() {
+        for good in ["#rust", "alice", "NickServ", "[m]", "#ops{"] {
+            assert!(is_one_target(good), "{good}");
+        }
+        for bad in ["", "NickServ REGISTER", ":x", "a,b", "a\rb", "a\nb", "a\0b"] {
+            assert!(!is_one_target(bad), "{bad:?}");
+        }
     }
 
     #[test]
