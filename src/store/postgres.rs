@@ -18,7 +18,10 @@
 //!   retried until it commits.
 //! - **TLS** when the URL's `sslmode` asks for it (`prefer` or `require`), with rustls:
 //!   the server's certificate is always verified, against the webpki roots and `ca_file`
-//!   (stricter than libpq's `require`, which does not verify).
+//!   (stricter than libpq's `require`, which does not verify). `prefer`, libpq's default,
+//!   is taken as `require` for a host other than the loopback: it falls back to plain
+//!   text when the answer to the TLS request is "no", which anyone on the path can give.
+//!   `sslmode=disable` is the explicit way to plain text.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -29,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bridge_core::BoxFuture;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -58,7 +61,8 @@ const RANGE_CHUNK_MAX: i64 = 4096;
 pub struct PgTarget {
     /// The parsed connection string (holds the password: never printed).
     config: tokio_postgres::Config,
-    /// TLS with verification (used when `sslmode` is `prefer` or `require`).
+    /// TLS with verification (used when `sslmode` is `prefer` or `require`; see the
+    /// module's doc for `prefer`).
     tls: MakeRustlsConnect,
     /// `the PostgreSQL store USER@HOST:PORT/DB`, for errors and logs.
     name: String,
@@ -75,12 +79,23 @@ pub enum TargetError {
     CaFile(std::io::Error),
 }
 
+/// Whether `host` is this machine: a Unix socket, `localhost` or a loopback address.
+fn is_loopback(host: &Host) -> bool {
+    match host {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => name.eq_ignore_ascii_case("localhost") || name.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+    }
+}
+
 impl PgTarget {
     /// Parses `url` (`postgres://user:password@host:port/db?sslmode=require`, or libpq's
     /// `key=value` form); `ca_file` adds trusted certificates for TLS.
     pub fn new(url: &str, ca_file: Option<&Path>) -> Result<PgTarget, TargetError> {
         // tokio-postgres's parse errors do not echo the string (it holds a password).
-        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| TargetError::Url(e.to_string()))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| TargetError::Url(e.to_string()))?;
+        if config.get_ssl_mode() == SslMode::Prefer && !config.get_hosts().iter().all(is_loopback) {
+            config.ssl_mode(SslMode::Require);
+        }
         let tls = MakeRustlsConnect::new(bridge_net::client_config(ca_file).map_err(TargetError::CaFile)?);
         let host = config.get_hosts().first().map_or_else(
             || "localhost".to_owned(),
@@ -569,5 +584,27 @@ impl Ordered for PgArchive {
     fn flush(&mut self) -> Result<(), BackendError> {
         // Every batch was committed before `apply` returned.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ssl_mode(url: &str) -> SslMode {
+        PgTarget::new(url, None).unwrap().config.get_ssl_mode()
+    }
+
+    #[test]
+    fn tls_is_required_off_this_machine_unless_disabled_by_name() {
+        // libpq's default (`prefer`) would fall back to plain text on a "no" from anyone.
+        assert_eq!(ssl_mode("postgres://gw:pw@db.example.com/gw"), SslMode::Require);
+        assert_eq!(ssl_mode("postgres://gw:pw@db.example.com/gw?sslmode=prefer"), SslMode::Require);
+        assert_eq!(ssl_mode("host=10.0.0.5 user=gw dbname=gw"), SslMode::Require);
+        assert_eq!(ssl_mode("postgres://gw:pw@db.example.com/gw?sslmode=disable"), SslMode::Disable);
+        // On this machine nobody is in between.
+        for local in ["postgres://gw:pw@127.0.0.1/gw", "postgres://gw:pw@localhost/gw", "postgres://gw:pw@[::1]:5432/gw", "host=/run/postgresql user=gw"] {
+            assert_eq!(ssl_mode(local), SslMode::Prefer, "{local}");
+        }
     }
 }
