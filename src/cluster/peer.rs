@@ -8,13 +8,20 @@
 //!
 //! The protocol is small and binary:
 //! 1. the listener sends a fresh 32-byte nonce;
-//! 2. the dialler answers with its instance id (one length byte, the id) and
-//!    HMAC-SHA256(component secret, `LABEL` | nonce | id): only holders of the secret
-//!    can hand stanzas in, as they will be served as coming from the users they name;
-//! 3. the listener answers one byte, [`ACCEPTED`];
+//! 2. the dialler answers with its instance id (one length byte, the id),
+//!    HMAC-SHA256(component secret, [`DIALLER`] | nonce | id) and a fresh nonce of its own:
+//!    only holders of the secret can hand stanzas in, as they will be served as coming
+//!    from the users they name;
+//! 3. the listener answers one byte, [`ACCEPTED`], and HMAC-SHA256(component secret,
+//!    [`LISTENER`] | the dialler's nonce | id): the stanzas (registration forms with
+//!    passwords among them) go only to a holder of the secret, not to whoever took the
+//!    address the owner advertised;
 //! 4. then the dialler sends frames (u32 big-endian length, one hop count byte, the
 //!    stanza's XML) and the listener answers each frame, once it is handed to its router,
 //!    with the count of frames taken so far (u64 big-endian).
+//!
+//! The link is authenticated both ways, not encrypted: instances talk over a private
+//! network (README, *Running several instances*).
 //!
 //! Stanzas written but not acknowledged when a link breaks are handed back
 //! ([`LinkFailed`]), with those still queued, so the caller can send them to the new owner
@@ -31,9 +38,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-/// What the HMAC covers besides the nonce and the id, so that the tag means nothing
-/// elsewhere.
-const LABEL: &[u8] = b"xmpp-gateway peer link v1";
+/// What the dialler's HMAC covers besides the nonce and the id, so that the tag means
+/// nothing elsewhere.
+const DIALLER: &[u8] = b"xmpp-gateway peer link v2 dialler";
+/// The same for the listener's (another label: a dialler's tag sent back proves nothing).
+const LISTENER: &[u8] = b"xmpp-gateway peer link v2 listener";
 /// The listener's answer to a valid handshake.
 const ACCEPTED: u8 = 1;
 /// How long a handshake may take either way.
@@ -70,21 +79,27 @@ pub struct ListenError {
     pub source: std::io::Error,
 }
 
-/// The tag of a handshake: proves the dialler holds the secret, for this nonce and id.
-fn tag(secret: &Secret, nonce: &[u8], id: &str) -> hmac::Tag {
+/// The tag of a handshake: proves one side (`label`) holds the secret, for this nonce
+/// (the other side's) and the dialler's id.
+fn tag(secret: &Secret, label: &[u8], nonce: &[u8], id: &str) -> hmac::Tag {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes());
     let mut context = hmac::Context::with_key(&key);
-    context.update(LABEL);
+    context.update(label);
     context.update(nonce);
     context.update(id.as_bytes());
     context.sign()
 }
 
-/// Whether `claimed` is the tag of `nonce` and `id` (compared in constant time).
-fn verify(secret: &Secret, nonce: &[u8], id: &str, claimed: &[u8]) -> bool {
+/// Whether `claimed` is the tag of `label`, `nonce` and `id` (compared in constant time).
+fn verify(secret: &Secret, label: &[u8], nonce: &[u8], id: &str, claimed: &[u8]) -> bool {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes());
-    let message = [LABEL, nonce, id.as_bytes()].concat();
+    let message = [label, nonce, id.as_bytes()].concat();
     hmac::verify(&key, &message, claimed).is_ok()
+}
+
+/// A fresh nonce.
+fn nonce() -> std::io::Result<[u8; 32]> {
+    Ok(ring::rand::generate(&ring::rand::SystemRandom::new()).map_err(|_| std::io::Error::other("no randomness for a nonce"))?.expose())
 }
 
 /// Binds the listener for other instances' links.
@@ -124,9 +139,7 @@ pub async fn serve(listener: TcpListener, secret: Secret, max_bytes: usize, inbo
 /// One accepted link: the handshake, then frames until it closes.
 async fn accept(mut stream: TcpStream, secret: &Secret, max_bytes: usize, inbound: mpsc::Sender<Forwarded>, fenced: watch::Receiver<bool>) -> std::io::Result<String> {
     stream.set_nodelay(true)?;
-    let nonce: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
-        .map_err(|_| std::io::Error::other("no randomness for a nonce"))?
-        .expose();
+    let nonce = nonce()?;
     let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         stream.write_all(&nonce).await?;
         let length = stream.read_u8().await?;
@@ -134,11 +147,15 @@ async fn accept(mut stream: TcpStream, secret: &Secret, max_bytes: usize, inboun
         stream.read_exact(&mut id).await?;
         let mut claimed = [0; 32];
         stream.read_exact(&mut claimed).await?;
+        let mut theirs = [0; 32];
+        stream.read_exact(&mut theirs).await?;
         let id = String::from_utf8(id).map_err(|_| std::io::Error::other("the instance id is not UTF-8"))?;
-        if !verify(secret, &nonce, &id, &claimed) {
+        if !verify(secret, DIALLER, &nonce, &id, &claimed) {
             return Err(std::io::Error::other(format!("instance {id:?} does not know the component secret")));
         }
-        stream.write_u8(ACCEPTED).await?;
+        let mut answer = vec![ACCEPTED];
+        answer.extend_from_slice(tag(secret, LISTENER, &theirs, &id).as_ref());
+        stream.write_all(&answer).await?;
         Ok(id)
     })
     .await
@@ -208,18 +225,26 @@ async fn run_link(
     let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let mut stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
-        let mut nonce = [0; 32];
-        stream.read_exact(&mut nonce).await?;
+        let mut theirs = [0; 32];
+        stream.read_exact(&mut theirs).await?;
+        let ours = nonce()?;
         let id = me.as_bytes();
         let length = u8::try_from(id.len()).map_err(|_| std::io::Error::other("instance id too long"))?;
         let mut hello = vec![length];
         hello.extend_from_slice(id);
-        hello.extend_from_slice(tag(secret, &nonce, me).as_ref());
+        hello.extend_from_slice(tag(secret, DIALLER, &theirs, me).as_ref());
+        hello.extend_from_slice(&ours);
         stream.write_all(&hello).await?;
         match stream.read_u8().await? {
-            ACCEPTED => Ok(stream),
-            other => Err(std::io::Error::other(format!("refused the handshake ({other})"))),
+            ACCEPTED => {}
+            other => return Err(std::io::Error::other(format!("refused the handshake ({other})"))),
         }
+        let mut claimed = [0; 32];
+        stream.read_exact(&mut claimed).await?;
+        if !verify(secret, LISTENER, &ours, me, &claimed) {
+            return Err(std::io::Error::other("the listener does not know the component secret"));
+        }
+        Ok(stream)
     })
     .await
     .map_err(|_| std::io::Error::other(format!("no handshake from {peer} at {address} within {HANDSHAKE_TIMEOUT:?}")))??;
@@ -283,13 +308,34 @@ mod tests {
     }
 
     #[test]
-    fn the_tag_depends_on_the_secret_the_nonce_and_the_id() {
+    fn the_tag_depends_on_the_secret_the_side_the_nonce_and_the_id() {
         let nonce = [7u8; 32];
-        let good = tag(&secret("s"), &nonce, "a");
-        assert!(verify(&secret("s"), &nonce, "a", good.as_ref()));
-        assert!(!verify(&secret("t"), &nonce, "a", good.as_ref()));
-        assert!(!verify(&secret("s"), &[8u8; 32], "a", good.as_ref()));
-        assert!(!verify(&secret("s"), &nonce, "b", good.as_ref()));
+        let good = tag(&secret("s"), DIALLER, &nonce, "a");
+        assert!(verify(&secret("s"), DIALLER, &nonce, "a", good.as_ref()));
+        assert!(!verify(&secret("t"), DIALLER, &nonce, "a", good.as_ref()));
+        assert!(!verify(&secret("s"), LISTENER, &nonce, "a", good.as_ref()));
+        assert!(!verify(&secret("s"), DIALLER, &[8u8; 32], "a", good.as_ref()));
+        assert!(!verify(&secret("s"), DIALLER, &nonce, "b", good.as_ref()));
+    }
+
+    #[tokio::test]
+    async fn a_listener_without_the_secret_gets_no_stanza() {
+        // Whoever took the advertised address: answers ACCEPTED without the proof.
+        let impostor = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = impostor.local_addr().unwrap().to_string();
+        let (failed_tx, mut failed) = mpsc::unbounded_channel();
+        let link = connect("a".into(), "b".into(), address, secret("s"), failed_tx);
+        link.send((message(1), 0)).unwrap();
+        let (mut stream, _) = impostor.accept().await.unwrap();
+        stream.write_all(&[0; 32]).await.unwrap();
+        let mut hello = [0; 1 + 1 + 32 + 32];
+        stream.read_exact(&mut hello).await.unwrap();
+        stream.write_all(&[[ACCEPTED].as_slice(), &[0; 32]].concat()).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), failed.recv()).await.expect("the link gave up").unwrap();
+        assert_eq!(back.stanzas.len(), 1, "handed back, not sent");
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "no frame written to the impostor: {rest:?}");
     }
 
     #[tokio::test]
