@@ -575,7 +575,49 @@ mod tests {
         );
     }
 
+    /// Well-formed XML whose element and attribute names may carry the prefixes `p` and
+    /// `q`, declared on some elements and not on others: namespace-well-formed or not.
+    fn prefixed_xml() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let prefix = || prop_oneof![Just(""), Just("p:"), Just("q:")];
+        let declared = prop_oneof![Just(""), Just(" xmlns:p='urn:p'"), Just(" xmlns:q='urn:q'"), Just(" xmlns='urn:d'")];
+        let head = (prefix(), declared, proptest::collection::vec(prefix(), 0..3));
+        let leaf = head.clone().prop_map(|(prefix, declared, attrs)| element(prefix, declared, &attrs, ""));
+        leaf.prop_recursive(4, 24, 4, move |inner| {
+            (head.clone(), proptest::collection::vec(inner, 0..4)).prop_map(|((prefix, declared, attrs), children)| element(prefix, declared, &attrs, &children.concat()))
+        })
+    }
+
+    /// `<{prefix}e{declared} {attrs[i]}a{i}='v'>{content}</{prefix}e>`
+    fn element(prefix: &str, declared: &str, attrs: &[&str], content: &str) -> String {
+        let attrs: String = attrs.iter().enumerate().map(|(i, prefix)| format!(" {prefix}a{i}='v'")).collect();
+        format!("<{prefix}e{declared}{attrs}>{content}</{prefix}e>")
+    }
+
     proptest::proptest! {
+        /// Stanzas with prefixes declared or not, under a size limit that cuts some of them
+        /// anywhere: each is handed out, skipped as too large or as unreadable, and the
+        /// stream goes on to the next, read in the stream's namespace.
+        #[test]
+        fn prop_undeclared_prefixes_never_end_the_stream(stanzas in proptest::collection::vec(prefixed_xml(), 1..6), bytes in 40usize..400) {
+            let input = format!("{HEADER}{}<presence to='a@b' id='last'/></stream:stream>", stanzas.concat());
+            let mut reader = StanzaReader::new(input.as_bytes()).with_limits(StanzaLimits { bytes, depth: 32 });
+            let mut last = None;
+            futures::executor::block_on(async {
+                loop {
+                    match reader.next().await {
+                        Ok(StreamEvent::End) => break,
+                        Ok(StreamEvent::Stanza(stanza)) => last = Some(stanza),
+                        Ok(_) => last = None,
+                        Err(error) => panic!("{error} in {input}"),
+                    }
+                }
+            });
+            let last = last.expect("the last stanza handed out");
+            proptest::prop_assert_eq!(last.attr("id"), Some("last"));
+            proptest::prop_assert!(last.is("presence", "jabber:component:accept"), "{:?}", last);
+        }
+
         /// Any bytes after a stream header: the reader never panics and never hands out
         /// more than the limits let through (the fuzz target `xml_stream` goes further).
         #[test]
