@@ -226,18 +226,23 @@ async fn irc_server_alone(irc: IrcKind, users: usize) -> Result<(f64, f64)> {
 async fn join_alone(port: u16, nick: &str, gate: &Arc<tokio::sync::Semaphore>) -> Result<Irc> {
     use bridge_irc::ircv3::{wanted, Caps};
     const WAIT: Duration = Duration::from_secs(120);
-    let mut permit = Some(gate.clone().acquire_owned().await?);
+    let permit = gate.clone().acquire_owned().await?;
     let mut irc = Irc::open(port, nick).await?;
     irc.send(&format!("CAP LS 302\r\nNICK {nick}\r\nUSER {nick} 0 * :bench {nick}\r\n")).await?;
+    // As in the gateway, the next connection may start at the server's first line, whatever
+    // it is (InspIRCd's is a NOTICE, ngIRCd's the CAP answer).
+    let mut line = irc.wait_for("the server's first line", WAIT, |_| true).await?;
+    drop(permit);
     let mut offered = Caps::default();
     loop {
-        let line = irc.wait_for("CAP LS", WAIT, |l| l.command == "CAP").await?;
-        permit.take();
-        offered = offered.union(Caps::parse(line.params.last().map_or("", String::as_str)));
-        // "CAP * LS * :..." goes on in the next line.
-        if line.params.get(2).is_none_or(|p| p != "*") || line.params.len() < 4 {
-            break;
+        if line.command == "CAP" {
+            offered = offered.union(Caps::parse(line.params.last().map_or("", String::as_str)));
+            // "CAP * LS * :..." goes on in the next line.
+            if line.params.get(2).is_none_or(|p| p != "*") || line.params.len() < 4 {
+                break;
+            }
         }
+        line = irc.wait_for("CAP LS", WAIT, |l| l.command == "CAP").await?;
     }
     match wanted(offered, false).request_line() {
         Some(request) => irc.send(&format!("{request}\r\nCAP END\r\n")).await?,
